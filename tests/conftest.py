@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from pillarbox.config import Settings
+from tests import pbserver
 from tests.dnsserver import DnsTestServer
 
 # -- DNS ------------------------------------------------------------------------------------
@@ -18,3 +21,22 @@ from tests.dnsserver import DnsTestServer
 def dns_server() -> Iterator[DnsTestServer]:
     with DnsTestServer() as server:
         yield server
+
+
+# -- Pillarbox data dir and server -------------------------------------------------------------
+# `settings`: a fresh dev data dir (listeners on 127.0.0.1:0) — see tests/pbserver.py.
+# `server`: the real server running in a background thread on those settings, with the user
+# alice@example.test (password tests.pbserver.PASSWORD). Tests that need other config build
+# their own with pbserver.make_settings(tmp_path / "data", {...}) and pbserver.RunningServer.
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return pbserver.make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[pbserver.RunningServer]:
+    pbserver.add_user(settings, "alice@example.test")
+    with pbserver.RunningServer(settings) as running:
+        yield running

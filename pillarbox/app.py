@@ -1,0 +1,209 @@
+"""Wiring: the one module that knows every other one.
+
+``Server`` builds the shared services from the settings (accounts, authenticator, TLS,
+control socket), asks each component factory for its component, binds all listeners, drops
+privileges, and runs until told to stop. A *component* is one protocol or background service
+(SMTP, IMAP, the outbound queue, HTTP, ACME): it declares its listeners and has start, stop
+and reload. Adding a protocol means writing a factory and listing it in ``COMPONENTS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pillarbox import config, log
+from pillarbox.auth.service import Authenticator
+from pillarbox.config import Settings
+from pillarbox.net.control import ControlServer
+from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
+from pillarbox.store.accounts import Accounts
+from pillarbox.tls.context import TlsConfigError, TlsProvider
+
+_log = log.get("server")
+
+
+@dataclass
+class AppContext:
+    """Shared services handed to every component factory."""
+
+    settings: Settings
+    accounts: Accounts
+    authenticator: Authenticator
+    tls: TlsProvider
+    control: ControlServer
+    # Services that one component provides to others (e.g. the mail store, the queue),
+    # registered by name during start-up in COMPONENTS order.
+    services: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, settings: Settings) -> AppContext:
+        accounts = Accounts(settings.database_path, settings.domains)
+        return cls(
+            settings=settings,
+            accounts=accounts,
+            authenticator=Authenticator(accounts.password_hash,
+                                        base_delay=settings.limits.auth_failure_delay),
+            tls=TlsProvider(settings.tls.cert, settings.tls.key),
+            control=ControlServer(settings.control_socket),
+        )
+
+
+class Component(Protocol):
+    name: str
+
+    def listeners(self) -> list[ListenerSpec]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def reload(self, ctx: AppContext) -> None: ...
+
+
+ComponentFactory = Callable[[AppContext], "Component | None"]
+
+
+def _component_factories() -> list[ComponentFactory]:
+    """Every component, in start order (providers of services before their users)."""
+    factories: list[ComponentFactory] = []
+    return factories
+
+
+class Server:
+    """A running Pillarbox: see the module docstring."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.ctx = AppContext.create(settings)
+        self.components: list[Component] = []
+        self.listeners = Listeners(
+            self.ctx.tls.current,
+            ConnectionLimits(settings.limits.max_connections,
+                             settings.limits.max_connections_per_ip),
+        )
+        self._stop_requested = asyncio.Event()
+
+    async def start(self) -> dict[str, tuple[str, int]]:
+        """Build components, bind, drop privileges, start serving; returns bound addresses."""
+        for factory in _component_factories():
+            component = factory(self.ctx)
+            if component is not None:
+                self.components.append(component)
+        specs = [spec for c in self.components for spec in c.listeners()]
+        addresses = await self.listeners.bind(specs)
+        drop_privileges(self.settings)
+        await self.ctx.control.start()
+        self.ctx.control.register("server.status", self._status)
+        self.ctx.control.register("server.reload", self._reload_method)
+        for component in self.components:
+            await component.start()
+        await self.listeners.start()
+        _log.info("started", hostname=self.settings.hostname, pid=os.getpid(),
+                  components=",".join(c.name for c in self.components))
+        return addresses
+
+    async def stop(self) -> None:
+        grace = float(self.settings.limits.shutdown_grace)
+        _log.info("stopping", grace=grace, connections=self.listeners.active_connections)
+        await self.listeners.stop(grace)
+        for component in reversed(self.components):
+            try:
+                await component.stop()
+            except Exception:
+                _log.error("component stop failed", component=component.name, exc_info=True)
+        await self.ctx.control.stop()
+        self.ctx.accounts.close()
+        _log.info("stopped")
+
+    async def reload(self) -> bool:
+        """Re-read the config and certificates; a bad config is refused, the old one stays."""
+        try:
+            new = config.load(self.settings.source) if self.settings.source else self.settings
+            provider = TlsProvider(new.tls.cert, new.tls.key)
+        except (config.ConfigError, TlsConfigError) as exc:
+            _log.error("reload refused", reason=str(exc))
+            return False
+        if new.listen != self.settings.listen:
+            _log.warning("listener changes need a restart", hint="run: systemctl restart")
+        self.settings = new
+        self.ctx.settings = new
+        self.ctx.tls.reload(provider.cert, provider.key)
+        for component in self.components:
+            try:
+                await component.reload(self.ctx)
+            except Exception:
+                _log.error("component reload failed", component=component.name, exc_info=True)
+        _log.info("reloaded", config=str(new.source))
+        return True
+
+    async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "connections": self.listeners.active_connections,
+                "listeners": {k: f"{h}:{p}" for k, (h, p) in self.listeners.addresses().items()},
+                "components": [c.name for c in self.components]}
+
+    async def _reload_method(self, params: dict[str, Any]) -> bool:
+        return await self.reload()
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def run_until_stopped(self) -> None:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            await self._stop_requested.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+
+def drop_privileges(settings: Settings) -> None:
+    """After binding privileged ports as root, continue as ``settings.user``."""
+    if os.getuid() != 0 or not settings.user:
+        return
+    try:
+        entry = pwd.getpwnam(settings.user)
+    except KeyError:
+        raise config.ConfigError(f"no such system user {settings.user!r}", key="user",
+                                 path=settings.source) from None
+    _chown_tree(settings.data_dir, entry.pw_uid, entry.pw_gid)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    _log.info("dropped privileges", user=settings.user, uid=entry.pw_uid)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """Give the data dir to the service user the first time (when the root is not yet its)."""
+    if root.stat().st_uid == uid:
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            with contextlib.suppress(FileNotFoundError):
+                os.lchown(os.path.join(dirpath, name), uid, gid)
+    os.lchown(root, uid, gid)
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    await server.start()
+    await server.run_until_stopped()

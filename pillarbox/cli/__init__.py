@@ -1,0 +1,68 @@
+"""The ``pillarbox`` command line: one table of commands, exit codes 0 / 1 / 2.
+
+Each command module lists its ``COMMANDS``; this module joins them into one argparse tree.
+0 is success, 1 a failure (bad config, unknown user, server not reachable), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pillarbox import __version__
+from pillarbox.cli import accounts, init, serve
+from pillarbox.cli.common import CliError, Command
+from pillarbox.config import ConfigError
+
+COMMANDS: list[Command] = [
+    *init.COMMANDS,
+    *serve.COMMANDS,
+    *accounts.COMMANDS,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pillarbox",
+        description="A complete personal mail server: SMTP, IMAP, DKIM/SPF/DMARC and "
+                    "certificates in one process.",
+    )
+    parser.add_argument("--config", metavar="PATH",
+                        help="config file (default: $PILLARBOX_CONFIG, ./pillarbox.toml, "
+                             "/etc/pillarbox/pillarbox.toml)")
+    parser.add_argument("--version", action="version", version=f"pillarbox {__version__}")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction[argparse.ArgumentParser]] = {
+        (): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    }
+    parents: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+    for command in COMMANDS:
+        for depth in range(1, len(command.path)):
+            prefix = command.path[:depth]
+            if prefix not in groups:
+                group_parser = groups[prefix[:-1]].add_parser(
+                    prefix[-1], help=f"{prefix[-1]} commands")
+                parents[prefix] = group_parser
+                groups[prefix] = group_parser.add_subparsers(
+                    dest="_".join(prefix) + "_command", metavar="COMMAND", required=True)
+        sub = groups[command.path[:-1]].add_parser(
+            command.path[-1], help=command.help, description=command.description or command.help)
+        command.arguments(sub)
+        sub.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args))
+    except (CliError, ConfigError) as exc:
+        print(f"pillarbox: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""``pillarbox user ...`` and ``pillarbox alias ...``: manage who receives mail.
+
+These work on the database directly (SQLite in WAL mode lets them run beside a live
+server, which reads accounts on every login and delivery, so changes apply at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pillarbox.auth.passwords import PasswordPolicyError, hash_password
+from pillarbox.cli.common import CliError, Command, load_settings, read_password
+from pillarbox.store.accounts import AccountError, Accounts
+from pillarbox.store.maildir import user_maildir
+
+
+def _accounts(args: argparse.Namespace) -> tuple[Accounts, argparse.Namespace]:
+    settings = load_settings(args)
+    args.settings = settings
+    return Accounts(settings.database_path, settings.domains), args
+
+
+def _hash(password: str) -> str:
+    try:
+        return hash_password(password)
+    except PasswordPolicyError as exc:
+        raise CliError(str(exc)) from None
+
+
+def user_add(args: argparse.Namespace) -> int:
+    accounts, args = _accounts(args)
+    try:
+        address = str(accounts.parse_local(args.address))
+        if accounts.user_exists(address):
+            raise CliError(f"user {address} already exists")
+        password_hash = _hash(read_password(args.password_stdin))
+        accounts.add_user(address, password_hash)
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        accounts.close()
+    print(f"added {address} (mail in {user_maildir(args.settings.mail_dir, address)})")
+    return 0
+
+
+def user_list(args: argparse.Namespace) -> int:
+    accounts, _ = _accounts(args)
+    try:
+        for address in accounts.list_users():
+            print(address)
+    finally:
+        accounts.close()
+    return 0
+
+
+def user_passwd(args: argparse.Namespace) -> int:
+    accounts, _ = _accounts(args)
+    try:
+        address = str(accounts.parse_local(args.address))
+        if not accounts.user_exists(address):
+            raise CliError(f"no such user: {address}")
+        accounts.set_password(address, _hash(read_password(args.password_stdin)))
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        accounts.close()
+    print(f"password changed for {address}")
+    return 0
+
+
+def user_del(args: argparse.Namespace) -> int:
+    accounts, args = _accounts(args)
+    try:
+        address = str(accounts.parse_local(args.address))
+        accounts.delete_user(address)
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        accounts.close()
+    maildir = user_maildir(args.settings.mail_dir, address)
+    print(f"deleted {address}; its mail is kept in {maildir} (remove it by hand if unwanted)")
+    return 0
+
+
+def alias_add(args: argparse.Namespace) -> int:
+    accounts, _ = _accounts(args)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    try:
+        key, normalised = accounts.add_alias(args.alias, targets)
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        accounts.close()
+    print(f"{key} -> {', '.join(normalised)}")
+    return 0
+
+
+def alias_list(args: argparse.Namespace) -> int:
+    accounts, _ = _accounts(args)
+    try:
+        for alias, targets in accounts.list_aliases().items():
+            print(f"{alias} -> {', '.join(targets)}")
+    finally:
+        accounts.close()
+    return 0
+
+
+def alias_del(args: argparse.Namespace) -> int:
+    accounts, _ = _accounts(args)
+    try:
+        accounts.delete_alias(args.alias)
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        accounts.close()
+    print(f"deleted alias {args.alias}")
+    return 0
+
+
+def _address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("address", metavar="ADDRESS", help="the user's address, user@domain")
+
+
+def _password_args(parser: argparse.ArgumentParser) -> None:
+    _address_arg(parser)
+    parser.add_argument("--password-stdin", action="store_true",
+                        help="read the password from one line of stdin instead of prompting")
+
+
+def _alias_add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("alias", metavar="ALIAS", help="alias address, or @domain for a catch-all")
+    parser.add_argument("targets", metavar="TARGET[,TARGET...]",
+                        help="comma-separated addresses to deliver to (local or remote)")
+
+
+def _alias_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("alias", metavar="ALIAS", help="alias address, or @domain")
+
+
+COMMANDS = [
+    Command(("user", "add"), "create a mailbox user (password prompted or --password-stdin)",
+            user_add, _password_args),
+    Command(("user", "list"), "list users", user_list),
+    Command(("user", "passwd"), "change a user's password", user_passwd, _password_args),
+    Command(("user", "del"), "delete a user (its mail stays on disk)", user_del, _address_arg),
+    Command(("alias", "add"), "add an alias (several targets, @domain catch-all)", alias_add,
+            _alias_add_args),
+    Command(("alias", "list"), "list aliases", alias_list),
+    Command(("alias", "del"), "delete an alias", alias_del, _alias_arg),
+]

@@ -1,0 +1,442 @@
+"""The configuration: one TOML file loaded into frozen, typed settings.
+
+Every key and its default lives in the dataclasses below, which are the schema and the
+documentation at once. Loading is strict: an unknown key, a value of the wrong type, a bad
+address or a missing certificate file stops the program with one message that names the key
+and the file (see INTERFACE.md for the contract). Relative paths resolve against the folder
+of the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pillarbox.core.address import AddressError, normalize_domain, parse_address
+
+CONFIG_ENV = "PILLARBOX_CONFIG"
+DEFAULT_LOCATIONS = (Path("pillarbox.toml"), Path("/etc/pillarbox/pillarbox.toml"))
+
+
+class ConfigError(Exception):
+    """A config problem, worded for the person who edits the file."""
+
+    def __init__(self, message: str, *, key: str | None = None, path: Path | None = None):
+        self.key = key
+        self.path = path
+        where = f"{path}: " if path else ""
+        what = f"{key}: " if key else ""
+        super().__init__(f"{where}{what}{message}")
+
+
+class Duration(int):
+    """Seconds, written in the file as an integer or as "90s", "30m", "4h", "5d"."""
+
+
+class HostPort(str):
+    """A listen or connect address "host:port" ("[v6]:port" for IPv6); "" means disabled."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> Duration:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 300, \"30m\" or \"5d\"")
+    if isinstance(value, int):
+        return Duration(value)
+    if isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        return Duration(int(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    raise ValueError(f"expected a duration such as 300, \"30m\" or \"5d\", got {value!r}")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port" and check both halves."""
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected \"host:port\", got {value!r}")
+    return host, int(port)
+
+
+def parse_host_port(value: object) -> HostPort:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string \"host:port\", got {value!r}")
+    if value:
+        split_host_port(value)
+    return HostPort(value)
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as exc:
+        raise ValueError(f"not an IP address: {value!r}") from exc
+
+
+def _ipv4(value: str) -> str:
+    if value and not isinstance(ipaddress.ip_address(_ip(value)), ipaddress.IPv4Address):
+        raise ValueError(f"not an IPv4 address: {value!r}")
+    return value
+
+
+def _ipv6(value: str) -> str:
+    if value and not isinstance(ipaddress.ip_address(_ip(value)), ipaddress.IPv6Address):
+        raise ValueError(f"not an IPv6 address: {value!r}")
+    return value
+
+
+def _choice(*allowed: str) -> typing.Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _domain(value: str) -> str:
+    try:
+        return normalize_domain(value)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _optional_address(value: str) -> str:
+    if not value:
+        return value
+    try:
+        return str(parse_address(value))
+    except AddressError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _nameserver(value: str) -> str:
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "53")
+    _ip(host.strip("[]") if host else value)
+    if port and not port.isdigit():
+        raise ValueError(f"bad nameserver port in {value!r}")
+    return value
+
+
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise ValueError(f"must be positive, got {value}")
+    return value
+
+
+def _delimiter(value: str) -> str:
+    if "@" in value or any(c.isspace() for c in value):
+        raise ValueError(f"recipient_delimiter cannot contain '@' or spaces: {value!r}")
+    return value
+
+
+def _check(fn: typing.Callable[[Any], Any], doc: str = "") -> dict[str, Any]:
+    return {"check": fn, "doc": doc}
+
+
+# ---------------------------------------------------------------------------------------
+# The schema. Field metadata: "check" validates/normalises a value, "doc" explains the key.
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    smtp: HostPort = HostPort("0.0.0.0:25")
+    submission: HostPort = HostPort("0.0.0.0:587")
+    submissions: HostPort = HostPort("0.0.0.0:465")
+    imap: HostPort = HostPort("0.0.0.0:143")
+    imaps: HostPort = HostPort("0.0.0.0:993")
+    pop3: HostPort = HostPort("")
+    pop3s: HostPort = HostPort("")
+    http: HostPort = HostPort("0.0.0.0:80")
+    https: HostPort = HostPort("0.0.0.0:443")
+
+    def enabled(self) -> dict[str, tuple[str, int]]:
+        """Listener name -> (host, port) for every listener that is switched on."""
+        return {
+            f.name: split_host_port(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name)
+        }
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert: Path = Path("tls/cert.pem")
+    key: Path = Path("tls/key.pem")
+    # A CA bundle that clients of this server trust in addition to the system roots: the dev
+    # CA, or pebble's in tests. `check` and the outbound client use it.
+    ca: Path | None = None
+    acme: bool = False
+    acme_email: str = field(default="", metadata=_check(_optional_address))
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    # CA bundle used to reach the ACME directory over HTTPS (pebble's own CA in tests).
+    acme_ca: Path | None = None
+    renew_days: int = field(default=30, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    recipient_delimiter: str = field(default="+", metadata=_check(_delimiter))
+    max_message_size: int = field(default=52428800, metadata=_check(_positive))
+    tls: str = field(default="may", metadata=_check(_choice("may", "encrypt")))
+    smarthost: HostPort = HostPort("")
+    smarthost_user: str = ""
+    smarthost_password_file: Path | None = None
+    bind_address: str = ""
+    ip_preference: str = field(default="any", metadata=_check(_choice("ipv4", "ipv6", "any")))
+    queue_lifetime: Duration = Duration(5 * 86400)
+    delay_warning: Duration = Duration(4 * 3600)
+    retry_initial: Duration = Duration(300)
+    retry_max: Duration = Duration(7200)
+    max_concurrency: int = field(default=20, metadata=_check(_positive))
+    max_concurrency_per_destination: int = field(default=4, metadata=_check(_positive))
+    # Port used to reach other mail servers; tests point it elsewhere.
+    remote_port: int = field(default=25, metadata=_check(_positive))
+    mta_sts: bool = True
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_recipients: int = field(default=100, metadata=_check(_positive))
+    # RFC 5321 §4.5.3.1.4 says 512 for a command line; we allow a little more for long
+    # ESMTP parameter lists (SIZE, DSN ORCPT, SMTPUTF8) as Postfix does.
+    max_command_line: int = field(default=2048, metadata=_check(_positive))
+    # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF. We accept up to
+    # this many to be liberal with real-world mail, and reject longer ones.
+    max_data_line: int = field(default=10000, metadata=_check(_positive))
+    max_commands: int = field(default=1000, metadata=_check(_positive))
+    max_bad_commands: int = field(default=10, metadata=_check(_positive))
+    idle_timeout: Duration = Duration(300)
+    command_timeout: Duration = Duration(300)
+    max_connections: int = field(default=1000, metadata=_check(_positive))
+    max_connections_per_ip: int = field(default=50, metadata=_check(_positive))
+    imap_idle_timeout: Duration = Duration(1800)
+    imap_max_literal: int = field(default=52428800, metadata=_check(_positive))
+    imap_max_line: int = field(default=65536, metadata=_check(_positive))
+    auth_failure_delay: float = 1.0
+    shutdown_grace: Duration = Duration(10)
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    nameservers: tuple[str, ...] = field(default=(), metadata=_check(_nameserver))
+    timeout: float = 3.0
+
+
+@dataclass(frozen=True)
+class MailAuthSettings:
+    dmarc_reject: bool = True
+    spf_reject: bool = False
+    verify_inbound: bool = True
+    sign_outbound: bool = True
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    dnsbls: tuple[str, ...] = ("zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org")
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    hostname: str = field(metadata=_check(_domain, "EHLO name, certificate name, MX target"))
+    domains: tuple[str, ...] = field(metadata=_check(_domain, "domains we receive mail for"))
+    data_dir: Path = Path(".")
+    public_ip: str = field(default="", metadata=_check(_ipv4))
+    public_ip6: str = field(default="", metadata=_check(_ipv6))
+    user: str = ""
+    log_level: str = field(default="info", metadata=_check(_choice("debug", "info", "warning")))
+    listen: ListenSettings = field(default_factory=ListenSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    mailauth: MailAuthSettings = field(default_factory=MailAuthSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
+    # Where the settings came from; not a key in the file.
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+    # Paths derived from data_dir: the one place that knows the data layout.
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "pillarbox.db"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "control.sock"
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file by INTERFACE.md's discovery order; ConfigError when there is none."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get(CONFIG_ENV):
+        return Path(env)
+    for candidate in DEFAULT_LOCATIONS:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "no config file found (tried --config, $PILLARBOX_CONFIG, ./pillarbox.toml, "
+        "/etc/pillarbox/pillarbox.toml); create one with `pillarbox init`"
+    )
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, validate and return the settings from ``path`` (or the discovered file)."""
+    config_path = find_config(path)
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("file not found", path=config_path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=config_path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=config_path) from None
+    return from_dict(raw, base_dir=config_path.resolve().parent, source=config_path)
+
+
+def from_dict(raw: dict[str, Any], *, base_dir: Path, source: Path | None = None,
+              check_files: bool = True) -> Settings:
+    """Build settings from a parsed TOML table; paths resolve against ``base_dir``.
+
+    ``check_files=False`` skips the existence checks (``init`` builds the settings before
+    it creates the certificate files)."""
+    try:
+        settings = _build(Settings, raw, prefix="", base_dir=base_dir)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), key=exc.key, path=source) from None
+    settings = dataclasses.replace(settings, source=source)
+    _check_whole(settings, source, check_files)
+    return settings
+
+
+def _build(cls: type, raw: dict[str, Any], *, prefix: str, base_dir: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key (known keys: {', '.join(fields)})",
+                          key=prefix + unknown[0])
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError("required key is missing", key=key)
+            continue
+        values[name] = _convert(hints[name], raw[name], f, key=key, base_dir=base_dir)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, f: dataclasses.Field[Any], *, key: str, base_dir: Path) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a table [{key}]", key=key)
+        return _build(typing.cast(type, hint), value, prefix=key + ".", base_dir=base_dir)
+    check = f.metadata.get("check")
+    try:
+        converted = _coerce(hint, value, base_dir)
+        if check is not None:
+            if isinstance(converted, tuple):
+                converted = tuple(check(item) for item in converted)
+            else:
+                converted = check(converted)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc), key=key) from None
+    return converted
+
+
+def _coerce(hint: Any, value: Any, base_dir: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(options[0], value, base_dir)
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {type(value).__name__}")
+        return tuple(_coerce(item, v, base_dir) for v in value)
+    if hint is Duration:
+        return parse_duration(value)
+    if hint is HostPort:
+        return parse_host_port(value)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a path string, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base_dir / path)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r}")  # a schema bug, not a user error
+
+
+def _check_whole(settings: Settings, source: Path | None, check_files: bool) -> None:
+    """Rules that span several keys or touch the file system."""
+    if not settings.domains:
+        raise ConfigError("at least one domain is required", key="domains", path=source)
+    if settings.tls.acme and not settings.tls.acme_email:
+        raise ConfigError("required when tls.acme = true", key="tls.acme_email", path=source)
+    if not check_files:
+        return
+    if not settings.tls.acme:
+        for name in ("cert", "key"):
+            path: Path = getattr(settings.tls, name)
+            if not path.is_file():
+                raise ConfigError(f"file not found: {path}", key=f"tls.{name}", path=source)
+    if settings.tls.ca is not None and not settings.tls.ca.is_file():
+        raise ConfigError(f"file not found: {settings.tls.ca}", key="tls.ca", path=source)
+    smarthost_pw = settings.delivery.smarthost_password_file
+    if smarthost_pw is not None and not smarthost_pw.is_file():
+        raise ConfigError(f"file not found: {smarthost_pw}",
+                          key="delivery.smarthost_password_file", path=source)
+    for address in filter(None, settings.delivery.bind_address.split(",")):
+        try:
+            _ip(address.strip())
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="delivery.bind_address", path=source) from None

@@ -1,0 +1,78 @@
+"""Logging: one line per event, ``key=value`` fields, on stderr.
+
+    2026-11-25T13:04:05.123Z info smtp event=delivered queue_id=4F2A9C1B3D msgid=<x@y> ...
+
+Values with spaces or quotes are quoted, so every line splits cleanly with shlex. The first
+fields are fixed (time, level, component); a mail admin can ``grep queue_id=ID`` to follow
+one message across SMTP, queue and delivery, as with Postfix's queue ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+_NEEDS_QUOTES = set(' "=\t')
+
+
+def _format_value(value: Any) -> str:
+    text = str(value)
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if not text or any(c in _NEEDS_QUOTES for c in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def format_fields(fields: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_format_value(v)}" for k, v in fields.items() if v is not None)
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        millis = int(record.msecs)
+        fields: dict[str, Any] = {"event": record.getMessage()}
+        fields.update(getattr(record, "fields", {}))
+        line = (f"{stamp}.{millis:03d}Z {record.levelname.lower()} "
+                f"{record.name.removeprefix('pillarbox.')} {format_fields(fields)}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger("pillarbox")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class EventLogger:
+    """``log.info("delivered", queue_id=..., to=...)``: an event name plus fields."""
+
+    def __init__(self, component: str):
+        self._logger = logging.getLogger(f"pillarbox.{component}")
+
+    def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, extra={"fields": fields}, exc_info=exc_info)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, False, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, False, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, False, fields)
+
+    def error(self, event: str, *, exc_info: bool = False, **fields: Any) -> None:
+        self._log(logging.ERROR, event, exc_info, fields)
+
+
+def get(component: str) -> EventLogger:
+    return EventLogger(component)

@@ -1,0 +1,264 @@
+"""Accounts: domains, users with argon2id password hashes, and aliases.
+
+The table of record for who receives mail. Recipient resolution (aliases, catch-all,
+sub-addressing) and sender ownership (which From addresses a user may use) are answered here
+so SMTP, IMAP and the CLI agree on one set of rules.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pillarbox.core.address import (
+    Address,
+    AddressError,
+    is_catch_all,
+    normalize_domain,
+    parse_address,
+)
+from pillarbox.store.db import Transaction, connect, migrate
+
+MIGRATIONS = [
+    """
+    CREATE TABLE domains (name TEXT PRIMARY KEY);
+    CREATE TABLE users (
+        address TEXT PRIMARY KEY,
+        domain TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE aliases (
+        alias TEXT NOT NULL,
+        target TEXT NOT NULL,
+        PRIMARY KEY (alias, target)
+    );
+    CREATE INDEX aliases_target ON aliases(target)
+    """,
+]
+
+# Alias chains deeper than this are a loop or a mistake; Postfix stops at 1000 expansions.
+MAX_ALIAS_DEPTH = 10
+
+
+class AccountError(Exception):
+    """A user-facing error about accounts (unknown user, duplicate, bad address)."""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where mail for one envelope recipient goes."""
+
+    local_users: tuple[str, ...] = ()
+    remote: tuple[str, ...] = ()
+
+    @property
+    def found(self) -> bool:
+        return bool(self.local_users or self.remote)
+
+
+@dataclass
+class _Expansion:
+    local: list[str] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+
+
+class Accounts:
+    """The accounts store over one SQLite database (thread-safe: one lock-free connection
+    per call site is not needed because sqlite3 serialises on the connection)."""
+
+    def __init__(self, db_path: Path, domains: Iterable[str]):
+        self.conn: sqlite3.Connection = connect(db_path)
+        migrate(self.conn, "accounts", MIGRATIONS)
+        self.domains = frozenset(normalize_domain(d) for d in domains)
+        self._sync_domains()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _sync_domains(self) -> None:
+        with Transaction(self.conn) as c:
+            c.execute("DELETE FROM domains")
+            c.executemany("INSERT INTO domains(name) VALUES(?)", [(d,) for d in self.domains])
+
+    # -- validation ------------------------------------------------------------------
+
+    def parse_local(self, text: str) -> Address:
+        """Parse an address that must belong to one of our domains."""
+        try:
+            address = parse_address(text)
+        except AddressError as exc:
+            raise AccountError(str(exc)) from None
+        if address.domain not in self.domains:
+            raise AccountError(
+                f"{address.domain} is not one of this server's domains "
+                f"({', '.join(sorted(self.domains))}); add it to `domains` in the config"
+            )
+        return address
+
+    def is_local_domain(self, domain: str) -> bool:
+        try:
+            return normalize_domain(domain) in self.domains
+        except AddressError:
+            return False
+
+    # -- users -----------------------------------------------------------------------
+
+    def add_user(self, address: str, password_hash: str) -> str:
+        addr = self.parse_local(address)
+        try:
+            with Transaction(self.conn) as c:
+                c.execute(
+                    "INSERT INTO users(address, domain, password_hash, created) VALUES(?,?,?,?)",
+                    (str(addr), addr.domain, password_hash, time.time()),
+                )
+        except sqlite3.IntegrityError:
+            raise AccountError(f"user {addr} already exists") from None
+        return str(addr)
+
+    def set_password(self, address: str, password_hash: str) -> None:
+        addr = self.parse_local(address)
+        with Transaction(self.conn) as c:
+            cur = c.execute("UPDATE users SET password_hash = ? WHERE address = ?",
+                            (password_hash, str(addr)))
+        if cur.rowcount == 0:
+            raise AccountError(f"no such user: {addr}")
+
+    def delete_user(self, address: str) -> None:
+        addr = self.parse_local(address)
+        with Transaction(self.conn) as c:
+            cur = c.execute("DELETE FROM users WHERE address = ?", (str(addr),))
+            c.execute("DELETE FROM aliases WHERE target = ?", (str(addr),))
+        if cur.rowcount == 0:
+            raise AccountError(f"no such user: {addr}")
+
+    def list_users(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT address FROM users ORDER BY domain, address")]
+
+    def user_exists(self, address: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone()
+        return row is not None
+
+    def password_hash(self, address: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT password_hash FROM users WHERE address = ?", (address,)
+        ).fetchone()
+        return row[0] if row else None
+
+    # -- aliases ---------------------------------------------------------------------
+
+    def _alias_key(self, alias: str) -> str:
+        if is_catch_all(alias):
+            domain = alias.strip()[1:]
+            try:
+                domain = normalize_domain(domain)
+            except AddressError as exc:
+                raise AccountError(str(exc)) from None
+            if domain not in self.domains:
+                raise AccountError(f"{domain} is not one of this server's domains")
+            return "@" + domain
+        return str(self.parse_local(alias))
+
+    def add_alias(self, alias: str, targets: Iterable[str]) -> tuple[str, list[str]]:
+        key = self._alias_key(alias)
+        normalised: list[str] = []
+        for target in targets:
+            try:
+                normalised.append(str(parse_address(target)))
+            except AddressError as exc:
+                raise AccountError(f"target {target!r}: {exc}") from None
+        if not normalised:
+            raise AccountError("an alias needs at least one target")
+        if key in normalised:
+            raise AccountError(f"alias {key} cannot point to itself")
+        if not key.startswith("@") and self.user_exists(key):
+            raise AccountError(f"{key} is a user; an alias cannot shadow it")
+        with Transaction(self.conn) as c:
+            c.executemany("INSERT OR IGNORE INTO aliases(alias, target) VALUES(?, ?)",
+                          [(key, t) for t in normalised])
+        return key, normalised
+
+    def delete_alias(self, alias: str) -> None:
+        key = self._alias_key(alias)
+        with Transaction(self.conn) as c:
+            cur = c.execute("DELETE FROM aliases WHERE alias = ?", (key,))
+        if cur.rowcount == 0:
+            raise AccountError(f"no such alias: {key}")
+
+    def list_aliases(self) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {}
+        for alias, target in self.conn.execute(
+            "SELECT alias, target FROM aliases ORDER BY alias, target"
+        ):
+            result.setdefault(alias, []).append(target)
+        return result
+
+    def _alias_targets(self, key: str) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT target FROM aliases WHERE alias = ? ORDER BY target", (key,))]
+
+    # -- routing ---------------------------------------------------------------------
+
+    def resolve(self, address: str, delimiter: str) -> Resolution:
+        """Expand one recipient into local users and remote forwarding targets.
+
+        Order of lookup, as Postfix's virtual_alias_maps + virtual_mailbox_maps:
+        exact address, then the address without its sub-address, then the ``@domain``
+        catch-all. A user's own address beats a catch-all.
+        """
+        try:
+            addr = parse_address(address)
+        except AddressError:
+            return Resolution()
+        expansion = _Expansion()
+        self._expand(addr, delimiter, expansion, depth=0, seen=set())
+        return Resolution(tuple(dict.fromkeys(expansion.local)),
+                          tuple(dict.fromkeys(expansion.remote)))
+
+    def _expand(self, addr: Address, delimiter: str, out: _Expansion, depth: int,
+                seen: set[str]) -> None:
+        if depth > MAX_ALIAS_DEPTH or str(addr) in seen:
+            return
+        seen.add(str(addr))
+        if addr.domain not in self.domains:
+            out.remote.append(str(addr))
+            return
+        base = addr.base(delimiter)
+        for candidate in dict.fromkeys((str(addr), str(base))):
+            if self.user_exists(candidate):
+                out.local.append(candidate)
+                return
+            targets = self._alias_targets(candidate)
+            if targets:
+                for target in targets:
+                    self._expand(parse_address(target), delimiter, out, depth + 1, seen)
+                return
+        for target in self._alias_targets("@" + addr.domain):
+            self._expand(parse_address(target), delimiter, out, depth + 1, seen)
+
+    def owned_addresses(self, user: str) -> set[str]:
+        """Addresses ``user`` may send as: its own and every alias that delivers to it."""
+        owned = {user}
+        frontier = [user]
+        while frontier:
+            target = frontier.pop()
+            for (alias,) in self.conn.execute(
+                "SELECT alias FROM aliases WHERE target = ?", (target,)
+            ):
+                if alias not in owned and not alias.startswith("@"):
+                    owned.add(alias)
+                    frontier.append(alias)
+        return owned
+
+    def may_send_as(self, user: str, address: str, delimiter: str) -> bool:
+        """RFC 6409 §6.1 lets a submission server check the sender against the user:
+        allow the user's address, its sub-addresses and aliases pointing to it."""
+        try:
+            addr = parse_address(address)
+        except AddressError:
+            return False
+        owned = self.owned_addresses(user)
+        return str(addr) in owned or str(addr.base(delimiter)) in owned

@@ -1,0 +1,220 @@
+"""Run a real Pillarbox for tests: a data dir made by ``init``, a server on free ports.
+
+``make_settings`` writes a dev-profile data dir with every listener on 127.0.0.1 port 0
+(the kernel picks free ports, so parallel tests never collide) and applies config overrides.
+The expensive material (CA, server certificate, DKIM keys) is made once per test process
+and copied, so a test pays milliseconds, not a key generation.
+
+``RunningServer`` runs the real ``app.Server`` in a background thread with its own event
+loop, so tests drive it with ordinary blocking clients (smtplib, imaplib, imapclient) or
+their own asyncio loop, over real sockets. ``SubprocessServer`` runs ``pillarbox serve``
+as a separate process, for signals, restarts and kill -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pillarbox import config
+from pillarbox.auth.passwords import hash_password
+from pillarbox.cli.init import PROD_LISTEN, InitOptions, initialize
+from pillarbox.config import Settings
+from pillarbox.store.accounts import Accounts
+
+DOMAIN = "example.test"
+HOSTNAME = "mail.example.test"
+PASSWORD = "correct horse battery"
+
+
+# -- tiny TOML writer (tomllib only reads) --------------------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        text = str(value)
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for key, table in data.items():
+        if isinstance(table, dict):
+            lines.append(f"\n[{key}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+# -- data dirs -------------------------------------------------------------------------------
+
+@functools.cache
+def _template(domains: tuple[str, ...], hostname: str) -> Path:
+    """One initialised data dir per test process and domain set, copied by each test."""
+    root = Path(os.environ.get("PYTEST_TMPDIR_ROOT", "/tmp")) / (
+        f"pillarbox-template-{os.getpid()}-{abs(hash((domains, hostname)))}")
+    if root.exists():
+        shutil.rmtree(root)
+    listen = {name: "127.0.0.1:0" for name in PROD_LISTEN}
+    listen.update(pop3="", pop3s="")
+    initialize(InitOptions(data_dir=root, domains=domains, hostname=hostname, dev=True,
+                           listen=listen))
+    return root
+
+
+def make_settings(data_dir: Path, overrides: Mapping[str, Any] | None = None, *,
+                  domains: tuple[str, ...] = (DOMAIN,), hostname: str = HOSTNAME) -> Settings:
+    """A fresh data dir at ``data_dir`` with config ``overrides`` merged in; its settings.
+
+    Listeners default to 127.0.0.1:0; pass ``{"listen": {"imap": ""}}`` to disable one.
+    """
+    shutil.copytree(_template(domains, hostname), data_dir, dirs_exist_ok=True)
+    config_path = data_dir / "pillarbox.toml"
+    raw = tomllib.loads(config_path.read_text())
+    raw = merge(raw, overrides or {})
+    config_path.write_text(dump_toml(raw))
+    return config.load(config_path)
+
+
+def add_user(settings: Settings, address: str, password: str = PASSWORD) -> str:
+    accounts = Accounts(settings.database_path, settings.domains)
+    try:
+        return accounts.add_user(address, hash_password(password))
+    finally:
+        accounts.close()
+
+
+def add_alias(settings: Settings, alias: str, *targets: str) -> None:
+    accounts = Accounts(settings.database_path, settings.domains)
+    try:
+        accounts.add_alias(alias, targets)
+    finally:
+        accounts.close()
+
+
+# -- in-process server -----------------------------------------------------------------------
+
+class RunningServer:
+    """The real server in a background thread; see the module docstring."""
+
+    def __init__(self, settings: Settings):
+        from pillarbox.app import Server
+
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(settings)
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.call(self._start())
+
+    async def _start(self) -> None:
+        self.addresses = await self.server.start()
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def port(self, listener: str) -> int:
+        return self.addresses[listener][1]
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            try:
+                self.call(self.server.stop())
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(10)
+                self.loop.close()
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- subprocess server -----------------------------------------------------------------------
+
+_LISTENING = re.compile(r"event=listening listener=(\w+) address=([\d.:\[\]a-f]+):(\d+)")
+
+
+class SubprocessServer:
+    """``pillarbox serve`` as a child process; ``addresses`` parsed from its log."""
+
+    def __init__(self, settings: Settings, *, wait: float = 15.0):
+        assert settings.source is not None
+        self.settings = settings
+        self.log_path = settings.data_dir / "serve.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pillarbox", "--config", str(settings.source), "serve"],
+            stdout=self._log, stderr=self._log, cwd=settings.data_dir,
+        )
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._wait_started(wait)
+
+    def _wait_started(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if "event=started" in text:
+                self.addresses = {m[0]: (m[1], int(m[2])) for m in _LISTENING.findall(text)}
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pillarbox serve exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        raise RuntimeError("pillarbox serve did not start:\n" + self.log_path.read_text())
+
+    def port(self, listener: str) -> int:
+        return self.addresses[listener][1]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> SubprocessServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
