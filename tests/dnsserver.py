@@ -358,3 +358,29 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes:
 def running_server() -> Iterator[DnsTestServer]:
     with DnsTestServer() as server:
         yield server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a server in the foreground: ``python -m tests.dnsserver --port 53 --zone ORIGIN FILE``.
+
+    Used to give tools that only read /etc/resolv.conf (OpenDKIM) a server on port 53 inside
+    a private network namespace. Prints "ready PORT" once serving; stops on SIGTERM.
+    """
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--zone", nargs=2, action="append", metavar=("ORIGIN", "FILE"))
+    args = parser.parse_args(argv)
+    server = DnsTestServer(host=args.host, port=args.port)
+    for origin, path in args.zone or []:
+        server.set_zone(origin, Path(path).read_text())
+    with server:
+        print(f"ready {server.port}", flush=True)
+        threading.Event().wait()  # until SIGTERM/SIGINT
+
+
+if __name__ == "__main__":
+    main()
