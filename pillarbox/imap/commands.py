@@ -1,0 +1,862 @@
+"""IMAP commands as typed, frozen objects (RFC 3501 §6, RFC 9051 §6 and extensions).
+
+:func:`parse` turns one assembled command (see :class:`grammar.CommandAssembler`) into one of
+the dataclasses below, or raises :class:`ParseError` (answer ``tag BAD reason``; ``* BAD`` when
+``tag`` is None).  Parsing knows nothing about state or storage: each class declares the
+connection states in which it is allowed (``states``) and the session checks them.  The UID
+variants (``UID FETCH`` ...) are the same classes with ``uid=True``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar, Final
+
+from pillarbox.imap.fetchatts import FetchAtt, parse_fetch_atts
+from pillarbox.imap.grammar import (
+    _TAG_RE,
+    MAX_NUMBER64,
+    LiteralSpec,
+    ParseError,
+    Reader,
+    SequenceSet,
+)
+from pillarbox.imap.searchkeys import (
+    SearchKey,
+    parse_return_options,
+    parse_search_program,
+)
+
+
+class State(Enum):
+    """Connection states (RFC 3501 §3)."""
+
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+_NO_SET: Final = SequenceSet(())  # placeholder default; parse always sets it
+
+ANY: Final = frozenset({State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED})
+NOT_AUTHENTICATED: Final = frozenset({State.NOT_AUTHENTICATED})
+AUTHENTICATED: Final = frozenset({State.AUTHENTICATED, State.SELECTED})
+SELECTED: Final = frozenset({State.SELECTED})
+
+InvalidCommand = ParseError  # the name the session may prefer; one class, one wire outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Base of all commands.  ``name`` is the upper-case command word."""
+
+    tag: str
+    name: ClassVar[str] = ""
+    states: ClassVar[frozenset[State]] = ANY
+    uid_variant: ClassVar[bool] = False  # may be prefixed by UID
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        """Parse the arguments after the command name; the default takes none."""
+        r.end()
+        return cls(tag)
+
+
+# --- any state (RFC 3501 §6.1) ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Capability(Command):
+    name: ClassVar[str] = "CAPABILITY"
+
+
+@dataclass(frozen=True, slots=True)
+class Noop(Command):
+    name: ClassVar[str] = "NOOP"
+
+
+@dataclass(frozen=True, slots=True)
+class Logout(Command):
+    name: ClassVar[str] = "LOGOUT"
+
+
+@dataclass(frozen=True, slots=True)
+class Id(Command):
+    """ID (RFC 2971): ``params`` is None for ``ID NIL``, else (field, value-or-None) pairs."""
+
+    params: tuple[tuple[str, str | None], ...] | None = None
+    name: ClassVar[str] = "ID"
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        if r.maybe(b"NIL"):
+            r.end()
+            return cls(tag, None)
+        r.open()
+        params: list[tuple[str, str | None]] = []
+        if not r.maybe_close():
+            while True:
+                field = r.decode_utf8(r.string())
+                r.sp()
+                value = r.nstring()
+                params.append((field, None if value is None else r.decode_utf8(value)))
+                if len(params) > 30:  # RFC 2971 §3.3: at most 30 pairs
+                    r.fail("too many ID parameters")
+                if r.maybe_close():
+                    break
+                r.sp()
+        r.end()
+        return cls(tag, tuple(params))
+
+
+@dataclass(frozen=True, slots=True)
+class Enable(Command):
+    """ENABLE (RFC 5161): capability names, upper-cased."""
+
+    capabilities: tuple[str, ...] = ()
+    name: ClassVar[str] = "ENABLE"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        caps = []
+        while not r.at_end():
+            r.sp()
+            caps.append(r.keyword())
+        if not caps:
+            r.fail("ENABLE needs at least one capability")
+        return cls(tag, tuple(caps))
+
+
+# --- not authenticated (RFC 3501 §6.2) --------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StartTLS(Command):
+    name: ClassVar[str] = "STARTTLS"
+    states: ClassVar[frozenset[State]] = NOT_AUTHENTICATED
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate(Command):
+    """AUTHENTICATE mechanism [initial-response] (RFC 4959 SASL-IR; ``=`` is an empty one)."""
+
+    mechanism: str = ""
+    initial_response: bytes | None = None
+    name: ClassVar[str] = "AUTHENTICATE"
+    states: ClassVar[frozenset[State]] = NOT_AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        mechanism = r.keyword()
+        initial = None
+        if r.maybe_sp():
+            raw = r.atom()
+            if raw == b"=":
+                initial = b""
+            else:
+                try:
+                    initial = binascii.a2b_base64(raw, strict_mode=True)
+                except (binascii.Error, ValueError):
+                    r.fail("initial response is not valid base64")
+        r.end()
+        return cls(tag, mechanism, initial)
+
+
+@dataclass(frozen=True, slots=True)
+class Login(Command):
+    userid: str = ""
+    password: str = ""
+    name: ClassVar[str] = "LOGIN"
+    states: ClassVar[frozenset[State]] = NOT_AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        userid = r.text_astring()
+        r.sp()
+        password = r.text_astring()
+        r.end()
+        return cls(tag, userid, password)
+
+
+# --- authenticated (RFC 3501 §6.3) ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Select(Command):
+    """SELECT mailbox [(params)] (RFC 4466 select-params; CONDSTORE RFC 7162 §3.1.8)."""
+
+    mailbox: str = ""
+    condstore: bool = False
+    params: tuple[tuple[str, object], ...] = ()  # other parameters, tolerated, name upper-case
+    name: ClassVar[str] = "SELECT"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+    readonly: ClassVar[bool] = False
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        mailbox = r.mailbox()
+        params: list[tuple[str, object]] = []
+        condstore = False
+        if r.maybe_sp():
+            r.open()
+            while True:
+                pname = r.keyword()
+                if pname == "CONDSTORE":
+                    condstore = True
+                else:
+                    value: object = None
+                    if r.maybe_sp():
+                        value = r.ext_value()
+                    params.append((pname, value))
+                if r.maybe_close():
+                    break
+                r.sp()
+        r.end()
+        return cls(tag, mailbox, condstore, tuple(params))
+
+
+@dataclass(frozen=True, slots=True)
+class Examine(Select):
+    name: ClassVar[str] = "EXAMINE"
+    readonly: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Create(Command):
+    """CREATE mailbox [(USE (\\Drafts ...))] (RFC 6154 §3)."""
+
+    mailbox: str = ""
+    use: tuple[str, ...] = ()
+    name: ClassVar[str] = "CREATE"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        mailbox = r.mailbox()
+        use: tuple[str, ...] = ()
+        if r.maybe_sp():
+            r.open()
+            while True:
+                pname = r.keyword()
+                if pname != "USE":
+                    r.fail(f"unknown CREATE parameter {pname}")
+                r.sp()
+                use += r.flag_list()
+                if r.maybe_close():
+                    break
+                r.sp()
+        r.end()
+        return cls(tag, mailbox, use)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete(Command):
+    mailbox: str = ""
+    name: ClassVar[str] = "DELETE"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        mailbox = r.mailbox()
+        r.end()
+        return cls(tag, mailbox)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Delete):
+    name: ClassVar[str] = "SUBSCRIBE"
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(Delete):
+    name: ClassVar[str] = "UNSUBSCRIBE"
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(Command):
+    old: str = ""
+    new: str = ""
+    name: ClassVar[str] = "RENAME"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        old = r.mailbox()
+        r.sp()
+        new = r.mailbox()
+        r.end()
+        return cls(tag, old, new)
+
+
+LIST_SELECTION_OPTIONS: Final = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURN_OPTIONS: Final = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+STATUS_ITEMS: Final = frozenset(
+    {
+        "MESSAGES",
+        "RECENT",
+        "UIDNEXT",
+        "UIDVALIDITY",
+        "UNSEEN",
+        "DELETED",  # RFC 9051
+        "SIZE",  # RFC 8438 / RFC 9051
+        "HIGHESTMODSEQ",  # RFC 7162
+        "APPENDLIMIT",  # RFC 7889
+        "MAILBOXID",  # RFC 8474
+    }
+)
+
+
+def _status_items(r: Reader) -> tuple[str, ...]:
+    """``"(" status-att *(SP status-att) ")"``"""
+    r.open()
+    items = [r.keyword()]
+    while r.maybe_sp():
+        items.append(r.keyword())
+    r.close()
+    for item in items:
+        if item not in STATUS_ITEMS:
+            r.fail(f"unknown STATUS item {item}")
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True, slots=True)
+class List(Command):
+    """LIST, including LIST-EXTENDED (RFC 5258) and LIST-STATUS (RFC 5819).
+
+    ``patterns`` are decoded but not INBOX-normalised (they may hold ``%`` / ``*``).
+    ``return_status`` is the STATUS item list of ``RETURN (STATUS (...))`` or None.
+    """
+
+    reference: str = ""
+    patterns: tuple[str, ...] = ()
+    selection: frozenset[str] = frozenset()
+    return_options: frozenset[str] = frozenset()
+    return_status: tuple[str, ...] | None = None
+    extended: bool = False  # the client used any RFC 5258 syntax
+    name: ClassVar[str] = "LIST"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        selection: set[str] = set()
+        extended = False
+        if r.peek() == b"(":
+            extended = True
+            selection = cls._options(r, LIST_SELECTION_OPTIONS, "selection")
+            r.sp()
+            # RFC 5258 §3: RECURSIVEMATCH alone is an error.
+            if "RECURSIVEMATCH" in selection and selection <= {"RECURSIVEMATCH", "REMOTE"}:
+                r.fail("RECURSIVEMATCH needs another selection option")
+        reference = r.list_mailbox()
+        r.sp()
+        if r.peek() == b"(":
+            extended = True
+            r.pos += 1
+            patterns = [r.list_mailbox()]
+            while r.maybe_sp():
+                patterns.append(r.list_mailbox())
+            r.close()
+        else:
+            patterns = [r.list_mailbox()]
+        returns: set[str] = set()
+        status = None
+        if r.maybe_sp():
+            extended = True
+            r.expect(b"RETURN ")
+            returns, status = cls._return_options(r)
+        r.end()
+        return cls(
+            tag,
+            reference,
+            tuple(patterns),
+            frozenset(selection),
+            frozenset(returns),
+            status,
+            extended,
+        )
+
+    @staticmethod
+    def _options(r: Reader, allowed: frozenset[str], what: str) -> set[str]:
+        r.open()
+        opts: set[str] = set()
+        if not r.maybe_close():
+            while True:
+                opt = r.keyword()
+                if opt not in allowed:
+                    r.fail(f"unknown LIST {what} option {opt}")
+                opts.add(opt)
+                if r.maybe_close():
+                    break
+                r.sp()
+        return opts
+
+    @staticmethod
+    def _return_options(r: Reader) -> tuple[set[str], tuple[str, ...] | None]:
+        r.open()
+        opts: set[str] = set()
+        status = None
+        if not r.maybe_close():
+            while True:
+                opt = r.keyword()
+                if opt not in LIST_RETURN_OPTIONS:
+                    r.fail(f"unknown LIST return option {opt}")
+                opts.add(opt)
+                if opt == "STATUS":
+                    r.sp()
+                    status = _status_items(r)
+                if r.maybe_close():
+                    break
+                r.sp()
+        return opts, status
+
+
+@dataclass(frozen=True, slots=True)
+class Lsub(Command):
+    reference: str = ""
+    pattern: str = ""
+    name: ClassVar[str] = "LSUB"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        reference = r.list_mailbox()
+        r.sp()
+        pattern = r.list_mailbox()
+        r.end()
+        return cls(tag, reference, pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Command):
+    mailbox: str = ""
+    items: tuple[str, ...] = ()
+    name: ClassVar[str] = "STATUS"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        mailbox = r.mailbox()
+        r.sp()
+        items = _status_items(r)
+        r.end()
+        return cls(tag, mailbox, items)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of APPEND (several with MULTIAPPEND, RFC 3502)."""
+
+    flags: tuple[str, ...]
+    internal_date: dt.datetime | None
+    data: bytes
+    binary: bool = False  # sent as literal8 ~{N} (RFC 3516 §4.4)
+    utf8: bool = False  # sent as UTF8 (literal8) (RFC 6855 §4)
+
+
+@dataclass(frozen=True, slots=True)
+class Append(Command):
+    mailbox: str = ""
+    messages: tuple[AppendMessage, ...] = ()
+    name: ClassVar[str] = "APPEND"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        mailbox = r.mailbox()
+        messages = []
+        while r.maybe_sp():
+            messages.append(cls._message(r))
+        if not messages:
+            r.fail("APPEND needs a message literal")
+        r.end()
+        return cls(tag, mailbox, tuple(messages))
+
+    @staticmethod
+    def _message(r: Reader) -> AppendMessage:
+        flags: tuple[str, ...] = ()
+        date = None
+        if r.peek() == b"(":
+            flags = r.flag_list()
+            r.sp()
+        if r.peek() == b'"':
+            date = r.date_time()
+            r.sp()
+        if r.maybe(b"UTF8 "):
+            r.open()
+            data = r.literal(binary=True)
+            r.close()
+            return AppendMessage(flags, date, data, binary=True, utf8=True)
+        binary = r.peek() == b"~"
+        return AppendMessage(flags, date, r.literal(binary=True), binary=binary)
+
+
+# --- selected (RFC 3501 §6.4) -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Check(Command):
+    name: ClassVar[str] = "CHECK"
+    states: ClassVar[frozenset[State]] = SELECTED
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Command):
+    name: ClassVar[str] = "CLOSE"
+    states: ClassVar[frozenset[State]] = SELECTED
+
+
+@dataclass(frozen=True, slots=True)
+class Unselect(Command):
+    name: ClassVar[str] = "UNSELECT"
+    states: ClassVar[frozenset[State]] = SELECTED
+
+
+@dataclass(frozen=True, slots=True)
+class Expunge(Command):
+    """EXPUNGE, or UID EXPUNGE uid-set (RFC 4315 §2.1) when ``uids`` is set."""
+
+    uids: SequenceSet | None = None
+    name: ClassVar[str] = "EXPUNGE"
+    states: ClassVar[frozenset[State]] = SELECTED
+    uid_variant: ClassVar[bool] = True
+
+    @classmethod
+    def parse_uid(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        uids = r.sequence_set()
+        r.end()
+        return cls(tag, uids)
+
+
+@dataclass(frozen=True, slots=True)
+class Search(Command):
+    """SEARCH / UID SEARCH.  ``return_options`` is None for a plain SEARCH (RFC 3501
+    response), else the RFC 4731 ESEARCH options (MIN MAX ALL COUNT SAVE)."""
+
+    key: SearchKey | None = None
+    charset: str | None = None
+    return_options: frozenset[str] | None = None
+    uid: bool = False
+    name: ClassVar[str] = "SEARCH"
+    states: ClassVar[frozenset[State]] = SELECTED
+    uid_variant: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str, uid: bool = False) -> Command:
+        r.sp()
+        options = None
+        if r.maybe(b"RETURN "):
+            options = parse_return_options(r)
+            r.sp()
+        program = parse_search_program(r)
+        r.end()
+        return cls(tag, program.key, program.charset, options, uid)
+
+    @classmethod
+    def parse_uid(cls, r: Reader, tag: str) -> Command:
+        return cls.parse(r, tag, uid=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch(Command):
+    """FETCH / UID FETCH with optional modifiers (CHANGEDSINCE, VANISHED: RFC 7162)."""
+
+    sequence: SequenceSet = _NO_SET
+    attributes: tuple[FetchAtt, ...] = ()
+    uid: bool = False
+    changed_since: int | None = None
+    vanished: bool = False
+    name: ClassVar[str] = "FETCH"
+    states: ClassVar[frozenset[State]] = SELECTED
+    uid_variant: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str, uid: bool = False) -> Command:
+        r.sp()
+        sequence = r.sequence_set()
+        r.sp()
+        atts = parse_fetch_atts(r)
+        changed_since = None
+        vanished = False
+        if r.maybe_sp():
+            r.open()
+            while True:
+                mod = r.keyword()
+                if mod == "CHANGEDSINCE":
+                    r.sp()
+                    changed_since = r.number(MAX_NUMBER64)
+                elif mod == "VANISHED" and uid:
+                    vanished = True
+                else:
+                    r.fail(f"unknown FETCH modifier {mod}")
+                if r.maybe_close():
+                    break
+                r.sp()
+            if vanished and changed_since is None:
+                r.fail("VANISHED needs CHANGEDSINCE")  # RFC 7162 §3.2.6
+        r.end()
+        return cls(tag, sequence, atts, uid, changed_since, vanished)
+
+    @classmethod
+    def parse_uid(cls, r: Reader, tag: str) -> Command:
+        return cls.parse(r, tag, uid=True)
+
+
+class StoreMode(Enum):
+    REPLACE = "FLAGS"
+    ADD = "+FLAGS"
+    REMOVE = "-FLAGS"
+
+
+_STORE_ITEM_RE: Final = re.compile(rb"([+-]?)FLAGS(\.SILENT)?", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Store(Command):
+    """STORE / UID STORE; ``unchanged_since`` is the RFC 7162 §3.1.3 modifier."""
+
+    sequence: SequenceSet = _NO_SET
+    mode: StoreMode = StoreMode.REPLACE
+    silent: bool = False
+    flags: tuple[str, ...] = ()
+    uid: bool = False
+    unchanged_since: int | None = None
+    name: ClassVar[str] = "STORE"
+    states: ClassVar[frozenset[State]] = SELECTED
+    uid_variant: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str, uid: bool = False) -> Command:
+        r.sp()
+        sequence = r.sequence_set()
+        r.sp()
+        unchanged_since = None
+        if r.maybe(b"(UNCHANGEDSINCE "):
+            unchanged_since = r.number(MAX_NUMBER64)
+            r.close()
+            r.sp()
+        m = _STORE_ITEM_RE.match(r.buf, r.pos)
+        if m is None:
+            r.fail("expected FLAGS, +FLAGS or -FLAGS")
+        r.pos = m.end()
+        mode = StoreMode.ADD if m.group(1) == b"+" else StoreMode.REMOVE if m.group(1) else None
+        r.sp()
+        flags = r.flags_or_list()
+        r.end()
+        if "\\*" in flags or any(f.startswith("\\") and f not in _STORABLE for f in flags):
+            r.fail("flags must be system flags or keywords")
+        return cls(
+            tag,
+            sequence,
+            mode or StoreMode.REPLACE,
+            bool(m.group(2)),
+            flags,
+            uid,
+            unchanged_since,
+        )
+
+    @classmethod
+    def parse_uid(cls, r: Reader, tag: str) -> Command:
+        return cls.parse(r, tag, uid=True)
+
+
+# \Recent is accepted by the parser and ignored by the session (RFC 3501 §2.3.2: it cannot be
+# altered); any other backslash flag is not a flag a client may store.
+_STORABLE: Final = frozenset(
+    {"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "\\Recent"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Copy(Command):
+    sequence: SequenceSet = _NO_SET
+    mailbox: str = ""
+    uid: bool = False
+    name: ClassVar[str] = "COPY"
+    states: ClassVar[frozenset[State]] = SELECTED
+    uid_variant: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str, uid: bool = False) -> Command:
+        r.sp()
+        sequence = r.sequence_set()
+        r.sp()
+        mailbox = r.mailbox()
+        r.end()
+        return cls(tag, sequence, mailbox, uid)
+
+    @classmethod
+    def parse_uid(cls, r: Reader, tag: str) -> Command:
+        return cls.parse(r, tag, uid=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Move(Copy):
+    """MOVE / UID MOVE (RFC 6851)."""
+
+    name: ClassVar[str] = "MOVE"
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace(Command):
+    name: ClassVar[str] = "NAMESPACE"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+
+@dataclass(frozen=True, slots=True)
+class Idle(Command):
+    """IDLE (RFC 2177); the session then waits for a ``DONE`` line (grammar.is_idle_done)."""
+
+    name: ClassVar[str] = "IDLE"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+
+REGISTRY: Final[dict[str, type[Command]]] = {
+    cls.name: cls
+    for cls in (
+        Capability,
+        Noop,
+        Logout,
+        Id,
+        Enable,
+        StartTLS,
+        Authenticate,
+        Login,
+        Select,
+        Examine,
+        Create,
+        Delete,
+        Rename,
+        Subscribe,
+        Unsubscribe,
+        List,
+        Lsub,
+        Status,
+        Append,
+        Check,
+        Close,
+        Unselect,
+        Expunge,
+        Search,
+        Fetch,
+        Store,
+        Copy,
+        Move,
+        Namespace,
+        Idle,
+    )
+}
+
+_NAME_RE: Final = re.compile(rb"[A-Za-z]+")
+
+
+def parse_tag(buf: bytes) -> str | None:
+    """The tag at the start of ``buf`` if it is a valid tag followed by a space, else None."""
+    m = _TAG_RE.match(buf)
+    if m is None or buf[m.end() : m.end() + 1] != b" ":
+        return None
+    return m.group().decode("ascii")
+
+
+def parse(buf: bytes, *, utf8: bool = False) -> Command:
+    """Parse one assembled command (``CommandAssembler.finish()``; no trailing CRLF).
+
+    ``utf8`` is True after the client ENABLEd UTF8=ACCEPT (RFC 6855): mailbox names are then
+    UTF-8 rather than modified UTF-7.  Raises :class:`ParseError` only.
+    """
+    tag = parse_tag(buf)
+    if tag is None:
+        raise ParseError("missing or invalid tag")
+    r = Reader(buf, utf8=utf8, tag=tag)
+    r.pos = len(tag) + 1
+    m = _NAME_RE.match(buf, r.pos)
+    if m is None:
+        r.fail("missing command name")
+    r.pos = m.end()
+    name = m.group().upper().decode("ascii")
+    try:
+        if name == "UID":
+            return _parse_uid(r, tag)
+        cls = REGISTRY.get(name)
+        if cls is None:
+            r.fail(f"unknown command {name}")
+        return cls.parse(r, tag)
+    except ParseError as e:
+        raise e.with_tag(tag) from None
+    except RecursionError:
+        raise ParseError("command nested too deeply", tag) from None
+
+
+def _parse_uid(r: Reader, tag: str) -> Command:
+    r.sp()
+    m = _NAME_RE.match(r.buf, r.pos)
+    if m is None:
+        r.fail("missing command after UID")
+    r.pos = m.end()
+    name = m.group().upper().decode("ascii")
+    cls = REGISTRY.get(name)
+    if cls is None or not cls.uid_variant:
+        r.fail(f"UID {name} is not a command")
+    parse_uid = getattr(cls, "parse_uid")  # noqa: B009 - only uid_variant classes define it
+    result: Command = parse_uid(r, tag)
+    return result
+
+
+__all__ = [
+    "ANY",
+    "AUTHENTICATED",
+    "LIST_RETURN_OPTIONS",
+    "LIST_SELECTION_OPTIONS",
+    "NOT_AUTHENTICATED",
+    "REGISTRY",
+    "SELECTED",
+    "STATUS_ITEMS",
+    "Append",
+    "AppendMessage",
+    "Authenticate",
+    "Capability",
+    "Check",
+    "Close",
+    "Command",
+    "Copy",
+    "Create",
+    "Delete",
+    "Enable",
+    "Examine",
+    "Expunge",
+    "Fetch",
+    "Id",
+    "Idle",
+    "InvalidCommand",
+    "List",
+    "LiteralSpec",
+    "Login",
+    "Logout",
+    "Lsub",
+    "Move",
+    "Namespace",
+    "Noop",
+    "ParseError",
+    "Rename",
+    "Search",
+    "Select",
+    "StartTLS",
+    "State",
+    "Status",
+    "Store",
+    "StoreMode",
+    "Subscribe",
+    "Unselect",
+    "Unsubscribe",
+    "parse",
+    "parse_tag",
+]
