@@ -30,6 +30,7 @@ class ConfigError(Exception):
     """A config problem, worded for the person who edits the file."""
 
     def __init__(self, message: str, *, key: str | None = None, path: Path | None = None):
+        self.message = message
         self.key = key
         self.path = path
         where = f"{path}: " if path else ""
@@ -51,12 +52,12 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def parse_duration(value: object) -> Duration:
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 300, \"30m\" or \"5d\"")
+        raise ValueError('expected a duration such as 300, "30m" or "5d"')
     if isinstance(value, int):
         return Duration(value)
     if isinstance(value, str) and (m := _DURATION_RE.match(value)):
         return Duration(int(m.group(1)) * _DURATION_UNITS[m.group(2)])
-    raise ValueError(f"expected a duration such as 300, \"30m\" or \"5d\", got {value!r}")
+    raise ValueError(f'expected a duration such as 300, "30m" or "5d", got {value!r}')
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -66,13 +67,13 @@ def split_host_port(value: str) -> tuple[str, int]:
     else:
         host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected \"host:port\", got {value!r}")
+        raise ValueError(f'expected "host:port", got {value!r}')
     return host, int(port)
 
 
 def parse_host_port(value: object) -> HostPort:
     if not isinstance(value, str):
-        raise ValueError(f"expected a string \"host:port\", got {value!r}")
+        raise ValueError(f'expected a string "host:port", got {value!r}')
     if value:
         split_host_port(value)
     return HostPort(value)
@@ -327,8 +328,9 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     return from_dict(raw, base_dir=config_path.resolve().parent, source=config_path)
 
 
-def from_dict(raw: dict[str, Any], *, base_dir: Path, source: Path | None = None,
-              check_files: bool = True) -> Settings:
+def from_dict(
+    raw: dict[str, Any], *, base_dir: Path, source: Path | None = None, check_files: bool = True
+) -> Settings:
     """Build settings from a parsed TOML table; paths resolve against ``base_dir``.
 
     ``check_files=False`` skips the existence checks (``init`` builds the settings before
@@ -336,7 +338,7 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path, source: Path | None = None
     try:
         settings = _build(Settings, raw, prefix="", base_dir=base_dir)
     except ConfigError as exc:
-        raise ConfigError(str(exc), key=exc.key, path=source) from None
+        raise ConfigError(exc.message, key=exc.key, path=source) from None
     settings = dataclasses.replace(settings, source=source)
     _check_whole(settings, source, check_files)
     return settings
@@ -347,14 +349,15 @@ def _build(cls: type, raw: dict[str, Any], *, prefix: str, base_dir: Path) -> An
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key (known keys: {', '.join(fields)})",
-                          key=prefix + unknown[0])
+        raise ConfigError(f"unknown key (known keys: {', '.join(fields)})", key=prefix + unknown[0])
     values: dict[str, Any] = {}
     for name, f in fields.items():
         key = prefix + name
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError("required key is missing", key=key)
+            if isinstance(f.default, Path) and not f.default.is_absolute():
+                values[name] = base_dir / f.default  # defaults are relative to the file too
             continue
         values[name] = _convert(hints[name], raw[name], f, key=key, base_dir=base_dir)
     return cls(**values)
@@ -433,8 +436,9 @@ def _check_whole(settings: Settings, source: Path | None, check_files: bool) -> 
         raise ConfigError(f"file not found: {settings.tls.ca}", key="tls.ca", path=source)
     smarthost_pw = settings.delivery.smarthost_password_file
     if smarthost_pw is not None and not smarthost_pw.is_file():
-        raise ConfigError(f"file not found: {smarthost_pw}",
-                          key="delivery.smarthost_password_file", path=source)
+        raise ConfigError(
+            f"file not found: {smarthost_pw}", key="delivery.smarthost_password_file", path=source
+        )
     for address in filter(None, settings.delivery.bind_address.split(",")):
         try:
             _ip(address.strip())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import socket
 import ssl
@@ -32,7 +33,7 @@ STREAM_LIMIT = 1 << 16
 
 
 class TlsMode(Enum):
-    NONE = "none"          # plain only (e.g. http)
+    NONE = "none"  # plain only (e.g. http)
     STARTTLS = "starttls"  # plain, upgraded by a protocol command
     IMPLICIT = "implicit"  # TLS from the first byte (465, 993, 995, 443)
 
@@ -40,9 +41,14 @@ class TlsMode(Enum):
 class Connection:
     """One accepted client connection, handed to a protocol handler."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 listener: str, tls_context: Callable[[], ssl.SSLContext] | None,
-                 closing: asyncio.Event):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        listener: str,
+        tls_context: Callable[[], ssl.SSLContext] | None,
+        closing: asyncio.Event,
+    ):
         self.reader = reader
         self.writer = writer
         self.listener = listener
@@ -131,7 +137,9 @@ class Listeners:
         for spec in specs:
             sock = _make_socket(spec.host, spec.port)
             server = await asyncio.start_server(
-                lambda r, w, s=spec: self._accept(s, r, w), sock=sock, limit=STREAM_LIMIT,
+                functools.partial(self._accept, spec),
+                sock=sock,
+                limit=STREAM_LIMIT,
                 start_serving=False,
             )
             address = sock.getsockname()[:2]
@@ -144,17 +152,33 @@ class Listeners:
     async def start(self) -> None:
         for bound in self._bound:
             await bound.server.start_serving()
-            _log.info("listening", listener=bound.spec.name,
-                      address=f"{bound.address[0]}:{bound.address[1]}", tls=bound.spec.tls.value)
+            _log.info(
+                "listening",
+                listener=bound.spec.name,
+                address=f"{bound.address[0]}:{bound.address[1]}",
+                tls=bound.spec.tls.value,
+            )
 
-    async def _accept(self, spec: ListenerSpec, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        conn = Connection(reader, writer, spec.name,
-                          self.tls_context if spec.tls is not TlsMode.NONE else None, self.closing)
-        if len(self._tasks) >= self.limits.max_total or \
-                self._per_ip[conn.peer_ip] >= self.limits.max_per_ip:
-            _log.warning("connection refused", listener=spec.name, client=conn.peer_ip,
-                         reason="too many connections")
+    async def _accept(
+        self, spec: ListenerSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = Connection(
+            reader,
+            writer,
+            spec.name,
+            self.tls_context if spec.tls is not TlsMode.NONE else None,
+            self.closing,
+        )
+        if (
+            len(self._tasks) >= self.limits.max_total
+            or self._per_ip[conn.peer_ip] >= self.limits.max_per_ip
+        ):
+            _log.warning(
+                "connection refused",
+                listener=spec.name,
+                client=conn.peer_ip,
+                reason="too many connections",
+            )
             if spec.busy_reply and spec.tls is not TlsMode.IMPLICIT:
                 with contextlib.suppress(Exception):
                     writer.write(spec.busy_reply)
@@ -179,8 +203,13 @@ class Listeners:
                 await conn.start_tls()
             await spec.handler(conn)
         except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
-            _log.info("connection ended", listener=spec.name, conn=conn.id,
-                      client=conn.peer_ip, reason=type(exc).__name__)
+            _log.info(
+                "connection ended",
+                listener=spec.name,
+                conn=conn.id,
+                client=conn.peer_ip,
+                reason=type(exc).__name__,
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
