@@ -49,8 +49,9 @@ class AppContext:
         return cls(
             settings=settings,
             accounts=accounts,
-            authenticator=Authenticator(accounts.password_hash,
-                                        base_delay=settings.limits.auth_failure_delay),
+            authenticator=Authenticator(
+                accounts.password_hash, base_delay=settings.limits.auth_failure_delay
+            ),
             tls=TlsProvider(settings.tls.cert, settings.tls.key),
             control=ControlServer(settings.control_socket),
         )
@@ -85,9 +86,10 @@ class Server:
         self.ctx = AppContext.create(settings)
         self.components: list[Component] = []
         self.listeners = Listeners(
-            self.ctx.tls.current,
-            ConnectionLimits(settings.limits.max_connections,
-                             settings.limits.max_connections_per_ip),
+            self.ctx.tls,
+            ConnectionLimits(
+                settings.limits.max_connections, settings.limits.max_connections_per_ip
+            ),
         )
         self._stop_requested = asyncio.Event()
 
@@ -106,8 +108,12 @@ class Server:
         for component in self.components:
             await component.start()
         await self.listeners.start()
-        _log.info("started", hostname=self.settings.hostname, pid=os.getpid(),
-                  components=",".join(c.name for c in self.components))
+        _log.info(
+            "started",
+            hostname=self.settings.hostname,
+            pid=os.getpid(),
+            components=",".join(c.name for c in self.components),
+        )
         return addresses
 
     async def stop(self) -> None:
@@ -145,9 +151,12 @@ class Server:
         return True
 
     async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"pid": os.getpid(), "connections": self.listeners.active_connections,
-                "listeners": {k: f"{h}:{p}" for k, (h, p) in self.listeners.addresses().items()},
-                "components": [c.name for c in self.components]}
+        return {
+            "pid": os.getpid(),
+            "connections": self.listeners.active_connections,
+            "listeners": {k: f"{h}:{p}" for k, (h, p) in self.listeners.addresses().items()},
+            "components": [c.name for c in self.components],
+        }
 
     async def _reload_method(self, params: dict[str, Any]) -> bool:
         return await self.reload()
@@ -183,8 +192,9 @@ def drop_privileges(settings: Settings) -> None:
     try:
         entry = pwd.getpwnam(settings.user)
     except KeyError:
-        raise config.ConfigError(f"no such system user {settings.user!r}", key="user",
-                                 path=settings.source) from None
+        raise config.ConfigError(
+            f"no such system user {settings.user!r}", key="user", path=settings.source
+        ) from None
     _chown_tree(settings.data_dir, entry.pw_uid, entry.pw_gid)
     os.setgroups([])
     os.setgid(entry.pw_gid)

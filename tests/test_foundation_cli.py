@@ -14,11 +14,21 @@ import pytest
 from tests import pbserver
 
 
-def pillarbox(*args: str, stdin: str | None = None, cwd: Path | None = None,
-              ) -> subprocess.CompletedProcess[str]:
+def pillarbox(
+    *args: str,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PILLARBOX_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "pillarbox", *args], input=stdin,
-                          capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pillarbox", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def test_help_lists_commands_and_usage_errors_exit_2() -> None:
@@ -32,8 +42,16 @@ def test_help_lists_commands_and_usage_errors_exit_2() -> None:
 
 def test_init_dev_writes_config_layout_and_private_keys(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    result = pillarbox("init", "--domain", "example.org", "--domain", "Other.Example", "--dev",
-                       "--data-dir", str(data))
+    result = pillarbox(
+        "init",
+        "--domain",
+        "example.org",
+        "--domain",
+        "Other.Example",
+        "--dev",
+        "--data-dir",
+        str(data),
+    )
     assert result.returncode == 0, result.stderr
     raw = tomllib.loads((data / "pillarbox.toml").read_text())
     assert raw["hostname"] == "mail.example.org"
@@ -44,14 +62,23 @@ def test_init_dev_writes_config_layout_and_private_keys(tmp_path: Path) -> None:
     for sub in ("mail", "queue", "keys", "tls"):
         assert (data / sub).is_dir()
     assert (data / "pillarbox.db").is_file()
-    private = [data / "tls" / "key.pem", data / "tls" / "ca-key.pem", data / "pillarbox.db",
-               *(data / "keys").rglob("*.pem")]
+    private = [
+        data / "tls" / "key.pem",
+        data / "tls" / "ca-key.pem",
+        data / "pillarbox.db",
+        *(data / "keys").rglob("*.pem"),
+    ]
     assert len(private) >= 5  # TLS key, CA key, db, and a DKIM pair per domain
     for path in private:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     # The DNS records to publish are printed: MX, SPF, DKIM and DMARC per domain.
-    for needle in ("IN\tMX\t10 mail.example.org.", "v=spf1", "_domainkey.example.org.",
-                   "_dmarc.other.example.", "ca.pem"):
+    for needle in (
+        "IN\tMX\t10 mail.example.org.",
+        "v=spf1",
+        "_domainkey.example.org.",
+        "_dmarc.other.example.",
+        "ca.pem",
+    ):
         assert needle in result.stdout
 
 
@@ -70,8 +97,18 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
 
 def test_init_production_profile_uses_standard_ports(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert pillarbox("init", "--domain", "example.org", "--hostname", "mx.example.org",
-                     "--data-dir", str(data)).returncode == 0
+    assert (
+        pillarbox(
+            "init",
+            "--domain",
+            "example.org",
+            "--hostname",
+            "mx.example.org",
+            "--data-dir",
+            str(data),
+        ).returncode
+        == 0
+    )
     raw = tomllib.loads((data / "pillarbox.toml").read_text())
     assert raw["hostname"] == "mx.example.org"
     assert raw["listen"]["smtp"] == "0.0.0.0:25"
@@ -92,22 +129,27 @@ def config_path(tmp_path: Path) -> str:
 
 def test_user_round_trip(config_path: str) -> None:
     cfg = ("--config", config_path)
-    added = pillarbox(*cfg, "user", "add", "Bob@Example.Test", "--password-stdin",
-                      stdin="s3cret-password\n")
+    added = pillarbox(
+        *cfg, "user", "add", "Bob@Example.Test", "--password-stdin", stdin="s3cret-password\n"
+    )
     assert added.returncode == 0, added.stderr
     assert "bob@example.test" in added.stdout
     assert pillarbox(*cfg, "user", "list").stdout.split() == ["bob@example.test"]
-    dup = pillarbox(*cfg, "user", "add", "bob@example.test", "--password-stdin",
-                    stdin="another-password\n")
+    dup = pillarbox(
+        *cfg, "user", "add", "bob@example.test", "--password-stdin", stdin="another-password\n"
+    )
     assert dup.returncode == 1 and "already exists" in dup.stderr
-    short = pillarbox(*cfg, "user", "add", "carol@example.test", "--password-stdin",
-                      stdin="short\n")
+    short = pillarbox(
+        *cfg, "user", "add", "carol@example.test", "--password-stdin", stdin="short\n"
+    )
     assert short.returncode == 1 and "too short" in short.stderr
-    foreign = pillarbox(*cfg, "user", "add", "dave@elsewhere.example", "--password-stdin",
-                        stdin="long-enough-pw\n")
+    foreign = pillarbox(
+        *cfg, "user", "add", "dave@elsewhere.example", "--password-stdin", stdin="long-enough-pw\n"
+    )
     assert foreign.returncode == 1 and "not one of this server's domains" in foreign.stderr
-    passwd = pillarbox(*cfg, "user", "passwd", "bob@example.test", "--password-stdin",
-                       stdin="new-password-1\n")
+    passwd = pillarbox(
+        *cfg, "user", "passwd", "bob@example.test", "--password-stdin", stdin="new-password-1\n"
+    )
     assert passwd.returncode == 0
     no_tty = pillarbox(*cfg, "user", "passwd", "bob@example.test", stdin="")
     assert no_tty.returncode == 1 and "--password-stdin" in no_tty.stderr
@@ -119,10 +161,12 @@ def test_user_round_trip(config_path: str) -> None:
 
 def test_alias_round_trip(config_path: str) -> None:
     cfg = ("--config", config_path)
-    pillarbox(*cfg, "user", "add", "bob@example.test", "--password-stdin",
-              stdin="s3cret-password\n")
-    added = pillarbox(*cfg, "alias", "add", "team@example.test",
-                      "bob@example.test, friend@remote.example")
+    pillarbox(
+        *cfg, "user", "add", "bob@example.test", "--password-stdin", stdin="s3cret-password\n"
+    )
+    added = pillarbox(
+        *cfg, "alias", "add", "team@example.test", "bob@example.test, friend@remote.example"
+    )
     assert added.returncode == 0, added.stderr
     catch_all = pillarbox(*cfg, "alias", "add", "@example.test", "bob@example.test")
     assert catch_all.returncode == 0, catch_all.stderr

@@ -51,49 +51,86 @@ def test_durations_accept_units(tmp_path: Path) -> None:
     text = BASE + '\n[delivery]\nqueue_lifetime = "2d"\ndelay_warning = "90m"\nretry_initial = 7\n'
     delivery = config.load(write(tmp_path, text)).delivery
     assert (delivery.queue_lifetime, delivery.delay_warning, delivery.retry_initial) == (
-        172800, 5400, 7)
+        172800,
+        5400,
+        7,
+    )
 
 
 BAD_CASES = [
     ("unknown top-level key", BASE + "colour = 1\n", "colour", "unknown key"),
-    ("unknown nested key", BASE + "\n[listen]\nsmtpx = \"\"\n", "listen.smtpx", "unknown key"),
-    ("wrong type", BASE.replace('["example.com"]', '"example.com"'), "domains",
-     "expected a list"),
+    ("unknown nested key", BASE + '\n[listen]\nsmtpx = ""\n', "listen.smtpx", "unknown key"),
+    ("wrong type", BASE.replace('["example.com"]', '"example.com"'), "domains", "expected a list"),
     ("int for string", BASE + "\n[delivery]\ntls = 1\n", "delivery.tls", "expected a string"),
-    ("bool for int", BASE + "\n[delivery]\nmax_message_size = true\n",
-     "delivery.max_message_size", "expected an integer"),
+    (
+        "bool for int",
+        BASE + "\n[delivery]\nmax_message_size = true\n",
+        "delivery.max_message_size",
+        "expected an integer",
+    ),
     ("bad choice", BASE + '\n[delivery]\ntls = "always"\n', "delivery.tls", "must be one of"),
-    ("bad domain", BASE.replace('"example.com"]', '"exa mple.com"]'), "domains",
-     "invalid domain"),
-    ("bad hostname", BASE.replace('"mail.example.com"', '"-bad-.example"'), "hostname",
-     "invalid domain"),
+    ("bad domain", BASE.replace('"example.com"]', '"exa mple.com"]'), "domains", "invalid domain"),
+    (
+        "bad hostname",
+        BASE.replace('"mail.example.com"', '"-bad-.example"'),
+        "hostname",
+        "invalid domain",
+    ),
     ("bad listen", BASE + '\n[listen]\nsmtp = "0.0.0.0"\n', "listen.smtp", "host:port"),
-    ("bad ip", BASE.replace("[tls]", 'public_ip = "1.2.3"\n[tls]'), "public_ip",
-     "not an IP address"),
-    ("ipv6 as v4", BASE.replace("[tls]", 'public_ip = "::1"\n[tls]'), "public_ip",
-     "not an IPv4 address"),
+    (
+        "bad ip",
+        BASE.replace("[tls]", 'public_ip = "1.2.3"\n[tls]'),
+        "public_ip",
+        "not an IP address",
+    ),
+    (
+        "ipv6 as v4",
+        BASE.replace("[tls]", 'public_ip = "::1"\n[tls]'),
+        "public_ip",
+        "not an IPv4 address",
+    ),
     ("bad acme email", BASE + 'acme_email = "nobody"\n', "tls.acme_email", "invalid address"),
-    ("missing hostname", BASE.replace('hostname = "mail.example.com"', ""), "hostname",
-     "required key is missing"),
+    (
+        "missing hostname",
+        BASE.replace('hostname = "mail.example.com"', ""),
+        "hostname",
+        "required key is missing",
+    ),
     ("no domains", BASE.replace('["example.com"]', "[]"), "domains", "at least one domain"),
     ("missing cert", BASE.replace('"c.pem"', '"nope.pem"'), "tls.cert", "file not found"),
-    ("bad duration", BASE + '\n[delivery]\nqueue_lifetime = "5 days"\n',
-     "delivery.queue_lifetime", "duration"),
-    ("negative limit", BASE + "\n[limits]\nmax_recipients = 0\n", "limits.max_recipients",
-     "must be positive"),
+    (
+        "bad duration",
+        BASE + '\n[delivery]\nqueue_lifetime = "5 days"\n',
+        "delivery.queue_lifetime",
+        "duration",
+    ),
+    (
+        "negative limit",
+        BASE + "\n[limits]\nmax_recipients = 0\n",
+        "limits.max_recipients",
+        "must be positive",
+    ),
     ("table expected", 'listen = "x"\n' + BASE, "listen", "expected a table"),
-    ("bad delimiter", BASE + '\n[delivery]\nrecipient_delimiter = "@"\n',
-     "delivery.recipient_delimiter", "cannot contain"),
-    ("bad nameserver", BASE + '\n[dns]\nnameservers = ["dns.example"]\n', "dns.nameservers",
-     "not an IP address"),
+    (
+        "bad delimiter",
+        BASE + '\n[delivery]\nrecipient_delimiter = "@"\n',
+        "delivery.recipient_delimiter",
+        "cannot contain",
+    ),
+    (
+        "bad nameserver",
+        BASE + '\n[dns]\nnameservers = ["dns.example"]\n',
+        "dns.nameservers",
+        "not an IP address",
+    ),
     ("acme without email", BASE + "acme = true\n", "tls.acme_email", "required"),
 ]
 
 
-@pytest.mark.parametrize(("text", "key", "message"), [c[1:] for c in BAD_CASES],
-                         ids=[c[0] for c in BAD_CASES])
-def test_bad_config_names_key_and_file(tmp_path: Path, text: str, key: str,
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "key", "message"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES]
+)
+def test_bad_config_names_key_and_file(tmp_path: Path, text: str, key: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         config.load(path)
@@ -126,8 +163,9 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert config.find_config(str(local)) == local
 
 
-def test_no_config_anywhere_says_how_to_make_one(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_config_anywhere_says_how_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(config.CONFIG_ENV, raising=False)
     if Path("/etc/pillarbox/pillarbox.toml").exists():

@@ -51,8 +51,9 @@ class ControlServer:
             self.path.unlink()
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path),
-                                                           limit=MAX_REQUEST)
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=str(self.path), limit=MAX_REQUEST
+            )
         finally:
             os.umask(old_umask)
 
@@ -94,8 +95,9 @@ class ControlServer:
             return {"ok": False, "error": f"internal error: {type(exc).__name__}"}
 
 
-def call(path: Path, method: str, params: dict[str, Any] | None = None,
-         timeout: float = 30.0) -> Any:
+def call(
+    path: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
+) -> Any:
     """Call ``method`` on the running server (blocking; for the CLI)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)

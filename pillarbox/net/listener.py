@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from pillarbox import log
-from pillarbox.tls.context import TlsInfo
+from pillarbox.tls.context import TlsInfo, TlsProvider
 
 _log = log.get("net")
 _conn_ids = itertools.count(1)
@@ -46,7 +46,7 @@ class Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         listener: str,
-        tls_context: Callable[[], ssl.SSLContext] | None,
+        tls: TlsProvider | None,
         closing: asyncio.Event,
     ):
         self.reader = reader
@@ -59,23 +59,23 @@ class Connection:
         self.peer_port: int = peer[1]
         self.local_ip: str = local[0]
         self.local_port: int = local[1]
-        self._tls_context = tls_context
-        self.tls: TlsInfo | None = None
+        self._tls = tls
+        self.tls: TlsInfo | None = TlsInfo.of(writer.get_extra_info("ssl_object"))
         # Set when the server shuts down: sessions say goodbye at the next command.
         self.closing = closing
 
     @property
     def tls_available(self) -> bool:
-        return self._tls_context is not None
+        return self._tls is not None
 
     async def start_tls(self) -> None:
-        """Upgrade to TLS with the current server context (STARTTLS and implicit TLS).
+        """Upgrade to TLS with the current server context (STARTTLS).
 
         Anything the client pipelined before the handshake is discarded by the caller
         emptying the reader buffer first (RFC 3207 §4.2 / the 2011 injection bugs)."""
-        if self._tls_context is None:
+        if self._tls is None:
             raise RuntimeError("TLS is not configured for this listener")
-        await asyncio.wait_for(self.writer.start_tls(self._tls_context()), HANDSHAKE_TIMEOUT)
+        await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
         self.tls = TlsInfo.of(self.writer.get_extra_info("ssl_object"))
 
     def discard_buffered_input(self) -> int:
@@ -125,7 +125,7 @@ class _Bound:
 class Listeners:
     """Runs a set of listeners; see the module docstring."""
 
-    tls_context: Callable[[], ssl.SSLContext] | None
+    tls: TlsProvider | None
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     _bound: list[_Bound] = field(default_factory=list)
@@ -136,11 +136,16 @@ class Listeners:
         """Bind every listener (before privileges are dropped); returns the real addresses."""
         for spec in specs:
             sock = _make_socket(spec.host, spec.port)
+            # Implicit TLS is done by asyncio itself: calling start_tls after accepting would
+            # lose a ClientHello already read into the stream buffer.
+            implicit = spec.tls is TlsMode.IMPLICIT and self.tls is not None
             server = await asyncio.start_server(
                 functools.partial(self._accept, spec),
                 sock=sock,
                 limit=STREAM_LIMIT,
                 start_serving=False,
+                ssl=self.tls.front() if implicit and self.tls else None,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
             )
             address = sock.getsockname()[:2]
             self._bound.append(_Bound(spec, server, (address[0], address[1])))
@@ -166,7 +171,7 @@ class Listeners:
             reader,
             writer,
             spec.name,
-            self.tls_context if spec.tls is not TlsMode.NONE else None,
+            self.tls if spec.tls is not TlsMode.NONE else None,
             self.closing,
         )
         if (
@@ -199,8 +204,6 @@ class Listeners:
 
     async def _run(self, spec: ListenerSpec, conn: Connection) -> None:
         try:
-            if spec.tls is TlsMode.IMPLICIT:
-                await conn.start_tls()
             await spec.handler(conn)
         except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
             _log.info(

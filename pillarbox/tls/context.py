@@ -64,15 +64,31 @@ class TlsInfo:
 
 
 class TlsProvider:
-    """Holds the current server context; ``reload`` swaps in a freshly loaded one."""
+    """Holds the current server context; ``reload`` swaps in a freshly loaded one.
+
+    Implicit-TLS listeners are created once with ``front()``, whose SNI callback (called by
+    OpenSSL for every ClientHello, with or without SNI) moves the handshake onto the
+    *current* context, so they pick up a new certificate without being re-bound.
+    """
 
     def __init__(self, cert: Path, key: Path):
         self.cert = cert
         self.key = key
         self._context = server_context(cert, key)
+        self._front = server_context(cert, key)
+        self._front.sni_callback = self._select
 
     def current(self) -> ssl.SSLContext:
         return self._context
+
+    def front(self) -> ssl.SSLContext:
+        return self._front
+
+    def _select(
+        self, ssl_object: ssl.SSLObject, server_name: str | None, front: ssl.SSLContext
+    ) -> None:
+        if self._context is not front:
+            ssl_object.context = self._context
 
     def reload(self, cert: Path | None = None, key: Path | None = None) -> None:
         """Load new files (or the same paths again); on error keep the old context."""
