@@ -69,6 +69,9 @@ class LiteralTooBig(ParseError):
 _ATOM_RE: Final = re.compile(rb'[^(){ %*"\\\]\x00-\x1f\x7f-\xff]+')
 # ASTRING-CHAR = ATOM-CHAR / resp-specials ("]")
 _ASTRING_ATOM_RE: Final = re.compile(rb'[^(){ %*"\\\x00-\x1f\x7f-\xff]+')
+# After ENABLE UTF8=ACCEPT we also take raw UTF-8 in atoms (Dovecot does; clients do send it).
+_ASTRING_ATOM_UTF8_RE: Final = re.compile(rb'[^(){ %*"\\\x00-\x1f\x7f]+')
+_LIST_CHAR_UTF8_RE: Final = re.compile(rb'[^(){ "\\\x00-\x1f\x7f]+')
 # list-char = ATOM-CHAR / list-wildcards / resp-specials
 _LIST_CHAR_RE: Final = re.compile(rb'[^(){ "\\\x00-\x1f\x7f-\xff]+')
 # tag = 1*<any ASTRING-CHAR except "+">
@@ -488,7 +491,7 @@ class Reader:
             return self.quoted()
         if c == b"{":
             return self.literal()
-        m = _ASTRING_ATOM_RE.match(self.buf, self.pos)
+        m = (_ASTRING_ATOM_UTF8_RE if self.utf8 else _ASTRING_ATOM_RE).match(self.buf, self.pos)
         if m is None:
             self.fail("expected an atom or string")
         self.pos = m.end()
@@ -520,7 +523,7 @@ class Reader:
         if c == b'"' or c == b"{":
             raw = self.string()
         else:
-            m = _LIST_CHAR_RE.match(self.buf, self.pos)
+            m = (_LIST_CHAR_UTF8_RE if self.utf8 else _LIST_CHAR_RE).match(self.buf, self.pos)
             if m is None:
                 self.fail("expected a mailbox pattern")
             self.pos = m.end()
