@@ -43,3 +43,29 @@ def test_bad_config_on_sighup_keeps_the_old_one(tmp_path: Path) -> None:
         while "event=reloaded" not in proc.log() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "event=reloaded" in proc.log()
+
+
+def test_root_binds_then_drops_to_the_configured_user(tmp_path: Path) -> None:
+    import os
+    import pwd
+    import shutil
+    import tempfile
+
+    import pytest
+
+    if os.getuid() != 0:
+        pytest.skip("needs root")
+    nobody = pwd.getpwnam("nobody")
+    # Under /tmp (world-traversable), not pytest's 0700 tmp_path, so "nobody" can reach it.
+    data = Path(tempfile.mkdtemp(prefix="pillarbox-drop-"))
+    try:
+        settings = pbserver.make_settings(data, {"user": "nobody"})
+        with pbserver.SubprocessServer(settings) as proc:
+            status = Path(f"/proc/{proc.proc.pid}/status").read_text()
+            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+            assert (data / "pillarbox.db").stat().st_uid == nobody.pw_uid
+            assert control.call(settings.control_socket, "server.status")["pid"] == proc.proc.pid
+        assert 'event="dropped privileges" user=nobody' in proc.log()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
