@@ -35,8 +35,10 @@ class KeyValueFormatter(logging.Formatter):
         millis = int(record.msecs)
         fields: dict[str, Any] = {"event": record.getMessage()}
         fields.update(getattr(record, "fields", {}))
-        line = (f"{stamp}.{millis:03d}Z {record.levelname.lower()} "
-                f"{record.name.removeprefix('pillarbox.')} {format_fields(fields)}")
+        line = (
+            f"{stamp}.{millis:03d}Z {record.levelname.lower()} "
+            f"{record.name.removeprefix('pillarbox.')} {format_fields(fields)}"
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -41,6 +41,7 @@ PASSWORD = "correct horse battery"
 
 # -- tiny TOML writer (tomllib only reads) --------------------------------------------------
 
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -75,22 +76,30 @@ def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- data dirs -------------------------------------------------------------------------------
 
+
 @functools.cache
 def _template(domains: tuple[str, ...], hostname: str) -> Path:
     """One initialised data dir per test process and domain set, copied by each test."""
     root = Path(os.environ.get("PYTEST_TMPDIR_ROOT", "/tmp")) / (
-        f"pillarbox-template-{os.getpid()}-{abs(hash((domains, hostname)))}")
+        f"pillarbox-template-{os.getpid()}-{abs(hash((domains, hostname)))}"
+    )
     if root.exists():
         shutil.rmtree(root)
     listen = {name: "127.0.0.1:0" for name in PROD_LISTEN}
     listen.update(pop3="", pop3s="")
-    initialize(InitOptions(data_dir=root, domains=domains, hostname=hostname, dev=True,
-                           listen=listen))
+    initialize(
+        InitOptions(data_dir=root, domains=domains, hostname=hostname, dev=True, listen=listen)
+    )
     return root
 
 
-def make_settings(data_dir: Path, overrides: Mapping[str, Any] | None = None, *,
-                  domains: tuple[str, ...] = (DOMAIN,), hostname: str = HOSTNAME) -> Settings:
+def make_settings(
+    data_dir: Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    domains: tuple[str, ...] = (DOMAIN,),
+    hostname: str = HOSTNAME,
+) -> Settings:
     """A fresh data dir at ``data_dir`` with config ``overrides`` merged in; its settings.
 
     Listeners default to 127.0.0.1:0; pass ``{"listen": {"imap": ""}}`` to disable one.
@@ -120,6 +129,7 @@ def add_alias(settings: Settings, alias: str, *targets: str) -> None:
 
 
 # -- in-process server -----------------------------------------------------------------------
+
 
 class RunningServer:
     """The real server in a background thread; see the module docstring."""
@@ -176,7 +186,9 @@ class SubprocessServer:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pillarbox", "--config", str(settings.source), "serve"],
-            stdout=self._log, stderr=self._log, cwd=settings.data_dir,
+            stdout=self._log,
+            stderr=self._log,
+            cwd=settings.data_dir,
         )
         self.addresses: dict[str, tuple[str, int]] = {}
         self._wait_started(wait)

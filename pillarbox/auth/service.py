@@ -30,8 +30,13 @@ class _Failures:
 class Authenticator:
     """Verifies credentials; ``lookup_hash(address) -> hash | None`` is the accounts store."""
 
-    def __init__(self, lookup_hash: Callable[[str], str | None], *, base_delay: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        lookup_hash: Callable[[str], str | None],
+        *,
+        base_delay: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._lookup_hash = lookup_hash
         self._base_delay = base_delay
         self._clock = clock

@@ -26,11 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pillarbox",
         description="A complete personal mail server: SMTP, IMAP, DKIM/SPF/DMARC and "
-                    "certificates in one process.",
+        "certificates in one process.",
     )
-    parser.add_argument("--config", metavar="PATH",
-                        help="config file (default: $PILLARBOX_CONFIG, ./pillarbox.toml, "
-                             "/etc/pillarbox/pillarbox.toml)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $PILLARBOX_CONFIG, ./pillarbox.toml, "
+        "/etc/pillarbox/pillarbox.toml)",
+    )
     parser.add_argument("--version", action="version", version=f"pillarbox {__version__}")
     groups: dict[tuple[str, ...], argparse._SubParsersAction[argparse.ArgumentParser]] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -41,12 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
             prefix = command.path[:depth]
             if prefix not in groups:
                 group_parser = groups[prefix[:-1]].add_parser(
-                    prefix[-1], help=f"{prefix[-1]} commands")
+                    prefix[-1], help=f"{prefix[-1]} commands"
+                )
                 parents[prefix] = group_parser
                 groups[prefix] = group_parser.add_subparsers(
-                    dest="_".join(prefix) + "_command", metavar="COMMAND", required=True)
+                    dest="_".join(prefix) + "_command", metavar="COMMAND", required=True
+                )
         sub = groups[command.path[:-1]].add_parser(
-            command.path[-1], help=command.help, description=command.description or command.help)
+            command.path[-1], help=command.help, description=command.description or command.help
+        )
         command.arguments(sub)
         sub.set_defaults(_run=command.run)
     return parser

@@ -123,14 +123,20 @@ def _address_arg(parser: argparse.ArgumentParser) -> None:
 
 def _password_args(parser: argparse.ArgumentParser) -> None:
     _address_arg(parser)
-    parser.add_argument("--password-stdin", action="store_true",
-                        help="read the password from one line of stdin instead of prompting")
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from one line of stdin instead of prompting",
+    )
 
 
 def _alias_add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("alias", metavar="ALIAS", help="alias address, or @domain for a catch-all")
-    parser.add_argument("targets", metavar="TARGET[,TARGET...]",
-                        help="comma-separated addresses to deliver to (local or remote)")
+    parser.add_argument(
+        "targets",
+        metavar="TARGET[,TARGET...]",
+        help="comma-separated addresses to deliver to (local or remote)",
+    )
 
 
 def _alias_arg(parser: argparse.ArgumentParser) -> None:
@@ -138,13 +144,21 @@ def _alias_arg(parser: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = [
-    Command(("user", "add"), "create a mailbox user (password prompted or --password-stdin)",
-            user_add, _password_args),
+    Command(
+        ("user", "add"),
+        "create a mailbox user (password prompted or --password-stdin)",
+        user_add,
+        _password_args,
+    ),
     Command(("user", "list"), "list users", user_list),
     Command(("user", "passwd"), "change a user's password", user_passwd, _password_args),
     Command(("user", "del"), "delete a user (its mail stays on disk)", user_del, _address_arg),
-    Command(("alias", "add"), "add an alias (several targets, @domain catch-all)", alias_add,
-            _alias_add_args),
+    Command(
+        ("alias", "add"),
+        "add an alias (several targets, @domain catch-all)",
+        alias_add,
+        _alias_add_args,
+    ),
     Command(("alias", "list"), "list aliases", alias_list),
     Command(("alias", "del"), "delete an alias", alias_del, _alias_arg),
 ]

@@ -21,13 +21,26 @@ from pillarbox.core.address import AddressError, normalize_domain
 from pillarbox.tls.certs import make_ca, make_server_cert
 
 DEV_PORTS = {
-    "smtp": 2525, "submission": 2587, "submissions": 2465, "imap": 2143, "imaps": 2993,
-    "pop3": 2110, "pop3s": 2995, "http": 2080, "https": 2443,
+    "smtp": 2525,
+    "submission": 2587,
+    "submissions": 2465,
+    "imap": 2143,
+    "imaps": 2993,
+    "pop3": 2110,
+    "pop3s": 2995,
+    "http": 2080,
+    "https": 2443,
 }
 PROD_LISTEN = {
-    "smtp": "0.0.0.0:25", "submission": "0.0.0.0:587", "submissions": "0.0.0.0:465",
-    "imap": "0.0.0.0:143", "imaps": "0.0.0.0:993", "pop3": "", "pop3s": "",
-    "http": "0.0.0.0:80", "https": "0.0.0.0:443",
+    "smtp": "0.0.0.0:25",
+    "submission": "0.0.0.0:587",
+    "submissions": "0.0.0.0:465",
+    "imap": "0.0.0.0:143",
+    "imaps": "0.0.0.0:993",
+    "pop3": "",
+    "pop3s": "",
+    "http": "0.0.0.0:80",
+    "https": "0.0.0.0:443",
 }
 LISTEN_COMMENTS = {
     "smtp": "MX: inbound from other servers",
@@ -60,7 +73,8 @@ def _toml_str(value: str) -> str:
 def render_config(opts: InitOptions) -> str:
     listen = (
         {name: f"127.0.0.1:{port}" for name, port in DEV_PORTS.items()}
-        if opts.dev else dict(PROD_LISTEN)
+        if opts.dev
+        else dict(PROD_LISTEN)
     )
     if opts.dev:
         listen["pop3"] = listen["pop3s"] = ""  # no POP3 server yet: never bind a dead port
@@ -133,8 +147,7 @@ def initialize(opts: InitOptions) -> Settings:
     # The certificate files do not exist yet: build the settings without checking files,
     # create them, then load the config the way `serve` will.
     raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    draft = from_dict(raw, base_dir=opts.data_dir.resolve(), source=config_path,
-                      check_files=False)
+    draft = from_dict(raw, base_dir=opts.data_dir.resolve(), source=config_path, check_files=False)
     for directory in (draft.mail_dir, draft.queue_dir, draft.keys_dir):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     _make_tls(draft, opts.dev)
@@ -166,8 +179,13 @@ def run(args: argparse.Namespace) -> int:
         hostname = normalize_domain(args.hostname or f"mail.{domains[0]}")
     except AddressError as exc:
         raise CliError(str(exc)) from None
-    opts = InitOptions(data_dir=Path(args.data_dir), domains=domains, hostname=hostname,
-                       dev=args.dev, force=args.force)
+    opts = InitOptions(
+        data_dir=Path(args.data_dir),
+        domains=domains,
+        hostname=hostname,
+        dev=args.dev,
+        force=args.force,
+    )
     try:
         settings = initialize(opts)
     except ConfigError as exc:
@@ -182,20 +200,37 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--domain", action="append", required=True, metavar="D",
-                        help="a domain to receive mail for (repeat for several)")
-    parser.add_argument("--hostname", metavar="H",
-                        help="this server's name (EHLO, certificate, MX target); "
-                             "default mail.<first domain>")
-    parser.add_argument("--data-dir", default="pillarbox-data", metavar="DIR",
-                        help="where the config and all state go (default ./pillarbox-data)")
-    parser.add_argument("--dev", action="store_true",
-                        help="dev profile: loopback high ports, local CA")
+    parser.add_argument(
+        "--domain",
+        action="append",
+        required=True,
+        metavar="D",
+        help="a domain to receive mail for (repeat for several)",
+    )
+    parser.add_argument(
+        "--hostname",
+        metavar="H",
+        help="this server's name (EHLO, certificate, MX target); default mail.<first domain>",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default="pillarbox-data",
+        metavar="DIR",
+        help="where the config and all state go (default ./pillarbox-data)",
+    )
+    parser.add_argument(
+        "--dev", action="store_true", help="dev profile: loopback high ports, local CA"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing config")
 
 
 COMMANDS = [
-    Command(("init",), "write a config, data layout, keys and certificates", run, _arguments,
-            description="Write DIR/pillarbox.toml, create the data layout, a DKIM key pair per "
-                        "domain and TLS material, and print the DNS records to publish."),
+    Command(
+        ("init",),
+        "write a config, data layout, keys and certificates",
+        run,
+        _arguments,
+        description="Write DIR/pillarbox.toml, create the data layout, a DKIM key pair per "
+        "domain and TLS material, and print the DNS records to publish.",
+    ),
 ]

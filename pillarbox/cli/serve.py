@@ -19,8 +19,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [
-    Command(("serve",), "run the mail server (all listeners) in the foreground", run,
-            description="Run every configured listener in one process until SIGTERM or "
-                        "SIGINT (graceful: stop accepting, finish sessions in flight). "
-                        "SIGHUP reloads the config, certificates and users."),
+    Command(
+        ("serve",),
+        "run the mail server (all listeners) in the foreground",
+        run,
+        description="Run every configured listener in one process until SIGTERM or "
+        "SIGINT (graceful: stop accepting, finish sessions in flight). "
+        "SIGHUP reloads the config, certificates and users.",
+    ),
 ]

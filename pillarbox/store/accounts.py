@@ -122,8 +122,9 @@ class Accounts:
     def set_password(self, address: str, password_hash: str) -> None:
         addr = self.parse_local(address)
         with Transaction(self.conn) as c:
-            cur = c.execute("UPDATE users SET password_hash = ? WHERE address = ?",
-                            (password_hash, str(addr)))
+            cur = c.execute(
+                "UPDATE users SET password_hash = ? WHERE address = ?", (password_hash, str(addr))
+            )
         if cur.rowcount == 0:
             raise AccountError(f"no such user: {addr}")
 
@@ -136,7 +137,9 @@ class Accounts:
             raise AccountError(f"no such user: {addr}")
 
     def list_users(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT address FROM users ORDER BY domain, address")]
+        return [
+            r[0] for r in self.conn.execute("SELECT address FROM users ORDER BY domain, address")
+        ]
 
     def user_exists(self, address: str) -> bool:
         row = self.conn.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone()
@@ -177,8 +180,10 @@ class Accounts:
         if not key.startswith("@") and self.user_exists(key):
             raise AccountError(f"{key} is a user; an alias cannot shadow it")
         with Transaction(self.conn) as c:
-            c.executemany("INSERT OR IGNORE INTO aliases(alias, target) VALUES(?, ?)",
-                          [(key, t) for t in normalised])
+            c.executemany(
+                "INSERT OR IGNORE INTO aliases(alias, target) VALUES(?, ?)",
+                [(key, t) for t in normalised],
+            )
         return key, normalised
 
     def delete_alias(self, alias: str) -> None:
@@ -197,8 +202,12 @@ class Accounts:
         return result
 
     def _alias_targets(self, key: str) -> list[str]:
-        return [r[0] for r in self.conn.execute(
-            "SELECT target FROM aliases WHERE alias = ? ORDER BY target", (key,))]
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT target FROM aliases WHERE alias = ? ORDER BY target", (key,)
+            )
+        ]
 
     # -- routing ---------------------------------------------------------------------
 
@@ -215,11 +224,13 @@ class Accounts:
             return Resolution()
         expansion = _Expansion()
         self._expand(addr, delimiter, expansion, depth=0, seen=set())
-        return Resolution(tuple(dict.fromkeys(expansion.local)),
-                          tuple(dict.fromkeys(expansion.remote)))
+        return Resolution(
+            tuple(dict.fromkeys(expansion.local)), tuple(dict.fromkeys(expansion.remote))
+        )
 
-    def _expand(self, addr: Address, delimiter: str, out: _Expansion, depth: int,
-                seen: set[str]) -> None:
+    def _expand(
+        self, addr: Address, delimiter: str, out: _Expansion, depth: int, seen: set[str]
+    ) -> None:
         if depth > MAX_ALIAS_DEPTH or str(addr) in seen:
             return
         seen.add(str(addr))

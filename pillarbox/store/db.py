@@ -22,8 +22,13 @@ Migration = str | Callable[[sqlite3.Connection], None]
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open ``path`` with the pragmas every Pillarbox database uses."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                               isolation_level=None, timeout=10)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro",
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=10,
+        )
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():

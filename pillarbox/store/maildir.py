@@ -80,8 +80,14 @@ def _copy_file_into(dst_fd: int, src: Path) -> int:
     return total
 
 
-def deliver(maildir: Path, parts: Iterable[bytes | Path], *, subdir: str = "new",
-            info: str = "", hostname: str | None = None) -> Path:
+def deliver(
+    maildir: Path,
+    parts: Iterable[bytes | Path],
+    *,
+    subdir: str = "new",
+    info: str = "",
+    hostname: str | None = None,
+) -> Path:
     """Durably store a message made of ``parts`` (bytes, or files copied in order).
 
     Blocking (disk I/O and fsync): call it from a worker thread. Returns the final path.

@@ -40,8 +40,9 @@ def write_public(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -64,12 +65,21 @@ def make_ca(ca_cert: Path, ca_key: Path, common_name: str, *, days: int = 3650) 
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     write_private(ca_key, _key_pem(key))
@@ -86,8 +96,15 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def make_server_cert(cert_path: Path, key_path: Path, names: list[str], ca_cert: Path,
-                     ca_key: Path, *, days: int = 825) -> None:
+def make_server_cert(
+    cert_path: Path,
+    key_path: Path,
+    names: list[str],
+    ca_cert: Path,
+    ca_key: Path,
+    *,
+    days: int = 825,
+) -> None:
     """A server certificate for ``names`` (DNS names or IPs) signed by the local CA;
     the PEM at ``cert_path`` holds the chain (leaf, then CA)."""
     ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
@@ -107,12 +124,15 @@ def make_server_cert(cert_path: Path, key_path: Path, names: list[str], ca_cert:
         .add_extension(_san(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            ca_private.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_private.public_key()),
+            critical=False,
+        )
         .sign(ca_private, hashes.SHA256())
     )
     chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(
-        serialization.Encoding.PEM)
+        serialization.Encoding.PEM
+    )
     write_private(key_path, _key_pem(key))
     write_public(cert_path, chain)
 
