@@ -640,13 +640,14 @@ class Reader:
                     items.append(self.ext_value(depth + 1))
                 self.close()
             return tuple(items)
-        m = _SEQ_SET_RE.match(self.buf, self.pos)
-        if m is not None and self.buf[m.end() : m.end() + 1] in (b" ", b")", b""):
-            self.pos = m.end()
-            token = m.group()
-            return int(token) if token.isdigit() else parse_sequence_set_token(token, self.tag)
-        if self.buf[self.pos : self.pos + 1] == b"0":
-            return self.number(MAX_NUMBER64)
+        for pattern in (_NUMBER_RE, _SEQ_SET_RE):
+            m = pattern.match(self.buf, self.pos)
+            if m is not None and self.buf[m.end() : m.end() + 1] in (b" ", b")", b""):
+                token = m.group()
+                if pattern is _NUMBER_RE:
+                    return self.number(MAX_NUMBER64)
+                self.pos = m.end()
+                return parse_sequence_set_token(token, self.tag)
         return self.astring()
 
 
