@@ -182,8 +182,8 @@ class DnsTestServer:
                 tcp.close()
                 continue
             tcp.listen(64)
-            udp.settimeout(0.2)
-            tcp.settimeout(0.2)
+            udp.settimeout(0.05)
+            tcp.settimeout(0.05)
             return udp, tcp
         raise OSError("could not bind UDP and TCP on one free port")
 

@@ -1,0 +1,158 @@
+"""SPF (RFC 7208) for the MAIL FROM and HELO identities, with pyspf over our async resolver.
+
+pyspf follows ``include:`` and ``redirect=`` recursively, so its lookups cannot be known in
+advance and prefetched. It runs in a worker thread instead, and every DNS query it makes is
+sent back to the event loop through :class:`pillarbox.dns.resolver.SyncLookup`: the loop is
+never blocked, and the configured nameservers and per-query timeout apply. pyspf itself
+enforces the limits of RFC 7208 §4.6.4 (10 DNS-querying mechanisms, 2 void lookups,
+10 MX/PTR names), and ``querytime`` bounds the whole evaluation.
+
+pyspf looks up DNS through its module-level ``DNSLookup`` function; we replace that once with
+a dispatcher that uses the lookup function of the current thread (a thread-local set while
+our check runs) and falls back to pyspf's own for any other caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import spf
+
+from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver, SyncLookup
+
+# RFC 7208 §4.6.4: "at least 20 seconds" for the whole evaluation.
+TOTAL_TIME = 20.0
+
+SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+
+
+@dataclass(frozen=True, slots=True)
+class SpfResult:
+    """The outcome for one identity (RFC 7208 §2.6)."""
+
+    result: str  # one of SPF_RESULTS
+    identity: str  # "mailfrom" or "helo"
+    domain: str  # the domain checked ("" if there was none)
+    sender: str  # the identity as checked: "user@domain" or "postmaster@helo"
+    explanation: str = ""
+
+
+LookupFn = Callable[[str, str], list[tuple[tuple[str, str], Any]]]
+
+_thread_lookup = threading.local()
+_pyspf_lookup = spf.DNSLookup
+
+
+def _dispatch_lookup(name: str, qtype: str, strict: Any = True, timeout: Any = 30) -> Any:
+    lookup: LookupFn | None = getattr(_thread_lookup, "fn", None)
+    if lookup is None:
+        return _pyspf_lookup(name, qtype, strict, timeout)
+    return lookup(name, qtype)
+
+
+spf.DNSLookup = _dispatch_lookup
+
+
+def _pyspf_answers(bridge: SyncLookup) -> LookupFn:
+    """A pyspf-style lookup: [((name, qtype), value), ...]; [] for NXDOMAIN/NODATA."""
+
+    def lookup(name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
+        if qtype == "SPF":
+            return []  # RFC 7208 §3.1: type 99 is obsolete, never queried
+        try:
+            records = bridge.query(name, qtype)
+        except DnsNotFound:
+            return []
+        except DnsTempError as exc:
+            raise spf.TempError(f"DNS {exc}") from None
+        key = (name, qtype)
+        if qtype in ("A", "AAAA"):
+            return [(key, str(r.address)) for r in records]
+        if qtype == "MX":
+            return [(key, (int(r.preference), _text(r.exchange))) for r in records]
+        if qtype == "PTR":
+            return [(key, _text(r.target)) for r in records]
+        if qtype == "TXT":
+            return [(key, tuple(r.strings)) for r in records]
+        return []
+
+    return lookup
+
+
+def _text(name: Any) -> str:
+    return str(name.to_text(omit_final_dot=True))
+
+
+def _valid_ip(ip: str) -> str:
+    return str(ipaddress.ip_address(ip))
+
+
+def _domain_of(sender: str) -> str:
+    return sender.rpartition("@")[2].lower().rstrip(".")
+
+
+def _looks_like_domain(name: str) -> bool:
+    # An address literal or a bare word is no identity to check (RFC 7208 §2.3).
+    return "." in name and not name.startswith("[") and not name.replace(".", "").isdigit()
+
+
+def _run_pyspf(
+    bridge: SyncLookup, ip: str, sender: str, helo: str, timeout: float
+) -> tuple[str, str]:
+    _thread_lookup.fn = _pyspf_answers(bridge)
+    try:
+        query = spf.query(i=ip, s=sender, h=helo, timeout=timeout, querytime=TOTAL_TIME)
+        result, _code, explanation = query.check()
+        return result, explanation
+    finally:
+        _thread_lookup.fn = None
+
+
+async def check_identity(
+    resolver: Resolver, *, ip: str, sender: str, helo: str, identity: str
+) -> SpfResult:
+    """check_host() for one identity; never raises for DNS or record problems."""
+    domain = _domain_of(sender)
+    if not domain or not _looks_like_domain(domain):
+        return SpfResult("none", identity, domain, sender, "no domain to check")
+    bridge = SyncLookup(resolver, asyncio.get_running_loop())
+    try:
+        result, explanation = await asyncio.to_thread(
+            _run_pyspf, bridge, _valid_ip(ip), sender, helo, resolver.timeout
+        )
+    except ValueError as exc:
+        return SpfResult("permerror", identity, domain, sender, str(exc))
+    result = str(result).lower()
+    if result not in SPF_RESULTS:
+        result = "permerror"
+    return SpfResult(result, identity, domain, sender, str(explanation or ""))
+
+
+async def check_spf(
+    resolver: Resolver, *, ip: str, helo: str, mail_from: str
+) -> tuple[SpfResult, SpfResult]:
+    """(MAIL FROM result, HELO result), checked concurrently.
+
+    RFC 7208 §2.4: with a null reverse-path the MAIL FROM identity is ``postmaster@HELO``,
+    so both results then concern the HELO domain.
+    """
+    helo_name = helo.strip().lower().rstrip(".")
+    helo_sender = f"postmaster@{helo_name}"
+    sender = mail_from.strip().removeprefix("<").removesuffix(">")
+    helo_check = check_identity(
+        resolver, ip=ip, sender=helo_sender, helo=helo_name, identity="helo"
+    )
+    if not sender:
+        helo_result = await helo_check
+        return dataclasses.replace(helo_result, identity="mailfrom"), helo_result
+    mailfrom_result, helo_result = await asyncio.gather(
+        check_identity(resolver, ip=ip, sender=sender, helo=helo_name, identity="mailfrom"),
+        helo_check,
+    )
+    return mailfrom_result, helo_result
