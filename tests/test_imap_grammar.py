@@ -25,8 +25,8 @@ from pillarbox.imap.grammar import (
 )
 
 
-def read(method: Callable[[Reader], object], data: bytes, **kw: bool) -> object:
-    r = Reader(data, **kw)
+def read(method: Callable[[Reader], object], data: bytes, utf8: bool = False) -> object:
+    r = Reader(data, utf8=utf8)
     value = method(r)
     r.end()
     return value
