@@ -112,6 +112,26 @@ def test_status_lines() -> None:
         R.tagged("a b", "OK", "x")
 
 
+def test_parse_error_answers() -> None:
+    with pytest.raises(c.ParseError) as info:
+        c.parse(b"a7 FETCH")
+    assert R.parse_error(info.value) == b"a7 BAD missing arguments\r\n"
+    with pytest.raises(c.ParseError) as info:
+        c.parse(b"(bad")
+    assert R.parse_error(info.value) == b"* BAD missing or invalid tag\r\n"
+    with pytest.raises(c.ParseError) as info:
+        c.parse(b"a8 SEARCH CHARSET X-UNKNOWN ALL")
+    assert R.parse_error(info.value) == (
+        b"a8 NO [BADCHARSET (UTF-8 US-ASCII)] unsupported charset X-UNKNOWN\r\n"
+    )
+
+
+def test_secrets_are_not_in_repr() -> None:
+    assert "hunter2" not in repr(c.parse(b"a LOGIN bob hunter2"))
+    assert "AGJvYgBwdw" not in repr(c.parse(b"a AUTHENTICATE PLAIN AGJvYgBwdw=="))
+    assert "\\x00bob" not in repr(c.parse(b"a AUTHENTICATE PLAIN AGJvYgBwdw=="))
+
+
 def test_text_cannot_inject_lines_or_codes() -> None:
     line = R.tagged("a", "NO", "bad\r\n* OK [ALERT] owned\x00")
     assert line.count(b"\r\n") == 1 and line.endswith(b"\r\n")

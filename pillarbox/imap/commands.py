@@ -12,7 +12,7 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, Final
 
@@ -144,7 +144,7 @@ class Authenticate(Command):
     """AUTHENTICATE mechanism [initial-response] (RFC 4959 SASL-IR; ``=`` is an empty one)."""
 
     mechanism: str = ""
-    initial_response: bytes | None = None
+    initial_response: bytes | None = field(default=None, repr=False)  # holds credentials
     name: ClassVar[str] = "AUTHENTICATE"
     states: ClassVar[frozenset[State]] = NOT_AUTHENTICATED
 
@@ -169,7 +169,7 @@ class Authenticate(Command):
 @dataclass(frozen=True, slots=True)
 class Login(Command):
     userid: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in logs
     name: ClassVar[str] = "LOGIN"
     states: ClassVar[frozenset[State]] = NOT_AUTHENTICATED
 

@@ -22,7 +22,7 @@ from typing import Final
 
 from pillarbox.imap import utf7
 from pillarbox.imap.fetchatts import FetchAtt, Simple, response_name
-from pillarbox.imap.grammar import SequenceSet
+from pillarbox.imap.grammar import ParseError, SequenceSet
 
 MAX_QUOTED: Final = 1024  # longer strings go as literals; keeps lines short and cheap to scan
 STATUSES: Final = frozenset({"OK", "NO", "BAD", "PREAUTH", "BYE"})
@@ -350,6 +350,23 @@ def tagged(tag: str | None, status: str, message: str, code: Code | None = None)
     return _status_line(raw, status, message, code)
 
 
+def parse_error(error: ParseError) -> bytes:
+    """The answer to a :class:`ParseError`: ``tag BAD [code] reason`` (``*`` without a tag)."""
+    code = None
+    if error.code is not None:
+        name, _, arg = error.code.partition(" ")
+        code = Code(name, *_code_args(arg))
+    tag = error.tag if error.tag is not None and _TAG_RE.match(error.tag.encode()) else None
+    return tagged(tag, error.status, error.reason, code)
+
+
+def _code_args(arg: str) -> tuple[object, ...]:
+    # Only the codes our parser raises: TOOBIG and "BADCHARSET (UTF-8 US-ASCII)".
+    if arg.startswith("(") and arg.endswith(")"):
+        return (List(tuple(Atom(a) for a in arg[1:-1].split())),)
+    return ()
+
+
 def untagged_status(status: str, message: str, code: Code | None = None) -> bytes:
     """``* OK [UIDVALIDITY 3857529045] UIDs valid\\r\\n``"""
     return _status_line(b"*", status, message, code)
@@ -482,6 +499,7 @@ __all__ = [
     "format_datetime",
     "list_response",
     "literal_prefix",
+    "parse_error",
     "search_response",
     "status_response",
     "tagged",
