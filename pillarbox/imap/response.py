@@ -66,6 +66,13 @@ class Flag:
 
 
 @dataclass(frozen=True, slots=True)
+class Flags:
+    """A parenthesised flag list; encodings of recurring sets are cached (FETCH FLAGS)."""
+
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class String:
     """A string, sent quoted when short and safe, as a literal otherwise."""
 
@@ -190,6 +197,25 @@ def put_string(out: Out, value: bytes | str, utf8: bool) -> None:
         out += raw
 
 
+_flag_lists: dict[tuple[str, ...], bytes] = {}
+
+
+def _put_flags(out: Out, value: object, utf8: bool) -> None:
+    assert isinstance(value, Flags)
+    raw = _flag_lists.get(value.flags)
+    if raw is None:
+        inner = bytearray()
+        for i, flag in enumerate(value.flags):
+            if i:
+                inner += b" "
+            _put_flag(inner, Flag(flag), utf8)
+        raw = b"(" + bytes(inner) + b")"
+        if len(_flag_lists) > 4096:
+            _flag_lists.clear()
+        _flag_lists[value.flags] = raw
+    out += raw
+
+
 def _put_string(out: Out, value: object, utf8: bool) -> None:
     assert isinstance(value, String)
     put_string(out, value.value, utf8)
@@ -288,6 +314,7 @@ def _put_code(out: Out, value: object, utf8: bool) -> None:
 _ENCODERS: Final[dict[type, Callable[[Out, object, bool], None]]] = {
     Atom: _put_atom,
     Flag: _put_flag,
+    Flags: _put_flags,
     String: _put_string,
     str: _put_plain_string,
     bytes: _put_plain_string,
@@ -396,25 +423,38 @@ def fetch(seq: int, items: Iterable[tuple[FetchAtt | str, object]], *, utf8: boo
         if not first:
             out += b" "
         first = False
-        if isinstance(name, str):
-            raw = name.encode("ascii", "replace")
-            if not _FETCH_ITEM_NAME_RE.match(raw):
-                raise ValueError(f"not a fetch item name: {name!r}")
-            out += raw
-        else:
-            out += response_name(name)
-        out += b" "
+        raw = _item_names.get(name)
+        if raw is None:
+            raw = _item_name(name)
+        out += raw
         _put(out, value, utf8)
     out += b")\r\n"
     return bytes(out)
 
 
+# FETCH item names repeat for every message of a response: cache their encoded form.
+_item_names: dict[FetchAtt | str, bytes] = {}
+
+
+def _item_name(name: FetchAtt | str) -> bytes:
+    if isinstance(name, str):
+        raw = name.encode("ascii", "replace")
+        if not _FETCH_ITEM_NAME_RE.match(raw):
+            raise ValueError(f"not a fetch item name: {name!r}")
+    else:
+        raw = response_name(name)
+    if len(_item_names) > 1024:
+        _item_names.clear()
+    _item_names[name] = raw + b" "
+    return raw + b" "
+
+
 _FETCH_ITEM_NAME_RE: Final = re.compile(rb"[A-Z0-9.]+\Z")
 
 
-def flag_list(flags: Iterable[str]) -> List:
+def flag_list(flags: Iterable[str]) -> Flags:
     """``(\\Seen $Forwarded)`` as a token."""
-    return List(tuple(Flag(f) for f in flags))
+    return Flags(tuple(flags))
 
 
 def capability(capabilities: Iterable[str]) -> bytes:
@@ -481,6 +521,7 @@ __all__ = [
     "DateTime",
     "FetchName",
     "Flag",
+    "Flags",
     "List",
     "Literal",
     "Mailbox",
