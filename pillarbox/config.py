@@ -206,6 +206,14 @@ class DeliverySettings:
     # Port used to reach other mail servers; tests point it elsewhere.
     remote_port: int = field(default=25, metadata=_check(_positive))
     mta_sts: bool = True
+    # Port of the MTA-STS policy servers (RFC 8461 says 443); tests point it elsewhere.
+    mta_sts_port: int = field(default=443, metadata=_check(_positive))
+    # Seconds to wait for a TCP connection to another mail server (RFC 5321 §4.5.3.2
+    # leaves it to us; 30 s lets a dead MX fail over quickly).
+    connect_timeout: Duration = Duration(30)
+    # How often the queue runner rescans the queue even when nothing woke it (messages
+    # queued by another process, clock changes).
+    queue_scan_interval: Duration = Duration(30)
 
 
 @dataclass(frozen=True)
