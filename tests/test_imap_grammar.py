@@ -313,3 +313,40 @@ def test_small_helpers() -> None:
     assert normalise_inbox("iNbOx") == "INBOX"
     assert normalise_inbox("inbox/a") == "INBOX/a"
     assert normalise_inbox("inboxes") == "inboxes"
+
+
+def _session_read(wire: bytes, limits: Limits | None = None) -> tuple[bytes, list[LiteralSpec]]:
+    """Read one command from ``wire`` the way the session does: line, literal, line, ..."""
+    asm = CommandAssembler(limits)
+    pos = 0
+    specs = []
+
+    def readline() -> bytes:
+        nonlocal pos
+        end = wire.index(b"\n", pos) + 1
+        line, pos = wire[pos:end], end
+        return line
+
+    spec = asm.add_line(readline())
+    while spec is not None:
+        specs.append(spec)
+        asm.add_literal(wire[pos : pos + spec.size])
+        pos += spec.size
+        spec = asm.add_line(readline())
+    assert pos == len(wire)
+    return asm.finish(), specs
+
+
+_secret = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=50)
+
+
+@given(_secret, _secret, st.booleans())
+def test_assembler_round_trip_with_literals(user: str, password: str, sync: bool) -> None:
+    from pillarbox.imap.commands import Login, parse
+
+    u, p = user.encode(), password.encode()
+    plus = b"" if sync else b"+"
+    wire = b"t LOGIN {%d%s}\r\n%s {%d%s}\r\n%s\r\n" % (len(u), plus, u, len(p), plus, p)
+    command, specs = _session_read(wire)
+    assert specs == [LiteralSpec(len(u), sync), LiteralSpec(len(p), sync)]
+    assert parse(command) == Login("t", user, password)

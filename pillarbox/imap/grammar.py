@@ -651,8 +651,15 @@ class Reader:
         return self.astring()
 
 
+_seq_cache: dict[bytes, SequenceSet] = {}
+
+
 def parse_sequence_set_token(token: bytes, tag: str | None = None) -> SequenceSet:
-    """Split a token already matched by the sequence-set regex into ranges."""
+    """Split a token already matched by the sequence-set regex into ranges (memoised: clients
+    repeat ``1:*`` and friends constantly, and the result is immutable)."""
+    cached = _seq_cache.get(token)
+    if cached is not None:
+        return cached
     ranges: list[tuple[int, int]] = []
     for item in token.split(b","):
         lo, sep, hi = item.partition(b":")
@@ -661,7 +668,12 @@ def parse_sequence_set_token(token: bytes, tag: str | None = None) -> SequenceSe
         if a > MAX_NUMBER or b > MAX_NUMBER:
             raise ParseError("sequence number out of range", tag)
         ranges.append((a, b))
-    return SequenceSet(tuple(ranges))
+    result = SequenceSet(tuple(ranges))
+    if len(token) <= 64:
+        if len(_seq_cache) >= 1024:
+            _seq_cache.clear()
+        _seq_cache[token] = result
+    return result
 
 
 def normalise_inbox(name: str) -> str:
