@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pillarbox import __version__
-from pillarbox.cli import accounts, init, serve
+from pillarbox.cli import accounts, dkim, init, serve, verify
 from pillarbox.cli.common import CliError, Command
 from pillarbox.config import ConfigError
 
@@ -19,6 +19,8 @@ COMMANDS: list[Command] = [
     *init.COMMANDS,
     *serve.COMMANDS,
     *accounts.COMMANDS,
+    *verify.COMMANDS,
+    *dkim.COMMANDS,
 ]
 
 

@@ -119,6 +119,8 @@ async def check_identity(
 ) -> SpfResult:
     """check_host() for one identity; never raises for DNS or record problems."""
     domain = _domain_of(sender)
+    if not ip:
+        return SpfResult("none", identity, domain, sender, "no client IP address to check")
     if not domain or not _looks_like_domain(domain):
         return SpfResult("none", identity, domain, sender, "no domain to check")
     bridge = SyncLookup(resolver, asyncio.get_running_loop())
