@@ -450,3 +450,22 @@ def test_arbitrary_bytes_raise_only_parse_error(data: bytes, utf8: bool) -> None
             c.parse(line, utf8=utf8)
         except ParseError:
             pass
+
+
+def test_hot_commands_parse_in_microseconds() -> None:
+    # A regression guard, not a benchmark: typical cost is 3-5 us; the bound leaves room for
+    # a loaded CI machine while still catching an accidental per-character loop.
+    import time
+
+    lines = [
+        b"A0042 UID FETCH 1:* (FLAGS)",
+        b"A0043 UID FETCH 4012:4100 (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To)])",
+        b"A0044 UID STORE 4012 +FLAGS.SILENT (\\Seen)",
+    ]
+    rounds = 2000
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for line in lines:
+            c.parse(line)
+    per_command = (time.perf_counter() - start) / (rounds * len(lines))
+    assert per_command < 100e-6
