@@ -1,0 +1,1021 @@
+"""The mailbox index of one user: SQLite over a Maildir++, and its repair from the Maildir.
+
+One SQLite file per user (``<maildir>/pillarbox-index.sqlite``) rather than one shared
+database: users never contend for the single SQLite writer lock, a user's index lives and
+dies with their Maildir (backups, migrations and ``rm -r`` keep them together), a broken or
+deleted index costs one user a rebuild, not everyone; and a PostgreSQL store for several
+nodes replaces this module as a whole behind the same interface (``pillarbox.store.mailbox``).
+
+The Maildir stays the truth about which messages exist and their flags (so mutt, Dovecot and
+backups keep working); the index adds what a Maildir cannot hold (UIDs, MODSEQs, the parsed
+ENVELOPE/BODYSTRUCTURE and header text for FETCH and SEARCH without reading files), and
+``dovecot-uidlist`` / ``dovecot-keywords`` files keep UIDs and keyword letters across index
+loss. :meth:`UserIndex.sync` reconciles: files in ``new/`` are moved to ``cur/`` and get the
+next UIDs; ``cur/`` is listed only when its mtime moved (foreign changes), then vanished files
+are expunged, renamed ones update flags and unknown ones get new UIDs.
+
+Everything here is blocking; ``pillarbox.store.mailbox`` runs it in worker threads, one
+operation at a time per user (``UserIndex.lock``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pillarbox import mime
+from pillarbox.store import db, uidlist
+from pillarbox.store import flags as fl
+from pillarbox.store.maildir import ensure_maildir, fsync_dir, unique_name
+from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
+
+INDEX_FILE: Final = "pillarbox-index.sqlite"
+SPECIAL_USE: Final = {
+    "Drafts": "\\Drafts",
+    "Sent": "\\Sent",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+CHUNK: Final = 2000  # rows per batch for bulk work
+
+_MIGRATIONS: Final[list[db.Migration]] = [
+    """
+    CREATE TABLE mailboxes (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL,
+        highestmodseq INTEGER NOT NULL,
+        recent_uid INTEGER NOT NULL DEFAULT 1,
+        special_use TEXT,
+        cur_mtime INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE subscriptions (name TEXT PRIMARY KEY);
+    CREATE TABLE messages (
+        mailbox_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        flags INTEGER NOT NULL,
+        keywords TEXT NOT NULL DEFAULT '',
+        modseq INTEGER NOT NULL,
+        internal_date INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        sent_date INTEGER,
+        base TEXT NOT NULL,
+        fname TEXT NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
+    CREATE TABLE message_data (
+        mailbox_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        envelope TEXT NOT NULL,
+        structure TEXT NOT NULL,
+        header BLOB NOT NULL,
+        search TEXT NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID
+    """,
+]
+
+
+class MailboxError(Exception):
+    """An error the user caused; ``code`` is the IMAP response code to answer with.
+
+    ``user_error`` marks it for protocol layers, which must not import this module.
+    """
+
+    user_error = True
+
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+@dataclass(slots=True)
+class Mailbox:
+    id: int
+    name: str
+    path: Path
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    recent_uid: int
+    special_use: str | None
+    cur_mtime: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    name: str
+    special_use: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusInfo:
+    messages: int
+    recent: int
+    uidnext: int
+    uidvalidity: int
+    unseen: int
+    deleted: int
+    size: int
+    highestmodseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SelectInfo:
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    uids: array  # type: ignore[type-arg]
+    recent_from_uid: int  # UIDs >= this are \Recent in this session
+    first_unseen_uid: int | None
+    keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    present: array | None  # type: ignore[type-arg]  # UIDs <= known max still there, if any vanished
+    new_uids: array  # type: ignore[type-arg]
+    flag_updates: list[tuple[int, str, int]]  # (uid, flags text, modseq)
+    highestmodseq: int
+    uidnext: int
+    recent_from_uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    updated: list[tuple[int, str, int]]  # every matched message: (uid, flags, modseq)
+    failed: list[int]  # UNCHANGEDSINCE conflicts (RFC 7162 §3.1.3 MODIFIED)
+    highestmodseq: int
+
+
+class UserIndex:
+    """See the module docstring. Every public method expects ``lock`` to be held."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.lock = threading.Lock()
+        ensure_maildir(root)
+        self.conn = db.connect(root / INDEX_FILE)
+        # The Maildir and dovecot-uidlist back the index up: a lost last transaction after
+        # a power cut is repaired by the next sync, so WAL's NORMAL durability is enough.
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        db.migrate(self.conn, "mailindex", _MIGRATIONS)
+        self._keywords: dict[int, list[str]] = {}
+        self._mailboxes: dict[str, Mailbox] = {}
+        self.discover(initial=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- mailboxes ---------------------------------------------------------------------
+    def discover(self, *, initial: bool = False) -> list[str]:
+        """Reconcile the mailbox table with the folders on disk; returns existing names."""
+        on_disk = {INBOX: self.root}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    name = name_of_dir(entry.name)
+                    if name is not None and name != INBOX:
+                        on_disk[name] = Path(entry.path)
+        rows = {r["name"]: r for r in self.conn.execute("SELECT * FROM mailboxes")}
+        for name in set(rows) - set(on_disk):
+            self._drop_row(rows[name]["id"])
+            self._mailboxes.pop(name, None)
+        fresh = not rows
+        for name, path in on_disk.items():
+            if name not in rows:
+                self._add_row(name, path, SPECIAL_USE.get(name))
+        if fresh and initial:
+            self._create_defaults()
+        return sorted(on_disk)
+
+    def _create_defaults(self) -> None:
+        """INBOX and the RFC 6154 special-use folders, subscribed, for a new user."""
+        for name, use in SPECIAL_USE.items():
+            if name not in self._names():
+                self.create(name, use)
+        with db.Transaction(self.conn):
+            for name in [INBOX, *SPECIAL_USE]:
+                self.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?)", (name,))
+
+    def _names(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM mailboxes")}
+
+    def _add_row(self, name: str, path: Path, special_use: str | None) -> None:
+        ensure_maildir(path)
+        known = uidlist.read(path)
+        uidvalidity = known.uidvalidity if known else self._new_uidvalidity()
+        with db.Transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO mailboxes (name, uidvalidity, uidnext, highestmodseq, special_use)"
+                " VALUES (?, ?, ?, 1, ?)",
+                (name, uidvalidity, known.next_uid if known else 1, special_use),
+            )
+        if known is None:
+            uidlist.write(path, uidvalidity, 1, [])
+
+    def _new_uidvalidity(self) -> int:
+        row = self.conn.execute("SELECT max(uidvalidity) FROM mailboxes").fetchone()
+        return max(int(time.time()), (row[0] or 0) + 1) & 0xFFFFFFFF
+
+    def _drop_row(self, mailbox_id: int) -> None:
+        with db.Transaction(self.conn):
+            self.conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+            self.conn.execute("DELETE FROM message_data WHERE mailbox_id = ?", (mailbox_id,))
+            self.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+        self._keywords.pop(mailbox_id, None)
+
+    def mailbox(self, name: str) -> Mailbox:
+        """The mailbox ``name`` (row refreshed), or MailboxError NONEXISTENT."""
+        try:
+            directory = folder_dir(name)
+        except BadMailboxName as exc:
+            raise MailboxError("NONEXISTENT", str(exc)) from None
+        row = self.conn.execute("SELECT * FROM mailboxes WHERE name = ?", (name,)).fetchone()
+        path = self.root / directory if directory else self.root
+        if row is None and directory and (path / "cur").is_dir():
+            self._add_row(name, path, SPECIAL_USE.get(name))  # made by another tool
+            row = self.conn.execute("SELECT * FROM mailboxes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise MailboxError("NONEXISTENT", f"no mailbox {name}")
+        if directory and not path.is_dir():
+            self._drop_row(row["id"])
+            raise MailboxError("NONEXISTENT", f"no mailbox {name}")
+        return Mailbox(
+            row["id"],
+            name,
+            path,
+            row["uidvalidity"],
+            row["uidnext"],
+            row["highestmodseq"],
+            row["recent_uid"],
+            row["special_use"],
+            row["cur_mtime"],
+        )
+
+    def list_mailboxes(self) -> list[MailboxInfo]:
+        self.discover()
+        subscribed = self.subscriptions()
+        rows = self.conn.execute("SELECT name, special_use FROM mailboxes ORDER BY name")
+        return [MailboxInfo(r[0], r[1], r[0] in subscribed) for r in rows]
+
+    def subscriptions(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM subscriptions")}
+
+    def subscribe(self, name: str, on: bool) -> None:
+        folder_dir(name) if name != INBOX else None  # validates
+        with db.Transaction(self.conn):
+            if on:
+                self.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?)", (name,))
+            else:
+                self.conn.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
+
+    def create(self, name: str, special_use: str | None = None) -> None:
+        if name == INBOX:
+            raise MailboxError("ALREADYEXISTS", "INBOX always exists")
+        try:
+            directory = folder_dir(name)
+        except BadMailboxName as exc:
+            raise MailboxError("CANNOT", str(exc)) from None
+        if special_use is not None and special_use not in SPECIAL_USE.values():
+            raise MailboxError("USEATTR", f"unsupported special use {special_use}")
+        self.discover()
+        names = self._names()
+        if name in names:
+            raise MailboxError("ALREADYEXISTS", f"mailbox {name} already exists")
+        for parent in parent_names(name):
+            if parent not in names and parent != INBOX:
+                self.create(parent)
+                names.add(parent)
+        path = self.root / directory
+        ensure_maildir(path)
+        (path / "maildirfolder").touch()
+        fsync_dir(self.root)
+        self._add_row(name, path, special_use)
+
+    def delete(self, name: str) -> None:
+        if name == INBOX:
+            raise MailboxError("CANNOT", "INBOX cannot be deleted")
+        box = self.mailbox(name)
+        self._drop_row(box.id)
+        shutil.rmtree(box.path, ignore_errors=True)
+
+    def rename(self, old: str, new: str) -> None:
+        try:
+            folder_dir(new)
+        except BadMailboxName as exc:
+            raise MailboxError("CANNOT", str(exc)) from None
+        box = self.mailbox(old)
+        self.discover()
+        names = self._names()
+        if new in names or new == INBOX:
+            raise MailboxError("ALREADYEXISTS", f"mailbox {new} already exists")
+        if new.startswith(old + "/"):
+            raise MailboxError("CANNOT", "cannot move a mailbox into itself")
+        if old == INBOX:
+            # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves INBOX empty.
+            self.create(new)
+            uids = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ?", (box.id,)
+                )
+            ]
+            if uids:
+                self.copy(INBOX, [(min(uids), max(uids))], new, move=True)
+            return
+        for parent in parent_names(new):
+            if parent not in names and parent != INBOX:
+                self.create(parent)
+        moves = [
+            (n, new + n[len(old) :]) for n in sorted(names) if n == old or n.startswith(old + "/")
+        ]
+        for src, dst in moves:
+            src_path, dst_path = self.root / folder_dir(src), self.root / folder_dir(dst)
+            if src_path.is_dir() and not dst_path.exists():
+                os.rename(src_path, dst_path)
+        with db.Transaction(self.conn):
+            for src, dst in moves:
+                self.conn.execute("UPDATE mailboxes SET name = ? WHERE name = ?", (dst, src))
+                if self.conn.execute(
+                    "DELETE FROM subscriptions WHERE name = ? RETURNING name", (src,)
+                ).fetchone():
+                    self.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?)", (dst,))
+        fsync_dir(self.root)
+
+    # --- keywords ----------------------------------------------------------------------
+    def keyword_names(self, box: Mailbox) -> list[str]:
+        names = self._keywords.get(box.id)
+        if names is None:
+            names = self._keywords[box.id] = fl.read_keywords(box.path)
+        return names
+
+    # --- sync --------------------------------------------------------------------------
+    def sync(self, box: Mailbox, *, full: bool = False) -> Mailbox:
+        """Pick up new and foreign changes (see the module docstring); returns fresh state."""
+        cur = box.path / "cur"
+        try:
+            before = os.stat(cur).st_mtime_ns
+        except FileNotFoundError:
+            ensure_maildir(box.path)
+            before = os.stat(cur).st_mtime_ns
+        moved = self._move_new(box)
+        if full or before != box.cur_mtime:
+            self._scan_cur(box, before)
+        elif moved:
+            self._add_files(box, moved, rebuild=False)
+            self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+        return self.mailbox(box.name)
+
+    def _move_new(self, box: Mailbox) -> list[str]:
+        """Move ``new/`` files to ``cur/`` (as Dovecot does once a client saw them)."""
+        moved = []
+        new_dir, cur_dir = box.path / "new", box.path / "cur"
+        try:
+            names = sorted(n for n in os.listdir(new_dir) if not n.startswith("."))
+        except FileNotFoundError:
+            return moved
+        for fname in names:
+            base, info = fl.split_filename(fname)
+            target = f"{base}:2,{info}"
+            try:
+                os.rename(new_dir / fname, cur_dir / target)
+            except FileNotFoundError:
+                continue
+            moved.append(target)
+        return moved
+
+    def _set_cur_mtime(self, box: Mailbox, mtime: int) -> None:
+        with db.Transaction(self.conn):
+            self.conn.execute("UPDATE mailboxes SET cur_mtime = ? WHERE id = ?", (mtime, box.id))
+        box.cur_mtime = mtime
+
+    def _scan_cur(self, box: Mailbox, mtime: int) -> None:
+        on_disk: dict[str, str] = {}
+        for fname in os.listdir(box.path / "cur"):
+            if not fname.startswith("."):
+                on_disk[fl.split_filename(fname)[0]] = fname
+        gone: list[int] = []
+        renamed: list[tuple[int, str]] = []
+        for uid, base, fname in self.conn.execute(
+            "SELECT uid, base, fname FROM messages WHERE mailbox_id = ?", (box.id,)
+        ):
+            current = on_disk.pop(base, None)
+            if current is None:
+                gone.append(uid)
+            elif current != fname:
+                renamed.append((uid, current))
+        rebuild = (box.highestmodseq <= 1 and box.uidnext > 1) or not self._has_messages(box)
+        if gone:
+            self._remove_rows(box, gone)
+        if renamed:
+            self._reflag(box, renamed)
+        if on_disk:
+            self._add_files(box, sorted(on_disk.values()), rebuild=rebuild)
+        if gone:
+            self._rewrite_uidlist(box)
+        self._set_cur_mtime(box, mtime)
+
+    def _has_messages(self, box: Mailbox) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT 1", (box.id,)
+            ).fetchone()
+            is not None
+        )
+
+    def _next_modseq(self, box: Mailbox) -> int:
+        box.highestmodseq += 1
+        return box.highestmodseq
+
+    def _remove_rows(self, box: Mailbox, uids: list[int]) -> None:
+        modseq = self._next_modseq(box)
+        with db.Transaction(self.conn):
+            for i in range(0, len(uids), 500):
+                chunk = uids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                self.conn.execute(
+                    f"DELETE FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",
+                    (box.id, *chunk),
+                )
+                self.conn.execute(
+                    f"DELETE FROM message_data WHERE mailbox_id = ? AND uid IN ({marks})",
+                    (box.id, *chunk),
+                )
+            self.conn.execute(
+                "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
+            )
+
+    def _reflag(self, box: Mailbox, renamed: list[tuple[int, str]]) -> None:
+        names = self.keyword_names(box)
+        modseq = self._next_modseq(box)
+        with db.Transaction(self.conn):
+            for uid, fname in renamed:
+                mask, keywords = fl.parse_info(fl.split_filename(fname)[1], names)
+                self.conn.execute(
+                    "UPDATE messages SET flags = ?, keywords = ?, fname = ?, modseq = ?"
+                    " WHERE mailbox_id = ? AND uid = ?",
+                    (mask, " ".join(keywords), fname, modseq, box.id, uid),
+                )
+            self.conn.execute(
+                "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
+            )
+
+    def _add_files(self, box: Mailbox, fnames: list[str], *, rebuild: bool) -> list[int]:
+        """Index files already in ``cur/``; ``rebuild`` reuses UIDs from dovecot-uidlist."""
+        known = uidlist.read(box.path) if rebuild else None
+        if known is not None and known.uidvalidity != box.uidvalidity:
+            known = None
+        used: set[int] = set()
+        if known is not None:
+            used = {
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ?", (box.id,)
+                )
+            }
+            box.uidnext = max(box.uidnext, known.next_uid)
+        names = self.keyword_names(box)
+        assigned: list[tuple[int, str]] = []
+        pending: list[tuple[str, str]] = []
+        for fname in fnames:
+            base = fl.split_filename(fname)[0]
+            uid = known.uids.get(base) if known is not None else None
+            if uid is not None and uid not in used:
+                used.add(uid)
+                assigned.append((uid, fname))
+            else:
+                pending.append((base, fname))
+        for _, fname in pending:
+            assigned.append((box.uidnext, fname))
+            box.uidnext += 1
+        modseq = self._next_modseq(box)
+        added: list[int] = []
+        for start in range(0, len(assigned), 500):
+            rows = []
+            for uid, fname in assigned[start : start + 500]:
+                row = self._index_row(box, uid, fname, names, modseq)
+                if row is not None:
+                    rows.append(row)
+            self._insert(box, rows)
+            added += [r[0][1] for r in rows]
+        with db.Transaction(self.conn):
+            self.conn.execute(
+                "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
+                (box.uidnext, box.highestmodseq, box.id),
+            )
+        if known is None:
+            uidlist.append(
+                box.path,
+                box.uidvalidity,
+                box.uidnext,
+                [(uid, fl.split_filename(f)[0]) for uid, f in assigned],
+            )
+        else:
+            self._rewrite_uidlist(box)
+        return added
+
+    def _index_row(
+        self, box: Mailbox, uid: int, fname: str, names: list[str], modseq: int
+    ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+        path = box.path / "cur" / fname
+        try:
+            with open(path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                data = mime.to_crlf(f.read())
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            return None
+        base, info = fl.split_filename(fname)
+        mask, keywords = fl.parse_info(info, names)
+        parsed = mime.parse(data)
+        header = data[: parsed.header_end]
+        message = (
+            box.id,
+            uid,
+            mask,
+            " ".join(keywords),
+            modseq,
+            int(stat.st_mtime),
+            len(data),
+            parsed.sent_date,
+            base,
+            fname,
+        )
+        extra = (
+            box.id,
+            uid,
+            json.dumps(parsed.envelope, separators=(",", ":")),
+            json.dumps(parsed.structure, separators=(",", ":")),
+            header,
+            mime.header_search_text(header),
+        )
+        return message, extra
+
+    def _insert(self, box: Mailbox, rows: list[tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+        with db.Transaction(self.conn):
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [r[0] for r in rows],
+            )
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO message_data VALUES (?, ?, ?, ?, ?, ?)",
+                [r[1] for r in rows],
+            )
+
+    def _rewrite_uidlist(self, box: Mailbox) -> None:
+        rows = self.conn.execute(
+            "SELECT uid, base FROM messages WHERE mailbox_id = ? ORDER BY uid", (box.id,)
+        )
+        uidlist.write(box.path, box.uidvalidity, box.uidnext, ((r[0], r[1]) for r in rows))
+
+    # --- reading -------------------------------------------------------------------------
+    def status(self, name: str) -> StatusInfo:
+        box = self.sync(self.mailbox(name))
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(flags & 1 = 0), 0), coalesce(sum(flags & 8 != 0), 0),"
+            " coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0)"
+            " FROM messages WHERE mailbox_id = ?",
+            (box.recent_uid, box.id),
+        ).fetchone()
+        return StatusInfo(
+            messages=row[0],
+            recent=row[4],
+            uidnext=box.uidnext,
+            uidvalidity=box.uidvalidity,
+            unseen=row[1],
+            deleted=row[2],
+            size=row[3],
+            highestmodseq=box.highestmodseq,
+        )
+
+    def uids(self, box: Mailbox, max_uid: int | None = None) -> array:  # type: ignore[type-arg]
+        if max_uid is None:
+            cursor = self.conn.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (box.id,)
+            )
+        else:
+            cursor = self.conn.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ? AND uid <= ? ORDER BY uid",
+                (box.id, max_uid),
+            )
+        result = array("I")
+        while rows := cursor.fetchmany(CHUNK * 5):
+            result.extend(r[0] for r in rows)
+        return result
+
+    def select(self, name: str, readonly: bool) -> SelectInfo:
+        box = self.sync(self.mailbox(name))
+        uids = self.uids(box)
+        unseen = self.conn.execute(
+            "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND flags & 1 = 0", (box.id,)
+        ).fetchone()[0]
+        recent_from = box.recent_uid
+        if not readonly:
+            self._claim_recent(box, box.uidnext)
+        return SelectInfo(
+            name=name,
+            uidvalidity=box.uidvalidity,
+            uidnext=box.uidnext,
+            highestmodseq=box.highestmodseq,
+            uids=uids,
+            recent_from_uid=recent_from,
+            first_unseen_uid=unseen,
+            keywords=self.mailbox_keywords(box),
+        )
+
+    def _claim_recent(self, box: Mailbox, upto: int) -> None:
+        """RFC 3501 §2.3.2: \\Recent goes to the first session told about a message."""
+        with db.Transaction(self.conn):
+            self.conn.execute(
+                "UPDATE mailboxes SET recent_uid = max(recent_uid, ?) WHERE id = ?",
+                (upto, box.id),
+            )
+
+    def mailbox_keywords(self, box: Mailbox) -> tuple[str, ...]:
+        found = dict.fromkeys(n for n in self.keyword_names(box) if n)
+        for (text,) in self.conn.execute(
+            "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ? AND keywords != ''",
+            (box.id,),
+        ):
+            found.update(dict.fromkeys(text.split()))
+        return tuple(found)
+
+    def changes(
+        self,
+        name: str,
+        known_max: int,
+        known_count: int,
+        since_modseq: int,
+        with_expunges: bool,
+        claim_recent: bool,
+    ) -> ChangeSet:
+        box = self.sync(self.mailbox(name))
+        present = None
+        if with_expunges:
+            count = self.conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid <= ?",
+                (box.id, known_max),
+            ).fetchone()[0]
+            if count < known_count:
+                present = self.uids(box, known_max)
+        new = array(
+            "I",
+            (
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ? AND uid > ? ORDER BY uid",
+                    (box.id, known_max),
+                )
+            ),
+        )
+        updates: list[tuple[int, str, int]] = []
+        if since_modseq < box.highestmodseq:
+            updates = [
+                (r[0], fl.flags_text(r[1], r[2]), r[3])
+                for r in self.conn.execute(
+                    "SELECT uid, flags, keywords, modseq FROM messages"
+                    " WHERE mailbox_id = ? AND modseq > ? AND uid <= ? ORDER BY uid",
+                    (box.id, since_modseq, known_max),
+                )
+            ]
+        recent_from = box.recent_uid
+        if claim_recent and len(new):
+            self._claim_recent(box, new[-1] + 1)
+        return ChangeSet(present, new, updates, box.highestmodseq, box.uidnext, recent_from)
+
+    def fetch(
+        self, name: str, ranges: list[tuple[int, int]], *, data: bool, limit: int = CHUNK
+    ) -> list[tuple[Any, ...]]:
+        """Rows ``(uid, flags text, internal date, size, modseq[, envelope, structure,
+        header])`` for UIDs in ``ranges`` (sorted, disjoint), at most ``limit``."""
+        box = self.mailbox(name)
+        out: list[tuple[Any, ...]] = []
+        if data:
+            sql = (
+                "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq,"
+                " d.envelope, d.structure, d.header FROM messages m JOIN message_data d"
+                " ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
+                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid LIMIT ?"
+            )
+        else:
+            sql = (
+                "SELECT uid, flags, keywords, internal_date, size, modseq FROM messages"
+                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?"
+            )
+        text = fl.flags_text
+        for lo, hi in ranges:
+            for r in self.conn.execute(sql, (box.id, lo, hi, limit - len(out))):
+                if data:
+                    out.append(
+                        (
+                            r[0],
+                            text(r[1], r[2]),
+                            r[3],
+                            r[4],
+                            r[5],
+                            json.loads(r[6]),
+                            json.loads(r[7]),
+                            r[8],
+                        )
+                    )
+                else:
+                    out.append((r[0], text(r[1], r[2]), r[3], r[4], r[5]))
+            if len(out) >= limit:
+                break
+        return out
+
+    def search_rows(
+        self,
+        name: str,
+        lo: int,
+        hi: int,
+        *,
+        header: bool,
+        prefilter: str | None,
+        limit: int = CHUNK * 5,
+    ) -> list[tuple[Any, ...]]:
+        """``(uid, flags mask, keywords, internal date, size, modseq, sent date[, search
+        text])`` for UIDs lo..hi; ``prefilter`` (case-folded) must occur in the header text."""
+        box = self.mailbox(name)
+        if header or prefilter:
+            sql = (
+                "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq,"
+                " m.sent_date, d.search FROM messages m JOIN message_data d"
+                " ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
+                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
+            )
+            args: tuple[Any, ...] = (box.id, lo, hi)
+            if prefilter:
+                sql += " AND instr(d.search, ?) > 0"
+                args += (prefilter,)
+        else:
+            sql = (
+                "SELECT uid, flags, keywords, internal_date, size, modseq, sent_date"
+                " FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+            )
+            args = (box.id, lo, hi)
+        return self.conn.execute(sql + " ORDER BY 1 LIMIT ?", (*args, limit)).fetchall()
+
+    def message_path(self, name: str, uid: int) -> Path | None:
+        box = self.mailbox(name)
+        row = self.conn.execute(
+            "SELECT fname FROM messages WHERE mailbox_id = ? AND uid = ?", (box.id, uid)
+        ).fetchone()
+        return None if row is None else box.path / "cur" / row[0]
+
+    def read_message(self, name: str, uid: int) -> bytes | None:
+        path = self.message_path(name, uid)
+        if path is None:
+            return None
+        try:
+            return mime.to_crlf(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    # --- writing -------------------------------------------------------------------------
+    def _rows_in(
+        self, box: Mailbox, ranges: Iterable[tuple[int, int]], columns: str
+    ) -> Iterator[sqlite3.Row]:
+        for lo, hi in ranges:
+            yield from self.conn.execute(
+                f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+                " ORDER BY uid",
+                (box.id, lo, hi),
+            ).fetchall()
+
+    def store(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        mode: str,
+        flags: tuple[str, ...],
+        unchanged_since: int | None,
+    ) -> StoreResult:
+        """Change flags: ``mode`` is ``add``, ``remove`` or ``replace`` (RFC 3501 §6.4.6)."""
+        box = self.mailbox(name)
+        mask, keywords = fl.split_flags(flags)
+        names = self.keyword_names(box)
+        if mode != "remove" and keywords:
+            fl.ensure_keywords(box.path, names, keywords)
+        cur = box.path / "cur"
+        before = os.stat(cur).st_mtime_ns
+        modseq = box.highestmodseq + 1
+        updated: list[tuple[int, str, int]] = []
+        failed: list[int] = []
+        changes: list[tuple[Any, ...]] = []
+        for row in self._rows_in(box, ranges, "uid, flags, keywords, fname, modseq"):
+            uid, old_mask, old_kw_text, fname, old_modseq = row
+            if unchanged_since is not None and old_modseq > unchanged_since:
+                failed.append(uid)
+                continue
+            old_kw = old_kw_text.split()
+            if mode == "add":
+                new_mask, new_kw = (
+                    old_mask | mask,
+                    old_kw + [k for k in keywords if k not in old_kw],
+                )
+            elif mode == "remove":
+                drop = {k.lower() for k in keywords}
+                new_mask, new_kw = old_mask & ~mask, [k for k in old_kw if k.lower() not in drop]
+            else:
+                new_mask, new_kw = mask, list(keywords)
+            if new_mask == old_mask and new_kw == old_kw:
+                updated.append((uid, fl.flags_text(old_mask, old_kw_text), old_modseq))
+                continue
+            base, info = fl.split_filename(fname)
+            new_fname = f"{base}:2,{fl.make_info(info, new_mask, new_kw, names)}"
+            if new_fname != fname:
+                try:
+                    os.rename(cur / fname, cur / new_fname)
+                except FileNotFoundError:
+                    continue  # gone under us: the next sync expunges it
+            kw_text = " ".join(new_kw)
+            changes.append((new_mask, kw_text, new_fname, modseq, box.id, uid))
+            updated.append((uid, fl.flags_text(new_mask, kw_text), modseq))
+        if changes:
+            with db.Transaction(self.conn):
+                self.conn.executemany(
+                    "UPDATE messages SET flags = ?, keywords = ?, fname = ?, modseq = ?"
+                    " WHERE mailbox_id = ? AND uid = ?",
+                    changes,
+                )
+                self.conn.execute(
+                    "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
+                )
+            box.highestmodseq = modseq
+            if before == box.cur_mtime:
+                self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+        return StoreResult(updated, failed, box.highestmodseq)
+
+    def expunge(self, name: str, ranges: list[tuple[int, int]] | None) -> list[int]:
+        """Remove the ``\\Deleted`` messages (within ``ranges`` if given); their UIDs."""
+        box = self.mailbox(name)
+        ranges = ranges if ranges is not None else [(1, 0xFFFFFFFF)]
+        victims = [
+            (r[0], r[1])
+            for r in self._rows_in(box, ranges, "uid, fname, flags")
+            if r[2] & fl.DELETED
+        ]
+        return self._expunge_rows(box, victims)
+
+    def _expunge_rows(self, box: Mailbox, victims: list[tuple[int, str]]) -> list[int]:
+        if not victims:
+            return []
+        cur = box.path / "cur"
+        before = os.stat(cur).st_mtime_ns
+        for _, fname in victims:
+            try:
+                os.unlink(cur / fname)
+            except FileNotFoundError:
+                pass
+        uids = [uid for uid, _ in victims]
+        self._remove_rows(box, uids)
+        self._rewrite_uidlist(box)
+        if before == box.cur_mtime:
+            self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+        return uids
+
+    def append(
+        self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
+    ) -> tuple[int, int]:
+        """Store a message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
+        try:
+            box = self.mailbox(name)
+        except MailboxError:
+            raise MailboxError("TRYCREATE", f"no mailbox {name}") from None
+        mask, keywords = fl.split_flags(flags)
+        names = self.keyword_names(box)
+        fl.ensure_keywords(box.path, names, keywords)
+        info = fl.make_info("", mask, keywords, names)
+        fname = self._write_file(box, data, info, internal_date)
+        uid = self._add_one(box, fname)
+        return box.uidvalidity, uid
+
+    def _write_file(self, box: Mailbox, data: bytes, info: str, when: float | None) -> str:
+        from pillarbox.store.maildir import deliver
+
+        path = deliver(box.path, [data], subdir="cur", info=f":2,{info}")
+        if when is not None:
+            os.utime(path, (when, when))
+        return path.name
+
+    def _add_one(self, box: Mailbox, fname: str) -> int:
+        cur = box.path / "cur"
+        before = os.stat(cur).st_mtime_ns
+        box = self.sync(box)  # pick up anything else first, so UIDs stay in order
+        added = self._add_files(box, [fname], rebuild=False)
+        if before == box.cur_mtime or box.cur_mtime == 0:
+            self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+        if not added:
+            raise MailboxError("", "message vanished while being stored")
+        return added[0]
+
+    def copy(
+        self, src_name: str, ranges: list[tuple[int, int]], dst_name: str, *, move: bool
+    ) -> tuple[int, list[int], list[int]]:
+        """COPY/MOVE; returns (destination UIDVALIDITY, source UIDs, destination UIDs)."""
+        src = self.mailbox(src_name)
+        try:
+            dst = self.mailbox(dst_name)
+        except MailboxError:
+            raise MailboxError("TRYCREATE", f"no mailbox {dst_name}") from None
+        dst = self.sync(dst)
+        dst_names = self.keyword_names(dst)
+        rows = list(self._rows_in(src, ranges, "uid, flags, keywords, fname, size"))
+        all_kw = sorted({k for r in rows for k in r[2].split()})
+        fl.ensure_keywords(dst.path, dst_names, all_kw)
+        dst_cur = dst.path / "cur"
+        dst_before = os.stat(dst_cur).st_mtime_ns
+        src_uids: list[int] = []
+        dst_uids: list[int] = []
+        moved: list[tuple[int, str]] = []
+        modseq = self._next_modseq(dst)
+        for uid, mask, kw_text, fname, size in rows:
+            base, info = fl.split_filename(fname)
+            keep = "".join(ch for ch in info if not ("a" <= ch <= "z"))
+            new_info = fl.make_info(keep, mask, kw_text.split(), dst_names)
+            new_base = base if move else unique_name(size)
+            new_fname = f"{new_base}:2,{new_info}"
+            try:
+                if move and src.path != dst.path:
+                    os.rename(src.path / "cur" / fname, dst_cur / new_fname)
+                else:
+                    os.link(src.path / "cur" / fname, dst_cur / new_fname)
+            except FileNotFoundError:
+                continue
+            new_uid = dst.uidnext
+            dst.uidnext += 1
+            with db.Transaction(self.conn):
+                self.conn.execute(
+                    "INSERT INTO messages SELECT ?, ?, flags, keywords, ?, internal_date, size,"
+                    " sent_date, ?, ? FROM messages WHERE mailbox_id = ? AND uid = ?",
+                    (dst.id, new_uid, modseq, new_base, new_fname, src.id, uid),
+                )
+                self.conn.execute(
+                    "INSERT INTO message_data SELECT ?, ?, envelope, structure, header, search"
+                    " FROM message_data WHERE mailbox_id = ? AND uid = ?",
+                    (dst.id, new_uid, src.id, uid),
+                )
+            src_uids.append(uid)
+            dst_uids.append(new_uid)
+            moved.append((uid, fname))
+        with db.Transaction(self.conn):
+            self.conn.execute(
+                "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
+                (dst.uidnext, dst.highestmodseq, dst.id),
+            )
+        uidlist.append(
+            dst.path,
+            dst.uidvalidity,
+            dst.uidnext,
+            [
+                (u, fl.split_filename(f)[0])
+                for u, f in zip(dst_uids, self._fnames(dst, dst_uids), strict=True)
+            ],
+        )
+        if dst_before == dst.cur_mtime:
+            self._set_cur_mtime(dst, os.stat(dst_cur).st_mtime_ns)
+        if move and moved:
+            src = self.mailbox(src_name)
+            src_before = os.stat(src.path / "cur").st_mtime_ns
+            if src.path == dst.path:  # MOVE into the same mailbox: drop the old links
+                for _, fname in moved:
+                    with _suppress_missing():
+                        os.unlink(src.path / "cur" / fname)
+            self._remove_rows(src, [u for u, _ in moved])
+            self._rewrite_uidlist(src)
+            if src_before == src.cur_mtime:
+                self._set_cur_mtime(src, os.stat(src.path / "cur").st_mtime_ns)
+        return dst.uidvalidity, src_uids, dst_uids
+
+    def _fnames(self, box: Mailbox, uids: list[int]) -> list[str]:
+        out = []
+        for uid in uids:
+            row = self.conn.execute(
+                "SELECT fname FROM messages WHERE mailbox_id = ? AND uid = ?", (box.id, uid)
+            ).fetchone()
+            out.append(row[0] if row else "")
+        return out
+
+
+class _suppress_missing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        return exc_type is FileNotFoundError

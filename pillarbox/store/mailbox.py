@@ -1,0 +1,211 @@
+"""The mail store service: per-user indexes behind an async interface (``MailStore``).
+
+``MailStore.open(user)`` returns a :class:`UserMailboxes` handle shared by all sessions of that
+user (reference counted); its methods run the blocking :class:`~pillarbox.store.index.UserIndex`
+work in a small dedicated thread pool, one operation at a time per user (the index lock), so
+the event loop never waits on SQLite or the disk. Every change is committed first and then
+published on the :class:`~pillarbox.store.changes.ChangesHub`, which also carries SMTP
+delivery's ``notify_new_mail``.
+
+The methods of ``UserMailboxes`` are the whole storage interface IMAP needs (the Protocol in
+``pillarbox.imap.backend``): a PostgreSQL implementation for several front-end nodes would
+implement the same methods and publish through a shared hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from pillarbox import log
+from pillarbox.store.changes import ChangesHub
+from pillarbox.store.index import (
+    ChangeSet,
+    MailboxError,
+    MailboxInfo,
+    SelectInfo,
+    StatusInfo,
+    StoreResult,
+    UserIndex,
+)
+from pillarbox.store.maildir import user_maildir
+
+_log = log.get("store")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+__all__ = ["MailStore", "MailboxError", "UserMailboxes"]
+
+
+class UserMailboxes:
+    """One user's mailboxes; see the module docstring."""
+
+    def __init__(self, store: MailStore, user: str, index: UserIndex):
+        self._store = store
+        self.user = user
+        self._index = index
+        self.refs = 0
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        index = self._index
+
+        def locked() -> T:
+            with index.lock:
+                return fn(*args, **kwargs)
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store.executor, locked)
+
+    def _changed(self, mailbox: str) -> None:
+        self._store.hub.publish(self.user, mailbox)
+
+    def watch(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        return self._store.hub.watch(self.user, callback)
+
+    async def release(self) -> None:
+        await self._store.release(self)
+
+    # --- mailboxes
+    async def list_mailboxes(self) -> list[MailboxInfo]:
+        return await self._run(self._index.list_mailboxes)
+
+    async def subscriptions(self) -> set[str]:
+        return await self._run(self._index.subscriptions)
+
+    async def create(self, name: str, special_use: str | None = None) -> None:
+        await self._run(self._index.create, name, special_use)
+
+    async def delete(self, name: str) -> None:
+        await self._run(self._index.delete, name)
+        self._changed(name)
+
+    async def rename(self, old: str, new: str) -> None:
+        await self._run(self._index.rename, old, new)
+        self._changed(old)
+
+    async def subscribe(self, name: str, on: bool) -> None:
+        await self._run(self._index.subscribe, name, on)
+
+    async def status(self, name: str) -> StatusInfo:
+        return await self._run(self._index.status, name)
+
+    # --- selected mailbox
+    async def select(self, name: str, readonly: bool) -> SelectInfo:
+        return await self._run(self._index.select, name, readonly)
+
+    async def changes(
+        self,
+        name: str,
+        known_max: int,
+        known_count: int,
+        since_modseq: int,
+        with_expunges: bool,
+        claim_recent: bool,
+    ) -> ChangeSet:
+        return await self._run(
+            self._index.changes,
+            name,
+            known_max,
+            known_count,
+            since_modseq,
+            with_expunges,
+            claim_recent,
+        )
+
+    async def fetch(
+        self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
+    ) -> list[tuple[Any, ...]]:
+        return await self._run(self._index.fetch, name, ranges, data=data, limit=limit)
+
+    async def search_rows(
+        self, name: str, lo: int, hi: int, header: bool, prefilter: str | None, limit: int
+    ) -> list[tuple[Any, ...]]:
+        return await self._run(
+            self._index.search_rows, name, lo, hi, header=header, prefilter=prefilter, limit=limit
+        )
+
+    async def read_message(self, name: str, uid: int) -> bytes | None:
+        return await self._run(self._index.read_message, name, uid)
+
+    async def store(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        mode: str,
+        flags: tuple[str, ...],
+        unchanged_since: int | None,
+    ) -> StoreResult:
+        result = await self._run(self._index.store, name, ranges, mode, flags, unchanged_since)
+        self._changed(name)
+        return result
+
+    async def expunge(self, name: str, ranges: list[tuple[int, int]] | None) -> list[int]:
+        uids = await self._run(self._index.expunge, name, ranges)
+        if uids:
+            self._changed(name)
+        return uids
+
+    async def append(
+        self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
+    ) -> tuple[int, int]:
+        result = await self._run(self._index.append, name, data, flags, internal_date)
+        self._changed(name)
+        return result
+
+    async def copy(
+        self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool
+    ) -> tuple[int, list[int], list[int]]:
+        result = await self._run(self._index.copy, src, ranges, dst, move=move)
+        self._changed(dst)
+        if move:
+            self._changed(src)
+        return result
+
+
+class MailStore:
+    """All users' mail under ``mail_dir``; see the module docstring."""
+
+    def __init__(self, mail_dir: Path, *, workers: int = 4):
+        self.mail_dir = mail_dir
+        self.hub = ChangesHub()
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
+        self._users: dict[str, UserMailboxes] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    async def open(self, user: str) -> UserMailboxes:
+        """The user's mailboxes (creating the Maildir and default folders the first time)."""
+        self.hub.bind_loop(asyncio.get_running_loop())
+        lock = self._opening.setdefault(user, asyncio.Lock())
+        async with lock:
+            handle = self._users.get(user)
+            if handle is None:
+                root = user_maildir(self.mail_dir, user)
+                loop = asyncio.get_running_loop()
+                index = await loop.run_in_executor(self.executor, UserIndex, root)
+                handle = self._users[user] = UserMailboxes(self, user, index)
+            handle.refs += 1
+            return handle
+
+    async def release(self, handle: UserMailboxes) -> None:
+        handle.refs -= 1
+        if handle.refs <= 0 and self._users.get(handle.user) is handle:
+            del self._users[handle.user]
+            index = handle._index
+
+            def close() -> None:
+                with index.lock:
+                    index.close()
+
+            await asyncio.get_running_loop().run_in_executor(self.executor, close)
+
+    def notify_new_mail(self, user_address: str, mailbox: str = "INBOX") -> None:
+        self.hub.notify_new_mail(user_address, mailbox)
+
+    async def close(self) -> None:
+        for handle in list(self._users.values()):
+            handle.refs = 1
+            await self.release(handle)
+        self.executor.shutdown(wait=False)
