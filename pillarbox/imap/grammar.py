@@ -87,8 +87,9 @@ _SEQ_SET_RE: Final = re.compile(
 )
 _FLAG_RE: Final = re.compile(rb'\\?[^(){ %*"\\\]\x00-\x1f\x7f-\xff]+')
 _DATE_RE: Final = re.compile(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
+# date-day-fixed is (SP DIGIT) / 2DIGIT; a bare single digit is accepted too (some clients).
 _DATE_TIME_RE: Final = re.compile(
-    rb'"([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"'
+    rb'"( ?\d\d?)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"'
 )
 _LITERAL_AT_END_RE: Final = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n?\Z")
 _COMMAND_NAME_RE: Final = re.compile(rb"[^ ]+ +(?:UID +)?([A-Za-z]+)", re.IGNORECASE)

@@ -187,7 +187,7 @@ def parse_search_program(r: Reader) -> SearchProgram:
         charset = r.astring().decode("ascii", "replace").upper()
         if charset not in SUPPORTED_CHARSETS:
             raise ParseError(
-                f"unsupported charset {charset}", r.tag, code=BADCHARSET_CODE, status="NO"
+                f"unsupported charset {charset[:40]}", r.tag, code=BADCHARSET_CODE, status="NO"
             )
         r.sp()
     keys = [parse_search_key(r, 0)]
