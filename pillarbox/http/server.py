@@ -1,0 +1,363 @@
+"""The ``http`` and ``https`` listeners: a deliberately small HTTP/1.1 server.
+
+It serves a fixed set of resources and nothing else (404 for every other path):
+
+===========  ===========================================================  =================
+listener     path                                                         what
+===========  ===========================================================  =================
+http         ``/.well-known/acme-challenge/TOKEN``                        ACME HTTP-01
+http         anything else                                                301/308 to https
+https        ``/.well-known/mta-sts.txt`` on host ``mta-sts.DOMAIN``      MTA-STS policy
+https        ``/mail/config-v1.1.xml``,                                   Thunderbird
+             ``/.well-known/autoconfig/mail/config-v1.1.xml``
+https        ``POST /autodiscover/autodiscover.xml`` (any case)           Outlook
+https        ``/apple/mail.mobileconfig?emailaddress=ADDR``               Apple profile
+===========  ===========================================================  =================
+
+One request per connection, bounded head and body, a deadline on each read. The request
+parser is :mod:`pillarbox.http.message`; the routing (:class:`Site`) is a pure function of
+a parsed request, so both are tested without sockets.
+
+The https listener does its own TLS handshake (the listener seam hands it a plain
+connection) so that it can answer ACME TLS-ALPN-01 (RFC 8737): an SNI callback picks the
+challenge certificate for a name being validated, and the server's current certificate
+(``TlsProvider.current()``, hot-swapped on renewal) for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+from pillarbox import log
+from pillarbox.config import Settings, split_host_port
+from pillarbox.http import clientconfig, mtasts
+from pillarbox.http.clientconfig import AutodiscoverError
+from pillarbox.http.message import HttpError, Limits, Request, Response, parse_head, text_response
+from pillarbox.net.listener import HANDSHAKE_TIMEOUT, Connection, ListenerSpec, TlsMode
+from pillarbox.tls.context import TLS12_CIPHERS, TlsInfo
+
+_log = log.get("http")
+
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+AUTOCONFIG_PATHS = ("/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.xml")
+AUTODISCOVER_PATH = "/autodiscover/autodiscover.xml"
+MOBILECONFIG_PATH = "/apple/mail.mobileconfig"
+ACME_TLS_ALPN = "acme-tls/1"  # RFC 8737 §6.2
+
+HEAD_TIMEOUT = 10.0  # seconds for the whole request head (slow-loris bound)
+BODY_TIMEOUT = 10.0
+WRITE_TIMEOUT = 10.0
+
+
+class ChallengeResponder(Protocol):
+    """What the ACME client publishes while an order is being validated."""
+
+    def http01(self, token: str) -> str | None:
+        """The key authorization for an HTTP-01 token, or None."""
+        ...
+
+    def alpn_context(self, server_name: str) -> ssl.SSLContext | None:
+        """A context with the TLS-ALPN-01 certificate for ``server_name``, or None."""
+        ...
+
+
+class TlsSource(Protocol):
+    def current(self) -> ssl.SSLContext: ...
+
+
+@dataclass
+class Site:
+    """Routing: request -> response, for either listener. Pure apart from ``challenges``."""
+
+    settings: Settings
+    challenges: ChallengeResponder | None = None
+
+    def handle(self, request: Request, *, secure: bool) -> Response:
+        if secure:
+            return self._https(request)
+        return self._http(request)
+
+    # -- port 80 --------------------------------------------------------------------------
+
+    def _http(self, request: Request) -> Response:
+        if request.path.startswith(ACME_CHALLENGE_PREFIX):
+            return self._acme_challenge(request)
+        return self._redirect(request)
+
+    def _acme_challenge(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return _method_not_allowed("GET, HEAD")
+        token = request.path[len(ACME_CHALLENGE_PREFIX) :]
+        answer = self.challenges.http01(token) if self.challenges and token else None
+        if answer is None:
+            return text_response(404)
+        # RFC 8555 §8.3: the body is the key authorization, nothing else.
+        return Response(200, answer.encode("ascii"), "application/octet-stream")
+
+    def _redirect(self, request: Request) -> Response:
+        https = self.settings.listen.https
+        if not https:
+            return text_response(404)
+        host = request.host if request.host in self.our_names() else self.settings.hostname
+        port = split_host_port(https)[1]
+        authority = host if port == 443 else f"{host}:{port}"
+        query = _requery(request)
+        # The path was validated as printable ASCII by the parser; re-quote what unquote did.
+        location = f"https://{authority}{quote(request.path, safe='/:@!$&()*+,;=-._~')}{query}"
+        # 301 keeps GET/HEAD; 308 keeps the method and body of anything else (RFC 9110 §15.4).
+        status = 301 if request.method in ("GET", "HEAD") else 308
+        return Response(status, b"", headers={"Location": location})
+
+    # -- port 443 -------------------------------------------------------------------------
+
+    def _https(self, request: Request) -> Response:
+        path = request.path
+        if path == mtasts.POLICY_PATH:
+            return self._guard(request, ("GET", "HEAD"), self._mta_sts)
+        if path in AUTOCONFIG_PATHS:
+            return self._guard(request, ("GET", "HEAD"), self._autoconfig)
+        if path.lower() == AUTODISCOVER_PATH:
+            return self._guard(request, ("POST",), self._autodiscover)
+        if path == MOBILECONFIG_PATH:
+            return self._guard(request, ("GET", "HEAD"), self._mobileconfig)
+        return text_response(404)
+
+    def _guard(self, request: Request, methods: tuple[str, ...], handler: Any) -> Response:
+        if request.method not in methods:
+            return _method_not_allowed(", ".join(methods))
+        response: Response = handler(request)
+        return response
+
+    def _mta_sts(self, request: Request) -> Response:
+        # RFC 8461 §3.3: the policy lives only at https://mta-sts.<domain>/.well-known/...
+        domain = request.host.removeprefix("mta-sts.")
+        if not request.host.startswith("mta-sts.") or domain not in self.settings.domains:
+            return text_response(404)
+        return Response(200, mtasts.mta_sts_policy(self.settings).encode("ascii"), "text/plain")
+
+    def _autoconfig(self, request: Request) -> Response:
+        domain = self._autoconfig_domain(request)
+        if domain is None:
+            return text_response(404)
+        body = clientconfig.thunderbird_autoconfig(self.settings, domain)
+        return Response(200, body, "application/xml; charset=utf-8")
+
+    def _autoconfig_domain(self, request: Request) -> str | None:
+        """The domain from ``?emailaddress=`` when given, else from the Host name
+        (``autoconfig.DOMAIN`` or ``DOMAIN`` itself for the .well-known lookup)."""
+        if (given := request.param("emailaddress")) is not None:
+            address = clientconfig.our_address(self.settings, given)
+            return address.domain if address else None
+        host = request.host.removeprefix("autoconfig.")
+        return host if host in self.settings.domains else None
+
+    def _autodiscover(self, request: Request) -> Response:
+        try:
+            given = clientconfig.parse_autodiscover_request(request.body)
+        except AutodiscoverError as exc:
+            return text_response(400, str(exc))
+        address = clientconfig.our_address(self.settings, given)
+        if address is None:
+            return text_response(404)
+        body = clientconfig.outlook_autodiscover(self.settings, address)
+        return Response(200, body, "application/xml; charset=utf-8")
+
+    def _mobileconfig(self, request: Request) -> Response:
+        address = clientconfig.our_address(self.settings, request.param("emailaddress"))
+        if address is None:
+            return text_response(404)
+        try:
+            body = clientconfig.apple_mobileconfig(self.settings, address)
+        except ValueError as exc:
+            return text_response(404, str(exc))
+        filename = f"{address.domain}.mobileconfig"
+        return Response(
+            200,
+            body,
+            "application/x-apple-aspen-config",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+    def our_names(self) -> set[str]:
+        names = {self.settings.hostname}
+        for domain in self.settings.domains:
+            names |= {domain, f"mta-sts.{domain}", f"autoconfig.{domain}"}
+        return names
+
+
+def _requery(request: Request) -> str:
+    return "?" + urlencode(request.query, doseq=True) if request.query else ""
+
+
+def _method_not_allowed(allow: str) -> Response:
+    response = text_response(405)
+    response.headers["Allow"] = allow
+    return response
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+async def read_request(reader: asyncio.StreamReader, limits: Limits) -> Request:
+    """Read one request (head and Content-Length body) within the deadlines."""
+    head = await asyncio.wait_for(_read_head(reader, limits), HEAD_TIMEOUT)
+    request = parse_head(head, limits)
+    length = request.content_length
+    if length > limits.max_body:
+        raise HttpError(413, "request body too large")
+    if length:
+        try:
+            body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT)
+        except asyncio.IncompleteReadError:
+            raise HttpError(400, "request body shorter than Content-Length") from None
+        request = Request(**{**request.__dict__, "body": body})
+    return request
+
+
+async def _read_head(reader: asyncio.StreamReader, limits: Limits) -> bytes:
+    buffer = b""
+    while True:
+        # RFC 9112 §2.2: ignore empty lines before the request line.
+        buffer = buffer.lstrip(b"\r\n")
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            return buffer[:end]
+        if len(buffer) > limits.max_head:
+            raise HttpError(431, "request head too large")
+        chunk = await reader.read(4096)
+        if not chunk:
+            raise ConnectionResetError("client closed before a full request")
+        buffer += chunk
+
+
+async def serve_connection(conn: Connection, site: Site, *, secure: bool, limits: Limits) -> None:
+    method = ""
+    try:
+        request = await read_request(conn.reader, limits)
+        method = request.method
+        response = site.handle(request, secure=secure)
+        _log.info(
+            "request",
+            listener=conn.listener,
+            conn=conn.id,
+            client=conn.peer_ip,
+            method=request.method,
+            host=request.host,
+            path=request.path[:200],
+            status=response.status,
+        )
+    except HttpError as exc:
+        response = text_response(exc.status, exc.reason)
+        _log.info("bad request", listener=conn.listener, client=conn.peer_ip, reason=exc.reason)
+    except TimeoutError:
+        response = text_response(408)
+    conn.writer.write(response.render(head_only=method == "HEAD"))
+    await asyncio.wait_for(conn.writer.drain(), WRITE_TIMEOUT)
+
+
+class HttpsTls:
+    """The https listener's TLS: an SNI dispatcher in front of the shared server context.
+
+    The dispatcher context only decides; the handshake then continues on the context the
+    callback selects (OpenSSL runs the SNI callback before ALPN and certificate selection,
+    and a context switched there provides both). Version and cipher settings are copied
+    from the shared policy because OpenSSL keeps those of the context the SSL began with."""
+
+    def __init__(self, tls: TlsSource, challenges: ChallengeResponder | None):
+        self.tls = tls
+        self.challenges = challenges
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(TLS12_CIPHERS)
+        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
+        ctx.num_tickets = 0
+        ctx.sni_callback = self._select
+        self.dispatcher = ctx
+
+    def _select(
+        self, ssl_object: ssl.SSLObject, server_name: str | None, _initial: ssl.SSLContext
+    ) -> None:
+        chosen = None
+        if server_name and self.challenges is not None:
+            chosen = self.challenges.alpn_context(server_name.lower().rstrip("."))
+        ssl_object.context = chosen or self.tls.current()
+
+    async def handshake(self, conn: Connection) -> bool:
+        """TLS on ``conn``; False when it was an ACME validation (connection is done)."""
+        await asyncio.wait_for(conn.writer.start_tls(self.dispatcher), HANDSHAKE_TIMEOUT)
+        ssl_object = conn.writer.get_extra_info("ssl_object")
+        conn.tls = TlsInfo.of(ssl_object)
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == ACME_TLS_ALPN:
+            # RFC 8737 §3: after the handshake the validator closes; no data is exchanged.
+            _log.info("acme tls-alpn-01 handshake", client=conn.peer_ip)
+            return False
+        return True
+
+
+class HttpComponent:
+    """The http/https listeners as an app component."""
+
+    name = "http"
+
+    def __init__(
+        self,
+        settings: Settings,
+        tls: TlsSource,
+        challenges: ChallengeResponder | None = None,
+        limits: Limits | None = None,
+    ):
+        self.site = Site(settings, challenges)
+        self.https_tls = HttpsTls(tls, challenges)
+        self.limits = limits or Limits()
+
+    def listeners(self) -> list[ListenerSpec]:
+        specs = []
+        listen = self.site.settings.listen
+        if listen.http:
+            host, port = split_host_port(listen.http)
+            specs.append(ListenerSpec("http", host, port, TlsMode.NONE, self._serve_http))
+        if listen.https:
+            host, port = split_host_port(listen.https)
+            # TLS is done in the handler (SNI dispatch for TLS-ALPN-01), hence NONE here.
+            specs.append(ListenerSpec("https", host, port, TlsMode.NONE, self._serve_https))
+        return specs
+
+    async def _serve_http(self, conn: Connection) -> None:
+        await serve_connection(conn, self.site, secure=False, limits=self.limits)
+
+    async def _serve_https(self, conn: Connection) -> None:
+        if await self.https_tls.handshake(conn):
+            await serve_connection(conn, self.site, secure=True, limits=self.limits)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def reload(self, ctx: Any) -> None:
+        self.site.settings = ctx.settings
+
+
+class HttpContext(Protocol):
+    """The part of the app context this package uses (app.AppContext provides it)."""
+
+    settings: Settings
+    tls: Any
+    services: dict[str, Any]
+
+
+CHALLENGES_SERVICE = "acme_challenges"
+
+
+def make_http(ctx: HttpContext) -> HttpComponent | None:
+    """Component factory for app.py: None when both listeners are disabled."""
+    listen = ctx.settings.listen
+    if not listen.http and not listen.https:
+        return None
+    return HttpComponent(ctx.settings, ctx.tls, ctx.services.get(CHALLENGES_SERVICE))
