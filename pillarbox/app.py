@@ -22,10 +22,12 @@ from typing import Any, Protocol
 from pillarbox import config, log
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
+from pillarbox.http.server import make_http
 from pillarbox.net.control import ControlServer
 from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
 from pillarbox.store.accounts import Accounts
 from pillarbox.tls.context import TlsConfigError, TlsProvider
+from pillarbox.tls.manager import ensure_bootstrap_certificate, make_certificates
 
 _log = log.get("server")
 
@@ -46,6 +48,7 @@ class AppContext:
     @classmethod
     def create(cls, settings: Settings) -> AppContext:
         accounts = Accounts(settings.database_path, settings.domains)
+        ensure_bootstrap_certificate(settings)  # acme = true before the first issuance
         return cls(
             settings=settings,
             accounts=accounts,
@@ -75,6 +78,8 @@ ComponentFactory = Callable[[AppContext], "Component | None"]
 def _component_factories() -> list[ComponentFactory]:
     """Every component, in start order (providers of services before their users)."""
     factories: list[ComponentFactory] = []
+    # The certificate manager provides the ACME challenge board the http listeners serve.
+    factories += [make_certificates, make_http]
     return factories
 
 

@@ -185,6 +185,20 @@ class TlsSettings:
     # CA bundle used to reach the ACME directory over HTTPS (pebble's own CA in tests).
     acme_ca: Path | None = None
     renew_days: int = field(default=30, metadata=_check(_positive))
+    # How the CA checks we own the names: "auto" = HTTP-01 on the http listener when it is
+    # enabled, else TLS-ALPN-01 on the https listener (RFC 8737).
+    acme_challenge: str = field(
+        default="auto", metadata=_check(_choice("auto", "http-01", "tls-alpn-01"))
+    )
+    # How often the certificate manager checks expiry (ACME) or the files' mtime (acme =
+    # false: certificate files managed elsewhere are reloaded when they change).
+    renew_check_interval: Duration = Duration(12 * 3600)
+    watch_interval: Duration = Duration(60)
+    # MTA-STS policy mode: "auto" = enforce only with a publicly trusted ACME certificate
+    # (see pillarbox/http/mtasts.py), else testing; or force "enforce" | "testing" | "none".
+    mta_sts_mode: str = field(
+        default="auto", metadata=_check(_choice("auto", "enforce", "testing", "none"))
+    )
 
 
 @dataclass(frozen=True)
