@@ -14,7 +14,14 @@ import dns.resolver
 import pytest
 
 from pillarbox.mailauth.keys import DkimKey, ensure_domain_keys
-from pillarbox.mailauth.signing import SigningError, header_names, sign, sign_async
+from pillarbox.mailauth.signing import (
+    SigningError,
+    header_names,
+    sign,
+    sign_async,
+    sign_outgoing,
+    signing_domain,
+)
 from tests.dnsserver import DnsTestServer, zone_text_from_dict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,3 +195,20 @@ def test_opendkim_verifies_rsa_and_ed25519(tmp_path: Path, keys: list[DkimKey]) 
         "ed25519-good": "PASS",
         "ed25519-bad": "FAIL",
     }
+
+
+async def test_sign_outgoing_picks_our_domain(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    keys = ensure_domain_keys(tmp_path, "example.com")
+    publish(dns_server, keys)
+    ours = ("example.com", "example.net")
+    assert signing_domain(MESSAGE, ours) == "example.com"
+    sub = MESSAGE.replace(b"alice@example.com", b"alerts@ops.example.com")
+    assert signing_domain(sub, ours) == "example.com"
+    foreign = MESSAGE.replace(b"alice@example.com", b"alice@elsewhere.example")
+    assert signing_domain(foreign, ours) is None
+    assert await sign_outgoing(foreign, tmp_path, ours) == b""
+    # example.net is ours but has no keys: nothing to sign with.
+    net = MESSAGE.replace(b"alice@example.com", b"alice@example.net")
+    assert await sign_outgoing(net, tmp_path, ours) == b""
+    fields = await sign_outgoing(MESSAGE, tmp_path, ours)
+    assert dkimpy_verify_all(fields + MESSAGE, dns_server) == [True, True]

@@ -30,6 +30,7 @@ MAX_ARC_SETS = 50  # RFC 8617 §4.2.1: i= is 1..50
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2
 
 _log = logging.getLogger("pillarbox.mailauth.dkim")
+_HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _SELECTOR_RE = re.compile(rb"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?$")
 
 
@@ -65,7 +66,7 @@ class _Key:
 def header_fields(message: bytes) -> list[tuple[bytes, bytes]]:
     """(name, raw value) of every header field, unfolded only as far as needed to parse."""
     fields: list[tuple[bytes, bytes]] = []
-    for line in re.split(rb"\r?\n", message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]):
+    for line in re.split(rb"\r?\n", header_block(message)):
         if line[:1] in (b" ", b"\t") and fields:
             name, value = fields[-1]
             fields[-1] = (name, value + b" " + line.strip())
@@ -73,6 +74,14 @@ def header_fields(message: bytes) -> list[tuple[bytes, bytes]]:
             name, _, value = line.partition(b":")
             fields.append((name.strip(), value.strip()))
     return fields
+
+
+def header_block(message: bytes) -> bytes:
+    """The header section, found without copying the (possibly huge) body."""
+    if message.startswith((b"\r\n", b"\n")):
+        return b""
+    end = _HEADER_END_RE.search(message)
+    return message[: end.start()] if end else message
 
 
 def signature_tags(value: bytes) -> dict[bytes, bytes] | None:

@@ -13,18 +13,25 @@ headers in :data:`OVERSIGNED_HEADERS` once more, present or not. The extra entry
 empty header at verification time, so a relay that adds a second From, Subject, To, ... (the
 classic DKIM replay trick) breaks the signature.
 
-Signing costs an RSA operation and a pass over the body: call :func:`sign_async` from the
-event loop, which runs it in a worker thread.
+Signing costs an RSA operation and a pass over the body: from the event loop call
+:func:`sign_async`, or :func:`sign_outgoing`, which also picks the signing domain from the
+From header and reads the domain's active keys; both run in a worker thread::
+
+    fields = await sign_outgoing(message, settings.keys_dir, settings.domains)
+    message = fields + message   # then never change the body again
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import email.utils
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import dkim
 
-from pillarbox.mailauth.keys import DkimKey
+from pillarbox.mailauth.dkimverify import header_fields
+from pillarbox.mailauth.keys import DkimKey, active_keys
 
 SIGNED_HEADERS: tuple[str, ...] = (
     "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc",
@@ -48,18 +55,8 @@ class SigningError(Exception):
 
 
 def header_names(message: bytes) -> list[str]:
-    """Lower-case names of the header fields of ``message``, in order (parser only)."""
-    names = []
-    for line in message.split(b"\n"):
-        line = line.rstrip(b"\r")
-        if not line:
-            break
-        if line[:1] in (b" ", b"\t"):
-            continue  # continuation of the previous field
-        name, sep, _ = line.partition(b":")
-        if sep:
-            names.append(name.strip().decode("ascii", errors="replace").lower())
-    return names
+    """Lower-case names of the header fields of ``message``, in order."""
+    return [name.decode("ascii", errors="replace").lower() for name, _ in header_fields(message)]
 
 
 def headers_to_sign(names: Sequence[str]) -> list[str]:
@@ -94,3 +91,35 @@ def sign(message: bytes, domain: str, keys: Sequence[DkimKey]) -> bytes:
 
 async def sign_async(message: bytes, domain: str, keys: Sequence[DkimKey]) -> bytes:
     return await asyncio.to_thread(sign, message, domain, keys)
+
+
+def signing_domain(message: bytes, our_domains: Iterable[str]) -> str | None:
+    """Which of our domains signs ``message``: the From domain, or the closest parent of it
+    that is ours (so DMARC relaxed alignment holds); None if the From is not ours."""
+    values = [v for n, v in header_fields(message) if n.lower() == b"from"]
+    if len(values) != 1:
+        return None
+    _name, address = email.utils.parseaddr(values[0].decode("utf-8", errors="replace"))
+    domain = address.rpartition("@")[2].lower().rstrip(".")
+    ours = {d.lower() for d in our_domains}
+    labels = domain.split(".")
+    for index in range(len(labels) - 1):
+        candidate = ".".join(labels[index:])
+        if candidate in ours:
+            return candidate
+    return None
+
+
+async def sign_outgoing(message: bytes, keys_dir: Path, our_domains: Iterable[str]) -> bytes:
+    """The DKIM-Signature fields for a message we send (b"" when its From is not one of
+    our domains or the domain has no keys). Reads the active keys each time, so a
+    ``pillarbox dkim rotate`` takes effect from the next message."""
+    domain = signing_domain(message, our_domains)
+    if domain is None:
+        return b""
+
+    def work() -> bytes:
+        keys = active_keys(keys_dir, domain)
+        return sign(message, domain, keys) if keys else b""
+
+    return await asyncio.to_thread(work)
