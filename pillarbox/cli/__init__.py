@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pillarbox import __version__
-from pillarbox.cli import accounts, dkim, init, serve, verify
+from pillarbox.cli import accounts, check, dkim, dns, init, serve, verify
 from pillarbox.cli.common import CliError, Command
 from pillarbox.config import ConfigError
 
@@ -21,6 +21,8 @@ COMMANDS: list[Command] = [
     *accounts.COMMANDS,
     *verify.COMMANDS,
     *dkim.COMMANDS,
+    *dns.COMMANDS,
+    *check.COMMANDS,
 ]
 
 

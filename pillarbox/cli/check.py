@@ -1,0 +1,44 @@
+"""``pillarbox check``: the live deliverability check, as text or JSON.
+
+Exit status 0 when nothing failed (warnings allowed), 1 when any check failed, so scripts
+and monitoring can run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from pillarbox.check.findings import render_json, render_text
+from pillarbox.check.runner import run_check
+from pillarbox.cli.common import Command, load_settings
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    report = asyncio.run(run_check(settings, include_server=not args.dns_only))
+    print(render_json(report) if args.format == "json" else render_text(report), end="")
+    return 1 if report.failed else 0
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--dns-only",
+        action="store_true",
+        help="skip the checks that connect to the running server",
+    )
+
+
+COMMANDS = [
+    Command(
+        ("check",),
+        "live deliverability check with a score out of 10",
+        run,
+        _arguments,
+        description="Check DNS (A/AAAA, reverse DNS, MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT), "
+        "the running server (certificate, reachability, EHLO name, STARTTLS, open relay) and "
+        "public blocklists; print each finding with what to do, and a score out of 10. "
+        "Exits 1 when any check failed.",
+    ),
+]
