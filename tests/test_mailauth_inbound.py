@@ -3,11 +3,14 @@ SPF, DKIM and DMARC records; the DMARC outcome table; temperror; forged A-R remo
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
 import authres
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pillarbox.dns.resolver import Resolver
 from pillarbox.mailauth.inbound import AuthVerdict, authenticate, strip_authentication_results
@@ -353,3 +356,52 @@ async def test_malformed_messages_do_not_raise(
     verdict = await check(resolver, data)
     assert verdict.dmarc.result == "permerror"
     assert verdict.header.startswith(b"Authentication-Results: ")
+
+
+HEADER_NAMES = [b"DKIM-Signature", b"ARC-Seal", b"ARC-Message-Signature",
+                b"ARC-Authentication-Results", b"From", b"Authentication-Results"]  # fmt: skip
+TAG_SOUP = st.lists(
+    st.sampled_from(
+        [
+            b"v=1",
+            b"i=1",
+            b"a=rsa-sha256",
+            b"a=ed25519-sha256",
+            b"d=example.com",
+            b"s=x",
+            b"h=from",
+            b"bh=",
+            b"b=AAAA",
+            b"cv=none",
+            b"c=relaxed/relaxed",
+            b"l=5",
+            b"x=1",
+            b"t=9999999999",
+            b";",
+            b"=",
+            b"\r\n",
+            b" ",
+        ]
+    ),
+    max_size=12,
+).map(lambda parts: b"; ".join(parts))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from(HEADER_NAMES), TAG_SOUP | st.binary(max_size=60)), max_size=6
+    ),
+    body=st.binary(max_size=100),
+)
+def test_hostile_headers_never_raise(
+    world: DnsTestServer, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    data = b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n" + body
+    resolver = Resolver([("127.0.0.1", world.port)], timeout=0.5)
+    verdict = asyncio.run(check(resolver, data))
+    assert verdict.dmarc.result in ("pass", "fail", "none", "temperror", "permerror")
+    parse_ar(verdict.header)
+    strip_authentication_results(data, AUTHSERV)

@@ -199,6 +199,9 @@ def _verify_one(
         return result(outcome, str(exc))
     except (dkim.DKIMException, ValueError, IndexError) as exc:
         return result("permerror", str(exc))
+    except Exception as exc:  # dkimpy on hostile input: a broken signature, never a crash
+        _log.warning("DKIM verification raised %r", exc)
+        return result("permerror", f"verification failed: {exc}")
     return result("pass") if ok else result("fail", "signature did not verify")
 
 
@@ -231,6 +234,9 @@ def _verify_chain(message: bytes, keys: dict[str, _Key]) -> tuple[str, int, str]
         cv, results, reason = verifier.verify(dnsfunc=_dnsfunc(keys))
     except (dkim.DKIMException, ValueError, IndexError) as exc:
         return "fail", 0, str(exc)
+    except Exception as exc:  # dkimpy on hostile input: a broken chain, never a crash
+        _log.warning("ARC verification raised %r", exc)
+        return "fail", 0, f"verification failed: {exc}"
     instances = max((int(r["instance"]) for r in results), default=0)
     # dkimpy returns None when an earlier sealer already recorded cv=fail: still a failure.
     status = cv.decode("ascii") if isinstance(cv, bytes) else "fail"

@@ -1,11 +1,12 @@
 """SPF (RFC 7208) for the MAIL FROM and HELO identities, with pyspf over our async resolver.
 
 pyspf follows ``include:`` and ``redirect=`` recursively, so its lookups cannot be known in
-advance and prefetched. It runs in a worker thread instead, and every DNS query it makes is
-sent back to the event loop through :class:`pillarbox.dns.resolver.SyncLookup`: the loop is
-never blocked, and the configured nameservers and per-query timeout apply. pyspf itself
-enforces the limits of RFC 7208 §4.6.4 (10 DNS-querying mechanisms, 2 void lookups,
-10 MX/PTR names), and ``querytime`` bounds the whole evaluation.
+advance and prefetched. It runs in a worker thread (a pool of its own) instead, and every
+DNS query it makes is sent back to the event loop through
+:class:`pillarbox.dns.resolver.SyncLookup`: the loop is never blocked, and the configured
+nameservers and per-query timeout apply. pyspf itself enforces the limits of RFC 7208
+§4.6.4 (10 DNS-querying mechanisms, 2 void lookups, 10 MX/PTR names), and ``querytime``
+bounds the whole evaluation.
 
 pyspf looks up DNS through its module-level ``DNSLookup`` function; we replace that once with
 a dispatcher that uses the lookup function of the current thread (a thread-local set while
@@ -17,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,11 @@ from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver, SyncLook
 
 # RFC 7208 §4.6.4: "at least 20 seconds" for the whole evaluation.
 TOTAL_TIME = 20.0
+
+# pyspf threads spend their time waiting for DNS answers from the loop, so they get their own
+# pool rather than the default executor's few threads that hashing work needs.
+_EXECUTOR = ThreadPoolExecutor(max_workers=32, thread_name_prefix="spf")
+_log = logging.getLogger("pillarbox.mailauth.spf")
 
 SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 
@@ -123,13 +131,17 @@ async def check_identity(
         return SpfResult("none", identity, domain, sender, "no client IP address to check")
     if not domain or not _looks_like_domain(domain):
         return SpfResult("none", identity, domain, sender, "no domain to check")
-    bridge = SyncLookup(resolver, asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    bridge = SyncLookup(resolver, loop)
     try:
-        result, explanation = await asyncio.to_thread(
-            _run_pyspf, bridge, _valid_ip(ip), sender, helo, resolver.timeout
+        result, explanation = await loop.run_in_executor(
+            _EXECUTOR, _run_pyspf, bridge, _valid_ip(ip), sender, helo, resolver.timeout
         )
     except ValueError as exc:
         return SpfResult("permerror", identity, domain, sender, str(exc))
+    except Exception as exc:  # pyspf on hostile input: a bad record, never a crash
+        _log.warning("SPF check of %r raised %r", sender, exc)
+        return SpfResult("permerror", identity, domain, sender, f"SPF evaluation failed: {exc}")
     result = str(result).lower()
     if result not in SPF_RESULTS:
         result = "permerror"
