@@ -25,6 +25,7 @@ from pillarbox.config import Settings
 from pillarbox.http.server import make_http
 from pillarbox.net.control import ControlServer
 from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
+from pillarbox.queue.service import make_queue
 from pillarbox.store.accounts import Accounts
 from pillarbox.tls.context import TlsConfigError, TlsProvider
 from pillarbox.tls.manager import ensure_bootstrap_certificate, make_certificates
@@ -78,6 +79,8 @@ ComponentFactory = Callable[[AppContext], "Component | None"]
 def _component_factories() -> list[ComponentFactory]:
     """Every component, in start order (providers of services before their users)."""
     factories: list[ComponentFactory] = []
+    # The outbound queue provides ctx.services["queue"] to SMTP/delivery.
+    factories.append(make_queue)
     # The certificate manager provides the ACME challenge board the http listeners serve.
     factories += [make_certificates, make_http]
     return factories

@@ -1,0 +1,160 @@
+"""The queue runner: picks due recipients, groups them into jobs, runs them concurrently.
+
+A *job* is one message for one destination (a recipient domain, or the smarthost): its
+recipients there travel in one SMTP transaction. Jobs wait in a FIFO per destination.
+Each destination gets at most ``max_concurrency_per_destination`` workers and all together
+at most ``max_concurrency`` connections, so a slow or dead destination holds only its own
+few slots and never starves the others (Postfix qmgr's per-destination concurrency). A
+worker keeps its connection open between the jobs of its destination (connection reuse:
+RSET, then the next message), and closes it when its destination has no more work.
+
+The runner wakes when a message is queued or flushed, when the next retry is due, and every
+``queue_scan_interval`` to pick up work queued by another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pillarbox import log
+from pillarbox.queue.remote import Slot
+from pillarbox.queue.store import Recipient
+
+_log = log.get("queue")
+
+
+@dataclass(frozen=True)
+class Job:
+    queue_id: str
+    domain: str
+    recipient_ids: tuple[int, ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.queue_id, self.domain)
+
+
+JobRunner = Callable[[Job, Slot], Awaitable[None]]
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        due: Callable[[float], Awaitable[list[Recipient]]],
+        next_due: Callable[[], Awaitable[float | None]],
+        run_job: JobRunner,
+        housekeeping: Callable[[], Awaitable[None]],
+        destination_of: Callable[[str], str],
+        max_concurrency: int,
+        per_destination: int,
+        scan_interval: float,
+    ) -> None:
+        self._due = due
+        self._next_due = next_due
+        self._run_job = run_job
+        self._housekeeping = housekeeping
+        self.destination_of = destination_of
+        self.per_destination = per_destination
+        self.scan_interval = scan_interval
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._wake = asyncio.Event()
+        self._jobs: dict[str, deque[Job]] = {}
+        self._workers: dict[str, int] = {}
+        self._in_flight: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._main: asyncio.Task[None] | None = None
+        self.active_connections = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._loop(), name="queue-runner")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._main, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def in_flight(self, queue_id: str) -> bool:
+        return any(key[0] == queue_id for key in self._in_flight)
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._housekeeping()
+                await self._schedule()
+                delay = await self._delay()
+            except Exception:
+                _log.error("queue scan failed", exc_info=True)
+                delay = self.scan_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _delay(self) -> float:
+        upcoming = await self._next_due()
+        if upcoming is None:
+            return self.scan_interval
+        return max(0.05, min(self.scan_interval, upcoming - time.time()))
+
+    async def _schedule(self) -> None:
+        recipients = await self._due(time.time())
+        grouped: dict[tuple[str, str], list[int]] = {}
+        for r in recipients:
+            key = (r.queue_id, r.domain)
+            if key not in self._in_flight:
+                grouped.setdefault(key, []).append(r.id)
+        for (queue_id, domain), ids in grouped.items():
+            job = Job(queue_id, domain, tuple(ids))
+            self._in_flight.add(job.key)
+            self._jobs.setdefault(self.destination_of(domain), deque()).append(job)
+        for destination, jobs in self._jobs.items():
+            # Workers that find nothing left exit at once, so over-spawning is harmless.
+            running = self._workers.get(destination, 0)
+            for _ in range(min(self.per_destination - running, len(jobs))):
+                self._workers[destination] = self._workers.get(destination, 0) + 1
+                task = asyncio.create_task(self._worker(destination), name=f"queue-{destination}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _worker(self, destination: str) -> None:
+        slot = Slot()
+        try:
+            async with self._slots:
+                self.active_connections += 1
+                try:
+                    jobs = self._jobs.get(destination)
+                    while jobs:
+                        job = jobs.popleft()
+                        try:
+                            await self._run_job(job, slot)
+                        except Exception:
+                            _log.error(
+                                "delivery attempt failed",
+                                queue_id=job.queue_id,
+                                domain=job.domain,
+                                exc_info=True,
+                            )
+                        finally:
+                            self._in_flight.discard(job.key)
+                finally:
+                    self.active_connections -= 1
+                    await slot.close()
+        finally:
+            self._workers[destination] -= 1
+            if not self._workers[destination]:
+                del self._workers[destination]
+                if not self._jobs.get(destination):
+                    self._jobs.pop(destination, None)
