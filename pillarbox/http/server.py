@@ -27,6 +27,7 @@ challenge certificate for a name being validated, and the server's current certi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ from pillarbox.config import Settings, split_host_port
 from pillarbox.http import clientconfig, mtasts
 from pillarbox.http.clientconfig import AutodiscoverError
 from pillarbox.http.message import HttpError, Limits, Request, Response, parse_head, text_response
+from pillarbox.http.streams import BioTlsStream, ByteStream, HeadReader, PlainStream
 from pillarbox.net.listener import HANDSHAKE_TIMEOUT, Connection, ListenerSpec, TlsMode
 from pillarbox.tls.context import TLS12_CIPHERS, TlsInfo
 
@@ -202,42 +204,32 @@ def _method_not_allowed(allow: str) -> Response:
 # -- connections ----------------------------------------------------------------------------
 
 
-async def read_request(reader: asyncio.StreamReader, limits: Limits) -> Request:
+async def read_request(reader: HeadReader, limits: Limits) -> Request:
     """Read one request (head and Content-Length body) within the deadlines."""
-    head = await asyncio.wait_for(_read_head(reader, limits), HEAD_TIMEOUT)
+    try:
+        head = await asyncio.wait_for(reader.read_head(limits.max_head), HEAD_TIMEOUT)
+    except ValueError:
+        raise HttpError(431, "request head too large") from None
     request = parse_head(head, limits)
     length = request.content_length
     if length > limits.max_body:
         raise HttpError(413, "request body too large")
     if length:
         try:
-            body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT)
-        except asyncio.IncompleteReadError:
+            body = await asyncio.wait_for(reader.read_exactly(length), BODY_TIMEOUT)
+        except EOFError:
             raise HttpError(400, "request body shorter than Content-Length") from None
-        request = Request(**{**request.__dict__, "body": body})
+        request = dataclasses.replace(request, body=body)
     return request
 
 
-async def _read_head(reader: asyncio.StreamReader, limits: Limits) -> bytes:
-    buffer = b""
-    while True:
-        # RFC 9112 §2.2: ignore empty lines before the request line.
-        buffer = buffer.lstrip(b"\r\n")
-        end = buffer.find(b"\r\n\r\n")
-        if end >= 0:
-            return buffer[:end]
-        if len(buffer) > limits.max_head:
-            raise HttpError(431, "request head too large")
-        chunk = await reader.read(4096)
-        if not chunk:
-            raise ConnectionResetError("client closed before a full request")
-        buffer += chunk
-
-
-async def serve_connection(conn: Connection, site: Site, *, secure: bool, limits: Limits) -> None:
+async def serve_stream(
+    stream: ByteStream, conn: Connection, site: Site, *, secure: bool, limits: Limits
+) -> None:
+    """One request, one response, on ``stream`` (plain or TLS)."""
     method = ""
     try:
-        request = await read_request(conn.reader, limits)
+        request = await read_request(HeadReader(stream), limits)
         method = request.method
         response = site.handle(request, secure=secure)
         _log.info(
@@ -255,8 +247,7 @@ async def serve_connection(conn: Connection, site: Site, *, secure: bool, limits
         _log.info("bad request", listener=conn.listener, client=conn.peer_ip, reason=exc.reason)
     except TimeoutError:
         response = text_response(408)
-    conn.writer.write(response.render(head_only=method == "HEAD"))
-    await asyncio.wait_for(conn.writer.drain(), WRITE_TIMEOUT)
+    await asyncio.wait_for(stream.send(response.render(head_only=method == "HEAD")), WRITE_TIMEOUT)
 
 
 class HttpsTls:
@@ -264,8 +255,10 @@ class HttpsTls:
 
     The dispatcher context only decides; the handshake then continues on the context the
     callback selects (OpenSSL runs the SNI callback before ALPN and certificate selection,
-    and a context switched there provides both). Version and cipher settings are copied
-    from the shared policy because OpenSSL keeps those of the context the SSL began with."""
+    and a context switched there provides both): the TLS-ALPN-01 validation certificate for
+    a name being validated, else the server's current one. Version and cipher settings are
+    copied from the shared policy because OpenSSL keeps those of the context the SSL began
+    with."""
 
     def __init__(self, tls: TlsSource, challenges: ChallengeResponder | None):
         self.tls = tls
@@ -287,16 +280,17 @@ class HttpsTls:
             chosen = self.challenges.alpn_context(server_name.lower().rstrip("."))
         ssl_object.context = chosen or self.tls.current()
 
-    async def handshake(self, conn: Connection) -> bool:
-        """TLS on ``conn``; False when it was an ACME validation (connection is done)."""
-        await asyncio.wait_for(conn.writer.start_tls(self.dispatcher), HANDSHAKE_TIMEOUT)
-        ssl_object = conn.writer.get_extra_info("ssl_object")
-        conn.tls = TlsInfo.of(ssl_object)
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() == ACME_TLS_ALPN:
+    async def handshake(self, conn: Connection) -> BioTlsStream | None:
+        """TLS on ``conn``; None when it was an ACME validation (nothing more to do)."""
+        stream = BioTlsStream(conn.reader, conn.writer, self.dispatcher)
+        await asyncio.wait_for(stream.handshake(), HANDSHAKE_TIMEOUT)
+        conn.tls = TlsInfo.of(stream.ssl_object)
+        if stream.ssl_object.selected_alpn_protocol() == ACME_TLS_ALPN:
             # RFC 8737 §3: after the handshake the validator closes; no data is exchanged.
-            _log.info("acme tls-alpn-01 handshake", client=conn.peer_ip)
-            return False
-        return True
+            _log.info("acme tls-alpn-01 handshake", client=conn.peer_ip, conn=conn.id)
+            await stream.close()
+            return None
+        return stream
 
 
 class HttpComponent:
@@ -328,11 +322,14 @@ class HttpComponent:
         return specs
 
     async def _serve_http(self, conn: Connection) -> None:
-        await serve_connection(conn, self.site, secure=False, limits=self.limits)
+        stream = PlainStream(conn.reader, conn.writer)
+        await serve_stream(stream, conn, self.site, secure=False, limits=self.limits)
 
     async def _serve_https(self, conn: Connection) -> None:
-        if await self.https_tls.handshake(conn):
-            await serve_connection(conn, self.site, secure=True, limits=self.limits)
+        stream = await self.https_tls.handshake(conn)
+        if stream is not None:
+            await serve_stream(stream, conn, self.site, secure=True, limits=self.limits)
+            await stream.close()
 
     async def start(self) -> None:
         pass

@@ -178,9 +178,10 @@ def tls_alpn_context(name: str, key_authorization: str) -> ssl.SSLContext:
     return ctx
 
 
-class _TlsAlpn01Response(challenges.ChallengeResponse):
-    """The (empty) POST that tells the CA to validate a tls-alpn-01 challenge (RFC 8555
-    §7.5.1); the library no longer ships this challenge type."""
+class _TlsAlpn01Response(challenges.KeyAuthorizationChallengeResponse):
+    """The POST of ``{}`` that tells the CA to validate a tls-alpn-01 challenge (RFC 8555
+    §7.5.1); the library no longer ships this challenge type. (It must carry a field: the
+    library sends an object without fields as an empty POST-as-GET.)"""
 
     typ = TLS_ALPN01
 
@@ -208,7 +209,8 @@ def issue(request: OrderRequest, board: ChallengeBoard, progress: Progress) -> I
             f"the ACME server did not validate/issue within {request.timeout:g}s"
         ) from exc
     except messages.Error as exc:
-        raise AcmeError(f"the ACME server refused: {exc.detail or exc.description} ({exc.typ})")
+        detail = exc.detail or exc.description
+        raise AcmeError(f"the ACME server refused: {detail} ({exc.typ})") from exc
     except errors.Error as exc:
         raise AcmeError(f"ACME protocol error: {exc}") from exc
 
@@ -301,9 +303,10 @@ def _answer(
     else:
         token = challb.chall.jobj["token"]  # an UnrecognizedChallenge in this library
         thumbprint = jose.b64encode(account_key.thumbprint(hash_function=hashes.SHA256)).decode()
-        board.publish_alpn(name, tls_alpn_context(name, f"{token}.{thumbprint}"))
+        key_authorization = f"{token}.{thumbprint}"
+        board.publish_alpn(name, tls_alpn_context(name, key_authorization))
         names.append(name)
-        response = _TlsAlpn01Response()
+        response = _TlsAlpn01Response(key_authorization=key_authorization)
     acme.answer_challenge(challb, response)
 
 
