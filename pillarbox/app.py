@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pillarbox import config, log
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
+from pillarbox.delivery.component import make_smtp
 from pillarbox.http.server import make_http
 from pillarbox.net.control import ControlServer
 from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
@@ -81,6 +82,8 @@ def _component_factories() -> list[ComponentFactory]:
     factories: list[ComponentFactory] = []
     # The outbound queue provides ctx.services["queue"] to SMTP/delivery.
     factories.append(make_queue)
+    # SMTP receiving (25/587/465) and local delivery; provides ctx.services["delivery"].
+    factories.append(make_smtp)
     # The certificate manager provides the ACME challenge board the http listeners serve.
     factories += [make_certificates, make_http]
     return factories

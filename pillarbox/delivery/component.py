@@ -1,0 +1,66 @@
+"""Wiring of SMTP receiving and local delivery into the server (``app.py`` lists
+:func:`make_smtp`).
+
+The factory registers ``ctx.services["delivery"]`` (a
+:class:`~pillarbox.delivery.service.DeliveryService`) as soon as it runs, so components
+started later (and the queue, which looks it up when it has a bounce to deliver) find it,
+and returns the ``smtp`` component: the SMTP listeners plus the sendmail pickup directory
+(see :mod:`pillarbox.delivery.pickup`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pillarbox import log
+from pillarbox.delivery.local import LocalStore
+from pillarbox.delivery.pickup import Pickup
+from pillarbox.delivery.policy import SmtpBackend
+from pillarbox.delivery.service import DeliveryService
+from pillarbox.net.listener import ListenerSpec
+from pillarbox.smtp.server import SmtpServer
+
+_log = log.get("delivery")
+
+
+class SmtpComponent:
+    name = "smtp"
+
+    def __init__(self, ctx: Any):
+        settings = ctx.settings
+        self.local = LocalStore(settings.mail_dir, ctx.services, settings.hostname)
+        self.delivery = DeliveryService(
+            ctx.accounts,
+            self.local,
+            ctx.services,
+            delimiter=settings.delivery.recipient_delimiter,
+            domains=settings.domains,
+        )
+        ctx.services["delivery"] = self.delivery
+        self.backend = SmtpBackend(settings, ctx.accounts, self.delivery, ctx.services)
+        self.server = SmtpServer(settings, self.backend, ctx.authenticator)
+        self.pickup = Pickup(settings, self.delivery)
+        ctx.control.register("sendmail.pickup", self.pickup.control_method)
+
+    def listeners(self) -> list[ListenerSpec]:
+        return self.server.listeners()
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.pickup.start()
+
+    async def stop(self) -> None:
+        await self.pickup.stop()
+        await self.server.stop()
+        self.local.close()
+
+    async def reload(self, ctx: Any) -> None:
+        settings = ctx.settings
+        self.backend.settings = settings
+        self.delivery.delimiter = settings.delivery.recipient_delimiter
+        await self.server.reload(ctx)
+
+
+def make_smtp(ctx: Any) -> SmtpComponent | None:
+    """The SMTP component; None when no SMTP listener is enabled and nothing needs delivery."""
+    return SmtpComponent(ctx)

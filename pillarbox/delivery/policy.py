@@ -1,0 +1,239 @@
+"""The mail policy behind the SMTP sessions: who may send, who may receive, what to check.
+
+:class:`SmtpBackend` implements ``pillarbox.smtp.session.MailBackend``:
+
+Port 25 (MX, RFC 5321): any sender; recipients must be in our domains (another domain is a
+relay attempt: 554 5.7.1) and exist (550 5.1.1 at RCPT, so we never accept-then-bounce
+backscatter). After DATA the message is authenticated (SPF, DKIM, DMARC, ARC via
+``pillarbox.mailauth.inbound``): DMARC ``reject`` gives 550 5.7.1 when
+``mailauth.dmarc_reject`` is on, ``quarantine`` delivers to the Junk folder, DNS trouble
+never refuses mail. Forged Authentication-Results that claim our authserv-id are removed
+(RFC 8601 §5) and ours is prepended.
+
+Submission (587/465, RFC 6409): the envelope sender and every From: header address must be
+one the authenticated user owns (its address, its ``+tag`` forms, aliases that lead to it;
+RFC 6409 §6.1 allows the check), else 553/550 5.7.1. Any recipient; remote ones go to the
+outbound queue, which DKIM-signs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pillarbox import log
+from pillarbox.config import Settings
+from pillarbox.core.address import AddressError
+from pillarbox.delivery.local import INBOX, JUNK
+from pillarbox.delivery.service import DeliveryError, DeliveryService, QueueUnavailable
+from pillarbox.queue.api import OutboundRecipient
+from pillarbox.smtp import codes
+from pillarbox.smtp.codes import Reply
+from pillarbox.smtp.dataread import SpooledMessage
+from pillarbox.smtp.parse import RcptCommand
+from pillarbox.smtp.session import Envelope, ListenerKind, Recipient, SessionInfo
+from pillarbox.store.accounts import Accounts
+
+_log = log.get("delivery")
+_HEADER_PARSER = email.parser.HeaderParser(policy=email.policy.default)
+
+
+def from_header_addresses(head: bytes) -> list[str] | None:
+    """The addr-specs of every From: field, or None when there is none or it does not parse."""
+    if b"from" not in head.lower():
+        return None
+    try:
+        message = _HEADER_PARSER.parsestr(head.decode("utf-8", "replace"))
+        fields = message.get_all("From") or []
+        addresses = [a.addr_spec for f in fields for a in getattr(f, "addresses", ())]
+    except Exception:  # the email package raises many types on hostile input
+        return None
+    return addresses if addresses and all("@" in a for a in addresses) else None
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    reply: Reply | None  # a rejection, or None to deliver
+    folder: str
+    headers: bytes  # Authentication-Results to prepend (may be empty)
+
+
+class SmtpBackend:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        accounts: Accounts,
+        delivery: DeliveryService,
+        services: dict[str, Any],
+    ):
+        self.settings = settings
+        self.accounts = accounts
+        self.delivery = delivery
+        self.services = services
+        self._resolver: Any = None
+
+    @property
+    def delimiter(self) -> str:
+        return self.settings.delivery.recipient_delimiter
+
+    # -- MAIL / RCPT -------------------------------------------------------------------
+
+    async def check_sender(self, session: SessionInfo, envelope: Envelope) -> Reply | None:
+        sender = envelope.sender
+        if session.kind is ListenerKind.SUBMISSION and sender:
+            assert session.user is not None
+            if not self.accounts.may_send_as(session.user, sender, self.delimiter):
+                return codes.SENDER_NOT_OWNED
+        return None
+
+    async def check_recipient(
+        self, session: SessionInfo, envelope: Envelope, rcpt: RcptCommand
+    ) -> Recipient | Reply:
+        try:
+            address = self.delivery.canonical(rcpt.recipient)
+        except AddressError:
+            return codes.BAD_RECIPIENT_SYNTAX
+        domain = address.rpartition("@")[2]
+        if domain not in self.accounts.domains:
+            if session.user is None:
+                return codes.RELAY_DENIED
+            if self.delivery.queue is None:
+                return codes.OUTBOUND_UNAVAILABLE
+            return Recipient(address, rcpt.notify, rcpt.orcpt)
+        resolution = self.accounts.resolve(address, self.delimiter)
+        if not resolution.found:
+            return codes.MAILBOX_UNKNOWN
+        if resolution.remote and self.delivery.queue is None:
+            return codes.OUTBOUND_UNAVAILABLE  # an alias forwarding elsewhere
+        return Recipient(address, rcpt.notify, rcpt.orcpt)
+
+    # -- after DATA --------------------------------------------------------------------
+
+    async def deliver(
+        self, session: SessionInfo, envelope: Envelope, message: SpooledMessage, received: bytes
+    ) -> Reply:
+        if session.kind is ListenerKind.SUBMISSION:
+            rejection = self._check_from(session, message)
+            inbound = InboundResult(rejection, INBOX, b"")
+        else:
+            inbound = await self._authenticate(session, envelope, message)
+        if inbound.reply is not None:
+            return inbound.reply
+        rewritten: Path | None = None
+        parts: tuple[bytes | Path, ...] = message.parts
+        stripped = self._strip_forged_results(message.head)
+        if stripped is not None:
+            parts, rewritten = await replace_head(message, stripped)
+        try:
+            return await self._store(envelope, [inbound.headers + received, *parts], inbound.folder)
+        finally:
+            if rewritten is not None:
+                rewritten.unlink(missing_ok=True)
+
+    def _check_from(self, session: SessionInfo, message: SpooledMessage) -> Reply | None:
+        addresses = from_header_addresses(message.head)
+        if not addresses:
+            return codes.NO_FROM_HEADER
+        assert session.user is not None
+        for address in addresses:
+            if not self.accounts.may_send_as(session.user, address, self.delimiter):
+                return codes.FROM_NOT_OWNED
+        return None
+
+    def _strip_forged_results(self, head: bytes) -> bytes | None:
+        if b"authentication-results" not in head.lower():
+            return None
+        from pillarbox.mailauth.inbound import strip_authentication_results
+
+        stripped = strip_authentication_results(head, self.settings.hostname)
+        return stripped if stripped != head else None
+
+    async def _authenticate(
+        self, session: SessionInfo, envelope: Envelope, message: SpooledMessage
+    ) -> InboundResult:
+        if not self.settings.mailauth.verify_inbound:
+            return InboundResult(None, INBOX, b"")
+        from pillarbox.mailauth.inbound import authenticate
+
+        data: bytes | Path = message.path or message.read_all()
+        try:
+            verdict = await authenticate(
+                data,
+                ip=session.peer_ip,
+                helo=session.helo,
+                mail_from=envelope.sender,
+                resolver=self._get_resolver(),
+                authserv_id=self.settings.hostname,
+            )
+        except Exception:
+            # A bug in a check must not lose mail: accept without a verdict, loudly.
+            _log.error("mail authentication failed", queue_id=envelope.queue_id, exc_info=True)
+            return InboundResult(None, INBOX, b"")
+        _log.info(
+            "mailauth", queue_id=envelope.queue_id, dmarc=verdict.dmarc.result,
+            disposition=verdict.disposition, temperror=verdict.temperror or None,
+        )  # fmt: skip
+        if verdict.disposition == "reject" and self.settings.mailauth.dmarc_reject:
+            return InboundResult(codes.POLICY_REJECTED, INBOX, b"")
+        folder = JUNK if verdict.disposition in ("quarantine", "reject") else INBOX
+        return InboundResult(None, folder, verdict.header)
+
+    def _get_resolver(self) -> Any:
+        shared = self.services.get("resolver")
+        if shared is not None:
+            return shared
+        if self._resolver is None:
+            from pillarbox.dns.resolver import Resolver
+
+            self._resolver = Resolver.from_settings(self.settings.dns)
+        return self._resolver
+
+    async def _store(self, envelope: Envelope, message: list[bytes | Path], folder: str) -> Reply:
+        route = self.delivery.route(
+            [OutboundRecipient(r.address, r.notify, r.orcpt) for r in envelope.recipients]
+        )
+        if route.unknown:
+            # Accepted at RCPT, gone since (user deleted meanwhile): the rest still goes.
+            _log.warning("recipient vanished", queue_id=envelope.queue_id, to=route.unknown)
+        try:
+            await self.delivery.store(
+                route, envelope.sender, message, queue_id=envelope.queue_id, folder=folder,
+                envid=envelope.mail.envid, ret=envelope.mail.ret,
+            )  # fmt: skip
+        except QueueUnavailable:
+            return codes.OUTBOUND_UNAVAILABLE
+        except DeliveryError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                return codes.STORAGE_FULL
+            return codes.LOCAL_ERROR
+        return codes.MESSAGE_ACCEPTED.with_text(f"OK: queued as {envelope.queue_id}")
+
+
+async def replace_head(
+    message: SpooledMessage, head: bytes
+) -> tuple[tuple[bytes | Path, ...], Path | None]:
+    """The message with its header section replaced; a new spool file when it had one."""
+    if message.path is None:
+        data = message.read_all()
+        return (head, data[len(message.head) :]), None
+    target = message.path.with_name(message.path.name + ".h")
+    await asyncio.to_thread(_copy_with_head, message.path, len(message.head), head, target)
+    return (target,), target
+
+
+def _copy_with_head(source: Path, skip: int, head: bytes, target: Path) -> None:
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        dst.write(head)
+        src.seek(skip)
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+    os.chmod(target, 0o600)
