@@ -162,7 +162,7 @@ async def test_resolver_timeout_is_bounded(dns_server: DnsTestServer) -> None:
     started = time.monotonic()
     with pytest.raises(DnsTempError):
         await resolver.txt("slow.example.com")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0  # 0.3s timeout; slack for a loaded machine
 
 
 async def test_sync_lookup_from_a_worker_thread(resolver: Resolver) -> None:

@@ -265,16 +265,29 @@ async def test_dkim_failures_are_told_apart(
         ),
         ("v=spf1 a:v1.example.com a:v2.example.com a:v3.example.com -all", "permerror"),
         ("no spf here", "none"),
+        ("v=spf1 mx -all", "pass"),
+        ("v=spf1 a:mx.example.com -all", "pass"),
+        ("v=spf1 redirect=relay.test", "pass"),
+        ("v=spf1 include:missing.example.com -all", "permerror"),
     ],
 )
 async def test_spf_records(
     world: DnsTestServer, resolver: Resolver, record: str, expected: str
 ) -> None:
     includes = {f"i{n}": {"TXT": "v=spf1 ?all"} for n in range(11)}
-    world.set_zone("example.com", {"@": {"TXT": record}, **includes})
+    world.set_zone(
+        "example.com",
+        {"@": {"TXT": record, "MX": "10 mx.example.com."}, "mx": {"A": GOOD_IP}, **includes},
+    )
     verdict = await check(resolver, message())
     assert verdict.spf.result == expected, verdict.spf
     assert f"spf={expected}".encode() in verdict.header
+
+
+async def test_spf_for_an_ipv6_client(world: DnsTestServer, resolver: Resolver) -> None:
+    world.set_zone("example.com", {"@": {"TXT": "v=spf1 ip6:2001:db8::/32 -all"}})
+    assert (await check(resolver, message(), ip="2001:db8::25")).spf.result == "pass"
+    assert (await check(resolver, message(), ip="2001:db9::25")).spf.result == "fail"
 
 
 async def test_null_sender_uses_helo_identity(world: DnsTestServer, resolver: Resolver) -> None:
