@@ -376,6 +376,28 @@ def test_states_are_data() -> None:
         assert cls.states <= c.ANY
 
 
+def test_fetch_helpers() -> None:
+    cmd = c.parse(b"t UID FETCH 1 (FLAGS BODY.PEEK[])")
+    assert isinstance(cmd, c.Fetch)
+    assert cmd.response_attributes == (Simple.UID, Simple.FLAGS, BodySection(Section(), peek=True))
+    assert not cmd.sets_seen
+    cmd = c.parse(b"t FETCH 1 (FLAGS BODY[TEXT])")
+    assert isinstance(cmd, c.Fetch)
+    assert cmd.response_attributes == cmd.attributes
+    assert cmd.sets_seen
+    for text, seen in [
+        (b"RFC822", True),
+        (b"RFC822.TEXT", True),
+        (b"RFC822.HEADER", False),
+        (b"BINARY[1]", True),
+        (b"BINARY.PEEK[1]", False),
+        (b"BODY[]", True),
+    ]:
+        cmd = c.parse(b"t FETCH 1 " + text)
+        assert isinstance(cmd, c.Fetch)
+        assert cmd.sets_seen is seen, text
+
+
 def test_fetch_attribute_cache_gives_same_result() -> None:
     line = b"t FETCH 1 (UID BODY.PEEK[HEADER.FIELDS (From)]) (CHANGEDSINCE 5)"
     assert c.parse(line) == c.parse(line)

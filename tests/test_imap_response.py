@@ -31,6 +31,8 @@ ENCODED = [
     ("plain str", b'"plain str"'),
     (b"plain bytes", b'"plain bytes"'),
     (R.Literal(b"abc"), b"{3}\r\nabc"),
+    (R.Literal(b"a\x00c"), b"{3}\r\na\x80c"),
+    (R.String(b"a\x00c"), b"{3}\r\na\x80c"),
     (R.Literal(b"a\x00c", binary=True), b"~{3}\r\na\x00c"),
     ((1, None, "x", (R.Atom("A"),)), b'(1 NIL "x" (A))'),
     (R.List(()), b"()"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, Final
 
-from pillarbox.imap.fetchatts import FetchAtt, parse_fetch_atts
+from pillarbox.imap.fetchatts import FetchAtt, Simple, parse_fetch_atts, sets_seen
 from pillarbox.imap.grammar import (
     _TAG_RE,
     MAX_NUMBER64,
@@ -578,6 +578,18 @@ class Fetch(Command):
     name: ClassVar[str] = "FETCH"
     states: ClassVar[frozenset[State]] = SELECTED
     uid_variant: ClassVar[bool] = True
+
+    @property
+    def response_attributes(self) -> tuple[FetchAtt, ...]:
+        """The items to send: UID FETCH always includes UID (RFC 3501 §6.4.8)."""
+        if self.uid and Simple.UID not in self.attributes:
+            return (Simple.UID, *self.attributes)
+        return self.attributes
+
+    @property
+    def sets_seen(self) -> bool:
+        """Does this FETCH set \\Seen (a non-PEEK body section, RFC822, RFC822.TEXT)?"""
+        return any(sets_seen(att) for att in self.attributes)
 
     @classmethod
     def parse(cls, r: Reader, tag: str, uid: bool = False) -> Command:

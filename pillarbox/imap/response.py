@@ -183,6 +183,10 @@ def _put_flag(out: Out, value: object, utf8: bool) -> None:
 
 def put_string(out: Out, value: bytes | str, utf8: bool) -> None:
     raw = value.encode("utf-8") if isinstance(value, str) else value
+    if b"\x00" in raw:
+        # A literal may not carry NUL (RFC 3501 §4.3); like Dovecot, send 0x80 instead.
+        # Clients that need the exact octets use BINARY, whose literal8 allows NUL.
+        raw = raw.replace(b"\x00", b"\x80")
     quotable = _QUOTABLE_UTF8 if utf8 else _QUOTABLE_ASCII
     if len(raw) <= MAX_QUOTED and quotable.match(raw):
         out += b'"'
@@ -228,8 +232,11 @@ def _put_plain_string(out: Out, value: object, utf8: bool) -> None:
 
 def _put_literal(out: Out, value: object, utf8: bool) -> None:
     assert isinstance(value, Literal)
-    out += literal_prefix(len(value.value), binary=value.binary)
-    out += value.value
+    raw = value.value
+    if not value.binary and b"\x00" in raw:
+        raw = raw.replace(b"\x00", b"\x80")  # see put_string
+    out += literal_prefix(len(raw), binary=value.binary)
+    out += raw
 
 
 def literal_prefix(size: int, *, binary: bool = False) -> bytes:
