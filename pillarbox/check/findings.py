@@ -79,9 +79,12 @@ def finding(
     *,
     subject: str = "",
     share: int = 1,
+    weight: float | None = None,
 ) -> Finding:
-    """A finding weighing ``WEIGHTS[check] / share`` (share: how many subjects split it)."""
-    return Finding(check, status, what, fix, subject, WEIGHTS[check] / max(share, 1))
+    """A finding weighing ``WEIGHTS[check] / share`` (share: how many subjects split it),
+    or ``weight`` when given."""
+    points = WEIGHTS[check] if weight is None else weight
+    return Finding(check, status, what, fix, subject, points / max(share, 1))
 
 
 @dataclass

@@ -27,6 +27,8 @@ EXPIRY_WARNING_DAYS = 14
 CHECK_HELO = "check.pillarbox.invalid"
 RELAY_FROM = "x@outside.example"
 RELAY_TO = "y@elsewhere.example"
+# A relay test that could not run costs little: the reachability finding says why.
+INCONCLUSIVE_WEIGHT = 1.0
 
 # listener -> (TLS style, greeting protocol)
 LISTENER_KINDS = {
@@ -200,6 +202,7 @@ async def probe_relay(ctx: CheckContext, target: Target) -> Finding:
                 "check the server log; a stranger's MAIL FROM should be accepted so that "
                 "other servers can deliver to you",
                 subject=str(target),
+                weight=INCONCLUSIVE_WEIGHT,
             )
         code, lines = await stream.smtp(f"RCPT TO:<{RELAY_TO}>")
         await stream.smtp("QUIT")
@@ -210,6 +213,7 @@ async def probe_relay(ctx: CheckContext, target: Target) -> Finding:
             f"relay test at {target} could not run: {describe_error(exc)}",
             "start the server (`pillarbox serve`) and run the check again",
             subject=str(target),
+            weight=INCONCLUSIVE_WEIGHT,
         )
     finally:
         if stream is not None:

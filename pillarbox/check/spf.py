@@ -60,7 +60,10 @@ class Term:
 
     def __str__(self) -> str:
         text = ("" if self.qualifier == "+" else self.qualifier) + self.mechanism
-        return text + (f":{self.argument}" if self.argument else "")
+        argument = self.argument
+        if self.mechanism in ("ip4", "ip6"):
+            argument = argument.removesuffix("/32" if self.mechanism == "ip4" else "/128")
+        return text + (f":{argument}" if argument else "")
 
 
 @dataclass(frozen=True)

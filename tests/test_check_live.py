@@ -1,0 +1,445 @@
+"""`pillarbox check` end to end: a real DNS server on loopback serving the zone that
+`dns records` prints (and broken variants of it), real TLS peers on loopback, and the real
+check code over real sockets.
+
+Until the SMTP and HTTPS listeners of Pillarbox itself exist, the server-side checks run
+against small peers defined here (an SMTP server with STARTTLS whose relay policy and name
+can be set, and an HTTPS server for the MTA-STS policy): the check only speaks the
+protocols, so it cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pillarbox.check.findings import Finding, Report, Status, render_json, render_text
+from pillarbox.check.runner import run_check
+from pillarbox.config import Settings
+from pillarbox.dns.records import Record, RecordSet, build_records, mta_sts_policy, zone_text
+from pillarbox.tls.certs import make_server_cert
+from pillarbox.tls.context import server_context
+from tests import pbserver
+from tests.dnsserver import DnsTestServer
+
+DOMAIN = pbserver.DOMAIN
+HOST = pbserver.HOSTNAME
+DNSBLS = ["zen.spamhaus.org", "bl.spamcop.net"]
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SmtpPeer:
+    """A minimal ESMTP server: greeting, EHLO, STARTTLS, MAIL, RCPT, RSET, QUIT."""
+
+    tls: ssl.SSLContext
+    name: str = HOST
+    local_domains: tuple[str, ...] = (DOMAIN,)
+    open_relay: bool = False
+    offer_starttls: bool = True
+    rcpts: list[str] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def reply(text: str) -> None:
+            writer.write(text.encode() + b"\r\n")
+            await writer.drain()
+
+        try:
+            await reply(f"220 {self.name} ESMTP test peer")
+            tls_active = False
+            while line := await asyncio.wait_for(reader.readline(), 5):
+                verb = line.decode().strip().split(" ", 1)[0].upper()
+                arg = line.decode().strip()[len(verb) :].strip()
+                if verb in ("EHLO", "HELO"):
+                    extensions = ["8BITMIME"]
+                    if self.offer_starttls and not tls_active:
+                        extensions.insert(0, "STARTTLS")
+                    lines = [self.name, *extensions]
+                    for text in lines[:-1]:
+                        writer.write(f"250-{text}\r\n".encode())
+                    await reply(f"250 {lines[-1]}")
+                elif verb == "STARTTLS" and self.offer_starttls:
+                    await reply("220 2.0.0 go ahead")
+                    await writer.start_tls(self.tls)
+                    tls_active = True
+                elif verb == "MAIL":
+                    await reply("250 2.1.0 ok")
+                elif verb == "RCPT":
+                    domain = arg.rstrip(">").rpartition("@")[2].lower()
+                    self.rcpts.append(arg)
+                    if self.open_relay or domain in self.local_domains:
+                        await reply("250 2.1.5 ok")
+                    else:
+                        await reply("554 5.7.1 relaying denied")
+                elif verb == "QUIT":
+                    await reply("221 2.0.0 bye")
+                    break
+                else:
+                    await reply("502 5.5.1 not here")
+        except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@dataclass
+class HttpsPeer:
+    """Serves one MTA-STS policy at /.well-known/mta-sts.txt over HTTPS."""
+
+    tls: ssl.SSLContext
+    policy: str
+    content_type: str = "text/plain"
+    server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0, ssl=self.tls)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            path = request.split(b" ")[1].decode()
+            if path == "/.well-known/mta-sts.txt":
+                body = self.policy.encode()
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: {self.content_type}\r\n"
+            else:
+                body, head = b"not found", "HTTP/1.1 404 Not Found\r\n"
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+# -- the world: settings, zone, peers -----------------------------------------------------------
+
+
+@dataclass
+class World:
+    settings: Settings
+    dns: DnsTestServer
+    smtp: SmtpPeer
+    https: HttpsPeer
+    records: RecordSet
+
+    def serve(
+        self,
+        *,
+        drop: Callable[[Record], bool] = lambda r: False,
+        extra: list[Record] | None = None,
+        ptr: str = HOST,
+    ) -> None:
+        """Serve the records `dns records` prints, minus ``drop``, plus ``extra``."""
+        kept = [r for r in self.records.records if r.where == "zone" and not drop(r)]
+        text = zone_text(RecordSet(HOST, kept + list(extra or [])))
+        self.dns.set_zone(DOMAIN, text)
+        self.dns.set_zone("127.in-addr.arpa", {"1.0.0": {"PTR": ptr + "."}})
+        for zone in DNSBLS:
+            self.dns.set_zone(zone, {"unrelated": {"A": "127.0.0.2"}})
+
+    async def check(self, **kwargs: Any) -> Report:
+        return await run_check(self.settings, **kwargs)
+
+
+def _cert_for(settings: Settings, directory: Path, days: int = 90) -> tuple[Path, Path]:
+    cert, key = directory / "peer-cert.pem", directory / "peer-key.pem"
+    make_server_cert(
+        cert,
+        key,
+        [HOST, f"mta-sts.{DOMAIN}"],
+        settings.tls_dir / "ca.pem",
+        settings.tls_dir / "ca-key.pem",
+        days=days,
+    )
+    return cert, key
+
+
+@contextlib.asynccontextmanager
+async def world(
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    *,
+    cert_days: int = 90,
+    smtp: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> AsyncIterator[World]:
+    base = pbserver.make_settings(tmp_path / "base")
+    cert, key = _cert_for(base, tmp_path, cert_days)
+    tls = server_context(cert, key)
+    smtp_peer = SmtpPeer(tls, **(smtp or {}))
+    https_peer = HttpsPeer(tls, "")
+    smtp_port, https_port = await smtp_peer.start(), await https_peer.start()
+    listen = {name: "" for name in ("submission", "submissions", "imap", "imaps", "http")}
+    listen.update(smtp=f"127.0.0.1:{smtp_port}", https=f"127.0.0.1:{https_port}")
+    config = {
+        "public_ip": "127.0.0.1",
+        "listen": listen,
+        "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
+        "check": {"dnsbls": DNSBLS, "timeout": 3.0},
+    }
+    settings = pbserver.make_settings(tmp_path / "data", pbserver.merge(config, overrides or {}))
+    https_peer.policy = mta_sts_policy(settings)
+    state = World(settings, dns_server, smtp_peer, https_peer, build_records(settings))
+    state.serve()
+    try:
+        yield state
+    finally:
+        await smtp_peer.stop()
+        await https_peer.stop()
+
+
+def problems(report: Report) -> list[Finding]:
+    return [f for f in report.findings if f.status is not Status.PASS]
+
+
+def only(report: Report, check: str, status: Status) -> Finding:
+    """The single non-PASS finding, which must be ``check`` with ``status``."""
+    found = problems(report)
+    assert len(found) == 1, render_text(report)
+    assert (found[0].check, found[0].status) == (check, status), render_text(report)
+    return found[0]
+
+
+# -- the correct deployment ---------------------------------------------------------------------
+
+
+async def test_correct_zone_scores_ten(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        report = await w.check()
+    assert problems(report) == [], render_text(report)
+    assert report.score == 10.0
+    checks = {f.check for f in report.findings}
+    assert checks == {
+        "host.address",
+        "host.ptr",
+        "dns.mx",
+        "dns.spf",
+        "dns.dkim",
+        "dns.dmarc",
+        "dns.mta-sts",
+        "dns.tls-rpt",
+        "server.reachable",
+        "server.tls",
+        "server.ehlo",
+        "server.starttls",
+        "server.relay",
+        "dnsbl",
+    }
+    text = render_text(report)
+    assert "Score: 10/10" in text
+    data = json.loads(render_json(report))
+    assert data["score"] == 10.0 and data["counts"]["FAIL"] == 0
+    assert len(data["findings"]) == len(report.findings)
+    # Both DKIM selectors (RSA and Ed25519) were compared with our keys.
+    assert sum(1 for f in report.findings if f.check == "dns.dkim") == 2
+    # The relay attempt really reached the peer and was refused there.
+    assert w.smtp.rcpts == ["TO:<y@elsewhere.example>"]
+
+
+# -- broken DNS -----------------------------------------------------------------------------------
+
+
+async def test_missing_mx(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        w.serve(drop=lambda r: r.type == "MX")
+        report = await w.check()
+    # SPF's "mx" term then matches nothing, but ip4:127.0.0.1 still authorises us.
+    item = only(report, "dns.mx", Status.FAIL)
+    assert "no MX record" in item.what
+    assert f"{DOMAIN}.\t3600\tIN\tMX\t10 {HOST}." in item.fix
+    assert report.score == 8.0
+
+
+async def test_spf_not_authorising_us(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        spf = Record(f"{DOMAIN}.", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+        w.serve(drop=lambda r: r.value.startswith("v=spf1") and r.name == f"{DOMAIN}.", extra=[spf])
+        report = await w.check()
+    item = only(report, "dns.spf", Status.FAIL)
+    assert "does not authorise 127.0.0.1: fail" in item.what
+    assert "ip4:127.0.0.1" in item.fix
+
+
+async def test_spf_with_eleven_lookups(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    # include:a (1) -> a has 5 a-mechanisms (5); include:b (1) -> b has 3 mx + exists (4).
+    spf = "v=spf1 ip4:127.0.0.1 include:a.spf.example.test include:b.spf.example.test -all"
+    extra = [
+        Record(f"{DOMAIN}.", "TXT", spf),
+        Record("a.spf.example.test.", "TXT", "v=spf1 " + " ".join(["a"] * 5) + " ~all"),
+        Record("b.spf.example.test.", "TXT", "v=spf1 mx mx mx exists:x.example.test ~all"),
+    ]
+    async with world(tmp_path, dns_server) as w:
+        w.serve(drop=lambda r: r.name == f"{DOMAIN}." and r.value.startswith("v=spf1"), extra=extra)
+        report = await w.check()
+    item = only(report, "dns.spf", Status.FAIL)
+    assert "needs 11 DNS lookups (limit 10" in item.what
+    assert "include:a.spf.example.test 6" in item.what
+    assert "include:b.spf.example.test 5" in item.what
+
+
+async def test_dkim_key_mismatch(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    p = base64.b64encode(
+        other.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode()
+    async with world(tmp_path, dns_server) as w:
+        rsa_record = next(r for r in w.records.records if "k=rsa" in r.value)
+        w.serve(
+            drop=lambda r: r is rsa_record,
+            extra=[dataclasses.replace(rsa_record, value=f"v=DKIM1; k=rsa; p={p}")],
+        )
+        report = await w.check()
+    item = only(report, "dns.dkim", Status.FAIL)
+    assert "not this server's key" in item.what
+    assert rsa_record.name.rstrip(".") in item.what
+    assert rsa_record.value[:40] in item.fix
+
+
+async def test_no_dmarc(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        w.serve(drop=lambda r: r.name.startswith("_dmarc."))
+        report = await w.check()
+    item = only(report, "dns.dmarc", Status.FAIL)
+    assert item.what == f"{DOMAIN} has no DMARC record"
+    assert "v=DMARC1; p=reject" in item.fix
+
+
+async def test_weak_dmarc_is_a_warning(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        w.serve(
+            drop=lambda r: r.name.startswith("_dmarc."),
+            extra=[Record(f"_dmarc.{DOMAIN}.", "TXT", "v=DMARC1; p=none")],
+        )
+        report = await w.check()
+    item = only(report, "dns.dmarc", Status.WARN)
+    assert "p=none" in item.what
+
+
+async def test_ptr_mismatch(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        w.serve(ptr="host-127-0-0-1.isp.example")
+        report = await w.check()
+    item = only(report, "host.ptr", Status.FAIL)
+    assert "reverse DNS of 127.0.0.1 is host-127-0-0-1.isp.example, not " + HOST in item.what
+    assert "hosting provider" in item.fix and HOST in item.fix
+
+
+async def test_dns_failure_is_not_a_missing_record(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    async with world(tmp_path, dns_server) as w:
+        dns_server.fail(f"_dmarc.{DOMAIN}", "servfail")
+        report = await w.check()
+    item = only(report, "dns.dmarc", Status.WARN)
+    assert "DNS lookup failed" in item.what and "no DMARC" not in item.what
+
+
+async def test_stale_mta_sts_id(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        # The served policy changed (mx added) but the record's id did not.
+        w.https.policy = w.https.policy.replace("mx:", "mx: backup.example.test\r\nmx:", 1)
+        report = await w.check()
+    item = only(report, "dns.mta-sts", Status.WARN)
+    assert "stale" in item.what
+
+
+# -- blocklists -----------------------------------------------------------------------------------
+
+
+async def test_dnsbl_listed(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        dns_server.set_zone(
+            "zen.spamhaus.org",
+            {"1.0.0.127": {"A": "127.0.0.2", "TXT": "https://check.spamhaus.org/sbl/123"}},
+        )
+        report = await w.check()
+    item = only(report, "dnsbl", Status.FAIL)
+    assert "127.0.0.1 is LISTED on zen.spamhaus.org: 127.0.0.2 = SBL" in item.what
+    assert "https://check.spamhaus.org/sbl/123" in item.what
+    assert report.score == 7.0
+
+
+async def test_dnsbl_refused_code_is_not_a_listing(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    async with world(tmp_path, dns_server) as w:
+        dns_server.set_zone("zen.spamhaus.org", {"1.0.0.127": {"A": "127.255.255.254"}})
+        report = await w.check()
+    item = only(report, "dnsbl", Status.WARN)
+    assert "refused" in item.what and "public or open resolver" in item.what
+    assert "LISTED" not in render_text(report)
+
+
+# -- the running server -------------------------------------------------------------------------
+
+
+async def test_certificate_expiring_in_three_days(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    async with world(tmp_path, dns_server, cert_days=3) as w:
+        report = await w.check()
+    found = [f for f in problems(report)]
+    assert {(f.check, f.status) for f in found} == {("server.tls", Status.FAIL)}, render_text(
+        report
+    )
+    assert all("expires in 3.0 days" in f.what for f in found)
+    assert "renew" in found[0].fix
+
+
+async def test_open_relay_is_caught(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server, smtp={"open_relay": True}) as w:
+        report = await w.check()
+    item = only(report, "server.relay", Status.FAIL)
+    assert "OPEN RELAY" in item.what
+    assert report.score == 0.0
+
+
+async def test_no_starttls_and_wrong_name(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    smtp = {"offer_starttls": False, "name": "localhost.localdomain"}
+    async with world(tmp_path, dns_server, smtp=smtp) as w:
+        report = await w.check()
+    found = {(f.check, f.status) for f in problems(report)}
+    assert found == {("server.starttls", Status.FAIL), ("server.ehlo", Status.FAIL)}, render_text(
+        report
+    )
+
+
+async def test_listener_down(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        await w.smtp.stop()
+        report = await w.check()
+    found = {(f.check, f.status) for f in problems(report)}
+    assert ("server.reachable", Status.FAIL) in found
+    assert any("connection refused" in f.what for f in problems(report))
