@@ -38,6 +38,14 @@ ENCODED = [
     (R.List(()), b"()"),
     (R.Flags(()), b"()"),
     (R.Flags(("\\Seen", "$Junk")), b"(\\Seen $Junk)"),
+    (
+        R.Multipart(
+            (("TEXT", "PLAIN", ("CHARSET", "UTF-8"), None, None, "7BIT", 3, 1), ("A", "B")),
+            ("MIXED", ("BOUNDARY", "x")),
+        ),
+        b'(("TEXT" "PLAIN" ("CHARSET" "UTF-8") NIL NIL "7BIT" 3 1)("A" "B") "MIXED" '
+        b'("BOUNDARY" "x"))',
+    ),
     (R.Mailbox("INBOX"), b'"INBOX"'),
     (R.Mailbox("\u00e9t\u00e9"), b'"&AOk-t&AOk-"'),
     (R.Mailbox("a&b"), b'"a&-b"'),
@@ -80,6 +88,7 @@ def test_utf8_mode() -> None:
         R.Number(True),
         R.Seq(SequenceSet((), saved=True)),
         R.Code("bad code"),
+        R.Multipart((), ("MIXED",)),
     ],
 )
 def test_invalid_tokens_are_refused(token: object) -> None:

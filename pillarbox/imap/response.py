@@ -108,6 +108,15 @@ class List:
 
 
 @dataclass(frozen=True, slots=True)
+class Multipart:
+    """A multipart BODY/BODYSTRUCTURE: ``(`` the parts with no space between them, then
+    ``SP subtype [SP extension ...]`` ``)`` (RFC 3501 §9 body-type-mpart)."""
+
+    parts: tuple[object, ...]
+    rest: tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Mailbox:
     """A mailbox name: modified UTF-7 (UTF-8 for UTF8=ACCEPT clients), sent as a string."""
 
@@ -268,6 +277,19 @@ def _put_list(out: Out, value: object, utf8: bool) -> None:
     out += b")"
 
 
+def _put_multipart(out: Out, value: object, utf8: bool) -> None:
+    assert isinstance(value, Multipart)
+    if not value.parts or not value.rest:
+        raise ValueError("a multipart body needs parts and a subtype")
+    out += b"("
+    for part in value.parts:
+        _put(out, part, utf8)
+    for item in value.rest:
+        out += b" "
+        _put(out, item, utf8)
+    out += b")"
+
+
 def _put_mailbox(out: Out, value: object, utf8: bool) -> None:
     assert isinstance(value, Mailbox)
     put_string(out, value.name.encode("utf-8") if utf8 else utf7.encode(value.name), utf8)
@@ -334,6 +356,7 @@ _ENCODERS: Final[dict[type, Callable[[Out, object, bool], None]]] = {
     tuple: _put_list,
     list: _put_list,
     Mailbox: _put_mailbox,
+    Multipart: _put_multipart,
     DateTime: _put_datetime,
     Seq: _put_seq,
     FetchName: _put_fetch_name,
@@ -532,6 +555,7 @@ __all__ = [
     "List",
     "Literal",
     "Mailbox",
+    "Multipart",
     "Nil",
     "Number",
     "Seq",
