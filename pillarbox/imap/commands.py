@@ -17,14 +17,12 @@ from enum import Enum
 from typing import ClassVar, Final
 
 from pillarbox.imap.fetchatts import FetchAtt, Simple, parse_fetch_atts, sets_seen
-from pillarbox.imap.grammar import (
-    _TAG_RE,
-    MAX_NUMBER64,
-    LiteralSpec,
-    ParseError,
-    Reader,
-    SequenceSet,
-)
+from pillarbox.imap.grammar import _TAG_RE, MAX_NUMBER64, Reader, SequenceSet
+from pillarbox.imap.grammar import CommandAssembler as CommandAssembler  # re-exported
+from pillarbox.imap.grammar import Limits as Limits
+from pillarbox.imap.grammar import LiteralSpec as LiteralSpec
+from pillarbox.imap.grammar import LiteralTooBig as LiteralTooBig
+from pillarbox.imap.grammar import ParseError as ParseError
 from pillarbox.imap.searchkeys import (
     SearchKey,
     parse_return_options,
@@ -821,54 +819,3 @@ def _parse_uid(r: Reader, tag: str) -> Command:
     parse_uid = getattr(cls, "parse_uid")  # noqa: B009 - only uid_variant classes define it
     result: Command = parse_uid(r, tag)
     return result
-
-
-__all__ = [
-    "ANY",
-    "AUTHENTICATED",
-    "LIST_RETURN_OPTIONS",
-    "LIST_SELECTION_OPTIONS",
-    "NOT_AUTHENTICATED",
-    "REGISTRY",
-    "SELECTED",
-    "STATUS_ITEMS",
-    "Append",
-    "AppendMessage",
-    "Authenticate",
-    "Capability",
-    "Check",
-    "Close",
-    "Command",
-    "Copy",
-    "Create",
-    "Delete",
-    "Enable",
-    "Examine",
-    "Expunge",
-    "Fetch",
-    "Id",
-    "Idle",
-    "InvalidCommand",
-    "List",
-    "LiteralSpec",
-    "Login",
-    "Logout",
-    "Lsub",
-    "Move",
-    "Namespace",
-    "Noop",
-    "ParseError",
-    "Rename",
-    "Search",
-    "Select",
-    "StartTLS",
-    "State",
-    "Status",
-    "Store",
-    "StoreMode",
-    "Subscribe",
-    "Unselect",
-    "Unsubscribe",
-    "parse",
-    "parse_tag",
-]
