@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import json
 import os
 import string
@@ -94,20 +95,29 @@ class DkimKey:
 
     def dkimpy_private_key(self) -> bytes:
         """The private key in the form dkimpy's sign() takes: PEM for RSA, base64 of the raw
-        32-octet seed for Ed25519."""
-        key = self.load_private_key()
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            raw = key.private_bytes(
-                serialization.Encoding.Raw,
-                serialization.PrivateFormat.Raw,
-                serialization.NoEncryption(),
-            )
-            return base64.b64encode(raw)
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
+        32-octet seed for Ed25519. Cached per file version: loading an RSA key runs
+        OpenSSL's consistency checks (~15 ms), which would dominate signing."""
+        stat = self.private_key_path.stat()
+        return _dkimpy_key(self.private_key_path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _dkimpy_key(path: Path, mtime_ns: int, size: int) -> bytes:
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
         )
+        return base64.b64encode(raw)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise DkimKeyError(f"{path}: not an RSA or Ed25519 key")
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
 
 
 # -- public API ----------------------------------------------------------------------------
