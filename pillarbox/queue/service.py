@@ -107,6 +107,7 @@ class OutboundQueue:
         self.resolver = Resolver.from_settings(self.settings.dns)
         self.remote = self._make_remote(self.settings)
         self.runner = self._make_runner(self.settings)
+        self._report_lock = asyncio.Lock()
 
     # -- component ------------------------------------------------------------------------
 
@@ -328,7 +329,14 @@ class OutboundQueue:
                 await self._report(queue_id)
 
     async def _report(self, queue_id: str) -> None:
-        """Send the DSNs pending for a message, then retire it if nothing is left to do."""
+        """Send the DSNs pending for a message, then retire it if nothing is left to do.
+
+        Serialised: two jobs of one message (two domains) finishing together must not both
+        send the same pending report."""
+        async with self._report_lock:
+            await self._report_unlocked(queue_id)
+
+    async def _report_unlocked(self, queue_id: str) -> None:
         message = await self._db(lambda s: s.message(queue_id))
         if message is None:
             return

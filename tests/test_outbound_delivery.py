@@ -1,0 +1,320 @@
+"""Outbound delivery end to end: the real server's queue, a real DNS server, real SMTP peers
+on other loopback addresses (127.0.0.2, 127.0.0.3, ::1, ...)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pillarbox.queue.api import OutboundRecipient
+from tests import pbserver
+from tests.dnsserver import DnsTestServer
+from tests.queuehelpers import (
+    MESSAGE,
+    delivery_status,
+    enqueue,
+    inbox,
+    queue_entry,
+    queue_settings,
+    server_cert,
+    wait_for,
+)
+from tests.smtppeer import SmtpPeer, free_port_on
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port_on("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+
+
+@pytest.fixture
+def peers(port: int) -> Iterator[dict[str, SmtpPeer]]:
+    made: dict[str, SmtpPeer] = {}
+    yield made
+    for peer in made.values():
+        peer.close()
+
+
+def remote_zone(dns: DnsTestServer, mx: list[str], hosts: dict[str, str]) -> None:
+    zone: dict[str, dict[str, str | list[str]]] = {"@": {"MX": mx}}
+    for name, ip in hosts.items():
+        zone[name] = {"AAAA" if ":" in ip else "A": ip}
+    dns.set_zone("remote.test", zone)
+
+
+def test_mx_preference_fallback_one_transaction_and_dkim(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    # mx1 (preference 10) refuses connections: nothing listens on 127.0.0.2:port.
+    peers["mx2"] = SmtpPeer("127.0.0.3", port, name="mx2.remote.test")
+    peers["mx3"] = SmtpPeer("127.0.0.4", port, name="mx3.remote.test")
+    remote_zone(
+        dns_server,
+        ["10 mx1.remote.test.", "20 mx2.remote.test.", "30 mx3.remote.test."],
+        {"mx1": "127.0.0.2", "mx2": "127.0.0.3", "mx3": "127.0.0.4"},
+    )
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        qid = enqueue(running, ["bob@remote.test", "carol@remote.test"])
+        wait_for(lambda: peers["mx2"].messages, what="delivery to mx2")
+        wait_for(lambda: queue_entry(running, qid) is None, what="message retired")
+    (msg,) = peers["mx2"].messages
+    assert sorted(msg.recipients) == ["bob@remote.test", "carol@remote.test"]
+    assert msg.sender == "alice@example.test"
+    assert msg.helo == "mail.example.test"
+    assert msg.data.startswith(b"DKIM-Signature:")
+    assert b"\r\n.a line starting with a dot\r\n" in msg.data
+    assert msg.data.endswith(MESSAGE)
+    assert peers["mx3"].messages == []
+
+
+def test_dkim_signature_verifies(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    import dkim
+
+    from pillarbox.mailauth.keys import active_keys
+
+    peers["mx"] = SmtpPeer("127.0.0.2", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    keys = {
+        f"{k.selector}._domainkey.example.test.": k
+        for k in active_keys(settings.keys_dir, "example.test")
+    }
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test"])
+        (msg,) = wait_for(lambda: peers["mx"].messages, what="delivery")
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return keys[name.decode()].txt_value().encode()
+
+    assert msg.data.count(b"DKIM-Signature:") == len(keys) == 2
+    assert dkim.verify(msg.data, dnsfunc=dnsfunc)
+
+
+def test_temporary_failure_then_success(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    tries: list[str] = []
+
+    def rcpt(addr: str) -> str | None:
+        tries.append(addr)
+        return "451 4.3.0 try again later" if len(tries) == 1 else None
+
+    peer.rcpt_reply = rcpt
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        qid = enqueue(running, ["bob@remote.test"])
+        entry = wait_for(
+            lambda: (e := queue_entry(running, qid)) and e["attempts"] and e, what="attempt"
+        )
+        wait_for(lambda: peer.messages, timeout=10, what="delivery on retry")
+        wait_for(lambda: queue_entry(running, qid) is None, what="message retired")
+    assert len(tries) == 2
+    assert entry["recipients"][0]["attempts"] >= 1
+    assert inbox(settings) == []  # no bounce, no delay warning
+
+
+def test_permanent_failure_bounces_to_local_inbox(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port, name="mx.remote.test")
+    peer.rcpt_reply = lambda a: (
+        "550 5.1.1 <nobody@remote.test>: no such user" if "nobody" in a else None
+    )
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        qid = enqueue(running, ["nobody@remote.test", "bob@remote.test"], envid="ENV123")
+        (dsn,) = wait_for(lambda: inbox(settings), what="bounce in INBOX")
+        wait_for(lambda: queue_entry(running, qid) is None, what="message retired")
+    assert [m.recipients for m in peer.messages] == [["bob@remote.test"]]
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    assert dsn["To"] == "<alice@example.test>"
+    assert dsn["Auto-Submitted"] == "auto-replied"
+    (block,) = delivery_status(dsn)
+    assert block["Final-Recipient"] == "rfc822; nobody@remote.test"
+    assert block["Action"] == "failed"
+    assert block["Status"] == "5.1.1"
+    assert block["Remote-MTA"] == "dns; mx.remote.test"
+    assert block["Diagnostic-Code"] == "smtp; 550 5.1.1 <nobody@remote.test>: no such user"
+    returned = [p for p in dsn.walk() if p.get_content_type() == "message/rfc822"]
+    assert returned and "Subject: hello" in returned[0].as_string()
+
+
+def test_expiry_bounces_with_last_reply(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    peer.rcpt_reply = lambda a: "451 4.7.1 greylisted, come back later"
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(
+        tmp_path, dns_server.address, port, {"delivery": {"queue_lifetime": 3}}
+    )
+    with pbserver.RunningServer(settings) as running:
+        started = time.monotonic()
+        qid = enqueue(running, ["bob@remote.test"])
+        (dsn,) = wait_for(lambda: inbox(settings), timeout=15, what="expiry bounce")
+        wait_for(lambda: queue_entry(running, qid) is None, what="message retired")
+    assert time.monotonic() - started >= 3
+    (block,) = delivery_status(dsn)
+    assert block["Action"] == "failed"
+    assert block["Status"] == "4.4.7"
+    assert block["Diagnostic-Code"] == "smtp; 451 4.7.1 greylisted, come back later"
+    assert peer.messages == []
+
+
+def test_null_mx_bounces_immediately(tmp_path: Path, dns_server: DnsTestServer, port: int) -> None:
+    dns_server.set_zone("remote.test", {"@": {"MX": ["0 ."]}})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test"])
+        (dsn,) = wait_for(lambda: inbox(settings), what="null MX bounce")
+    (block,) = delivery_status(dsn)
+    assert block["Status"] == "5.1.10"
+    assert "Diagnostic-Code" not in block
+    assert "null MX" in dsn.as_string()
+
+
+def test_notify_never_and_null_sender_get_no_bounce(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    peer.rcpt_reply = lambda a: "550 5.1.1 no such user"
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        q1 = enqueue(running, [OutboundRecipient("a@remote.test", notify=frozenset({"NEVER"}))])
+        q2 = enqueue(running, ["b@remote.test"], sender="")
+        wait_for(lambda: queue_entry(running, q1) is None and queue_entry(running, q2) is None)
+    time.sleep(0.3)
+    assert inbox(settings) == []
+
+
+def test_dsn_parameters_passed_on_and_relayed_report(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    with_dsn = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    with_dsn.extensions.add("DSN")
+    without = peers["other"] = SmtpPeer("127.0.0.3", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    dns_server.set_zone(
+        "other.test", {"@": {"MX": ["10 mx.other.test."]}, "mx": {"A": "127.0.0.3"}}
+    )
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    notify = frozenset({"SUCCESS", "FAILURE"})
+    with pbserver.RunningServer(settings) as running:
+        enqueue(
+            running,
+            [
+                OutboundRecipient("bob@remote.test", notify, "rfc822;bob+2Bx@remote.test"),
+                OutboundRecipient("dan@other.test", notify),
+            ],
+            envid="ENV1",
+            ret="HDRS",
+        )
+        (report,) = wait_for(lambda: inbox(settings), what="relayed report")
+    (msg,) = with_dsn.messages
+    assert msg.mail_params[-2:] == ["RET=HDRS", "ENVID=ENV1"]
+    assert msg.rcpt_params["bob@remote.test"] == [
+        "NOTIFY=SUCCESS,FAILURE",
+        "ORCPT=rfc822;bob+2Bx@remote.test",
+    ]
+    assert without.messages[0].rcpt_params["dan@other.test"] == []
+    (block,) = delivery_status(report)
+    assert block["Action"] == "relayed"
+    assert block["Final-Recipient"] == "rfc822; dan@other.test"
+
+
+def test_starttls_used_when_offered(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    # A certificate for another name: "may" encrypts without verifying (RFC 7435).
+    peer.starttls = server_cert(settings, tmp_path, "unrelated.example")
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test"])
+        (msg,) = wait_for(lambda: peer.messages, what="delivery")
+    assert msg.tls
+
+
+def test_tls_encrypt_without_starttls_is_deferred(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port, {"delivery": {"tls": "encrypt"}})
+    with pbserver.RunningServer(settings) as running:
+        qid = enqueue(running, ["bob@remote.test"])
+        entry = wait_for(
+            lambda: (e := queue_entry(running, qid)) and e["recipients"][0]["last_reply"] and e,
+            what="deferral",
+        )
+        assert entry["recipients"][0]["state"] == "queued"
+        assert entry["recipients"][0]["last_reply"].startswith("4.7.4")
+        # Now the peer offers STARTTLS: the retry goes through, encrypted.
+        peer.starttls = server_cert(settings, tmp_path, "mx.remote.test")
+        (msg,) = wait_for(lambda: peer.messages, what="delivery after STARTTLS appears")
+    assert msg.tls
+    assert not any(line.startswith("MAIL") for line in peer.log[: peer.log.index("STARTTLS")])
+
+
+def test_slow_destination_does_not_starve_others(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    slow = peers["slow"] = SmtpPeer("127.0.0.2", port)
+    slow.hold_data = threading.Event()
+    fast = peers["fast"] = SmtpPeer("127.0.0.3", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    dns_server.set_zone("fast.test", {"@": {"MX": ["10 mx.fast.test."]}, "mx": {"A": "127.0.0.3"}})
+    settings = queue_settings(
+        tmp_path,
+        dns_server.address,
+        port,
+        {"delivery": {"max_concurrency": 3, "max_concurrency_per_destination": 2}},
+    )
+    try:
+        with pbserver.RunningServer(settings) as running:
+            for i in range(4):
+                enqueue(running, [f"user{i}@remote.test"])
+            wait_for(lambda: slow.data_started.is_set(), what="slow delivery started")
+            enqueue(running, ["x@fast.test"])
+            wait_for(lambda: fast.messages, what="fast destination served")
+            assert slow.messages == []
+            slow.hold_data.set()
+            wait_for(lambda: len(slow.messages) == 4, what="slow destination drained")
+    finally:
+        slow.hold_data.set()
+    # Two workers for the slow destination, each reusing its connection.
+    assert slow.connections == 2
+
+
+def test_connection_reused_for_several_messages(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    peer.hold_data = threading.Event()
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(
+        tmp_path, dns_server.address, port, {"delivery": {"max_concurrency_per_destination": 1}}
+    )
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["a@remote.test"])
+        wait_for(lambda: peer.data_started.is_set(), what="first delivery started")
+        enqueue(running, ["b@remote.test"])
+        enqueue(running, ["c@remote.test"])
+        time.sleep(1.2)  # a scan has queued the jobs behind the running one
+        peer.hold_data.set()
+        wait_for(lambda: len(peer.messages) == 3, what="three deliveries")
+    assert peer.connections == 1
+    assert peer.log.count("RSET") >= 2
