@@ -230,7 +230,7 @@ def build_records(
     result = RecordSet(settings.hostname, [])
     result.records.extend(_host_records(settings, addresses, result.notes))
     for domain in settings.domains:
-        result.records.extend(_domain_records(settings, domain, addresses, policy))
+        result.records.extend(_domain_records(settings, domain, addresses, policy, result.notes))
         for key in published_keys(settings.keys_dir, domain):
             note = "signs new mail" if key.state == "active" else "retiring: keep until rotated"
             result.records.append(
@@ -277,7 +277,7 @@ def _host_records(settings: Settings, addresses: PublicAddresses, notes: list[st
 
 
 def _domain_records(
-    settings: Settings, domain: str, addresses: PublicAddresses, policy: str
+    settings: Settings, domain: str, addresses: PublicAddresses, policy: str, notes: list[str]
 ) -> list[Record]:
     zone = fqdn(domain)
     host = fqdn(settings.hostname)
@@ -324,7 +324,7 @@ def _domain_records(
             )
         )
     if settings.tls.acme:
-        records.extend(_caa(settings, domain, []))
+        records.extend(_caa(settings, domain, notes))
     return records
 
 
@@ -344,8 +344,16 @@ def _caa(settings: Settings, name: str, notes: list[str]) -> list[Record]:
 
 def txt_strings(value: str) -> list[str]:
     """Split a TXT value into <=255-byte character-strings (RFC 1035 §3.3.14)."""
-    data = value.encode()
-    return [data[i : i + 255].decode() for i in range(0, len(data), 255)] or [""]
+    chunks: list[str] = []
+    current, size = "", 0
+    for char in value:  # never split inside a multi-byte UTF-8 character
+        width = len(char.encode())
+        if size + width > 255:
+            chunks.append(current)
+            current, size = "", 0
+        current += char
+        size += width
+    return [*chunks, current] if current or not chunks else chunks
 
 
 def _quoted(chunk: str) -> str:
