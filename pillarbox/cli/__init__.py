@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pillarbox import __version__
-from pillarbox.cli import accounts, cert, check, dkim, dns, init, serve, verify
+from pillarbox.cli import accounts, cert, check, dkim, dns, init, queue, serve, verify
 from pillarbox.cli.common import CliError, Command
 from pillarbox.config import ConfigError
 
@@ -24,6 +24,7 @@ COMMANDS: list[Command] = [
     *dns.COMMANDS,
     *check.COMMANDS,
     *cert.COMMANDS,
+    *queue.COMMANDS,
 ]
 
 
