@@ -126,7 +126,7 @@ class DnsTestServer:
     def set_zone(self, origin: str, data: ZoneData) -> None:
         zone = parse_zone(origin, data)
         with self._lock:
-            self._zones[zone.origin] = zone
+            self._zones[_origin(zone)] = zone
 
     def remove_zone(self, origin: str) -> None:
         with self._lock:
@@ -276,11 +276,13 @@ class DnsTestServer:
             zones = dict(self._zones)
         best = None
         for origin, zone in zones.items():
-            if qname.is_subdomain(origin) and (best is None or len(origin) > len(best.origin)):
+            if qname.is_subdomain(origin) and (best is None or len(origin) > len(_origin(best))):
                 best = zone
         return best
 
-    def _fill(self, response: dns.message.Message, qname: dns.name.Name, rdtype: int) -> None:
+    def _fill(
+        self, response: dns.message.Message, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+    ) -> None:
         zone = self._zone_for(qname)
         if zone is None:
             response.set_rcode(dns.rcode.REFUSED)
@@ -299,7 +301,7 @@ class DnsTestServer:
                 if cname is not None:
                     response.answer.append(_rrset(name, cname))
                     name = next(iter(cname)).target
-                    if not name.is_subdomain(zone.origin):
+                    if not name.is_subdomain(_origin(zone)):
                         return  # the client resolves out-of-zone targets itself
                     continue
             rdataset = node.get_rdataset(dns.rdataclass.IN, rdtype)
@@ -317,19 +319,20 @@ class DnsTestServer:
             return dns.node.Node()  # an empty non-terminal exists (NODATA, not NXDOMAIN)
         # RFC 4592 §3.3.1: the wildcard at the closest encloser answers for a missing name.
         parent = name
-        while len(parent) > len(zone.origin):
+        while len(parent) > len(_origin(zone)):
             parent = parent.parent()
             if _exists(zone, parent):
                 return zone.get_node(dns.name.Name(("*", *parent.labels)))
         return None
 
     def _soa(self, zone: dns.zone.Zone) -> dns.rrset.RRset:
-        soa = zone.get_rdataset(zone.origin, dns.rdatatype.SOA)
+        origin = _origin(zone)
+        soa = zone.get_rdataset(origin, dns.rdatatype.SOA)
         if soa is not None:
-            return _rrset(zone.origin, soa)
-        origin = zone.origin.to_text()
+            return _rrset(origin, soa)
+        text = origin.to_text()
         return dns.rrset.from_text(
-            zone.origin, 0, "IN", "SOA", f"ns.{origin} hostmaster.{origin} 1 3600 600 86400 0"
+            origin, 0, "IN", "SOA", f"ns.{text} hostmaster.{text} 1 3600 600 86400 0"
         )
 
 
@@ -341,7 +344,12 @@ def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RR
 
 def _exists(zone: dns.zone.Zone, name: dns.name.Name) -> bool:
     """A node at ``name`` or below it (then ``name`` is an empty non-terminal)."""
-    return name == zone.origin or any(owner.is_subdomain(name) for owner in zone.nodes)
+    return name == _origin(zone) or any(owner.is_subdomain(name) for owner in zone.nodes)
+
+
+def _origin(zone: dns.zone.Zone) -> dns.name.Name:
+    assert zone.origin is not None  # every zone here is parsed with an origin
+    return zone.origin
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes:

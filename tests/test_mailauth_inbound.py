@@ -66,9 +66,16 @@ def resolver(dns_server: DnsTestServer) -> Resolver:
     return Resolver([("127.0.0.1", dns_server.port)], timeout=0.5)
 
 
-async def check(resolver: Resolver, data: bytes, **kw: str) -> AuthVerdict:
+async def check(resolver: Resolver, data: bytes | Path, **kw: str) -> AuthVerdict:
     args = {"ip": GOOD_IP, "helo": "relay.test", "mail_from": "alice@example.com"} | kw
-    return await authenticate(data, resolver=resolver, authserv_id=AUTHSERV, **args)
+    return await authenticate(
+        data,
+        ip=args["ip"],
+        helo=args["helo"],
+        mail_from=args["mail_from"],
+        resolver=resolver,
+        authserv_id=AUTHSERV,
+    )
 
 
 def parse_ar(header: bytes) -> authres.AuthenticationResultsHeader:
@@ -76,7 +83,9 @@ def parse_ar(header: bytes) -> authres.AuthenticationResultsHeader:
     return authres.AuthenticationResultsHeader.parse(header.decode().replace("\r\n", ""))
 
 
-async def test_well_authenticated_message(world: DnsTestServer, resolver: Resolver, keys) -> None:
+async def test_well_authenticated_message(
+    world: DnsTestServer, resolver: Resolver, keys: dict[str, list[DkimKey]]
+) -> None:
     data = message()
     signed = sign(data, "example.com", keys["example.com"]) + data
     verdict = await check(resolver, signed)
@@ -104,7 +113,7 @@ async def test_message_read_from_a_path(
 ) -> None:
     path = tmp_path / "msg.eml"
     path.write_bytes(message())
-    verdict = await check(resolver, path)  # type: ignore[arg-type]
+    verdict = await check(resolver, path)
     assert verdict.spf.result == "pass"
     assert verdict.dkim == ()
 
@@ -177,7 +186,9 @@ async def test_relaxed_and_strict_alignment_and_subdomain_policy(
     assert (verdict.dmarc.policy, verdict.disposition) == ("quarantine", "quarantine")
 
 
-async def test_pct_samples_downgrade_reject(world: DnsTestServer, resolver: Resolver, keys) -> None:
+async def test_pct_samples_downgrade_reject(
+    world: DnsTestServer, resolver: Resolver, keys: dict[str, list[DkimKey]]
+) -> None:
     world.set_zone(
         "example.com",
         zone(keys["example.com"], f"v=spf1 ip4:{GOOD_IP} -all", "v=DMARC1; p=reject; pct=10"),
@@ -202,7 +213,7 @@ async def test_no_dmarc_record_means_none(world: DnsTestServer, resolver: Resolv
     ["v=DMARC1; p=bogus", "p=reject; v=DMARC1", "v=spf1 -all"],
 )
 async def test_broken_dmarc_records_apply_no_policy(
-    world: DnsTestServer, resolver: Resolver, keys, record: str
+    world: DnsTestServer, resolver: Resolver, keys: dict[str, list[DkimKey]], record: str
 ) -> None:
     world.set_zone("example.com", zone(keys["example.com"], "v=spf1 -all", record))
     verdict = await check(resolver, message(), ip=BAD_IP)
