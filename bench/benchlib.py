@@ -251,7 +251,12 @@ class Pillarbox:
     """A real ``pillarbox serve`` from a data dir made by ``init --dev`` (free ports)."""
 
     def __init__(
-        self, data_dir: Path, *, fresh: bool = True, extra: dict[str, dict[str, str]] | None = None
+        self,
+        data_dir: Path,
+        *,
+        fresh: bool = True,
+        extra: dict[str, dict[str, str]] | None = None,
+        users: tuple[str, ...] = (USER,),
     ):
         self.data_dir = data_dir
         self.ports = {name: free_port() for name in ("smtp", "imap", "submission")}
@@ -286,17 +291,27 @@ class Pillarbox:
             for key, value in values.items():
                 text = _set_toml_key(text, table, key, value)
         config_path.write_text(text)
-        users = pillarbox_cli("user", "list", data_dir=data_dir)
-        if USER not in users:
-            pillarbox_cli(
-                "user", "add", USER, "--password-stdin", data_dir=data_dir, stdin=PASSWORD + "\n"
-            )
+        present = pillarbox_cli("user", "list", data_dir=data_dir)
+        for user in users:
+            if user not in present:
+                pillarbox_cli(
+                    "user",
+                    "add",
+                    user,
+                    "--password-stdin",
+                    data_dir=data_dir,
+                    stdin=PASSWORD + "\n",
+                )
         self.log_path = data_dir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def maildir(self) -> Path:
-        return self.data_dir / "mail" / DOMAIN / "bench"
+        return self.user_maildir("bench")
+
+    def user_maildir(self, local: str) -> Path:
+        """Maildir++ root of a user (INBOX at the root), as pillarbox.store.maildir lays it."""
+        return self.data_dir / "mail" / DOMAIN / local
 
     def start(self, wait_for: str = "smtp", timeout: float = 60.0) -> None:
         log = self.log_path.open("ab")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import random
 import sys
 import time
@@ -87,9 +88,7 @@ def make_message(index: int, size: int, rng: random.Random) -> bytes:
     """An RFC 5322 message of about ``size`` bytes, CRLF, dot-stuffed, ending in CRLF.CRLF."""
     sender = f"{rng.choice(WORDS)}.{rng.choice(WORDS)}@{benchlib.SENDER_DOMAIN}"
     subject = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
-    date = format_datetime(
-        __import__("datetime").datetime.fromtimestamp(1_700_000_000 + index * 37).astimezone()
-    )
+    date = format_datetime(datetime.datetime.fromtimestamp(1_700_000_000 + index * 37).astimezone())
     headers = [
         f"From: {rng.choice(WORDS).title()} <{sender}>",
         f"To: Bench <{benchlib.USER}>",

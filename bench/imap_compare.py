@@ -1,0 +1,517 @@
+"""IMAP side by side: Pillarbox next to Dovecot on the same 50,000-message Maildir.
+
+1. A Maildir of ``--count`` messages (4 KB, varied headers: ~300 senders, subjects from a
+   word list, a rare subject word "xyz", Received/List-Id/Cc on some, 70% \\Seen, some
+   \\Flagged, the newest 500 still in new/) is generated once and cached under
+   $BENCH_ROOT/bench-mailbox-COUNT.
+2. It is copied, as a user migrating from another server would, into Dovecot's home for
+   bench@bench.test (no Dovecot index files: Dovecot builds them) and into a fresh Pillarbox
+   data dir (``init --dev``, ``user add``) before ``pillarbox serve`` starts, so Pillarbox
+   must discover the Maildir and build its own index.
+3. Timed (client wall clock, command written -> tagged OK read):
+   - first open: server start (Pillarbox) and the first SELECT, then the first UID FETCH and
+     SEARCHes (index and cache building);
+   - warm: on fresh logged-in connections, median of ``--samples``: SELECT INBOX,
+     ``UID FETCH 1:* (FLAGS)``, ``UID SEARCH HEADER Subject xyz``, ``UID SEARCH FROM "..."``;
+   - idle connections: memory (PSS and RSS summed over the server's processes) before and
+     after ``--idle`` logged-in connections, then after each also SELECTs INBOX and IDLEs;
+     reported per connection;
+   - mixed load (stand-in for imaptest, which Debian 12 does not package): ``--clients``
+     sessions on a 1,000-message mailbox (user mixed@bench.test) for ``--seconds``, each
+     looping over FETCH of flags/envelopes, body FETCH, STORE, SEARCH, APPEND,
+     STORE \\Deleted + EXPUNGE and NOOP; ops/s and server CPU per op.
+4. Responses are checked for agreement (EXISTS, FETCH count, SEARCH hits) between servers.
+
+If Pillarbox advertises LOGINDISABLED on its plain port (STARTTLS required), both servers
+are driven over STARTTLS (Dovecot then keeps an imap-login TLS proxy process per
+connection, which its idle figure includes); ``--tls yes|no`` forces it.
+
+Prerequisite: ``bench/setup_peers.sh`` (Dovecot on 127.0.0.1:12143).
+
+    .venv/bin/python bench/imap_compare.py
+    .venv/bin/python bench/imap_compare.py --targets dovecot --count 5000 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchlib
+from imapclient_async import ImapClient, ImapError, client_tls_context, open_session
+
+FIRST = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
+LAST = ["Smith", "Jones", "Brown", "Taylor", "Wilson", "Evans", "Thomas", "Roberts", "Walker"]
+ORGS = ["example.org", "corp.test", "lists.test", "shop.test", "bank.test", "news.test"]
+WORDS = [
+    "invoice",
+    "meeting",
+    "report",
+    "quarterly",
+    "budget",
+    "lunch",
+    "schedule",
+    "project",
+    "deadline",
+    "review",
+    "draft",
+    "release",
+    "notes",
+    "build",
+    "failure",
+    "success",
+    "weekly",
+    "summary",
+    "holiday",
+    "travel",
+    "booking",
+    "receipt",
+    "order",
+    "shipment",
+    "delayed",
+    "confirmed",
+    "question",
+    "answer",
+    "update",
+    "reminder",
+    "agenda",
+    "minutes",
+    "proposal",
+]
+SEARCH_SUBJECT = "xyz"
+SEARCH_FROM = "heidi.walker"
+MIXED_USER = f"mixed@{benchlib.DOMAIN}"
+VMAIL = "benchmail"
+
+
+# -- the mailbox ---------------------------------------------------------------------------------
+
+
+def make_message(index: int, rng: random.Random, size: int = 4096) -> bytes:
+    first, last, org = rng.choice(FIRST), rng.choice(LAST), rng.choice(ORGS)
+    sender = f"{first.lower()}.{last.lower()}@{org}"
+    words = [rng.choice(WORDS) for _ in range(rng.randint(2, 7))]
+    if rng.random() < 0.002:
+        words.insert(rng.randint(0, len(words)), SEARCH_SUBJECT)
+    prefix = rng.choice(["", "", "", "Re: ", "Fwd: ", "[list] "])
+    when = datetime.datetime.fromtimestamp(1_600_000_000 + index * 613)
+    headers = []
+    for hop in range(rng.randint(1, 3)):
+        headers.append(
+            f"Received: from mx{hop}.{org} (mx{hop}.{org} [192.0.2.{hop + 1}])\r\n"
+            f"\tby mail.{benchlib.DOMAIN} with ESMTPS id {rng.getrandbits(40):010x}\r\n"
+            f"\tfor <{benchlib.USER}>; {format_datetime(when.astimezone())}"
+        )
+    headers += [
+        f'From: "{first} {last}" <{sender}>',
+        f"To: Bench <{benchlib.USER}>",
+        f"Subject: {prefix}{' '.join(words)}",
+        f"Date: {format_datetime(when.astimezone())}",
+        f"Message-ID: <{index}.{rng.getrandbits(40):x}@{org}>",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+    ]
+    if rng.random() < 0.3:
+        headers.append(f"Cc: {rng.choice(FIRST).lower()}@{rng.choice(ORGS)}")
+    if org == "lists.test":
+        headers.append(f"List-Id: <{rng.choice(WORDS)}.lists.test>")
+    text = "\r\n".join(headers) + "\r\n\r\n"
+    lines = []
+    length = len(text)
+    while length < size:
+        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 12)))
+        lines.append(line)
+        length += len(line) + 2
+    return (text + "\r\n".join(lines) + "\r\n").encode()[:size].rsplit(b"\r\n", 1)[0] + b"\r\n"
+
+
+def build_source(count: int, seed: int = 7) -> Path:
+    """The cached source Maildir of ``count`` messages (generated on first use)."""
+    root = benchlib.BENCH_ROOT / f"bench-mailbox-{count}"
+    stamp = root / ".complete"
+    if stamp.exists():
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    rng = random.Random(seed)
+    print(f"generating {count} messages in {root}", file=sys.stderr)
+    for index in range(count):
+        data = make_message(index, rng)
+        base = f"{1_600_000_000 + index * 613}.M{index}P1.migrated,S={len(data)}"
+        if index >= count - 500:
+            path = root / "new" / base
+        else:
+            flags = ("F" if rng.random() < 0.03 else "") + ("S" if rng.random() < 0.7 else "")
+            path = root / "cur" / f"{base}:2,{flags}"
+        path.write_bytes(data)
+    stamp.touch()
+    return root
+
+
+def copy_maildir(source: Path, dest: Path, owner: str | None) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(source), str(dest)], check=True)
+    (dest / ".complete").unlink(missing_ok=True)
+    if owner:
+        subprocess.run(["chown", "-R", f"{owner}:{owner}", str(dest.parent)], check=True)
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    pids: Callable[[], list[int]]
+    start_seconds: float | None = None  # Pillarbox: serve start -> greeting
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+async def timed(coro: Awaitable[bytes]) -> tuple[float, bytes]:
+    start = time.perf_counter()
+    data = await coro
+    return time.perf_counter() - start, data
+
+
+def exists_of(data: bytes) -> int:
+    match = re.search(rb"^\* (\d+) EXISTS", data, re.M)
+    return int(match.group(1)) if match else -1
+
+
+def search_hits(data: bytes) -> int:
+    match = re.search(rb"^\* SEARCH([^\r]*)", data, re.M)
+    return len(match.group(1).split()) if match else -1
+
+
+OPS = {
+    "select": "SELECT INBOX",
+    "fetch_flags": "UID FETCH 1:* (FLAGS)",
+    "search_subject": f"UID SEARCH HEADER Subject {SEARCH_SUBJECT}",
+    "search_from": f'UID SEARCH FROM "{SEARCH_FROM}"',
+}
+
+
+async def run_ops(client: ImapClient) -> dict[str, tuple[float, int]]:
+    """Time each of OPS on one logged-in connection; (seconds, count check) per op."""
+    out: dict[str, tuple[float, int]] = {}
+    for name, command in OPS.items():
+        seconds, data = await timed(client.command(command))
+        if name == "select":
+            check = exists_of(data)
+        elif name == "fetch_flags":
+            check = data.count(b" FETCH (")
+        else:
+            check = search_hits(data)
+        out[name] = (seconds, check)
+    return out
+
+
+async def first_and_warm(target: Target, args: argparse.Namespace, tls: Any) -> None:
+    client = await open_session(target.port, benchlib.USER, benchlib.PASSWORD, tls=tls)
+    target.results["first"] = await run_ops(client)
+    await client.logout()
+    samples: list[dict[str, tuple[float, int]]] = []
+    for _ in range(args.samples):
+        client = await open_session(target.port, benchlib.USER, benchlib.PASSWORD, tls=tls)
+        samples.append(await run_ops(client))
+        await client.logout()
+    target.results["warm"] = {
+        name: (statistics.median(s[name][0] for s in samples), samples[-1][name][1]) for name in OPS
+    }
+
+
+async def idle_memory(target: Target, args: argparse.Namespace, tls: Any) -> None:
+    # One connection first, so lazily started helpers (Dovecot's auth, config) are running.
+    warm = await open_session(target.port, MIXED_USER, benchlib.PASSWORD, tls=tls)
+    await warm.command("SELECT INBOX")
+    await warm.logout()
+    await asyncio.sleep(1)
+    base = benchlib.tree_memory(target.pids())
+    clients: list[ImapClient] = []
+    semaphore = asyncio.Semaphore(10)
+
+    async def one() -> ImapClient:
+        async with semaphore:
+            return await open_session(target.port, MIXED_USER, benchlib.PASSWORD, tls=tls)
+
+    clients = list(await asyncio.gather(*(one() for _ in range(args.idle))))
+    await asyncio.sleep(2)
+    logged_in = benchlib.tree_memory(target.pids())
+    tags = []
+    for client in clients:
+        await client.command("SELECT INBOX")
+        tag = b"I%06d" % client.counter
+        client.writer.write(tag + b" IDLE\r\n")
+        line = await asyncio.wait_for(client.reader.readline(), 30)
+        if not line.startswith(b"+"):
+            raise ImapError(f"IDLE refused: {line!r}")
+        tags.append(tag)
+    await asyncio.sleep(2)
+    idling = benchlib.tree_memory(target.pids())
+    for client in clients:
+        client.writer.write(b"DONE\r\n")
+        client.close()
+    n = args.idle
+    target.results["idle"] = {
+        "base": base,
+        "auth_pss": (logged_in.pss - base.pss) / n,
+        "auth_rss": (logged_in.rss - base.rss) / n,
+        "idle_pss": (idling.pss - base.pss) / n,
+        "idle_rss": (idling.rss - base.rss) / n,
+        "processes": idling.processes - base.processes,
+    }
+
+
+# -- mixed load (imaptest stand-in) ------------------------------------------------------------
+
+
+MIXED_WEIGHTS = {
+    "fetch_env": 30,
+    "fetch_body": 20,
+    "store": 15,
+    "search": 10,
+    "append": 10,
+    "expunge": 10,
+    "noop": 5,
+}
+
+
+async def mixed_client(
+    port: int, tls: Any, stop_at: float, rng: random.Random, counts: dict[str, int]
+) -> None:
+    client = await open_session(port, MIXED_USER, benchlib.PASSWORD, tls=tls)
+    await client.command("SELECT INBOX")
+    data = await client.command("UID SEARCH ALL")
+    match = re.search(rb"^\* SEARCH([^\r]*)", data, re.M)
+    uids = [int(u) for u in match.group(1).split()] if match else [1]
+    ops, weights = list(MIXED_WEIGHTS), list(MIXED_WEIGHTS.values())
+    while time.perf_counter() < stop_at:
+        op = rng.choices(ops, weights)[0]
+        uid = rng.choice(uids)
+        if op == "fetch_env":
+            low = rng.choice(uids)
+            await client.command(f"UID FETCH {low}:{low + 10} (UID FLAGS RFC822.SIZE ENVELOPE)")
+        elif op == "fetch_body":
+            await client.command(f"UID FETCH {uid} (BODY.PEEK[])")
+        elif op == "store":
+            sign = rng.choice("+-")
+            await client.command(f"UID STORE {uid} {sign}FLAGS (\\Seen \\Flagged)")
+        elif op == "search":
+            await client.command(rng.choice(["UID SEARCH UNSEEN", 'UID SEARCH FROM "grace"']))
+        elif op == "append":
+            reply = await client.append("INBOX", make_message(rng.randint(0, 100_000), rng, 4096))
+            new = re.search(rb"APPENDUID \d+ (\d+)", reply)
+            if new:
+                uids.append(int(new.group(1)))
+        elif op == "expunge":
+            await client.command(f"UID STORE {uid} +FLAGS (\\Deleted)")
+            await client.command("EXPUNGE")
+            counts["total"] += 1  # two commands
+        else:
+            await client.command("NOOP")
+        counts["total"] += 1
+    await client.logout()
+
+
+async def mixed_load(target: Target, args: argparse.Namespace, tls: Any) -> None:
+    counts = {"total": 0}
+    pids = target.pids()
+    cpu0 = benchlib.tree_cpu_seconds(pids)
+    client0 = sum(os.times()[:2])
+    start = time.perf_counter()
+    stop_at = start + args.seconds
+    await asyncio.gather(
+        *(
+            mixed_client(target.port, tls, stop_at, random.Random(i), counts)
+            for i in range(args.clients)
+        )
+    )
+    elapsed = time.perf_counter() - start
+    ops = counts["total"]
+    target.results["mixed"] = {
+        "ops": ops,
+        "rate": ops / elapsed,
+        "cpu_ms": (benchlib.tree_cpu_seconds(pids) - cpu0) * 1000 / max(ops, 1),
+        "client_ms": (sum(os.times()[:2]) - client0) * 1000 / max(ops, 1),
+    }
+
+
+# -- orchestration -----------------------------------------------------------------------------
+
+
+def mixed_source(args: argparse.Namespace) -> Path:
+    return build_source(args.mixed_count, seed=11)
+
+
+def prepare_dovecot(args: argparse.Namespace, source: Path) -> Target:
+    peers = benchlib.Peers()
+    master = peers.dovecot_master_pid()
+    home = peers.dovecot_dir / "home" / benchlib.DOMAIN
+    # Dovecot caches nothing about a removed mailbox in its long-lived processes, but make
+    # sure no imap process of a previous run still has the old one open.
+    subprocess.run(
+        ["doveadm", "-c", str(peers.dovecot_dir / "dovecot.conf"), "kick", "*"],
+        capture_output=True,
+        check=False,
+    )
+    copy_maildir(source, home / "bench" / "Maildir", VMAIL)
+    copy_maildir(mixed_source(args), home / "mixed" / "Maildir", VMAIL)
+    return Target("dovecot", peers.dovecot_port, lambda: [master])
+
+
+def prepare_pillarbox(args: argparse.Namespace, source: Path) -> tuple[Target, benchlib.Pillarbox]:
+    pb = benchlib.Pillarbox(
+        benchlib.BENCH_ROOT / "bench-pillarbox" / "imap-data", users=(benchlib.USER, MIXED_USER)
+    )
+    copy_maildir(source, pb.user_maildir("bench"), None)
+    copy_maildir(mixed_source(args), pb.user_maildir("mixed"), None)
+    start = time.perf_counter()
+    pb.start("imap", timeout=600)
+    pid = pb.pid
+    return Target("pillarbox", pb.ports["imap"], lambda: [pid], time.perf_counter() - start), pb
+
+
+async def needs_tls(port: int) -> bool:
+    client = await ImapClient.connect(port)
+    caps = await client.capability()
+    await client.logout()
+    return b"LOGINDISABLED" in caps
+
+
+def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
+    print(f"{target.name}: first open and warm timings", file=sys.stderr)
+    asyncio.run(first_and_warm(target, args, tls))
+    print(f"{target.name}: {args.idle} idle connections", file=sys.stderr)
+    asyncio.run(idle_memory(target, args, tls))
+    if args.seconds > 0:
+        print(
+            f"{target.name}: mixed load, {args.clients} clients, {args.seconds}s", file=sys.stderr
+        )
+        asyncio.run(mixed_load(target, args, tls))
+
+
+def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> str:
+    by_name = {t.name: t for t in targets}
+    lines = [
+        f"IMAP, {args.count}-message Maildir (4 KB messages), "
+        f"{'STARTTLS' if tls_used else 'plaintext'} connections, warm = median of {args.samples}",
+        f"machine: {benchlib.machine_summary()}",
+        "",
+    ]
+    names = [t.name for t in targets]
+    rows = []
+    for phase in ("first", "warm"):
+        for op in OPS:
+            row: list[object] = [f"{phase} {op} (s)"]
+            row += [by_name[n].results[phase][op][0] for n in names if phase in by_name[n].results]
+            if len(names) == 2:
+                a, b = (by_name[n].results.get(phase, {}).get(op, (None,))[0] for n in names)
+                row.append(benchlib.ratio(b, a))  # time ratio pillarbox/dovecot: < 1 is faster
+            rows.append(row)
+    for t in targets:
+        if t.start_seconds is not None:
+            rows.append([f"{t.name} serve start to greeting (s)"] + [""] * len(names))
+            rows[-1][1 + names.index(t.name)] = t.start_seconds
+    idle_rows = [
+        ("idle logged-in, PSS KB/conn", "auth_pss"),
+        ("idle logged-in, RSS KB/conn", "auth_rss"),
+        ("SELECT+IDLE, PSS KB/conn", "idle_pss"),
+        ("SELECT+IDLE, RSS KB/conn", "idle_rss"),
+    ]
+    for label, key in idle_rows:
+        values = [by_name[n].results["idle"][key] / 1024 for n in names]
+        row = [label, *values]
+        if len(names) == 2:
+            row.append(benchlib.ratio(values[1], values[0]))
+        rows.append(row)
+    mixed = [by_name[n].results.get("mixed") for n in names]
+    if all(mixed):
+        rows.append(["mixed ops/s", *[m["rate"] for m in mixed if m]])
+        rows.append(["mixed server CPU ms/op", *[m["cpu_ms"] for m in mixed if m]])
+        rows.append(["mixed client CPU ms/op", *[m["client_ms"] for m in mixed if m]])
+        if len(names) == 2 and mixed[0] and mixed[1]:
+            rows[-3].append(benchlib.ratio(mixed[1]["rate"], mixed[0]["rate"]))
+            rows[-2].append(benchlib.ratio(mixed[1]["cpu_ms"], mixed[0]["cpu_ms"]))
+            rows[-1].append("")
+    headers = ["measure", *names] + (["pillarbox/dovecot"] if len(names) == 2 else [])
+    rows = [r + [""] * (len(headers) - len(r)) for r in rows]
+    lines.append(benchlib.table(headers, rows))
+    checks = []
+    for phase in ("first", "warm"):
+        for op in OPS:
+            seen = {
+                n: by_name[n].results[phase][op][1] for n in names if phase in by_name[n].results
+            }
+            if len(set(seen.values())) > 1:
+                checks.append(f"DISAGREE {phase} {op}: {seen}")
+    lines.append("")
+    lines.append(
+        "result checks: "
+        + ("; ".join(checks) if checks else "EXISTS, FETCH count and SEARCH hits agree")
+        + f" ({ {n: by_name[n].results['warm']['search_subject'][1] for n in names} } subject hits)"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--targets", nargs="+", default=["dovecot", "pillarbox"], choices=["dovecot", "pillarbox"]
+    )
+    parser.add_argument("--count", type=int, default=50_000)
+    parser.add_argument("--mixed-count", type=int, default=1_000)
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--idle", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=20.0, help="mixed load; 0 skips it")
+    parser.add_argument("--tls", choices=["auto", "yes", "no"], default="auto")
+    args = parser.parse_args()
+
+    source = build_source(args.count)
+    targets: list[Target] = []
+    pillarbox: benchlib.Pillarbox | None = None
+    try:
+        if "dovecot" in args.targets:
+            targets.append(prepare_dovecot(args, source))
+        if "pillarbox" in args.targets:
+            if benchlib.has_component("imap"):
+                target, pillarbox = prepare_pillarbox(args, source)
+                targets.append(target)
+            else:
+                print("pillarbox: no imap component wired in app.py yet; skipped", file=sys.stderr)
+        use_tls = args.tls == "yes"
+        if args.tls == "auto" and pillarbox is not None:
+            use_tls = asyncio.run(needs_tls(pillarbox.ports["imap"]))
+        tls = client_tls_context() if use_tls else None
+        for target in targets:
+            run_target(target, args, tls)
+    finally:
+        if pillarbox is not None:
+            pillarbox.close()
+    print(report(targets, args, use_tls))
+
+
+if __name__ == "__main__":
+    main()
