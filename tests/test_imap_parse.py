@@ -491,3 +491,23 @@ def test_hot_commands_parse_in_microseconds() -> None:
             c.parse(line)
     per_command = (time.perf_counter() - start) / (rounds * len(lines))
     assert per_command < 100e-6
+
+
+@pytest.mark.parametrize(
+    ("text", "saved"),
+    [
+        (b"ALL", False),
+        (b"$", True),
+        (b"UID $", True),
+        (b"NOT $", True),
+        (b"OR SEEN (UNSEEN UID $)", True),
+        (b"OR SEEN 1:3", False),
+    ],
+)
+def test_search_uses_saved(text: bytes, saved: bool) -> None:
+    from pillarbox.imap.searchkeys import uses_saved
+
+    cmd = c.parse(b"s UID SEARCH RETURN (SAVE) " + text)
+    assert isinstance(cmd, c.Search) and cmd.key is not None
+    assert cmd.return_options == frozenset({"SAVE"})
+    assert uses_saved(cmd.key) is saved
