@@ -137,5 +137,9 @@ def test_dkim_rotate_and_list(deployment: Path, dns_server: DnsTestServer, tmp_p
     run = pillarbox("--config", str(deployment), "verify", str(path), "--format", "json")
     assert [d["result"] for d in json.loads(run.stdout)["dkim"]] == ["pass", "pass"]
     assert {d["selector"] for d in json.loads(run.stdout)["dkim"]} == after
+    staged = pillarbox("--config", str(deployment), "dkim", "rotate", "example.com", "--stage")
+    assert staged.returncode == 0, staged.stderr
+    assert "not signing yet" in staged.stdout and "; pending" in staged.stdout
+    assert {k.selector for k in active_keys(keys_dir, "example.com")} == after
     unknown = pillarbox("--config", str(deployment), "dkim", "rotate", "other.example")
     assert unknown.returncode == 1 and "not one of this server's domains" in unknown.stderr

@@ -86,3 +86,20 @@ def test_bad_input_is_reported(tmp_path: Path) -> None:
     (tmp_path / "example.com" / "selectors.json").write_text("{not json")
     with pytest.raises(DkimKeyError, match=r"selectors\.json"):
         active_keys(tmp_path, "example.com")
+
+
+def test_staged_rotation_publishes_before_signing(tmp_path: Path) -> None:
+    first = ensure_domain_keys(tmp_path, "example.com")
+    staged = rotate(tmp_path, "example.com", stage=True)
+    assert [k.state for k in staged] == ["pending", "pending"]
+    assert rotate(tmp_path, "example.com", stage=True) == staged  # idempotent
+    assert active_keys(tmp_path, "example.com") == first  # still signing with the old pair
+    assert {k.selector for k in published_keys(tmp_path, "example.com")} == {
+        k.selector for k in first + staged
+    }
+    switched = rotate(tmp_path, "example.com")
+    assert [k.selector for k in switched] == [k.selector for k in staged]
+    assert active_keys(tmp_path, "example.com") == switched
+    states = {k.selector: k.state for k in all_keys(tmp_path, "example.com")}
+    assert {states[k.selector] for k in first} == {"retiring"}
+    assert len(states) == 4  # no extra pair was made by the switch

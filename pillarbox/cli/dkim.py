@@ -26,19 +26,26 @@ def run_rotate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     domain = _domain(settings.domains, args.domain)
     try:
-        new = rotate(settings.keys_dir, domain)
+        new = rotate(settings.keys_dir, domain, stage=args.stage)
         published = published_keys(settings.keys_dir, domain)
     except DkimKeyError as exc:
         raise CliError(str(exc)) from None
-    print(f"new signing selectors for {domain}: {', '.join(k.selector for k in new)}")
-    retiring = [k for k in published if k.state == "retiring"]
-    if retiring:
-        print(
-            "retiring (still published so mail in flight verifies; removed at the next "
-            f"rotation): {', '.join(k.selector for k in retiring)}"
-        )
-    print("\nPublish these records now; until they are visible in DNS, the new signatures")
-    print("cannot be verified. The server signs with the new keys from its next message.\n")
+    selectors = ", ".join(k.selector for k in new)
+    if args.stage:
+        print(f"staged selectors for {domain}: {selectors} (published, not signing yet)")
+        print("\nPublish these records, wait for DNS to serve them (and their TTL to pass),")
+        print(f"then run `pillarbox dkim rotate {domain}` to start signing with them.\n")
+    else:
+        print(f"new signing selectors for {domain}: {selectors}")
+        retiring = [k for k in published if k.state == "retiring"]
+        if retiring:
+            print(
+                "retiring (still published so mail in flight verifies; removed at the next "
+                f"rotation): {', '.join(k.selector for k in retiring)}"
+            )
+        print("\nPublish these records; signatures with a selector that DNS does not serve yet")
+        print("cannot be verified (use --stage to publish first). The server signs with the")
+        print("new keys from its next message.\n")
     for key in published:
         print(f'{key.dns_name}. IN TXT "{key.txt_value()}"  ; {key.state}')
     return 0
@@ -63,6 +70,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def _rotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("domain", metavar="DOMAIN", help="one of the configured domains")
+    parser.add_argument(
+        "--stage",
+        action="store_true",
+        help="only create and publish the new pair; the next rotate makes it sign",
+    )
 
 
 def _list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,8 +88,9 @@ COMMANDS = [
         run_rotate,
         _rotate_arguments,
         description="Make a new RSA 2048 + Ed25519 selector pair the signing keys for "
-        "DOMAIN. The previous pair stays published (retiring) until the next rotation; "
-        "the pair before it is unpublished and its private keys deleted.",
+        "DOMAIN (or, with --stage, publish it first and switch at the next rotate). The "
+        "previous pair stays published (retiring) until the next rotation; the pair before "
+        "it is unpublished and its private keys deleted.",
     ),
     Command(
         ("dkim", "list"),

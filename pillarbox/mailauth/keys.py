@@ -12,7 +12,9 @@ always has an *active* pair. ``rotate`` makes a new active pair and moves the ol
 *retiring*: retiring keys no longer sign but stay published in DNS so mail already in flight
 still verifies (RFC 6376 §3.6.1 leaves key lifetimes to the signer). The next rotation
 retires them for good: their state becomes *retired*, they leave ``published_keys`` and
-their private key file is deleted.
+their private key file is deleted. ``rotate(..., stage=True)`` first makes a *pending* pair,
+published but not signing, so the new records can be in DNS before the switch; the next
+plain ``rotate`` then activates it instead of making another.
 
 Selectors are dated (``pb`` + YYYYMMDD, a letter if that day already has one, then ``r`` or
 ``e`` for the algorithm) so two rotations never collide and an operator can read a key's
@@ -22,8 +24,8 @@ API (all synchronous and cheap: small files; callers on the event loop use to_th
 
 - ``ensure_domain_keys(keys_dir, domain) -> list[DkimKey]``  create the active pair if none
 - ``active_keys(keys_dir, domain) -> list[DkimKey]``         the keys that sign (RSA first)
-- ``published_keys(keys_dir, domain) -> list[DkimKey]``      active + retiring, for DNS
-- ``rotate(keys_dir, domain) -> list[DkimKey]``              new active pair; returns it
+- ``published_keys(keys_dir, domain) -> list[DkimKey]``      pending + active + retiring
+- ``rotate(keys_dir, domain, stage=False) -> list[DkimKey]`` switch (or stage) a new pair
 - ``DkimKey.dns_name``, ``DkimKey.txt_value()``               what to publish
 """
 
@@ -45,7 +47,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from pillarbox.core.address import AddressError, normalize_domain
 
 Algorithm = Literal["rsa", "ed25519"]
-State = Literal["active", "retiring", "retired"]
+State = Literal["pending", "active", "retiring", "retired"]
+STATES: tuple[State, ...] = ("pending", "active", "retiring", "retired")
 
 RSA_BITS = 2048
 STATE_FILE = "selectors.json"
@@ -137,22 +140,35 @@ def active_keys(keys_dir: Path, domain: str) -> list[DkimKey]:
 
 
 def published_keys(keys_dir: Path, domain: str) -> list[DkimKey]:
-    """Keys whose public half belongs in DNS: active and retiring."""
-    return [k for k in _load(keys_dir, _domain(domain)) if k.state in ("active", "retiring")]
+    """Keys whose public half belongs in DNS: pending, active and retiring."""
+    return [k for k in _load(keys_dir, _domain(domain)) if k.state != "retired"]
 
 
 def all_keys(keys_dir: Path, domain: str) -> list[DkimKey]:
     return _load(keys_dir, _domain(domain))
 
 
-def rotate(keys_dir: Path, domain: str) -> list[DkimKey]:
-    """Create a new active pair; the old active pair retires (still published), any older
-    retiring pair is retired (unpublished, private key deleted). Returns the new pair."""
+def rotate(keys_dir: Path, domain: str, *, stage: bool = False) -> list[DkimKey]:
+    """Change the signing keys; returns the pair that is new in its state.
+
+    Without ``stage``: the pending pair if there is one (else a freshly made pair) becomes
+    active; the old active pair retires (still published); an older retiring pair is
+    retired (unpublished, private key deleted).
+
+    With ``stage``: make a *pending* pair that is published but does not sign yet, so its
+    records can reach DNS before the switch (run ``rotate`` again to switch). Idempotent:
+    an existing pending pair is returned as is.
+    """
     name = _domain(domain)
     old = _load(keys_dir, name)
+    pending = [k for k in old if k.state == "pending"]
+    if stage:
+        return pending or _create_pair(keys_dir, name, "pending")
     updated: list[DkimKey] = []
     for key in old:
-        if key.state == "active":
+        if key.state == "pending":
+            updated.append(_with_state(key, "active"))
+        elif key.state == "active":
             updated.append(_with_state(key, "retiring"))
         elif key.state == "retiring":
             key.private_key_path.unlink(missing_ok=True)
@@ -160,7 +176,9 @@ def rotate(keys_dir: Path, domain: str) -> list[DkimKey]:
         else:
             updated.append(key)
     _save(keys_dir, name, updated)
-    return _create_pair(keys_dir, name)
+    if pending:
+        return [_with_state(k, "active") for k in pending]
+    return _create_pair(keys_dir, name, "active")
 
 
 # -- storage -------------------------------------------------------------------------------
@@ -193,7 +211,7 @@ def _load(keys_dir: Path, domain: str) -> list[DkimKey]:
     try:
         for entry in data["keys"]:
             algorithm, state = entry["algorithm"], entry["state"]
-            if algorithm not in ALGORITHM_SUFFIX or state not in ("active", "retiring", "retired"):
+            if algorithm not in ALGORITHM_SUFFIX or state not in STATES:
                 raise ValueError(f"bad entry {entry!r}")
             selector = str(entry["selector"])
             keys.append(
@@ -202,7 +220,7 @@ def _load(keys_dir: Path, domain: str) -> list[DkimKey]:
     except (KeyError, TypeError, ValueError) as exc:
         raise DkimKeyError(f"{path}: malformed DKIM key state: {exc}") from None
     # RSA first within each state: it is the signature Gmail and Outlook check.
-    return sorted(keys, key=lambda k: (k.state != "active", k.algorithm != "rsa"))
+    return sorted(keys, key=lambda k: (STATES.index(k.state), k.algorithm != "rsa"))
 
 
 def _save(keys_dir: Path, domain: str, keys: list[DkimKey]) -> None:
@@ -215,7 +233,7 @@ def _save(keys_dir: Path, domain: str, keys: list[DkimKey]) -> None:
     os.replace(tmp, directory / STATE_FILE)  # atomic: readers see the old or the new file
 
 
-def _create_pair(keys_dir: Path, domain: str) -> list[DkimKey]:
+def _create_pair(keys_dir: Path, domain: str, state: State = "active") -> list[DkimKey]:
     directory = _domain_dir(keys_dir, domain)
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.mkdir(mode=0o700, exist_ok=True)
@@ -227,7 +245,7 @@ def _create_pair(keys_dir: Path, domain: str) -> list[DkimKey]:
         selector = base + ALGORITHM_SUFFIX[algorithm]
         path = directory / f"{selector}.pem"
         _write_private_key(path, _generate(algorithm))
-        new.append(DkimKey(domain, selector, algorithm, path, "active"))
+        new.append(DkimKey(domain, selector, algorithm, path, state))
     _save(keys_dir, domain, existing + new)
     return new
 
