@@ -9,6 +9,7 @@ lower-case letters ``a``-``z``, indexes into the folder's ``dovecot-keywords`` f
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Final
 
@@ -36,6 +37,9 @@ FLAG_TEXT: Final = tuple(
 )
 
 KEYWORDS_FILE: Final = "dovecot-keywords"
+# A keyword is an IMAP atom (RFC 3501 §9 flag-keyword); anything else in a foreign file is
+# skipped so it can never reach the wire.
+_KEYWORD_RE: Final = re.compile(r'[^(){ %*"\\\]\x00-\x20\x7f-\uffff]+\Z')
 MAX_FILE_KEYWORDS: Final = 26
 
 
@@ -102,10 +106,11 @@ def read_keywords(folder: Path) -> list[str]:
         if not index_text.isdigit() or not keyword:
             continue
         index = int(index_text)
-        if index < MAX_FILE_KEYWORDS:
+        keyword = keyword.strip()
+        if index < MAX_FILE_KEYWORDS and _KEYWORD_RE.match(keyword):
             while len(names) <= index:
                 names.append("")
-            names[index] = keyword.strip()
+            names[index] = keyword
     return names
 
 

@@ -35,7 +35,7 @@ from typing import Any, Final
 from pillarbox import mime
 from pillarbox.store import db, uidlist
 from pillarbox.store import flags as fl
-from pillarbox.store.maildir import ensure_maildir, fsync_dir, unique_name
+from pillarbox.store.maildir import deliver, ensure_maildir, fsync_dir, unique_name
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 
 INDEX_FILE: Final = "pillarbox-index.sqlite"
@@ -898,32 +898,22 @@ class UserIndex:
             box = self.mailbox(name)
         except MailboxError:
             raise MailboxError("TRYCREATE", f"no mailbox {name}") from None
+        box = self.sync(box)  # index anything else first, so UIDs stay in arrival order
         mask, keywords = fl.split_flags(flags)
         names = self.keyword_names(box)
         fl.ensure_keywords(box.path, names, keywords)
         info = fl.make_info("", mask, keywords, names)
-        fname = self._write_file(box, data, info, internal_date)
-        uid = self._add_one(box, fname)
-        return box.uidvalidity, uid
-
-    def _write_file(self, box: Mailbox, data: bytes, info: str, when: float | None) -> str:
-        from pillarbox.store.maildir import deliver
-
-        path = deliver(box.path, [data], subdir="cur", info=f":2,{info}")
-        if when is not None:
-            os.utime(path, (when, when))
-        return path.name
-
-    def _add_one(self, box: Mailbox, fname: str) -> int:
         cur = box.path / "cur"
         before = os.stat(cur).st_mtime_ns
-        box = self.sync(box)  # pick up anything else first, so UIDs stay in order
-        added = self._add_files(box, [fname], rebuild=False)
-        if before == box.cur_mtime or box.cur_mtime == 0:
+        path = deliver(box.path, [data], subdir="cur", info=f":2,{info}")
+        if internal_date is not None:
+            os.utime(path, (internal_date, internal_date))
+        added = self._add_files(box, [path.name], rebuild=False)
+        if before == box.cur_mtime:
             self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
         if not added:
             raise MailboxError("", "message vanished while being stored")
-        return added[0]
+        return box.uidvalidity, added[0]
 
     def copy(
         self, src_name: str, ranges: list[tuple[int, int]], dst_name: str, *, move: bool

@@ -209,3 +209,35 @@ class MailStore:
             handle.refs = 1
             await self.release(handle)
         self.executor.shutdown(wait=False)
+
+
+class StoreComponent:
+    """The mail store as an app component: no listeners, provides two services.
+
+    ``ctx.services["mail_store"]`` is the :class:`MailStore` (IMAP's backend) and
+    ``ctx.services["mailbox_events"]`` the object with ``notify_new_mail(user, mailbox)``
+    that SMTP delivery calls after writing into a Maildir.
+    """
+
+    name = "store"
+
+    def __init__(self, ctx: Any):
+        self.store = MailStore(ctx.settings.mail_dir)
+        ctx.services["mail_store"] = self.store
+        ctx.services["mailbox_events"] = self.store
+
+    def listeners(self) -> list[Any]:
+        return []
+
+    async def start(self) -> None:
+        self.store.hub.bind_loop(asyncio.get_running_loop())
+
+    async def stop(self) -> None:
+        await self.store.close()
+
+    async def reload(self, ctx: Any) -> None:
+        return None
+
+
+def make_store(ctx: Any) -> StoreComponent:
+    return StoreComponent(ctx)

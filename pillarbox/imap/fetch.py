@@ -1,0 +1,411 @@
+"""FETCH: plan which data an attribute list needs, render each message's response.
+
+The store gives rows (see ``backend``): flags/dates/sizes always, the parsed ENVELOPE,
+BODYSTRUCTURE and the header block when ``data`` is needed, and the message file only for
+sections beyond the top-level header. So ``FETCH 1:* (FLAGS)``, ``ENVELOPE`` and
+``BODY.PEEK[HEADER.FIELDS (...)]`` never open a file. Responses are streamed in batches.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import quopri
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pillarbox.imap import response as r
+from pillarbox.imap.backend import (
+    ROW_DATE,
+    ROW_ENVELOPE,
+    ROW_FLAGS,
+    ROW_HEADER,
+    ROW_MODSEQ,
+    ROW_SIZE,
+    ROW_STRUCTURE,
+    ROW_UID,
+    UserMail,
+)
+from pillarbox.imap.fetchatts import (
+    Binary,
+    BinarySize,
+    BodySection,
+    FetchAtt,
+    Section,
+    SectionText,
+    Simple,
+    response_name,
+    sets_seen,
+)
+from pillarbox.imap.selected import SelectedMailbox
+from pillarbox.mime import filter_fields, section_range
+
+BATCH_FLAGS: Final = 5000
+BATCH_DATA: Final = 200
+BATCH_FILES: Final = 20
+_HEADER_TEXTS: Final = (
+    SectionText.HEADER,
+    SectionText.HEADER_FIELDS,
+    SectionText.HEADER_FIELDS_NOT,
+)
+
+
+class FetchError(Exception):
+    """A FETCH that cannot be answered (``NO [code] text``)."""
+
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPlan:
+    atts: tuple[FetchAtt, ...]
+    data: bool  # ENVELOPE, BODYSTRUCTURE or header sections: the parsed columns
+    file: bool  # some section needs the message file
+    seen: bool  # fetching sets \Seen
+    with_uid: bool
+    with_modseq: bool
+
+    @property
+    def batch(self) -> int:
+        return BATCH_FILES if self.file else BATCH_DATA if self.data else BATCH_FLAGS
+
+
+def _needs_file(att: FetchAtt) -> bool:
+    if isinstance(att, Binary | BinarySize):
+        return True
+    if isinstance(att, BodySection):
+        return bool(att.section.part) or att.section.text not in _HEADER_TEXTS
+    return att in (Simple.RFC822, Simple.RFC822_TEXT)
+
+
+def _needs_data(att: FetchAtt) -> bool:
+    return not isinstance(att, Simple) or att in (
+        Simple.ENVELOPE,
+        Simple.BODY,
+        Simple.BODYSTRUCTURE,
+        Simple.RFC822_HEADER,
+    )
+
+
+def plan(
+    atts: tuple[FetchAtt, ...], *, uid: bool, condstore: bool, changed_since: bool
+) -> FetchPlan:
+    with_uid = uid and Simple.UID not in atts
+    with_modseq = (condstore or changed_since) and Simple.MODSEQ not in atts
+    return FetchPlan(
+        atts=atts,
+        data=any(_needs_data(a) for a in atts),
+        file=any(_needs_file(a) for a in atts),
+        seen=any(sets_seen(a) for a in atts),
+        with_uid=with_uid,
+        with_modseq=with_modseq,
+    )
+
+
+# --- rendering -------------------------------------------------------------------------------
+def internal_date(ts: int) -> bytes:
+    return r.format_datetime(dt.datetime.fromtimestamp(ts, dt.UTC))
+
+
+def _nstr(value: str | None) -> object:
+    return r.NIL if value is None else r.String(value)
+
+
+def _addresses(value: list[list[str | None]] | None) -> object:
+    if not value:
+        return r.NIL
+    return r.List(tuple(r.List(tuple(_nstr(x) for x in a)) for a in value))
+
+
+def envelope(env: list[Any]) -> object:
+    """ENVELOPE (RFC 3501 §7.4.2) from the store's list."""
+    date, subject, frm, sender, reply_to, to, cc, bcc, in_reply_to, message_id = env
+    return r.List(
+        (
+            _nstr(date),
+            _nstr(subject),
+            _addresses(frm),
+            _addresses(sender),
+            _addresses(reply_to),
+            _addresses(to),
+            _addresses(cc),
+            _addresses(bcc),
+            _nstr(in_reply_to),
+            _nstr(message_id),
+        )
+    )
+
+
+def _params(params: list[list[str]] | None) -> object:
+    if not params:
+        return r.NIL
+    return r.List(tuple(r.String(x) for p in params for x in p))
+
+
+def _disposition(disp: list[Any] | None) -> object:
+    if not disp:
+        return r.NIL
+    return r.List((r.String(disp[0]), _params(disp[1])))
+
+
+def _language(lang: list[str] | None) -> object:
+    if not lang:
+        return r.NIL
+    return r.List(tuple(r.String(x) for x in lang))
+
+
+def body_structure(part: dict[str, Any], extended: bool) -> object:
+    """BODY / BODYSTRUCTURE (RFC 3501 §7.4.2) from the store's part tree."""
+    if "parts" in part:
+        items: list[object] = [body_structure(p, extended) for p in part["parts"]]
+        items.append(r.String(part["subtype"].upper()))
+        if extended:
+            items += [
+                _params(part["params"]),
+                _disposition(part["disp"]),
+                _language(part["lang"]),
+                _nstr(part["loc"]),
+            ]
+        return _Concat(tuple(items))
+    items = [
+        r.String(part["type"].upper()),
+        r.String(part["subtype"].upper()),
+        _params(part["params"]),
+        _nstr(part["id"]),
+        _nstr(part["desc"]),
+        r.String(part["enc"]),
+        part["size"],
+    ]
+    if "msg" in part:
+        items += [envelope(part["env"]), body_structure(part["msg"], extended), part["lines"]]
+    elif part["type"] == "text":
+        items.append(part["lines"] or 0)
+    if extended:
+        items += [
+            _nstr(part["md5"]),
+            _disposition(part["disp"]),
+            _language(part["lang"]),
+            _nstr(part["loc"]),
+        ]
+    return r.List(tuple(items))
+
+
+class _Concat(r.List):
+    """A multipart body: its parts are concatenated without spaces (RFC 3501 body-type-mpart)."""
+
+    __slots__ = ()
+
+
+def _encode_body(value: object, utf8: bool) -> bytes:
+    if isinstance(value, _Concat):
+        items = value.items
+        parts = [i for i in items if isinstance(i, r.List)]
+        rest = items[len(parts) :]
+        out = b"(" + b"".join(_encode_body(p, utf8) for p in parts)
+        for item in rest:
+            out += b" " + r.encode(item, utf8=utf8)
+        return out + b")"
+    if isinstance(value, r.List):
+        return b"(" + b" ".join(_encode_body(i, utf8) for i in value.items) + b")"
+    return r.encode(value, utf8=utf8)
+
+
+def _literal(data: bytes, *, binary: bool = False) -> bytes:
+    return r.literal_prefix(len(data), binary=binary) + data
+
+
+def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
+    if partial is None:
+        return data
+    origin, length = partial
+    return data[origin : origin + length]
+
+
+def _section_bytes(section: Section, row: tuple[Any, ...], content: bytes | None) -> bytes:
+    text = section.text
+    if not section.part and text in _HEADER_TEXTS:
+        header: bytes = row[ROW_HEADER]
+        if text is SectionText.HEADER:
+            return header
+        return filter_fields(header, section.fields, exclude=text is SectionText.HEADER_FIELDS_NOT)
+    assert content is not None
+    kind = None if text is None else text.value
+    span = section_range(row[ROW_STRUCTURE], section.part, kind)
+    if span is None:
+        return b""  # RFC 3501 §6.4.5: a non-existent section is returned empty
+    data = content[span[0] : span[1]]
+    if text in (SectionText.HEADER_FIELDS, SectionText.HEADER_FIELDS_NOT):
+        return filter_fields(data, section.fields, exclude=text is SectionText.HEADER_FIELDS_NOT)
+    return data
+
+
+def _decoded_part(part: tuple[int, ...], row: tuple[Any, ...], content: bytes) -> bytes:
+    """The content of a part with its Content-Transfer-Encoding removed (RFC 3516 §4.2)."""
+    if not part:
+        return content
+    from pillarbox.mime.structure import find_part
+
+    node = find_part(row[ROW_STRUCTURE], part)
+    if node is None:
+        raise FetchError("NONEXISTENT", "no such body part")
+    raw = content[node["bs"] : node["end"]]
+    encoding = node["enc"].upper()
+    if encoding in ("7BIT", "8BIT", "BINARY"):
+        return raw
+    if encoding == "BASE64":
+        try:
+            return binascii.a2b_base64(raw)
+        except binascii.Error:
+            raise FetchError("UNKNOWN-CTE", "invalid base64 in body part") from None
+    if encoding == "QUOTED-PRINTABLE":
+        return quopri.decodestring(raw)
+    raise FetchError("UNKNOWN-CTE", f"cannot decode {encoding}")
+
+
+def render(
+    seq: int,
+    row: tuple[Any, ...],
+    content: bytes | None,
+    p: FetchPlan,
+    view: SelectedMailbox,
+    *,
+    utf8: bool,
+    flags_changed: bool = False,
+) -> bytes:
+    """One ``* seq FETCH (...)`` response."""
+    uid = row[ROW_UID]
+    items: list[bytes] = []
+    if p.with_uid:
+        items.append(b"UID %d" % uid)
+    flags_sent = False
+    for att in p.atts:
+        if att is Simple.RFC822 or att is Simple.RFC822_TEXT:
+            assert content is not None
+            items.append(_rfc822_item(att, content, row))
+        elif isinstance(att, Simple):
+            items.append(_simple(att, row, view, utf8))
+            flags_sent = flags_sent or att is Simple.FLAGS
+        elif isinstance(att, BodySection):
+            data = _partial(_section_bytes(att.section, row, content), att.partial)
+            items.append(response_name(att) + b" " + _literal(data))
+        elif isinstance(att, Binary):
+            assert content is not None
+            data = _partial(_decoded_part(att.part, row, content), att.partial)
+            items.append(response_name(att) + b" " + _literal(data, binary=b"\0" in data))
+        else:
+            assert content is not None
+            items.append(response_name(att) + b" %d" % len(_decoded_part(att.part, row, content)))
+    if flags_changed and not flags_sent:
+        items.append(_simple(Simple.FLAGS, row, view, utf8))
+    if p.with_modseq:
+        items.append(b"MODSEQ (%d)" % row[ROW_MODSEQ])
+    return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+
+
+def _simple(att: Simple, row: tuple[Any, ...], view: SelectedMailbox, utf8: bool) -> bytes:
+    if att is Simple.FLAGS:
+        text = row[ROW_FLAGS].encode("ascii", "replace")
+        if view.is_recent(row[ROW_UID]):
+            text = b"\\Recent " + text if text else b"\\Recent"
+        return b"FLAGS (" + text + b")"
+    if att is Simple.UID:
+        return b"UID %d" % row[ROW_UID]
+    if att is Simple.RFC822_SIZE:
+        return b"RFC822.SIZE %d" % row[ROW_SIZE]
+    if att is Simple.INTERNALDATE:
+        return b"INTERNALDATE " + internal_date(row[ROW_DATE])
+    if att is Simple.MODSEQ:
+        return b"MODSEQ (%d)" % row[ROW_MODSEQ]
+    if att is Simple.ENVELOPE:
+        return b"ENVELOPE " + r.encode(envelope(row[ROW_ENVELOPE]), utf8=utf8)
+    if att is Simple.BODY:
+        return b"BODY " + _encode_body(body_structure(row[ROW_STRUCTURE], False), utf8)
+    if att is Simple.BODYSTRUCTURE:
+        return b"BODYSTRUCTURE " + _encode_body(body_structure(row[ROW_STRUCTURE], True), utf8)
+    if att is Simple.RFC822_HEADER:
+        return b"RFC822.HEADER " + _literal(row[ROW_HEADER])
+    raise AssertionError(att)  # RFC822 / RFC822.TEXT are handled with the file
+
+
+# --- the driver ------------------------------------------------------------------------------
+Writer = Callable[[bytes], Awaitable[None]]
+
+
+async def run_fetch(
+    mail: UserMail,
+    view: SelectedMailbox,
+    ranges: list[tuple[int, int]],
+    p: FetchPlan,
+    write: Writer,
+    *,
+    utf8: bool,
+    changed_since: int | None = None,
+) -> None:
+    """Stream the FETCH responses for the view's messages in UID ``ranges``."""
+    set_seen = p.seen and not view.readonly
+    pending = list(ranges)
+    while pending:
+        rows = await mail.fetch(view.name, pending, p.data, p.batch)
+        if not rows:
+            break
+        last = rows[-1][ROW_UID]
+        pending = _after(pending, last)
+        changed: set[int] = set()
+        if set_seen:
+            rows, changed = await _mark_seen(mail, view, rows)
+        out = bytearray()
+        for row in rows:
+            uid = row[ROW_UID]
+            seq = view.seq_of(uid)
+            if seq is None:
+                continue  # not announced to this session yet
+            if changed_since is not None and row[ROW_MODSEQ] <= changed_since:
+                continue
+            content = None
+            if p.file:
+                content = await mail.read_message(view.name, uid)
+                if content is None:
+                    continue  # expunged meanwhile (RFC 2180 §4.1.2)
+            out += render(seq, row, content, p, view, utf8=utf8, flags_changed=uid in changed)
+            if len(out) > 65536:
+                await write(bytes(out))
+                out.clear()
+        if out:
+            await write(bytes(out))
+
+
+def _after(ranges: list[tuple[int, int]], last: int) -> list[tuple[int, int]]:
+    out = []
+    for lo, hi in ranges:
+        if hi <= last:
+            continue
+        out.append((max(lo, last + 1), hi))
+    return out
+
+
+async def _mark_seen(
+    mail: UserMail, view: SelectedMailbox, rows: list[tuple[Any, ...]]
+) -> tuple[list[tuple[Any, ...]], set[int]]:
+    unseen = [row[ROW_UID] for row in rows if "\\Seen" not in row[ROW_FLAGS].split()]
+    if not unseen:
+        return rows, set()
+    result = await mail.store(view.name, [(u, u) for u in unseen], "add", ("\\Seen",), None)
+    updated = {uid: (flags, modseq) for uid, flags, modseq in result.updated}
+    new_rows = []
+    for row in rows:
+        if row[ROW_UID] in updated:
+            flags, modseq = updated[row[ROW_UID]]
+            row = (row[0], flags, row[2], row[3], modseq, *row[5:])
+        new_rows.append(row)
+    return new_rows, set(updated)
+
+
+def _rfc822_item(att: Simple, content: bytes, row: tuple[Any, ...]) -> bytes:
+    if att is Simple.RFC822:
+        return b"RFC822 " + _literal(content)
+    header_end = row[ROW_STRUCTURE]["bs"]
+    return b"RFC822.TEXT " + _literal(content[header_end:])

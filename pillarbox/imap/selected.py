@@ -1,0 +1,163 @@
+"""The session's view of the selected mailbox: sequence numbers, UIDs, pending updates.
+
+Sequence numbers are positions in ``uids``, a sorted ``array('I')`` (4 bytes per message, no
+Python object per message): seq -> UID is an index, UID -> seq a bisect. The view only
+changes at the points RFC 3501 §7 allows: :meth:`apply` turns a store ``ChangeSet`` into the
+untagged EXPUNGE / EXISTS / RECENT / FETCH FLAGS responses, leaving expunges for later when
+the current command forbids them (FETCH, STORE, SEARCH without UID: RFC 3501 §7.4.1).
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Iterator
+
+from pillarbox.imap.backend import ChangeSet, SelectInfo
+from pillarbox.imap.grammar import SequenceSet
+
+
+class BadSequence(Exception):
+    """A message sequence number beyond EXISTS (the session answers BAD)."""
+
+
+class SelectedMailbox:
+    __slots__ = (
+        "condstore",
+        "known_modseq",
+        "name",
+        "readonly",
+        "recent_from",
+        "rev2",
+        "uidnext",
+        "uids",
+        "uidvalidity",
+    )
+
+    def __init__(self, name: str, readonly: bool, info: SelectInfo, *, rev2: bool = False):
+        self.name = name
+        self.readonly = readonly
+        self.uidvalidity = info.uidvalidity
+        self.uidnext = info.uidnext
+        self.uids: array[int] = info.uids
+        self.known_modseq = info.highestmodseq
+        self.recent_from = info.recent_from_uid if not readonly else info.uidnext
+        self.rev2 = rev2
+        self.condstore = False
+
+    # --- numbers
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    @property
+    def max_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def is_recent(self, uid: int) -> bool:
+        return uid >= self.recent_from and not self.rev2
+
+    @property
+    def recent_count(self) -> int:
+        return len(self.uids) - bisect.bisect_left(self.uids, self.recent_from)
+
+    def uid_ranges(self, numbers: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
+        """The UID ranges a sequence set or UID set names (``$`` resolved by the caller)."""
+        if uid:
+            # RFC 3501 §6.4.8: "*" is the largest UID in use; UIDs not there are ignored.
+            largest = self.max_uid
+            if not largest:
+                return []
+            return [(lo, hi) for lo, hi in numbers.resolve(largest) if hi >= 1 and lo <= largest]
+        count = len(self.uids)
+        ranges = numbers.resolve(count)
+        if not count and ranges:
+            raise BadSequence("no messages in the mailbox")
+        if ranges and ranges[-1][1] > count:
+            raise BadSequence("message sequence number out of range")
+        return [(self.uids[lo - 1], self.uids[hi - 1]) for lo, hi in ranges]
+
+    def seqs_in(self, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        """(seq, uid) for every message of the view inside UID ``ranges``."""
+        for lo, hi in ranges:
+            start = bisect.bisect_left(self.uids, lo)
+            end = bisect.bisect_right(self.uids, hi)
+            for i in range(start, end):
+                yield i + 1, self.uids[i]
+
+    # --- updates
+    def remove_uids(self, gone: list[int]) -> list[int]:
+        """Drop ``gone`` (sorted UIDs) from the view; the EXPUNGE numbers to send, in order.
+
+        Ascending, each number adjusted for the ones already sent (RFC 3501 §7.4.1).
+        """
+        numbers = []
+        positions = []
+        for uid in gone:
+            seq = self.seq_of(uid)
+            if seq is not None:
+                positions.append(seq - 1)
+                numbers.append(seq - len(numbers))
+        if positions:
+            drop = set(positions)
+            self.uids = array("I", (u for i, u in enumerate(self.uids) if i not in drop))
+        return numbers
+
+    def apply(self, changes: ChangeSet, *, allow_expunge: bool) -> list[bytes]:
+        """Untagged responses for ``changes`` (see the module docstring)."""
+        out: list[bytes] = []
+        if allow_expunge and changes.present is not None:
+            present = changes.present
+            gone = _missing(self.uids, present)
+            for seq in self.remove_uids(gone):
+                out.append(b"* %d EXPUNGE\r\n" % seq)
+        for uid, flags, modseq in changes.flag_updates:
+            seq = self.seq_of(uid)
+            if seq is None:
+                continue
+            out.append(self.flags_line(seq, uid, flags, modseq, with_uid=False))
+        if len(changes.new_uids):
+            new = [u for u in changes.new_uids if u > self.max_uid]
+            if new:
+                self.uids.extend(new)
+                out.append(b"* %d EXISTS\r\n" % len(self.uids))
+                if not self.rev2:
+                    # We claimed \Recent for them if nobody had (RFC 3501 §2.3.2).
+                    if not self.readonly and changes.recent_from_uid <= new[0]:
+                        self.recent_from = min(self.recent_from, new[0])
+                    out.append(b"* %d RECENT\r\n" % self.recent_count)
+        self.uidnext = max(self.uidnext, changes.uidnext)
+        self.known_modseq = max(self.known_modseq, changes.highestmodseq)
+        return out
+
+    def flags_line(self, seq: int, uid: int, flags: str, modseq: int, *, with_uid: bool) -> bytes:
+        text = flags.encode("ascii", "replace")
+        if self.is_recent(uid):
+            text = b"\\Recent " + text if text else b"\\Recent"
+        out = b"* %d FETCH (" % seq
+        if with_uid:
+            out += b"UID %d " % uid
+        out += b"FLAGS (" + text + b")"
+        if self.condstore:
+            out += b" MODSEQ (%d)" % modseq
+        return out + b")\r\n"
+
+
+def _missing(view: array[int], present: array[int]) -> list[int]:
+    """UIDs of ``view`` (up to max(present)) that are not in ``present``; both sorted."""
+    out = []
+    j = 0
+    limit = len(present)
+    for uid in view:
+        while j < limit and present[j] < uid:
+            j += 1
+        if j < limit and present[j] == uid:
+            continue
+        out.append(uid)
+    return out

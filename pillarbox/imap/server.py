@@ -1,0 +1,85 @@
+"""The IMAP component: listeners ``imap`` (143, STARTTLS) and ``imaps`` (993, implicit TLS).
+
+``app.py`` builds it with :func:`make_imap` once the mail store service is registered; each
+accepted connection runs one :class:`~pillarbox.imap.session.Session`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pillarbox import log
+
+# Importing these registers their command handlers with the session.
+from pillarbox.imap import session_mailboxes, session_selected
+from pillarbox.imap.backend import MailBackend
+from pillarbox.imap.grammar import Limits
+from pillarbox.imap.session import Session, SessionConfig
+from pillarbox.net.listener import Connection, ListenerSpec, TlsMode
+
+_log = log.get("imap")
+_ = (session_mailboxes, session_selected)
+
+LISTENERS = (("imap", TlsMode.STARTTLS), ("imaps", TlsMode.IMPLICIT))
+
+
+def session_config(settings: Any) -> SessionConfig:
+    limits = settings.limits
+    return SessionConfig(
+        hostname=settings.hostname,
+        idle_timeout=float(limits.imap_idle_timeout),
+        limits=Limits(
+            max_line=limits.imap_max_line,
+            max_message_literal=limits.imap_max_literal,
+            max_command=limits.imap_max_literal + (1 << 20),
+        ),
+    )
+
+
+class ImapComponent:
+    name = "imap"
+
+    def __init__(self, ctx: Any, backend: MailBackend):
+        self.ctx = ctx
+        self.backend = backend
+        self.config = session_config(ctx.settings)
+
+    def listeners(self) -> list[ListenerSpec]:
+        enabled = self.ctx.settings.listen.enabled()
+        specs = []
+        for name, mode in LISTENERS:
+            if name in enabled:
+                host, port = enabled[name]
+                specs.append(
+                    ListenerSpec(
+                        name, host, port, mode, self.handle,
+                        busy_reply=b"* BYE too many connections\r\n",
+                    )
+                )
+        return specs
+
+    async def handle(self, conn: Connection) -> None:
+        session = Session(conn, self.config, self.ctx.authenticator, self.backend)
+        await session.run()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def reload(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.config = session_config(ctx.settings)
+
+
+def make_imap(ctx: Any) -> ImapComponent | None:
+    """The IMAP component, or None when neither IMAP listener is enabled."""
+    enabled = ctx.settings.listen.enabled()
+    if not any(name in enabled for name, _ in LISTENERS):
+        return None
+    backend = ctx.services.get("mail_store")
+    if backend is None:
+        _log.warning("imap disabled", reason="no mail store service")
+        return None
+    return ImapComponent(ctx, backend)

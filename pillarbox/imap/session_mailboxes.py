@@ -1,0 +1,227 @@
+"""Authenticated-state commands: SELECT/EXAMINE, CREATE, DELETE, RENAME, (UN)SUBSCRIBE,
+LIST (RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE, RFC 5819 LIST-STATUS), LSUB, STATUS,
+APPEND (RFC 4315 APPENDUID), NAMESPACE."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from pillarbox.imap import commands as c
+from pillarbox.imap import response as r
+from pillarbox.imap.grammar import SequenceSet
+from pillarbox.imap.selected import SelectedMailbox
+from pillarbox.imap.session import No, Result, Session, UserMail, handles
+
+SEPARATOR: Final = "/"
+SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def _mail(s: Session) -> UserMail:
+    assert s.mail is not None
+    return s.mail
+
+
+def _check_name(name: str) -> None:
+    if not name or "\0" in name:
+        raise No("invalid mailbox name", "CANNOT")
+
+
+# --- SELECT / EXAMINE ---------------------------------------------------------------------------
+async def do_select(s: Session, cmd: c.Select) -> Result:
+    if s.selected is not None:
+        s.selected = None
+        s.state = c.State.AUTHENTICATED
+        s.send(b"* OK [CLOSED] previous mailbox closed\r\n")  # RFC 7162 §3.2.11, RFC 9051
+    readonly = cmd.readonly
+    info = await _mail(s).select(cmd.mailbox, readonly)
+    view = SelectedMailbox(cmd.mailbox, readonly, info, rev2=s.rev2)
+    if cmd.condstore:
+        s.condstore = True
+    view.condstore = s.condstore
+    flags = SYSTEM_FLAGS + tuple(info.keywords)
+    s.send(r.untagged(r.Atom("FLAGS"), r.Flags(flags)))
+    permanent = () if readonly else (*flags, "\\*")
+    s.send(r.untagged_status("OK", "flags permitted", r.Code("PERMANENTFLAGS", r.Flags(permanent))))
+    s.send(b"* %d EXISTS\r\n" % view.exists)
+    if not s.rev2:
+        s.send(b"* %d RECENT\r\n" % view.recent_count)
+        if info.first_unseen_uid is not None:
+            seq = view.seq_of(info.first_unseen_uid)
+            if seq is not None:
+                s.send(r.untagged_status("OK", "first unseen", r.Code("UNSEEN", seq)))
+    s.send(r.untagged_status("OK", "UIDs valid", r.Code("UIDVALIDITY", info.uidvalidity)))
+    s.send(r.untagged_status("OK", "predicted next UID", r.Code("UIDNEXT", info.uidnext)))
+    if s.condstore:
+        s.send(r.untagged_status("OK", "highest", r.Code("HIGHESTMODSEQ", info.highestmodseq)))
+    s.selected = view
+    s.state = c.State.SELECTED
+    s._dirty.clear()
+    code = "READ-ONLY" if readonly else "READ-WRITE"
+    return f"{cmd.name} completed", r.Code(code)
+
+
+# --- CREATE / DELETE / RENAME / SUBSCRIBE ---------------------------------------------------------
+async def do_create(s: Session, cmd: c.Create) -> Result:
+    name = cmd.mailbox.rstrip(SEPARATOR)  # RFC 3501 §6.3.3: a trailing separator is allowed
+    _check_name(name)
+    if len(cmd.use) > 1:
+        raise No("only one special use per mailbox", "USEATTR")
+    await _mail(s).create(name, cmd.use[0] if cmd.use else None)
+    return ""
+
+
+async def do_delete(s: Session, cmd: c.Delete) -> Result:
+    if s.selected is not None and s.selected.name == cmd.mailbox:
+        raise No("cannot delete the selected mailbox", "INUSE")
+    await _mail(s).delete(cmd.mailbox)
+    return ""
+
+
+async def do_rename(s: Session, cmd: c.Rename) -> Result:
+    _check_name(cmd.new)
+    await _mail(s).rename(cmd.old, cmd.new)
+    return ""
+
+
+async def do_subscribe(s: Session, cmd: c.Subscribe) -> Result:
+    _check_name(cmd.mailbox)
+    await _mail(s).subscribe(cmd.mailbox, not isinstance(cmd, c.Unsubscribe))
+    return ""
+
+
+# --- LIST / LSUB -------------------------------------------------------------------------------
+def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
+    """RFC 3501 §6.3.8: ``*`` matches anything, ``%`` anything but the separator."""
+    full = reference + pattern if not pattern.startswith(SEPARATOR) or not reference else (
+        reference.rstrip(SEPARATOR) + pattern
+    )
+    if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in (SEPARATOR, "*", "%")):
+        full = "INBOX" + full[5:]
+    out = []
+    for ch in full:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append(f"[^{re.escape(SEPARATOR)}]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split(SEPARATOR)
+    return [SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]
+
+
+async def do_list(s: Session, cmd: c.List) -> Result:
+    mail = _mail(s)
+    if len(cmd.patterns) == 1 and cmd.patterns[0] == "" and not cmd.extended:
+        # RFC 3501 §6.3.8: the empty pattern asks for the hierarchy delimiter.
+        s.send(b'* LIST (\\Noselect) "/" ""\r\n')
+        return ""
+    boxes = {b.name: b for b in await mail.list_mailboxes()}
+    subscribed = await mail.subscriptions()
+    names = set(boxes)
+    for name in list(names):
+        names.update(_parents(name))
+    want_subscribed = "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.return_options
+    if "SUBSCRIBED" in cmd.selection:
+        names = set(subscribed) | {p for n in subscribed for p in _parents(n)}
+    regexes = [pattern_regex(cmd.reference, p) for p in cmd.patterns]
+    all_names = sorted(set(boxes) | names | subscribed)
+    for name in sorted(names, key=lambda n: (n != "INBOX", n)):
+        if not any(rx.match(name) for rx in regexes):
+            continue
+        box = boxes.get(name)
+        if "SUBSCRIBED" in cmd.selection and name not in subscribed:
+            continue
+        if "SPECIAL-USE" in cmd.selection and (box is None or not box.special_use):
+            continue
+        attrs = _attributes(name, box, all_names, cmd.extended)
+        if want_subscribed and name in subscribed:
+            attrs.append("\\Subscribed")
+        s.send(r.list_response("LIST", attrs, SEPARATOR, name, utf8=s.utf8))
+        if cmd.return_status is not None and box is not None:
+            status = await mail.status(name)
+            s.send(r.status_response(name, _status_items(cmd.return_status, status, s), utf8=s.utf8))
+    return ""
+
+
+def _attributes(name: str, box: Any, all_names: list[str], extended: bool) -> list[str]:
+    attrs: list[str] = []
+    if box is None:
+        attrs.append("\\NonExistent" if extended else "\\Noselect")
+    prefix = name + SEPARATOR
+    children = any(n.startswith(prefix) for n in all_names)
+    attrs.append("\\HasChildren" if children else "\\HasNoChildren")
+    if box is not None and box.special_use:
+        attrs.append(box.special_use)
+    return attrs
+
+
+async def do_lsub(s: Session, cmd: c.Lsub) -> Result:
+    mail = _mail(s)
+    boxes = {b.name for b in await mail.list_mailboxes()}
+    regex = pattern_regex(cmd.reference, cmd.pattern)
+    for name in sorted(await mail.subscriptions()):
+        if regex.match(name):
+            attrs = [] if name in boxes else ["\\Noselect"]
+            s.send(r.list_response("LSUB", attrs, SEPARATOR, name, utf8=s.utf8))
+    return ""
+
+
+# --- STATUS -------------------------------------------------------------------------------------
+def _status_items(items: tuple[str, ...], st: Any, s: Session) -> list[tuple[str, int]]:
+    values = {
+        "MESSAGES": st.messages,
+        "RECENT": st.recent,
+        "UIDNEXT": st.uidnext,
+        "UIDVALIDITY": st.uidvalidity,
+        "UNSEEN": st.unseen,
+        "DELETED": st.deleted,
+        "SIZE": st.size,
+        "HIGHESTMODSEQ": st.highestmodseq,
+    }
+    return [(item, values[item]) for item in items if item in values]
+
+
+async def do_status(s: Session, cmd: c.Status) -> Result:
+    status = await _mail(s).status(cmd.mailbox)
+    s.send(r.status_response(cmd.mailbox, _status_items(cmd.items, status, s), utf8=s.utf8))
+    return ""
+
+
+# --- APPEND -------------------------------------------------------------------------------------
+async def do_append(s: Session, cmd: c.Append) -> Result:
+    mail = _mail(s)
+    uids: list[int] = []
+    uidvalidity = 0
+    for message in cmd.messages:
+        if not message.data:
+            raise No("cannot store an empty message")
+        when = message.internal_date.timestamp() if message.internal_date else None
+        flags = tuple(f for f in message.flags if f != "\\Recent")
+        uidvalidity, uid = await mail.append(cmd.mailbox, message.data, flags, when)
+        uids.append(uid)
+    await s._updates(cmd, force=s.selected is not None and s.selected.name == cmd.mailbox)
+    return "APPEND completed", r.Code(
+        "APPENDUID", uidvalidity, r.Seq(SequenceSet.from_numbers(uids))
+    )
+
+
+async def do_namespace(s: Session, cmd: c.Namespace) -> Result:
+    s.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+    return ""
+
+
+handles(c.Select, c.Examine)(do_select)
+handles(c.Create)(do_create)
+handles(c.Delete)(do_delete)
+handles(c.Rename)(do_rename)
+handles(c.Subscribe, c.Unsubscribe)(do_subscribe)
+handles(c.List)(do_list)
+handles(c.Lsub)(do_lsub)
+handles(c.Status)(do_status)
+handles(c.Append)(do_append)
+handles(c.Namespace)(do_namespace)

@@ -1,0 +1,248 @@
+"""Selected-state commands: FETCH, STORE, SEARCH, COPY, MOVE (RFC 6851), EXPUNGE and
+UID EXPUNGE (RFC 4315), CLOSE, UNSELECT (RFC 3691), and IDLE (RFC 2177)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+from pillarbox.imap import commands as c
+from pillarbox.imap import response as r
+from pillarbox.imap.fetch import FetchError, plan, run_fetch
+from pillarbox.imap.grammar import SequenceSet, is_idle_done
+from pillarbox.imap.search import run_search, uses_modseq
+from pillarbox.imap.searchkeys import uses_saved
+from pillarbox.imap.selected import SelectedMailbox
+from pillarbox.imap.session import (
+    IDLE_SYNC_INTERVAL,
+    Bad,
+    Logout,
+    No,
+    Result,
+    Session,
+    UserMail,
+    handles,
+)
+
+STORE_CHUNK: Final = 1000
+_MODES: Final = {c.StoreMode.ADD: "add", c.StoreMode.REMOVE: "remove", c.StoreMode.REPLACE: "replace"}
+
+
+def _ctx(s: Session) -> tuple[UserMail, SelectedMailbox]:
+    assert s.mail is not None and s.selected is not None
+    return s.mail, s.selected
+
+
+def _ranges(s: Session, view: SelectedMailbox, numbers: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+    if numbers.saved:
+        # RFC 5182 §2.1: "$" is the saved UID set; empty if nothing was saved.
+        return view.uid_ranges(s.saved or SequenceSet(()), uid=True)
+    return view.uid_ranges(numbers, uid=uid)
+
+
+def _chunks(view: SelectedMailbox, ranges: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Split UID ranges into pieces of at most STORE_CHUNK messages of the view."""
+    import bisect
+
+    out: list[list[tuple[int, int]]] = []
+    for lo, hi in ranges:
+        start = bisect.bisect_left(view.uids, lo)
+        end = bisect.bisect_right(view.uids, hi)
+        for i in range(start, end, STORE_CHUNK):
+            j = min(i + STORE_CHUNK, end) - 1
+            out.append([(view.uids[i], view.uids[j])])
+    return out
+
+
+# --- FETCH ------------------------------------------------------------------------------------
+async def do_fetch(s: Session, cmd: c.Fetch) -> Result:
+    mail, view = _ctx(s)
+    ranges = _ranges(s, view, cmd.sequence, cmd.uid)
+    if cmd.changed_since is not None:
+        view.condstore = s.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
+    p = plan(
+        cmd.attributes,
+        uid=cmd.uid,
+        condstore=view.condstore,
+        changed_since=cmd.changed_since is not None,
+    )
+    try:
+        await run_fetch(
+            mail, view, ranges, p, s.write, utf8=s.utf8, changed_since=cmd.changed_since
+        )
+    except FetchError as exc:
+        raise No(exc.text, exc.code) from None
+    return ""
+
+
+# --- STORE ------------------------------------------------------------------------------------
+async def do_store(s: Session, cmd: c.Store) -> Result:
+    mail, view = _ctx(s)
+    if view.readonly:
+        raise No("mailbox is read-only")
+    ranges = _ranges(s, view, cmd.sequence, cmd.uid)
+    if cmd.unchanged_since is not None:
+        view.condstore = s.condstore = True
+    flags = tuple(f for f in cmd.flags if f != "\\Recent")
+    failed: list[int] = []
+    for chunk in _chunks(view, ranges):
+        before = view.known_modseq
+        result = await mail.store(view.name, chunk, _MODES[cmd.mode], flags, cmd.unchanged_since)
+        failed += result.failed
+        for uid, text, modseq in result.updated:
+            seq = view.seq_of(uid)
+            if seq is None:
+                continue
+            if not cmd.silent or (view.condstore and modseq > before):
+                s.send(view.flags_line(seq, uid, text, modseq, with_uid=cmd.uid))
+        if result.highestmodseq == before + 1:
+            view.known_modseq = result.highestmodseq  # only our own change happened
+        if len(s._out) > 65536:
+            await s.flush()
+    if failed:
+        numbers = failed if cmd.uid else [q for q in map(view.seq_of, failed) if q]
+        return "conditional STORE failed", r.Code(
+            "MODIFIED", r.Seq(SequenceSet.from_numbers(numbers))
+        )
+    return ""
+
+
+# --- SEARCH -----------------------------------------------------------------------------------
+async def do_search(s: Session, cmd: c.Search) -> Result:
+    mail, view = _ctx(s)
+    assert cmd.key is not None
+    if uses_saved(cmd.key) and s.saved is None:
+        s.saved = SequenceSet(())
+    uids, seqs, top = await run_search(mail, view, cmd.key, s.saved)
+    numbers = uids if cmd.uid else seqs
+    modseq = top if uses_modseq(cmd.key) and numbers else None
+    options = cmd.return_options
+    if options is None and not s.rev2:
+        s.send(r.search_response(numbers, modseq))
+        return ""
+    opts = options or frozenset({"ALL"})
+    if "SAVE" in opts:
+        s.saved = SequenceSet.from_numbers(uids)
+        if opts == {"SAVE"}:
+            return ""  # RFC 5182 §2.4: SAVE alone returns no ESEARCH response
+    s.send(
+        r.esearch_response(
+            cmd.tag,
+            uid=cmd.uid,
+            minimum=numbers[0] if numbers and "MIN" in opts else None,
+            maximum=numbers[-1] if numbers and "MAX" in opts else None,
+            count=len(numbers) if "COUNT" in opts else None,
+            all_numbers=SequenceSet.from_numbers(numbers) if "ALL" in opts and numbers else None,
+            modseq=modseq,
+        )
+    )
+    return ""
+
+
+# --- COPY / MOVE ------------------------------------------------------------------------------
+async def do_copy(s: Session, cmd: c.Copy) -> Result:
+    mail, view = _ctx(s)
+    move = isinstance(cmd, c.Move)
+    if move and view.readonly:
+        raise No("mailbox is read-only")
+    ranges = _ranges(s, view, cmd.sequence, cmd.uid)
+    in_view = [r_ for chunk in _chunks(view, ranges) for r_ in chunk]
+    if not in_view:
+        return f"{cmd.name} completed (no messages)"
+    uidvalidity, src_uids, dst_uids = await mail.copy(view.name, in_view, cmd.mailbox, move)
+    if not src_uids:
+        return f"{cmd.name} completed (no messages)"
+    code = r.Code(
+        "COPYUID",
+        uidvalidity,
+        r.Seq(SequenceSet.from_numbers(src_uids)),
+        r.Seq(SequenceSet.from_numbers(dst_uids)),
+    )
+    if not move:
+        return "COPY completed", code
+    # RFC 6851 §4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
+    s.send(r.untagged_status("OK", "moved", code))
+    for seq in view.remove_uids(sorted(src_uids)):
+        s.send(b"* %d EXPUNGE\r\n" % seq)
+    return "MOVE completed"
+
+
+# --- EXPUNGE / CLOSE / UNSELECT ---------------------------------------------------------------
+async def do_expunge(s: Session, cmd: c.Expunge) -> Result:
+    mail, view = _ctx(s)
+    if view.readonly:
+        raise No("mailbox is read-only")
+    ranges = None
+    if cmd.uids is not None:
+        ranges = _ranges(s, view, cmd.uids, True)
+        if not ranges:
+            return ""
+    uids = await mail.expunge(view.name, ranges)
+    for seq in view.remove_uids(sorted(uids)):
+        s.send(b"* %d EXPUNGE\r\n" % seq)
+    return ""
+
+
+async def do_close(s: Session, cmd: c.Close) -> Result:
+    mail, view = _ctx(s)
+    if not view.readonly:
+        await mail.expunge(view.name, None)  # RFC 3501 §6.4.2: silently, no EXPUNGE responses
+    s.selected = None
+    s.state = c.State.AUTHENTICATED
+    return ""
+
+
+async def do_unselect(s: Session, cmd: c.Unselect) -> Result:
+    s.selected = None
+    s.state = c.State.AUTHENTICATED
+    return ""
+
+
+# --- IDLE -------------------------------------------------------------------------------------
+async def do_idle(s: Session, cmd: c.Idle) -> Result:
+    s.send(b"+ idling\r\n")
+    await s._updates(cmd, force=True)
+    await s.flush()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + s.config.idle_timeout
+    read = asyncio.ensure_future(s.conn.reader.readuntil(b"\n"))
+    try:
+        while True:
+            dirty = asyncio.ensure_future(s._dirty.wait())
+            closing = asyncio.ensure_future(s.conn.closing.wait())
+            timeout = max(0.0, min(IDLE_SYNC_INTERVAL, deadline - loop.time()))
+            done, _ = await asyncio.wait(
+                {read, dirty, closing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            dirty.cancel()
+            closing.cancel()
+            if read in done:
+                try:
+                    line = read.result()
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    raise Logout from None
+                if is_idle_done(line):
+                    return "IDLE terminated"
+                raise Bad("expected DONE")
+            if s.conn.closing.is_set() or loop.time() >= deadline:
+                s.send(b"* BYE idle for too long\r\n" if not s.conn.closing.is_set()
+                       else b"* BYE server shutting down\r\n")
+                raise Logout
+            await s._updates(cmd, force=True)
+            await s.flush()
+    finally:
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await read
+
+
+handles(c.Fetch)(do_fetch)
+handles(c.Store)(do_store)
+handles(c.Search)(do_search)
+handles(c.Copy, c.Move)(do_copy)
+handles(c.Expunge)(do_expunge)
+handles(c.Close)(do_close)
+handles(c.Unselect)(do_unselect)
+handles(c.Idle)(do_idle)
