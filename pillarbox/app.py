@@ -24,10 +24,12 @@ from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.delivery.component import make_smtp
 from pillarbox.http.server import make_http
+from pillarbox.imap.server import make_imap
 from pillarbox.net.control import ControlServer
 from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
 from pillarbox.queue.service import make_queue
 from pillarbox.store.accounts import Accounts
+from pillarbox.store.mailbox import make_store
 from pillarbox.tls.context import TlsConfigError, TlsProvider
 from pillarbox.tls.manager import ensure_bootstrap_certificate, make_certificates
 
@@ -80,10 +82,14 @@ ComponentFactory = Callable[[AppContext], "Component | None"]
 def _component_factories() -> list[ComponentFactory]:
     """Every component, in start order (providers of services before their users)."""
     factories: list[ComponentFactory] = []
+    # The mail store provides ctx.services["mail_store"] and ["mailbox_events"].
+    factories.append(make_store)
     # The outbound queue provides ctx.services["queue"] to SMTP/delivery.
     factories.append(make_queue)
     # SMTP receiving (25/587/465) and local delivery; provides ctx.services["delivery"].
     factories.append(make_smtp)
+    # IMAP (143 STARTTLS, 993) over the mail store.
+    factories.append(make_imap)
     # The certificate manager provides the ACME challenge board the http listeners serve.
     factories += [make_certificates, make_http]
     return factories
