@@ -189,9 +189,12 @@ def test_without_addresses_says_what_to_do(tmp_path: Path) -> None:
     assert "set public_ip" in zone_text(records)
 
 
-def test_mta_sts_id_is_the_policy_hash(tmp_path: Path) -> None:
+def test_mta_sts_id_is_the_hash_of_the_served_policy(tmp_path: Path) -> None:
+    from pillarbox.http import mtasts
+
     settings = _settings(tmp_path)
     policy = mta_sts_policy(settings)
+    assert mtasts.mta_sts_policy(settings) == policy  # what the HTTPS listener serves
     assert policy.endswith("\r\n") and f"mx: {HOST}\r\n" in policy
     assert "mode: enforce" in policy  # the dev CA is trusted through tls.ca
     (record,) = build_records(settings).find(f"_mta-sts.{DOMAIN}", "TXT")
@@ -204,6 +207,8 @@ def test_mode_is_testing_for_an_untrusted_certificate(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     untrusted = dataclasses.replace(settings, tls=dataclasses.replace(settings.tls, ca=None))
     assert "mode: testing" in mta_sts_policy(untrusted)
+    (record,) = build_records(untrusted).find(f"_mta-sts.{DOMAIN}", "TXT")
+    assert record.value == f"v=STSv1; id={mta_sts_policy_id(mta_sts_policy(untrusted))}"
 
 
 def test_cli_json_and_zone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

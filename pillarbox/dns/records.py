@@ -167,8 +167,8 @@ def mta_sts_mode(settings: Settings) -> str:
 
 def certificate_trusted(settings: Settings) -> bool:
     """Does the configured certificate chain verify for the hostname right now?"""
-    if settings.tls.acme and not Path(settings.tls.cert).is_file():
-        return True  # ACME certificates come from a public CA; not issued yet.
+    if not Path(settings.tls.cert).is_file():
+        return False  # not issued yet (ACME): nothing a sender could verify
     from cryptography import x509
     from cryptography.x509 import verification
 
