@@ -242,6 +242,7 @@ def test_assembler_joins_lines_and_literals() -> None:
     spec = asm.add_line(b"A1 LOGIN {3}\r\n")
     assert spec == LiteralSpec(3, True)
     assert asm.tag == "A1"
+    assert asm.command_name == "LOGIN"
     asm.add_literal(b"bob")
     assert asm.add_line(b" {2+}\r\n") == LiteralSpec(2, False)
     asm.add_literal(b"pw")
@@ -253,6 +254,11 @@ def test_assembler_accepts_bare_lf() -> None:
     asm = CommandAssembler()
     assert asm.add_line(b"a NOOP\n") is None
     assert asm.finish() == b"a NOOP"
+    assert asm.command_name == "NOOP"
+    asm.reset()
+    assert asm.command_name is None
+    asm.add_line(b"a uid fetch 1 BODY[]")
+    assert asm.command_name == "FETCH"
 
 
 def test_assembler_limits() -> None:

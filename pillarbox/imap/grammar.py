@@ -152,7 +152,17 @@ class CommandAssembler:
         command = commands.parse(asm.finish())
     """
 
-    __slots__ = ("_done", "_large", "_literals", "_parts", "_pending", "_size", "_tag", "limits")
+    __slots__ = (
+        "_done",
+        "_large",
+        "_literals",
+        "_name",
+        "_parts",
+        "_pending",
+        "_size",
+        "_tag",
+        "limits",
+    )
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
@@ -165,12 +175,20 @@ class CommandAssembler:
         self._pending: LiteralSpec | None = None
         self._done = False
         self._tag: str | None = None
+        self._name: str | None = None
         self._large = False
 
     @property
     def tag(self) -> str | None:
         """The tag of the command being assembled, once its first line was seen."""
         return self._tag
+
+    @property
+    def command_name(self) -> str | None:
+        """The upper-case command word (``FETCH`` for ``UID FETCH``) once the first line was
+        seen: the session can refuse a command not allowed in its state before accepting a
+        literal (answer the LiteralSpec with a tagged NO/BAD instead of ``+ go ahead``)."""
+        return self._name
 
     def add_line(self, line: bytes) -> LiteralSpec | None:
         """Add one line (with or without its CRLF); return the literal that follows, if any."""
@@ -215,8 +233,10 @@ class CommandAssembler:
         m = _TAG_RE.match(line)
         if m is not None and line[m.end() : m.end() + 1] == b" ":
             self._tag = m.group().decode("ascii")
-        name = _COMMAND_NAME_RE.match(line)
-        self._large = name is not None and name.group(1).upper() in _LARGE_LITERAL_COMMANDS
+        m = _COMMAND_NAME_RE.match(line)
+        if m is not None:
+            self._name = m.group(1).upper().decode("ascii")
+            self._large = m.group(1).upper() in _LARGE_LITERAL_COMMANDS
 
     def _grow(self, n: int) -> None:
         self._size += n
