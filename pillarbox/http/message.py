@@ -56,6 +56,9 @@ class Limits:
     max_target: int = 2048  # request-target, bytes
     max_fields: int = 64
     max_body: int = 65536
+    head_timeout: float = 10.0  # seconds for the whole head (slow-loris bound)
+    body_timeout: float = 10.0
+    write_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

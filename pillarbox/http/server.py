@@ -50,10 +50,6 @@ AUTODISCOVER_PATH = "/autodiscover/autodiscover.xml"
 MOBILECONFIG_PATH = "/apple/mail.mobileconfig"
 ACME_TLS_ALPN = "acme-tls/1"  # RFC 8737 §6.2
 
-HEAD_TIMEOUT = 10.0  # seconds for the whole request head (slow-loris bound)
-BODY_TIMEOUT = 10.0
-WRITE_TIMEOUT = 10.0
-
 
 class ChallengeResponder(Protocol):
     """What the ACME client publishes while an order is being validated."""
@@ -139,6 +135,7 @@ class Site:
         domain = request.host.removeprefix("mta-sts.")
         if not request.host.startswith("mta-sts.") or domain not in self.settings.domains:
             return text_response(404)
+        # RFC 8461 §3.3: media type text/plain.
         return Response(200, mtasts.mta_sts_policy(self.settings).encode("ascii"), "text/plain")
 
     def _autoconfig(self, request: Request) -> Response:
@@ -207,7 +204,7 @@ def _method_not_allowed(allow: str) -> Response:
 async def read_request(reader: HeadReader, limits: Limits) -> Request:
     """Read one request (head and Content-Length body) within the deadlines."""
     try:
-        head = await asyncio.wait_for(reader.read_head(limits.max_head), HEAD_TIMEOUT)
+        head = await asyncio.wait_for(reader.read_head(limits.max_head), limits.head_timeout)
     except ValueError:
         raise HttpError(431, "request head too large") from None
     request = parse_head(head, limits)
@@ -216,7 +213,7 @@ async def read_request(reader: HeadReader, limits: Limits) -> Request:
         raise HttpError(413, "request body too large")
     if length:
         try:
-            body = await asyncio.wait_for(reader.read_exactly(length), BODY_TIMEOUT)
+            body = await asyncio.wait_for(reader.read_exactly(length), limits.body_timeout)
         except EOFError:
             raise HttpError(400, "request body shorter than Content-Length") from None
         request = dataclasses.replace(request, body=body)
@@ -247,7 +244,8 @@ async def serve_stream(
         _log.info("bad request", listener=conn.listener, client=conn.peer_ip, reason=exc.reason)
     except TimeoutError:
         response = text_response(408)
-    await asyncio.wait_for(stream.send(response.render(head_only=method == "HEAD")), WRITE_TIMEOUT)
+    data = response.render(head_only=method == "HEAD")
+    await asyncio.wait_for(stream.send(data), limits.write_timeout)
 
 
 class HttpsTls:
