@@ -456,7 +456,7 @@ class AppendMessage:
 
     flags: tuple[str, ...]
     internal_date: dt.datetime | None
-    data: bytes
+    data: bytes = field(repr=False)  # may be megabytes: keep it out of logs
     binary: bool = False  # sent as literal8 ~{N} (RFC 3516 §4.4)
     utf8: bool = False  # sent as UTF8 (literal8) (RFC 6855 §4)
 
