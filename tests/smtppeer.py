@@ -78,7 +78,8 @@ class SmtpPeer:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                peer._session(self.request, self.client_address[0])
+                with contextlib.suppress(OSError):  # the client hung up: its business
+                    peer._session(self.request, self.client_address[0])
 
         class Server(socketserver.ThreadingTCPServer):
             address_family = family
