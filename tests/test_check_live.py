@@ -201,6 +201,9 @@ async def world(
         "listen": listen,
         "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
         "check": {"dnsbls": DNSBLS, "timeout": 3.0},
+        # The test CA is trusted through tls.ca, so the policy may enforce ("auto" would say
+        # "testing": our certificate is not from a public ACME CA).
+        "tls": {"mta_sts_mode": "enforce"},
     }
     settings = pbserver.make_settings(tmp_path / "data", pbserver.merge(config, overrides or {}))
     https_peer.policy = mta_sts_policy(settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -193,22 +192,17 @@ def test_mta_sts_id_is_the_hash_of_the_served_policy(tmp_path: Path) -> None:
     from pillarbox.http import mtasts
 
     settings = _settings(tmp_path)
-    policy = mta_sts_policy(settings)
-    assert mtasts.mta_sts_policy(settings) == policy  # what the HTTPS listener serves
-    assert policy.endswith("\r\n") and f"mx: {HOST}\r\n" in policy
-    assert "mode: enforce" in policy  # the dev CA is trusted through tls.ca
+    policy = mtasts.mta_sts_policy(settings)  # what the HTTPS listener serves
+    assert mta_sts_policy(settings) == policy
+    assert f"mx: {HOST}\r\n" in policy
     (record,) = build_records(settings).find(f"_mta-sts.{DOMAIN}", "TXT")
     policy_id = hashlib.sha256(policy.encode()).hexdigest()[:20]
-    assert record.value == f"v=STSv1; id={policy_id}"
-    assert mta_sts_policy_id(mta_sts_policy(settings, "testing")) != policy_id
-
-
-def test_mode_is_testing_for_an_untrusted_certificate(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    untrusted = dataclasses.replace(settings, tls=dataclasses.replace(settings.tls, ca=None))
-    assert "mode: testing" in mta_sts_policy(untrusted)
-    (record,) = build_records(untrusted).find(f"_mta-sts.{DOMAIN}", "TXT")
-    assert record.value == f"v=STSv1; id={mta_sts_policy_id(mta_sts_policy(untrusted))}"
+    assert record.value == f"v=STSv1; id={policy_id}" == f"v=STSv1; id={mta_sts_policy_id(policy)}"
+    enforce = _settings(tmp_path / "e", {"tls": {"mta_sts_mode": "enforce"}})
+    assert "mode: enforce" in mta_sts_policy(enforce)
+    (changed,) = build_records(enforce).find(f"_mta-sts.{DOMAIN}", "TXT")
+    assert changed.value != record.value  # another policy, another id
+    assert changed.value == f"v=STSv1; id={mta_sts_policy_id(mta_sts_policy(enforce))}"
 
 
 def test_cli_json_and_zone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

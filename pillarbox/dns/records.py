@@ -16,27 +16,21 @@ What is published, per RFC:
 
 The MTA-STS policy id is derived from the policy text (a SHA-256 prefix), so it changes
 exactly when the served policy changes (RFC 8461 §3.1: "id" must change with the policy)
-and ``check`` can tell a stale record from a current one. :func:`mta_sts_policy` is the one
-definition of the policy text; the HTTPS listener serves that same text.
+and ``check`` can tell a stale record from a current one. The policy text is defined once,
+in ``pillarbox.http.mtasts`` (which the HTTPS listener serves); we hash that same text.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import ipaddress
 import json
-import ssl
-import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from pillarbox.config import Settings
 
 TTL = 3600
-# RFC 8461 §3.2: max_age up to 31557600; a week lets a policy change propagate in days.
-MTA_STS_MAX_AGE = 604800
 MX_PREFERENCE = 10
 
 # RFC 6186 / RFC 8314 client services: (SRV label, listener name, priority). RFC 8314 §5.1
@@ -142,59 +136,13 @@ def mta_sts_policy_id(policy_text: str) -> str:
     return hashlib.sha256(policy_text.encode("utf-8")).hexdigest()[:20]
 
 
-def mta_sts_policy(settings: Settings, mode: str | None = None) -> str:
-    """The policy file served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt (RFC 8461
-    §3.2): CRLF lines; our hostname is the only MX. ``mode`` defaults to
-    :func:`mta_sts_mode`."""
-    lines = [
-        "version: STSv1",
-        f"mode: {mode or mta_sts_mode(settings)}",
-        f"mx: {settings.hostname}",
-        f"max_age: {MTA_STS_MAX_AGE}",
-    ]
-    return "\r\n".join(lines) + "\r\n"
+def mta_sts_policy(settings: Settings) -> str:
+    """The policy file served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt. It is
+    defined once, beside the HTTPS listener that serves it (``pillarbox.http.mtasts``, a pure
+    function of the settings); we only hash it."""
+    from pillarbox.http.mtasts import mta_sts_policy as served_policy
 
-
-def mta_sts_mode(settings: Settings) -> str:
-    """ "enforce" when our certificate verifies for the hostname (against the system roots,
-    or ``tls.ca`` where one is configured), else "testing": RFC 8461 §5 makes senders refuse
-    to deliver under "enforce" if it does not."""
-    try:
-        return "enforce" if certificate_trusted(settings) else "testing"
-    except (OSError, ValueError):
-        return "testing"
-
-
-def certificate_trusted(settings: Settings) -> bool:
-    """Does the configured certificate chain verify for the hostname right now?"""
-    if not Path(settings.tls.cert).is_file():
-        return False  # not issued yet (ACME): nothing a sender could verify
-    from cryptography import x509
-    from cryptography.x509 import verification
-
-    chain = x509.load_pem_x509_certificates(Path(settings.tls.cert).read_bytes())
-    roots: list[x509.Certificate] = []
-    if settings.tls.ca is not None:
-        roots += x509.load_pem_x509_certificates(Path(settings.tls.ca).read_bytes())
-    cafile = ssl.get_default_verify_paths().cafile
-    if cafile and Path(cafile).is_file():
-        with warnings.catch_warnings():
-            # Some distribution roots have negative serials; cryptography warns, still loads.
-            warnings.simplefilter("ignore")
-            roots += x509.load_pem_x509_certificates(Path(cafile).read_bytes())
-    if not roots:
-        return False
-    verifier = (
-        verification.PolicyBuilder()
-        .store(verification.Store(roots))
-        .time(dt.datetime.now(dt.UTC))
-        .build_server_verifier(x509.DNSName(settings.hostname))
-    )
-    try:
-        verifier.verify(chain[0], chain[1:])
-    except verification.VerificationError:
-        return False
-    return True
+    return served_policy(settings)
 
 
 def caa_issuer(settings: Settings) -> str | None:
