@@ -28,7 +28,7 @@ def split_header(data: bytes, start: int = 0, end: int | None = None) -> int:
     starting with CRLF has an empty header.
     """
     end = len(data) if end is None else end
-    if data.startswith(b"\r\n", start):
+    if start + 2 <= end and data.startswith(b"\r\n", start):
         return start + 2
     pos = data.find(b"\r\n\r\n", start, end)
     return end if pos < 0 else pos + 4
