@@ -212,3 +212,14 @@ def test_server_answers_kdig(dns_server: DnsTestServer, transport: str) -> None:
         check=True,
     )
     assert out.stdout.split() == ["192.0.2.10"]
+
+
+async def test_second_nameserver_answers_when_first_is_silent() -> None:
+    with DnsTestServer() as silent, DnsTestServer() as working:
+        silent.set_zone("x.test", {"@": {"A": "127.0.0.6"}})
+        silent.fail("x.test", "timeout")
+        working.set_zone("x.test", {"@": {"A": "127.0.0.5"}})
+        resolver = Resolver(
+            [("127.0.0.1", silent.port), ("127.0.0.1", working.port)], timeout=1.0, cache=False
+        )
+        assert await resolver.a("x.test") == ["127.0.0.5"]

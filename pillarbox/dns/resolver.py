@@ -143,7 +143,9 @@ class Resolver:
                 resolver.nameservers = ["127.0.0.1"]
         resolver.search = []
         resolver.use_search_by_default = False
-        resolver.timeout = timeout
+        # Each try gets half the budget, so a lost UDP packet is retried (or the second
+        # nameserver asked) before the whole lookup gives up at ``timeout``.
+        resolver.timeout = max(timeout / 2, 0.1)
         resolver.lifetime = timeout
         resolver.use_edns(0, 0, EDNS_PAYLOAD)
         if cache:
