@@ -299,6 +299,9 @@ async def test_spf_for_an_ipv6_client(world: DnsTestServer, resolver: Resolver) 
     world.set_zone("example.com", {"@": {"TXT": "v=spf1 ip6:2001:db8::/32 -all"}})
     assert (await check(resolver, message(), ip="2001:db8::25")).spf.result == "pass"
     assert (await check(resolver, message(), ip="2001:db9::25")).spf.result == "fail"
+    world.set_zone("example.com", {"@": {"TXT": f"v=spf1 ip4:{GOOD_IP} -all"}})
+    mapped = await check(resolver, message(), ip=f"::ffff:{GOOD_IP}")
+    assert mapped.spf.result == "pass"
 
 
 async def test_null_sender_uses_helo_identity(world: DnsTestServer, resolver: Resolver) -> None:

@@ -98,7 +98,11 @@ def _text(name: Any) -> str:
 
 
 def _valid_ip(ip: str) -> str:
-    return str(ipaddress.ip_address(ip))
+    address = ipaddress.ip_address(ip)
+    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; SPF's ip4: needs the v4.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _domain_of(sender: str) -> str:
