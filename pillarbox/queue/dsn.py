@@ -211,7 +211,8 @@ def _human_part(
     lines = [f"This is the mail system at host {hostname}.", "", intro, ""]
     for r in reports:
         where = f" (from {r.remote_mta})" if r.remote_mta else ""
-        lines.append(f"<{r.address}>: {r.diagnostic or r.explanation or r.status}{where}")
+        reason = _clean(r.diagnostic or r.explanation or r.status)
+        lines.append(_clean(f"<{r.address}>: {reason}{where}"))
     return "\r\n".join(lines) + "\r\n"
 
 
