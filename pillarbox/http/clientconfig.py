@@ -17,6 +17,7 @@ import re
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
 from pillarbox.config import Settings, split_host_port
 from pillarbox.core.address import Address, AddressError, parse_address
@@ -113,33 +114,34 @@ def parse_autodiscover_request(body: bytes) -> str:
 
 
 def outlook_autodiscover(settings: Settings, address: Address) -> bytes:
-    ET.register_namespace("", AUTODISCOVER_RESPONSE_NS)
-    root = ET.Element(f"{{{AUTODISCOVER_RESPONSE_NS}}}Autodiscover")
-    response = ET.SubElement(root, f"{{{AUTODISCOVER_OUTLOOK_NS}}}Response")
-
-    def sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
-        element = ET.SubElement(parent, f"{{{AUTODISCOVER_OUTLOOK_NS}}}{tag}")
-        element.text = text
-        return element
-
-    user = sub(response, "User")
-    sub(user, "DisplayName", str(address))
-    account = sub(response, "Account")
-    sub(account, "AccountType", "email")
-    sub(account, "Action", "settings")
+    """The POX response. Written as text rather than with ElementTree so the inner
+    ``Response`` carries its own default namespace, as Outlook's examples do (ElementTree
+    would invent ``ns1:`` prefixes); every value is escaped."""
+    login = escape(str(address))
+    protocols = []
     for service in services(settings):
-        protocol = sub(account, "Protocol")
-        sub(protocol, "Type", service.protocol.upper())
-        sub(protocol, "Server", settings.hostname)
-        sub(protocol, "Port", str(service.port))
-        sub(protocol, "LoginName", str(address))
-        sub(protocol, "DomainRequired", "off")
-        sub(protocol, "SPA", "off")
         # SSL "on" with Encryption SSL means implicit TLS; Encryption TLS means STARTTLS.
-        sub(protocol, "SSL", "on")
-        sub(protocol, "Encryption", "SSL" if service.implicit_tls else "TLS")
-        sub(protocol, "AuthRequired", "on")
-    return _xml_bytes(root)
+        protocols.append(
+            "<Protocol>"
+            f"<Type>{service.protocol.upper()}</Type>"
+            f"<Server>{escape(settings.hostname)}</Server>"
+            f"<Port>{service.port}</Port>"
+            f"<LoginName>{login}</LoginName>"
+            "<DomainRequired>off</DomainRequired><SPA>off</SPA><SSL>on</SSL>"
+            f"<Encryption>{'SSL' if service.implicit_tls else 'TLS'}</Encryption>"
+            "<AuthRequired>on</AuthRequired>"
+            "</Protocol>"
+        )
+    text = (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<Autodiscover xmlns="{AUTODISCOVER_RESPONSE_NS}">'
+        f'<Response xmlns="{AUTODISCOVER_OUTLOOK_NS}">'
+        f"<User><DisplayName>{login}</DisplayName></User>"
+        "<Account><AccountType>email</AccountType><Action>settings</Action>"
+        + "".join(protocols)
+        + "</Account></Response></Autodiscover>\n"
+    )
+    return text.encode("utf-8")
 
 
 # -- Apple --------------------------------------------------------------------------------
