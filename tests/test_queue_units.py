@@ -74,7 +74,10 @@ def test_domain_literals() -> None:
 
 
 def test_parse_policy() -> None:
-    text = "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n"
+    text = (
+        "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\n"
+        "mx: *.example.net\r\nmax_age: 604800\r\n"
+    )
     policy = parse_policy(text, "abc")
     assert policy.enforce and policy.max_age == 604800 and policy.policy_id == "abc"
     assert policy.allows("mail.example.com") and policy.allows("mx1.example.net")
