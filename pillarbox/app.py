@@ -86,7 +86,7 @@ def _component_factories() -> list[ComponentFactory]:
     factories.append(make_store)
     # The outbound queue provides ctx.services["queue"] to SMTP/delivery.
     factories.append(make_queue)
-    # SMTP receiving (25/587/465) and local delivery; provides ctx.services["delivery"].
+    # The smtp component (25/587/465) and local delivery; provides ctx.services["delivery"].
     factories.append(make_smtp)
     # IMAP (143 STARTTLS, 993) over the mail store.
     factories.append(make_imap)

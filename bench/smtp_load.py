@@ -1,0 +1,127 @@
+"""Load on Pillarbox's port 25: N concurrent sessions sending 4 KB messages into Maildir.
+
+Starts a real ``pillarbox serve`` process on a fresh dev data dir (free loopback ports,
+inbound mail authentication off unless --mailauth, so the figure is the SMTP + Maildir
+path, comparable with a Postfix without milters), then runs ``--sessions`` concurrent
+clients (raw asyncio sockets, PIPELINING: MAIL+RCPT+DATA in one write) that each send
+``--messages`` messages, ``--per-connection`` per connection. A message counts when its 250
+arrives (which we only send after the Maildir file and directory are fsync'd); the script
+checks at the end that every message is in new/.
+
+Reports msg/s and the server's CPU time (user+system from /proc) per message.
+
+    .venv/bin/python bench/smtp_load.py --sessions 20 --messages 200 --per-connection 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import pbserver  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def message(index: int, size: int) -> bytes:
+    head = (
+        f"From: sender{index}@remote.test\r\nTo: bench@example.test\r\n"
+        f"Subject: load test {index}\r\nMessage-ID: <{index}.{time.time_ns()}@remote.test>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+    ).encode()
+    line = b"The quick brown fox jumps over the lazy dog, again and again. 0123456789\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return head + body
+
+
+async def expect(reader: asyncio.StreamReader, code: bytes) -> None:
+    while True:
+        line = await reader.readline()
+        if not line.startswith(code):
+            raise RuntimeError(f"expected {code!r}, got {line!r}")
+        if line[3:4] == b" ":
+            return
+
+
+async def session(port: int, first: int, count: int, per_conn: int, size: int) -> int:
+    sent = 0
+    while sent < count:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await expect(reader, b"220")
+        writer.write(b"EHLO load.remote.test\r\n")
+        await expect(reader, b"250")
+        for _ in range(min(per_conn, count - sent)):
+            writer.write(
+                b"MAIL FROM:<sender@remote.test>\r\nRCPT TO:<bench@example.test>\r\nDATA\r\n"
+            )
+            await expect(reader, b"250")
+            await expect(reader, b"250")
+            await expect(reader, b"354")
+            writer.write(message(first + sent, size) + b".\r\n")
+            await expect(reader, b"250")
+            sent += 1
+        writer.write(b"QUIT\r\n")
+        await expect(reader, b"221")
+        writer.close()
+        await writer.wait_closed()
+    return sent
+
+
+async def run_load(port: int, sessions: int, messages: int, per_conn: int, size: int) -> int:
+    tasks = [session(port, i * messages, messages, per_conn, size) for i in range(sessions)]
+    return sum(await asyncio.gather(*tasks))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=200, help="per session")
+    parser.add_argument("--per-connection", type=int, default=1)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--mailauth", action="store_true", help="verify inbound SPF/DKIM/DMARC")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="pillarbox-load-") as tmp:
+        overrides = {
+            "mailauth": {"verify_inbound": args.mailauth},
+            "limits": {"max_connections_per_ip": 1000},
+        }
+        settings = pbserver.make_settings(Path(tmp) / "data", overrides)
+        pbserver.add_user(settings, "bench@example.test")
+        with pbserver.SubprocessServer(settings) as server:
+            port = server.port("smtp")
+            asyncio.run(run_load(port, 4, 5, 5, args.size))  # warm-up
+            pid = server.proc.pid
+            (user0, sys0), t0 = cpu_times(pid), time.perf_counter()
+            sent = asyncio.run(
+                run_load(port, args.sessions, args.messages, args.per_connection, args.size)
+            )
+            elapsed = time.perf_counter() - t0
+            user1, sys1 = cpu_times(pid)
+            user, system = user1 - user0, sys1 - sys0
+            cpu = user + system
+        stored = len(list((settings.mail_dir / "example.test" / "bench" / "new").iterdir()))
+    print(
+        f"{sent} messages of {args.size} bytes, {args.sessions} sessions, "
+        f"{args.per_connection} per connection: {sent / elapsed:.0f} msg/s, "
+        f"server CPU {cpu / sent * 1000:.3f} ms/msg (user {user / sent * 1000:.3f}, "
+        f"system {system / sent * 1000:.3f}; {cpu / elapsed * 100:.0f}% of a core); "
+        f"{stored} files in new/ (incl. {4 * 5} warm-up)"
+    )
+
+
+if __name__ == "__main__":
+    main()
