@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import pbserver  # noqa: E402
+from tests import pbserver
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

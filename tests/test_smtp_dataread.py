@@ -30,6 +30,10 @@ def stream_of(chunks: list[bytes], eof: bool = True) -> InputStream:
     return InputStream(reader, timeout=2)
 
 
+def files_in(directory: Path) -> list[Path]:
+    return list(directory.iterdir())
+
+
 def dot_stuff(message: bytes) -> bytes:
     stuffed = b"\r\n" + message
     return stuffed.replace(b"\r\n.", b"\r\n..")[2:]
@@ -85,7 +89,7 @@ async def test_empty_message(tmp_path: Path) -> None:
 async def test_bare_line_endings_are_refused(wire: bytes, tmp_path: Path) -> None:
     outcome, _, _ = await read(split_every(wire, 7), tmp_path)
     assert outcome is DataOutcome.BARE_LINE_ENDING
-    assert list(tmp_path.iterdir()) == []
+    assert files_in(tmp_path) == []
 
 
 async def test_only_crlf_dot_crlf_ends_data(tmp_path: Path) -> None:
@@ -104,7 +108,7 @@ async def test_too_big_is_read_to_the_end_and_discarded(tmp_path: Path) -> None:
     wire = body * 5000 + b".\r\nNOOP\r\n"
     outcome, _, stream = await read(split_every(wire, 65536), tmp_path, max_size=MEMORY_LIMIT)
     assert outcome is DataOutcome.TOO_BIG
-    assert list(tmp_path.iterdir()) == []
+    assert files_in(tmp_path) == []
     assert await stream.readline(100) == b"NOOP\r\n"
 
 
