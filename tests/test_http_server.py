@@ -83,7 +83,8 @@ def raw_exchange(port: int, data: bytes, *, wait: float = TIMEOUT) -> bytes:
     return b"".join(chunks)
 
 
-def test_http_redirects_to_https(running: pbserver.RunningServer) -> None:
+def test_http_redirects_to_https(running_fixed: pbserver.RunningServer) -> None:
+    running = running_fixed
     conn = http.client.HTTPConnection("127.0.0.1", running.port("http"), timeout=TIMEOUT)
     conn.request("GET", "/some/where?x=1", headers={"Host": "mta-sts.example.test"})
     response = conn.getresponse()
