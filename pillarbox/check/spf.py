@@ -40,7 +40,7 @@ _MECHANISM_RE = re.compile(
 )
 _MODIFIER_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]*)=(?P<value>.*)$")
 _MACRO_RE = re.compile(
-    r"%(?:\{(?P<letter>[a-zA-Z])(?P<digits>\d*)(?P<r>[rR]?)(?P<delims>[-.+,/_=]*)\}|(?P<esc>[%_-]))"
+    r"%(?:\{(?P<letter>[slodiphcrtvSLODIPHCRTV])(?P<digits>\d*)(?P<r>[rR]?)(?P<delims>[-.+,/_=]*)\}|(?P<esc>[%_-]))"
 )
 _CIDR4_RE = re.compile(r"^/(\d{1,2})$")
 _DUAL_CIDR_RE = re.compile(r"^(?:/(\d{1,2}))?(?://(\d{1,3}))?$")
