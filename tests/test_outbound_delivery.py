@@ -318,3 +318,107 @@ def test_connection_reused_for_several_messages(
         wait_for(lambda: len(peer.messages) == 3, what="three deliveries")
     assert peer.connections == 1
     assert peer.log.count("RSET") >= 2
+
+
+EIGHT_BIT = MESSAGE.replace(b"Hello Bob.", "Grüße, Bob.".encode())
+
+
+def test_8bit_message_body_8bitmime_passed_or_bounced(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    capable = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    old = peers["old"] = SmtpPeer("127.0.0.3", port)
+    old.extensions = {"PIPELINING"}  # no 8BITMIME, no SIZE
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    dns_server.set_zone("old.test", {"@": {"MX": ["10 mx.old.test."]}, "mx": {"A": "127.0.0.3"}})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test", "eve@old.test"], message=EIGHT_BIT)
+        (msg,) = wait_for(lambda: capable.messages, what="8-bit delivery")
+        (dsn,) = wait_for(lambda: inbox(settings), what="bounce from the 7-bit peer")
+    assert "BODY=8BITMIME" in msg.mail_params
+    assert "Grüße".encode() in msg.data
+    (block,) = delivery_status(dsn)
+    assert block["Final-Recipient"] == "rfc822; eve@old.test"
+    assert block["Status"] == "5.6.3"
+    assert old.messages == []
+
+
+def test_smtputf8_address_needs_smtputf8_peer(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    capable = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    capable.extensions.add("SMTPUTF8")
+    plain = peers["old"] = SmtpPeer("127.0.0.3", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    dns_server.set_zone("old.test", {"@": {"MX": ["10 mx.old.test."]}, "mx": {"A": "127.0.0.3"}})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["jörg@remote.test", "jörg@old.test"])
+        (msg,) = wait_for(lambda: capable.messages, what="SMTPUTF8 delivery")
+        (dsn,) = wait_for(lambda: inbox(settings), what="bounce")
+    assert "SMTPUTF8" in msg.mail_params
+    assert msg.recipients == ["jörg@remote.test"]
+    assert delivery_status(dsn)[0]["Status"] == "5.6.7"
+    assert plain.messages == []
+
+
+def test_message_over_peer_size_limit_bounces(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    peer.extensions = {"PIPELINING", "8BITMIME", "SIZE 100"}
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test"])
+        (dsn,) = wait_for(lambda: inbox(settings), what="bounce")
+    assert delivery_status(dsn)[0]["Status"] == "5.3.4"
+    assert peer.messages == []
+
+
+def test_delay_warning_sent_once(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    peer.rcpt_reply = lambda a: "452 4.2.2 mailbox full"
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(
+        tmp_path,
+        dns_server.address,
+        port,
+        {"delivery": {"delay_warning": 1, "retry_initial": 1, "retry_max": 1}},
+    )
+    with pbserver.RunningServer(settings) as running:
+        qid = enqueue(running, ["bob@remote.test"])
+        (warning,) = wait_for(lambda: inbox(settings), what="delay warning")
+        wait_for(
+            lambda: (
+                (queue_entry(running, qid) or {"recipients": [{"attempts": 0}]})["recipients"][0][
+                    "attempts"
+                ]
+                >= 4
+            ),
+            what="more attempts",
+        )
+        assert queue_entry(running, qid) is not None  # still queued
+    assert len(inbox(settings)) == 1
+    assert warning["Subject"] == "Delayed Mail (still being retried)"
+    (block,) = delivery_status(warning)
+    assert block["Action"] == "delayed"
+    assert block["Status"] == "4.2.2"
+    assert "Will-Retry-Until" in block
+
+
+def test_bind_address_sets_the_source_address(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(
+        tmp_path, dns_server.address, port, {"delivery": {"bind_address": "127.0.0.9, ::1"}}
+    )
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test"])
+        (msg,) = wait_for(lambda: peer.messages, what="delivery")
+    assert msg.peer_ip == "127.0.0.9"
