@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pillarbox.check.findings import Finding, Report, Status, render_json, render_text
 from pillarbox.check.runner import run_check
 from pillarbox.config import Settings
@@ -240,6 +242,7 @@ async def test_correct_zone_scores_ten(tmp_path: Path, dns_server: DnsTestServer
     assert checks == {
         "host.address",
         "host.ptr",
+        "host.spf",
         "dns.mx",
         "dns.spf",
         "dns.dkim",
@@ -446,3 +449,36 @@ async def test_listener_down(tmp_path: Path, dns_server: DnsTestServer) -> None:
     found = {(f.check, f.status) for f in problems(report)}
     assert ("server.reachable", Status.FAIL) in found
     assert any("connection refused" in f.what for f in problems(report))
+
+
+async def test_missing_helo_spf_is_a_warning(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        w.serve(drop=lambda r: r.name == f"{HOST}." and r.type == "TXT")
+        report = await w.check()
+    item = only(report, "host.spf", Status.WARN)
+    assert "no SPF record for the HELO name" in item.what
+    assert '"v=spf1 a -all"' in item.fix
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+async def test_cli_check_json_and_exit_status(
+    tmp_path: Path, dns_server: DnsTestServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pillarbox.cli import main
+
+    async with world(tmp_path, dns_server) as w:
+        config = str(w.settings.source)
+        # The CLI runs its own event loop; in a thread, while this loop serves the peers.
+        status = await asyncio.to_thread(main, ["--config", config, "check", "--format", "json"])
+        data = json.loads(capsys.readouterr().out)
+        assert status == 0 and data["score"] == 10.0, data
+        assert {f["status"] for f in data["findings"]} == {"PASS"}
+        w.serve(drop=lambda r: r.type == "MX")
+        status = await asyncio.to_thread(main, ["--config", config, "check"])
+        out = capsys.readouterr().out
+    assert status == 1
+    assert "FAIL  example.test: no MX record" in out
+    assert f"fix:  publish: {DOMAIN}.\t3600\tIN\tMX\t10 {HOST}." in out
+    assert "Score: 8/10" in out

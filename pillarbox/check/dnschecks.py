@@ -216,6 +216,49 @@ async def _spf_authorises(ctx: CheckContext, domain: str, ip: str, share: int, f
     )
 
 
+async def check_helo_spf(ctx: CheckContext) -> Finding | None:
+    """SPF for the HELO name (RFC 7208 §2.3): receivers that check it find our host
+    authorised. Skipped when the hostname is itself a mail domain (checked above)."""
+    host = ctx.settings.hostname
+    if host in ctx.settings.domains:
+        return None
+    fix = ctx.publish(host, "TXT")
+    try:
+        text = await spf.fetch_record(ctx.resolver, host)
+    except DnsTempError as exc:
+        return dns_failure("host.spf", exc, f"SPF of {host}")
+    except spf.SpfSyntaxError as exc:
+        return finding("host.spf", Status.WARN, f"SPF of {host}: {exc}", fix, subject=host)
+    if text is None:
+        return finding(
+            "host.spf",
+            Status.WARN,
+            f"{host} has no SPF record for the HELO name",
+            fix,
+            subject=host,
+        )
+    failures = []
+    for ip in ctx.addresses.all:
+        verdict = await spf.check_host(
+            ctx.resolver, host, spf.Identity(ip, f"postmaster@{host}", host)
+        )
+        if verdict.result == "temperror":
+            return dns_failure("host.spf", DnsTempError(verdict.reason), f"SPF of {host}")
+        if verdict.result != "pass":
+            failures.append(f"{ip}: {verdict.result}")
+    if failures:
+        return finding(
+            "host.spf",
+            Status.WARN,
+            f"SPF of {host} (HELO name) does not authorise {', '.join(failures)}",
+            fix,
+            subject=host,
+        )
+    return finding(
+        "host.spf", Status.PASS, f"SPF of {host} (HELO name) authorises us", subject=host
+    )
+
+
 # -- DKIM -----------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ class Status(enum.StrEnum):
 WEIGHTS = {
     "host.address": 2.0,
     "host.ptr": 2.0,
+    "host.spf": 0.25,
     "dns.mx": 2.0,
     "dns.spf": 2.0,
     "dns.dkim": 2.0,

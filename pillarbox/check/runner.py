@@ -42,8 +42,9 @@ async def run_check(
         build_records, settings, addresses, mta_sts_policy_text=mta_sts_policy_text
     )
     report = Report(settings.hostname, list(address_findings))
-    jobs: list[Awaitable[Finding | list[Finding]]] = []
+    jobs: list[Awaitable[Finding | list[Finding] | None]] = []
     jobs += [dnschecks.check_ptr(ctx, ip) for ip in addresses.all]
+    jobs.append(dnschecks.check_helo_spf(ctx))
     for domain in settings.domains:
         jobs += [
             dnschecks.check_mx(ctx, domain),
@@ -61,5 +62,7 @@ async def run_check(
     return report
 
 
-def _flatten(result: Finding | list[Finding]) -> Iterable[Finding]:
+def _flatten(result: Finding | list[Finding] | None) -> Iterable[Finding]:
+    if result is None:
+        return []
     return result if isinstance(result, list) else [result]
