@@ -482,3 +482,21 @@ async def test_cli_check_json_and_exit_status(
     assert "FAIL  example.test: no MX record" in out
     assert f"fix:  publish: {DOMAIN}.\t3600\tIN\tMX\t10 {HOST}." in out
     assert "Score: 8/10" in out
+
+
+async def test_reverse_dns_per_ip_family(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    v6_ptr_zone = "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa"
+    async with world(tmp_path, dns_server, overrides={"public_ip6": "::1"}) as w:
+        assert w.records.find(HOST, "AAAA")[0].value == "::1"
+        assert "ip6:::1" in w.records.find(DOMAIN, "TXT")[0].value
+        dns_server.set_zone(v6_ptr_zone, {"1": {"PTR": HOST + "."}})
+        report = await w.check()
+        assert problems(report) == [], render_text(report)
+        ptr = {f.subject: f.status for f in report.findings if f.check == "host.ptr"}
+        assert ptr == {"127.0.0.1": Status.PASS, "::1": Status.PASS}
+        # IPv6 reverse DNS wrong, IPv4 right: only the IPv6 address fails.
+        dns_server.set_zone(v6_ptr_zone, {"1": {"PTR": "ip6-localhost.isp.example."}})
+        report = await w.check()
+    item = only(report, "host.ptr", Status.FAIL)
+    assert item.subject == "::1" and "ip6-localhost.isp.example" in item.what
+    assert report.score == 9.0  # half of the reverse-DNS weight: one of two addresses
