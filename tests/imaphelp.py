@@ -51,3 +51,59 @@ def message(subject: str = "Hello", body: str = "Hi there.\r\n", **headers: str)
     ]
     lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+class Raw:
+    """A line-level IMAP client over TLS, for exact wire checks and hostile input."""
+
+    def __init__(self, server: pbserver.RunningServer, listener: str = "imaps"):
+        import socket
+
+        sock = socket.create_connection(("127.0.0.1", server.port(listener)), timeout=TIMEOUT)
+        if listener == "imaps":
+            sock = tls_context(server.settings).wrap_socket(sock, server_hostname=pbserver.HOSTNAME)
+        self.sock = sock
+        self.file = sock.makefile("rb")
+        self.greeting = self.line()
+
+    def line(self) -> bytes:
+        data = self.file.readline()
+        if not data:
+            raise ConnectionError("closed")
+        return data
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def until(self, tag: bytes) -> list[bytes]:
+        """Lines (literals inlined) up to and including the tagged response of ``tag``."""
+        import re
+
+        lines = []
+        while True:
+            line = self.line()
+            m = re.search(rb"\{(\d+)\}\r\n$", line)
+            while m:
+                line += self.file.read(int(m.group(1)))
+                more = self.line()
+                line += more
+                m = re.search(rb"\{(\d+)\}\r\n$", more)
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def cmd(self, tag: bytes, text: bytes) -> list[bytes]:
+        self.send(tag + b" " + text + b"\r\n")
+        return self.until(tag)
+
+    def login(self, user: str = ALICE) -> None:
+        lines = self.cmd(
+            b"L", b"LOGIN " + user.encode() + b' "' + pbserver.PASSWORD.encode() + b'"'
+        )
+        assert lines[-1].startswith(b"L OK"), lines
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except Exception:
+            pass

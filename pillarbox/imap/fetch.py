@@ -158,20 +158,21 @@ def _language(lang: list[str] | None) -> object:
     return r.List(tuple(r.String(x) for x in lang))
 
 
-def body_structure(part: dict[str, Any], extended: bool) -> object:
+def body_structure(part: dict[str, Any], extended: bool, utf8: bool = False) -> bytes:
     """BODY / BODYSTRUCTURE (RFC 3501 §7.4.2) from the store's part tree."""
     if "parts" in part:
-        items: list[object] = [body_structure(p, extended) for p in part["parts"]]
-        items.append(r.String(part["subtype"].upper()))
+        # body-type-mpart: the parts follow each other without spaces, then the subtype.
+        out = b"(" + b"".join(body_structure(p, extended, utf8) for p in part["parts"])
+        tail: list[object] = [r.String(part["subtype"].upper())]
         if extended:
-            items += [
+            tail += [
                 _params(part["params"]),
                 _disposition(part["disp"]),
                 _language(part["lang"]),
                 _nstr(part["loc"]),
             ]
-        return _Concat(tuple(items))
-    items = [
+        return out + b" " + b" ".join(r.encode(t, utf8=utf8) for t in tail) + b")"
+    items: list[object] = [
         r.String(part["type"].upper()),
         r.String(part["subtype"].upper()),
         _params(part["params"]),
@@ -180,38 +181,20 @@ def body_structure(part: dict[str, Any], extended: bool) -> object:
         r.String(part["enc"]),
         part["size"],
     ]
+    encoded = [r.encode(i, utf8=utf8) for i in items]
     if "msg" in part:
-        items += [envelope(part["env"]), body_structure(part["msg"], extended), part["lines"]]
-    elif part["type"] == "text":
-        items.append(part["lines"] or 0)
-    if extended:
-        items += [
-            _nstr(part["md5"]),
-            _disposition(part["disp"]),
-            _language(part["lang"]),
-            _nstr(part["loc"]),
+        encoded += [
+            r.encode(envelope(part["env"]), utf8=utf8),
+            body_structure(part["msg"], extended, utf8),
+            b"%d" % (part["lines"] or 0),
         ]
-    return r.List(tuple(items))
-
-
-class _Concat(r.List):
-    """A multipart body: its parts are concatenated without spaces (RFC 3501 body-type-mpart)."""
-
-    __slots__ = ()
-
-
-def _encode_body(value: object, utf8: bool) -> bytes:
-    if isinstance(value, _Concat):
-        items = value.items
-        parts = [i for i in items if isinstance(i, r.List)]
-        rest = items[len(parts) :]
-        out = b"(" + b"".join(_encode_body(p, utf8) for p in parts)
-        for item in rest:
-            out += b" " + r.encode(item, utf8=utf8)
-        return out + b")"
-    if isinstance(value, r.List):
-        return b"(" + b" ".join(_encode_body(i, utf8) for i in value.items) + b")"
-    return r.encode(value, utf8=utf8)
+    elif part["type"] == "text":
+        encoded.append(b"%d" % (part["lines"] or 0))
+    if extended:
+        ext = [_nstr(part["md5"]), _disposition(part["disp"]), _language(part["lang"])]
+        ext.append(_nstr(part["loc"]))
+        encoded += [r.encode(e, utf8=utf8) for e in ext]
+    return b"(" + b" ".join(encoded) + b")"
 
 
 def _literal(data: bytes, *, binary: bool = False) -> bytes:
@@ -323,9 +306,9 @@ def _simple(att: Simple, row: tuple[Any, ...], view: SelectedMailbox, utf8: bool
     if att is Simple.ENVELOPE:
         return b"ENVELOPE " + r.encode(envelope(row[ROW_ENVELOPE]), utf8=utf8)
     if att is Simple.BODY:
-        return b"BODY " + _encode_body(body_structure(row[ROW_STRUCTURE], False), utf8)
+        return b"BODY " + body_structure(row[ROW_STRUCTURE], False, utf8)
     if att is Simple.BODYSTRUCTURE:
-        return b"BODYSTRUCTURE " + _encode_body(body_structure(row[ROW_STRUCTURE], True), utf8)
+        return b"BODYSTRUCTURE " + body_structure(row[ROW_STRUCTURE], True, utf8)
     if att is Simple.RFC822_HEADER:
         return b"RFC822.HEADER " + _literal(row[ROW_HEADER])
     raise AssertionError(att)  # RFC822 / RFC822.TEXT are handled with the file
@@ -393,7 +376,10 @@ async def _mark_seen(
     unseen = [row[ROW_UID] for row in rows if "\\Seen" not in row[ROW_FLAGS].split()]
     if not unseen:
         return rows, set()
+    before = view.known_modseq
     result = await mail.store(view.name, [(u, u) for u in unseen], "add", ("\\Seen",), None)
+    if result.highestmodseq == before + 1:
+        view.known_modseq = result.highestmodseq  # only our own change: nothing to announce
     updated = {uid: (flags, modseq) for uid, flags, modseq in result.updated}
     new_rows = []
     for row in rows:
