@@ -500,3 +500,24 @@ async def test_reverse_dns_per_ip_family(tmp_path: Path, dns_server: DnsTestServ
     item = only(report, "host.ptr", Status.FAIL)
     assert item.subject == "::1" and "ip6-localhost.isp.example" in item.what
     assert report.score == 9.0  # half of the reverse-DNS weight: one of two addresses
+
+
+async def test_dead_dns_is_reported_as_dns_failure(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    import time
+
+    async with world(tmp_path, dns_server) as w:
+        names = {r.name.rstrip(".") for r in w.records.records if r.where == "zone"}
+        names |= {f"1.0.0.127.{zone}" for zone in DNSBLS} | {"1.0.0.127.in-addr.arpa"}
+        for name in names:
+            dns_server.fail(name, "timeout")
+        started = time.monotonic()
+        report = await w.check()
+        elapsed = time.monotonic() - started
+    dns_findings = [f for f in report.findings if not f.check.startswith("server.")]
+    assert dns_findings and all(f.status is Status.WARN for f in dns_findings), render_text(report)
+    assert all("DNS lookup failed" in f.what for f in dns_findings)
+    assert not any(f.status is Status.FAIL for f in report.findings)
+    # Lookups run concurrently, each bounded by the 1 s resolver timeout.
+    assert elapsed < 8, elapsed

@@ -27,15 +27,22 @@ class CheckContext:
         )
 
 
-def dns_failure(check: str, error: DnsError, subject: str, share: int = 1) -> Finding:
+OUR_DNS_FAILING = (
+    "retry; if it persists, check that your DNS provider answers for this name "
+    "(SERVFAIL or timeouts make other servers defer or reject your mail)"
+)
+
+
+def dns_failure(
+    check: str, error: DnsError, subject: str, share: int = 1, fix: str = OUR_DNS_FAILING
+) -> Finding:
     """A lookup that did not answer is not a missing record: say which one it is."""
     if isinstance(error, DnsTempError):
         return finding(
             check,
             Status.WARN,
             f"could not check {subject}: DNS lookup failed ({error})",
-            "retry; if it persists, check that your DNS provider answers for this name "
-            "(SERVFAIL or timeouts make other servers defer or reject your mail)",
+            fix,
             subject=subject,
             share=share,
         )

@@ -81,7 +81,14 @@ async def check_dnsbl(ctx: CheckContext, ip: str, zone: str) -> Finding | None:
     except DnsNotFound:
         return None
     except DnsTempError as exc:
-        return dns_failure("dnsbl", exc, f"{zone} for {ip}", share)
+        return dns_failure(
+            "dnsbl",
+            exc,
+            f"{zone} for {ip}",
+            share,
+            "retry; if it persists, check that the resolver in [dns] nameservers (or the "
+            f"system's) reaches the internet, or remove {zone} from [check] dnsbls",
+        )
     verdict, codes = classify(answers)
     meaning = ", ".join(f"{c} = {_meaning(zone, c)}" for c in codes)
     if verdict == "refused":
