@@ -3,8 +3,11 @@ on other loopback addresses (127.0.0.2, 127.0.0.3, ::1, ...)."""
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -422,3 +425,33 @@ def test_bind_address_sets_the_source_address(
         enqueue(running, ["bob@remote.test"])
         (msg,) = wait_for(lambda: peer.messages, what="delivery")
     assert msg.peer_ip == "127.0.0.9"
+
+
+def test_failed_tls_handshake_falls_back_to_plaintext_only_when_tls_is_optional(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    broken = server_cert(settings, tmp_path, "mx.remote.test")
+    with warnings.catch_warnings():  # deprecated on purpose: our client requires TLS 1.2+
+        warnings.simplefilter("ignore", DeprecationWarning)
+        broken.maximum_version = ssl.TLSVersion.TLSv1_1
+    peer.starttls = broken
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test"])
+        (msg,) = wait_for(lambda: peer.messages, what="plaintext delivery after TLS failure")
+    assert not msg.tls
+    assert peer.connections == 2
+
+    encrypt = dataclasses.replace(
+        settings, delivery=dataclasses.replace(settings.delivery, tls="encrypt")
+    )
+    with pbserver.RunningServer(encrypt) as running:
+        qid = enqueue(running, ["carol@remote.test"])
+        entry = wait_for(
+            lambda: (e := queue_entry(running, qid)) and e["recipients"][0]["last_reply"] and e,
+            what="deferral",
+        )
+    assert entry["recipients"][0]["last_reply"].startswith("4.7.5")
+    assert len(peer.messages) == 1
