@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pillarbox import __version__
-from pillarbox.cli import accounts, cert, check, dkim, dns, init, queue, serve, verify
+from pillarbox.cli import accounts, cert, check, dkim, dns, init, queue, sendmail, serve, verify
 from pillarbox.cli.common import CliError, Command
 from pillarbox.config import ConfigError
 
@@ -25,6 +25,7 @@ COMMANDS: list[Command] = [
     *check.COMMANDS,
     *cert.COMMANDS,
     *queue.COMMANDS,
+    *sendmail.COMMANDS,
 ]
 
 

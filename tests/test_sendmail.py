@@ -1,0 +1,102 @@
+"""``pillarbox sendmail`` as a real subprocess: with a running server (control socket) and
+without one (local delivery by the command, remote mail left for the server's start)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pillarbox.config import Settings
+from pillarbox.net import control
+from tests import pbserver
+from tests.dnsserver import DnsTestServer
+
+
+def sendmail(
+    settings: Settings, args: list[str], message: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    assert settings.source is not None
+    return subprocess.run(
+        [sys.executable, "-m", "pillarbox", "--config", str(settings.source), "sendmail", *args],
+        input=message, capture_output=True, timeout=30,
+    )  # fmt: skip
+
+
+def inbox(settings: Settings, user: str, mark: str) -> list[bytes]:
+    new = settings.mail_dir / "example.test" / user / "new"
+    if not new.is_dir():
+        return []
+    return [p.read_bytes() for p in new.iterdir() if mark.encode() in p.read_bytes()]
+
+
+@pytest.fixture
+def dns() -> object:
+    with DnsTestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(tmp_path: Path, dns: DnsTestServer) -> Settings:
+    settings = pbserver.make_settings(
+        tmp_path / "data",
+        {
+            "dns": {"nameservers": [dns.address], "timeout": 1.0},
+            "delivery": {"smarthost": "127.0.0.1:9", "mta_sts": False},
+        },
+    )
+    pbserver.add_user(settings, "alice@example.test")
+    pbserver.add_user(settings, "bob@example.test")
+    return settings
+
+
+def test_with_running_server_extracts_recipients_and_completes_headers(settings: Settings) -> None:
+    mark = uuid.uuid4().hex
+    message = f"To: alice@example.test\nBcc: bob@example.test\nSubject: {mark}\n\ncron output\n"
+    with pbserver.RunningServer(settings):
+        result = sendmail(settings, ["-oi", "-t", "-f", "root@example.test"], message.encode())
+    assert result.returncode == 0, result.stderr
+    (alice,) = inbox(settings, "alice", mark)
+    (bob,) = inbox(settings, "bob", mark)
+    for stored in (alice, bob):
+        assert b"\r\ncron output\r\n" in stored and b"\n\n" not in stored.replace(b"\r\n", b"")
+        assert b"Bcc:" not in stored
+        assert b"Return-Path: <root@example.test>" in stored
+        assert b"From: root@example.test\r\n" in stored and b"\r\nDate: " in stored
+        assert b"(Pillarbox, from userid " in stored and b"Message-ID: <" in stored
+    assert not list((settings.data_dir / "spool" / "pickup").iterdir())
+
+
+def test_unknown_recipient_fails(settings: Settings) -> None:
+    with pbserver.RunningServer(settings):
+        result = sendmail(settings, ["nobody@example.test"], b"Subject: x\n\nx\n")
+    assert result.returncode == 1
+    assert b"nobody@example.test: unknown" in result.stderr
+
+
+def test_without_server_local_now_remote_at_start(settings: Settings) -> None:
+    mark = uuid.uuid4().hex
+    local = sendmail(
+        settings, ["-F", "Cron Daemon", "alice@example.test"], f"Subject: {mark}\n\nx\n".encode()
+    )
+    assert local.returncode == 0, local.stderr
+    (stored,) = inbox(settings, "alice", mark)
+    assert b"From: Cron Daemon <" in stored
+    remote = sendmail(settings, ["friend@remote.test"], b"Subject: later\n\nx\n")
+    assert remote.returncode == 0 and b"queued" in remote.stderr
+    pending = list((settings.data_dir / "spool" / "pickup").glob("*.env"))
+    assert len(pending) == 1
+    with pbserver.RunningServer(settings):
+        # The server delivers pending pickup entries when it starts (into its outbound queue).
+        deadline = time.monotonic() + 5
+        while pending[0].exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        entry = control.call(
+            settings.control_socket, "queue.show", {"id": pending[0].stem}, timeout=5
+        )
+    assert [r["address"] for r in entry["recipients"]] == ["friend@remote.test"]
+    assert not pending[0].exists()
