@@ -521,3 +521,22 @@ async def test_dead_dns_is_reported_as_dns_failure(
     assert not any(f.status is Status.FAIL for f in report.findings)
     # Lookups run concurrently, each bounded by the 1 s resolver timeout.
     assert elapsed < 8, elapsed
+
+
+async def test_submission_without_starttls(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    base = pbserver.make_settings(tmp_path / "peer")
+    cert, key = _cert_for(base, tmp_path)
+    submission = SmtpPeer(server_context(cert, key), offer_starttls=False)
+    port = await submission.start()
+    try:
+        overrides = {"listen": {"submission": f"127.0.0.1:{port}"}}
+        async with world(tmp_path, dns_server, overrides=overrides) as w:
+            assert w.records.find(f"_submission._tcp.{DOMAIN}", "SRV")[0].value == (
+                f"10 1 {port} {HOST}."
+            )
+            report = await w.check()
+    finally:
+        await submission.stop()
+    item = only(report, "server.starttls", Status.FAIL)
+    assert item.what.startswith("submission at 127.0.0.1:")
+    assert "cannot log in safely" in item.what

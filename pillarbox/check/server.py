@@ -251,6 +251,8 @@ async def check_server(ctx: CheckContext) -> list[Finding]:
     for probe in probes:
         if probe.target.listener == "smtp" and not probe.error:
             findings += _smtp_findings(ctx, probe, len(smtp_targets))
+        elif probe.starttls_offered is False and not probe.error:
+            findings.append(_client_without_starttls(probe))
     if not smtp_targets:
         findings.append(
             finding(
@@ -390,3 +392,16 @@ def _smtp_findings(ctx: CheckContext, probe: Probe, count: int) -> list[Finding]
             share=count,
         )
     return [ehlo, tls]
+
+
+def _client_without_starttls(probe: Probe) -> Finding:
+    """Submission/IMAP/POP3 without STARTTLS: clients would send passwords in clear text
+    (RFC 8314 §3 asks for TLS on every client connection)."""
+    return finding(
+        "server.starttls",
+        Status.FAIL,
+        f"{probe.target.listener} at {probe.target} does not offer STARTTLS: "
+        "mail clients cannot log in safely",
+        "check [tls] cert/key in the config and the server log",
+        subject=str(probe.target),
+    )
