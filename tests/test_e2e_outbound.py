@@ -1,0 +1,232 @@
+"""End to end: alice submits on 587, bob (local) reads it over IMAP, carol's server (another
+MX, found through DNS) receives it DKIM-signed with the keys ``pillarbox dns records``
+publishes, and a remote 550 comes back to alice as a DSN she reads over IMAP. Sent is the
+client's job: APPEND to Sent and read it back.
+
+The remote server is ``tests.smtppeer.SmtpPeer`` on 127.0.0.2; ``remote.example``'s MX points
+at it in the test DNS server. DKIM is checked with dkimpy asking that DNS server over the
+wire; SPF/DMARC from the remote's point of view with ``pillarbox verify`` (the command a user
+runs on a received message) against the same DNS.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim
+import pytest
+
+from pillarbox.config import Settings
+from tests import pbserver
+from tests.dnsserver import DnsTestServer
+from tests.e2e_world import (
+    ALICE,
+    BOB,
+    REMOTE_DOMAIN,
+    TRACE_FIELDS,
+    dns_txt,
+    fetch_by_message_id,
+    header_names,
+    imap,
+    marker,
+    message,
+    prepended,
+    publish_our_zone,
+    publish_remote_zone,
+    submit,
+    wait_for,
+    world_settings,
+)
+from tests.smtppeer import Received, SmtpPeer, free_port_on
+
+CAROL = f"carol@{REMOTE_DOMAIN}"
+DAVE = f"dave@{REMOTE_DOMAIN}"
+
+
+@dataclass
+class World:
+    settings: Settings
+    server: pbserver.RunningServer
+    dns: DnsTestServer
+    peer: SmtpPeer
+
+    def submit(self, recipients: list[str], data: bytes, sender: str = ALICE) -> dict:
+        return submit(self.settings, self.server.port("submission"), sender, recipients, data)
+
+    def imap(self, user: str = ALICE):  # type: ignore[no-untyped-def]
+        return imap(self.settings, self.server.port("imaps"), user)
+
+    def remote_copy(self, mark: str) -> Received:
+        def find() -> list[Received]:
+            return [m for m in self.peer.messages if mark.encode() in m.data]
+
+        (msg,) = wait_for(find, what=f"remote delivery of {mark}")
+        return msg
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("e2e-outbound")
+    port = free_port_on("127.0.0.2")
+    peer = SmtpPeer("127.0.0.2", port, name=f"mx.{REMOTE_DOMAIN}")
+    peer.extensions |= {"SMTPUTF8", "DSN"}
+    peer.rcpt_reply = lambda addr: (
+        f"550 5.1.1 <{addr}>: mailbox unavailable here (e2e-{addr.split('@')[0]})"
+        if addr.startswith("nosuch") else None
+    )
+    try:
+        with DnsTestServer() as dns_server:
+            settings = world_settings(tmp, dns_server, port)
+            for user in (ALICE, BOB):
+                pbserver.add_user(settings, user)
+            publish_our_zone(dns_server, settings)
+            publish_remote_zone(dns_server)
+            with pbserver.RunningServer(settings) as server:
+                yield World(settings, server, dns_server, peer)
+    finally:
+        peer.close()
+
+
+def alice_message(mark: str, to: str) -> bytes:
+    return message(mark, sender=f"Alice <{ALICE}>", to=to)
+
+
+def verify_all_signatures(data: bytes, dns_server: DnsTestServer) -> list[bytes]:
+    """The a= of every DKIM signature, each verified by dkimpy against the live DNS."""
+    checker = dkim.DKIM(data)
+    count = data.count(b"\nDKIM-Signature:") + data.startswith(b"DKIM-Signature:")
+    algorithms = []
+    for index in range(count):
+        assert checker.verify(idx=index, dnsfunc=dns_txt(dns_server)), f"signature {index}"
+        algorithms.append(checker.signature_fields[b"a"])
+    return algorithms
+
+
+def test_submission_local_and_remote_with_dkim_from_published_records(world: World) -> None:
+    mark = marker()
+    original = alice_message(mark, f"Bob <{BOB}>, Carol <{CAROL}>")
+    assert world.submit([BOB, CAROL], original) == {}
+
+    # carol's server got it, signed by keys that verify against the records we published
+    remote = world.remote_copy(mark)
+    assert remote.recipients == [CAROL]
+    assert remote.sender == ALICE
+    assert remote.helo == "mail.example.test"
+    added = prepended(remote.data, original)
+    assert set(header_names(added)) <= {"dkim-signature", "received"}, header_names(added)
+    algorithms = verify_all_signatures(remote.data, world.dns)
+    assert sorted(algorithms) == [b"ed25519-sha256", b"rsa-sha256"]
+    # one byte changed in the body: dkimpy must now refuse it
+    tampered = remote.data.replace(b"Hello " + mark.encode(), b"Hallo " + mark.encode())
+    assert not dkim.verify(tampered, dnsfunc=dns_txt(world.dns))
+
+    # bob reads his copy over IMAP: the original bytes, after our trace fields only
+    with world.imap(BOB) as client:
+        ((_, stored),) = wait_for(lambda: fetch_by_message_id(client, mark), what="bob's copy")
+    head = prepended(stored, original)
+    assert set(header_names(head)) <= TRACE_FIELDS | {"dkim-signature"}, header_names(head)
+    received = " ".join(
+        v for v in email.message_from_bytes(head + b"\r\n").get_all("Received", [])
+    )
+    assert ALICE in received or "alice" in received, "Received must record the AUTH user"
+    assert "TLS" in received
+
+
+def test_receiver_sees_spf_dkim_dmarc_pass_with_pillarbox_verify(
+    world: World, tmp_path: Path
+) -> None:
+    """What a receiving server would conclude from the published records and the connecting
+    address it saw (the peer's view), with ``pillarbox verify --format json``."""
+    mark = marker()
+    original = alice_message(mark, CAROL)
+    assert world.submit([CAROL], original) == {}
+    remote = world.remote_copy(mark)
+    path = tmp_path / "received.eml"
+    path.write_bytes(remote.data)
+    assert world.settings.source is not None
+    out = subprocess.run(
+        [sys.executable, "-m", "pillarbox", "--config", str(world.settings.source), "verify",
+         str(path), "--ip", remote.peer_ip, "--helo", remote.helo, "--mail-from", remote.sender,
+         "--format", "json"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    text = json.dumps(report)
+    assert report["spf"]["result"] == "pass", text
+    assert report["dmarc"]["result"] == "pass", text
+    assert {d["result"] for d in report["dkim"]} == {"pass"}, text
+
+
+def test_append_to_sent_keeps_bytes_and_special_use(world: World) -> None:
+    mark = marker()
+    original = alice_message(mark, CAROL)
+    with world.imap() as client:
+        sent = [name for flags, _, name in client.list_folders() if b"\\Sent" in flags]
+        assert sent == ["Sent"]
+        result = client.append("Sent", original, flags=[b"\\Seen"])
+        assert b"APPENDUID" in result
+        ((uid, stored),) = fetch_by_message_id(client, mark, "Sent")
+        assert stored == original
+        assert b"\\Seen" in client.get_flags([uid])[uid]
+        appenduid = int(re.search(rb"APPENDUID \d+ (\d+)", result).group(1))  # type: ignore[union-attr]
+        assert appenduid == uid
+
+
+def test_remote_550_becomes_a_dsn_in_alices_inbox(world: World) -> None:
+    mark = marker()
+    nosuch = f"nosuch-{mark[:6]}@{REMOTE_DOMAIN}"
+    original = alice_message(mark, f"{nosuch}, {DAVE}")
+    assert world.submit([nosuch, DAVE], original) == {}
+    assert world.remote_copy(mark).recipients == [DAVE]  # the good one still goes
+
+    def bounce() -> list[bytes]:
+        with world.imap() as client:
+            client.select_folder("INBOX", readonly=True)
+            uids = client.search(["BODY", f"e2e-nosuch-{mark[:6]}"])
+            fetched = client.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
+            return [v[b"BODY[]"] for v in fetched.values()]
+
+    (dsn_bytes,) = wait_for(bounce, timeout=15, what="DSN in alice's INBOX")
+    dsn = email.message_from_bytes(dsn_bytes, policy=email.policy.compat32)
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    assert dsn["Return-Path"] in ("<>", None)
+    status = [p for p in dsn.walk() if p.get_content_type() == "message/delivery-status"]
+    assert status, "no message/delivery-status part"
+    blocks = status[0].get_payload()
+    per_rcpt = [dict(b.items()) for b in blocks[1:]]
+    assert len(per_rcpt) == 1, per_rcpt  # dave was delivered: not in the report
+    (block,) = per_rcpt
+    assert nosuch in block["Final-Recipient"]
+    assert block["Action"] == "failed" and block["Status"] == "5.1.1"
+    diagnostic = re.sub(r"\s+", " ", block["Diagnostic-Code"])
+    assert f"550 5.1.1 <{nosuch}>: mailbox unavailable here" in diagnostic
+    assert f"<{mark}@e2e.test>".encode() in dsn_bytes  # the original (or its header) returned
+
+
+def test_sendmail_cli_to_remote_is_signed_and_delivered(world: World) -> None:
+    mark = marker()
+    original = alice_message(mark, CAROL)
+    assert world.settings.source is not None
+    done = subprocess.run(
+        [sys.executable, "-m", "pillarbox", "--config", str(world.settings.source), "sendmail",
+         "-f", ALICE, CAROL],
+        input=original, capture_output=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    remote = world.remote_copy(mark)
+    assert remote.recipients == [CAROL]
+    assert remote.data.endswith(original)
+    assert sorted(verify_all_signatures(remote.data, world.dns)) == [
+        b"ed25519-sha256",
+        b"rsa-sha256",
+    ]
