@@ -58,6 +58,7 @@ from pillarbox.queue.store import (
     Outcome,
     QueueStore,
     Recipient,
+    is_queue_id,
 )
 from pillarbox.queue.store import FAILED as STATE_FAILED
 from pillarbox.queue.store import SENT as STATE_SENT
@@ -136,9 +137,15 @@ class OutboundQueue:
         self._executor.shutdown(wait=True)
 
     async def reload(self, ctx: Any) -> None:
+        """New delivery settings apply from the next attempt; ``max_concurrency`` needs a
+        restart (it sizes a semaphore that connections in flight hold)."""
         self.settings = ctx.settings
         self.resolver = Resolver.from_settings(self.settings.dns)
         self.remote = self._make_remote(self.settings)
+        d = self.settings.delivery
+        self.runner.per_destination = d.max_concurrency_per_destination
+        self.runner.scan_interval = float(d.queue_scan_interval)
+        self.runner.wake()
 
     def _make_remote(self, settings: Settings) -> RemoteDelivery:
         sts = PolicyFetcher(
@@ -189,9 +196,13 @@ class OutboundQueue:
         if store is None:
             raise QueueError("the queue is not started")
         qid = queue_id or new_queue_id()
+        if not is_queue_id(qid):
+            raise QueueError(f"bad queue id {qid!r}")
         parts = await self._signed(qid, sender, list(message))
         try:
             size, eightbit = await asyncio.to_thread(store.write_spool, qid, parts)
+        except FileExistsError:
+            raise QueueError(f"queue id {qid} is already in use") from None
         except OSError as exc:
             _log.error("spool write failed", queue_id=qid, error=str(exc))
             raise QueueError(f"cannot write the queue file: {exc}") from exc
@@ -405,7 +416,10 @@ class OutboundQueue:
         """Hand a DSN (null sender) to the delivery service: local INBOX or the queue."""
         delivery = self.ctx.services.get("delivery")
         if delivery is not None:
-            await delivery.deliver("", [to], [report], queue_id=dsn_id)
+            outcome = await delivery.deliver("", [to], [report], queue_id=dsn_id)
+            if isinstance(outcome, dict) and "unknown" in outcome.values():
+                # The local sender no longer exists: the report has nowhere to go.
+                _log.warning("dsn undeliverable", to=f"<{to}>", queue_id=dsn_id)
             return
         # No delivery service wired (queue used alone): route it ourselves.
         delimiter = self.settings.delivery.recipient_delimiter
@@ -413,6 +427,8 @@ class OutboundQueue:
         for user in resolution.local_users:
             maildir = user_maildir(self.settings.mail_dir, user)
             await asyncio.to_thread(maildir_deliver, maildir, [report])
+        if not resolution.found:
+            _log.warning("dsn recipient unknown, sending it out", to=f"<{to}>", queue_id=dsn_id)
         if resolution.remote or not resolution.found:
             targets = list(resolution.remote) if resolution.found else [to]
             await self.enqueue(
@@ -432,7 +448,7 @@ class OutboundQueue:
         return entry
 
     async def _control_flush(self, params: dict[str, Any]) -> int:
-        queue_id = params.get("id") or None
+        queue_id = str(params["id"]) if params.get("id") else None
         if queue_id is not None and await self._db(lambda s: s.message(queue_id)) is None:
             raise ControlError(f"no such message in the queue: {queue_id}")
         count = await self._db(lambda s: s.flush(queue_id))
@@ -469,7 +485,7 @@ def list_entries(store: QueueStore) -> list[dict[str, Any]]:
 
 
 def show_entry(store: QueueStore, queue_id: str) -> dict[str, Any] | None:
-    m = store.message(queue_id)
+    m = store.message(queue_id) if is_queue_id(queue_id) else None
     if m is None:
         return None
     header = b""

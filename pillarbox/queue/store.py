@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -147,6 +148,14 @@ class Outcome:
     warned: bool = False
 
 
+_QUEUE_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+
+
+def is_queue_id(text: str) -> bool:
+    """Queue ids name files: letters and digits only (no path tricks from the CLI)."""
+    return bool(_QUEUE_ID.match(text))
+
+
 def recipient_domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -173,12 +182,18 @@ class QueueStore:
         self.conn.close()
 
     def message_path(self, queue_id: str) -> Path:
+        if not is_queue_id(queue_id):
+            raise ValueError(f"not a queue id: {queue_id!r}")
         return self.msg_dir / queue_id
 
     # -- enqueue --------------------------------------------------------------------------
 
     def write_spool(self, queue_id: str, parts: Sequence[bytes | Path]) -> tuple[int, bool]:
-        """Write ``parts`` to ``msg/ID`` durably; returns (size, has 8-bit octets)."""
+        """Write ``parts`` to ``msg/ID`` durably; returns (size, has 8-bit octets).
+
+        Raises FileExistsError when ``msg/ID`` exists (a reused id never replaces a message).
+        """
+        final = self.message_path(queue_id)
         tmp = self.tmp_dir / queue_id
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -195,8 +210,10 @@ class QueueStore:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        final = self.message_path(queue_id)
-        os.rename(tmp, final)
+        try:
+            os.link(tmp, final)  # unlike rename, never replaces an existing file
+        finally:
+            tmp.unlink(missing_ok=True)
         fsync_dir(self.msg_dir)
         return size, _has_8bit(final)
 
@@ -359,6 +376,8 @@ class QueueStore:
 
     def delete(self, queue_id: str) -> bool:
         """Remove a message and its state (no DSN); True if it existed."""
+        if not is_queue_id(queue_id):
+            return False
         with db.Transaction(self.conn) as conn:
             cur = conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
             existed = cur.rowcount > 0
