@@ -249,6 +249,7 @@ async def test_correct_zone_scores_ten(tmp_path: Path, dns_server: DnsTestServer
         "dns.dmarc",
         "dns.mta-sts",
         "dns.tls-rpt",
+        "dns.clients",
         "server.reachable",
         "server.tls",
         "server.ehlo",
@@ -540,3 +541,28 @@ async def test_submission_without_starttls(tmp_path: Path, dns_server: DnsTestSe
     item = only(report, "server.starttls", Status.FAIL)
     assert item.what.startswith("submission at 127.0.0.1:")
     assert "cannot log in safely" in item.what
+
+
+async def test_client_srv_missing(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    async with world(tmp_path, dns_server) as w:
+        w.serve(drop=lambda r: r.name.startswith("_imaps._tcp."))
+        report = await w.check()
+    item = only(report, "dns.clients", Status.WARN)
+    assert f"_imaps._tcp.{DOMAIN}" in item.what
+    assert f"_imaps._tcp.{DOMAIN}.\t3600\tIN\tSRV\t0 0 0 ." in item.fix
+
+
+async def test_caa_with_acme(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    acme = {"tls": {"acme": True, "acme_email": f"postmaster@{DOMAIN}"}}
+    async with world(tmp_path, dns_server, overrides=acme) as w:
+        assert w.records.find(DOMAIN, "CAA")[0].value == '0 issue "letsencrypt.org"'
+        report = await w.check()
+        caa = [f for f in report.findings if f.check == "dns.caa"]
+        assert [f.status for f in caa] == [Status.PASS], render_text(report)
+        w.serve(
+            drop=lambda r: r.type == "CAA",
+            extra=[Record(f"{DOMAIN}.", "CAA", '0 issue "pki.goog"')],
+        )
+        report = await w.check()
+    item = only(report, "dns.caa", Status.FAIL)
+    assert "allows pki.goog, not letsencrypt.org" in item.what

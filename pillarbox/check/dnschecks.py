@@ -437,3 +437,100 @@ async def check_tlsrpt(ctx: CheckContext, domain: str) -> Finding:
         subject=domain,
         share=share,
     )
+
+
+# -- client autoconfiguration (RFC 6186 / RFC 8314 SRV) and CAA -------------------------------
+
+
+async def check_client_srv(ctx: CheckContext, domain: str) -> Finding:
+    """The SRV records mail clients use to find us say what `dns records` says."""
+    share = len(ctx.settings.domains)
+    expected = [
+        r
+        for r in ctx.expected.by_type("SRV")
+        if r.name.endswith(f"._tcp.{domain}.") and not r.name.startswith("_autodiscover.")
+    ]
+    wrong: list[str] = []
+    for record in expected:
+        name = record.name.rstrip(".")
+        try:
+            found = [_srv_text(r) for r in await ctx.resolver.query(name, "SRV")]
+        except DnsTempError as exc:
+            return dns_failure("dns.clients", exc, f"client SRV records of {domain}", share)
+        except DnsNotFound:
+            found = []
+        if record.value.lower() not in found:
+            wrong.append(name)
+    if wrong:
+        fixes = "\n".join(ctx.publish(name, "SRV") for name in wrong)
+        return finding(
+            "dns.clients",
+            Status.WARN,
+            f"client autoconfiguration SRV records missing or different: {', '.join(wrong)}",
+            fixes,
+            subject=domain,
+            share=share,
+        )
+    return finding(
+        "dns.clients",
+        Status.PASS,
+        f"client SRV records of {domain} point mail clients here",
+        subject=domain,
+        share=share,
+    )
+
+
+def _srv_text(rdata: object) -> str:
+    text: str = rdata.to_text()  # type: ignore[attr-defined]
+    return text.lower()
+
+
+async def check_caa(ctx: CheckContext, domain: str) -> Finding | None:
+    """With ACME, a CAA record that does not name our CA makes issuance fail (RFC 8659 §3:
+    the closest CAA record set, climbing from the name, decides)."""
+    from pillarbox.dns.records import caa_issuer
+
+    if not ctx.settings.tls.acme:
+        return None
+    share = len(ctx.settings.domains)
+    issuer = caa_issuer(ctx.settings)
+    name = domain
+    found: list[tuple[str, str]] = []
+    while name.count(".") >= 1 and not found:
+        try:
+            found = [
+                (r.tag.decode().lower(), r.value.decode())
+                for r in await ctx.resolver.query(name, "CAA")
+            ]
+        except DnsTempError as exc:
+            return dns_failure("dns.caa", exc, f"CAA of {domain}", share)
+        except DnsNotFound:
+            name = name.partition(".")[2]
+    fix = ctx.publish(domain, "CAA")
+    if not found:
+        return finding(
+            "dns.caa",
+            Status.WARN,
+            f"{domain} has no CAA record: any CA may issue certificates for it",
+            fix,
+            subject=domain,
+            share=share,
+        )
+    allowed = [value.split(";")[0].strip().lower() for tag, value in found if tag == "issue"]
+    if issuer is not None and issuer not in allowed:
+        return finding(
+            "dns.caa",
+            Status.FAIL,
+            f"CAA of {name} allows {', '.join(allowed) or 'no CA'}, not {issuer}: "
+            "certificate renewal will be refused",
+            fix,
+            subject=domain,
+            share=share,
+        )
+    return finding(
+        "dns.caa",
+        Status.PASS,
+        f"CAA of {name} allows {issuer or ', '.join(allowed)}",
+        subject=domain,
+        share=share,
+    )

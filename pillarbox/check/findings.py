@@ -34,6 +34,8 @@ WEIGHTS = {
     "dns.dmarc": 1.0,
     "dns.mta-sts": 0.5,
     "dns.tls-rpt": 0.25,
+    "dns.clients": 0.25,
+    "dns.caa": 0.5,
     "server.tls": 2.0,
     "server.reachable": 1.0,
     "server.ehlo": 0.5,

@@ -53,6 +53,8 @@ async def run_check(
             dnschecks.check_dmarc(ctx, domain),
             mtasts.check_mta_sts(ctx, domain),
             dnschecks.check_tlsrpt(ctx, domain),
+            dnschecks.check_client_srv(ctx, domain),
+            dnschecks.check_caa(ctx, domain),
         ]
     if include_server:
         jobs.append(server.check_server(ctx))
