@@ -339,13 +339,22 @@ class CertificateManager:
             try:
                 result = await self._renew(force, progress or self._log_progress)
             except acme.AcmeError as exc:
-                self.failures += 1
-                self.last_error = str(exc)
-                _log.error("certificate renewal failed", error=str(exc), failures=self.failures)
+                self._failed(str(exc))
                 raise
+            except (OSError, ValueError, TlsConfigError) as exc:
+                # Disk full, unreadable files, a library surprise: same outcome for the admin
+                # (old certificate kept, retried with backoff), with the traceback in the log.
+                _log.error("certificate renewal crashed", exc_info=True)
+                self._failed(f"unexpected {type(exc).__name__}: {exc}")
+                raise acme.AcmeError(self.last_error or "") from exc
             self.failures = 0
             self.last_error = None
             return result
+
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        _log.error("certificate renewal failed", error=error, failures=self.failures)
 
     async def _renew(self, force: bool, progress: acme.Progress) -> RenewResult:
         settings = self.settings
