@@ -566,3 +566,40 @@ async def test_caa_with_acme(tmp_path: Path, dns_server: DnsTestServer) -> None:
         report = await w.check()
     item = only(report, "dns.caa", Status.FAIL)
     assert "allows pki.goog, not letsencrypt.org" in item.what
+
+
+async def test_hostile_and_silent_peers_are_bounded(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    import time
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # a greeting that never ends
+                writer.write(b"220-" + b"x" * 70 + b"\r\n")
+                await writer.drain()
+        except (OSError, ConnectionError):
+            pass
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # says nothing; returns when the client gives up
+
+    hostile = await asyncio.start_server(endless, "127.0.0.1", 0)
+    quiet = await asyncio.start_server(silent, "127.0.0.1", 0)
+    ports = [s.sockets[0].getsockname()[1] for s in (hostile, quiet)]
+    overrides = {
+        "listen": {"smtp": f"127.0.0.1:{ports[0]}", "imap": f"127.0.0.1:{ports[1]}"},
+        "check": {"timeout": 1.0},
+    }
+    try:
+        async with world(tmp_path, dns_server, overrides=overrides) as w:
+            started = time.monotonic()
+            report = await w.check()
+            elapsed = time.monotonic() - started
+    finally:
+        for server in (hostile, quiet):
+            server.close()
+    reach = {f.subject: f for f in report.findings if f.check == "server.reachable"}
+    assert "too many lines" in reach[f"127.0.0.1:{ports[0]}"].what
+    assert "timed out" in reach[f"127.0.0.1:{ports[1]}"].what
+    assert elapsed < 5, elapsed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from pillarbox.check.findings import render_json, render_text
 from pillarbox.check.runner import run_check
@@ -16,6 +17,9 @@ from pillarbox.cli.common import Command, load_settings
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    # Python 3.11's asyncio warns "returning true from eof_received() has no effect when
+    # using ssl" when a server closes a connection we upgraded with STARTTLS: noise here.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     report = asyncio.run(run_check(settings, include_server=not args.dns_only))
     print(render_json(report) if args.format == "json" else render_text(report), end="")
     return 1 if report.failed else 0
