@@ -366,3 +366,51 @@ def test_cert_renew_without_a_running_server(acme_setup: Callable[..., AcmeSetup
     assert status.returncode == 0, status.stderr
     assert re.search(r"^from ACME\s+yes$", status.stdout, re.MULTILINE)
     assert re.search(r"^server\s+not running$", status.stdout, re.MULTILINE)
+
+
+def test_mta_sts_policy_fetched_by_a_sending_mta(
+    acme_setup: Callable[..., AcmeSetup], dns_server: DnsTestServer
+) -> None:
+    """The outbound side's RFC 8461 fetcher (certificate verified for mta-sts.example.test,
+    id from the TXT record) reads the policy our https listener serves with the ACME cert."""
+    import asyncio
+
+    from pillarbox.dns.resolver import Resolver, parse_nameserver
+    from pillarbox.http import mtasts
+    from pillarbox.queue.mtasts import PolicyFetcher
+
+    setup = acme_setup()
+    settings = setup.settings
+    with pbserver.RunningServer(settings) as server:
+        wait_first_attempt(server)
+        assert manager(server).last_error is None
+        policy_id = mtasts.mta_sts_policy_id(settings)
+        dns_server.set_zone(
+            "example.test",
+            {
+                "mail": {"A": "127.0.0.1"},
+                "mta-sts": {"A": "127.0.0.1"},
+                "_mta-sts": {"TXT": f"v=STSv1; id={policy_id}"},
+            },
+        )
+        verifying = ssl.create_default_context(cadata=setup.pebble.root_pem().decode())
+        stored: dict[str, tuple[str, str]] = {}
+
+        async def cache_get(domain: str) -> None:
+            return None
+
+        async def cache_put(domain: str, pid: str, text: str, expires: float) -> None:
+            stored[domain] = (pid, text)
+
+        async def fetch() -> Any:
+            resolver = Resolver([parse_nameserver(dns_server.address)], timeout=1.0)
+            fetcher = PolicyFetcher(
+                resolver, verifying, cache_get, cache_put, port=server.port("https"), timeout=5
+            )
+            return await fetcher.policy("example.test")
+
+        policy = asyncio.run(fetch())
+        assert policy is not None
+        assert policy.mode == "testing"  # pebble is not a publicly trusted CA
+        assert policy.allows("mail.example.test")
+        assert stored["example.test"][0] == policy_id
