@@ -603,3 +603,28 @@ async def test_hostile_and_silent_peers_are_bounded(
     assert "too many lines" in reach[f"127.0.0.1:{ports[0]}"].what
     assert "timed out" in reach[f"127.0.0.1:{ports[1]}"].what
     assert elapsed < 5, elapsed
+
+
+async def test_mta_sts_policy_for_another_mx(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    from pillarbox.dns.records import mta_sts_txt_value
+
+    async with world(tmp_path, dns_server) as w:
+        policy = "version: STSv1\r\nmode: enforce\r\nmx: *.mail.example.net\r\nmax_age: 86400\r\n"
+        w.https.policy = policy
+        record = Record(f"_mta-sts.{DOMAIN}.", "TXT", mta_sts_txt_value(policy))
+        w.serve(drop=lambda r: r.name.startswith("_mta-sts."), extra=[record])
+        report = await w.check()
+    item = only(report, "dns.mta-sts", Status.FAIL)
+    assert "lists mx *.mail.example.net, not mail.example.test" in item.what
+    assert "refuse to deliver" in item.what
+    assert report.score == 8.0  # enforced: as bad as a missing MX
+
+
+async def test_mta_sts_policy_with_wrong_content_type(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    async with world(tmp_path, dns_server) as w:
+        w.https.content_type = "text/html"
+        report = await w.check()
+    item = only(report, "dns.mta-sts", Status.FAIL)
+    assert "cannot be fetched" in item.what and "text/html" in item.what

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from pillarbox.check.context import CheckContext, Target, dns_failure, listener_targets
 from pillarbox.check.dnschecks import parse_tags
-from pillarbox.check.findings import Finding, Status, finding
+from pillarbox.check.findings import WEIGHTS, Finding, Status, finding
 from pillarbox.check.wire import ProtocolError, Stream, client_tls_context, describe_error
 from pillarbox.dns.records import Record, mta_sts_policy_id, record_line
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError
@@ -241,12 +241,21 @@ def _policy_findings(
         return [result(Status.FAIL, f"MTA-STS policy of {domain} is invalid: {exc}")]
     host = ctx.settings.hostname
     if policy.mode != "none" and not any(mx_matches(p, host) for p in policy.mx):
+        # RFC 8461 §5.1: under "enforce" a sender must not deliver to an MX the policy does
+        # not list: as bad as a missing MX. Under "testing" it only reports the failure.
+        enforced = policy.mode == "enforce"
+        consequence = "senders will refuse to deliver" if enforced else "senders report failures"
         return [
-            result(
+            finding(
+                "dns.mta-sts",
                 Status.FAIL,
                 f"MTA-STS policy of {domain} lists mx {', '.join(policy.mx)}, not {host}: "
-                "senders will refuse to deliver",
-                f"serve a policy with 'mx: {host}'",
+                + consequence,
+                f"point mta-sts.{domain} at this server, which serves 'mx: {host}' "
+                f"({ctx.publish(f'mta-sts.{domain}', 'CNAME')}), or remove the _mta-sts record",
+                subject=domain,
+                share=len(ctx.settings.domains),
+                weight=WEIGHTS["dns.mx"] if enforced else None,
             )
         ]
     served_id = mta_sts_policy_id(text)
