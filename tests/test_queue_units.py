@@ -306,3 +306,13 @@ def test_reply_properties() -> None:
     assert reply.permanent and not reply.temporary
     assert reply.enhanced == "5.7.25"
     assert str(reply) == "550 5.7.25 no PTR see https://support"
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(min_value=0, max_value=200), max_size=8))
+def test_data_encoder_is_independent_of_chunking(body: bytes, cuts: list[int]) -> None:
+    points = sorted({c for c in cuts if c <= len(body)})
+    chunks = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    whole, split = DataEncoder(), DataEncoder()
+    one = whole.feed(body) + whole.finish()
+    many = b"".join(split.feed(c) for c in chunks) + split.finish()
+    assert one == many

@@ -47,7 +47,7 @@ class Runner:
         self,
         *,
         due: Callable[[float], Awaitable[list[Recipient]]],
-        next_due: Callable[[], Awaitable[float | None]],
+        next_due: Callable[[float], Awaitable[float | None]],
         run_job: JobRunner,
         housekeeping: Callable[[], Awaitable[None]],
         destination_of: Callable[[str], str],
@@ -104,10 +104,13 @@ class Runner:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _delay(self) -> float:
-        upcoming = await self._next_due()
+        # Recipients due now are scheduled or in flight (a finished job wakes the loop), so
+        # only future retries set the timer: no busy loop while a slow attempt runs.
+        now = time.time()
+        upcoming = await self._next_due(now)
         if upcoming is None:
             return self.scan_interval
-        return max(0.05, min(self.scan_interval, upcoming - time.time()))
+        return max(0.05, min(self.scan_interval, upcoming - now))
 
     async def _schedule(self) -> None:
         recipients = await self._due(time.time())
@@ -149,6 +152,7 @@ class Runner:
                             )
                         finally:
                             self._in_flight.discard(job.key)
+                            self._wake.set()  # rescan: the job may have due siblings
                 finally:
                     self.active_connections -= 1
                     await slot.close()

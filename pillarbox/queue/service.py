@@ -162,7 +162,7 @@ class OutboundQueue:
         d = settings.delivery
         return Runner(
             due=lambda now: self._db(lambda s: s.due(now)),
-            next_due=lambda: self._db(lambda s: s.next_due()),
+            next_due=lambda now: self._db(lambda s: s.next_due(now)),
             run_job=self._run_job,
             housekeeping=self._send_pending_reports,
             destination_of=lambda domain: self.remote.destination_key(domain),

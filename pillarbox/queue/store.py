@@ -279,9 +279,11 @@ class QueueStore:
         ).fetchall()
         return [_recipient(r) for r in rows]
 
-    def next_due(self) -> float | None:
+    def next_due(self, after: float) -> float | None:
+        """The earliest retry time later than ``after`` (due ones are being handled)."""
         row = self.conn.execute(
-            "SELECT MIN(next_attempt) FROM recipients WHERE state = ?", (QUEUED,)
+            "SELECT MIN(next_attempt) FROM recipients WHERE state = ? AND next_attempt > ?",
+            (QUEUED, after),
         ).fetchone()
         return row[0] if row and row[0] is not None else None
 

@@ -101,29 +101,40 @@ class DataEncoder:
 
     RFC 5321 §4.5.2: a line starting with "." gets another "."; §2.3.8: lines end in CRLF
     (bare LF from a spool written with LF is converted). Feed chunks, then ``finish()``.
+    Memory stays bounded by the chunk size however long a line is.
     """
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._at_line_start = True
+        self._cr_pending = False  # a chunk ended in CR: is it half of a CRLF?
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._tail + chunk
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
-        return b"".join(self._line(line) for line in lines)
+        if self._cr_pending:
+            chunk = b"\r" + chunk
+            self._cr_pending = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._cr_pending = True
+        out = bytearray()
+        segments = chunk.split(b"\n")
+        for i, segment in enumerate(segments):
+            complete = i < len(segments) - 1
+            if self._at_line_start and segment.startswith(b"."):
+                out += b"."
+            if complete:
+                out += segment.removesuffix(b"\r") + b"\r\n"
+                self._at_line_start = True
+            elif segment:
+                out += segment
+                self._at_line_start = False
+        return bytes(out)
 
     def finish(self) -> bytes:
-        last = self._line(self._tail) if self._tail else b""
-        self._tail = b""
-        return last + b".\r\n"
-
-    @staticmethod
-    def _line(line: bytes) -> bytes:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if line.startswith(b"."):
-            line = b"." + line
-        return line + b"\r\n"
+        # A CR at the very end is dropped with the line end it was meant to start.
+        self._cr_pending = False
+        end = b"" if self._at_line_start else b"\r\n"
+        self._at_line_start = True
+        return end + b".\r\n"
 
 
 class SmtpClient:
