@@ -135,6 +135,14 @@ def test_challenge_type(acme_settings: Settings) -> None:
         acme_settings, tls=dataclasses.replace(acme_settings.tls, acme_challenge="tls-alpn-01")
     )
     assert challenge_type(forced) == acme.TLS_ALPN01
+    nothing = dataclasses.replace(no_http, listen=dataclasses.replace(no_http.listen, https=""))
+    with pytest.raises(acme.AcmeError, match="tls-alpn-01 needs the https listener"):
+        challenge_type(nothing)
+    http_only = dataclasses.replace(
+        no_http, tls=dataclasses.replace(no_http.tls, acme_challenge="http-01")
+    )
+    with pytest.raises(acme.AcmeError, match="http-01 needs the http listener"):
+        challenge_type(http_only)
 
 
 def test_tls_alpn_certificate_follows_rfc_8737() -> None:

@@ -145,10 +145,18 @@ async def acme_names(settings: Settings, resolver: Resolver) -> tuple[list[str],
 
 
 def challenge_type(settings: Settings) -> str:
+    """The challenge to answer; AcmeError when the listener it needs is switched off."""
     configured = settings.tls.acme_challenge
-    if configured != "auto":
-        return configured
-    return acme.HTTP01 if settings.listen.http else acme.TLS_ALPN01
+    kind = configured
+    if configured == "auto":
+        kind = acme.HTTP01 if settings.listen.http else acme.TLS_ALPN01
+    listener = "http" if kind == acme.HTTP01 else "https"
+    if not getattr(settings.listen, listener):
+        raise acme.AcmeError(
+            f"{kind} needs the {listener} listener, which is disabled in [listen]; enable it "
+            "(or forward the challenge to it: see docs/certificates.md)"
+        )
+    return kind
 
 
 def short_resolver(settings: Settings) -> Resolver:
