@@ -628,3 +628,14 @@ async def test_mta_sts_policy_with_wrong_content_type(
         report = await w.check()
     item = only(report, "dns.mta-sts", Status.FAIL)
     assert "cannot be fetched" in item.what and "text/html" in item.what
+
+
+async def test_dkim_keys_missing_on_this_server(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    import shutil
+
+    async with world(tmp_path, dns_server) as w:
+        shutil.rmtree(w.settings.keys_dir / DOMAIN)
+        report = await w.check()
+    item = only(report, "dns.dkim", Status.FAIL)
+    assert item.what == f"{DOMAIN} has no DKIM key on this server"
+    assert f"pillarbox dkim rotate {DOMAIN}" in item.fix

@@ -244,3 +244,16 @@ async def test_published_zone_answers_over_dns(tmp_path: Path, dns_server: DnsTe
         assert await resolver.txt(key.dns_name) == [key.txt_value()]
     assert await resolver.mx(DOMAIN) == [(10, HOST)]
     assert await resolver.a(f"mta-sts.{DOMAIN}") == ["127.0.0.1"]
+
+
+def test_missing_or_broken_dkim_keys_become_notes(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, domains=("example.test", "other.test"))
+    import shutil
+
+    shutil.rmtree(settings.keys_dir / "other.test")
+    (settings.keys_dir / "example.test" / "selectors.json").write_text("{not json")
+    records = build_records(settings)
+    assert not any("_domainkey" in r.name for r in records.records)
+    text = zone_text(records)
+    assert "; NOTE: other.test has no DKIM key yet: run `pillarbox dkim rotate other.test`" in text
+    assert "; NOTE: DKIM keys of example.test unreadable" in text

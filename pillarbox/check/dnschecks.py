@@ -14,7 +14,7 @@ from pillarbox.check import spf
 from pillarbox.check.context import CheckContext, dns_failure
 from pillarbox.check.findings import Finding, Status, finding
 from pillarbox.dns.resolver import DnsError, DnsNotFound, DnsTempError
-from pillarbox.mailauth.keys import DkimKey, published_keys
+from pillarbox.mailauth.keys import DkimKey, DkimKeyError, published_keys
 
 _TAG_RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", re.DOTALL)
 
@@ -263,14 +263,19 @@ async def check_helo_spf(ctx: CheckContext) -> Finding | None:
 
 
 async def check_dkim(ctx: CheckContext, domain: str) -> list[Finding]:
-    keys = await asyncio.to_thread(published_keys, ctx.settings.keys_dir, domain)
-    if not keys:
+    try:
+        keys = await asyncio.to_thread(published_keys, ctx.settings.keys_dir, domain)
+        problem = "" if keys else f"{domain} has no DKIM key on this server"
+    except DkimKeyError as exc:
+        keys, problem = [], f"DKIM keys of {domain} unreadable: {exc}"
+    if problem:
         return [
             finding(
                 "dns.dkim",
                 Status.FAIL,
-                f"{domain} has no DKIM key on this server",
-                "run `pillarbox init` again or restore the keys directory",
+                problem,
+                f"run `pillarbox dkim rotate {domain}` (or restore {ctx.settings.keys_dir}), "
+                "then publish the new records",
                 subject=domain,
                 share=len(ctx.settings.domains),
             )
@@ -292,7 +297,17 @@ async def _check_dkim_key(ctx: CheckContext, key: DkimKey, share: int) -> Findin
         return finding(
             "dns.dkim", missing, f"no DKIM key published at {name}", fix, subject=name, share=share
         )
-    ours = await asyncio.to_thread(key.public_key_b64)
+    try:
+        ours = await asyncio.to_thread(key.public_key_b64)
+    except (DkimKeyError, OSError, ValueError) as exc:
+        return finding(
+            "dns.dkim",
+            Status.FAIL,
+            f"DKIM private key {key.private_key_path} unreadable: {exc}",
+            f"run `pillarbox dkim rotate {key.domain}` and publish the new records",
+            subject=name,
+            share=share,
+        )
     problems = []
     for text in texts:
         try:

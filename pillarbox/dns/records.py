@@ -170,8 +170,6 @@ def build_records(
 ) -> RecordSet:
     """Every record to publish. ``addresses`` defaults to ``public_ip``/``public_ip6``;
     ``mta_sts_policy_text`` to :func:`mta_sts_policy` (pass what the HTTPS side serves)."""
-    from pillarbox.mailauth.keys import published_keys
-
     addresses = addresses or PublicAddresses.from_settings(settings)
     policy = mta_sts_policy_text if mta_sts_policy_text is not None else mta_sts_policy(settings)
     host = fqdn(settings.hostname)
@@ -179,11 +177,7 @@ def build_records(
     result.records.extend(_host_records(settings, addresses, result.notes))
     for domain in settings.domains:
         result.records.extend(_domain_records(settings, domain, addresses, policy, result.notes))
-        for key in published_keys(settings.keys_dir, domain):
-            note = "signs new mail" if key.state == "active" else "retiring: keep until rotated"
-            result.records.append(
-                Record(fqdn(key.dns_name), "TXT", key.txt_value(), f"DKIM {key.algorithm}, {note}")
-            )
+        result.records.extend(_dkim_records(settings, domain, result.notes))
     for ip in addresses.all:
         result.records.append(
             Record(
@@ -273,6 +267,24 @@ def _domain_records(
         )
     if settings.tls.acme:
         records.extend(_caa(settings, domain, notes))
+    return records
+
+
+def _dkim_records(settings: Settings, domain: str, notes: list[str]) -> list[Record]:
+    from pillarbox.mailauth.keys import DkimKeyError, published_keys
+
+    records = []
+    try:
+        for key in published_keys(settings.keys_dir, domain):
+            note = "signs new mail" if key.state == "active" else "retiring: keep until rotated"
+            records.append(
+                Record(fqdn(key.dns_name), "TXT", key.txt_value(), f"DKIM {key.algorithm}, {note}")
+            )
+    except (DkimKeyError, OSError, ValueError) as exc:
+        notes.append(f"DKIM keys of {domain} unreadable ({exc}): check {settings.keys_dir}")
+        return []
+    if not records:
+        notes.append(f"{domain} has no DKIM key yet: run `pillarbox dkim rotate {domain}`")
     return records
 
 
