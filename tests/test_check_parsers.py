@@ -102,3 +102,15 @@ def test_score_and_text() -> None:
     assert "Score: 7.5/10  (1 passed, 1 warning, 1 failed)" in text
     relay = Finding("server.relay", Status.FAIL, "open relay", "", "", 10.0)
     assert Report("h", [*report.findings, relay]).score == 0.0
+
+
+async def test_a_crashing_check_becomes_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pillarbox.check import runner
+
+    async def boom() -> None:
+        raise RuntimeError("unexpected answer")
+
+    result = await runner._guarded(boom())
+    assert isinstance(result, Finding)
+    assert result.status is Status.WARN and "RuntimeError: unexpected answer" in result.what
+    assert result.penalty == 0.0

@@ -49,6 +49,7 @@ CATEGORIES = {
     "dns": "DNS of the mail domains",
     "server": "The running server",
     "dnsbl": "Blocklists",
+    "internal": "Checks that could not run",
 }
 
 

@@ -132,7 +132,10 @@ async def _get(ctx: CheckContext, target: Target, name: str) -> str:
             # §3.3: redirects must not be followed; anything but 200 is a failure.
             raise ProtocolError(f"HTTP {' '.join(parts[1:])}")
         headers = await _headers(stream)
-        body = await _body(stream, headers)
+        try:
+            body = await _body(stream, headers)
+        except (ValueError, EOFError) as exc:  # bad chunk size, body cut short
+            raise ProtocolError(f"bad HTTP body: {exc}") from None
     finally:
         await stream.close()
     if not headers.get("content-type", "").lower().startswith("text/plain"):

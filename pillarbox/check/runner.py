@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterable
 
+from pillarbox import log
 from pillarbox.check import dnschecks, mtasts, server
 from pillarbox.check.context import CheckContext, public_addresses
 from pillarbox.check.dnsbl import check_blocklists
-from pillarbox.check.findings import Finding, Report
+from pillarbox.check.findings import Finding, Report, Status
 from pillarbox.config import Settings
 from pillarbox.dns.records import PublicAddresses, RecordSet, build_records
 from pillarbox.dns.resolver import Resolver
+
+_log = log.get("check")
 
 
 async def run_check(
@@ -59,9 +62,26 @@ async def run_check(
     if include_server:
         jobs.append(server.check_server(ctx))
     jobs.append(check_blocklists(ctx))
-    for result in await asyncio.gather(*jobs):
+    for result in await asyncio.gather(*(_guarded(job) for job in jobs)):
         report.extend(_flatten(result))
     return report
+
+
+async def _guarded(
+    job: Awaitable[Finding | list[Finding] | None],
+) -> Finding | list[Finding] | None:
+    """A bug or an unforeseen answer in one check becomes a finding, not a lost report."""
+    try:
+        return await job
+    except Exception as exc:
+        _log.error("check failed", error=repr(exc), exc_info=True)
+        return Finding(
+            "internal",
+            Status.WARN,
+            f"a check could not run: {type(exc).__name__}: {exc}",
+            "please report this as a bug, with the output of `pillarbox check --format json`",
+            weight=0.0,
+        )
 
 
 def _flatten(result: Finding | list[Finding] | None) -> Iterable[Finding]:

@@ -158,8 +158,8 @@ async def probe_listener(ctx: CheckContext, target: Target, *, verify: bool = Tr
                 again.cert = CertResult(False, describe_error(exc))
             return again
         probe.error = describe_error(exc)
-    except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
-        probe.error = describe_error(exc)
+    except (OSError, TimeoutError, ProtocolError, ssl.SSLError, ValueError) as exc:
+        probe.error = describe_error(exc)  # ValueError: a certificate we cannot parse
     finally:
         if stream is not None:
             await stream.close()
