@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
@@ -124,11 +125,15 @@ class Site:
             return self._guard(request, ("GET", "HEAD"), self._mobileconfig)
         return text_response(404)
 
-    def _guard(self, request: Request, methods: tuple[str, ...], handler: Any) -> Response:
+    def _guard(
+        self,
+        request: Request,
+        methods: tuple[str, ...],
+        handler: Callable[[Request], Response],
+    ) -> Response:
         if request.method not in methods:
             return _method_not_allowed(", ".join(methods))
-        response: Response = handler(request)
-        return response
+        return handler(request)
 
     def _mta_sts(self, request: Request) -> Response:
         # RFC 8461 §3.3: the policy lives only at https://mta-sts.<domain>/.well-known/...
