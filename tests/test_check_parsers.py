@@ -104,7 +104,7 @@ def test_score_and_text() -> None:
     assert Report("h", [*report.findings, relay]).score == 0.0
 
 
-async def test_a_crashing_check_becomes_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_crashing_check_becomes_a_finding() -> None:
     from pillarbox.check import runner
 
     async def boom() -> None:

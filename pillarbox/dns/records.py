@@ -238,7 +238,7 @@ def _domain_records(
             f"_smtp._tls.{zone}",
             "TXT",
             tlsrpt_value(domain),
-            "TLS-RPT: where senders report TLS failures",
+            "TLS-RPT: senders report TLS failures here; make sure postmaster reaches you",
         ),
     ]
     if host != f"mta-sts.{zone}":
