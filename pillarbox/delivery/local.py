@@ -3,35 +3,28 @@
 Each local recipient gets its own file with its own ``Return-Path`` and ``Delivered-To``
 (RFC 5321 §4.4: the final delivery adds Return-Path; Delivered-To is the Postfix/qmail
 loop-detection header and tells a user which of its addresses received the mail). Files are
-written by :func:`pillarbox.store.maildir.deliver`: tmp/, fsync, link into new/, fsync of
-new/; so when :meth:`LocalStore.store` returns, the mail survives a power cut, and only then
-does SMTP answer 250.
-
-The writes run in a dedicated thread pool (disk waits must not stall the event loop, and the
-default executor is shared with password hashing). A message for several users costs one
-kernel-side copy per user (``copy_file_range`` for spooled bodies).
+written by :class:`~pillarbox.delivery.maildirwriter.MaildirWriter` (invisible file, fsync,
+atomic link into new/, fsync of new/, with group commit), so when :meth:`LocalStore.store`
+returns the mail survives a power cut, and only then does SMTP answer 250. A message for
+several users costs one kernel-side copy per user (``copy_file_range`` for spooled bodies).
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pillarbox import log
-from pillarbox.store.maildir import deliver as maildir_deliver
+from pillarbox.delivery.maildirwriter import MaildirWriter
 from pillarbox.store.maildir import user_maildir
 
 _log = log.get("delivery")
 
 INBOX = "INBOX"
 JUNK = "Junk"
-# fsync waits dominate a delivery; this many can wait at once (the disk merges them).
-DELIVERY_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -51,20 +44,6 @@ def delivery_headers(sender: str, user: str) -> bytes:
     return f"Return-Path: <{sender}>\r\nDelivered-To: {user}\r\n".encode()
 
 
-def _store_all(
-    mail_dir: Path,
-    targets: Sequence[LocalTarget],
-    sender: str,
-    message: Sequence[bytes | Path],
-    hostname: str | None,
-) -> list[Path]:
-    paths = []
-    for target in targets:
-        parts = [delivery_headers(sender, target.user), *message]
-        paths.append(maildir_deliver(folder_path(mail_dir, target), parts, hostname=hostname))
-    return paths
-
-
 class LocalStore:
     """Writes messages into Maildirs (see the module docstring)."""
 
@@ -72,10 +51,10 @@ class LocalStore:
         self.mail_dir = mail_dir
         self.services = services
         self.hostname = hostname
-        self._executor = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="maildir")
+        self._writer = MaildirWriter(hostname)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._writer.close()
 
     async def store(
         self,
@@ -88,12 +67,13 @@ class LocalStore:
         """Deliver to every target; returns the new files. Raises OSError on failure."""
         if not targets:
             return []
-        loop = asyncio.get_running_loop()
-        paths = await loop.run_in_executor(
-            self._executor, _store_all, self.mail_dir, targets, sender, message, self.hostname
+        paths = await self._writer.write(
+            [folder_path(self.mail_dir, t) for t in targets],
+            [delivery_headers(sender, t.user) for t in targets],
+            message,
         )
         for target, path in zip(targets, paths, strict=True):
-            _log.info(
+            _log.debug(
                 "delivered", queue_id=queue_id, to=target.user, folder=target.folder,
                 file=path.name,
             )  # fmt: skip

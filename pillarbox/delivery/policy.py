@@ -23,6 +23,7 @@ import email.parser
 import email.policy
 import errno
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,11 @@ from pillarbox.smtp.codes import Reply
 from pillarbox.smtp.dataread import SpooledMessage
 from pillarbox.smtp.parse import RcptCommand
 from pillarbox.smtp.session import Envelope, ListenerKind, Recipient, SessionInfo
-from pillarbox.store.accounts import Accounts
+from pillarbox.store.accounts import Accounts, Resolution
 
 _log = log.get("delivery")
 _HEADER_PARSER = email.parser.HeaderParser(policy=email.policy.default)
+MAX_REMEMBERED = 100_000
 
 
 def from_header_addresses(head: bytes) -> list[str] | None:
@@ -79,6 +81,8 @@ class SmtpBackend:
         self.delivery = delivery
         self.services = services
         self._resolver: Any = None
+        # RCPT-time resolutions, reused at delivery so both agree (and one lookup is saved).
+        self._resolved: OrderedDict[tuple[str, str], Resolution] = OrderedDict()
 
     @property
     def delimiter(self) -> str:
@@ -108,12 +112,26 @@ class SmtpBackend:
             if self.delivery.queue is None:
                 return codes.OUTBOUND_UNAVAILABLE
             return Recipient(address, rcpt.notify, rcpt.orcpt)
-        resolution = self.accounts.resolve(address, self.delimiter)
+        resolution = self.delivery.resolve(address)
         if not resolution.found:
             return codes.MAILBOX_UNKNOWN
         if resolution.remote and self.delivery.queue is None:
             return codes.OUTBOUND_UNAVAILABLE  # an alias forwarding elsewhere
+        self._remember(envelope.queue_id, address, resolution)
         return Recipient(address, rcpt.notify, rcpt.orcpt)
+
+    def _remember(self, queue_id: str, address: str, resolution: Resolution) -> None:
+        self._resolved[(queue_id, address)] = resolution
+        while len(self._resolved) > MAX_REMEMBERED:  # abandoned transactions
+            self._resolved.popitem(last=False)
+
+    def _recall(self, envelope: Envelope) -> dict[str, Resolution]:
+        known = {}
+        for rcpt in envelope.recipients:
+            resolution = self._resolved.pop((envelope.queue_id, rcpt.address), None)
+            if resolution is not None:
+                known[rcpt.address] = resolution
+        return known
 
     # -- after DATA --------------------------------------------------------------------
 
@@ -198,7 +216,8 @@ class SmtpBackend:
 
     async def _store(self, envelope: Envelope, message: list[bytes | Path], folder: str) -> Reply:
         route = self.delivery.route(
-            [OutboundRecipient(r.address, r.notify, r.orcpt) for r in envelope.recipients]
+            [OutboundRecipient(r.address, r.notify, r.orcpt) for r in envelope.recipients],
+            self._recall(envelope),
         )
         if route.unknown:
             # Accepted at RCPT, gone since (user deleted meanwhile): the rest still goes.

@@ -30,7 +30,7 @@ from pillarbox import log
 from pillarbox.core.address import AddressError, parse_address
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
 from pillarbox.queue.api import OutboundRecipient, QueueError
-from pillarbox.store.accounts import Accounts
+from pillarbox.store.accounts import Accounts, Resolution
 
 _log = log.get("delivery")
 
@@ -81,7 +81,15 @@ class DeliveryService:
             address = f"postmaster@{self.primary_domain}"
         return str(parse_address(address))
 
-    def route(self, recipients: Sequence[OutboundRecipient]) -> Route:
+    def resolve(self, address: str) -> Resolution:
+        return self.accounts.resolve(address, self.delimiter)
+
+    def route(
+        self,
+        recipients: Sequence[OutboundRecipient],
+        known: Mapping[str, Resolution] | None = None,
+    ) -> Route:
+        """Expand recipients; ``known`` holds resolutions already made (at RCPT time)."""
         route = Route()
         for rcpt in recipients:
             try:
@@ -90,7 +98,9 @@ class DeliveryService:
                 route.unknown.append(rcpt.address)
                 route.outcome[rcpt.address] = "unknown"
                 continue
-            resolution = self.accounts.resolve(address, self.delimiter)
+            resolution = known.get(address) if known else None
+            if resolution is None:
+                resolution = self.resolve(address)
             if not resolution.found:
                 route.unknown.append(rcpt.address)
             route.outcome[rcpt.address] = (

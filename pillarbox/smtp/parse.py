@@ -52,6 +52,7 @@ _HELO_RE = re.compile(
 _XTEXT_RE = re.compile(r"^(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*$")
 _KEYWORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
 _MECHANISM_RE = re.compile(r"^[A-Z0-9_\-]{1,20}$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
@@ -94,7 +95,7 @@ def split_command(line: bytes) -> tuple[str, str]:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError:
         raise SmtpSyntaxError(codes.SYNTAX_ERROR) from None
-    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in decoded):
+    if _CONTROL_RE.search(decoded):
         raise SmtpSyntaxError(codes.SYNTAX_ERROR)
     verb, _, argument = decoded.partition(" ")
     return verb.upper(), argument.strip()
@@ -155,6 +156,11 @@ def xtext_decode(value: str) -> str:
     return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
+def _is_number(text: str) -> bool:
+    # str.isdigit() also accepts "²" and other Unicode digits that int() refuses.
+    return text.isascii() and text.isdigit()
+
+
 def _require_value(value: str | None) -> str:
     if value is None:
         raise SmtpSyntaxError(codes.PARAM_SYNTAX)
@@ -170,7 +176,7 @@ def parse_mail(argument: str) -> MailCommand:
     for key, value in params.items():
         if key == "SIZE":
             text = _require_value(value)
-            if not text.isdigit() or len(text) > 20:
+            if not _is_number(text) or len(text) > 20:
                 raise SmtpSyntaxError(codes.PARAM_SYNTAX)
             size = int(text)
         elif key == "BODY":
@@ -234,7 +240,7 @@ def parse_auth(argument: str) -> AuthCommand:
 def parse_bdat(argument: str) -> BdatCommand:
     # RFC 3030 §2: bdat-cmd ::= "BDAT" SP chunk-size [ SP end-marker ] CR LF
     words = argument.split()
-    if not 1 <= len(words) <= 2 or not words[0].isdigit() or len(words[0]) > 18:
+    if not 1 <= len(words) <= 2 or not _is_number(words[0]) or len(words[0]) > 18:
         raise SmtpSyntaxError(codes.PARAM_SYNTAX)
     if len(words) == 2 and words[1].upper() != "LAST":
         raise SmtpSyntaxError(codes.PARAM_SYNTAX)
