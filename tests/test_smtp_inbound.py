@@ -412,7 +412,13 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pbserver.Runnin
         {
             "mailauth": {"verify_inbound": False},
             "delivery": {"max_message_size": 100_000},
-            "limits": {"max_recipients": 3, "max_bad_commands": 3, "max_commands": 30},
+            "limits": {
+                "max_recipients": 3,
+                "max_bad_commands": 3,
+                "max_commands": 30,
+                "idle_timeout": 1,
+                "max_connections_per_ip": 4,
+            },
         },
     )
     pbserver.add_user(settings, "alice@example.test")
@@ -464,3 +470,22 @@ def test_command_count_limit(strict: pbserver.RunningServer) -> None:
         raw.expect("250")
     raw.expect("421 4.7.0 Too many commands")
     raw.close()
+
+
+def test_idle_timeout_ends_in_421(strict: pbserver.RunningServer) -> None:
+    raw = Raw(strict.port("smtp"))
+    started = time.monotonic()
+    raw.expect("421 4.4.2")
+    assert 0.8 < time.monotonic() - started < 5
+    assert raw.closed()
+    raw.close()
+
+
+def test_connections_per_ip_are_capped(strict: pbserver.RunningServer) -> None:
+    clients = [Raw(strict.port("smtp")) for _ in range(4)]
+    try:
+        with socket.create_connection(("127.0.0.1", strict.port("smtp")), timeout=TIMEOUT) as extra:
+            assert extra.makefile("rb").readline().startswith(b"421 4.7.0")
+    finally:
+        for client in clients:
+            client.close()

@@ -85,6 +85,7 @@ def session_config(settings: Settings, kind: ListenerKind) -> SmtpConfig:
         max_data_line=limits.max_data_line,
         max_commands=limits.max_commands,
         max_bad_commands=limits.max_bad_commands,
+        idle_timeout=float(limits.idle_timeout),
         command_timeout=float(limits.command_timeout),
     )
 

@@ -84,6 +84,9 @@ class SmtpConfig:
     max_data_line: int = 10000
     max_commands: int = 1000
     max_bad_commands: int = 10
+    # RFC 5321 §4.5.3.2.7: at least 5 minutes waiting for the next command; data and AUTH
+    # lines within a command get command_timeout each.
+    idle_timeout: float = 300.0
     command_timeout: float = 300.0
 
 
@@ -265,11 +268,13 @@ class SmtpSession:
             if self.conn.closing.is_set():
                 await self._say_goodbye(codes.SHUTTING_DOWN)
                 raise _CloseSession("server shutting down")
+            self._in.timeout = limits.idle_timeout
             try:
                 line = await self._in.readline(limits.max_command_line)
             except LineTooLong:
                 self.reply(codes.LINE_TOO_LONG)
             else:
+                self._in.timeout = limits.command_timeout
                 self._commands += 1
                 if self._commands > limits.max_commands:
                     await self._say_goodbye(codes.TOO_MANY_COMMANDS)
