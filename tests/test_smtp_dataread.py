@@ -144,3 +144,14 @@ async def test_readline_limit(tmp_path: Path) -> None:
     with pytest.raises(LineTooLong):
         await stream.readline(512)
     assert await stream.readline(512) == b"NOOP\r\n"
+
+
+async def test_read_timeout_and_recovery() -> None:
+    reader = asyncio.StreamReader()
+    stream = InputStream(reader, timeout=0.2)
+    with pytest.raises(TimeoutError):
+        await stream.readline(100)
+    # The task was not left cancelled: later reads work, with a new deadline.
+    reader.feed_data(b"NOOP\r\n")
+    assert await stream.readline(100) == b"NOOP\r\n"
+    stream.close()

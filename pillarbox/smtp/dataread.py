@@ -56,14 +56,51 @@ class InputStream:
     def __init__(self, reader: asyncio.StreamReader, timeout: float):
         self._reader = reader
         self._buf = bytearray()
-        self.timeout = timeout
+        self.timeout = timeout  # may be changed between reads (idle vs in-command)
+        # One watchdog timer per stream instead of a timeout context per read (which costs
+        # a timer handle and two context switches per read on the hot path): the timer
+        # fires at most once per ``timeout`` and cancels the read if it has waited too long.
+        self._loop = asyncio.get_running_loop()
+        self._waiting_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._timed_out = False
 
     async def _fill(self) -> None:
-        async with asyncio.timeout(self.timeout):
+        self._waiting_since = self._loop.time()
+        if self._timer is None:
+            self._task = asyncio.current_task()
+            self._timer = self._loop.call_at(self._waiting_since + self.timeout, self._watch)
+        try:
             data = await self._reader.read(READ_CHUNK)
+        except asyncio.CancelledError:
+            if self._timed_out and self._task is not None:
+                self._timed_out = False
+                self._task.uncancel()
+                raise TimeoutError("no data from the client in time") from None
+            raise
+        finally:
+            self._waiting_since = None
         if not data:
             raise ClientGone("client closed the connection")
         self._buf += data
+
+    def _watch(self) -> None:
+        self._timer = None
+        since = self._waiting_since
+        if since is None or self._task is None:
+            return  # not waiting now: the next read re-arms the timer
+        deadline = since + self.timeout
+        if self._loop.time() >= deadline:
+            self._timed_out = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(deadline, self._watch)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def has_line(self) -> bool:
         return b"\n" in self._buf

@@ -242,6 +242,7 @@ class SmtpSession:
         except _CloseSession as exc:
             reason = str(exc) or "closed"
         finally:
+            self._in.close()
             self._abort_transaction()
             _log.info(
                 "disconnect",
@@ -302,6 +303,13 @@ class SmtpSession:
             return bool(await handler(self, argument))
         except SmtpSyntaxError as exc:
             self.reply(exc.reply)
+            return False
+        except (OSError, TimeoutError, _CloseSession):
+            raise  # the connection is gone or must go: handled by run()
+        except Exception:
+            # A bug or a failing backend: a generic 451 on the wire, the details in the log.
+            _log.error("command failed", conn=self.conn.id, exc_info=True)
+            self.reply(codes.LOCAL_ERROR)
             return False
 
     def _out_of_sequence(self, verb: str) -> Reply:
