@@ -69,7 +69,7 @@ def queue_entry(running: pbserver.RunningServer, queue_id: str) -> dict[str, Any
     return running.call(queue._db(lambda s: show_entry(s, queue_id)))  # type: ignore[no-any-return]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -118,7 +118,7 @@ def test_temporary_failure_then_success(
         entry = wait_for(
             lambda: (e := queue_entry(running, qid)) and e["attempts"] and e, what="attempt"
         )
-        wait_for(lambda: peer.messages, timeout=10, what="delivery on retry")
+        wait_for(lambda: peer.messages, what="delivery on retry")
         wait_for(lambda: queue_entry(running, qid) is None, what="message retired")
     assert len(tries) == 2
     assert entry["recipients"][0]["attempts"] >= 1
@@ -165,7 +165,7 @@ def test_expiry_bounces_with_last_reply(
     with pbserver.RunningServer(settings) as running:
         started = time.monotonic()
         qid = enqueue(running, ["bob@remote.test"])
-        (dsn,) = wait_for(lambda: inbox(settings), timeout=15, what="expiry bounce")
+        (dsn,) = wait_for(lambda: inbox(settings), timeout=25, what="expiry bounce")
         wait_for(lambda: queue_entry(running, qid) is None, what="message retired")
     assert time.monotonic() - started >= 3
     (block,) = delivery_status(dsn)

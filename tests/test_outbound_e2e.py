@@ -61,9 +61,9 @@ def test_two_pillarboxes_relay_over_mx_with_dkim(tmp_path: Path, dns_server: Dns
     pbserver.add_user(b, BOB)
     with pbserver.RunningServer(b), pbserver.RunningServer(a) as server_a:
         submit(server_a, BOB, "Hello from A.")
-        (received,) = wait_for(lambda: inbox(b, BOB), timeout=15, what="delivery into B")
+        (received,) = wait_for(lambda: inbox(b, BOB), timeout=25, what="delivery into B")
         submit(server_a, "nobody@other.test", "Nobody is home.")
-        (bounce,) = wait_for(lambda: inbox(a, ALICE), timeout=15, what="bounce back into A")
+        (bounce,) = wait_for(lambda: inbox(a, ALICE), timeout=25, what="bounce back into A")
     assert received["Subject"] == "across"
     assert received["DKIM-Signature"] is not None
     results = " ".join(received.get_all("Authentication-Results") or [])

@@ -56,7 +56,7 @@ def test_kill_9_mid_delivery_then_restart_delivers_once(
 
     try:
         first = pbserver.SubprocessServer(settings)
-        wait_for(peer.data_started.is_set, timeout=15, what="delivery in progress")
+        wait_for(peer.data_started.is_set, timeout=25, what="delivery in progress")
         first.stop(signal.SIGKILL)
         peer.hold_data.set()
 
@@ -68,7 +68,7 @@ def test_kill_9_mid_delivery_then_restart_delivers_once(
 
         peer.hold_data = None
         with pbserver.SubprocessServer(settings) as second:
-            wait_for(lambda: peer.messages, timeout=15, what="delivery after restart")
+            wait_for(lambda: peer.messages, timeout=25, what="delivery after restart")
             wait_for(
                 lambda: not (settings.queue_dir / "msg" / qid).exists(),
                 what="message retired",

@@ -10,7 +10,7 @@ import socket
 from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pillarbox.queue import dsn as dsnlib
@@ -236,6 +236,10 @@ def test_data_encoder_stuffs_dots_and_fixes_line_ends() -> None:
     assert out == b"a\r\n..b\r\n...c\r\nlast\r\n.\r\n"
 
 
+RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@RELAXED
 @given(st.lists(st.binary(max_size=50), max_size=10))
 def test_data_encoder_round_trips(chunks: list[bytes]) -> None:
     enc = DataEncoder()
@@ -308,6 +312,7 @@ def test_reply_properties() -> None:
     assert str(reply) == "550 5.7.25 no PTR see https://support"
 
 
+@RELAXED
 @given(st.binary(max_size=200), st.lists(st.integers(min_value=0, max_value=200), max_size=8))
 def test_data_encoder_is_independent_of_chunking(body: bytes, cuts: list[int]) -> None:
     points = sorted({c for c in cuts if c <= len(body)})
