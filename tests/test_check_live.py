@@ -201,8 +201,9 @@ async def world(
     config = {
         "public_ip": "127.0.0.1",
         "listen": listen,
-        "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
-        "check": {"dnsbls": DNSBLS, "timeout": 3.0},
+        # Generous: a loaded CI machine must not turn a slow answer into a finding.
+        "dns": {"nameservers": [dns_server.address], "timeout": 4.0},
+        "check": {"dnsbls": DNSBLS, "timeout": 5.0},
         # The test CA is trusted through tls.ca, so the policy may enforce ("auto" would say
         # "testing": our certificate is not from a public ACME CA).
         "tls": {"mta_sts_mode": "enforce"},
@@ -277,7 +278,7 @@ async def test_missing_mx(tmp_path: Path, dns_server: DnsTestServer) -> None:
         report = await w.check()
     # SPF's "mx" term then matches nothing, but ip4:127.0.0.1 still authorises us.
     item = only(report, "dns.mx", Status.FAIL)
-    assert "no MX record" in item.what
+    assert item.what == f"{DOMAIN} has no MX record"
     assert f"{DOMAIN}.\t3600\tIN\tMX\t10 {HOST}." in item.fix
     assert report.score == 8.0
 
@@ -480,7 +481,7 @@ async def test_cli_check_json_and_exit_status(
         status = await asyncio.to_thread(main, ["--config", config, "check"])
         out = capsys.readouterr().out
     assert status == 1
-    assert "FAIL  example.test: no MX record" in out
+    assert "FAIL  example.test has no MX record" in out
     assert f"fix:  publish: {DOMAIN}.\t3600\tIN\tMX\t10 {HOST}." in out
     assert "Score: 8/10" in out
 
@@ -508,7 +509,8 @@ async def test_dead_dns_is_reported_as_dns_failure(
 ) -> None:
     import time
 
-    async with world(tmp_path, dns_server) as w:
+    quick = {"dns": {"timeout": 1.0}}
+    async with world(tmp_path, dns_server, overrides=quick) as w:
         names = {r.name.rstrip(".") for r in w.records.records if r.where == "zone"}
         names |= {f"1.0.0.127.{zone}" for zone in DNSBLS} | {"1.0.0.127.in-addr.arpa"}
         for name in names:
@@ -521,7 +523,7 @@ async def test_dead_dns_is_reported_as_dns_failure(
     assert all("DNS lookup failed" in f.what for f in dns_findings)
     assert not any(f.status is Status.FAIL for f in report.findings)
     # Lookups run concurrently, each bounded by the 1 s resolver timeout.
-    assert elapsed < 8, elapsed
+    assert elapsed < 12, elapsed
 
 
 async def test_submission_without_starttls(tmp_path: Path, dns_server: DnsTestServer) -> None:
@@ -602,7 +604,7 @@ async def test_hostile_and_silent_peers_are_bounded(
     reach = {f.subject: f for f in report.findings if f.check == "server.reachable"}
     assert "too many lines" in reach[f"127.0.0.1:{ports[0]}"].what
     assert "timed out" in reach[f"127.0.0.1:{ports[1]}"].what
-    assert elapsed < 5, elapsed
+    assert elapsed < 10, elapsed
 
 
 async def test_mta_sts_policy_for_another_mx(tmp_path: Path, dns_server: DnsTestServer) -> None:

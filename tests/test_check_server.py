@@ -21,16 +21,22 @@ DOMAIN, HOST = pbserver.DOMAIN, pbserver.HOSTNAME
 DNSBLS = ["zen.spamhaus.org", "bl.spamcop.net"]
 
 
-def _settings(tmp_path: Path, dns_server: DnsTestServer, cert_days: int) -> Settings:
-    settings = pbserver.make_settings(
-        tmp_path / "data",
-        {
-            "public_ip": "127.0.0.1",
-            "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
-            "check": {"dnsbls": DNSBLS, "timeout": 3.0},
-            "tls": {"mta_sts_mode": "enforce"},
-        },
-    )
+def _settings(
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    cert_days: int,
+    listen: dict[str, str] | None = None,
+) -> Settings:
+    config: dict[str, object] = {
+        "public_ip": "127.0.0.1",
+        # Generous: a loaded CI machine must not turn a slow answer into a finding.
+        "dns": {"nameservers": [dns_server.address], "timeout": 4.0},
+        "check": {"dnsbls": DNSBLS, "timeout": 5.0},
+        "tls": {"mta_sts_mode": "enforce"},
+    }
+    if listen:
+        config["listen"] = listen
+    settings = pbserver.make_settings(tmp_path / "data", config)
     # The certificate also names mta-sts.DOMAIN, as ACME would make it (RFC 8461 §3.3).
     make_server_cert(
         settings.tls.cert,
@@ -85,3 +91,51 @@ async def test_real_server_certificate_expiring_in_three_days(live: Settings) ->
     assert all("expires in 3.0 days" in f.what for f in failed)
     assert len(failed) == 6  # every TLS listener serves it
     assert report.score == 8.0
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_cli_check_against_pillarbox_serve(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    """The commands as a user runs them: `pillarbox serve`, `dns records` published as
+    printed, then `pillarbox check --format json` in another process."""
+    import json
+    import subprocess
+    import sys
+
+    names = ["smtp", "submission", "submissions", "imap", "imaps", "http", "https"]
+    listen = {n: f"127.0.0.1:{p}" for n, p in zip(names, _free_ports(len(names)), strict=True)}
+    settings = _settings(tmp_path, dns_server, 90, listen)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pillarbox", "--config", str(settings.source), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    records = cli("dns", "records")
+    assert records.returncode == 0, records.stderr
+    dns_server.set_zone(DOMAIN, records.stdout)
+    dns_server.set_zone("127.in-addr.arpa", {"1.0.0": {"PTR": HOST + "."}})
+    for zone in DNSBLS:
+        dns_server.set_zone(zone, {"unrelated": {"A": "127.0.0.2"}})
+    with pbserver.SubprocessServer(settings):
+        result = cli("check", "--format", "json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["score"] == 10.0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert {f["check"] for f in report["findings"] if f["check"].startswith("server.")} == {
+        "server.reachable",
+        "server.tls",
+        "server.ehlo",
+        "server.starttls",
+        "server.relay",
+    }

@@ -98,8 +98,8 @@ async def check_mx(ctx: CheckContext, domain: str) -> Finding:
     except DnsTempError as exc:
         return dns_failure("dns.mx", exc, f"MX of {domain}", share)
     except DnsNotFound as exc:
-        what = f"{domain} does not exist in DNS" if type(exc) is DnsNotFound else "no MX record"
-        return finding("dns.mx", Status.FAIL, f"{domain}: {what}", fix, subject=domain, share=share)
+        what = "does not exist in DNS" if type(exc) is DnsNotFound else "has no MX record"
+        return finding("dns.mx", Status.FAIL, f"{domain} {what}", fix, subject=domain, share=share)
     targets = [name for _, name in mx]
     if targets == [""]:
         return finding(
