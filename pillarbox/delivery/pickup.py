@@ -133,8 +133,13 @@ class Pickup:
 
     async def process_all(self) -> None:
         for queue_id in self.pending():
-            with contextlib.suppress(DeliveryError, FileNotFoundError):
+            try:
                 await self.process(queue_id)
+            except (QueueUnavailable, FileNotFoundError):
+                continue  # no queue yet / taken by a concurrent control call
+            except Exception:
+                # One bad entry must not hold up the others; it stays for the admin to see.
+                _log.error("pickup entry failed", queue_id=queue_id, exc_info=True)
 
     async def process(self, queue_id: str) -> dict[str, str]:
         """Deliver one entry and remove it; raises DeliveryError (entry kept) on failure."""
