@@ -25,6 +25,13 @@ ROW_UID, ROW_FLAGS, ROW_DATE, ROW_SIZE, ROW_MODSEQ, ROW_ENVELOPE, ROW_STRUCTURE,
 )
 # Rows of search_rows(): (uid, flags mask, keywords, internal date, size, modseq, sent date
 # (proleptic ordinal or None)[, case-folded header text "name:value" lines]).
+# ``where`` is a neutral filter the store pushes down to its database; every match of the
+# SEARCH program must pass it (it may let more through; the session re-checks those):
+#   ("all",)  ("mask", bit, present)  ("keyword", name, present)  ("larger", n)
+#   ("smaller", n)  ("date", "before"|"on"|"since", ordinal)  (internal date, UTC day)
+#   ("sent", op, ordinal)  ("idate", ">"|"<=", epoch)  ("modseq", n)  ("uids", [(lo, hi)])
+#   ("header", field, value)  (case-folded substring of the header text)
+#   ("and", [nodes])  ("or", a, b)  ("not", a)
 MASK_SEEN, MASK_ANSWERED, MASK_FLAGGED, MASK_DELETED, MASK_DRAFT = 1, 2, 4, 8, 16
 
 
@@ -123,7 +130,7 @@ class UserMail(Protocol):
         self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
     ) -> list[tuple[Any, ...]]: ...
     async def search_rows(
-        self, name: str, lo: int, hi: int, header: bool, prefilter: str | None, limit: int
+        self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
     ) -> list[tuple[Any, ...]]: ...
     async def read_message(self, name: str, uid: int) -> bytes | None: ...
     async def store(

@@ -9,6 +9,7 @@ sections beyond the top-level header. So ``FETCH 1:* (FLAGS)``, ``ENVELOPE`` and
 from __future__ import annotations
 
 import binascii
+import bisect
 import datetime as dt
 import quopri
 from collections.abc import Awaitable, Callable
@@ -330,6 +331,7 @@ async def run_fetch(
 ) -> None:
     """Stream the FETCH responses for the view's messages in UID ``ranges``."""
     set_seen = p.seen and not view.readonly
+    template = _fast_template(p)
     pending = list(ranges)
     while pending:
         rows = await mail.fetch(view.name, pending, p.data, p.batch)
@@ -337,6 +339,9 @@ async def run_fetch(
             break
         last = rows[-1][ROW_UID]
         pending = _after(pending, last)
+        if template is not None and changed_since is None:
+            await write(_render_fast(template, rows, view))
+            continue
         changed: set[int] = set()
         if set_seen:
             rows, changed = await _mark_seen(mail, view, rows)
@@ -359,6 +364,45 @@ async def run_fetch(
                 out.clear()
         if out:
             await write(bytes(out))
+
+
+_FAST_ITEMS: Final = {
+    Simple.UID: "UID {1}",
+    Simple.FLAGS: "FLAGS ({2})",
+    Simple.MODSEQ: "MODSEQ ({3})",
+}
+
+
+def _fast_template(p: FetchPlan) -> str | None:
+    """A format string for FETCH lists of only UID/FLAGS/MODSEQ (the big sync commands)."""
+    if p.data or p.file or not all(a in _FAST_ITEMS for a in p.atts):
+        return None
+    items = ["UID {1}"] if p.with_uid else []
+    items += [_FAST_ITEMS[a] for a in p.atts if isinstance(a, Simple)]
+    if p.with_modseq:
+        items.append("MODSEQ ({3})")
+    return "* {0} FETCH (" + " ".join(items) + ")\r\n"
+
+
+def _render_fast(template: str, rows: list[tuple[Any, ...]], view: SelectedMailbox) -> bytes:
+    """Render a batch with one format call per message and a merge walk for the seqs."""
+    fmt = template.format
+    uids = view.uids
+    count = len(uids)
+    recent_from = view.recent_from if not view.rev2 else 1 << 40
+    i = bisect.bisect_left(uids, rows[0][ROW_UID]) if rows else 0
+    out = []
+    for row in rows:
+        uid = row[ROW_UID]
+        while i < count and uids[i] < uid:
+            i += 1
+        if i >= count or uids[i] != uid:
+            continue  # not in this session's view
+        flags = row[ROW_FLAGS]
+        if uid >= recent_from:
+            flags = "\\Recent " + flags if flags else "\\Recent"
+        out.append(fmt(i + 1, uid, flags, row[ROW_MODSEQ]))
+    return "".join(out).encode("ascii", "replace")
 
 
 def _after(ranges: list[tuple[int, int]], last: int) -> list[tuple[int, int]]:

@@ -76,13 +76,55 @@ def _any(key: SearchKey, pred: Callable[[SearchKey], bool]) -> bool:
     return False
 
 
-def prefilter(key: SearchKey) -> str | None:
-    """A case-folded substring every match's header text must contain, if there is one."""
-    keys = key.keys if isinstance(key, AndKey) else (key,)
-    for k in keys:
-        if isinstance(k, HeaderKey) and k.value:
-            return k.value.casefold()
-    return None
+def to_filter(
+    key: SearchKey, view: SelectedMailbox, saved: SequenceSet | None, now: float
+) -> tuple[Any, bool]:
+    """The store filter for ``key`` (see ``backend``) and whether it is exact.
+
+    An inexact filter lets a superset through (header substrings, \\Recent, BODY), and the
+    rows are then checked here with :func:`matches`.
+    """
+    if isinstance(key, AllKey):
+        return ("all",), True
+    if isinstance(key, FlagKey):
+        bit = _MASKS.get(key.flag.upper())
+        if bit is not None:
+            return ("mask", bit, key.present), True
+        if key.flag.upper() == "\\RECENT":
+            return ("all",), False
+        return ("keyword", key.flag, key.present), True
+    if isinstance(key, HeaderKey):
+        return ("header", key.field.casefold(), key.value.casefold()), False
+    if isinstance(key, BodyKey | TextKey):
+        return ("all",), False
+    if isinstance(key, DateKey):
+        kind = "date" if key.field is DateField.INTERNAL else "sent"
+        return (kind, key.op.value, key.date.toordinal()), True
+    if isinstance(key, SizeKey):
+        return ("larger" if key.larger else "smaller", key.size), True
+    if isinstance(key, ModSeqKey):
+        return ("modseq", key.modseq), True
+    if isinstance(key, WithinKey):
+        cutoff = int(now) - key.seconds
+        return ("idate", ">" if key.younger else "<=", cutoff), False
+    if isinstance(key, UidKey) or (isinstance(key, SeqKey) and key.set.saved):
+        numbers = saved or SequenceSet(()) if key.set.saved else key.set
+        return ("uids", numbers.resolve(view.max_uid, clip=True) if view.max_uid else []), True
+    if isinstance(key, SeqKey):
+        count = view.exists
+        ranges = key.set.resolve(count, clip=True) if count else []
+        return ("uids", [(view.uids[lo - 1], view.uids[hi - 1]) for lo, hi in ranges]), True
+    if isinstance(key, NotKey):
+        inner, exact = to_filter(key.key, view, saved, now)
+        return (("not", inner), True) if exact else (("all",), False)
+    if isinstance(key, OrKey):
+        left, exact_left = to_filter(key.left, view, saved, now)
+        right, exact_right = to_filter(key.right, view, saved, now)
+        return ("or", left, right), exact_left and exact_right
+    if isinstance(key, AndKey):
+        parts = [to_filter(k, view, saved, now) for k in key.keys]
+        return ("and", [p for p, _ in parts]), all(e for _, e in parts)
+    raise AssertionError(key)
 
 
 def _header_match(text: str, field: str, value: str) -> bool:
@@ -184,10 +226,10 @@ async def run_search(
     mail: UserMail, view: SelectedMailbox, key: SearchKey, saved: SequenceSet | None
 ) -> tuple[list[int], list[int], int]:
     """(matching UIDs, their sequence numbers, highest modseq among them), ascending."""
-    header = _needs_header(key)
-    body = _needs_body(key)
-    pre = prefilter(key)
     ctx = Context(view, saved, time.time())
+    where, exact = to_filter(key, view, saved, ctx.now)
+    header = not exact and _needs_header(key)
+    body = not exact and _needs_body(key)
     uids: list[int] = []
     seqs: list[int] = []
     top_modseq = 0
@@ -196,7 +238,7 @@ async def run_search(
     lo, hi = view.uids[0], view.max_uid
     _set_cache.clear()
     while lo <= hi:
-        rows = await mail.search_rows(view.name, lo, hi, header, pre, BATCH)
+        rows = await mail.search_rows(view.name, lo, hi, header, where, BATCH)
         if not rows:
             break
         lo = rows[-1][UID] + 1
@@ -204,11 +246,15 @@ async def run_search(
             seq = view.seq_of(row[UID])
             if seq is None:
                 continue
-            ctx.seq = seq
-            if body:
-                ctx.content = await mail.read_message(view.name, row[UID])
-            if matches(key, row, ctx):
-                uids.append(row[UID])
-                seqs.append(seq)
-                top_modseq = max(top_modseq, row[MODSEQ])
+            if not exact:
+                ctx.seq = seq
+                if body:
+                    ctx.content = await mail.read_message(view.name, row[UID])
+                if not matches(key, row, ctx):
+                    continue
+            uids.append(row[UID])
+            seqs.append(seq)
+            top_modseq = max(top_modseq, row[MODSEQ])
+        if len(rows) < BATCH:
+            break
     return uids, seqs, top_modseq

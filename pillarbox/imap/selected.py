@@ -97,7 +97,7 @@ class SelectedMailbox:
 
         Ascending, each number adjusted for the ones already sent (RFC 3501 §7.4.1).
         """
-        numbers = []
+        numbers: list[int] = []
         positions = []
         for uid in gone:
             seq = self.seq_of(uid)
@@ -115,13 +115,11 @@ class SelectedMailbox:
         if allow_expunge and changes.present is not None:
             present = changes.present
             gone = _missing(self.uids, present)
-            for seq in self.remove_uids(gone):
-                out.append(b"* %d EXPUNGE\r\n" % seq)
+            out += [b"* %d EXPUNGE\r\n" % n for n in self.remove_uids(gone)]
         for uid, flags, modseq in changes.flag_updates:
-            seq = self.seq_of(uid)
-            if seq is None:
-                continue
-            out.append(self.flags_line(seq, uid, flags, modseq, with_uid=False))
+            position = self.seq_of(uid)
+            if position is not None:
+                out.append(self.flags_line(position, uid, flags, modseq, with_uid=False))
         if len(changes.new_uids):
             new = [u for u in changes.new_uids if u > self.max_uid]
             if new:

@@ -37,6 +37,7 @@ from pillarbox.store import db, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store.maildir import deliver, ensure_maildir, fsync_dir, unique_name
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
+from pillarbox.store.query import compile_filter
 
 INDEX_FILE: Final = "pillarbox-index.sqlite"
 SPECIAL_USE: Final = {
@@ -81,7 +82,12 @@ _MIGRATIONS: Final[list[db.Migration]] = [
         envelope TEXT NOT NULL,
         structure TEXT NOT NULL,
         header BLOB NOT NULL,
-        search TEXT NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE TABLE message_search (
+        mailbox_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        text TEXT NOT NULL,
         PRIMARY KEY (mailbox_id, uid)
     ) WITHOUT ROWID
     """,
@@ -140,7 +146,7 @@ class SelectInfo:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    uids: array  # type: ignore[type-arg]
+    uids: array[int]
     recent_from_uid: int  # UIDs >= this are \Recent in this session
     first_unseen_uid: int | None
     keywords: tuple[str, ...]
@@ -148,8 +154,8 @@ class SelectInfo:
 
 @dataclass(frozen=True, slots=True)
 class ChangeSet:
-    present: array | None  # type: ignore[type-arg]  # UIDs <= known max still there, if any vanished
-    new_uids: array  # type: ignore[type-arg]
+    present: array[int] | None  # UIDs <= known max still there, if any vanished
+    new_uids: array[int]
     flag_updates: list[tuple[int, str, int]]  # (uid, flags text, modseq)
     highestmodseq: int
     uidnext: int
@@ -237,6 +243,7 @@ class UserIndex:
         with db.Transaction(self.conn):
             self.conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox_id,))
             self.conn.execute("DELETE FROM message_data WHERE mailbox_id = ?", (mailbox_id,))
+            self.conn.execute("DELETE FROM message_search WHERE mailbox_id = ?", (mailbox_id,))
             self.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
         self._keywords.pop(mailbox_id, None)
 
@@ -384,7 +391,7 @@ class UserIndex:
 
     def _move_new(self, box: Mailbox) -> list[str]:
         """Move ``new/`` files to ``cur/`` (as Dovecot does once a client saw them)."""
-        moved = []
+        moved: list[str] = []
         new_dir, cur_dir = box.path / "new", box.path / "cur"
         try:
             names = sorted(n for n in os.listdir(new_dir) if not n.startswith("."))
@@ -453,10 +460,11 @@ class UserIndex:
                     f"DELETE FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",
                     (box.id, *chunk),
                 )
-                self.conn.execute(
-                    f"DELETE FROM message_data WHERE mailbox_id = ? AND uid IN ({marks})",
-                    (box.id, *chunk),
-                )
+                for table in ("message_data", "message_search"):
+                    self.conn.execute(
+                        f"DELETE FROM {table} WHERE mailbox_id = ? AND uid IN ({marks})",
+                        (box.id, *chunk),
+                    )
             self.conn.execute(
                 "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
             )
@@ -572,9 +580,14 @@ class UserIndex:
                 "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [r[0] for r in rows],
             )
+            # The search text lives in its own narrow table so a header SEARCH scans only it.
             self.conn.executemany(
-                "INSERT OR REPLACE INTO message_data VALUES (?, ?, ?, ?, ?, ?)",
-                [r[1] for r in rows],
+                "INSERT OR REPLACE INTO message_data VALUES (?, ?, ?, ?, ?)",
+                [r[1][:5] for r in rows],
+            )
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO message_search VALUES (?, ?, ?)",
+                [(r[1][0], r[1][1], r[1][5]) for r in rows],
             )
 
     def _rewrite_uidlist(self, box: Mailbox) -> None:
@@ -603,7 +616,7 @@ class UserIndex:
             highestmodseq=box.highestmodseq,
         )
 
-    def uids(self, box: Mailbox, max_uid: int | None = None) -> array:  # type: ignore[type-arg]
+    def uids(self, box: Mailbox, max_uid: int | None = None) -> array[int]:
         if max_uid is None:
             cursor = self.conn.execute(
                 "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (box.id,)
@@ -746,30 +759,23 @@ class UserIndex:
         hi: int,
         *,
         header: bool,
-        prefilter: str | None,
+        where: Any = None,
         limit: int = CHUNK * 5,
     ) -> list[tuple[Any, ...]]:
         """``(uid, flags mask, keywords, internal date, size, modseq, sent date[, search
-        text])`` for UIDs lo..hi; ``prefilter`` (case-folded) must occur in the header text."""
+        text])`` for UIDs lo..hi matching the filter ``where`` (see ``store.query``)."""
         box = self.mailbox(name)
-        if header or prefilter:
-            sql = (
-                "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq,"
-                " m.sent_date, d.search FROM messages m JOIN message_data d"
-                " ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
-                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
-            )
-            args: tuple[Any, ...] = (box.id, lo, hi)
-            if prefilter:
-                sql += " AND instr(d.search, ?) > 0"
-                args += (prefilter,)
-        else:
-            sql = (
-                "SELECT uid, flags, keywords, internal_date, size, modseq, sent_date"
-                " FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
-            )
-            args = (box.id, lo, hi)
-        return self.conn.execute(sql + " ORDER BY 1 LIMIT ?", (*args, limit)).fetchall()
+        condition, params, needs_text = compile_filter(where or ("all",))
+        columns = "m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq, m.sent_date"
+        source = "messages m"
+        if header or needs_text:
+            columns += ", d.text"
+            source += " JOIN message_search d ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
+        sql = (
+            f"SELECT {columns} FROM {source} WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
+            f" AND {condition} ORDER BY m.uid LIMIT ?"
+        )
+        return self.conn.execute(sql, (box.id, lo, hi, *params, limit)).fetchall()
 
     def message_path(self, name: str, uid: int) -> Path | None:
         box = self.mailbox(name)
@@ -957,8 +963,13 @@ class UserIndex:
                     (dst.id, new_uid, modseq, new_base, new_fname, src.id, uid),
                 )
                 self.conn.execute(
-                    "INSERT INTO message_data SELECT ?, ?, envelope, structure, header, search"
+                    "INSERT INTO message_data SELECT ?, ?, envelope, structure, header"
                     " FROM message_data WHERE mailbox_id = ? AND uid = ?",
+                    (dst.id, new_uid, src.id, uid),
+                )
+                self.conn.execute(
+                    "INSERT INTO message_search SELECT ?, ?, text"
+                    " FROM message_search WHERE mailbox_id = ? AND uid = ?",
                     (dst.id, new_uid, src.id, uid),
                 )
             src_uids.append(uid)

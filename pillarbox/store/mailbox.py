@@ -121,10 +121,10 @@ class UserMailboxes:
         return await self._run(self._index.fetch, name, ranges, data=data, limit=limit)
 
     async def search_rows(
-        self, name: str, lo: int, hi: int, header: bool, prefilter: str | None, limit: int
+        self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
     ) -> list[tuple[Any, ...]]:
         return await self._run(
-            self._index.search_rows, name, lo, hi, header=header, prefilter=prefilter, limit=limit
+            self._index.search_rows, name, lo, hi, header=header, where=where, limit=limit
         )
 
     async def read_message(self, name: str, uid: int) -> bytes | None:
