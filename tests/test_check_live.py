@@ -48,6 +48,7 @@ class SmtpPeer:
     local_domains: tuple[str, ...] = (DOMAIN,)
     open_relay: bool = False
     offer_starttls: bool = True
+    auth_in_clear: bool = False
     rcpts: list[str] = field(default_factory=list)
     server: asyncio.Server | None = None
 
@@ -73,6 +74,8 @@ class SmtpPeer:
                 arg = line.decode().strip()[len(verb) :].strip()
                 if verb in ("EHLO", "HELO"):
                     extensions = ["8BITMIME"]
+                    if self.auth_in_clear or tls_active:
+                        extensions.append("AUTH PLAIN LOGIN")
                     if self.offer_starttls and not tls_active:
                         extensions.insert(0, "STARTTLS")
                     lines = [self.name, *extensions]
@@ -526,10 +529,19 @@ async def test_dead_dns_is_reported_as_dns_failure(
     assert elapsed < 12, elapsed
 
 
-async def test_submission_without_starttls(tmp_path: Path, dns_server: DnsTestServer) -> None:
+@pytest.mark.parametrize(
+    ("peer", "problem"),
+    [
+        ({"offer_starttls": False}, "does not offer STARTTLS: mail clients cannot log in safely"),
+        ({"auth_in_clear": True}, "offers AUTH before STARTTLS"),
+    ],
+)
+async def test_submission_without_tls_protection(
+    tmp_path: Path, dns_server: DnsTestServer, peer: dict[str, bool], problem: str
+) -> None:
     base = pbserver.make_settings(tmp_path / "peer")
     cert, key = _cert_for(base, tmp_path)
-    submission = SmtpPeer(server_context(cert, key), offer_starttls=False)
+    submission = SmtpPeer(server_context(cert, key), **peer)
     port = await submission.start()
     try:
         overrides = {"listen": {"submission": f"127.0.0.1:{port}"}}
@@ -542,7 +554,7 @@ async def test_submission_without_starttls(tmp_path: Path, dns_server: DnsTestSe
         await submission.stop()
     item = only(report, "server.starttls", Status.FAIL)
     assert item.what.startswith("submission at 127.0.0.1:")
-    assert "cannot log in safely" in item.what
+    assert problem in item.what
 
 
 async def test_client_srv_missing(tmp_path: Path, dns_server: DnsTestServer) -> None:

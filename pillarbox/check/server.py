@@ -60,6 +60,7 @@ class Probe:
     greeting: str = ""
     ehlo_name: str = ""
     starttls_offered: bool | None = None
+    auth_in_clear: bool = False  # AUTH advertised before TLS
     cert: CertResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -95,6 +96,7 @@ async def _starttls_command(stream: Stream, protocol: str, probe: Probe) -> bool
         probe.ehlo_name = lines[0].split(" ", 1)[0]
         keywords = {line.split(" ", 1)[0].upper() for line in lines[1:]}
         probe.starttls_offered = "STARTTLS" in keywords
+        probe.auth_in_clear = "AUTH" in keywords
         if not probe.starttls_offered:
             return False
         code, lines = await stream.smtp("STARTTLS")
@@ -253,6 +255,8 @@ async def check_server(ctx: CheckContext) -> list[Finding]:
             findings += _smtp_findings(ctx, probe, len(smtp_targets))
         elif probe.starttls_offered is False and not probe.error:
             findings.append(_client_without_starttls(probe))
+        if probe.target.listener == "submission" and probe.auth_in_clear:
+            findings.append(_auth_in_clear(probe))
     if not smtp_targets:
         findings.append(
             finding(
@@ -403,5 +407,18 @@ def _client_without_starttls(probe: Probe) -> Finding:
         f"{probe.target.listener} at {probe.target} does not offer STARTTLS: "
         "mail clients cannot log in safely",
         "check [tls] cert/key in the config and the server log",
+        subject=str(probe.target),
+    )
+
+
+def _auth_in_clear(probe: Probe) -> Finding:
+    """RFC 8314 §3.3 / RFC 4954 §4: AUTH belongs after STARTTLS on submission; offering it
+    before invites clients to send passwords in clear text."""
+    return finding(
+        "server.starttls",
+        Status.FAIL,
+        f"submission at {probe.target} offers AUTH before STARTTLS: "
+        "passwords may cross the network in clear text",
+        "offer AUTH only after STARTTLS (a server bug if this is Pillarbox: please report it)",
         subject=str(probe.target),
     )
