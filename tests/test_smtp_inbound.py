@@ -489,3 +489,17 @@ def test_connections_per_ip_are_capped(strict: pbserver.RunningServer) -> None:
     finally:
         for client in clients:
             client.close()
+
+
+def test_shutdown_says_421_to_idle_sessions(tmp_path: Path) -> None:
+    settings = pbserver.make_settings(tmp_path / "data", {"mailauth": {"verify_inbound": False}})
+    running = pbserver.RunningServer(settings)
+    try:
+        raw = Raw(running.port("smtp"))
+        raw.send(b"EHLO x.test\r\n")
+        raw.expect("250")
+    finally:
+        running.stop()
+    raw.expect("421 4.3.2")
+    assert raw.closed()
+    raw.close()

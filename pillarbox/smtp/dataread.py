@@ -46,6 +46,10 @@ class ClientGone(ConnectionError):
     """The client closed the connection."""
 
 
+class Interrupted(Exception):
+    """The wait for data was interrupted on purpose (the server is shutting down)."""
+
+
 class LineTooLong(Exception):
     """A command line exceeded its limit (the rest of the line has been consumed)."""
 
@@ -65,6 +69,17 @@ class InputStream:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[object] | None = None
         self._timed_out = False
+        self._interrupted = False
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiting_since is not None
+
+    def interrupt(self) -> None:
+        """Make a pending wait for data raise :class:`Interrupted`."""
+        if self._waiting_since is not None and self._task is not None:
+            self._interrupted = True
+            self._task.cancel()
 
     async def _fill(self) -> None:
         self._waiting_since = self._loop.time()
@@ -74,9 +89,12 @@ class InputStream:
         try:
             data = await self._reader.read(READ_CHUNK)
         except asyncio.CancelledError:
-            if self._timed_out and self._task is not None:
-                self._timed_out = False
+            if self._task is not None and (self._timed_out or self._interrupted):
                 self._task.uncancel()
+                if self._interrupted:
+                    self._interrupted = False
+                    raise Interrupted() from None
+                self._timed_out = False
                 raise TimeoutError("no data from the client in time") from None
             raise
         finally:

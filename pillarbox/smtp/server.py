@@ -36,6 +36,7 @@ only removes files older than an hour.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -100,6 +101,8 @@ class SmtpServer:
         self.backend = backend
         self.authenticator = authenticator
         self._configs = self._build_configs(settings)
+        self._sessions: set[SmtpSession] = set()
+        self._closing_watch: asyncio.Task[None] | None = None
 
     @staticmethod
     def _build_configs(settings: Settings) -> dict[str, SmtpConfig]:
@@ -115,7 +118,20 @@ class SmtpServer:
 
     async def handle(self, conn: Connection) -> None:
         config = self._configs[conn.listener]
-        await SmtpSession(conn, config, self.backend, self.authenticator).run()
+        session = SmtpSession(conn, config, self.backend, self.authenticator)
+        if self._closing_watch is None:
+            self._closing_watch = asyncio.create_task(self._on_closing(conn.closing))
+        self._sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+
+    async def _on_closing(self, closing: asyncio.Event) -> None:
+        """One task for all sessions: on shutdown, idle sessions answer 421 at once."""
+        await closing.wait()
+        for session in list(self._sessions):
+            session.interrupt_if_idle()
 
     async def start(self) -> None:
         directory = spool_dir(self.settings)
@@ -125,7 +141,8 @@ class SmtpServer:
             _log.info("removed stale spool files", count=removed)
 
     async def stop(self) -> None:
-        return None
+        if self._closing_watch is not None:
+            self._closing_watch.cancel()
 
     async def reload(self, ctx: _HasSettings) -> None:
         self.settings = ctx.settings

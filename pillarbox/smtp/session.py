@@ -37,6 +37,7 @@ from pillarbox.smtp.dataread import (
     ClientGone,
     DataOutcome,
     InputStream,
+    Interrupted,
     LineTooLong,
     MessageSpool,
     SpooledMessage,
@@ -239,6 +240,9 @@ class SmtpSession:
             await self._say_goodbye(codes.TIMEOUT)
         except (ClientGone, ConnectionError):
             reason = "client closed"
+        except Interrupted:
+            reason = "server shutting down"
+            await self._say_goodbye(codes.SHUTTING_DOWN)
         except _CloseSession as exc:
             reason = str(exc) or "closed"
         finally:
@@ -253,6 +257,12 @@ class SmtpSession:
                 messages=self._messages,
                 errors=self._errors,
             )
+
+    def interrupt_if_idle(self) -> None:
+        """Shutdown: a session waiting for its next command says 421 now (RFC 5321 §3.8);
+        one in the middle of a command finishes it and says 421 at the next one."""
+        if self.state is not State.CHUNKING and self._in.waiting:
+            self._in.interrupt()
 
     async def _say_goodbye(self, reply: Reply) -> None:
         self._out.append(reply.wire)
@@ -304,7 +314,7 @@ class SmtpSession:
         except SmtpSyntaxError as exc:
             self.reply(exc.reply)
             return False
-        except (OSError, TimeoutError, _CloseSession):
+        except (OSError, TimeoutError, Interrupted, _CloseSession):
             raise  # the connection is gone or must go: handled by run()
         except Exception:
             # A bug or a failing backend: a generic 451 on the wire, the details in the log.
