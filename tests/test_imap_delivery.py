@@ -1,0 +1,44 @@
+"""SMTP delivery -> Maildir -> IMAP: IDLE hears about it, FETCH returns it byte-exact."""
+
+from __future__ import annotations
+
+import smtplib
+from pathlib import Path
+
+from pillarbox.store.maildir import user_maildir
+from tests import pbserver
+from tests.dnsserver import DnsTestServer
+from tests.imaphelp import ALICE, TIMEOUT, Raw, message
+
+
+def test_smtp_delivery_reaches_an_idle_session_byte_exact(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    settings = pbserver.make_settings(
+        tmp_path / "data",
+        {"dns": {"nameservers": [dns_server.address], "timeout": 1.0}},
+    )
+    pbserver.add_user(settings, ALICE)
+    original = message("over smtp", "line one\r\n.dotted line\r\nlast\r\n")
+    with pbserver.RunningServer(settings) as server:
+        raw = Raw(server)
+        try:
+            raw.login()
+            raw.cmd(b"s", b"SELECT INBOX")
+            raw.send(b"i IDLE\r\n")
+            assert raw.line().startswith(b"+ ")
+            with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=TIMEOUT) as smtp:
+                smtp.sendmail("bob@example.org", [ALICE], original)
+            assert raw.line() == b"* 1 EXISTS\r\n"  # announced while IDLE
+            raw.send(b"DONE\r\n")
+            raw.until(b"i")
+            lines = raw.cmd(b"f", b"FETCH 1 (BODY.PEEK[] RFC822.SIZE)")
+            fetched = lines[0].split(b"}\r\n", 1)[1].rsplit(b" RFC822.SIZE", 1)[0]
+        finally:
+            raw.close()
+    files = list((user_maildir(settings.mail_dir, ALICE) / "cur").iterdir())
+    assert len(files) == 1
+    on_disk = files[0].read_bytes()
+    assert fetched == on_disk  # byte-exact: what SMTP stored is what IMAP serves
+    assert on_disk.endswith(original)  # delivery only prepends trace headers
+    assert b"RFC822.SIZE %d" % len(on_disk) in lines[0]
