@@ -196,11 +196,6 @@ async def check_mta_sts(ctx: CheckContext, domain: str) -> list[Finding]:
     except DnsNotFound:
         texts = []
     records = [t for t in texts if t.lower().startswith("v=stsv1")]
-    try:
-        policy_text = await fetch_policy(ctx, domain)
-        fetch_error = ""
-    except (ProtocolError, OSError, TimeoutError, ssl.SSLError) as exc:
-        policy_text, fetch_error = "", describe_error(exc)
     if not records:
         return [
             result(
@@ -217,7 +212,10 @@ async def check_mta_sts(ctx: CheckContext, domain: str) -> list[Finding]:
         return [result(Status.FAIL, f"MTA-STS record of {domain} is invalid: {exc}", publish)]
     if not _ID_RE.match(record_id):
         return [result(Status.FAIL, f"MTA-STS record of {domain}: bad id {record_id!r}", publish)]
-    if fetch_error:
+    try:
+        policy_text = await fetch_policy(ctx, domain)
+    except (ProtocolError, OSError, TimeoutError, ssl.SSLError) as exc:
+        fetch_error = describe_error(exc)
         return [
             result(
                 Status.FAIL,
@@ -227,7 +225,7 @@ async def check_mta_sts(ctx: CheckContext, domain: str) -> list[Finding]:
                 f"include mta-sts.{domain} (ACME adds it); or remove the _mta-sts record",
             )
         ]
-    return _policy_findings(ctx, domain, policy_text, record_id, publish, result)
+    return _policy_findings(ctx, domain, policy_text, record_id, result)
 
 
 def _policy_findings(
@@ -235,7 +233,6 @@ def _policy_findings(
     domain: str,
     text: str,
     record_id: str,
-    publish: str,
     result: ResultFn,
 ) -> list[Finding]:
     try:

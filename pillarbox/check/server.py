@@ -248,7 +248,7 @@ async def check_server(ctx: CheckContext) -> list[Finding]:
     smtp_targets = [t for t in targets if t.listener == "smtp"]
     relay_jobs: list[Awaitable[Finding]] = [probe_relay(ctx, t) for t in smtp_targets]
     relays = await asyncio.gather(*relay_jobs)
-    findings = [_reachable(ctx, p, len(probes)) for p in probes]
+    findings = [_reachable(p, len(probes)) for p in probes]
     findings += _tls_findings(ctx, [p for p in probes if not p.error])
     for probe in probes:
         if probe.target.listener == "smtp" and not probe.error:
@@ -274,7 +274,7 @@ def _share(item: Finding, count: int) -> Finding:
     return Finding(item.check, item.status, item.what, item.fix, item.subject, item.weight / count)
 
 
-def _reachable(ctx: CheckContext, probe: Probe, count: int) -> Finding:
+def _reachable(probe: Probe, count: int) -> Finding:
     target = probe.target
     where = f"{target.listener} at {target}" + (f" ({target.note})" if target.note else "")
     if probe.error:
