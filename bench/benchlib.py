@@ -34,7 +34,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 BENCH_ROOT = Path(os.environ.get("BENCH_ROOT", "/tmp"))
 DOMAIN = "bench.test"
 USER = f"bench@{DOMAIN}"
-PASSWORD = "bench"
+PASSWORD = "bench-secret"
 
 
 # -- /proc accounting ------------------------------------------------------------------------
@@ -200,6 +200,7 @@ class DnsServer:
 
     def __init__(self, workdir: Path, zones: dict[str, str]):
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         args = []
         for origin, text in zones.items():
             path = workdir / f"zone-{origin}.txt"
@@ -209,6 +210,7 @@ class DnsServer:
             [PYTHON, "-m", "tests.dnsserver", *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
+            stderr=(workdir / "dnsserver.log").open("ab"),
             text=True,
         )
         assert self.proc.stdout is not None
@@ -266,6 +268,16 @@ class Pillarbox:
             data_dir.parent,
             {SENDER_DOMAIN: SENDER_ZONE, "0.0.127.in-addr.arpa": REVERSE_ZONE},
         )
+        try:
+            self._configure(users, extra or {})
+        except BaseException:
+            self.dns.stop()
+            raise
+        self.log_path = data_dir / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _configure(self, users: tuple[str, ...], extra: dict[str, dict[str, str]]) -> None:
+        data_dir = self.data_dir
         if not (data_dir / "pillarbox.toml").exists():
             data_dir.parent.mkdir(parents=True, exist_ok=True)
             pillarbox_cli(
@@ -287,7 +299,7 @@ class Pillarbox:
         # The idle-connection test opens hundreds of sessions from one address.
         text = _set_toml_key(text, "limits", "max_connections", "5000")
         text = _set_toml_key(text, "limits", "max_connections_per_ip", "5000")
-        for table, values in (extra or {}).items():
+        for table, values in extra.items():
             for key, value in values.items():
                 text = _set_toml_key(text, table, key, value)
         config_path.write_text(text)
@@ -302,8 +314,6 @@ class Pillarbox:
                     data_dir=data_dir,
                     stdin=PASSWORD + "\n",
                 )
-        self.log_path = data_dir / "serve.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def maildir(self) -> Path:

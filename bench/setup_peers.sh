@@ -15,7 +15,7 @@
 # Environment: BENCH_POSTFIX_PORT (default 12525), BENCH_DOVECOT_PORT (default 12143),
 # BENCH_ROOT (default /tmp) -- configs go to $BENCH_ROOT/bench-postfix and bench-dovecot.
 # Both peers accept mail/logins for the domain bench.test; the user is bench@bench.test with
-# password "bench" (Dovecot; also mixed@bench.test for the mixed IMAP load); mail lands in
+# password "bench-secret" (Dovecot; also mixed@bench.test for the mixed IMAP load); mail lands in
 # Maildirs under the private dirs.
 set -euo pipefail
 
@@ -211,8 +211,8 @@ write_dovecot_config() {
     # {PLAIN} keeps the password check out of the figures (Pillarbox uses argon2id, paid
     # once per login; the benchmarks log in once per connection, outside the timed parts).
     {
-        printf '%s@%s:{PLAIN}bench::::::\n' "$MAIL_USER" "$DOMAIN"
-        printf 'mixed@%s:{PLAIN}bench::::::\n' "$DOMAIN"
+        printf '%s@%s:{PLAIN}bench-secret::::::\n' "$MAIL_USER" "$DOMAIN"
+        printf 'mixed@%s:{PLAIN}bench-secret::::::\n' "$DOMAIN"
     } >"$DC/users"
     # STARTTLS like Pillarbox offers it (the benchmarks use it on both when Pillarbox
     # requires it before LOGIN); plaintext LOGIN stays allowed for the plain runs.
