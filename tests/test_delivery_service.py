@@ -60,7 +60,9 @@ def inbox(server: pbserver.RunningServer, user: str) -> list[Path]:
 
 def test_routes_tags_catch_all_and_notifies(server: pbserver.RunningServer) -> None:
     recorder = Recorder()
-    server.server.ctx.services["mailbox_events"] = recorder
+    services = server.server.ctx.services
+    real = services.get("mailbox_events")
+    services["mailbox_events"] = recorder
     try:
         results = deliver(
             server,
@@ -70,7 +72,7 @@ def test_routes_tags_catch_all_and_notifies(server: pbserver.RunningServer) -> N
             "0000000000001AAAAAA",
         )  # fmt: skip
     finally:
-        del server.server.ctx.services["mailbox_events"]
+        services["mailbox_events"] = real
     assert results == {
         "bob-lists@example.test": "delivered",
         "alice+x@example.test": "delivered",
