@@ -442,3 +442,95 @@ def machine_summary() -> str:
                 break
     mem = os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30
     return f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, Python {sys.version.split()[0]}"
+
+
+# -- profiling ------------------------------------------------------------------------------------
+
+
+class Profiler:
+    """``py-spy record`` on a server pid for the duration of a ``with`` block (if asked for).
+
+    Writes collapsed stacks (``--format raw``, one "frame;frame;... count" line per stack,
+    every thread, idle ones included so time blocked in fsync or a lock shows) that
+    ``summarize_profile`` turns into the top self-time frames. py-spy is not a project
+    dependency: ``pip install py-spy`` anywhere and pass its path.
+    """
+
+    def __init__(self, py_spy: str | None, pid: int, output: Path):
+        self.py_spy = py_spy
+        self.pid = pid
+        self.output = output
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Profiler:
+        if self.py_spy:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            self.proc = subprocess.Popen(
+                [
+                    self.py_spy,
+                    "record",
+                    "--pid",
+                    str(self.pid),
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--idle",
+                    "--rate",
+                    "200",
+                    "--output",
+                    str(self.output),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(0.5)  # let it attach before the load starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Top frames by self samples and by inclusive samples from a raw py-spy profile."""
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
+        for frame in set(frames[1:]):  # frames[0] is the thread
+            incl_counts[frame] = incl_counts.get(frame, 0) + count
+    out = [f"{path}: {total} samples"]
+    for title, counts in (("self", self_counts), ("inclusive", incl_counts)):
+        out.append(f"-- top {title}")
+        for frame, count in sorted(counts.items(), key=lambda kv: -kv[1])[:top]:
+            out.append(f"{100 * count / max(total, 1):5.1f}%  {frame}")
+    return "\n".join(out)
+
+
+def renice(pids: Sequence[int], niceness: int) -> None:
+    """Set the nice value of every thread of every process in the trees under ``pids``.
+
+    The machine is shared with test suites; running the servers under test (and the load
+    generator) at a higher priority than that background work, both alike, makes the
+    figures depend less on what else happens to run. Linux applies nice per thread, so each
+    task is set; threads and processes created later inherit it from their creator.
+    """
+    if niceness == 0:
+        return
+    for root in pids:
+        for pid in process_tree(root):
+            with contextlib.suppress(FileNotFoundError):
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.setpriority(os.PRIO_PROCESS, int(task), niceness)

@@ -255,6 +255,7 @@ def measure(
     batches = split(messages, args.sessions, per_connection)
     benchlib.empty_maildir(target.maildir)
     pids = target.pids()
+    benchlib.renice(pids, args.nice)
     cpu0, extra0 = benchlib.tree_cpu_seconds(pids), target.extra_cpu()
     client0 = sum(os.times()[:2])
 
@@ -264,7 +265,12 @@ def measure(
         done = await wait_for_files(target.maildir, len(messages), args.timeout)
         return start, accept, done
 
-    start, accept, done = asyncio.run(go())
+    profile = args.profile_dir / f"{target.name}-{variant}.txt"
+    py_spy = args.py_spy if target.name != "postfix" and args.py_spy else None
+    with benchlib.Profiler(py_spy, pids[0], profile):
+        start, accept, done = asyncio.run(go())
+    if py_spy:
+        print(benchlib.summarize_profile(profile), file=sys.stderr)
     client = sum(os.times()[:2]) - client0
     cpu = benchlib.tree_cpu_seconds(pids) - cpu0
     return Result(
@@ -375,7 +381,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     lines = [
         f"SMTP inbound, {args.sessions} sessions, {args.size}-byte messages, "
         f"{args.per_connection} msg/connection (reuse) or 1 (single); median of {args.repeat}",
-        f"machine: {benchlib.machine_summary()}",
+        f"machine: {benchlib.machine_summary()}; servers and client at nice {args.nice}",
         "",
         benchlib.table(
             [
@@ -437,7 +443,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--no-pipelining", action="store_true")
+    parser.add_argument("--py-spy", metavar="PATH", help="profile Pillarbox with this py-spy")
+    parser.add_argument("--profile-dir", type=Path, default=benchlib.BENCH_ROOT / "bench-profiles")
+    parser.add_argument(
+        "--nice", type=int, default=-10, help="priority of servers and load generator (0: leave)"
+    )
     args = parser.parse_args()
+    benchlib.renice([os.getpid()], args.nice)
     results = run_all(args)
     print(report(results, args))
 
