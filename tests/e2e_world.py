@@ -101,8 +101,17 @@ def our_records(settings: Settings) -> list[dict[str, Any]]:
     """The records ``pillarbox dns records --format json`` tells the admin to publish."""
     assert settings.source is not None
     out = subprocess.run(
-        [sys.executable, "-m", "pillarbox", "--config", str(settings.source)]
-        + ["dns", "records", "--format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "pillarbox",
+            "--config",
+            str(settings.source),
+            "dns",
+            "records",
+            "--format",
+            "json",
+        ],
         capture_output=True,
         timeout=30,
         check=True,
@@ -137,9 +146,7 @@ def publish_sender_zone(dns_server: DnsTestServer, key: SenderKey, dmarc: str) -
 
 
 def publish_remote_zone(dns_server: DnsTestServer, ip: str = REMOTE_MX_IP) -> None:
-    dns_server.set_zone(
-        REMOTE_DOMAIN, {"@": {"MX": [f"10 mx.{REMOTE_DOMAIN}."]}, "mx": {"A": ip}}
-    )
+    dns_server.set_zone(REMOTE_DOMAIN, {"@": {"MX": [f"10 mx.{REMOTE_DOMAIN}."]}, "mx": {"A": ip}})
 
 
 def dns_txt(dns_server: DnsTestServer) -> Callable[..., bytes]:
@@ -167,6 +174,7 @@ def world_settings(
     base: dict[str, Any] = {
         "public_ip": "127.0.0.1",
         "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
+        "limits": {"auth_failure_delay": 0.05},
         "delivery": {
             "remote_port": peer_port,
             "retry_initial": 1,
@@ -237,7 +245,10 @@ def client_tls(settings: Settings) -> ssl.SSLContext:
 def smtp_from_outside(port: int) -> smtplib.SMTP:
     """An SMTP client as another mail server: from SENDER_IP, EHLO out.sender.example."""
     client = smtplib.SMTP(
-        "127.0.0.1", port, local_hostname=SENDER_HELO, timeout=TIMEOUT,
+        "127.0.0.1",
+        port,
+        local_hostname=SENDER_HELO,
+        timeout=TIMEOUT,
         source_address=(SENDER_IP, 0),
     )
     client.ehlo()
@@ -269,9 +280,7 @@ def imap(settings: Settings, port: int, user: str = ALICE) -> IMAPClient:
 
 
 def imaplib_client(settings: Settings, port: int, user: str = ALICE) -> imaplib.IMAP4_SSL:
-    client = imaplib.IMAP4_SSL(
-        "127.0.0.1", port, ssl_context=client_tls(settings), timeout=TIMEOUT
-    )
+    client = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=client_tls(settings), timeout=TIMEOUT)
     client.login(user, PASSWORD)
     return client
 

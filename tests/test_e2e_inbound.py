@@ -161,11 +161,29 @@ def test_subaddress_alias_fanout_and_catch_all_land_in_the_right_inboxes(world: 
     data_file = Path(world.settings.data_dir) / f"{tagged}.eml"
     data_file.write_bytes(signed[tagged])
     swaks = subprocess.run(
-        ["swaks", "--server", f"127.0.0.1:{world.smtp_port}", "--tls", "--tls-ca-path",
-         str(world.settings.tls.ca), "--local-interface", SENDER_IP,
-         "--helo", "out.sender.example", "--from", SENDER, "--to", f"alice+news@{DOMAIN}",
-         "--data", str(data_file), "--timeout", "10"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{world.smtp_port}",
+            "--tls",
+            "--tls-ca-path",
+            str(world.settings.tls.ca),
+            "--local-interface",
+            SENDER_IP,
+            "--helo",
+            "out.sender.example",
+            "--from",
+            SENDER,
+            "--to",
+            f"alice+news@{DOMAIN}",
+            "--data",
+            str(data_file),
+            "--timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert swaks.returncode == 0, swaks.stdout + swaks.stderr
     with smtp_from_outside(world.smtp_port) as client:

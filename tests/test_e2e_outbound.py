@@ -80,7 +80,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     peer.extensions |= {"SMTPUTF8", "DSN"}
     peer.rcpt_reply = lambda addr: (
         f"550 5.1.1 <{addr}>: mailbox unavailable here (e2e-{addr.split('@')[0]})"
-        if addr.startswith("nosuch") else None
+        if addr.startswith("nosuch")
+        else None
     )
     try:
         with DnsTestServer() as dns_server:
@@ -133,9 +134,7 @@ def test_submission_local_and_remote_with_dkim_from_published_records(world: Wor
         ((_, stored),) = wait_for(lambda: fetch_by_message_id(client, mark), what="bob's copy")
     head = prepended(stored, original)
     assert set(header_names(head)) <= TRACE_FIELDS | {"dkim-signature"}, header_names(head)
-    received = " ".join(
-        v for v in email.message_from_bytes(head + b"\r\n").get_all("Received", [])
-    )
+    received = " ".join(v for v in email.message_from_bytes(head + b"\r\n").get_all("Received", []))
     assert ALICE in received or "alice" in received, "Received must record the AUTH user"
     assert "TLS" in received
 
@@ -153,10 +152,26 @@ def test_receiver_sees_spf_dkim_dmarc_pass_with_pillarbox_verify(
     path.write_bytes(remote.data)
     assert world.settings.source is not None
     out = subprocess.run(
-        [sys.executable, "-m", "pillarbox", "--config", str(world.settings.source), "verify",
-         str(path), "--ip", remote.peer_ip, "--helo", remote.helo, "--mail-from", remote.sender,
-         "--format", "json"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "pillarbox",
+            "--config",
+            str(world.settings.source),
+            "verify",
+            str(path),
+            "--ip",
+            remote.peer_ip,
+            "--helo",
+            remote.helo,
+            "--mail-from",
+            remote.sender,
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -218,9 +233,20 @@ def test_sendmail_cli_to_remote_is_signed_and_delivered(world: World) -> None:
     original = alice_message(mark, CAROL)
     assert world.settings.source is not None
     done = subprocess.run(
-        [sys.executable, "-m", "pillarbox", "--config", str(world.settings.source), "sendmail",
-         "-f", ALICE, CAROL],
-        input=original, capture_output=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "pillarbox",
+            "--config",
+            str(world.settings.source),
+            "sendmail",
+            "-f",
+            ALICE,
+            CAROL,
+        ],
+        input=original,
+        capture_output=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stderr
     remote = world.remote_copy(mark)
