@@ -29,12 +29,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pillarbox.store.index import UserIndex  # noqa: E402
-from pillarbox.store.maildir import user_maildir  # noqa: E402
-from tests import pbserver  # noqa: E402
+from pillarbox.store.index import UserIndex
+from pillarbox.store.maildir import user_maildir
+from tests import pbserver
 
 USER = "alice@example.test"
-WORDS = "alpha beta gamma delta invoice meeting report lunch update project release".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "invoice",
+    "meeting",
+    "report",
+    "lunch",
+    "update",
+    "project",
+    "release",
+]
 
 
 def build_maildir(root: Path, count: int) -> None:
@@ -52,7 +64,8 @@ def build_maildir(root: Path, count: int) -> None:
         body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n" * 12).encode()
         msg = (
             f"Return-Path: <{sender}>\r\n"
-            f"Received: from mx.example.org by mail.example.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+            "Received: from mx.example.org by mail.example.test;"
+            " Mon, 1 Jan 2024 00:00:00 +0000\r\n"
             f"From: Person {i % 500} <{sender}>\r\n"
             f"To: Alice <{USER}>\r\n"
             f"Subject: {subject}\r\n"
@@ -151,8 +164,10 @@ def main() -> None:
             ("UID SEARCH UNSEEN", "UID SEARCH UNSEEN"),
             ("STATUS INBOX (MESSAGES UNSEEN)", "STATUS INBOX (MESSAGES UNSEEN)"),
             ("FETCH 1:500 (ENVELOPE)", "FETCH 1:500 (ENVELOPE)"),
-            ("FETCH 1:500 (BODY.PEEK[HEADER.FIELDS (From Subject Date)])",
-             "FETCH 1:500 (BODY.PEEK[HEADER.FIELDS (From Subject Date)])"),
+            (
+                "FETCH 1:500 (BODY.PEEK[HEADER.FIELDS (From Subject Date)])",
+                "FETCH 1:500 (BODY.PEEK[HEADER.FIELDS (From Subject Date)])",
+            ),
             ("NOOP", "NOOP"),
         ]:
             seconds, lines, tagged = best(c, command)

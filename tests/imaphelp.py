@@ -47,7 +47,7 @@ def message(subject: str = "Hello", body: str = "Hi there.\r\n", **headers: str)
         "To: Alice <alice@example.test>",
         f"Subject: {subject}",
         "Date: Mon, 7 Feb 1994 21:52:25 -0800",
-        "Message-ID: <%s@example.org>" % abs(hash(subject + body)),
+        f"Message-ID: <{abs(hash(subject + body))}@example.org>",
     ]
     lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()

@@ -95,7 +95,8 @@ def test_fetch_items(server: pbserver.RunningServer) -> None:
             data[0]
             .decode()
             .startswith(
-                '2 (BODYSTRUCTURE (("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "QUOTED-PRINTABLE" 9 1 NIL NIL NIL NIL)'
+                '2 (BODYSTRUCTURE (("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL '
+                '"QUOTED-PRINTABLE" 9 1 NIL NIL NIL NIL)'
             )
         )
         assert (
@@ -118,7 +119,7 @@ def test_fetch_items(server: pbserver.RunningServer) -> None:
         _, data = c.fetch("2", "(RFC822.HEADER RFC822.TEXT)")
         assert data[0][1].endswith(b"\r\n\r\n") and data[1][1].startswith(b"--b1")
         _, data = c.uid("FETCH", "1:*", "(FLAGS)")
-        assert [re.search(rb"UID (\d+)", d).group(1) for d in data] == [b"1", b"2"]  # type: ignore[union-attr]
+        assert [re.findall(rb"UID (\d+)", d)[0] for d in data] == [b"1", b"2"]
         with pytest.raises(imaplib.IMAP4.error):
             c.fetch("5", "(FLAGS)")  # beyond EXISTS: BAD
         with pytest.raises(imaplib.IMAP4.error):

@@ -33,6 +33,15 @@ ROW_UID, ROW_FLAGS, ROW_DATE, ROW_SIZE, ROW_MODSEQ, ROW_ENVELOPE, ROW_STRUCTURE,
 #   ("header", field, value)  (case-folded substring of the header text)
 #   ("and", [nodes])  ("or", a, b)  ("not", a)
 MASK_SEEN, MASK_ANSWERED, MASK_FLAGGED, MASK_DELETED, MASK_DRAFT = 1, 2, 4, 8, 16
+_MASK_NAMES = (
+    ("\\Seen", MASK_SEEN),
+    ("\\Answered", MASK_ANSWERED),
+    ("\\Flagged", MASK_FLAGGED),
+    ("\\Deleted", MASK_DELETED),
+    ("\\Draft", MASK_DRAFT),
+)
+# FLAG_TEXT[mask]: the FLAGS text of a system flag mask (fetch_flags rows carry masks).
+FLAG_TEXT = tuple(" ".join(n for n, bit in _MASK_NAMES if mask & bit) for mask in range(32))
 
 
 class MailboxInfo(Protocol):
@@ -129,6 +138,10 @@ class UserMail(Protocol):
     async def fetch(
         self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
     ) -> list[tuple[Any, ...]]: ...
+    async def search_uids(self, name: str, where: Any) -> tuple[array[int], int]: ...
+    async def fetch_flags(
+        self, name: str, ranges: list[tuple[int, int]], limit: int
+    ) -> list[tuple[int, int, str, int]]: ...
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
     ) -> list[tuple[Any, ...]]: ...

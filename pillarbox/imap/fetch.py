@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from pillarbox.imap import response as r
 from pillarbox.imap.backend import (
+    FLAG_TEXT,
     ROW_DATE,
     ROW_ENVELOPE,
     ROW_FLAGS,
@@ -333,15 +334,18 @@ async def run_fetch(
     set_seen = p.seen and not view.readonly
     template = _fast_template(p)
     pending = list(ranges)
+    while pending and template is not None and changed_since is None:
+        flag_rows = await mail.fetch_flags(view.name, pending, BATCH_FLAGS)
+        if not flag_rows:
+            return
+        pending = _after(pending, flag_rows[-1][0])
+        await write(_render_fast(template, flag_rows, view))
     while pending:
         rows = await mail.fetch(view.name, pending, p.data, p.batch)
         if not rows:
             break
         last = rows[-1][ROW_UID]
         pending = _after(pending, last)
-        if template is not None and changed_since is None:
-            await write(_render_fast(template, rows, view))
-            continue
         changed: set[int] = set()
         if set_seen:
             rows, changed = await _mark_seen(mail, view, rows)
@@ -384,24 +388,28 @@ def _fast_template(p: FetchPlan) -> str | None:
     return "* {0} FETCH (" + " ".join(items) + ")\r\n"
 
 
-def _render_fast(template: str, rows: list[tuple[Any, ...]], view: SelectedMailbox) -> bytes:
-    """Render a batch with one format call per message and a merge walk for the seqs."""
+def _render_fast(
+    template: str, rows: list[tuple[int, int, str, int]], view: SelectedMailbox
+) -> bytes:
+    """Render ``fetch_flags`` rows with one format call per message and a merge walk for
+    the sequence numbers (both lists are in UID order)."""
     fmt = template.format
     uids = view.uids
     count = len(uids)
     recent_from = view.recent_from if not view.rev2 else 1 << 40
-    i = bisect.bisect_left(uids, rows[0][ROW_UID]) if rows else 0
+    i = bisect.bisect_left(uids, rows[0][0]) if rows else 0
     out = []
-    for row in rows:
-        uid = row[ROW_UID]
+    for uid, mask, keywords, modseq in rows:
         while i < count and uids[i] < uid:
             i += 1
         if i >= count or uids[i] != uid:
             continue  # not in this session's view
-        flags = row[ROW_FLAGS]
+        flags = FLAG_TEXT[mask & 31]
+        if keywords:
+            flags = f"{flags} {keywords}" if flags else keywords
         if uid >= recent_from:
             flags = "\\Recent " + flags if flags else "\\Recent"
-        out.append(fmt(i + 1, uid, flags, row[ROW_MODSEQ]))
+        out.append(fmt(i + 1, uid, flags, modseq))
     return "".join(out).encode("ascii", "replace")
 
 

@@ -222,6 +222,25 @@ def _set(numbers: SequenceSet, ctx: Context, *, uid: bool) -> Any:
     return matcher
 
 
+async def _exact(
+    mail: UserMail, view: SelectedMailbox, where: Any
+) -> tuple[list[int], list[int], int]:
+    """The database answered exactly: map its UIDs to this view's sequence numbers."""
+    found, top_modseq = await mail.search_uids(view.name, where)
+    uids: list[int] = []
+    seqs: list[int] = []
+    view_uids = view.uids
+    count = len(view_uids)
+    i = 0
+    for uid in found:
+        while i < count and view_uids[i] < uid:
+            i += 1
+        if i < count and view_uids[i] == uid:
+            uids.append(uid)
+            seqs.append(i + 1)
+    return uids, seqs, top_modseq
+
+
 async def run_search(
     mail: UserMail, view: SelectedMailbox, key: SearchKey, saved: SequenceSet | None
 ) -> tuple[list[int], list[int], int]:
@@ -235,6 +254,8 @@ async def run_search(
     top_modseq = 0
     if not view.exists:
         return uids, seqs, top_modseq
+    if exact:
+        return await _exact(mail, view, where)
     lo, hi = view.uids[0], view.max_uid
     _set_cache.clear()
     while lo <= hi:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pillarbox import log
@@ -36,7 +36,8 @@ MAX_BAD_COMMANDS: Final = 20
 IDLE_SYNC_INTERVAL: Final = 30.0  # re-scan the Maildir for foreign changes while IDLE
 PREAUTH_TIMEOUT: Final = 60.0
 BASE_CAPS: Final = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ENABLE", "ID", "IDLE")
-AUTH_CAPS: Final = BASE_CAPS + (
+AUTH_CAPS: Final = (
+    *BASE_CAPS,
     "NAMESPACE",
     "UNSELECT",
     "UIDPLUS",
@@ -84,7 +85,7 @@ Result = str | tuple[str, r.Code]
 class SessionConfig:
     hostname: str
     idle_timeout: float = 1800.0
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
 
 
 class Session:
@@ -190,9 +191,9 @@ class Session:
             mail, self.mail = self.mail, None
             await mail.release()
 
-    async def _readline(self, timeout: float) -> bytes | None:
+    async def _readline(self, seconds: float) -> bytes | None:
         try:
-            line = await asyncio.wait_for(self.conn.reader.readuntil(b"\n"), timeout)
+            line = await asyncio.wait_for(self.conn.reader.readuntil(b"\n"), seconds)
         except asyncio.IncompleteReadError:
             return None
         except asyncio.LimitOverrunError:

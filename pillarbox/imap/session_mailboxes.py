@@ -93,8 +93,10 @@ async def do_subscribe(s: Session, cmd: c.Subscribe) -> Result:
 # --- LIST / LSUB -------------------------------------------------------------------------------
 def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
     """RFC 3501 §6.3.8: ``*`` matches anything, ``%`` anything but the separator."""
-    full = reference + pattern if not pattern.startswith(SEPARATOR) or not reference else (
-        reference.rstrip(SEPARATOR) + pattern
+    full = (
+        reference + pattern
+        if not pattern.startswith(SEPARATOR) or not reference
+        else (reference.rstrip(SEPARATOR) + pattern)
     )
     if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in (SEPARATOR, "*", "%")):
         full = "INBOX" + full[5:]
@@ -144,7 +146,8 @@ async def do_list(s: Session, cmd: c.List) -> Result:
         s.send(r.list_response("LIST", attrs, SEPARATOR, name, utf8=s.utf8))
         if cmd.return_status is not None and box is not None:
             status = await mail.status(name)
-            s.send(r.status_response(name, _status_items(cmd.return_status, status, s), utf8=s.utf8))
+            items = _status_items(cmd.return_status, status, s)
+            s.send(r.status_response(name, items, utf8=s.utf8))
     return ""
 
 

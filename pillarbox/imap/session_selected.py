@@ -26,7 +26,11 @@ from pillarbox.imap.session import (
 )
 
 STORE_CHUNK: Final = 1000
-_MODES: Final = {c.StoreMode.ADD: "add", c.StoreMode.REMOVE: "remove", c.StoreMode.REPLACE: "replace"}
+_MODES: Final = {
+    c.StoreMode.ADD: "add",
+    c.StoreMode.REMOVE: "remove",
+    c.StoreMode.REPLACE: "replace",
+}
 
 
 def _ctx(s: Session) -> tuple[UserMail, SelectedMailbox]:
@@ -34,7 +38,9 @@ def _ctx(s: Session) -> tuple[UserMail, SelectedMailbox]:
     return s.mail, s.selected
 
 
-def _ranges(s: Session, view: SelectedMailbox, numbers: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+def _ranges(
+    s: Session, view: SelectedMailbox, numbers: SequenceSet, uid: bool
+) -> list[tuple[int, int]]:
     if numbers.saved:
         # RFC 5182 §2.1: "$" is the saved UID set; empty if nothing was saved.
         return view.uid_ranges(s.saved or SequenceSet(()), uid=True)
@@ -226,8 +232,11 @@ async def do_idle(s: Session, cmd: c.Idle) -> Result:
                     return "IDLE terminated"
                 raise Bad("expected DONE")
             if s.conn.closing.is_set() or loop.time() >= deadline:
-                s.send(b"* BYE idle for too long\r\n" if not s.conn.closing.is_set()
-                       else b"* BYE server shutting down\r\n")
+                s.send(
+                    b"* BYE idle for too long\r\n"
+                    if not s.conn.closing.is_set()
+                    else b"* BYE server shutting down\r\n"
+                )
                 raise Logout
             await s._updates(cmd, force=True)
             await s.flush()

@@ -617,19 +617,23 @@ class UserIndex:
         )
 
     def uids(self, box: Mailbox, max_uid: int | None = None) -> array[int]:
-        if max_uid is None:
-            cursor = self.conn.execute(
-                "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (box.id,)
-            )
-        else:
-            cursor = self.conn.execute(
-                "SELECT uid FROM messages WHERE mailbox_id = ? AND uid <= ? ORDER BY uid",
-                (box.id, max_uid),
-            )
+        """The mailbox's UIDs in order, as a compact array.
+
+        One ``group_concat`` row instead of a Python row per message: for 100,000 messages
+        this is several times faster than fetching rows (and allocates no per-row tuples).
+        """
         result = array("I")
-        while rows := cursor.fetchmany(CHUNK * 5):
-            result.extend(r[0] for r in rows)
-        return result
+        start = 0
+        while True:
+            row = self.conn.execute(
+                "SELECT group_concat(uid), max(uid) FROM (SELECT uid FROM messages"
+                " WHERE mailbox_id = ? AND uid > ? AND uid <= ? ORDER BY uid LIMIT ?)",
+                (box.id, start, 0xFFFFFFFF if max_uid is None else max_uid, CHUNK * 50),
+            ).fetchone()
+            if row[0] is None:
+                return result
+            result.extend(map(int, row[0].split(",")))
+            start = row[1]
 
     def select(self, name: str, readonly: bool) -> SelectInfo:
         box = self.sync(self.mailbox(name))
@@ -748,6 +752,37 @@ class UserIndex:
                     )
                 else:
                     out.append((r[0], text(r[1], r[2]), r[3], r[4], r[5]))
+            if len(out) >= limit:
+                break
+        return out
+
+    def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
+        """UIDs matching an exact filter, and the highest modseq among them (one row)."""
+        box = self.mailbox(name)
+        condition, params, needs_text = compile_filter(where)
+        source = "messages m"
+        if needs_text:
+            source += " JOIN message_search d ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
+        row = self.conn.execute(
+            f"SELECT group_concat(uid), max(modseq) FROM (SELECT m.uid, m.modseq FROM {source}"
+            f" WHERE m.mailbox_id = ? AND {condition} ORDER BY m.uid)",
+            (box.id, *params),
+        ).fetchone()
+        uids = array("I", map(int, row[0].split(","))) if row[0] else array("I")
+        return uids, row[1] or 0
+
+    def fetch_flags(
+        self, name: str, ranges: list[tuple[int, int]], limit: int = CHUNK * 5
+    ) -> list[tuple[int, int, str, int]]:
+        """``(uid, flags mask, keywords, modseq)`` rows: the narrow FETCH FLAGS path."""
+        box = self.mailbox(name)
+        out: list[tuple[int, int, str, int]] = []
+        for lo, hi in ranges:
+            out += self.conn.execute(
+                "SELECT uid, flags, keywords, modseq FROM messages"
+                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?",
+                (box.id, lo, hi, limit - len(out)),
+            ).fetchall()
             if len(out) >= limit:
                 break
         return out

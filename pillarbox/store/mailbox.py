@@ -15,6 +15,7 @@ implement the same methods and publish through a shared hub.
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -119,6 +120,14 @@ class UserMailboxes:
         self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
     ) -> list[tuple[Any, ...]]:
         return await self._run(self._index.fetch, name, ranges, data=data, limit=limit)
+
+    async def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
+        return await self._run(self._index.search_uids, name, where)
+
+    async def fetch_flags(
+        self, name: str, ranges: list[tuple[int, int]], limit: int
+    ) -> list[tuple[int, int, str, int]]:
+        return await self._run(self._index.fetch_flags, name, ranges, limit)
 
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
