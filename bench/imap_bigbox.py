@@ -20,6 +20,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 import socket
 import ssl
 import sys
@@ -194,6 +195,7 @@ def main() -> None:
                 cl.close()
             time.sleep(0.5)
         c.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,19 @@ from pathlib import Path
 from typing import Any, Final
 
 from pillarbox import mime
-from pillarbox.store import db, uidlist
+from pillarbox.store import db, uidlist, writes
 from pillarbox.store import flags as fl
-from pillarbox.store.maildir import deliver, ensure_maildir, fsync_dir, unique_name
+from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 from pillarbox.store.query import compile_filter
+from pillarbox.store.types import (
+    ChangeSet,
+    MailboxError,
+    MailboxInfo,
+    SelectInfo,
+    StatusInfo,
+    StoreResult,
+)
 
 INDEX_FILE: Final = "pillarbox-index.sqlite"
 SPECIAL_USE: Final = {
@@ -94,20 +102,6 @@ _MIGRATIONS: Final[list[db.Migration]] = [
 ]
 
 
-class MailboxError(Exception):
-    """An error the user caused; ``code`` is the IMAP response code to answer with.
-
-    ``user_error`` marks it for protocol layers, which must not import this module.
-    """
-
-    user_error = True
-
-    def __init__(self, code: str, text: str):
-        super().__init__(text)
-        self.code = code
-        self.text = text
-
-
 @dataclass(slots=True)
 class Mailbox:
     id: int
@@ -119,54 +113,6 @@ class Mailbox:
     recent_uid: int
     special_use: str | None
     cur_mtime: int
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxInfo:
-    name: str
-    special_use: str | None
-    subscribed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StatusInfo:
-    messages: int
-    recent: int
-    uidnext: int
-    uidvalidity: int
-    unseen: int
-    deleted: int
-    size: int
-    highestmodseq: int
-
-
-@dataclass(frozen=True, slots=True)
-class SelectInfo:
-    name: str
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-    uids: array[int]
-    recent_from_uid: int  # UIDs >= this are \Recent in this session
-    first_unseen_uid: int | None
-    keywords: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeSet:
-    present: array[int] | None  # UIDs <= known max still there, if any vanished
-    new_uids: array[int]
-    flag_updates: list[tuple[int, str, int]]  # (uid, flags text, modseq)
-    highestmodseq: int
-    uidnext: int
-    recent_from_uid: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoreResult:
-    updated: list[tuple[int, str, int]]  # every matched message: (uid, flags, modseq)
-    failed: list[int]  # UNCHANGEDSINCE conflicts (RFC 7162 §3.1.3 MODIFIED)
-    highestmodseq: int
 
 
 class UserIndex:
@@ -839,6 +785,7 @@ class UserIndex:
                 (box.id, lo, hi),
             ).fetchall()
 
+    # --- writing (pillarbox.store.writes) ----------------------------------------------------
     def store(
         self,
         name: str,
@@ -847,211 +794,17 @@ class UserIndex:
         flags: tuple[str, ...],
         unchanged_since: int | None,
     ) -> StoreResult:
-        """Change flags: ``mode`` is ``add``, ``remove`` or ``replace`` (RFC 3501 §6.4.6)."""
-        box = self.mailbox(name)
-        mask, keywords = fl.split_flags(flags)
-        names = self.keyword_names(box)
-        if mode != "remove" and keywords:
-            fl.ensure_keywords(box.path, names, keywords)
-        cur = box.path / "cur"
-        before = os.stat(cur).st_mtime_ns
-        modseq = box.highestmodseq + 1
-        updated: list[tuple[int, str, int]] = []
-        failed: list[int] = []
-        changes: list[tuple[Any, ...]] = []
-        for row in self._rows_in(box, ranges, "uid, flags, keywords, fname, modseq"):
-            uid, old_mask, old_kw_text, fname, old_modseq = row
-            if unchanged_since is not None and old_modseq > unchanged_since:
-                failed.append(uid)
-                continue
-            old_kw = old_kw_text.split()
-            if mode == "add":
-                new_mask, new_kw = (
-                    old_mask | mask,
-                    old_kw + [k for k in keywords if k not in old_kw],
-                )
-            elif mode == "remove":
-                drop = {k.lower() for k in keywords}
-                new_mask, new_kw = old_mask & ~mask, [k for k in old_kw if k.lower() not in drop]
-            else:
-                new_mask, new_kw = mask, list(keywords)
-            if new_mask == old_mask and new_kw == old_kw:
-                updated.append((uid, fl.flags_text(old_mask, old_kw_text), old_modseq))
-                continue
-            base, info = fl.split_filename(fname)
-            new_fname = f"{base}:2,{fl.make_info(info, new_mask, new_kw, names)}"
-            if new_fname != fname:
-                try:
-                    os.rename(cur / fname, cur / new_fname)
-                except FileNotFoundError:
-                    continue  # gone under us: the next sync expunges it
-            kw_text = " ".join(new_kw)
-            changes.append((new_mask, kw_text, new_fname, modseq, box.id, uid))
-            updated.append((uid, fl.flags_text(new_mask, kw_text), modseq))
-        if changes:
-            with db.Transaction(self.conn):
-                self.conn.executemany(
-                    "UPDATE messages SET flags = ?, keywords = ?, fname = ?, modseq = ?"
-                    " WHERE mailbox_id = ? AND uid = ?",
-                    changes,
-                )
-                self.conn.execute(
-                    "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
-                )
-            box.highestmodseq = modseq
-            if before == box.cur_mtime:
-                self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
-        return StoreResult(updated, failed, box.highestmodseq)
+        return writes.store_flags(self, name, ranges, mode, flags, unchanged_since)
 
     def expunge(self, name: str, ranges: list[tuple[int, int]] | None) -> list[int]:
-        """Remove the ``\\Deleted`` messages (within ``ranges`` if given); their UIDs."""
-        box = self.mailbox(name)
-        ranges = ranges if ranges is not None else [(1, 0xFFFFFFFF)]
-        victims = [
-            (r[0], r[1])
-            for r in self._rows_in(box, ranges, "uid, fname, flags")
-            if r[2] & fl.DELETED
-        ]
-        return self._expunge_rows(box, victims)
-
-    def _expunge_rows(self, box: Mailbox, victims: list[tuple[int, str]]) -> list[int]:
-        if not victims:
-            return []
-        cur = box.path / "cur"
-        before = os.stat(cur).st_mtime_ns
-        for _, fname in victims:
-            try:
-                os.unlink(cur / fname)
-            except FileNotFoundError:
-                pass
-        uids = [uid for uid, _ in victims]
-        self._remove_rows(box, uids)
-        self._rewrite_uidlist(box)
-        if before == box.cur_mtime:
-            self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
-        return uids
+        return writes.expunge(self, name, ranges)
 
     def append(
         self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
     ) -> tuple[int, int]:
-        """Store a message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
-        try:
-            box = self.mailbox(name)
-        except MailboxError:
-            raise MailboxError("TRYCREATE", f"no mailbox {name}") from None
-        box = self.sync(box)  # index anything else first, so UIDs stay in arrival order
-        mask, keywords = fl.split_flags(flags)
-        names = self.keyword_names(box)
-        fl.ensure_keywords(box.path, names, keywords)
-        info = fl.make_info("", mask, keywords, names)
-        cur = box.path / "cur"
-        before = os.stat(cur).st_mtime_ns
-        path = deliver(box.path, [data], subdir="cur", info=f":2,{info}")
-        if internal_date is not None:
-            os.utime(path, (internal_date, internal_date))
-        added = self._add_files(box, [path.name], rebuild=False)
-        if before == box.cur_mtime:
-            self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
-        if not added:
-            raise MailboxError("", "message vanished while being stored")
-        return box.uidvalidity, added[0]
+        return writes.append(self, name, data, flags, internal_date)
 
     def copy(
         self, src_name: str, ranges: list[tuple[int, int]], dst_name: str, *, move: bool
     ) -> tuple[int, list[int], list[int]]:
-        """COPY/MOVE; returns (destination UIDVALIDITY, source UIDs, destination UIDs)."""
-        src = self.mailbox(src_name)
-        try:
-            dst = self.mailbox(dst_name)
-        except MailboxError:
-            raise MailboxError("TRYCREATE", f"no mailbox {dst_name}") from None
-        dst = self.sync(dst)
-        dst_names = self.keyword_names(dst)
-        rows = list(self._rows_in(src, ranges, "uid, flags, keywords, fname, size"))
-        all_kw = sorted({k for r in rows for k in r[2].split()})
-        fl.ensure_keywords(dst.path, dst_names, all_kw)
-        dst_cur = dst.path / "cur"
-        dst_before = os.stat(dst_cur).st_mtime_ns
-        src_uids: list[int] = []
-        dst_uids: list[int] = []
-        moved: list[tuple[int, str]] = []
-        modseq = self._next_modseq(dst)
-        for uid, mask, kw_text, fname, size in rows:
-            base, info = fl.split_filename(fname)
-            keep = "".join(ch for ch in info if not ("a" <= ch <= "z"))
-            new_info = fl.make_info(keep, mask, kw_text.split(), dst_names)
-            new_base = base if move else unique_name(size)
-            new_fname = f"{new_base}:2,{new_info}"
-            try:
-                if move and src.path != dst.path:
-                    os.rename(src.path / "cur" / fname, dst_cur / new_fname)
-                else:
-                    os.link(src.path / "cur" / fname, dst_cur / new_fname)
-            except FileNotFoundError:
-                continue
-            new_uid = dst.uidnext
-            dst.uidnext += 1
-            with db.Transaction(self.conn):
-                self.conn.execute(
-                    "INSERT INTO messages SELECT ?, ?, flags, keywords, ?, internal_date, size,"
-                    " sent_date, ?, ? FROM messages WHERE mailbox_id = ? AND uid = ?",
-                    (dst.id, new_uid, modseq, new_base, new_fname, src.id, uid),
-                )
-                self.conn.execute(
-                    "INSERT INTO message_data SELECT ?, ?, envelope, structure, header"
-                    " FROM message_data WHERE mailbox_id = ? AND uid = ?",
-                    (dst.id, new_uid, src.id, uid),
-                )
-                self.conn.execute(
-                    "INSERT INTO message_search SELECT ?, ?, text"
-                    " FROM message_search WHERE mailbox_id = ? AND uid = ?",
-                    (dst.id, new_uid, src.id, uid),
-                )
-            src_uids.append(uid)
-            dst_uids.append(new_uid)
-            moved.append((uid, fname))
-        with db.Transaction(self.conn):
-            self.conn.execute(
-                "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
-                (dst.uidnext, dst.highestmodseq, dst.id),
-            )
-        uidlist.append(
-            dst.path,
-            dst.uidvalidity,
-            dst.uidnext,
-            [
-                (u, fl.split_filename(f)[0])
-                for u, f in zip(dst_uids, self._fnames(dst, dst_uids), strict=True)
-            ],
-        )
-        if dst_before == dst.cur_mtime:
-            self._set_cur_mtime(dst, os.stat(dst_cur).st_mtime_ns)
-        if move and moved:
-            src = self.mailbox(src_name)
-            src_before = os.stat(src.path / "cur").st_mtime_ns
-            if src.path == dst.path:  # MOVE into the same mailbox: drop the old links
-                for _, fname in moved:
-                    with _suppress_missing():
-                        os.unlink(src.path / "cur" / fname)
-            self._remove_rows(src, [u for u, _ in moved])
-            self._rewrite_uidlist(src)
-            if src_before == src.cur_mtime:
-                self._set_cur_mtime(src, os.stat(src.path / "cur").st_mtime_ns)
-        return dst.uidvalidity, src_uids, dst_uids
-
-    def _fnames(self, box: Mailbox, uids: list[int]) -> list[str]:
-        out = []
-        for uid in uids:
-            row = self.conn.execute(
-                "SELECT fname FROM messages WHERE mailbox_id = ? AND uid = ?", (box.id, uid)
-            ).fetchone()
-            out.append(row[0] if row else "")
-        return out
-
-
-class _suppress_missing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return exc_type is FileNotFoundError
+        return writes.copy(self, src_name, ranges, dst_name, move=move)

@@ -23,16 +23,16 @@ from typing import Any, ParamSpec, TypeVar
 
 from pillarbox import log
 from pillarbox.store.changes import ChangesHub
-from pillarbox.store.index import (
+from pillarbox.store.index import UserIndex
+from pillarbox.store.maildir import user_maildir
+from pillarbox.store.types import (
     ChangeSet,
     MailboxError,
     MailboxInfo,
     SelectInfo,
     StatusInfo,
     StoreResult,
-    UserIndex,
 )
-from pillarbox.store.maildir import user_maildir
 
 _log = log.get("store")
 P = ParamSpec("P")

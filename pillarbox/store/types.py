@@ -1,0 +1,68 @@
+"""Plain result types of the mail store (what ``pillarbox.imap.backend`` describes)."""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+
+
+class MailboxError(Exception):
+    """An error the user caused; ``code`` is the IMAP response code to answer with.
+
+    ``user_error`` marks it for protocol layers, which must not import this module.
+    """
+
+    user_error = True
+
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    name: str
+    special_use: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusInfo:
+    messages: int
+    recent: int
+    uidnext: int
+    uidvalidity: int
+    unseen: int
+    deleted: int
+    size: int
+    highestmodseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SelectInfo:
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    uids: array[int]
+    recent_from_uid: int  # UIDs >= this are \Recent in this session
+    first_unseen_uid: int | None
+    keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    present: array[int] | None  # UIDs <= known max still there, if any vanished
+    new_uids: array[int]
+    flag_updates: list[tuple[int, str, int]]  # (uid, flags text, modseq)
+    highestmodseq: int
+    uidnext: int
+    recent_from_uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    updated: list[tuple[int, str, int]]  # every matched message: (uid, flags, modseq)
+    failed: list[int]  # UNCHANGEDSINCE conflicts (RFC 7162 §3.1.3 MODIFIED)
+    highestmodseq: int

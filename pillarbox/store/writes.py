@@ -1,0 +1,231 @@
+"""Changing mail: flags (STORE), EXPUNGE, APPEND, COPY and MOVE on a :class:`UserIndex`.
+
+Each operation changes the Maildir first (rename, link, unlink, write) and then commits the
+index; the Maildir stays authoritative, so a crash between the two is repaired by the next
+sync. Functions expect the index lock to be held, like the index methods that call them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from pillarbox.store import db, uidlist
+from pillarbox.store import flags as fl
+from pillarbox.store.maildir import deliver, unique_name
+from pillarbox.store.types import MailboxError, StoreResult
+
+if TYPE_CHECKING:
+    from pillarbox.store.index import Mailbox, UserIndex
+
+
+def store_flags(
+    ix: UserIndex,
+    name: str,
+    ranges: list[tuple[int, int]],
+    mode: str,
+    flags: tuple[str, ...],
+    unchanged_since: int | None,
+) -> StoreResult:
+    """Change flags: ``mode`` is ``add``, ``remove`` or ``replace`` (RFC 3501 §6.4.6)."""
+    box = ix.mailbox(name)
+    mask, keywords = fl.split_flags(flags)
+    names = ix.keyword_names(box)
+    if mode != "remove" and keywords:
+        fl.ensure_keywords(box.path, names, keywords)
+    cur = box.path / "cur"
+    before = os.stat(cur).st_mtime_ns
+    modseq = box.highestmodseq + 1
+    updated: list[tuple[int, str, int]] = []
+    failed: list[int] = []
+    changes: list[tuple[Any, ...]] = []
+    for row in ix._rows_in(box, ranges, "uid, flags, keywords, fname, modseq"):
+        uid, old_mask, old_kw_text, fname, old_modseq = row
+        if unchanged_since is not None and old_modseq > unchanged_since:
+            failed.append(uid)
+            continue
+        old_kw = old_kw_text.split()
+        if mode == "add":
+            new_mask, new_kw = (
+                old_mask | mask,
+                old_kw + [k for k in keywords if k not in old_kw],
+            )
+        elif mode == "remove":
+            drop = {k.lower() for k in keywords}
+            new_mask, new_kw = old_mask & ~mask, [k for k in old_kw if k.lower() not in drop]
+        else:
+            new_mask, new_kw = mask, list(keywords)
+        if new_mask == old_mask and new_kw == old_kw:
+            updated.append((uid, fl.flags_text(old_mask, old_kw_text), old_modseq))
+            continue
+        base, info = fl.split_filename(fname)
+        new_fname = f"{base}:2,{fl.make_info(info, new_mask, new_kw, names)}"
+        if new_fname != fname:
+            try:
+                os.rename(cur / fname, cur / new_fname)
+            except FileNotFoundError:
+                continue  # gone under us: the next sync expunges it
+        kw_text = " ".join(new_kw)
+        changes.append((new_mask, kw_text, new_fname, modseq, box.id, uid))
+        updated.append((uid, fl.flags_text(new_mask, kw_text), modseq))
+    if changes:
+        with db.Transaction(ix.conn):
+            ix.conn.executemany(
+                "UPDATE messages SET flags = ?, keywords = ?, fname = ?, modseq = ?"
+                " WHERE mailbox_id = ? AND uid = ?",
+                changes,
+            )
+            ix.conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id))
+        box.highestmodseq = modseq
+        if before == box.cur_mtime:
+            ix._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+    return StoreResult(updated, failed, box.highestmodseq)
+
+
+def expunge(ix: UserIndex, name: str, ranges: list[tuple[int, int]] | None) -> list[int]:
+    """Remove the ``\\Deleted`` messages (within ``ranges`` if given); their UIDs."""
+    box = ix.mailbox(name)
+    ranges = ranges if ranges is not None else [(1, 0xFFFFFFFF)]
+    victims = [
+        (r[0], r[1]) for r in ix._rows_in(box, ranges, "uid, fname, flags") if r[2] & fl.DELETED
+    ]
+    return expunge_rows(ix, box, victims)
+
+
+def expunge_rows(ix: UserIndex, box: Mailbox, victims: list[tuple[int, str]]) -> list[int]:
+    if not victims:
+        return []
+    cur = box.path / "cur"
+    before = os.stat(cur).st_mtime_ns
+    for _, fname in victims:
+        try:
+            os.unlink(cur / fname)
+        except FileNotFoundError:
+            pass
+    uids = [uid for uid, _ in victims]
+    ix._remove_rows(box, uids)
+    ix._rewrite_uidlist(box)
+    if before == box.cur_mtime:
+        ix._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+    return uids
+
+
+def append(
+    ix: UserIndex, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
+) -> tuple[int, int]:
+    """Store a message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
+    try:
+        box = ix.mailbox(name)
+    except MailboxError:
+        raise MailboxError("TRYCREATE", f"no mailbox {name}") from None
+    box = ix.sync(box)  # index anything else first, so UIDs stay in arrival order
+    mask, keywords = fl.split_flags(flags)
+    names = ix.keyword_names(box)
+    fl.ensure_keywords(box.path, names, keywords)
+    info = fl.make_info("", mask, keywords, names)
+    cur = box.path / "cur"
+    before = os.stat(cur).st_mtime_ns
+    path = deliver(box.path, [data], subdir="cur", info=f":2,{info}")
+    if internal_date is not None:
+        os.utime(path, (internal_date, internal_date))
+    added = ix._add_files(box, [path.name], rebuild=False)
+    if before == box.cur_mtime:
+        ix._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+    if not added:
+        raise MailboxError("", "message vanished while being stored")
+    return box.uidvalidity, added[0]
+
+
+def copy(
+    ix: UserIndex, src_name: str, ranges: list[tuple[int, int]], dst_name: str, *, move: bool
+) -> tuple[int, list[int], list[int]]:
+    """COPY/MOVE; returns (destination UIDVALIDITY, source UIDs, destination UIDs)."""
+    src = ix.mailbox(src_name)
+    try:
+        dst = ix.mailbox(dst_name)
+    except MailboxError:
+        raise MailboxError("TRYCREATE", f"no mailbox {dst_name}") from None
+    dst = ix.sync(dst)
+    dst_names = ix.keyword_names(dst)
+    rows = list(ix._rows_in(src, ranges, "uid, flags, keywords, fname, size"))
+    all_kw = sorted({k for r in rows for k in r[2].split()})
+    fl.ensure_keywords(dst.path, dst_names, all_kw)
+    dst_cur = dst.path / "cur"
+    dst_before = os.stat(dst_cur).st_mtime_ns
+    src_uids: list[int] = []
+    dst_uids: list[int] = []
+    moved: list[tuple[int, str]] = []
+    modseq = ix._next_modseq(dst)
+    for uid, mask, kw_text, fname, size in rows:
+        base, info = fl.split_filename(fname)
+        keep = "".join(ch for ch in info if not ("a" <= ch <= "z"))
+        new_info = fl.make_info(keep, mask, kw_text.split(), dst_names)
+        new_base = base if move else unique_name(size)
+        new_fname = f"{new_base}:2,{new_info}"
+        try:
+            if move and src.path != dst.path:
+                os.rename(src.path / "cur" / fname, dst_cur / new_fname)
+            else:
+                os.link(src.path / "cur" / fname, dst_cur / new_fname)
+        except FileNotFoundError:
+            continue
+        new_uid = dst.uidnext
+        dst.uidnext += 1
+        with db.Transaction(ix.conn):
+            ix.conn.execute(
+                "INSERT INTO messages SELECT ?, ?, flags, keywords, ?, internal_date, size,"
+                " sent_date, ?, ? FROM messages WHERE mailbox_id = ? AND uid = ?",
+                (dst.id, new_uid, modseq, new_base, new_fname, src.id, uid),
+            )
+            ix.conn.execute(
+                "INSERT INTO message_data SELECT ?, ?, envelope, structure, header"
+                " FROM message_data WHERE mailbox_id = ? AND uid = ?",
+                (dst.id, new_uid, src.id, uid),
+            )
+            ix.conn.execute(
+                "INSERT INTO message_search SELECT ?, ?, text"
+                " FROM message_search WHERE mailbox_id = ? AND uid = ?",
+                (dst.id, new_uid, src.id, uid),
+            )
+        src_uids.append(uid)
+        dst_uids.append(new_uid)
+        moved.append((uid, fname))
+    with db.Transaction(ix.conn):
+        ix.conn.execute(
+            "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
+            (dst.uidnext, dst.highestmodseq, dst.id),
+        )
+    uidlist.append(
+        dst.path,
+        dst.uidvalidity,
+        dst.uidnext,
+        [
+            (u, fl.split_filename(f)[0])
+            for u, f in zip(dst_uids, _fnames(ix, dst, dst_uids), strict=True)
+        ],
+    )
+    if dst_before == dst.cur_mtime:
+        ix._set_cur_mtime(dst, os.stat(dst_cur).st_mtime_ns)
+    if move and moved:
+        src = ix.mailbox(src_name)
+        src_before = os.stat(src.path / "cur").st_mtime_ns
+        if src.path == dst.path:  # MOVE into the same mailbox: drop the old links
+            for _, fname in moved:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(src.path / "cur" / fname)
+        ix._remove_rows(src, [u for u, _ in moved])
+        ix._rewrite_uidlist(src)
+        if src_before == src.cur_mtime:
+            ix._set_cur_mtime(src, os.stat(src.path / "cur").st_mtime_ns)
+    return dst.uidvalidity, src_uids, dst_uids
+
+
+def _fnames(ix: UserIndex, box: Mailbox, uids: list[int]) -> list[str]:
+    out = []
+    for uid in uids:
+        row = ix.conn.execute(
+            "SELECT fname FROM messages WHERE mailbox_id = ? AND uid = ?", (box.id, uid)
+        ).fetchone()
+        out.append(row[0] if row else "")
+    return out
