@@ -36,7 +36,7 @@ from urllib.parse import quote, urlencode
 
 from pillarbox import log
 from pillarbox.config import Settings, split_host_port
-from pillarbox.http import clientconfig, mtasts
+from pillarbox.http import clientconfig, clienthello, mtasts
 from pillarbox.http.clientconfig import AutodiscoverError
 from pillarbox.http.message import HttpError, Limits, Request, Response, parse_head, text_response
 from pillarbox.http.streams import BioTlsStream, ByteStream, HeadReader, PlainStream
@@ -259,7 +259,8 @@ class HttpsTls:
     The dispatcher context only decides; the handshake then continues on the context the
     callback selects (OpenSSL runs the SNI callback before ALPN and certificate selection,
     and a context switched there provides both): the TLS-ALPN-01 validation certificate for
-    a name being validated, else the server's current one. Version and cipher settings are
+    a name being validated when the ClientHello (peeked at by us: the callback cannot see
+    ALPN) offers acme-tls/1, else the server's current one. Version and cipher settings are
     copied from the shared policy because OpenSSL keeps those of the context the SSL began
     with."""
 
@@ -274,19 +275,30 @@ class HttpsTls:
         ctx.num_tickets = 0
         ctx.sni_callback = self._select
         self.dispatcher = ctx
+        # id() of the SSL objects whose ClientHello offered acme-tls/1, during handshakes.
+        self._acme_clients: set[int] = set()
 
     def _select(
         self, ssl_object: ssl.SSLObject, server_name: str | None, _initial: ssl.SSLContext
     ) -> None:
         chosen = None
-        if server_name and self.challenges is not None:
+        if server_name and self.challenges is not None and id(ssl_object) in self._acme_clients:
             chosen = self.challenges.alpn_context(server_name.lower().rstrip("."))
         ssl_object.context = chosen or self.tls.current()
 
     async def handshake(self, conn: Connection) -> BioTlsStream | None:
         """TLS on ``conn``; None when it was an ACME validation (nothing more to do)."""
+        first = await asyncio.wait_for(_first_record(conn.reader), HANDSHAKE_TIMEOUT)
         stream = BioTlsStream(conn.reader, conn.writer, self.dispatcher)
-        await asyncio.wait_for(stream.handshake(), HANDSHAKE_TIMEOUT)
+        stream.feed(first)
+        # Only a client that offers acme-tls/1 is shown a validation certificate.
+        acme_client = ACME_TLS_ALPN.encode() in (clienthello.offered_alpn(first) or [])
+        if acme_client:
+            self._acme_clients.add(id(stream.ssl_object))
+        try:
+            await asyncio.wait_for(stream.handshake(), HANDSHAKE_TIMEOUT)
+        finally:
+            self._acme_clients.discard(id(stream.ssl_object))
         conn.tls = TlsInfo.of(stream.ssl_object)
         if stream.ssl_object.selected_alpn_protocol() == ACME_TLS_ALPN:
             # RFC 8737 §3: after the handshake the validator closes; no data is exchanged.
@@ -294,6 +306,23 @@ class HttpsTls:
             await stream.close()
             return None
         return stream
+
+
+async def _first_record(reader: asyncio.StreamReader) -> bytes:
+    """The bytes of the client's first TLS record (or whatever arrived, if it is not TLS)."""
+    data = b""
+    while len(data) < clienthello.RECORD_HEADER:
+        chunk = await reader.read(clienthello.RECORD_HEADER - len(data))
+        if not chunk:
+            return data
+        data += chunk
+    total = clienthello.record_length(data)
+    while total is not None and len(data) < total:
+        chunk = await reader.read(total - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class HttpComponent:

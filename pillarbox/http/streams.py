@@ -55,6 +55,10 @@ class BioTlsStream:
         self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._eof = False
 
+    def feed(self, data: bytes) -> None:
+        """Bytes already read from the socket (the peeked ClientHello) go in first."""
+        self._incoming.write(data)
+
     async def _flush(self) -> None:
         data = self._outgoing.read()
         if data:
