@@ -261,8 +261,22 @@ def _issue(request: OrderRequest, board: ChallengeBoard, progress: Progress) -> 
         order = acme.poll_and_finalize(order, deadline)
     finally:
         board.withdraw(tokens=tokens, names=names)
+    chain = order.fullchain_pem.encode("ascii")
+    _check_leaf(chain, request.names)
     progress("certificate issued")
-    return Issued(order.fullchain_pem.encode("ascii"), key_pem)
+    return Issued(chain, key_pem)
+
+
+def _check_leaf(chain_pem: bytes, names: tuple[str, ...]) -> None:
+    """The CA's answer must be a certificate for every name we asked for."""
+    try:
+        leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, IndexError, x509.ExtensionNotFound) as exc:
+        raise AcmeError(f"the CA returned no usable certificate: {exc}") from exc
+    missing = set(names) - {str(n).lower() for n in san.get_values_for_type(x509.DNSName)}
+    if missing:
+        raise AcmeError(f"the CA's certificate lacks {', '.join(sorted(missing))}")
 
 
 def _register(acme: client.ClientV2, email: str) -> None:
