@@ -437,7 +437,7 @@ class RemoteDelivery:
             attempt.ipv4_only = True
         if data is not None and data.ok:
             _log.info(
-                "sent",
+                "data accepted",
                 queue_id=message.id,
                 host=hop.name,
                 ip=conn.ip,

@@ -91,10 +91,15 @@ class Runner:
     # -- scheduling -----------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        last_housekeeping = -float("inf")
         while True:
             self._wake.clear()
             try:
-                await self._housekeeping()
+                # Housekeeping (leftover reports after a crash, orphans) scans the whole
+                # queue: on the timer only, not after every job.
+                if time.monotonic() - last_housekeeping >= self.scan_interval:
+                    last_housekeeping = time.monotonic()
+                    await self._housekeeping()
                 await self._schedule()
                 delay = await self._delay()
             except Exception:

@@ -109,6 +109,7 @@ class OutboundQueue:
         self.remote = self._make_remote(self.settings)
         self.runner = self._make_runner(self.settings)
         self._report_lock = asyncio.Lock()
+        self._last_orphan_sweep = time.monotonic()  # start() sweeps once itself
 
     # -- component ------------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ class OutboundQueue:
             due=lambda now: self._db(lambda s: s.due(now)),
             next_due=lambda now: self._db(lambda s: s.next_due(now)),
             run_job=self._run_job,
-            housekeeping=self._send_pending_reports,
+            housekeeping=self._housekeeping,
             destination_of=lambda domain: self.remote.destination_key(domain),
             max_concurrency=d.max_concurrency,
             per_destination=d.max_concurrency_per_destination,
@@ -333,6 +334,17 @@ class OutboundQueue:
         (_log.warning if outcome.state == STATE_FAILED else _log.info)(status, **fields)
 
     # -- DSNs -----------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Periodic: reports left pending (crash, delivery service down) and, every ten
+        minutes, spool files left by an enqueue that crashed before its commit."""
+        now = time.monotonic()
+        if now - self._last_orphan_sweep >= ORPHAN_AGE:
+            self._last_orphan_sweep = now
+            removed = await self._db(lambda s: s.remove_orphans(ORPHAN_AGE))
+            if removed:
+                _log.warning("orphan spool files removed", count=len(removed))
+        await self._send_pending_reports()
 
     async def _send_pending_reports(self) -> None:
         for queue_id in await self._db(lambda s: s.pending_reports()):
