@@ -414,3 +414,47 @@ def test_mta_sts_policy_fetched_by_a_sending_mta(
         assert policy.mode == "testing"  # pebble is not a publicly trusted CA
         assert policy.allows("mail.example.test")
         assert stored["example.test"][0] == policy_id
+
+
+def test_serve_process_renews_on_cli_request_and_stops_promptly(
+    acme_setup: Callable[..., AcmeSetup],
+) -> None:
+    """Real process boundaries: ``pillarbox serve`` in its own process, ``cert renew`` from
+    another; SIGHUP (reload) keeps the ACME certificate; SIGTERM ends the server at once."""
+    import signal
+
+    setup = acme_setup(validity=20 * DAY)
+    config = str(setup.settings.source)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def pillarbox(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pillarbox", "--config", config, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    server = pbserver.SubprocessServer(setup.settings)
+    try:
+        wait_until(lambda: "certificate installed" in server.log(), 30)
+        first = implicit_serial(server.port("https"), setup.trust)
+        server.send_signal(signal.SIGHUP)
+        wait_until(lambda: "event=reloaded" in server.log(), 10)
+        assert implicit_serial(server.port("imaps"), setup.trust) == first
+        run = pillarbox("cert", "renew")
+        assert run.returncode == 0, run.stderr
+        assert "renewed (expires in 20.0 days" in run.stdout
+        second = implicit_serial(server.port("https"), setup.trust)
+        assert second != first
+        assert implicit_serial(server.port("imaps"), setup.trust) == second
+        status = pillarbox("cert", "status", "--format", "json")
+        assert status.returncode == 0, status.stderr
+        assert '"running": true' in status.stdout
+        assert f'"serial": "{second}"' in status.stdout
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM, timeout=15) == 0
+        assert time.monotonic() - started < 12
+    finally:
+        server.stop(signal.SIGKILL)
