@@ -205,7 +205,7 @@ def _flag(flag: str, row: tuple[Any, ...], ctx: Context) -> bool:
     return any(k.casefold() == folded for k in row[KEYWORDS].split())
 
 
-_set_cache: dict[tuple[int, int, bool], Any] = {}
+_set_cache: dict[tuple[SequenceSet, int, bool], Any] = {}
 
 
 def _set(numbers: SequenceSet, ctx: Context, *, uid: bool) -> Any:
@@ -213,7 +213,7 @@ def _set(numbers: SequenceSet, ctx: Context, *, uid: bool) -> Any:
         numbers = ctx.saved or SequenceSet(())
         uid = True
     largest = ctx.view.max_uid if uid else ctx.view.exists
-    key = (id(numbers), largest, uid)
+    key = (numbers, largest, uid)
     matcher = _set_cache.get(key)
     if matcher is None:
         if len(_set_cache) > 64:
