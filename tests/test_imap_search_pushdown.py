@@ -44,8 +44,9 @@ class AsyncIndex:
     def __init__(self, index: UserIndex):
         self.index = index
 
-    async def search_rows(self, name: str, lo: int, hi: int, header: bool, where: Any,
-                          limit: int) -> list[tuple[Any, ...]]:  # fmt: skip
+    async def search_rows(
+        self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
+    ) -> list[tuple[Any, ...]]:
         return self.index.search_rows(name, lo, hi, header=header, where=where, limit=limit)
 
     async def search_uids(self, name: str, where: Any) -> Any:
@@ -65,7 +66,10 @@ def mailbox(tmp_path_factory: pytest.TempPathFactory) -> tuple[UserIndex, Select
     for i in range(15):
         subject = SUBJECTS[i % len(SUBJECTS)]
         body = "x" * (i * 40)
-        msg = f"From: user{i % 3}@example.org\r\nSubject: {subject}\r\nDate: {i + 1} Feb 2024 10:00:00 +0000\r\n\r\n{body}\r\n"
+        msg = (
+            f"From: user{i % 3}@example.org\r\nSubject: {subject}\r\n"
+            f"Date: {i + 1} Feb 2024 10:00:00 +0000\r\n\r\n{body}\r\n"
+        )
         when = time.mktime(dt.date(2024, 1, 1 + i).timetuple()) + 43200
         index.append("INBOX", msg.encode(), FLAGS[i % len(FLAGS)], when)
     index.store("INBOX", [(3, 3)], "add", ("\\Deleted",), None)
@@ -96,7 +100,7 @@ leaf: st.SearchStrategy[SearchKey] = st.one_of(
             ]
         ),
         st.booleans(),
-    ),  # fmt: skip
+    ),
     st.builds(
         HeaderKey,
         st.sampled_from(["Subject", "From", "To", "X-None"]),
