@@ -653,3 +653,24 @@ async def test_dkim_keys_missing_on_this_server(tmp_path: Path, dns_server: DnsT
     item = only(report, "dns.dkim", Status.FAIL)
     assert item.what == f"{DOMAIN} has no DKIM key on this server"
     assert f"pillarbox dkim rotate {DOMAIN}" in item.fix
+
+
+async def test_ipv4_only_listener_with_an_aaaa_record(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    """smtp configured on 0.0.0.0 (IPv4 only) while HOST has an AAAA: IPv6 senders fail."""
+    v6_ptr_zone = "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa"
+    async with world(tmp_path, dns_server, overrides={"public_ip6": "::1"}) as w:
+        dns_server.set_zone(v6_ptr_zone, {"1": {"PTR": HOST + "."}})
+        port = w.settings.listen.enabled()["smtp"][1]
+        # The peer listens on 127.0.0.1; the config claims 0.0.0.0 (never bound in tests).
+        wildcard = dataclasses.replace(
+            w.settings, listen=dataclasses.replace(w.settings.listen, smtp=f"0.0.0.0:{port}")
+        )
+        report = await run_check(wildcard)
+    found = problems(report)
+    assert [(f.check, f.status, f.subject) for f in found] == [
+        ("server.reachable", Status.FAIL, f"[::1]:{port}")
+    ], render_text(report)
+    assert "IPv4 only" in found[0].what
+    assert f'smtp = "[::]:{port}"' in found[0].fix

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -114,3 +116,41 @@ async def test_a_crashing_check_becomes_a_finding() -> None:
     assert isinstance(result, Finding)
     assert result.status is Status.WARN and "RuntimeError: unexpected answer" in result.what
     assert result.penalty == 0.0
+
+
+def test_listener_targets(tmp_path: Path) -> None:
+    from pillarbox.check.context import IPV4_ONLY, CheckContext, listener_targets
+    from pillarbox.dns.records import PublicAddresses, RecordSet
+    from pillarbox.dns.resolver import Resolver
+    from tests import pbserver
+
+    settings = pbserver.make_settings(
+        tmp_path / "d",
+        {
+            "listen": {
+                "smtp": "0.0.0.0:25",
+                "submission": "[::]:587",
+                "imap": "10.0.0.5:143",
+                "imaps": "127.0.0.1:2993",
+                "submissions": "203.0.113.7:465",
+            }
+        },
+    )
+    public = PublicAddresses(("203.0.113.7",), ("2001:db8::7",))
+    ctx = CheckContext(settings, Resolver(), public, RecordSet("h", []), 1.0)
+
+    def targets(name: str) -> list[tuple[str, int, str]]:
+        return [(t.address, t.port, t.note) for t in listener_targets(ctx, name)]
+
+    assert targets("smtp") == [("203.0.113.7", 25, ""), ("2001:db8::7", 25, IPV4_ONLY)]
+    assert targets("submission") == [("203.0.113.7", 587, ""), ("2001:db8::7", 587, "")]
+    # Behind NAT: the public addresses are tried; the note says where we listen.
+    assert targets("imap") == [
+        ("203.0.113.7", 143, "listens on 10.0.0.5 only"),
+        ("2001:db8::7", 143, "listens on 10.0.0.5 only"),
+    ]
+    assert targets("imaps") == [("127.0.0.1", 2993, "loopback only (dev profile)")]
+    assert targets("submissions")[0] == ("203.0.113.7", 465, "")
+    assert targets("pop3") == []
+    ctx.addresses = PublicAddresses()
+    assert targets("smtp") == [("127.0.0.1", 25, "no public address known; tried locally")]

@@ -148,9 +148,11 @@ class Target:
 
 
 def listener_targets(ctx: CheckContext, name: str) -> list[Target]:
-    """The addresses an outsider would use for listener ``name``: each public address of
-    the listener's family at the configured port. A listener bound to loopback (the dev
-    profile) is tried where it listens, since nothing else can reach it."""
+    """Where an outsider would connect to listener ``name``: every public address (both IP
+    families: senders use AAAA records too) at the configured port. A listener bound to
+    loopback (the dev profile) is tried where it listens, since nothing else can reach it.
+    A target the bound address cannot serve says why in its note; connecting tells the
+    truth (a NAT may forward it)."""
     enabled = ctx.settings.listen.enabled()
     if name not in enabled:
         return []
@@ -160,17 +162,23 @@ def listener_targets(ctx: CheckContext, name: str) -> list[Target]:
     except ValueError:
         return [Target(name, host, port)]
     public = ctx.addresses
-    if bound.is_loopback and str(bound) not in public.all:
-        return [Target(name, str(bound), port, "loopback only (dev profile)")]
-    if not bound.is_unspecified and str(bound) in public.all:
-        return [Target(name, str(bound), port)]
-    if bound.version == 4:
-        candidates = public.ipv4
-    else:
-        # "::" usually accepts IPv4 too (dual stack), a specific IPv6 address does not.
-        candidates = public.ipv6 + (public.ipv4 if bound.is_unspecified else ())
-    if not candidates:
-        fallback = "127.0.0.1" if bound.version == 4 else "::1"
-        note = "no public address known; tried locally"
-        return [Target(name, fallback if bound.is_unspecified else str(bound), port, note)]
-    return [Target(name, address, port) for address in candidates]
+    if bound.is_loopback:
+        note = "" if str(bound) in public.all else "loopback only (dev profile)"
+        return [Target(name, str(bound), port, note)]
+    if not public.all:
+        fallback = ("127.0.0.1" if bound.version == 4 else "::1") if bound.is_unspecified else host
+        return [Target(name, fallback, port, "no public address known; tried locally")]
+    return [Target(name, address, port, _bind_note(bound, address)) for address in public.all]
+
+
+def _bind_note(bound: ipaddress.IPv4Address | ipaddress.IPv6Address, address: str) -> str:
+    family = ipaddress.ip_address(address).version
+    if str(bound) == address:
+        return ""
+    if bound.is_unspecified:
+        # "::" accepts IPv4 too on a dual-stack host; "0.0.0.0" never accepts IPv6.
+        return "" if bound.version == 6 or family == 4 else IPV4_ONLY
+    return f"listens on {bound} only"
+
+
+IPV4_ONLY = "listens on 0.0.0.0: IPv4 only"

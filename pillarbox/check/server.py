@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from pillarbox.check.context import CheckContext, Target, listener_targets
+from pillarbox.check.context import IPV4_ONLY, CheckContext, Target, listener_targets
 from pillarbox.check.findings import Finding, Status, finding
 from pillarbox.check.wire import ProtocolError, Stream, client_tls_context, describe_error
 
@@ -246,9 +246,12 @@ async def check_server(ctx: CheckContext) -> list[Finding]:
         return []
     probes = await asyncio.gather(*(probe_listener(ctx, t) for t in targets))
     smtp_targets = [t for t in targets if t.listener == "smtp"]
-    relay_jobs: list[Awaitable[Finding]] = [probe_relay(ctx, t) for t in smtp_targets]
+    # Relaying is tried where the smtp listener answered; where it did not, the
+    # reachability finding already says so.
+    answering = [p.target for p in probes if p.target.listener == "smtp" and not p.error]
+    relay_jobs: list[Awaitable[Finding]] = [probe_relay(ctx, t) for t in answering]
     relays = await asyncio.gather(*relay_jobs)
-    findings = [_reachable(p, len(probes)) for p in probes]
+    findings = [_reachable(p, len(probes), ctx.settings.hostname) for p in probes]
     findings += _tls_findings(ctx, [p for p in probes if not p.error])
     for probe in probes:
         if probe.target.listener == "smtp" and not probe.error:
@@ -266,7 +269,7 @@ async def check_server(ctx: CheckContext) -> list[Finding]:
                 'set [listen] smtp = "0.0.0.0:25"',
             )
         )
-    findings += [_share(f, len(smtp_targets)) for f in relays]
+    findings += [_share(f, len(answering)) for f in relays]
     return findings
 
 
@@ -274,16 +277,24 @@ def _share(item: Finding, count: int) -> Finding:
     return Finding(item.check, item.status, item.what, item.fix, item.subject, item.weight / count)
 
 
-def _reachable(probe: Probe, count: int) -> Finding:
+def _reachable(probe: Probe, count: int, hostname: str) -> Finding:
     target = probe.target
     where = f"{target.listener} at {target}" + (f" ({target.note})" if target.note else "")
     if probe.error:
+        fix = (
+            "is `pillarbox serve` running? Open the port in the firewall (and the hosting "
+            "provider's: many block port 25 until asked)"
+        )
+        if target.note == IPV4_ONLY:
+            fix = (
+                f'set [listen] {target.listener} = "[::]:{target.port}" to accept IPv6 as well, '
+                f"or remove the AAAA record of {hostname}"
+            )
         return finding(
             "server.reachable",
             Status.FAIL,
             f"{where}: {probe.error}",
-            "is `pillarbox serve` running? Open the port in the firewall (and the hosting "
-            "provider's: many block port 25 until asked)",
+            fix,
             subject=str(target),
             share=count,
         )
