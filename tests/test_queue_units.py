@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pillarbox.queue import dsn as dsnlib
+from pillarbox.queue.api import OutboundRecipient, QueueError
 from pillarbox.queue.mtasts import (
     PolicyError,
     mx_matches,
@@ -22,7 +23,7 @@ from pillarbox.queue.mtasts import (
     render_policy,
 )
 from pillarbox.queue.routing import is_null_mx, order_addresses, order_mx, parse_literal
-from pillarbox.queue.service import backoff, from_domains
+from pillarbox.queue.service import _check_enqueue_args, backoff, from_domains
 from pillarbox.smtp.client import DataEncoder, Reply, SmtpClient, SmtpError, Timeouts
 
 # -- routing --------------------------------------------------------------------------------
@@ -321,3 +322,34 @@ def test_data_encoder_is_independent_of_chunking(body: bytes, cuts: list[int]) -
     one = whole.feed(body) + whole.finish()
     many = b"".join(split.feed(c) for c in chunks) + split.finish()
     assert one == many
+
+
+# -- enqueue argument checks (everything ends up on an SMTP command line) --------------------
+
+
+@pytest.mark.parametrize(
+    ("sender", "rcpt", "envid", "ret"),
+    [
+        ("a@x\r\nRCPT TO:<evil@y>", OutboundRecipient("b@y"), None, None),
+        ("a@x", OutboundRecipient("b@y> NOTIFY=NEVER"), None, None),
+        ("a@x", OutboundRecipient("b@y\n"), None, None),
+        ("a@x", OutboundRecipient("no-at-sign"), None, None),
+        ("a@x", OutboundRecipient("b@y", frozenset({"NEVER", "FAILURE"})), None, None),
+        ("a@x", OutboundRecipient("b@y", frozenset({"SOMETIMES"})), None, None),
+        ("a@x", OutboundRecipient("b@y", orcpt="rfc822;b@y\r\nQUIT"), None, None),
+        ("a@x", OutboundRecipient("b@y"), "id with space", None),
+        ("a@x", OutboundRecipient("b@y"), None, "BODY"),
+    ],
+)
+def test_enqueue_refuses_values_that_would_break_the_command_line(
+    sender: str, rcpt: OutboundRecipient, envid: str | None, ret: str | None
+) -> None:
+    with pytest.raises(QueueError):
+        _check_enqueue_args(sender, [rcpt], envid, ret)
+
+
+def test_enqueue_accepts_ordinary_values() -> None:
+    rcpts = [OutboundRecipient("jörg@bücher.test", frozenset({"SUCCESS"}), "rfc822;x+2By@z")]
+    _check_enqueue_args("", rcpts, "ENV+2B1", "HDRS")
+    with pytest.raises(QueueError):
+        _check_enqueue_args("a@x", [], None, None)

@@ -192,7 +192,7 @@ class OutboundQueue:
         ret: str | None = None,
         queue_id: str | None = None,
     ) -> str:
-        _check_enqueue_args(recipients, ret)
+        _check_enqueue_args(sender, recipients, envid, ret)
         store = self.store
         if store is None:
             raise QueueError("the queue is not started")
@@ -529,16 +529,40 @@ def _recipient_dict(r: Recipient) -> dict[str, Any]:
     }
 
 
-def _check_enqueue_args(recipients: Sequence[OutboundRecipient], ret: str | None) -> None:
+def _check_enqueue_args(
+    sender: str, recipients: Sequence[OutboundRecipient], envid: str | None, ret: str | None
+) -> None:
+    """Everything here ends up on an SMTP command line: refuse what could break out of it
+    (CR, LF, spaces, angle brackets) however the caller validated it."""
     if not recipients:
         raise QueueError("no recipients")
+    if sender and not _is_mailbox(sender):
+        raise QueueError(f"bad sender address {sender!r}")
     if ret is not None and ret not in RET_KEYWORDS:
         raise QueueError(f"bad RET value {ret!r}")
+    if envid is not None and not _is_xtext(envid):
+        raise QueueError(f"bad ENVID value {envid!r}")
     for r in recipients:
-        if "@" not in r.address or any(c in r.address for c in "\r\n\0<> "):
+        if not _is_mailbox(r.address):
             raise QueueError(f"bad recipient address {r.address!r}")
         if not r.notify <= NOTIFY_KEYWORDS or ("NEVER" in r.notify and len(r.notify) > 1):
             raise QueueError(f"bad NOTIFY for {r.address}: {sorted(r.notify)}")
+        if r.orcpt is not None and not (_is_xtext(r.orcpt) and ";" in r.orcpt):
+            raise QueueError(f"bad ORCPT for {r.address}: {r.orcpt!r}")
+
+
+def _is_mailbox(address: str) -> bool:
+    return (
+        "@" in address
+        and 0 < len(address) <= 998
+        and not any(c in address for c in "<> ")
+        and all(ord(c) > 31 and ord(c) != 127 for c in address)
+    )
+
+
+def _is_xtext(value: str) -> bool:
+    """RFC 3461 §4: xtext is printable ASCII without "=" (escaped as +XX) and no spaces."""
+    return 0 < len(value) <= 500 and all(33 <= ord(c) <= 126 and c != "=" for c in value)
 
 
 def _join_parts(parts: Sequence[bytes | Path]) -> bytes:
