@@ -371,7 +371,7 @@ def has_component(name: str) -> bool:
     """Is ``name`` wired into Pillarbox (app._component_factories) in this checkout?"""
     text = (REPO / "pillarbox" / "app.py").read_text()
     body = text.split("def _component_factories", 1)[-1].split("\nclass ", 1)[0]
-    return re.search(rf"\b{re.escape(name)}\b", body) is not None
+    return re.search(rf"make_{re.escape(name)}\b|\b{re.escape(name)}\b", body) is not None
 
 
 # -- Maildir helpers ---------------------------------------------------------------------------

@@ -298,14 +298,22 @@ MIXED_WEIGHTS = {
 }
 
 
-async def mixed_client(
-    port: int, tls: Any, stop_at: float, rng: random.Random, counts: dict[str, int]
-) -> None:
+async def mixed_session(port: int, tls: Any) -> tuple[ImapClient, list[int]]:
+    """Logged in, INBOX selected, its UIDs known: set up before the clock starts."""
     client = await open_session(port, MIXED_USER, benchlib.PASSWORD, tls=tls)
     await client.command("SELECT INBOX")
     data = await client.command("UID SEARCH ALL")
     match = re.search(rb"^\* SEARCH([^\r]*)", data, re.M)
-    uids = [int(u) for u in match.group(1).split()] if match else [1]
+    return client, [int(u) for u in match.group(1).split()] if match else [1]
+
+
+async def mixed_client(
+    client: ImapClient,
+    uids: list[int],
+    stop_at: float,
+    rng: random.Random,
+    counts: dict[str, int],
+) -> None:
     ops, weights = list(MIXED_WEIGHTS), list(MIXED_WEIGHTS.values())
     while time.perf_counter() < stop_at:
         op = rng.choices(ops, weights)[0]
@@ -337,6 +345,7 @@ async def mixed_client(
 
 async def mixed_load(target: Target, args: argparse.Namespace, tls: Any) -> None:
     counts = {"total": 0}
+    sessions = await asyncio.gather(*(mixed_session(target.port, tls) for _ in range(args.clients)))
     pids = target.pids()
     cpu0 = benchlib.tree_cpu_seconds(pids)
     client0 = sum(os.times()[:2])
@@ -344,8 +353,8 @@ async def mixed_load(target: Target, args: argparse.Namespace, tls: Any) -> None
     stop_at = start + args.seconds
     await asyncio.gather(
         *(
-            mixed_client(target.port, tls, stop_at, random.Random(i), counts)
-            for i in range(args.clients)
+            mixed_client(client, uids, stop_at, random.Random(i), counts)
+            for i, (client, uids) in enumerate(sessions)
         )
     )
     elapsed = time.perf_counter() - start
@@ -401,6 +410,7 @@ async def needs_tls(port: int) -> bool:
 
 
 def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
+    benchlib.renice(target.pids(), args.nice)
     print(f"{target.name}: first open and warm timings", file=sys.stderr)
     asyncio.run(first_and_warm(target, args, tls))
     print(f"{target.name}: {args.idle} idle connections", file=sys.stderr)
@@ -412,50 +422,55 @@ def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
         asyncio.run(mixed_load(target, args, tls))
 
 
+def _verdict(ours: float | None, theirs: float | None, lower_is_better: bool) -> list[str]:
+    """[ratio pillarbox/dovecot, which is better] for one measure."""
+    if not ours or not theirs:
+        return ["-", ""]
+    better = ours < theirs if lower_is_better else ours > theirs
+    return [benchlib.ratio(ours, theirs), "pillarbox" if better else "dovecot"]
+
+
 def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> str:
     by_name = {t.name: t for t in targets}
+    names = [t.name for t in targets]
+    pair = names == ["dovecot", "pillarbox"]
     lines = [
         f"IMAP, {args.count}-message Maildir (4 KB messages), "
         f"{'STARTTLS' if tls_used else 'plaintext'} connections, warm = median of {args.samples}",
-        f"machine: {benchlib.machine_summary()}",
+        f"machine: {benchlib.machine_summary()}; servers and client at nice {args.nice}, "
+        f"load average {os.getloadavg()[0]:.1f}",
         "",
     ]
-    names = [t.name for t in targets]
-    rows = []
+    # (label, value per target, lower is better)
+    measures: list[tuple[str, list[float | None], bool]] = []
     for phase in ("first", "warm"):
         for op in OPS:
-            row: list[object] = [f"{phase} {op} (s)"]
-            row += [by_name[n].results[phase][op][0] for n in names if phase in by_name[n].results]
-            if len(names) == 2:
-                a, b = (by_name[n].results.get(phase, {}).get(op, (None,))[0] for n in names)
-                row.append(benchlib.ratio(b, a))  # time ratio pillarbox/dovecot: < 1 is faster
-            rows.append(row)
+            values = [by_name[n].results.get(phase, {}).get(op, (None,))[0] for n in names]
+            measures.append((f"{phase} {op} (s)", values, True))
     for t in targets:
         if t.start_seconds is not None:
-            rows.append([f"{t.name} serve start to greeting (s)"] + [""] * len(names))
-            rows[-1][1 + names.index(t.name)] = t.start_seconds
-    idle_rows = [
+            values = [t.start_seconds if n == t.name else None for n in names]
+            measures.append((f"{t.name} serve start to greeting (s)", values, True))
+    for label, key in (
         ("idle logged-in, PSS KB/conn", "auth_pss"),
         ("idle logged-in, RSS KB/conn", "auth_rss"),
         ("SELECT+IDLE, PSS KB/conn", "idle_pss"),
         ("SELECT+IDLE, RSS KB/conn", "idle_rss"),
-    ]
-    for label, key in idle_rows:
+    ):
         values = [by_name[n].results["idle"][key] / 1024 for n in names]
-        row = [label, *values]
-        if len(names) == 2:
-            row.append(benchlib.ratio(values[1], values[0]))
-        rows.append(row)
+        measures.append((label, values, True))
     mixed = [by_name[n].results.get("mixed") for n in names]
     if all(mixed):
-        rows.append(["mixed ops/s", *[m["rate"] for m in mixed if m]])
-        rows.append(["mixed server CPU ms/op", *[m["cpu_ms"] for m in mixed if m]])
-        rows.append(["mixed client CPU ms/op", *[m["client_ms"] for m in mixed if m]])
-        if len(names) == 2 and mixed[0] and mixed[1]:
-            rows[-3].append(benchlib.ratio(mixed[1]["rate"], mixed[0]["rate"]))
-            rows[-2].append(benchlib.ratio(mixed[1]["cpu_ms"], mixed[0]["cpu_ms"]))
-            rows[-1].append("")
-    headers = ["measure", *names] + (["pillarbox/dovecot"] if len(names) == 2 else [])
+        measures.append(("mixed ops/s", [m["rate"] for m in mixed if m], False))
+        measures.append(("mixed server CPU ms/op", [m["cpu_ms"] for m in mixed if m], True))
+        measures.append(("mixed client CPU ms/op", [m["client_ms"] for m in mixed if m], True))
+    rows: list[list[object]] = []
+    for label, values, lower in measures:
+        row: list[object] = [label, *["" if v is None else v for v in values]]
+        if pair and "client" not in label and None not in values:
+            row += _verdict(values[1], values[0], lower)
+        rows.append(row)
+    headers = ["measure", *names] + (["pillarbox/dovecot", "better"] if pair else [])
     rows = [r + [""] * (len(headers) - len(r)) for r in rows]
     lines.append(benchlib.table(headers, rows))
     checks = []
@@ -466,11 +481,17 @@ def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> s
             }
             if len(set(seen.values())) > 1:
                 checks.append(f"DISAGREE {phase} {op}: {seen}")
+    warm = {n: by_name[n].results["warm"] for n in names}
     lines.append("")
     lines.append(
         "result checks: "
-        + ("; ".join(checks) if checks else "EXISTS, FETCH count and SEARCH hits agree")
-        + f" ({ {n: by_name[n].results['warm']['search_subject'][1] for n in names} } subject hits)"
+        + ("; ".join(checks) if checks else "all servers agree")
+        + "; EXISTS "
+        + str({n: w["select"][1] for n, w in warm.items()})
+        + ", FETCH responses "
+        + str({n: w["fetch_flags"][1] for n, w in warm.items()})
+        + ", subject/from hits "
+        + str({n: (w["search_subject"][1], w["search_from"][1]) for n, w in warm.items()})
     )
     return "\n".join(lines)
 
@@ -487,7 +508,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20.0, help="mixed load; 0 skips it")
     parser.add_argument("--tls", choices=["auto", "yes", "no"], default="auto")
+    parser.add_argument(
+        "--nice", type=int, default=-10, help="priority of servers and load generator (0: leave)"
+    )
     args = parser.parse_args()
+    benchlib.renice([os.getpid()], args.nice)
 
     source = build_source(args.count)
     targets: list[Target] = []
