@@ -235,3 +235,29 @@ def test_smarthost_bad_password_defers(
     assert entry["recipients"][0]["state"] == "queued"
     assert "authentication failed" in entry["recipients"][0]["last_reply"]
     assert peer.messages == []
+
+
+def test_cached_mta_sts_policy_survives_a_blocked_fetch_and_a_restart(
+    tmp_path: Path, dns_server: DnsTestServer, cleanup: list[SmtpPeer | HttpsServer]
+) -> None:
+    settings, peer, https = sts_setup(tmp_path, dns_server, cleanup, "enforce")
+    peer.starttls = server_cert(settings, tmp_path, "mx.remote.test")
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test"])
+        wait_for(lambda: peer.messages, what="first delivery (policy fetched)")
+    # An attacker strips the TXT record, blocks the policy server and STARTTLS: the cached
+    # enforce policy (RFC 8461 §5.1) still forbids plaintext, also after a restart.
+    https.close()
+    cleanup.remove(https)
+    dns_server.set_zone(
+        "remote.test", {"@": {"MX": ["10 mx.remote.test."]}, "mx": {"A": "127.0.0.2"}}
+    )
+    peer.starttls = None
+    with pbserver.RunningServer(settings) as running:
+        qid = enqueue(running, ["carol@remote.test"])
+        entry = wait_for(
+            lambda: (e := queue_entry(running, qid)) and e["recipients"][0]["last_reply"] and e,
+            what="deferral",
+        )
+    assert entry["recipients"][0]["last_reply"].startswith("4.7.4")
+    assert len(peer.messages) == 1
