@@ -257,3 +257,12 @@ def test_missing_or_broken_dkim_keys_become_notes(tmp_path: Path) -> None:
     text = zone_text(records)
     assert "; NOTE: other.test has no DKIM key yet: run `pillarbox dkim rotate other.test`" in text
     assert "; NOTE: DKIM keys of example.test unreadable" in text
+
+
+def test_staged_dkim_pair_is_published_with_its_state(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    staged = rotate(settings.keys_dir, DOMAIN, stage=True)
+    zone = render_zone(settings)
+    for key in staged:
+        line = next(line for line in zone.splitlines() if line.startswith(key.dns_name + "."))
+        assert "publish now" in line

@@ -270,13 +270,20 @@ def _domain_records(
     return records
 
 
+DKIM_STATE_NOTES = {
+    "active": "signs new mail",
+    "pending": "publish now: signs after the next `dkim rotate`",
+    "retiring": "retiring: keep until rotated",
+}
+
+
 def _dkim_records(settings: Settings, domain: str, notes: list[str]) -> list[Record]:
     from pillarbox.mailauth.keys import DkimKeyError, published_keys
 
     records = []
     try:
         for key in published_keys(settings.keys_dir, domain):
-            note = "signs new mail" if key.state == "active" else "retiring: keep until rotated"
+            note = DKIM_STATE_NOTES.get(key.state, key.state)
             records.append(
                 Record(fqdn(key.dns_name), "TXT", key.txt_value(), f"DKIM {key.algorithm}, {note}")
             )
