@@ -446,6 +446,10 @@ def test_serve_process_renews_on_cli_request_and_stops_promptly(
         run = pillarbox("cert", "renew")
         assert run.returncode == 0, run.stderr
         assert "renewed (expires in 20.0 days" in run.stdout
+        # The progress line followed the server's ACME stages (each printed once).
+        stages = [line.split("] ", 1)[1] for line in run.stderr.splitlines() if "] " in line]
+        assert "server: waiting for the CA to validate (http-01)" in stages, run.stderr
+        assert len(stages) == len(set(stages))
         second = implicit_serial(server.port("https"), setup.trust)
         assert second != first
         assert implicit_serial(server.port("imaps"), setup.trust) == second

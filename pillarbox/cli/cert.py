@@ -52,6 +52,8 @@ class ProgressLine:
 
     def stage(self, text: str) -> None:
         with self._lock:
+            if text == self.text and not self.tty:
+                return  # a log or pipe gets each stage once
             self.text = text
             self._draw(final=not self.tty)
 
@@ -157,12 +159,22 @@ def _renew_on_server(settings: Settings, force: bool, progress: ProgressLine) ->
     worker = threading.Thread(target=call, daemon=True)
     worker.start()
     worker.join(0.3)
-    if worker.is_alive():
-        progress.stage("the running server is renewing (ACME order and validation)")
-        worker.join()
+    while worker.is_alive():
+        progress.stage(f"server: {_server_stage(settings) or 'renewing'}")
+        worker.join(0.5)
     if "error" in outcome:
         raise outcome["error"]
     return dict(outcome["result"])
+
+
+def _server_stage(settings: Settings) -> str | None:
+    """What the server's ACME order is doing now (its ``cert.status``), for the progress line."""
+    try:
+        status = control.call(settings.control_socket, "cert.status", timeout=5)
+    except control.ControlError:
+        return None
+    stage = status.get("stage") if isinstance(status, dict) else None
+    return str(stage) if stage else None
 
 
 async def _renew_standalone(settings: Settings, force: bool, progress: ProgressLine) -> Any:

@@ -286,6 +286,7 @@ class CertificateManager:
         self.last_error: str | None = None
         self.last_renewal: str | None = None
         self.next_check: dt.datetime | None = None
+        self.stage: str | None = None  # what the ACME order in progress is doing
         self._wake = asyncio.Event()
         self._file_stamp: tuple[tuple[int, int], ...] | None = None
 
@@ -345,7 +346,7 @@ class CertificateManager:
         (the old certificate keeps serving)."""
         async with self._lock:
             try:
-                result = await self._renew(force, progress or self._log_progress)
+                result = await self._renew(force, self._progress_to(progress))
             except acme.AcmeError as exc:
                 self._failed(str(exc))
                 raise
@@ -355,6 +356,8 @@ class CertificateManager:
                 _log.error("certificate renewal crashed", exc_info=True)
                 self._failed(f"unexpected {type(exc).__name__}: {exc}")
                 raise acme.AcmeError(self.last_error or "") from exc
+            finally:
+                self.stage = None
             self.failures = 0
             self.last_error = None
             return result
@@ -408,9 +411,17 @@ class CertificateManager:
         self.tls.reload(settings.tls.cert, settings.tls.key)  # the swap: next handshake on
         return serial
 
-    @staticmethod
-    def _log_progress(stage: str) -> None:
-        _log.info("acme", stage=stage)
+    def _progress_to(self, caller: acme.Progress | None) -> acme.Progress:
+        """A progress callback (called from the ACME thread) that logs the stage, keeps it
+        for ``cert.status`` (the CLI shows it while it waits), and tells ``caller``."""
+
+        def progress(stage: str) -> None:
+            self.stage = stage
+            _log.info("acme", stage=stage)
+            if caller is not None:
+                caller(stage)
+
+        return progress
 
     # -- files managed elsewhere --------------------------------------------------------
 
@@ -455,6 +466,7 @@ class CertificateManager:
             last_error=self.last_error,
             last_renewal=self.last_renewal,
             failures=self.failures,
+            stage=self.stage,
         )
         return result
 
