@@ -11,6 +11,7 @@ several users costs one kernel-side copy per user (``copy_file_range`` for spool
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class LocalTarget:
     folder: str = INBOX  # INBOX or a folder name such as "Junk"
 
 
+@functools.lru_cache(maxsize=4096)
 def folder_path(mail_dir: Path, target: LocalTarget) -> Path:
     root = user_maildir(mail_dir, target.user)
     if target.folder == INBOX:

@@ -21,6 +21,7 @@ reads cached pages and is never blocked by a writer, which costs less than a thr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,13 @@ from pillarbox.queue.api import OutboundRecipient, QueueError
 from pillarbox.store.accounts import Accounts, Resolution
 
 _log = log.get("delivery")
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(address: str) -> str:
+    # IDNA normalisation of the domain is slow (a pure-Python codec) and the same few
+    # addresses come again and again; errors are not cached (lru_cache skips exceptions).
+    return str(parse_address(address))
 
 
 class DeliveryError(Exception):
@@ -79,7 +87,7 @@ class DeliveryService:
         (RFC 5321 §4.1.1.3). Raises AddressError."""
         if address.lower() == "postmaster":
             address = f"postmaster@{self.primary_domain}"
-        return str(parse_address(address))
+        return _canonical(address)
 
     def resolve(self, address: str) -> Resolution:
         return self.accounts.resolve(address, self.delimiter)

@@ -11,7 +11,9 @@ only when there is exactly one (several would disclose Bcc recipients to each ot
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Protocol
@@ -26,6 +28,7 @@ class _TlsLike(Protocol):
     def bits(self) -> int: ...
 
 
+@functools.lru_cache(maxsize=4096)
 def address_literal(ip: str) -> str:
     """RFC 5321 §4.1.3: ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``."""
     try:
@@ -37,6 +40,18 @@ def address_literal(ip: str) -> str:
             return f"[{parsed.ipv4_mapped}]"
         return f"[IPv6:{parsed.compressed}]"
     return f"[{parsed}]"
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _current_date() -> str:
+    """RFC 5322 date of the current second (formatted once per second: hot path)."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date_cache[1]
 
 
 def protocol_type(*, esmtp: bool, tls: bool, authenticated: bool, utf8: bool) -> str:
