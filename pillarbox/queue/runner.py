@@ -77,8 +77,21 @@ class Runner:
     def start(self) -> None:
         self._main = asyncio.create_task(self._loop(), name="queue-runner")
 
-    async def stop(self) -> None:
-        tasks = [t for t in [self._main, *self._tasks] if t is not None]
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop scheduling; let attempts in flight finish for up to ``grace`` seconds, then
+        cancel them (an attempt cut short is retried after the restart)."""
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._main
+        for destination, jobs in self._jobs.items():
+            for job in jobs:
+                self._in_flight.discard(job.key)
+            jobs.clear()
+            _log.debug("queue runner stopping", destination=destination)
+        if self._tasks and grace > 0:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -132,7 +132,7 @@ class OutboundQueue:
         _log.info("queue started", queue_dir=str(self.settings.queue_dir))
 
     async def stop(self) -> None:
-        await self.runner.stop()
+        await self.runner.stop(grace=float(self.settings.limits.shutdown_grace))
         if self.store is not None:
             await self._db(lambda s: s.close())
         self._executor.shutdown(wait=True)
