@@ -26,6 +26,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -125,6 +126,44 @@ def best(client: Client, command: str, runs: int = 5) -> tuple[float, int, bytes
     return min(results, key=lambda r: r[0])
 
 
+def measure_engine(root: Path) -> None:
+    """The same work without sockets or client: the server's CPU cost per command."""
+    from pillarbox.imap.fetch import _render_fast
+    from pillarbox.imap.selected import SelectedMailbox
+
+    index = UserIndex(root)
+
+    def show(name: str, fn: Callable[[], object]) -> None:
+        print(f"  {name:28s} {timed(fn):7.1f} ms")
+
+    def timed(fn: Callable[[], object]) -> float:
+        return min(_once(fn) for _ in range(5)) * 1000
+
+    def _once(fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    info = index.select("INBOX", True)
+    view = SelectedMailbox("INBOX", True, info)
+    template = "* {0} FETCH (UID {1} FLAGS ({2}))\r\n"
+
+    def fetch_flags() -> None:
+        lo = 1
+        while rows := index.fetch_flags("INBOX", [(lo, 0xFFFFFFFF)], 5000):
+            _render_fast(template, rows, view)
+            lo = rows[-1][0] + 1
+
+    print("engine only (store + rendering, no sockets):")
+    show("SELECT INBOX", lambda: index.select("INBOX", True))
+    show("UID FETCH 1:* (FLAGS)", fetch_flags)
+    show(
+        "SEARCH SUBJECT needle", lambda: index.search_uids("INBOX", ("header", "subject", "needle"))
+    )
+    show("SEARCH UNSEEN", lambda: index.search_uids("INBOX", ("mask", 1, False)))
+    index.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=50_000)
@@ -145,6 +184,7 @@ def main() -> None:
     index.select("INBOX", True)
     index.close()
     print(f"initial index build (one-time, like a migration): {time.perf_counter() - t0:.1f} s")
+    measure_engine(root)
 
     context = ssl.create_default_context(cafile=str(settings.tls.ca))
     # The real `pillarbox serve` in its own process: clients never share its GIL or memory.
