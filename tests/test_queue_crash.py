@@ -80,3 +80,35 @@ def test_kill_9_mid_delivery_then_restart_delivers_once(
     assert peer.messages[0].recipients == ["bob@remote.test"]
     assert "interrupted_attempts=1" in log
     assert f"queue_id={qid}" in log
+
+
+def test_sigterm_lets_the_delivery_in_flight_finish(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    port = free_port_on("127.0.0.2")
+    peer = SmtpPeer("127.0.0.2", port, name="mx.remote.test")
+    peer.hold_data = threading.Event()
+    dns_server.set_zone(
+        "remote.test", {"@": {"MX": ["10 mx.remote.test."]}, "mx": {"A": "127.0.0.2"}}
+    )
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    store = QueueStore(settings.queue_dir)
+    qid = "TESTTERM0000001"
+    size, eightbit = store.write_spool(qid, [MESSAGE])
+    store.add_message(
+        qid, SENDER, [OutboundRecipient("bob@remote.test")], size=size, eightbit=eightbit,
+        envid=None, ret=None,
+    )  # fmt: skip
+    store.close()
+    try:
+        server = pbserver.SubprocessServer(settings)
+        wait_for(peer.data_started.is_set, timeout=25, what="delivery in progress")
+        server.send_signal(signal.SIGTERM)
+        threading.Timer(0.5, peer.hold_data.set).start()
+        assert server.proc.wait(15) == 0
+        server.stop()
+    finally:
+        peer.hold_data.set()
+        peer.close()
+    assert len(peer.messages) == 1
+    assert not (settings.queue_dir / "msg" / qid).exists()
