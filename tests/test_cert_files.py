@@ -157,3 +157,33 @@ def test_cert_renew_with_acme_off_and_no_server(settings: Settings) -> None:
     code, out, _ = cli("--config", str(settings.source), "cert", "renew")
     assert code == 0
     assert "tls.acme is off" in out
+
+
+def test_standalone_renew_reports_a_busy_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        settings = pbserver.make_settings(
+            tmp_path / "data",
+            {
+                "tls": {"acme": True, "acme_email": "postmaster@example.test"},
+                "listen": {"http": f"127.0.0.1:{port}"},
+            },
+        )
+        code, _, err = cli("--config", str(settings.source), "cert", "renew")
+    assert code == 1
+    assert "cannot open the http/https listener for the ACME validation" in err
+    assert "Address already in use" in err
+
+
+def test_status_without_a_certificate(settings: Settings) -> None:
+    settings.tls.cert.unlink()
+    # The config refuses a missing cert file when acme = false; status explains the ACME case.
+    acme_config = settings.source
+    assert acme_config is not None
+    text = acme_config.read_text().replace("acme = false", "acme = true")
+    acme_config.write_text(text)
+    code, out, _ = cli("--config", str(acme_config), "cert", "status")
+    assert code == 0
+    assert re.search(r"^error\s+no readable certificate at .*cert\.pem$", out, re.M)

@@ -11,10 +11,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pillarbox.config import Settings
 from pillarbox.http import mtasts
-from pillarbox.http.message import Request, Response, parse_head
+from pillarbox.http.message import HttpError, Request, Response, parse_head
 from pillarbox.http.server import Site
 from tests import pbserver
 
@@ -396,3 +398,34 @@ def test_no_redirect_without_https(prod: Settings) -> None:
 )
 def test_everything_else_is_404(prod: Settings, target: str) -> None:
     assert get(prod, target, "autoconfig.example.test").status == 404
+
+
+@pytest.fixture(scope="module")
+def fuzz_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return pbserver.make_settings(
+        tmp_path_factory.mktemp("fuzz") / "data", {"listen": STANDARD_LISTEN}
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "OPTIONS", "X"]),
+    path=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=60),
+    host=st.sampled_from(
+        ["mail.example.test", "mta-sts.example.test", "autoconfig.example.test", "x.test"]
+    ),
+    body=st.binary(max_size=200),
+    secure=st.booleans(),
+)
+def test_routing_never_raises(
+    fuzz_settings: Settings, method: str, path: str, host: str, body: bytes, secure: bool
+) -> None:
+    try:
+        parsed = parse_head(f"{method} /{path} HTTP/1.1\r\nHost: {host}".encode())
+    except HttpError:
+        return
+    response = Site(fuzz_settings, Board()).handle(
+        dataclasses.replace(parsed, body=body), secure=secure
+    )
+    assert response.status in (200, 301, 308, 400, 404, 405)
+    response.render()
