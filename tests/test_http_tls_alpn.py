@@ -107,3 +107,20 @@ def test_only_acme_clients_see_the_validation_certificate(
     board.withdraw(tokens=[], names=["mail.example.test"])
     after, _ = peer_certificate(port, ["acme-tls/1"])
     assert "Pillarbox local CA" in after.issuer.rfc4514_string()
+
+
+def test_old_tls_versions_get_an_alert(running: pbserver.RunningServer) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with contextlib.suppress(ssl.SSLError):
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+    with (
+        socket.create_connection(("127.0.0.1", running.port("https")), TIMEOUT) as raw,
+        pytest.raises(ssl.SSLError) as info,
+    ):
+        ctx.wrap_socket(raw, server_hostname="mail.example.test")
+    # A TLS alert from the server (not a bare reset/EOF): the queued alert was flushed.
+    assert "ALERT_PROTOCOL_VERSION" in str(info.value), str(info.value)

@@ -13,6 +13,7 @@ keep what came after it, and hand out exactly the body length.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -83,6 +84,11 @@ class BioTlsStream:
                 await self._flush()
                 await self._fill()
                 continue
+            except ssl.SSLError:
+                # Send the alert OpenSSL queued (e.g. protocol_version) before giving up.
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    await asyncio.wait_for(self._flush(), 2)
+                raise
             await self._flush()
             return result
 
