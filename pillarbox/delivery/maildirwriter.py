@@ -12,11 +12,11 @@ message, and on this kind of disk an fsync of a directory costs as much as one o
   given their final name in ``new/`` with ``linkat`` through ``/proc/self/fd`` (atomic:
   readers see a complete file or none). Where ``O_TMPFILE`` is not supported it falls back
   to a named file in ``tmp/`` + link + unlink, the classic way.
-* A few worker threads take *batches*: every job queued while they were busy. Each file is
-  fsync'd on its own, but each ``new/`` directory touched by the batch is fsync'd once, and
-  all jobs of the batch are completed with one wake-up of the event loop. Under light load a
-  batch is one message and nothing is delayed; under heavy load the directory fsyncs and
-  thread hand-offs are shared.
+* Worker threads write and fsync files in parallel (fsync latency, not CPU, is the limit),
+  and the directory fsyncs are group-committed (:class:`DirectorySync`): every delivery
+  waits for an fsync of ``new/`` that started after its link, but concurrent deliveries into
+  one directory share those fsyncs. Under light load nothing waits for anyone; under heavy
+  load N deliveries cost N file fsyncs and about two directory fsyncs.
 
 Jobs complete (their futures resolve) only after their directory fsync: that is the moment
 SMTP may say 250.
@@ -37,7 +37,10 @@ from pathlib import Path
 from pillarbox.store.maildir import ensure_maildir, unique_name
 
 _COPY_CHUNK = 1 << 20
-WRITER_THREADS = 6
+# fsync waits, not CPU, bound a delivery: enough threads to keep the disk queue busy for the
+# concurrent sessions; a thread blocked in fsync does not hold the GIL.
+WRITER_THREADS = 16
+MAX_SYNCERS = 4096
 
 
 @dataclass
@@ -93,6 +96,54 @@ def _write_parts(fd: int, prefix: bytes, parts: Sequence[bytes | Path]) -> int:
     return size
 
 
+class DirectorySync:
+    """Group commit of one directory's fsync.
+
+    A thread that has linked a file into the directory calls :meth:`sync`, which returns
+    once an fsync that *started after* its link has completed. If an fsync is running when
+    it arrives, it waits for it to end and then one thread runs the next fsync on behalf of
+    everyone who arrived meanwhile: N concurrent deliveries cost about two directory fsyncs,
+    not N.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0  # tickets handed out (one per link)
+        self._synced = 0  # every ticket up to this one is durable
+        self._running = False
+        self._error: OSError | None = None
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while True:
+                if self._synced >= ticket:
+                    return
+                if not self._running:
+                    break
+                self._cond.wait()
+            self._running = True
+            covers = self._requested
+        error: OSError | None = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            error = exc
+        with self._cond:
+            self._running = False
+            if error is None:
+                self._synced = max(self._synced, covers)
+            self._cond.notify_all()
+        if error is not None:
+            raise error
+
+
 class MaildirWriter:
     """See the module docstring."""
 
@@ -100,6 +151,8 @@ class MaildirWriter:
         self.hostname = hostname
         self._jobs: queue.SimpleQueue[WriteJob | None] = queue.SimpleQueue()
         self._ready: set[Path] = set()  # folders known to have cur/new/tmp
+        self._syncers: dict[Path, DirectorySync] = {}
+        self._syncers_lock = threading.Lock()
         self._tmpfile = hasattr(os, "O_TMPFILE")
         self._threads = [
             threading.Thread(target=self._run, name=f"maildir-{i}", daemon=True)
@@ -127,50 +180,34 @@ class MaildirWriter:
 
     def _run(self) -> None:
         while True:
-            first = self._jobs.get()
-            if first is None:
+            job = self._jobs.get()
+            if job is None:
                 return
-            batch = [first]
-            stop = False
-            while True:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                batch.append(job)
-            self._process(batch)
-            if stop:
-                return
+            self._process(job)
 
-    def _process(self, batch: list[WriteJob]) -> None:
-        directories: dict[Path, list[WriteJob]] = {}
-        for job in batch:
-            try:
-                for folder, prefix in zip(job.folders, job.prefixes, strict=True):
-                    path = self._write_one(folder, prefix, job.parts)
-                    job.paths.append(path)
-                    directories.setdefault(path.parent, []).append(job)
-            except BaseException as exc:
-                job.error = exc
-        for directory, jobs in directories.items():
-            try:
-                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                for job in jobs:
-                    job.error = job.error or exc
-        by_loop: dict[asyncio.AbstractEventLoop, list[WriteJob]] = {}
-        for job in batch:
-            by_loop.setdefault(job.loop, []).append(job)
-        for loop, jobs in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
-                loop.call_soon_threadsafe(_complete, jobs)
+    def _process(self, job: WriteJob) -> None:
+        try:
+            # Files are written and fsync'd by several threads at once (fsync latency, not
+            # CPU, is the limit); only the directory fsyncs are shared.
+            for folder, prefix in zip(job.folders, job.prefixes, strict=True):
+                job.paths.append(self._write_one(folder, prefix, job.parts))
+            for directory in dict.fromkeys(p.parent for p in job.paths):
+                self._syncer(directory).sync()
+        except BaseException as exc:
+            job.error = exc
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+            job.loop.call_soon_threadsafe(_complete, job)
+
+    def _syncer(self, directory: Path) -> DirectorySync:
+        syncer = self._syncers.get(directory)
+        if syncer is None:
+            with self._syncers_lock:
+                syncer = self._syncers.setdefault(directory, DirectorySync(directory))
+                if len(self._syncers) > MAX_SYNCERS:  # many users: forget idle ones
+                    for key in list(self._syncers)[: MAX_SYNCERS // 2]:
+                        if key != directory:
+                            del self._syncers[key]
+        return syncer
 
     def _write_one(self, folder: Path, prefix: bytes, parts: Sequence[bytes | Path]) -> Path:
         if folder not in self._ready:
@@ -234,11 +271,10 @@ class MaildirWriter:
         return final
 
 
-def _complete(jobs: list[WriteJob]) -> None:
-    for job in jobs:
-        if job.future.done():
-            continue
-        if job.error is not None:
-            job.future.set_exception(job.error)
-        else:
-            job.future.set_result(job.paths)
+def _complete(job: WriteJob) -> None:
+    if job.future.done():
+        return
+    if job.error is not None:
+        job.future.set_exception(job.error)
+    else:
+        job.future.set_result(job.paths)
