@@ -123,7 +123,8 @@ class SelectedMailbox:
         if len(changes.new_uids):
             new = [u for u in changes.new_uids if u > self.max_uid]
             if new:
-                self.uids.extend(new)
+                # Never mutate in place: the store may share one array between sessions.
+                self.uids = self.uids + array("I", new)
                 out.append(b"* %d EXISTS\r\n" % len(self.uids))
                 if not self.rev2:
                     # We claimed \Recent for them if nobody had (RFC 3501 §2.3.2).

@@ -129,6 +129,10 @@ class UserIndex:
         db.migrate(self.conn, "mailindex", _MIGRATIONS)
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
+        # The last UID list per mailbox, shared by every session that selects it unchanged
+        # (sessions never mutate it): N clients on one big INBOX cost one array, not N.
+        self._uid_cache: dict[int, tuple[tuple[int, int], array[int]]] = {}
+        self._generation: dict[int, int] = {}  # bumped whenever a mailbox's UID set changes
         self.discover(initial=True)
 
     def close(self) -> None:
@@ -186,6 +190,7 @@ class UserIndex:
         return max(int(time.time()), (row[0] or 0) + 1) & 0xFFFFFFFF
 
     def _drop_row(self, mailbox_id: int) -> None:
+        self._uid_cache.pop(mailbox_id, None)
         with db.Transaction(self.conn):
             self.conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox_id,))
             self.conn.execute("DELETE FROM message_data WHERE mailbox_id = ?", (mailbox_id,))
@@ -373,7 +378,9 @@ class UserIndex:
                 gone.append(uid)
             elif current != fname:
                 renamed.append((uid, current))
-        rebuild = (box.highestmodseq <= 1 and box.uidnext > 1) or not self._has_messages(box)
+        # Reuse dovecot-uidlist UIDs only for a mailbox the index has never seen change
+        # (a new or rebuilt index); later, unknown files always get new, higher UIDs.
+        rebuild = box.highestmodseq <= 1
         if gone:
             self._remove_rows(box, gone)
         if renamed:
@@ -384,19 +391,12 @@ class UserIndex:
             self._rewrite_uidlist(box)
         self._set_cur_mtime(box, mtime)
 
-    def _has_messages(self, box: Mailbox) -> bool:
-        return (
-            self.conn.execute(
-                "SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT 1", (box.id,)
-            ).fetchone()
-            is not None
-        )
-
     def _next_modseq(self, box: Mailbox) -> int:
         box.highestmodseq += 1
         return box.highestmodseq
 
     def _remove_rows(self, box: Mailbox, uids: list[int]) -> None:
+        self._generation[box.id] = self._generation.get(box.id, 0) + 1
         modseq = self._next_modseq(box)
         with db.Transaction(self.conn):
             for i in range(0, len(uids), 500):
@@ -432,6 +432,7 @@ class UserIndex:
 
     def _add_files(self, box: Mailbox, fnames: list[str], *, rebuild: bool) -> list[int]:
         """Index files already in ``cur/``; ``rebuild`` reuses UIDs from dovecot-uidlist."""
+        self._generation[box.id] = self._generation.get(box.id, 0) + 1
         known = uidlist.read(box.path) if rebuild else None
         if known is not None and known.uidvalidity != box.uidvalidity:
             known = None
@@ -581,9 +582,18 @@ class UserIndex:
             result.extend(map(int, row[0].split(",")))
             start = row[1]
 
+    def _cached_uids(self, box: Mailbox) -> array[int]:
+        key = (box.uidnext, self._generation.get(box.id, 0))
+        cached = self._uid_cache.get(box.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        uids = self.uids(box)
+        self._uid_cache[box.id] = (key, uids)
+        return uids
+
     def select(self, name: str, readonly: bool) -> SelectInfo:
         box = self.sync(self.mailbox(name))
-        uids = self.uids(box)
+        uids = self._cached_uids(box)
         unseen = self.conn.execute(
             "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND flags & 1 = 0", (box.id,)
         ).fetchone()[0]
