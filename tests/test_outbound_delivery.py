@@ -455,3 +455,30 @@ def test_failed_tls_handshake_falls_back_to_plaintext_only_when_tls_is_optional(
         )
     assert entry["recipients"][0]["last_reply"].startswith("4.7.5")
     assert len(peer.messages) == 1
+
+
+def test_unreachable_destination_is_suspended_not_retried_per_message(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    peer.greeting = "421 4.3.2 service not available, closing"
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(
+        tmp_path,
+        dns_server.address,
+        port,
+        {"delivery": {"retry_initial": 60, "max_concurrency_per_destination": 1}},
+    )
+    with pbserver.RunningServer(settings) as running:
+        first = enqueue(running, ["a@remote.test"])
+        wait_for(lambda: queue_entry(running, first)["recipients"][0]["last_reply"])  # type: ignore[index]
+        others = [enqueue(running, [f"{n}@remote.test"]) for n in ("b", "c")]
+        replies = [
+            wait_for(lambda q=q: queue_entry(running, q)["recipients"][0]["last_reply"])  # type: ignore[index]
+            for q in others
+        ]
+        assert peer.connections == 1
+        assert all("temporarily suspended" in r and "refused to talk" in r for r in replies)
+        # An administrator's flush lifts the suspension.
+        running.call(running.server.ctx.services["queue"]._control_flush({}))
+        wait_for(lambda: peer.connections >= 2, what="attempt after flush")

@@ -24,6 +24,7 @@ import asyncio
 import random
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from pillarbox.smtp.client import Reply, SmtpClient, SmtpError, Timeouts
 _log = log.get("queue")
 
 MAX_CONNECTIONS_PER_ATTEMPT = 10
+MAX_SUSPENSION = 300.0
 READ_CHUNK = 256 * 1024
 # Rejections that IPv6 senders meet far more than IPv4 ones (Gmail: 5.7.25 no PTR for the
 # sending address, 5.7.26 unauthenticated): worth another try over IPv4 before bouncing.
@@ -102,6 +104,7 @@ class _Attempt:
     pending: list[Recipient]
     ipv4_only: bool = False
     tried: int = 0
+    reached: bool = False  # some host got as far as a mail transaction
     notes: list[str] = field(default_factory=list)
 
 
@@ -153,6 +156,8 @@ class RemoteDelivery:
         self.verified_ctx = client_context(True, settings.tls.ca)
         self.opportunistic_ctx = client_context(False, None)
         self._password_reader = password_reader or (lambda p: p.read_text().strip("\r\n"))
+        # Destinations where no host could be reached: destination -> (until, reason).
+        self._suspended: dict[str, tuple[float, str]] = {}
 
     def destination_key(self, domain: str) -> str:
         return "smarthost" if self.settings.delivery.smarthost else domain
@@ -174,6 +179,13 @@ class RemoteDelivery:
                 attempt.results[r.id] = RecipientResult(r, kind, f"{exc.status} {exc}")
             return list(attempt.results.values())
         destination = self.destination_key(domain)
+        suspended = self._suspension(destination)
+        if suspended is not None:
+            for r in attempt.pending:
+                attempt.results[r.id] = RecipientResult(
+                    r, DEFERRED, f"4.4.1 delivery temporarily suspended: {suspended}"
+                )
+            return list(attempt.results.values())
         reused = slot.connection
         if reused is not None and reused.destination == destination and not reused.client.closed:
             slot.connection = None
@@ -187,7 +199,35 @@ class RemoteDelivery:
                 if attempt.ipv4_only and family(ip) == socket.AF_INET6:
                     continue
                 await self._via_host(attempt, destination, hop, ip, policy, slot)
+        if attempt.tried and not attempt.reached:
+            self._suspend(destination, attempt)
         return list(attempt.results.values())
+
+    # -- dead destinations ----------------------------------------------------------------
+
+    def _suspension(self, destination: str) -> str | None:
+        entry = self._suspended.get(destination)
+        if entry is None:
+            return None
+        until, reason = entry
+        if time.monotonic() >= until:
+            del self._suspended[destination]
+            return None
+        return reason
+
+    def _suspend(self, destination: str, attempt: _Attempt) -> None:
+        """No host of ``destination`` could be reached: the other messages waiting for it
+        are deferred without trying for a while (like Postfix's "delivery temporarily
+        suspended"), so a dead destination costs one round of timeouts, not one per
+        message."""
+        seconds = min(float(self.settings.delivery.retry_initial), MAX_SUSPENSION)
+        reason = attempt.notes[-1] if attempt.notes else "no host reachable"
+        self._suspended[destination] = (time.monotonic() + seconds, reason)
+        _log.info("destination suspended", destination=destination, seconds=seconds, reason=reason)
+
+    def resume(self) -> None:
+        """Forget every suspension (an administrator's flush wants attempts now)."""
+        self._suspended.clear()
 
     async def _on_reused(self, attempt: _Attempt, conn: Connection, slot: Slot) -> None:
         try:
@@ -360,6 +400,7 @@ class RemoteDelivery:
         the same connection; those to retry on another host end up in ``attempt.pending``.
         """
         batch, elsewhere = list(attempt.pending), []
+        attempt.reached = True
         try:
             while batch:
                 batch, moved = await self._one_transaction(attempt, conn, batch)

@@ -464,6 +464,7 @@ class OutboundQueue:
         if queue_id is not None and await self._db(lambda s: s.message(queue_id)) is None:
             raise ControlError(f"no such message in the queue: {queue_id}")
         count = await self._db(lambda s: s.flush(queue_id))
+        self.remote.resume()
         _log.info("flush", queue_id=queue_id or "all", recipients=count)
         self.runner.wake()
         return count
