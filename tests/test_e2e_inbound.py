@@ -208,3 +208,16 @@ def test_tagged_copy_records_the_original_recipient(world: World) -> None:
     # Postfix writes the address as received; either is fine, but it must be alice's.
     (delivered_to,) = unfolded_header(head, "Delivered-To")
     assert delivered_to in (ALICE, f"alice+lists@{DOMAIN}")
+
+
+def test_each_alias_copy_names_its_own_user(world: World) -> None:
+    """A copy shared by hard link must not carry another user's Delivered-To."""
+    mark = marker()
+    original = world.key.sign(message(mark, to=f"team@{DOMAIN}"))
+    with smtp_from_outside(world.smtp_port) as client:
+        assert client.sendmail(SENDER, [f"team@{DOMAIN}"], original) == {}
+    for user in (ALICE, BOB):
+        with imap(world.settings, world.imaps_port, user) as reader:
+            ((_, stored),) = fetch_by_message_id(reader, mark)
+        head = prepended(stored, original)
+        assert unfolded_header(head, "Delivered-To") == [user], user
