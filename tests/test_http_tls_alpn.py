@@ -109,6 +109,7 @@ def test_only_acme_clients_see_the_validation_certificate(
     assert "Pillarbox local CA" in after.issuer.rfc4514_string()
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")  # old on purpose
 def test_old_tls_versions_get_an_alert(running: pbserver.RunningServer) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
