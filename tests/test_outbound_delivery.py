@@ -482,3 +482,21 @@ def test_unreachable_destination_is_suspended_not_retried_per_message(
         # An administrator's flush lifts the suspension.
         running.call(running.server.ctx.services["queue"]._control_flush({}))
         wait_for(lambda: peer.connections >= 2, what="attempt after flush")
+
+
+def test_only_our_own_mail_is_signed(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    foreign = MESSAGE.replace(b"alice@example.test", b"carl@elsewhere.test")
+    with pbserver.RunningServer(settings) as running:
+        # Forwarded mail (an alias to a remote address): envelope and From are not ours.
+        enqueue(running, ["a@remote.test"], message=foreign, sender="carl@elsewhere.test")
+        # Our envelope sender, a foreign From: signing it would vouch for another domain.
+        enqueue(running, ["b@remote.test"], message=foreign)
+        # A spoofed From of our domain under a foreign envelope sender: not signed either.
+        enqueue(running, ["c@remote.test"], sender="carl@elsewhere.test")
+        wait_for(lambda: len(peer.messages) == 3, what="three deliveries")
+    assert not any(b"DKIM-Signature" in m.data for m in peer.messages)

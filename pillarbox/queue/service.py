@@ -199,7 +199,7 @@ class OutboundQueue:
         qid = queue_id or new_queue_id()
         if not is_queue_id(qid):
             raise QueueError(f"bad queue id {qid!r}")
-        parts = await self._signed(qid, sender, list(message))
+        parts, signed = await self._signed(qid, sender, list(message))
         try:
             size, eightbit = await asyncio.to_thread(store.write_spool, qid, parts)
         except FileExistsError:
@@ -223,33 +223,36 @@ class OutboundQueue:
             sender=f"<{sender}>",
             recipients=len(recipients),
             size=size,
-            signed=len(parts) == 2,
+            signed=signed,
         )
         self.runner.wake()
         return qid
 
-    async def _signed(self, qid: str, sender: str, parts: list[bytes | Path]) -> list[bytes | Path]:
-        """``parts`` with DKIM-Signature fields in front when the message is ours to sign."""
+    async def _signed(
+        self, qid: str, sender: str, parts: list[bytes | Path]
+    ) -> tuple[list[bytes | Path], bool]:
+        """``parts`` with DKIM-Signature fields in front when the message is ours to sign;
+        and whether it was signed."""
         if not self.settings.mailauth.sign_outbound:
-            return parts
+            return parts, False
         ours = set(self.settings.domains)
         sender_domain = sender.rpartition("@")[2].lower()
         if sender and sender_domain not in ours:
-            return parts
+            return parts, False
         data = await asyncio.to_thread(_join_parts, parts)
         domain = next((d for d in from_domains(data) if d in ours), None)
         if domain is None:
-            return [data]
+            return [data], False
         try:
             keys = await asyncio.to_thread(dkim_keys.active_keys, self.settings.keys_dir, domain)
             if not keys:
                 _log.warning("no dkim key, sending unsigned", queue_id=qid, domain=domain)
-                return [data]
+                return [data], False
             signature = await sign_async(data, domain, keys)
         except (SigningError, OSError, ValueError) as exc:
             _log.warning("dkim signing failed", queue_id=qid, domain=domain, error=str(exc))
-            return [data]
-        return [signature, data]
+            return [data], False
+        return [signature, data], True
 
     # -- one attempt ----------------------------------------------------------------------
 
