@@ -11,12 +11,15 @@ runs on a received message) against the same DNS.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,3 +259,68 @@ def test_sendmail_cli_to_remote_is_signed_and_delivered(world: World) -> None:
         b"ed25519-sha256",
         b"rsa-sha256",
     ]
+
+
+def test_dns_trouble_defers_then_delivers_and_a_missing_domain_bounces(world: World) -> None:
+    """A SERVFAIL for the remote's MX is temporary: accepted, retried, delivered once DNS
+    answers again. A domain that does not exist (NXDOMAIN) bounces with 5.1.2 at once."""
+    mark = marker()
+    flaky = "flaky.example"
+    world.dns.set_zone(flaky, {"@": {"MX": [f"10 mx.{REMOTE_DOMAIN}."]}})
+    world.dns.fail(flaky, "servfail", "MX")
+    rcpt = f"erin@{flaky}"
+    try:
+        assert world.submit([rcpt], alice_message(mark, rcpt)) == {}
+        time.sleep(1.5)  # at least one attempt fails on DNS
+        assert not any(mark.encode() in m.data for m in world.peer.messages)
+    finally:
+        world.dns.clear_failures()
+    assert world.remote_copy(mark).recipients == [rcpt]
+
+    mark2 = marker()
+    world.dns.set_zone("nxd.example", {"@": {"TXT": "v=spf1 -all"}})
+    missing = f"frank@nope-{mark2[:6]}.nxd.example"
+    assert world.submit([missing], alice_message(mark2, missing)) == {}
+
+    def bounce() -> list[int]:
+        with world.imap() as client:
+            client.select_folder("INBOX", readonly=True)
+            return client.search(["BODY", missing])
+
+    wait_for(bounce, timeout=10, what="bounce for a missing domain")
+    with world.imap() as client:
+        client.select_folder("INBOX", readonly=True)
+        (uid,) = client.search(["BODY", missing])
+        dsn = client.fetch([uid], ["BODY.PEEK[]"])[uid][b"BODY[]"]
+    assert b"Status: 5.1.2" in dsn
+
+
+def test_five_megabyte_attachment_local_and_remote_byte_exact_and_signed(world: World) -> None:
+    mark = marker()
+    blob = base64.encodebytes(os.urandom(5 * 1024 * 1024 // 4 * 3)).replace(b"\n", b"\r\n")
+    original = (
+        (
+            f"From: Alice <{ALICE}>\r\nTo: {BOB}, {CAROL}\r\nSubject: e2e {mark}\r\n"
+            f"Message-ID: <{mark}@e2e.test>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+            "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            "--b1\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Transfer-Encoding: base64\r\n"
+            'Content-Disposition: attachment; filename="big.bin"\r\n\r\n'
+        ).encode()
+        + blob
+        + b"--b1--\r\n"
+    )
+    start = time.monotonic()
+    assert world.submit([BOB, CAROL], original) == {}
+    remote = world.remote_copy(mark)
+    elapsed = time.monotonic() - start
+    prepended(remote.data, original)
+    assert dkim.verify(remote.data, dnsfunc=dns_txt(world.dns))
+    with world.imap(BOB) as client:
+        ((uid, stored),) = fetch_by_message_id(client, mark)
+        prepended(stored, original)
+        part = client.fetch([uid], ["BODY.PEEK[2]<0.100>", "RFC822.SIZE"])[uid]
+    assert part[b"BODY[2]<0>"] == blob[:100]
+    assert part[b"RFC822.SIZE"] == len(stored)
+    print(f"5 MB submission -> remote delivery in {elapsed:.2f}s")
