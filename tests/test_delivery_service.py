@@ -5,6 +5,7 @@ and the new-mail notification for IMAP IDLE."""
 from __future__ import annotations
 
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,22 @@ def test_alias_with_remote_target_is_forwarded_through_the_queue(
     entry = control.call(server.settings.control_socket, "queue.show", {"id": queue_id}, timeout=5)
     assert [r["address"] for r in entry["recipients"]] == ["out@remote.test"]
     assert any(b"forwarded" in p.read_bytes() for p in inbox(server, "bob"))
+
+
+def test_notify_success_sends_a_delivered_dsn(server: pbserver.RunningServer) -> None:
+    mark = "dsn-" + str(time.time_ns())
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as client:
+        client.ehlo("x.remote.test")
+        client.mail("bob@example.test", ["ENVID=" + mark])
+        client.rcpt("alice@example.test", ["NOTIFY=SUCCESS", "ORCPT=rfc822;alice@example.test"])
+        assert (
+            client.data(f"From: bob@example.test\r\nSubject: {mark}\r\n\r\nx\r\n".encode())[0]
+            == 250
+        )
+    reports = [
+        p.read_bytes() for p in inbox(server, "bob") if b"Action: delivered" in p.read_bytes()
+    ]
+    report = next(r for r in reports if f"Original-Envelope-Id: {mark}".encode() in r)
+    assert report.startswith(b"Return-Path: <>\r\nDelivered-To: bob@example.test\r\n")
+    assert b"Final-Recipient: rfc822;alice@example.test" in report.replace(b"; ", b";")
+    assert b"multipart/report" in report

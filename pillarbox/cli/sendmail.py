@@ -126,6 +126,7 @@ def _deliver_offline(settings: Settings, queue_id: str) -> dict[str, str]:
         {},
         delimiter=settings.delivery.recipient_delimiter,
         domains=settings.domains,
+        hostname=settings.hostname,
     )
     try:
         return asyncio.run(Pickup(settings, service).process(queue_id))

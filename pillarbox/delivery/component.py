@@ -35,6 +35,7 @@ class SmtpComponent:
             ctx.services,
             delimiter=settings.delivery.recipient_delimiter,
             domains=settings.domains,
+            hostname=settings.hostname,
         )
         ctx.services["delivery"] = self.delivery
         self.backend = SmtpBackend(settings, ctx.accounts, self.delivery, ctx.services)

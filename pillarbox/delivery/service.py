@@ -21,7 +21,9 @@ reads cached pages and is never blocked by a writer, which costs less than a thr
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,9 @@ from typing import Any
 
 from pillarbox import log
 from pillarbox.core.address import AddressError, parse_address
+from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
+from pillarbox.queue import dsn
 from pillarbox.queue.api import OutboundRecipient, QueueError
 from pillarbox.store.accounts import Accounts, Resolution
 
@@ -41,6 +45,20 @@ def _canonical(address: str) -> str:
     # IDNA normalisation of the domain is slow (a pure-Python codec) and the same few
     # addresses come again and again; errors are not cached (lru_cache skips exceptions).
     return str(parse_address(address))
+
+
+def _head_of(message: Sequence[bytes | Path], limit: int = 64 * 1024) -> bytes:
+    """The first ``limit`` bytes of a message made of parts (enough for its header)."""
+    out = bytearray()
+    for part in message:
+        if len(out) >= limit:
+            break
+        if isinstance(part, bytes):
+            out += part[: limit - len(out)]
+        else:
+            with open(part, "rb") as f:
+                out += f.read(limit - len(out))
+    return bytes(out)
 
 
 class DeliveryError(Exception):
@@ -60,6 +78,8 @@ class Route:
     unknown: list[str] = field(default_factory=list)
     # recipient as given -> "delivered" (some local user), "queued" (remote only), "unknown"
     outcome: dict[str, str] = field(default_factory=dict)
+    # Local recipients that asked for a success DSN (RFC 3461 NOTIFY=SUCCESS).
+    notify_success: list[OutboundRecipient] = field(default_factory=list)
 
 
 class DeliveryService:
@@ -71,12 +91,14 @@ class DeliveryService:
         *,
         delimiter: str,
         domains: Sequence[str],
+        hostname: str = "localhost",
     ):
         self.accounts = accounts
         self.local = local
         self.services = services
         self.delimiter = delimiter
         self.primary_domain = domains[0]
+        self.hostname = hostname
 
     @property
     def queue(self) -> Any | None:
@@ -118,6 +140,8 @@ class DeliveryService:
                 if resolution.remote
                 else "unknown"
             )
+            if resolution.local_users and dsn.wants_report(rcpt.notify, "delivered"):
+                route.notify_success.append(rcpt)
             for user in resolution.local_users:
                 route.local.setdefault(user, address)
             for target in resolution.remote:
@@ -154,6 +178,43 @@ class DeliveryService:
         except OSError as exc:
             _log.error("local delivery failed", queue_id=queue_id, error=str(exc))
             raise DeliveryError("local delivery failed") from exc
+        if route.notify_success and sender:
+            await self._report_success(route, sender, message, queue_id, envid)
+
+    async def _report_success(
+        self,
+        route: Route,
+        sender: str,
+        message: Sequence[bytes | Path],
+        queue_id: str,
+        envid: str | None,
+    ) -> None:
+        """RFC 3461 §5.2.2: a "delivered" DSN to the sender for NOTIFY=SUCCESS recipients.
+
+        Best effort: the message itself is already stored, so a failure here is logged and
+        never turns into an error for the client (which would make it send again)."""
+        try:
+            head = await asyncio.to_thread(_head_of, message)
+            reports = [
+                dsn.RecipientReport(
+                    address=r.address,
+                    action="delivered",
+                    status="2.0.0",
+                    orcpt=r.orcpt,
+                    explanation="delivered to the recipient's mailbox",
+                )
+                for r in route.notify_success
+            ]
+            report = dsn.build_dsn(
+                hostname=self.hostname, queue_id=queue_id, sender=sender, reports=reports,
+                original=head, arrival=time.time(), envid=envid, ret="HDRS",
+            )  # fmt: skip
+            # From the null sender: a report never causes another one (RFC 3461 §6.2).
+            results = await self.deliver("", [sender], [report], queue_id=new_queue_id())
+            _log.info("dsn sent", queue_id=queue_id, action="delivered", to=f"<{sender}>",
+                      result=results.get(sender))  # fmt: skip
+        except Exception:
+            _log.error("success dsn failed", queue_id=queue_id, exc_info=True)
 
     async def deliver(
         self,
