@@ -184,6 +184,10 @@ class TlsSettings:
     acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
     # CA bundle used to reach the ACME directory over HTTPS (pebble's own CA in tests).
     acme_ca: Path | None = None
+    # External account binding for CAs that require one (ZeroSSL, Google): the key id and
+    # the base64url HMAC key the CA gives you; only used when the account is first created.
+    acme_eab_kid: str = ""
+    acme_eab_hmac_key: str = ""
     renew_days: int = field(default=30, metadata=_check(_positive))
     # How the CA checks we own the names: "auto" = HTTP-01 on the http listener when it is
     # enabled, else TLS-ALPN-01 on the https listener (RFC 8737).

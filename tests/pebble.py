@@ -40,6 +40,7 @@ class Pebble:
         http_port: int,
         tls_port: int,
         validity: int | None = None,
+        eab_keys: dict[str, str] | None = None,
     ):
         workdir.mkdir(parents=True, exist_ok=True)
         self.ca = workdir / "pebble-ca.pem"
@@ -57,8 +58,10 @@ class Pebble:
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
+            "externalAccountBindingRequired": bool(eab_keys),
         }
+        if eab_keys:
+            settings["externalAccountMACKeys"] = eab_keys
         if validity is not None:
             settings["certificateValidityPeriod"] = validity
         config = workdir / "pebble-config.json"

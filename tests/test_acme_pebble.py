@@ -58,6 +58,7 @@ def acme_setup(tmp_path: Path, dns_server: DnsTestServer) -> Iterator[Callable[.
         tls: dict[str, Any] | None = None,
         listen: dict[str, str] | None = None,
         pebble_http_port: int | None = None,
+        eab_keys: dict[str, str] | None = None,
     ) -> AcmeSetup:
         ports = {"http": f"127.0.0.1:{free_port()}", "https": f"127.0.0.1:{free_port()}"}
         ports.update(listen or {})
@@ -69,6 +70,7 @@ def acme_setup(tmp_path: Path, dns_server: DnsTestServer) -> Iterator[Callable[.
             http_port=pebble_http_port or http_port,
             tls_port=https_port,
             validity=validity,
+            eab_keys=eab_keys,
         )
         started.append(pebble)
         tls_settings = {
@@ -462,3 +464,24 @@ def test_serve_process_renews_on_cli_request_and_stops_promptly(
         assert time.monotonic() - started < 12
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_external_account_binding(acme_setup: Callable[..., AcmeSetup]) -> None:
+    import base64
+    import secrets
+
+    hmac_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    setup = acme_setup(eab_keys={"kid-1": hmac_key})
+    config = str(setup.settings.source)
+    with pbserver.RunningServer(setup.settings) as server:
+        wait_first_attempt(server)
+        error = manager(server).last_error or ""
+        assert "requires an external account binding: set tls.acme_eab_kid" in error
+    text = setup.settings.source.read_text() if setup.settings.source else ""
+    text = text.replace(
+        "[tls]\n", f'[tls]\nacme_eab_kid = "kid-1"\nacme_eab_hmac_key = "{hmac_key}"\n', 1
+    )
+    Path(config).write_text(text)
+    code, out, err = cli("--config", config, "cert", "renew")
+    assert code == 0, err
+    assert "renewed" in out

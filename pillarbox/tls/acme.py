@@ -62,6 +62,9 @@ class OrderRequest:
     account_key_path: Path
     ca_bundle: Path | None = None  # trust for the directory's HTTPS (pebble in tests)
     timeout: float = VALIDATION_TIMEOUT
+    # External account binding (RFC 8555 §7.3.4), required by some CAs (ZeroSSL, Google).
+    eab_kid: str = ""
+    eab_hmac_key: str = ""  # base64url, as the CA hands it out
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def _issue(request: OrderRequest, board: ChallengeBoard, progress: Progress) -> 
     directory = client.ClientV2.get_directory(request.directory, net)
     acme = client.ClientV2(directory, net)
     progress("account")
-    _register(acme, request.email)
+    _register(acme, account_key, request)
     key_pem = new_certificate_key()
     csr_pem = acme_crypto.make_csr(key_pem, list(request.names))
     progress(f"ordering a certificate for {', '.join(request.names)}")
@@ -279,9 +282,24 @@ def _check_leaf(chain_pem: bytes, names: tuple[str, ...]) -> None:
         raise AcmeError(f"the CA's certificate lacks {', '.join(sorted(missing))}")
 
 
-def _register(acme: client.ClientV2, email: str) -> None:
+def _register(acme: client.ClientV2, account_key: jose.JWK, request: OrderRequest) -> None:
+    binding = None
+    if request.eab_kid:
+        try:
+            binding = messages.ExternalAccountBinding.from_data(
+                account_key.public_key(), request.eab_kid, request.eab_hmac_key, acme.directory
+            )
+        except (ValueError, jose.DeserializationError) as exc:
+            raise AcmeError(f"bad tls.acme_eab_hmac_key: {exc}") from exc
+    elif acme.external_account_required():
+        raise AcmeError(
+            f"{request.directory} requires an external account binding: set tls.acme_eab_kid "
+            "and tls.acme_eab_hmac_key to the values the CA gives you"
+        )
     registration = messages.NewRegistration.from_data(
-        email=email or None, terms_of_service_agreed=True
+        email=request.email or None,
+        terms_of_service_agreed=True,
+        external_account_binding=binding,
     )
     try:
         acme.new_account(registration)

@@ -384,6 +384,8 @@ class CertificateManager:
             challenge=challenge_type(settings),
             account_key_path=acme.account_key_path(settings.tls_dir),
             ca_bundle=settings.tls.acme_ca,
+            eab_kid=settings.tls.acme_eab_kid,
+            eab_hmac_key=settings.tls.acme_eab_hmac_key,
         )
         issued = await in_daemon_thread(lambda: acme.issue(request, self.board, progress))
         serial = await asyncio.to_thread(self._install, issued, names)
