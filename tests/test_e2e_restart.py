@@ -213,3 +213,43 @@ def test_a_mailbox_of_thousands_stays_responsive(tmp_path: Path) -> None:
     assert cold["select"] + cold["fetch_flags"] < 1.0, cold
     assert warm["search_subject"] < 1.0 and cold["search_subject"] < 1.0
     assert first_total < 30, "indexing 3000 small messages took more than 30 s"
+
+
+def deliver(server: pbserver.SubprocessServer, count: int) -> list[str]:
+    marks = [marker() for _ in range(count)]
+    with smtp_from_outside(server.port("smtp")) as client:
+        for mark in marks:
+            assert client.sendmail(f"x@{SENDER_DOMAIN}", [ALICE], message(mark)) == {}
+    return marks
+
+
+def uid_of(client: IMAPClient, mark: str) -> int:
+    client.select_folder("INBOX", readonly=True)
+    (uid,) = client.search(["HEADER", "Message-ID", mark])
+    return int(uid)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill", "lost-index"])
+def test_uids_of_expunged_messages_are_never_reused(settings: Settings, how: str) -> None:
+    """RFC 3501 §2.3.1.1: UIDs strictly ascend; an expunged highest UID must not come back
+    for the next message under the same UIDVALIDITY, whatever happened in between."""
+    with restart(settings) as server:
+        deliver(server, 3)
+        with imap(settings, server.port("imaps")) as client:
+            info = client.select_folder("INBOX")
+            uids = client.search(["ALL"])
+            highest = max(uids)
+            client.add_flags([highest], [b"\\Deleted"])
+            client.expunge()
+            validity = info[b"UIDVALIDITY"]
+        if how == "kill":
+            server.stop(signal.SIGKILL)
+    if how == "lost-index":
+        for path in (settings.mail_dir / "example.test" / "alice").glob("pillarbox-index*"):
+            path.unlink()
+    with restart(settings) as server:
+        (mark,) = deliver(server, 1)
+        with imap(settings, server.port("imaps")) as client:
+            new_uid = uid_of(client, mark)
+            now_validity = client.select_folder("INBOX")[b"UIDVALIDITY"]
+    assert now_validity != validity or new_uid > highest, (validity, highest, new_uid)
