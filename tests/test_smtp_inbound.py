@@ -9,6 +9,8 @@ nothing is left by a client that disconnects mid-DATA) and byte-exact storage.
 from __future__ import annotations
 
 import os
+import random
+import re
 import shutil
 import smtplib
 import socket
@@ -502,4 +504,21 @@ def test_shutdown_says_421_to_idle_sessions(tmp_path: Path) -> None:
         running.stop()
     raw.expect("421 4.3.2")
     assert raw.closed()
+    raw.close()
+
+
+def test_random_input_gets_well_formed_replies(mx: pbserver.RunningServer) -> None:
+    rng = random.Random(5321)
+    verbs = [b"EHLO", b"HELO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"BDAT", b"AUTH", b"RSET", b""]
+    raw = Raw(mx.port("smtp"))
+    for _ in range(8):  # under the bad-command budget of 10
+        noise = bytes(rng.randrange(32, 127) for _ in range(rng.randrange(0, 40)))
+        raw.send(rng.choice(verbs) + b" " + noise.replace(b"\r", b"").replace(b"\n", b"") + b"\r\n")
+        reply = raw.reply()
+        assert re.match(r"^[245]\d\d[ -]", reply), reply
+        if reply.startswith("354"):
+            raw.send(b".\r\n")
+            assert re.match(r"^[245]\d\d ", raw.reply())
+    raw.send(b"QUIT\r\n")
+    raw.expect("221")
     raw.close()

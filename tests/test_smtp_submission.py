@@ -4,8 +4,10 @@ sender ownership (envelope and From:), remote recipients into the outbound queue
 from __future__ import annotations
 
 import base64
+import shutil
 import smtplib
 import ssl
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -162,3 +164,20 @@ async def test_implicit_tls_submission_with_aiosmtplib(sub: pbserver.RunningServ
         errors, _ = await client.sendmail(ALICE, ["bob@example.test"], message(mark))
         assert errors == {}
     assert b"with ESMTPSA" in stored(sub, "bob", mark)
+
+
+def test_swaks_auth_plain_on_587(sub: pbserver.RunningServer) -> None:
+    if not shutil.which("swaks"):
+        pytest.skip("swaks not installed")
+    mark = uuid.uuid4().hex
+    result = subprocess.run(
+        ["swaks", "--server", f"127.0.0.1:{sub.port('submission')}", "--tls",
+         "--tls-ca-path", str(sub.settings.tls.ca), "--tls-verify",
+         "--tls-sni", "mail.example.test",
+         "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", pbserver.PASSWORD,
+         "--from", ALICE, "--to", "bob@example.test", "--header", f"Subject: {mark}",
+         "--header", f"From: {ALICE}", "--timeout", "10"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"(Authenticated sender: alice@example.test)" in stored(sub, "bob", mark)
