@@ -495,26 +495,54 @@ class Profiler:
                 self.proc.kill()
 
 
-def summarize_profile(path: Path, top: int = 25) -> str:
-    """Top frames by self samples and by inclusive samples from a raw py-spy profile."""
-    self_counts: dict[str, int] = {}
-    incl_counts: dict[str, int] = {}
-    total = 0
+# Leaf frames of a thread that waits for work (py-spy --idle samples them too).
+IDLE_LEAVES = (
+    "EpollSelector.select",
+    "_worker (concurrent/futures/thread.py",
+    "MaildirWriter._run",
+    "Condition.wait",
+    "Event.wait",
+    "SimpleQueue.get",
+)
+
+
+def summarize_profile(path: Path, top: int = 20) -> str:
+    """Where the busy samples of a raw py-spy profile go.
+
+    Samples whose leaf is a thread waiting for work are dropped; the rest are attributed to
+    their deepest Pillarbox frame (so time in a C call like fsync or SSLObject.write lands on
+    the Pillarbox line that made it), and also counted by leaf frame.
+    """
+    by_frame: dict[str, int] = {}
+    by_leaf: dict[str, int] = {}
+    busy_threads: dict[str, int] = {}
+    all_threads: dict[str, int] = {}
+    busy = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = stack.split(";")
-        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
-        for frame in set(frames[1:]):  # frames[0] is the thread
-            incl_counts[frame] = incl_counts.get(frame, 0) + count
-    out = [f"{path}: {total} samples"]
-    for title, counts in (("self", self_counts), ("inclusive", incl_counts)):
-        out.append(f"-- top {title}")
+        thread = frames[0].split(":", 1)[-1].strip()
+        all_threads[thread] = all_threads.get(thread, 0) + count
+        if any(frames[-1].startswith(idle) for idle in IDLE_LEAVES):
+            continue
+        busy += count
+        busy_threads[thread] = busy_threads.get(thread, 0) + count
+        ours = [f for f in frames if "pillarbox/" in f]
+        key = ours[-1] if ours else frames[-1]
+        by_frame[key] = by_frame.get(key, 0) + count
+        by_leaf[frames[-1]] = by_leaf.get(frames[-1], 0) + count
+    out = [f"{path}: {busy} busy samples"]
+    out.append("-- busy share per thread")
+    for thread, count in sorted(all_threads.items(), key=lambda kv: -kv[1]):
+        share = busy_threads.get(thread, 0) / count
+        out.append(f"{100 * share:5.1f}%  {thread}")
+    for title, counts in (("deepest Pillarbox frame", by_frame), ("leaf frame", by_leaf)):
+        out.append(f"-- busy samples by {title}")
         for frame, count in sorted(counts.items(), key=lambda kv: -kv[1])[:top]:
-            out.append(f"{100 * count / max(total, 1):5.1f}%  {frame}")
+            out.append(f"{100 * count / max(busy, 1):5.1f}%  {frame}")
     return "\n".join(out)
 
 

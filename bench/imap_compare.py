@@ -233,13 +233,24 @@ async def first_and_warm(target: Target, args: argparse.Namespace, tls: Any) -> 
     target.results["first"] = await run_ops(client)
     await client.logout()
     samples: list[dict[str, tuple[float, int]]] = []
-    for _ in range(args.samples):
-        client = await open_session(target.port, benchlib.USER, benchlib.PASSWORD, tls=tls)
-        samples.append(await run_ops(client))
+    # Fresh connections, logged in before the timing (and the profile) starts.
+    clients = [
+        await open_session(target.port, benchlib.USER, benchlib.PASSWORD, tls=tls)
+        for _ in range(args.samples)
+    ]
+    with profiler(target, args, "warm"):
+        for client in clients:
+            samples.append(await run_ops(client))
+    for client in clients:
         await client.logout()
     target.results["warm"] = {
         name: (statistics.median(s[name][0] for s in samples), samples[-1][name][1]) for name in OPS
     }
+
+
+def profiler(target: Target, args: argparse.Namespace, phase: str) -> benchlib.Profiler:
+    py_spy = args.py_spy if target.name == "pillarbox" else None
+    return benchlib.Profiler(py_spy, target.pids()[0], args.profile_dir / f"imap-{phase}.txt")
 
 
 async def idle_memory(target: Target, args: argparse.Namespace, tls: Any) -> None:
@@ -349,15 +360,16 @@ async def mixed_load(target: Target, args: argparse.Namespace, tls: Any) -> None
     pids = target.pids()
     cpu0 = benchlib.tree_cpu_seconds(pids)
     client0 = sum(os.times()[:2])
-    start = time.perf_counter()
-    stop_at = start + args.seconds
-    await asyncio.gather(
-        *(
-            mixed_client(client, uids, stop_at, random.Random(i), counts)
-            for i, (client, uids) in enumerate(sessions)
+    with profiler(target, args, "mixed"):
+        start = time.perf_counter()
+        stop_at = start + args.seconds
+        await asyncio.gather(
+            *(
+                mixed_client(client, uids, stop_at, random.Random(i), counts)
+                for i, (client, uids) in enumerate(sessions)
+            )
         )
-    )
-    elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
     ops = counts["total"]
     target.results["mixed"] = {
         "ops": ops,
@@ -420,6 +432,11 @@ def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
             f"{target.name}: mixed load, {args.clients} clients, {args.seconds}s", file=sys.stderr
         )
         asyncio.run(mixed_load(target, args, tls))
+    if args.py_spy and target.name == "pillarbox":
+        for phase in ("warm", "mixed"):
+            path = args.profile_dir / f"imap-{phase}.txt"
+            if path.exists():
+                print(benchlib.summarize_profile(path), file=sys.stderr)
 
 
 def _verdict(ours: float | None, theirs: float | None, lower_is_better: bool) -> list[str]:
@@ -511,6 +528,8 @@ def main() -> None:
     parser.add_argument(
         "--nice", type=int, default=-10, help="priority of servers and load generator (0: leave)"
     )
+    parser.add_argument("--py-spy", metavar="PATH", help="profile Pillarbox with this py-spy")
+    parser.add_argument("--profile-dir", type=Path, default=benchlib.BENCH_ROOT / "bench-profiles")
     args = parser.parse_args()
     benchlib.renice([os.getpid()], args.nice)
 
