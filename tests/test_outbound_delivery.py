@@ -500,3 +500,27 @@ def test_only_our_own_mail_is_signed(
         enqueue(running, ["c@remote.test"], sender="carl@elsewhere.test")
         wait_for(lambda: len(peer.messages) == 3, what="three deliveries")
     assert not any(b"DKIM-Signature" in m.data for m in peer.messages)
+
+
+def test_total_concurrency_limit(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    hold = threading.Event()
+    for i, ip in enumerate(("127.0.0.2", "127.0.0.3", "127.0.0.4")):
+        peer = peers[f"d{i}"] = SmtpPeer(ip, port)
+        peer.hold_data = hold
+        dns_server.set_zone(f"d{i}.test", {"@": {"MX": [f"10 mx.d{i}.test."]}, "mx": {"A": ip}})
+    settings = queue_settings(
+        tmp_path, dns_server.address, port, {"delivery": {"max_concurrency": 2}}
+    )
+    try:
+        with pbserver.RunningServer(settings) as running:
+            for i in range(3):
+                enqueue(running, [f"u@d{i}.test"])
+            wait_for(lambda: sum(p.connections for p in peers.values()) == 2, what="two busy")
+            time.sleep(0.5)
+            assert sum(p.connections for p in peers.values()) == 2  # the third one waits
+            hold.set()
+            wait_for(lambda: all(p.messages for p in peers.values()), what="all delivered")
+    finally:
+        hold.set()
