@@ -27,6 +27,7 @@ from pillarbox.http.server import make_http
 from pillarbox.imap.server import make_imap
 from pillarbox.net.control import ControlServer
 from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
+from pillarbox.pop3.server import make_pop3
 from pillarbox.queue.service import make_queue
 from pillarbox.store.accounts import Accounts
 from pillarbox.store.mailbox import make_store
@@ -90,6 +91,8 @@ def _component_factories() -> list[ComponentFactory]:
     factories.append(make_smtp)
     # IMAP (143 STARTTLS, 993) over the mail store.
     factories.append(make_imap)
+    # POP3 (110 STLS, 995) over the same mail store.
+    factories.append(make_pop3)
     # The certificate manager provides the ACME challenge board the http listeners serve.
     factories += [make_certificates, make_http]
     return factories
