@@ -199,7 +199,7 @@ class TlsSettings:
     renew_check_interval: Duration = Duration(12 * 3600)
     watch_interval: Duration = Duration(60)
     # MTA-STS policy mode: "auto" = enforce only with a publicly trusted ACME certificate
-    # (see pillarbox/http/mtasts.py), else testing; or force "enforce" | "testing" | "none".
+    # (see pillarbox/mailauth/mtasts.py), else testing; or force "enforce" | "testing" | "none".
     mta_sts_mode: str = field(
         default="auto", metadata=_check(_choice("auto", "enforce", "testing", "none"))
     )

@@ -378,7 +378,7 @@ def test_mta_sts_policy_fetched_by_a_sending_mta(
     import asyncio
 
     from pillarbox.dns.resolver import Resolver, parse_nameserver
-    from pillarbox.http import mtasts
+    from pillarbox.mailauth import mtasts
     from pillarbox.queue.mtasts import PolicyFetcher
 
     setup = acme_setup()

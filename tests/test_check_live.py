@@ -620,7 +620,7 @@ async def test_hostile_and_silent_peers_are_bounded(
 
 
 async def test_mta_sts_policy_for_another_mx(tmp_path: Path, dns_server: DnsTestServer) -> None:
-    from pillarbox.dns.records import mta_sts_txt_value
+    from pillarbox.mailauth.mtasts import txt_value as mta_sts_txt_value
 
     async with world(tmp_path, dns_server) as w:
         policy = "version: STSv1\r\nmode: enforce\r\nmx: *.mail.example.net\r\nmax_age: 86400\r\n"

@@ -17,14 +17,14 @@ from pillarbox.config import Settings
 from pillarbox.dns.records import (
     PublicAddresses,
     build_records,
-    mta_sts_policy,
-    mta_sts_policy_id,
     render_zone,
     txt_strings,
     zone_text,
 )
 from pillarbox.dns.resolver import Resolver
 from pillarbox.mailauth.keys import published_keys, rotate
+from pillarbox.mailauth.mtasts import mta_sts_policy
+from pillarbox.mailauth.mtasts import policy_id as mta_sts_policy_id
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 
@@ -189,7 +189,7 @@ def test_without_addresses_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_mta_sts_id_is_the_hash_of_the_served_policy(tmp_path: Path) -> None:
-    from pillarbox.http import mtasts
+    from pillarbox.mailauth import mtasts
 
     settings = _settings(tmp_path)
     policy = mtasts.mta_sts_policy(settings)  # what the HTTPS listener serves

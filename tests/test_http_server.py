@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from pillarbox.config import Settings
-from pillarbox.http import mtasts
 from pillarbox.http.message import Limits
 from pillarbox.http.server import HttpComponent
+from pillarbox.mailauth import mtasts
 from pillarbox.net.listener import Listeners
 from pillarbox.tls.context import TlsProvider
 from tests import pbserver

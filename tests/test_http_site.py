@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pillarbox.config import Settings
-from pillarbox.http import mtasts
 from pillarbox.http.message import HttpError, Request, Response, parse_head
 from pillarbox.http.server import Site
+from pillarbox.mailauth import mtasts
 from tests import pbserver
 
 STANDARD_LISTEN = {

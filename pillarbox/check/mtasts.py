@@ -21,8 +21,9 @@ from pillarbox.check.context import CheckContext, Target, dns_failure, listener_
 from pillarbox.check.dnschecks import parse_tags
 from pillarbox.check.findings import WEIGHTS, Finding, Status, finding
 from pillarbox.check.wire import ProtocolError, Stream, client_tls_context, describe_error
-from pillarbox.dns.records import Record, mta_sts_policy_id, record_line
+from pillarbox.dns.records import Record, record_line
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError
+from pillarbox.mailauth.mtasts import policy_id
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 MAX_POLICY = 65536  # RFC 8461 §3.3
@@ -258,7 +259,7 @@ def _policy_findings(
                 weight=WEIGHTS["dns.mx"] if enforced else None,
             )
         ]
-    served_id = mta_sts_policy_id(text)
+    served_id = policy_id(text)
     if record_id != served_id:
         return [
             result(

@@ -17,18 +17,18 @@ What is published, per RFC:
 The MTA-STS policy id is derived from the policy text (a SHA-256 prefix), so it changes
 exactly when the served policy changes (RFC 8461 §3.1: "id" must change with the policy)
 and ``check`` can tell a stale record from a current one. The policy text is defined once,
-in ``pillarbox.http.mtasts`` (which the HTTPS listener serves); we hash that same text.
+in ``pillarbox.mailauth.mtasts`` (the HTTPS listener serves it); we hash that same text.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
 from pillarbox.config import Settings
+from pillarbox.mailauth.mtasts import mta_sts_policy, txt_value
 
 TTL = 3600
 MX_PREFERENCE = 10
@@ -127,24 +127,6 @@ def tlsrpt_value(domain: str) -> str:
     return f"v=TLSRPTv1; rua=mailto:postmaster@{domain}"
 
 
-def mta_sts_txt_value(policy_text: str) -> str:
-    return f"v=STSv1; id={mta_sts_policy_id(policy_text)}"
-
-
-def mta_sts_policy_id(policy_text: str) -> str:
-    """RFC 8461 §3.1: 1-32 alphanumerics that change whenever the policy changes."""
-    return hashlib.sha256(policy_text.encode("utf-8")).hexdigest()[:20]
-
-
-def mta_sts_policy(settings: Settings) -> str:
-    """The policy file served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt. It is
-    defined once, beside the HTTPS listener that serves it (``pillarbox.http.mtasts``, a pure
-    function of the settings); we only hash it."""
-    from pillarbox.http.mtasts import mta_sts_policy as served_policy
-
-    return served_policy(settings)
-
-
 def caa_issuer(settings: Settings) -> str | None:
     host = urlsplit(settings.tls.acme_directory).hostname or ""
     return KNOWN_CAA_ISSUERS.get(host)
@@ -233,7 +215,7 @@ def _domain_records(
             "DMARC p=reject: all our mail is DKIM-signed and sent from here, so mail failing "
             "both is forged (add rua=mailto:you@... for daily reports)",
         ),
-        Record(f"_mta-sts.{zone}", "TXT", mta_sts_txt_value(policy), "MTA-STS: id = policy hash"),
+        Record(f"_mta-sts.{zone}", "TXT", txt_value(policy), "MTA-STS: id = policy hash"),
         Record(
             f"_smtp._tls.{zone}",
             "TXT",

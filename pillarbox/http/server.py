@@ -36,10 +36,11 @@ from urllib.parse import quote, urlencode
 
 from pillarbox import log
 from pillarbox.config import Settings, split_host_port
-from pillarbox.http import clientconfig, clienthello, mtasts
+from pillarbox.http import clientconfig, clienthello
 from pillarbox.http.clientconfig import AutodiscoverError
 from pillarbox.http.message import HttpError, Limits, Request, Response, parse_head, text_response
 from pillarbox.http.streams import BioTlsStream, ByteStream, HeadReader, PlainStream
+from pillarbox.mailauth import mtasts
 from pillarbox.net.listener import HANDSHAKE_TIMEOUT, Connection, ListenerSpec, TlsMode
 from pillarbox.tls.context import TLS12_CIPHERS, TlsInfo
 

@@ -1,5 +1,8 @@
 """Our own MTA-STS policy (RFC 8461): its text, its id, and the ``_mta-sts`` TXT record.
 
+It lives here, with the other policies we publish, because two sides must agree on it:
+the HTTPS listener serves it and ``dns records`` announces its id.
+
 Pure functions of the settings, so the policy served at
 ``https://mta-sts.DOMAIN/.well-known/mta-sts.txt`` and the record ``pillarbox dns records``
 prints always agree: the id is derived from the policy text, so it changes exactly when
@@ -76,12 +79,23 @@ def mta_sts_policy(settings: Settings) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+def policy_id(policy_text: str) -> str:
+    """RFC 8461 §3.1 ``id``: 1-32 alphanumerics; here 20 hex digits of the text's SHA-256,
+    so the id changes exactly when the policy does (and ``check`` can recompute it from
+    the policy it fetches)."""
+    return hashlib.sha256(policy_text.encode("utf-8")).hexdigest()[:20]
+
+
+def txt_value(policy_text: str) -> str:
+    """The ``_mta-sts`` TXT value announcing ``policy_text`` (RFC 8461 §3.1)."""
+    return f"v=STSv1; id={policy_id(policy_text)}"
+
+
 def mta_sts_policy_id(settings: Settings) -> str:
-    """RFC 8461 §3.1 ``id``: 1-32 alphanumerics; here 20 hex digits of the policy's SHA-256."""
-    return hashlib.sha256(mta_sts_policy(settings).encode("ascii")).hexdigest()[:20]
+    return policy_id(mta_sts_policy(settings))
 
 
 def mta_sts_record(settings: Settings) -> tuple[str, str]:
     """(name template, TXT value) of the record to publish for each domain: the name is
     ``_mta-sts.DOMAIN``; the value is the same for every domain we serve."""
-    return "_mta-sts.{domain}", f"v=STSv1; id={mta_sts_policy_id(settings)}"
+    return "_mta-sts.{domain}", txt_value(mta_sts_policy(settings))
