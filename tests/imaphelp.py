@@ -104,6 +104,7 @@ class Raw:
 
     def close(self) -> None:
         try:
+            self.file.close()
             self.sock.close()
         except Exception:
             pass

@@ -16,7 +16,10 @@ def test_smtp_delivery_reaches_an_idle_session_byte_exact(
 ) -> None:
     settings = pbserver.make_settings(
         tmp_path / "data",
-        {"dns": {"nameservers": [dns_server.address], "timeout": 1.0}},
+        {
+            "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
+            "mailauth": {"verify_inbound": False},
+        },
     )
     pbserver.add_user(settings, ALICE)
     original = message("over smtp", "line one\r\n.dotted line\r\nlast\r\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import re
 import socket
@@ -60,12 +61,20 @@ def test_authentication_paths(server: pbserver.RunningServer) -> None:
         raw.send(b"*\r\n")
         assert raw.until(b"c")[-1].startswith(b"c BAD")
         assert raw.cmd(b"d", b"AUTHENTICATE CRAM-MD5")[-1].startswith(b"d NO")
-        import base64
-
         ir = base64.b64encode(b"\0alice@example.test\0" + pbserver.PASSWORD.encode())
         lines = raw.cmd(b"e", b"AUTHENTICATE PLAIN " + ir)
         assert lines[-1].startswith(b"e OK [CAPABILITY IMAP4rev1"), lines
         assert raw.cmd(b"f", b"LOGIN x y")[-1].startswith(b"f BAD")  # already authenticated
+    finally:
+        raw.close()
+    raw = Raw(server)
+    try:
+        raw.send(b"g AUTHENTICATE LOGIN\r\n")
+        assert raw.line() == b"+ " + base64.b64encode(b"Username:") + b"\r\n"
+        raw.send(base64.b64encode(ALICE.encode()) + b"\r\n")
+        assert raw.line() == b"+ " + base64.b64encode(b"Password:") + b"\r\n"
+        raw.send(base64.b64encode(pbserver.PASSWORD.encode()) + b"\r\n")
+        assert raw.until(b"g")[-1].startswith(b"g OK")
     finally:
         raw.close()
 

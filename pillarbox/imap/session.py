@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -192,19 +193,34 @@ class Session:
             await mail.release()
 
     async def _readline(self, seconds: float) -> bytes | None:
+        """The next line, or None when the client left, timed out or the server stops."""
+        read = asyncio.ensure_future(self.conn.reader.readuntil(b"\n"))
+        closing = asyncio.ensure_future(self.conn.closing.wait())
         try:
-            line = await asyncio.wait_for(self.conn.reader.readuntil(b"\n"), seconds)
+            done, _ = await asyncio.wait(
+                {read, closing}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closing.cancel()
+            if not read.done():
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await read
+        if read not in done:
+            # Shutdown (RFC 3501 §7.1.5 BYE) or the idle timeout (§5.4 autologout).
+            shutting = self.conn.closing.is_set()
+            self.send(b"* BYE server shutting down\r\n" if shutting
+                      else b"* BYE autologout; idle for too long\r\n")  # fmt: skip
+            await self.flush()
+            return None
+        try:
+            return read.result()
         except asyncio.IncompleteReadError:
             return None
         except asyncio.LimitOverrunError:
             self.send(b"* BYE line too long\r\n")
             await self.flush()
             return None
-        except TimeoutError:
-            self.send(b"* BYE autologout; idle for too long\r\n")
-            await self.flush()
-            return None
-        return line
 
     def _timeout(self) -> float:
         if self.state is c.State.NOT_AUTHENTICATED:
