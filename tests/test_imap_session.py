@@ -416,3 +416,18 @@ def test_logout_and_connection_close(server: pbserver.RunningServer) -> None:
     with pytest.raises((ConnectionError, socket.timeout, OSError)):
         raw.line()
     raw.close()
+
+
+def test_selected_mailbox_deleted_elsewhere(server: pbserver.RunningServer) -> None:
+    a, b = Raw(server), Raw(server)
+    try:
+        a.login()
+        b.login()
+        a.cmd(b"c", b"CREATE Doomed")
+        a.cmd(b"s", b"SELECT Doomed")
+        assert b.cmd(b"d", b"DELETE Doomed")[-1].startswith(b"d OK")
+        a.send(b"n NOOP\r\n")
+        assert a.line() == b"* BYE selected mailbox no longer exists\r\n"
+    finally:
+        a.close()
+        b.close()

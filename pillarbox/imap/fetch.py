@@ -110,7 +110,10 @@ def plan(
 
 # --- rendering -------------------------------------------------------------------------------
 def internal_date(ts: int) -> bytes:
-    return r.format_datetime(dt.datetime.fromtimestamp(ts, dt.UTC))
+    try:
+        return r.format_datetime(dt.datetime.fromtimestamp(ts, dt.UTC))
+    except (OverflowError, OSError, ValueError):  # a file with an absurd mtime
+        return r.format_datetime(dt.datetime.fromtimestamp(0, dt.UTC))
 
 
 def _nstr(value: str | None) -> object:

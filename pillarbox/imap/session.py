@@ -313,14 +313,21 @@ class Session:
             cmd, "uid", False
         )
         self._dirty.clear()
-        changes = await self.mail.changes(
-            view.name,
-            view.max_uid,
-            view.exists,
-            view.known_modseq,
-            not no_expunge,
-            not view.readonly,
-        )
+        try:
+            changes = await self.mail.changes(
+                view.name,
+                view.max_uid,
+                view.exists,
+                view.known_modseq,
+                not no_expunge,
+                not view.readonly,
+            )
+        except Exception as exc:
+            if is_user_error(exc) and getattr(exc, "code", "") == "NONEXISTENT":
+                # Deleted or renamed by another session: nothing left to show (RFC 3501 §7.1.5).
+                self.send(b"* BYE selected mailbox no longer exists\r\n")
+                raise Logout from None
+            raise
         for line in view.apply(changes, allow_expunge=not no_expunge):
             self.send(line)
         if no_expunge and changes.present is not None:
