@@ -331,6 +331,8 @@ def test_list_variants(server: pbserver.RunningServer) -> None:
         lines = raw.cmd(b"f", b'LIST (SUBSCRIBED) "" "Lists/*" RETURN (CHILDREN STATUS (MESSAGES))')
         assert lines[0] == b'* LIST (\\HasNoChildren \\Subscribed) "/" "Lists/Python"\r\n'
         assert lines[1] == b'* STATUS "Lists/Python" (MESSAGES 0)\r\n'
+        lines = raw.cmd(b"r", b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"')
+        assert b'* LIST (\\HasChildren) "/" "Lists" ("CHILDINFO" ("SUBSCRIBED"))\r\n' in lines
         assert raw.cmd(b"g", b'LIST "" ""')[0] == b'* LIST (\\Noselect) "/" ""\r\n'
         lines = raw.cmd(b"h", b'LSUB "" "*"')
         assert b'* LSUB () "/" "Lists/Python"\r\n' in lines

@@ -136,14 +136,22 @@ async def do_list(s: Session, cmd: c.List) -> Result:
         if not any(rx.match(name) for rx in regexes):
             continue
         box = boxes.get(name)
-        if "SUBSCRIBED" in cmd.selection and name not in subscribed:
+        # RFC 5258 §3.5: with RECURSIVEMATCH, a parent whose children match is listed too,
+        # with CHILDINFO saying why.
+        childinfo = "RECURSIVEMATCH" in cmd.selection and any(
+            n.startswith(name + SEPARATOR) for n in subscribed
+        )
+        if "SUBSCRIBED" in cmd.selection and name not in subscribed and not childinfo:
             continue
         if "SPECIAL-USE" in cmd.selection and (box is None or not box.special_use):
             continue
         attrs = _attributes(name, box, all_names, cmd.extended)
         if want_subscribed and name in subscribed:
             attrs.append("\\Subscribed")
-        s.send(r.list_response("LIST", attrs, SEPARATOR, name, utf8=s.utf8))
+        line = r.list_response("LIST", attrs, SEPARATOR, name, utf8=s.utf8)
+        if childinfo:
+            line = line[:-2] + b' ("CHILDINFO" ("SUBSCRIBED"))\r\n'
+        s.send(line)
         if cmd.return_status is not None and box is not None:
             status = await mail.status(name)
             items = _status_items(cmd.return_status, status, s)
