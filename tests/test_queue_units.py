@@ -22,7 +22,8 @@ from pillarbox.queue.mtasts import (
     parse_txt,
     render_policy,
 )
-from pillarbox.queue.routing import is_null_mx, order_addresses, order_mx, parse_literal
+from pillarbox.queue.remote import Connection, TlsPolicy
+from pillarbox.queue.routing import Hop, is_null_mx, order_addresses, order_mx, parse_literal
 from pillarbox.queue.service import _check_enqueue_args, backoff, from_domains
 from pillarbox.smtp.client import DataEncoder, Reply, SmtpClient, SmtpError, Timeouts
 
@@ -353,3 +354,25 @@ def test_enqueue_accepts_ordinary_values() -> None:
     _check_enqueue_args("", rcpts, "ENV+2B1", "HDRS")
     with pytest.raises(QueueError):
         _check_enqueue_args("a@x", [], None, None)
+
+
+# -- connection reuse honours the policy in force now ----------------------------------------
+
+
+class _FakeClient:
+    def __init__(self, tls: bool) -> None:
+        self.closed = False
+        self.tls = tls
+
+
+def test_reused_connection_must_satisfy_the_current_policy() -> None:
+    hop = Hop("mx.remote.test", ("127.0.0.2",))
+    plain = Connection("remote.test", _FakeClient(False), hop, "127.0.0.2")  # type: ignore[arg-type]
+    unverified = Connection("remote.test", _FakeClient(True), hop, "127.0.0.2")  # type: ignore[arg-type]
+    verified = Connection("remote.test", _FakeClient(True), hop, "127.0.0.2", verified=True)  # type: ignore[arg-type]
+    may, encrypt = TlsPolicy(), TlsPolicy(required=True)
+    enforce = TlsPolicy(required=True, verify=True)
+    assert plain.satisfies(may, [hop]) and not plain.satisfies(encrypt, [hop])
+    assert unverified.satisfies(encrypt, [hop]) and not unverified.satisfies(enforce, [hop])
+    assert verified.satisfies(enforce, [hop])
+    assert not verified.satisfies(enforce, [Hop("other.remote.test", ("127.0.0.3",))])

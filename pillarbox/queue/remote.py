@@ -82,6 +82,16 @@ class Connection:
     client: SmtpClient
     hop: Hop
     ip: str
+    verified: bool = False  # TLS with a certificate verified for hop.name
+
+    def satisfies(self, policy: TlsPolicy, hops: Sequence[Hop]) -> bool:
+        """Whether this session may carry mail under ``policy`` (which may have changed
+        since it was opened, e.g. an MTA-STS policy learnt meanwhile)."""
+        if self.client.closed or self.hop.name not in {h.name for h in hops}:
+            return False
+        if policy.required and not self.client.tls:
+            return False
+        return self.verified or not policy.verify
 
 
 @dataclass
@@ -187,7 +197,11 @@ class RemoteDelivery:
                 )
             return list(attempt.results.values())
         reused = slot.connection
-        if reused is not None and reused.destination == destination and not reused.client.closed:
+        if (
+            reused is not None
+            and reused.destination == destination
+            and reused.satisfies(policy, hops)
+        ):
             slot.connection = None
             await self._on_reused(attempt, reused, slot)
         elif reused is not None:
@@ -313,7 +327,9 @@ class RemoteDelivery:
                 "host failed", queue_id=attempt.message.id, host=hop.name, ip=ip, reason=str(exc)
             )
             return
-        await self._transactions(attempt, Connection(destination, client, hop, ip), slot)
+        verified = policy.verify and client.tls
+        conn = Connection(destination, client, hop, ip, verified)
+        await self._transactions(attempt, conn, slot)
 
     async def _open(
         self, hop: Hop, ip: str, policy: TlsPolicy, attempt: _Attempt, *, plaintext: bool = False
