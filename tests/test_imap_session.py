@@ -164,6 +164,10 @@ def test_search_keys(server: pbserver.RunningServer) -> None:
         assert search("OR", "SEEN", "DELETED") == [1, 3]
         assert search("2:*") == [2, 3] and search("UID", "1,3") == [1, 3]
         assert search("(SEEN)", "OR", "1", "3") == [1]
+        c.append("INBOX", None, None, MULTIPART)
+        c.noop()
+        c.literal = "CAFÉ".encode()
+        assert c.search("UTF-8", "BODY") == ("OK", [b"4"])  # QP decoded
         c.literal = "ünïcode".encode()
         typ, data = c.uid("SEARCH", "CHARSET", "UTF-8", "SUBJECT")
         assert data == [b"2"]
@@ -173,7 +177,7 @@ def test_search_keys(server: pbserver.RunningServer) -> None:
         raw.login()
         raw.cmd(b"s", b"SELECT INBOX")
         lines = raw.cmd(b"e", b"SEARCH RETURN (MIN MAX COUNT) UNDELETED")
-        assert lines[0] == b'* ESEARCH (TAG "e") MIN 1 MAX 2 COUNT 2\r\n'
+        assert lines[0] == b'* ESEARCH (TAG "e") MIN 1 MAX 4 COUNT 3\r\n'
         raw.cmd(b"v", b"UID SEARCH RETURN (SAVE) SEEN")
         lines = raw.cmd(b"w", b"UID FETCH $ (FLAGS)")
         assert len(lines) == 2 and b"UID 1 " in lines[0]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pillarbox import mime
 from pillarbox.imap.backend import UserMail
 from pillarbox.imap.grammar import SequenceSet
 from pillarbox.imap.searchkeys import (
@@ -36,6 +37,7 @@ from pillarbox.imap.searchkeys import (
     WithinKey,
 )
 from pillarbox.imap.selected import SelectedMailbox
+from pillarbox.mime.text import body_text, header_text
 
 BATCH: Final = 10000
 _MASKS: Final = {"\\SEEN": 1, "\\ANSWERED": 2, "\\FLAGGED": 4, "\\DELETED": 8, "\\DRAFT": 16}
@@ -50,6 +52,7 @@ class Context:
     now: float
     content: bytes | None = None
     seq: int = 0
+    texts: tuple[str, str] | None = None
 
 
 def _needs_header(key: SearchKey) -> bool:
@@ -185,13 +188,22 @@ def matches(key: SearchKey, row: tuple[Any, ...], ctx: Context) -> bool:
         age = ctx.now - row[DATE]
         return age <= key.seconds if key.younger else age > key.seconds
     if isinstance(key, BodyKey | TextKey):
-        content = ctx.content or b""
+        body, header = _texts(ctx)
         needle = key.value.casefold()
-        if isinstance(key, BodyKey):
-            end = content.find(b"\r\n\r\n")
-            content = content[end + 4 :] if end >= 0 else b""
-        return needle in content.decode("utf-8", "replace").casefold()
+        return needle in body or (isinstance(key, TextKey) and needle in header)
     raise AssertionError(key)
+
+
+def _texts(ctx: Context) -> tuple[str, str]:
+    """(body text, header text) of ``ctx.content``, decoded and case-folded, cached."""
+    if ctx.texts is None:
+        content = ctx.content or b""
+        parsed = mime.parse(content)
+        ctx.texts = (
+            body_text(content, parsed.structure).casefold(),
+            header_text(content[: parsed.header_end]).casefold(),
+        )
+    return ctx.texts
 
 
 def _flag(flag: str, row: tuple[Any, ...], ctx: Context) -> bool:
@@ -271,6 +283,7 @@ async def run_search(
                 ctx.seq = seq
                 if body:
                     ctx.content = await mail.read_message(view.name, row[UID])
+                    ctx.texts = None
                 if not matches(key, row, ctx):
                     continue
             uids.append(row[UID])
