@@ -404,14 +404,19 @@ def test_restart_keeps_uids_and_flags(settings: object) -> None:
         c.store("1", "+FLAGS", "(\\Deleted)")
         c.expunge()
         uidvalidity = c.response("UIDVALIDITY")
-    with pbserver.RunningServer(settings) as server, login(server) as c:
-        c.select("INBOX")
-        assert c.response("UIDVALIDITY") == uidvalidity
-        _, data = c.uid("FETCH", "1:*", "(FLAGS)")
-        assert [d.decode() for d in data] == [
-            "1 (UID 2 FLAGS (\\Seen Important))",
-            "2 (UID 3 FLAGS ())",
-        ]
+    from pillarbox.store.index import INDEX_FILE
+    from pillarbox.store.maildir import user_maildir
+
+    for attempt in ("restart", "index deleted"):
+        if attempt == "index deleted":
+            for path in user_maildir(settings.mail_dir, ALICE).glob(INDEX_FILE + "*"):
+                path.unlink()
+        with pbserver.RunningServer(settings) as server, login(server) as c:
+            c.select("INBOX")
+            assert c.response("UIDVALIDITY") == uidvalidity, attempt
+            _, data = c.uid("FETCH", "1:*", "(FLAGS)")
+            flags = [d.decode().replace("\\Recent ", "").replace("\\Recent", "") for d in data]
+            assert flags == ["1 (UID 2 FLAGS (\\Seen Important))", "2 (UID 3 FLAGS ())"], attempt
 
 
 def test_logout_and_connection_close(server: pbserver.RunningServer) -> None:
