@@ -16,6 +16,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -522,3 +523,29 @@ def test_random_input_gets_well_formed_replies(mx: pbserver.RunningServer) -> No
     raw.send(b"QUIT\r\n")
     raw.expect("221")
     raw.close()
+
+
+def test_shutdown_lets_a_data_transfer_finish(tmp_path: Path) -> None:
+    settings = pbserver.make_settings(tmp_path / "data", {"mailauth": {"verify_inbound": False}})
+    pbserver.add_user(settings, "alice@example.test")
+    running = pbserver.RunningServer(settings)
+    mark = marker()
+    try:
+        raw = Raw(running.port("smtp"))
+        raw.send(
+            b"EHLO x.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+        )
+        for prefix in ("250", "250", "250", "354"):
+            raw.expect(prefix)
+        raw.send(simple_message(mark)[:20])
+        stopping = threading.Thread(target=running.stop)
+        stopping.start()
+        time.sleep(0.3)
+        raw.send(simple_message(mark)[20:] + b".\r\n")
+        raw.expect("250 2.0.0")
+        raw.expect("421 4.3.2")
+        stopping.join(10)
+    finally:
+        running.stop()
+    raw.close()
+    find_message(settings, "alice", mark.encode())

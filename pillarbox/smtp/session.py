@@ -206,6 +206,7 @@ class SmtpSession:
         self._commands = 0
         self._errors = 0
         self._messages = 0
+        self._between_commands = False  # waiting for the next command line
 
     # -- I/O ---------------------------------------------------------------------------
 
@@ -260,8 +261,9 @@ class SmtpSession:
 
     def interrupt_if_idle(self) -> None:
         """Shutdown: a session waiting for its next command says 421 now (RFC 5321 §3.8);
-        one in the middle of a command finishes it and says 421 at the next one."""
-        if self.state is not State.CHUNKING and self._in.waiting:
+        one in the middle of a command (DATA, BDAT, AUTH) finishes it and says 421 at the
+        next one."""
+        if self._between_commands and self.state is not State.CHUNKING and self._in.waiting:
             self._in.interrupt()
 
     async def _say_goodbye(self, reply: Reply) -> None:
@@ -280,11 +282,13 @@ class SmtpSession:
                 await self._say_goodbye(codes.SHUTTING_DOWN)
                 raise _CloseSession("server shutting down")
             self._in.timeout = limits.idle_timeout
+            self._between_commands = True
             try:
                 line = await self._in.readline(limits.max_command_line)
             except LineTooLong:
                 self.reply(codes.LINE_TOO_LONG)
             else:
+                self._between_commands = False
                 self._in.timeout = limits.command_timeout
                 self._commands += 1
                 if self._commands > limits.max_commands:
