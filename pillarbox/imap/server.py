@@ -52,7 +52,11 @@ class ImapComponent:
                 host, port = enabled[name]
                 specs.append(
                     ListenerSpec(
-                        name, host, port, mode, self.handle,
+                        name,
+                        host,
+                        port,
+                        mode,
+                        self.handle,
                         busy_reply=b"* BYE too many connections\r\n",
                     )
                 )
