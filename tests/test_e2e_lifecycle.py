@@ -160,3 +160,49 @@ def test_sighup_applies_a_new_delimiter_and_refuses_a_broken_config(settings: Se
             assert client.sendmail(SENDER, [f"alice-news@{DOMAIN}"], message(mark2)) == {}
         with imap(settings, server.port("imaps")) as reader:
             assert fetch_by_message_id(reader, mark) and fetch_by_message_id(reader, mark2)
+
+
+def test_passwords_never_reach_the_log(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    """Even at log_level = "debug", no password (plain or base64, right or wrong) from SMTP
+    AUTH PLAIN/LOGIN, IMAP LOGIN or AUTHENTICATE PLAIN is written to the log."""
+    import base64
+    import imaplib
+    import smtplib
+
+    from tests.e2e_world import client_tls
+
+    settings = world_settings(tmp_path, dns_server, peer_port=1, overrides={"log_level": "debug"})
+    pbserver.add_user(settings, ALICE)
+    wrong = "Wrong-Secret-Passphrase-42"
+    with restart(settings) as server:
+        for password in (pbserver.PASSWORD, wrong):
+            for mechanism in ("PLAIN", "LOGIN"):
+                with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=10) as smtp:
+                    smtp.starttls(context=client_tls(settings))
+                    smtp.ehlo("laptop.local")
+                    smtp.user, smtp.password = ALICE, password
+                    auth = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
+                    try:
+                        smtp.auth(mechanism, auth)
+                    except smtplib.SMTPAuthenticationError:
+                        assert password == wrong
+            for use_authenticate in (False, True):
+                client = imaplib.IMAP4_SSL(
+                    "127.0.0.1", server.port("imaps"), ssl_context=client_tls(settings), timeout=10
+                )
+                try:
+                    if use_authenticate:
+                        token = f"\0{ALICE}\0{password}".encode()
+                        client.authenticate("PLAIN", lambda _, t=token: t)
+                    else:
+                        client.login(ALICE, password)
+                    client.logout()
+                except imaplib.IMAP4.error:
+                    assert password == wrong
+        log = server.log()
+    assert wrong not in log and pbserver.PASSWORD not in log
+    for password in (pbserver.PASSWORD, wrong):
+        for secret in (password.encode(), f"\0{ALICE}\0{password}".encode()):
+            needle = base64.b64encode(secret).decode()
+            assert needle not in log, "base64 of a password in the log"
+    assert log.count("auth") >= 4, "no authentication events logged at all"
