@@ -33,8 +33,11 @@ from tests.dnsserver import DnsTestServer
 from tests.e2e_world import (
     ALICE,
     BOB,
+    DOMAIN,
     REMOTE_DOMAIN,
+    SENDER_DOMAIN,
     TRACE_FIELDS,
+    SenderKey,
     dns_txt,
     fetch_by_message_id,
     header_names,
@@ -44,6 +47,8 @@ from tests.e2e_world import (
     prepended,
     publish_our_zone,
     publish_remote_zone,
+    publish_sender_zone,
+    smtp_from_outside,
     submit,
     wait_for,
     world_settings,
@@ -51,6 +56,8 @@ from tests.e2e_world import (
 from tests.smtppeer import Received, SmtpPeer, free_port_on
 
 CAROL = f"carol@{REMOTE_DOMAIN}"
+FORWARD_TARGET = f"carol-home@{REMOTE_DOMAIN}"
+SENDER_KEY = SenderKey.generate()
 DAVE = f"dave@{REMOTE_DOMAIN}"
 
 
@@ -91,8 +98,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             settings = world_settings(tmp, dns_server, port)
             for user in (ALICE, BOB):
                 pbserver.add_user(settings, user)
+            pbserver.add_alias(settings, f"fwd@{DOMAIN}", FORWARD_TARGET)
             publish_our_zone(dns_server, settings)
             publish_remote_zone(dns_server)
+            publish_sender_zone(dns_server, SENDER_KEY, "v=DMARC1; p=reject")
             with pbserver.RunningServer(settings) as server:
                 yield World(settings, server, dns_server, peer)
     finally:
@@ -324,3 +333,23 @@ def test_five_megabyte_attachment_local_and_remote_byte_exact_and_signed(world: 
     assert part[b"BODY[2]<0>"] == blob[:100]
     assert part[b"RFC822.SIZE"] == len(stored)
     print(f"5 MB submission -> remote delivery in {elapsed:.2f}s")
+
+
+def test_inbound_mail_to_a_forwarding_alias_reaches_the_remote_unaltered(world: World) -> None:
+    """Mail from the internet to an alias pointing elsewhere is relayed (that is the alias's
+    purpose, not an open relay): the original bytes after our trace fields, its DKIM
+    signature still valid at the final destination."""
+    mark = marker()
+    original = SENDER_KEY.sign(message(mark, to=f"fwd@{DOMAIN}"))
+    with smtp_from_outside(world.server.port("smtp")) as client:
+        assert client.sendmail(f"someone@{SENDER_DOMAIN}", [f"fwd@{DOMAIN}"], original) == {}
+    remote = world.remote_copy(mark)
+    assert remote.recipients == [FORWARD_TARGET]
+    added = prepended(remote.data, original)
+    assert set(header_names(added)) <= TRACE_FIELDS | {
+        "arc-seal",
+        "arc-message-signature",
+        "arc-authentication-results",
+    }
+    assert dkim.verify(remote.data, dnsfunc=dns_txt(world.dns))
+    print(f"forwarded with envelope sender <{remote.sender}>")
