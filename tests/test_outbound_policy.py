@@ -129,10 +129,11 @@ def test_mta_sts_testing_mode_delivers_despite_bad_certificate(
     settings, peer, https = sts_setup(tmp_path, dns_server, cleanup, "testing")
     peer.starttls = server_cert(settings, tmp_path, "wrong.remote.test")
     with pbserver.RunningServer(settings) as running:
-        enqueue(running, ["bob@remote.test"])
-        (msg,) = wait_for(lambda: peer.messages, what="delivery")
-    assert msg.tls
-    assert https.requests == 1
+        for name in ("bob", "carol", "dave"):
+            enqueue(running, [f"{name}@remote.test"])
+        wait_for(lambda: len(peer.messages) == 3, what="deliveries")
+    assert all(msg.tls for msg in peer.messages)
+    assert https.requests == 1  # concurrent lookups share one fetch, then the cache
 
 
 def test_ipv6_authentication_rejection_retries_over_ipv4(

@@ -200,9 +200,21 @@ class PolicyFetcher:
         self.cache_put = cache_put
         self.port = port
         self.timeout = timeout
+        self._lookups: dict[str, asyncio.Task[Policy | None]] = {}
 
     async def policy(self, domain: str) -> Policy | None:
-        """The policy in force for ``domain`` (None: no policy)."""
+        """The policy in force for ``domain`` (None: no policy).
+
+        Concurrent lookups for one domain (several messages to a new destination) share
+        one DNS query and one HTTPS fetch."""
+        task = self._lookups.get(domain)
+        if task is None:
+            task = asyncio.ensure_future(self._policy(domain))
+            self._lookups[domain] = task
+            task.add_done_callback(lambda _t: self._lookups.pop(domain, None))
+        return await asyncio.shield(task)
+
+    async def _policy(self, domain: str) -> Policy | None:
         cached = await self._cached(domain)
         try:
             txt = await self.resolver.txt(f"_mta-sts.{domain}")
