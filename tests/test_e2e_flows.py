@@ -44,6 +44,7 @@ from tests.e2e_world import (
     fetch_by_message_id,
     marker,
     message,
+    our_records,
     prepended,
     publish_our_zone,
     publish_remote_zone,
@@ -377,3 +378,30 @@ def test_alias_and_its_member_in_one_transaction_get_one_copy(world: World) -> N
         assert client.sendmail(SENDER, [ALICE, f"team@{DOMAIN}"], original) == {}
     assert count_copies(world, BOB, mark) == 1
     assert count_copies(world, ALICE, mark) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: postmaster@DOMAIN is refused (550 5.1.1) on a fresh install although RFC 5321 "
+    "§4.5.1 requires it and dns records publishes it as the TLS-RPT rua",
+)
+def test_postmaster_of_every_domain_is_deliverable_out_of_the_box(world: World) -> None:
+    """A fresh install (init + user add) publishes ``rua=mailto:postmaster@DOMAIN`` for TLS
+    reports (``dns records``) and uses postmaster@ as the ACME contact; RFC 5321 §4.5.1 says
+    a server MUST accept mail for postmaster. With no alias configured, it must still land
+    in some user's INBOX (Postfix's default aliases send it to root)."""
+    published = [
+        r["value"] for r in our_records(world.settings) if r["name"].startswith("_smtp._tls.")
+    ]
+    assert any(f"postmaster@{DOMAIN}" in v for v in published), published
+    mark = marker()
+    with smtp_from_outside(world.port("smtp")) as client:
+        for rcpt in (f"postmaster@{DOMAIN}", "Postmaster"):
+            client.mail(SENDER)
+            code, text = client.rcpt(rcpt)
+            assert code == 250, (rcpt, code, text)
+            client.rset()
+        assert (
+            client.sendmail(SENDER, [f"postmaster@{DOMAIN}"], world.key.sign(message(mark))) == {}
+        )
+    assert count_copies(world, ALICE, mark) + count_copies(world, BOB, mark) == 1
