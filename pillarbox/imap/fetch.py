@@ -404,7 +404,7 @@ def _render_fast(
     recent_from = view.recent_from if not view.rev2 else 1 << 40
     i = bisect.bisect_left(uids, rows[0][0]) if rows else 0
     text = FLAG_TEXT
-    out = []
+    out: list[str] = []
     append = out.append
     common = template == _UID_FLAGS  # UID FETCH 1:* (FLAGS): printf-style is fastest
     fmt = template.format
@@ -440,9 +440,8 @@ async def _mark_seen(
     unseen = [row[ROW_UID] for row in rows if "\\Seen" not in row[ROW_FLAGS].split()]
     if not unseen:
         return rows, set()
-    before = view.known_modseq
     result = await mail.store(view.name, [(u, u) for u in unseen], "add", ("\\Seen",), None)
-    if result.highestmodseq == before + 1:
+    if result.previous_modseq == view.known_modseq:
         view.known_modseq = result.highestmodseq  # only our own change: nothing to announce
     updated = {uid: (flags, modseq) for uid, flags, modseq in result.updated}
     new_rows = []

@@ -102,7 +102,7 @@ async def do_store(s: Session, cmd: c.Store) -> Result:
                 continue
             if not cmd.silent or (view.condstore and modseq > before):
                 s.send(view.flags_line(seq, uid, text, modseq, with_uid=cmd.uid))
-        if result.highestmodseq == before + 1:
+        if result.previous_modseq == view.known_modseq:
             view.known_modseq = result.highestmodseq  # only our own change happened
         if len(s._out) > 65536:
             await s.flush()

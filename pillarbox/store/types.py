@@ -66,3 +66,4 @@ class StoreResult:
     updated: list[tuple[int, str, int]]  # every matched message: (uid, flags, modseq)
     failed: list[int]  # UNCHANGEDSINCE conflicts (RFC 7162 §3.1.3 MODIFIED)
     highestmodseq: int
+    previous_modseq: int  # the mailbox's HIGHESTMODSEQ before this change

@@ -30,6 +30,7 @@ def store_flags(
 ) -> StoreResult:
     """Change flags: ``mode`` is ``add``, ``remove`` or ``replace`` (RFC 3501 §6.4.6)."""
     box = ix.mailbox(name)
+    previous = box.highestmodseq
     mask, keywords = fl.split_flags(flags)
     names = ix.keyword_names(box)
     if mode != "remove" and keywords:
@@ -80,7 +81,7 @@ def store_flags(
         box.highestmodseq = modseq
         if before == box.cur_mtime:
             ix._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
-    return StoreResult(updated, failed, box.highestmodseq)
+    return StoreResult(updated, failed, box.highestmodseq, previous)
 
 
 def expunge(ix: UserIndex, name: str, ranges: list[tuple[int, int]] | None) -> list[int]:
