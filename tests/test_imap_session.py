@@ -442,3 +442,24 @@ def test_selected_mailbox_deleted_elsewhere(server: pbserver.RunningServer) -> N
     finally:
         a.close()
         b.close()
+
+
+def test_foreign_flag_change_survives_a_noop_store(server: pbserver.RunningServer) -> None:
+    a, b = Raw(server), Raw(server)
+    try:
+        a.login()
+        b.login()
+        for i in range(2):
+            msg = message(f"f{i}")
+            a.send(b"A%d APPEND INBOX (\\Seen) {%d+}\r\n" % (i, len(msg)) + msg + b"\r\n")
+            a.until(b"A%d" % i)
+        a.cmd(b"s", b"EXAMINE INBOX")
+        a.cmd(b"s2", b"SELECT INBOX")
+        b.cmd(b"s", b"SELECT INBOX")
+        b.cmd(b"t", b"STORE 2 +FLAGS.SILENT (\\Flagged)")
+        # A's STORE changes nothing (1 is already \Seen), but B's change must still arrive.
+        lines = a.cmd(b"u", b"STORE 1 +FLAGS.SILENT (\\Seen)")
+        assert any(x.startswith(b"* 2 FETCH (FLAGS (") and b"\\Flagged" in x for x in lines), lines
+    finally:
+        a.close()
+        b.close()
