@@ -168,14 +168,18 @@ def test_alias_fans_out_one_copy_per_user(mx: pbserver.RunningServer) -> None:
     assert b"Delivered-To: bob@example.test" in find_message(mx.settings, "bob", mark.encode())
 
 
-def test_postmaster_without_domain(mx: pbserver.RunningServer) -> None:
+def test_postmaster_is_always_accepted(mx: pbserver.RunningServer) -> None:
+    # RFC 5321 §4.5.1: no postmaster user or alias here, so the first user (alice) gets it;
+    # "<Postmaster>" without a domain is accepted too (§4.1.1.3).
+    mark = marker()
     raw = Raw(mx.port("smtp"))
-    raw.send(b"EHLO x.test\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n")
-    raw.expect("250")
-    raw.expect("250 2.1.0")
-    # postmaster@example.test does not exist in this data dir: refused as unknown, not relay.
-    raw.expect("550 5.1.1")
+    raw.send(b"EHLO x.test\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n")
+    for prefix in ("250", "250 2.1.0", "250 2.1.5", "354"):
+        raw.expect(prefix)
+    raw.send(simple_message(mark) + b".\r\n")
+    raw.expect("250 2.0.0")
     raw.close()
+    assert b"Delivered-To: alice@example.test" in find_message(mx.settings, "alice", mark.encode())
 
 
 def test_auth_is_never_offered_on_port_25(mx: pbserver.RunningServer) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pillarbox import log
-from pillarbox.core.address import AddressError, parse_address
+from pillarbox.core.address import AddressError, parse_address, strip_subaddress
 from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
 from pillarbox.queue import dsn
@@ -112,7 +112,29 @@ class DeliveryService:
         return _canonical(address)
 
     def resolve(self, address: str) -> Resolution:
-        return self.accounts.resolve(address, self.delimiter)
+        """Where mail for the canonical ``address`` goes (see the module docstring).
+
+        RFC 5321 §4.5.1: every domain MUST accept mail for postmaster. Without a user or
+        alias of that name (a fresh install), it goes to the domain's first user, else the
+        server's first user, as Postfix's stock aliases send it to root."""
+        resolution = self.accounts.resolve(address, self.delimiter)
+        if resolution.found:
+            return resolution
+        local, _, domain = address.rpartition("@")
+        if strip_subaddress(local, self.delimiter) == "postmaster" and (
+            domain in self.accounts.domains
+        ):
+            admin = self._first_user(domain)
+            if admin is not None:
+                return Resolution(local_users=(admin,))
+        return resolution
+
+    def _first_user(self, domain: str) -> str | None:
+        row = self.accounts.conn.execute(
+            "SELECT address FROM users ORDER BY domain != ?, created, address LIMIT 1",
+            (domain,),
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def route(
         self,
