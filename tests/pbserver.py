@@ -86,7 +86,6 @@ def _template(domains: tuple[str, ...], hostname: str) -> Path:
     if root.exists():
         shutil.rmtree(root)
     listen = {name: "127.0.0.1:0" for name in PROD_LISTEN}
-    listen.update(pop3="", pop3s="")
     initialize(
         InitOptions(data_dir=root, domains=domains, hostname=hostname, dev=True, listen=listen)
     )

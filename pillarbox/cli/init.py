@@ -48,8 +48,8 @@ LISTEN_COMMENTS = {
     "submissions": "clients, implicit TLS",
     "imap": "STARTTLS required before LOGIN",
     "imaps": "implicit TLS",
-    "pop3": "POP3 is not built yet; leave empty",
-    "pop3s": "POP3 is not built yet; leave empty",
+    "pop3": '"0.0.0.0:110" enables POP3 (STLS required before auth)',
+    "pop3s": '"0.0.0.0:995" implicit TLS',
     "http": "ACME HTTP-01, redirects to https",
     "https": "MTA-STS policy, client autoconfig",
 }
@@ -76,8 +76,6 @@ def render_config(opts: InitOptions) -> str:
         if opts.dev
         else dict(PROD_LISTEN)
     )
-    if opts.dev:
-        listen["pop3"] = listen["pop3s"] = ""  # no POP3 server yet: never bind a dead port
     listen.update(opts.listen or {})
     domains = ", ".join(_toml_str(d) for d in opts.domains)
     lines = [
