@@ -62,6 +62,7 @@ class SmtpComponent:
         await self.server.reload(ctx)
 
 
-def make_smtp(ctx: Any) -> SmtpComponent | None:
-    """The SMTP component; None when no SMTP listener is enabled and nothing needs delivery."""
+def make_smtp(ctx: Any) -> SmtpComponent:
+    """The SMTP component. Always made: with every SMTP listener disabled it still provides
+    the delivery service (queue DSNs, sendmail) and simply binds no port."""
     return SmtpComponent(ctx)
