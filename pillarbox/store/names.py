@@ -74,8 +74,6 @@ def validate(name: str) -> list[str]:
         raise BadMailboxName("'.' and '..' are not mailbox names")
     if len(parts) > MAX_DEPTH:
         raise BadMailboxName("mailbox hierarchy too deep")
-    if any(p.strip() != p for p in parts) and name.strip() != name:
-        raise BadMailboxName("mailbox name has leading or trailing spaces")
     return parts
 
 
