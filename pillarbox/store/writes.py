@@ -48,9 +48,11 @@ def store_flags(
             continue
         old_kw = old_kw_text.split()
         if mode == "add":
+            # Keywords compare case-insensitively (as Dovecot does): no "$Work" + "$work".
+            have = {k.lower() for k in old_kw}
             new_mask, new_kw = (
                 old_mask | mask,
-                old_kw + [k for k in keywords if k not in old_kw],
+                old_kw + [k for k in keywords if k.lower() not in have],
             )
         elif mode == "remove":
             drop = {k.lower() for k in keywords}
