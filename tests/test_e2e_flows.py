@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import poplib
 import smtplib
 import subprocess
 import sys
@@ -422,3 +423,56 @@ def test_quoted_local_part_reaches_the_same_mailbox(world: World) -> None:
         code, text = client.data(world.key.sign(message(mark)))
         assert code == 250, (code, text)
     assert count_copies(world, ALICE, mark) == 1
+
+
+# -- POP3 and IMAP on one mailbox -------------------------------------------------------------
+
+
+def pop3(world: World, user: str) -> poplib.POP3_SSL:
+    client = poplib.POP3_SSL(
+        "127.0.0.1", world.port("pop3s"), context=client_tls(world.settings), timeout=TIMEOUT
+    )
+    client.user(user)
+    client.pass_(PASSWORD)
+    return client
+
+
+def pop3_find(client: poplib.POP3_SSL, mark: str) -> tuple[int, bytes] | None:
+    """(message number, bytes) of the message whose Message-ID holds ``mark``."""
+    _, listing, _ = client.list()
+    for entry in listing:
+        number = int(entry.split()[0])
+        _, lines, _ = client.retr(number)
+        data = b"\r\n".join(lines) + b"\r\n"
+        if f"<{mark}@e2e.test>".encode() in data:
+            return number, data
+    return None
+
+
+def test_pop3_and_imap_agree_on_one_mailbox(world: World) -> None:
+    kept, popped = marker(), marker()
+    with smtp_from_outside(world.port("smtp")) as client:
+        for mark in (kept, popped):
+            assert client.sendmail(SENDER, [BOB], world.key.sign(message(mark, to=BOB))) == {}
+    with world.imap(BOB) as imap_client:
+        ((_, over_imap),) = fetch_by_message_id(imap_client, popped)
+    client = pop3(world, BOB)
+    try:
+        found = pop3_find(client, popped)
+        assert found is not None, "POP3 does not see a message IMAP sees"
+        number, over_pop3 = found
+        assert over_pop3 == over_imap  # same bytes (poplib undoes the dot-stuffing)
+        uidl = client.uidl(number).split()[-1]
+        client.dele(number)
+        client.quit()
+    finally:
+        client.close()
+    with world.imap(BOB) as imap_client:
+        assert fetch_by_message_id(imap_client, popped) == []
+        assert fetch_by_message_id(imap_client, kept)
+    client = pop3(world, BOB)
+    try:
+        assert pop3_find(client, popped) is None
+        assert uidl not in b" ".join(client.uidl()[1])
+    finally:
+        client.quit()
