@@ -280,16 +280,27 @@ class Pillarbox:
         data_dir = self.data_dir
         if not (data_dir / "pillarbox.toml").exists():
             data_dir.parent.mkdir(parents=True, exist_ok=True)
-            pillarbox_cli(
-                "init",
-                "--dev",
-                "--domain",
-                DOMAIN,
-                "--hostname",
-                f"mail.{DOMAIN}",
-                "--data-dir",
-                str(data_dir),
-            )
+            try:
+                pillarbox_cli(
+                    "init",
+                    "--dev",
+                    "--domain",
+                    DOMAIN,
+                    "--hostname",
+                    f"mail.{DOMAIN}",
+                    "--data-dir",
+                    str(data_dir),
+                )
+            except SystemExit as exc:
+                # Printing the DNS records is init's last step; a failure there (the tree is
+                # edited by several people at once) leaves a usable data dir behind.
+                made = all((data_dir / p).exists() for p in ("pillarbox.toml", "tls", "keys"))
+                if not made:
+                    raise
+                print(
+                    f"warning: {str(exc).splitlines()[0]} (data dir complete, going on)",
+                    file=sys.stderr,
+                )
         config_path = data_dir / "pillarbox.toml"
         text = config_path.read_text()
         for name in LISTENERS:
