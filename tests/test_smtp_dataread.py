@@ -16,6 +16,7 @@ from pillarbox.smtp.dataread import (
     InputStream,
     LineTooLong,
     MessageSpool,
+    has_long_line,
     read_bdat_chunk,
     read_dot_data,
 )
@@ -155,3 +156,13 @@ async def test_read_timeout_and_recovery() -> None:
     reader.feed_data(b"NOOP\r\n")
     assert await stream.readline(100) == b"NOOP\r\n"
     stream.close()
+
+
+@given(
+    lines=st.lists(st.integers(min_value=0, max_value=60), max_size=40),
+    max_line=st.integers(min_value=3, max_value=50),
+)
+def test_long_line_detection_matches_the_definition(lines: list[int], max_line: int) -> None:
+    region = b"\r\n" + b"\r\n".join(b"x" * n for n in lines)
+    expected = any(n > max_line - 2 for n in lines)
+    assert has_long_line(region, max_line) is expected

@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,17 +280,37 @@ class DataOutcome(enum.Enum):
     BARE_LINE_ENDING = "bare CR or LF"
 
 
-@functools.lru_cache(maxsize=8)
-def _long_line(max_line: int) -> re.Pattern[bytes]:
-    # A line of max_line octets including CRLF has max_line - 2 octets of text.
-    return re.compile(rb"[^\r\n]{%d}" % (max_line - 1))
+def has_long_line(region: bytes | bytearray, max_line: int) -> bool:
+    """Whether a line of ``region`` has more than ``max_line - 2`` octets of text.
+
+    Without a Python step per line and without a regex (``[^\n]{N}`` costs O(n * line
+    length): 13 ms per 64 KiB). Probe windows of ``step`` octets: a line of at least
+    ``2 * step - 1`` octets contains a whole window, so only a window without any LF needs
+    the exact measure of the line around it. About 13 ``find`` calls per 64 KiB."""
+    limit = max_line - 2
+    step = max(1, (max_line - 1) // 2)
+    size = len(region)
+    position = 0
+    while position + step <= size:
+        end = position + step
+        if region.find(b"\n", position, end) >= 0:
+            position = end
+            continue
+        start = region.rfind(b"\n", 0, position) + 1
+        stop = region.find(b"\n", end)
+        stop = size if stop < 0 else stop
+        text = stop - start - (1 if stop > start and region[stop - 1] == 13 else 0)
+        if text > limit:
+            return True
+        position = stop
+    return False
 
 
 def _check_lines(region: bytes | bytearray, max_line: int) -> DataOutcome:
     crlf = region.count(b"\r\n")
     if region.count(b"\r") != crlf or region.count(b"\n") != crlf:
         return DataOutcome.BARE_LINE_ENDING
-    if len(region) > max_line and _long_line(max_line).search(region):
+    if len(region) > max_line and has_long_line(region, max_line):
         return DataOutcome.LINE_TOO_LONG
     return DataOutcome.OK
 
