@@ -4,6 +4,7 @@ on other loopback addresses (127.0.0.2, 127.0.0.3, ::1, ...)."""
 from __future__ import annotations
 
 import dataclasses
+import email
 import ssl
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pillarbox.config import Settings
 from pillarbox.queue.api import OutboundRecipient
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
@@ -326,7 +328,23 @@ def test_connection_reused_for_several_messages(
 EIGHT_BIT = MESSAGE.replace(b"Hello Bob.", "Grüße, Bob.".encode())
 
 
-def test_8bit_message_body_8bitmime_passed_or_bounced(
+def _verify_dkim(settings: Settings, data: bytes) -> bool:
+    import dkim
+
+    from pillarbox.mailauth.keys import active_keys
+
+    keys = {
+        f"{k.selector}._domainkey.example.test.": k
+        for k in active_keys(settings.keys_dir, "example.test")
+    }
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return keys[name.decode()].txt_value().encode()
+
+    return bool(dkim.verify(data, dnsfunc=dnsfunc))
+
+
+def test_8bit_message_sent_as_is_with_8bitmime_converted_and_resigned_without(
     tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
 ) -> None:
     capable = peers["mx"] = SmtpPeer("127.0.0.2", port)
@@ -336,14 +354,37 @@ def test_8bit_message_body_8bitmime_passed_or_bounced(
     dns_server.set_zone("old.test", {"@": {"MX": ["10 mx.old.test."]}, "mx": {"A": "127.0.0.3"}})
     settings = queue_settings(tmp_path, dns_server.address, port)
     with pbserver.RunningServer(settings) as running:
-        enqueue(running, ["bob@remote.test", "eve@old.test"], message=EIGHT_BIT)
+        qid = enqueue(running, ["bob@remote.test", "eve@old.test"], message=EIGHT_BIT)
         (msg,) = wait_for(lambda: capable.messages, what="8-bit delivery")
-        (dsn,) = wait_for(lambda: inbox(settings), what="bounce from the 7-bit peer")
+        (converted,) = wait_for(lambda: old.messages, what="7-bit delivery")
+        wait_for(lambda: queue_entry(running, qid) is None, what="retired")
+        assert list((settings.queue_dir / "tmp").iterdir()) == []  # working copy removed
     assert "BODY=8BITMIME" in msg.mail_params
     assert "Grüße".encode() in msg.data
-    (block,) = delivery_status(dsn)
-    assert block["Final-Recipient"] == "rfc822; eve@old.test"
-    assert block["Status"] == "5.6.3"
+    assert _verify_dkim(settings, msg.data)
+    # RFC 6152 §3: converted to 7 bit (quoted-printable), then signed again.
+    assert converted.data.isascii()
+    assert "BODY=8BITMIME" not in converted.mail_params
+    assert converted.data.count(b"DKIM-Signature:") == 2
+    assert _verify_dkim(settings, converted.data)
+    parsed = email.message_from_bytes(converted.data)
+    assert parsed["Content-Transfer-Encoding"] == "quoted-printable"
+    assert "Grüße, Bob." in parsed.get_payload(decode=True).decode()
+    assert inbox(settings) == []
+
+
+def test_8bit_header_to_a_7bit_peer_bounces(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    old = peers["old"] = SmtpPeer("127.0.0.2", port)
+    old.extensions = {"PIPELINING"}
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    raw_utf8_subject = MESSAGE.replace(b"Subject: hello", "Subject: Grüße".encode())
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test"], message=raw_utf8_subject)
+        (dsn,) = wait_for(lambda: inbox(settings), what="bounce")
+    assert delivery_status(dsn)[0]["Status"] == "5.6.3"
     assert old.messages == []
 
 

@@ -21,17 +21,19 @@ required and cannot be had, the recipients are deferred, never sent in plaintext
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pillarbox import log
 from pillarbox.config import Settings, split_host_port
 from pillarbox.dns.resolver import DnsError, Resolver
+from pillarbox.queue.downgrade import DowngradeError
 from pillarbox.queue.mtasts import Policy, PolicyFetcher
 from pillarbox.queue.routing import (
     Hop,
@@ -55,6 +57,9 @@ IPV6_RETRY_STATUSES = ("5.7.25", "5.7.26")
 IPV6_RETRY_WORDS = ("reverse dns", "ptr record", "ipv6")
 
 SENT, FAILED, DEFERRED = "sent", "failed", "deferred"
+
+# (message, spool path) -> path of a 7-bit copy (re-signed); raises DowngradeError.
+Downgrader = Callable[[Message, Path], Awaitable[Path]]
 
 
 @dataclass
@@ -115,6 +120,7 @@ class _Attempt:
     ipv4_only: bool = False
     tried: int = 0
     reached: bool = False  # some host got as far as a mail transaction
+    seven_bit: Path | None = None  # a 7-bit conversion made for a peer without 8BITMIME
     notes: list[str] = field(default_factory=list)
 
 
@@ -157,8 +163,10 @@ class RemoteDelivery:
         rng: random.Random | None = None,
         timeouts: Timeouts | None = None,
         password_reader: Callable[[Path], str] | None = None,
+        downgrade: Downgrader | None = None,
     ) -> None:
         self.settings = settings
+        self.downgrade = downgrade
         self.resolver = resolver
         self.sts = sts
         self.rng = rng or random.SystemRandom()
@@ -177,10 +185,16 @@ class RemoteDelivery:
     async def deliver(
         self, message: Message, path: Path, recipients: Sequence[Recipient], slot: Slot
     ) -> list[RecipientResult]:
-        domain = recipients[0].domain
         attempt = _Attempt(
             message, path, {r.id: RecipientResult(r) for r in recipients}, list(recipients)
         )
+        try:
+            return await self._deliver(attempt, recipients[0].domain, slot)
+        finally:
+            if attempt.seven_bit is not None:
+                attempt.seven_bit.unlink(missing_ok=True)
+
+    async def _deliver(self, attempt: _Attempt, domain: str, slot: Slot) -> list[RecipientResult]:
         try:
             hops, policy = await self._route(domain)
         except RouteError as exc:
@@ -440,7 +454,16 @@ class RemoteDelivery:
         """One MAIL..DATA for ``batch``; returns (recipients for another transaction on
         this connection, recipients to try on another host)."""
         client, message, hop = conn.client, attempt.message, conn.hop
+        path = attempt.path
         refusal = self._refuse_by_capability(client, message)
+        if refusal is None and message.eightbit and not client.supports("8BITMIME"):
+            try:
+                message, path = await self._seven_bit(attempt)
+            except DowngradeError as exc:
+                refusal = (
+                    "5.6.3 the peer does not support 8BITMIME and the message cannot be "
+                    f"converted to 7 bit: {exc}"
+                )
         if refusal is not None:
             for r in batch:
                 attempt.results[r.id] = RecipientResult(r, FAILED, refusal, hop.name)
@@ -450,7 +473,7 @@ class RemoteDelivery:
             message.sender,
             self._mail_params(client, message),
             [(r.address, self._rcpt_params(r) if dsn else []) for r in batch],
-            read_chunks(attempt.path),
+            read_chunks(path),
         )
         v6 = client.family == socket.AF_INET6
         mail = result.mail
@@ -516,10 +539,19 @@ class RemoteDelivery:
         if message.smtputf8 and not client.supports("SMTPUTF8"):
             # RFC 6531 §3.2: non-ASCII addresses cannot be downgraded.
             return "5.6.7 the peer does not support SMTPUTF8, needed for this address"
-        if message.eightbit and not client.supports("8BITMIME"):
-            # RFC 6152 §3: convert or bounce. Converting would break the DKIM signature.
+        if message.eightbit and not client.supports("8BITMIME") and self.downgrade is None:
+            # RFC 6152 §3: convert or bounce; without a converter, bounce.
             return "5.6.3 the peer does not support 8BITMIME and the message is 8-bit"
         return None
+
+    async def _seven_bit(self, attempt: _Attempt) -> tuple[Message, Path]:
+        """The message converted to 7 bit for this attempt (made once, then reused)."""
+        assert self.downgrade is not None
+        if attempt.seven_bit is None:
+            attempt.seven_bit = await self.downgrade(attempt.message, attempt.path)
+            _log.info("converted to 7bit", queue_id=attempt.message.id)
+        size = (await asyncio.to_thread(attempt.seven_bit.stat)).st_size
+        return dataclasses.replace(attempt.message, eightbit=False, size=size), attempt.seven_bit
 
     def _mail_params(self, client: SmtpClient, message: Message) -> list[str]:
         params = []

@@ -23,6 +23,7 @@ import contextlib
 import email.utils
 import random
 import re
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from pillarbox.mailauth.signing import SigningError, sign_async
 from pillarbox.net.control import ControlError
 from pillarbox.queue import dsn as dsnlib
 from pillarbox.queue.api import NOTIFY_KEYWORDS, RET_KEYWORDS, OutboundRecipient, QueueError
+from pillarbox.queue.downgrade import strip_leading_signatures, to_7bit
 from pillarbox.queue.mtasts import PolicyFetcher
 from pillarbox.queue.remote import (
     DEFERRED,
@@ -157,7 +159,9 @@ class OutboundQueue:
             port=settings.delivery.mta_sts_port,
             timeout=min(10.0, float(settings.delivery.connect_timeout)),
         )
-        return RemoteDelivery(settings, self.resolver, sts, rng=self.rng)
+        return RemoteDelivery(
+            settings, self.resolver, sts, rng=self.rng, downgrade=self._downgraded
+        )
 
     def _make_runner(self, settings: Settings) -> Runner:
         d = settings.delivery
@@ -253,6 +257,21 @@ class OutboundQueue:
             _log.warning("dkim signing failed", queue_id=qid, domain=domain, error=str(exc))
             return [data], False
         return [signature, data], True
+
+    async def _downgraded(self, message: Message, path: Path) -> Path:
+        """A 7-bit copy of a queued message for a peer without 8BITMIME, DKIM-signed again
+        (the conversion changes the body our signature covered). Raises DowngradeError."""
+        store = self.store
+        assert store is not None
+        original = await asyncio.to_thread(
+            _read_limited, path, self.settings.delivery.max_message_size * 2
+        )
+        unsigned = strip_leading_signatures(original, self.settings.domains)
+        converted = await asyncio.to_thread(to_7bit, unsigned)
+        parts, _ = await self._signed(message.id, message.sender, [converted])
+        target = store.tmp_dir / f"{message.id}.7bit.{secrets.token_hex(4)}"
+        await asyncio.to_thread(_write_parts, target, parts)
+        return target
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -571,6 +590,13 @@ def _is_xtext(value: str) -> bool:
 
 def _join_parts(parts: Sequence[bytes | Path]) -> bytes:
     return b"".join(p if isinstance(p, bytes) else p.read_bytes() for p in parts)
+
+
+def _write_parts(target: Path, parts: Sequence[bytes | Path]) -> None:
+    # A working copy for one attempt: no fsync (it is recreated if lost).
+    with open(target, "wb") as f:
+        for part in parts:
+            f.write(part if isinstance(part, bytes) else part.read_bytes())
 
 
 def _read_limited(path: Path, limit: int) -> bytes:
