@@ -23,6 +23,7 @@ def test_imap4rev2_after_enable(server: pbserver.RunningServer) -> None:
         assert raw.cmd(b"e", b"ENABLE IMAP4rev2")[0] == b"* ENABLED IMAP4rev2\r\n"
         lines = raw.cmd(b"s", b"SELECT INBOX")
         assert not any(b"RECENT" in x for x in lines)  # RFC 9051: no \Recent, no RECENT
+        assert b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n' in lines
         lines = raw.cmd(b"f", b"FETCH 1 (FLAGS)")
         assert lines[0] == b"* 1 FETCH (FLAGS ())\r\n"
         lines = raw.cmd(b"q", b"SEARCH ALL")

@@ -54,6 +54,11 @@ async def do_select(s: Session, cmd: c.Select) -> Result:
     s.send(r.untagged_status("OK", "predicted next UID", r.Code("UIDNEXT", info.uidnext)))
     if s.condstore:
         s.send(r.untagged_status("OK", "highest", r.Code("HIGHESTMODSEQ", info.highestmodseq)))
+    if s.rev2:
+        # RFC 9051 §6.3.2: a LIST response for the selected mailbox, attributes accurate.
+        boxes = {b.name: b for b in await _mail(s).list_mailboxes()}
+        attrs = _attributes(cmd.mailbox, boxes.get(cmd.mailbox), sorted(boxes), True)
+        s.send(r.list_response("LIST", attrs, SEPARATOR, cmd.mailbox, utf8=s.utf8))
     s.selected = view
     s.state = c.State.SELECTED
     s._dirty.clear()
