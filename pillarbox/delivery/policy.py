@@ -139,7 +139,7 @@ class SmtpBackend:
         self, session: SessionInfo, envelope: Envelope, message: SpooledMessage, received: bytes
     ) -> Reply:
         if session.kind is ListenerKind.SUBMISSION:
-            rejection = self._check_from(session, message)
+            rejection = await self._check_from(session, message)
             inbound = InboundResult(rejection, INBOX, b"")
         else:
             inbound = await self._authenticate(session, envelope, message)
@@ -156,8 +156,11 @@ class SmtpBackend:
             if rewritten is not None:
                 rewritten.unlink(missing_ok=True)
 
-    def _check_from(self, session: SessionInfo, message: SpooledMessage) -> Reply | None:
-        addresses = from_header_addresses(message.head)
+    async def _check_from(self, session: SessionInfo, message: SpooledMessage) -> Reply | None:
+        if len(message.head) > 16384:  # the email package is slow on big (hostile) headers
+            addresses = await asyncio.to_thread(from_header_addresses, message.head)
+        else:
+            addresses = from_header_addresses(message.head)
         if not addresses:
             return codes.NO_FROM_HEADER
         assert session.user is not None
