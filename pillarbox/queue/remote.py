@@ -16,6 +16,11 @@ falls back to plaintext when the handshake fails; ``tls = "encrypt"`` requires T
 verification, like Postfix's level "encrypt"); an MTA-STS ``enforce`` policy (RFC 8461 §4)
 and the smarthost require TLS with a certificate valid for the host name. When TLS is
 required and cannot be had, the recipients are deferred, never sent in plaintext.
+
+Capabilities (checked per peer): a message larger than the peer's SIZE bounces (5.3.4,
+RFC 1870); UTF-8 envelope addresses need SMTPUTF8 (else 5.6.7, RFC 6531); an 8-bit
+message for a peer without 8BITMIME goes as a 7-bit, re-signed copy (RFC 6152 §3, see
+downgrade.py), or bounces (5.6.3) when its header is 8-bit.
 """
 
 from __future__ import annotations
