@@ -199,3 +199,15 @@ def test_rename_inbox_moves_messages(tmp_path: Path) -> None:
     assert len(index.select("INBOX", True).uids) == 0
     assert len(index.select("Old", True).uids) == 1
     index.close()
+
+
+def test_symlinked_folders_are_not_followed(tmp_path: Path) -> None:
+    other = UserIndex(tmp_path / "bob")
+    other.append("INBOX", MSG % b"bob's", (), None)
+    other.close()
+    index = UserIndex(tmp_path / "alice")
+    (tmp_path / "alice" / ".Evil").symlink_to(tmp_path / "bob")
+    assert "Evil" not in {m.name for m in index.list_mailboxes()}
+    with pytest.raises(MailboxError):
+        index.select("Evil", True)
+    index.close()

@@ -206,6 +206,9 @@ class UserIndex:
             raise MailboxError("NONEXISTENT", str(exc)) from None
         row = self.conn.execute("SELECT * FROM mailboxes WHERE name = ?", (name,)).fetchone()
         path = self.root / directory if directory else self.root
+        if directory and path.is_symlink():
+            # Never follow a link out of the user's Maildir (only a local admin can make one).
+            raise MailboxError("NONEXISTENT", f"no mailbox {name}")
         if row is None and directory and (path / "cur").is_dir():
             self._add_row(name, path, SPECIAL_USE.get(name))  # made by another tool
             row = self.conn.execute("SELECT * FROM mailboxes WHERE name = ?", (name,)).fetchone()
