@@ -25,7 +25,14 @@ from pillarbox.queue.mtasts import (
 from pillarbox.queue.remote import Connection, TlsPolicy
 from pillarbox.queue.routing import Hop, is_null_mx, order_addresses, order_mx, parse_literal
 from pillarbox.queue.service import _check_enqueue_args, backoff, from_domains
-from pillarbox.smtp.client import DataEncoder, Reply, SmtpClient, SmtpError, Timeouts
+from pillarbox.smtp.client import (
+    DataEncoder,
+    Reply,
+    SmtpClient,
+    SmtpError,
+    Timeouts,
+    chunks_of,
+)
 
 # -- routing --------------------------------------------------------------------------------
 
@@ -379,3 +386,24 @@ def test_reused_connection_must_satisfy_the_current_policy() -> None:
     assert unverified.satisfies(encrypt, [hop]) and not unverified.satisfies(enforce, [hop])
     assert verified.satisfies(enforce, [hop])
     assert not verified.satisfies(enforce, [Hop("other.remote.test", ("127.0.0.3",))])
+
+
+async def test_client_never_counts_a_non_354_data_reply_as_sent() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hi\r\n")
+        replies = iter([b"250-x\r\n250 PIPELINING\r\n", b"250 ok\r\n250 ok\r\n250 ok\r\n"])
+        while line := await reader.readline():
+            if line.startswith((b"EHLO", b"MAIL")):
+                writer.write(next(replies))
+            if line.startswith(b"QUIT"):
+                break
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = await SmtpClient.connect("127.0.0.1", port, local_hostname="h")
+        await client.ehlo()
+        result = await client.send("a@x", [], [("b@y", [])], chunks_of([b"body\r\n"]))
+        assert result.data is not None and result.data.code == 451
+        await client.quit()

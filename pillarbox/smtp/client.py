@@ -362,7 +362,13 @@ class SmtpClient:
             result = await self._envelope_pipelined(mail_line, rcpt_lines)
         else:
             result = await self._envelope_lockstep(mail_line, rcpt_lines)
-        if result.data is None or result.data.code != 354:
+        if result.data is None:
+            return result
+        if result.data.code != 354:
+            if result.data.code < 400:
+                # Anything but 354 or an error to DATA is a protocol violation: the message
+                # was not sent, so it must not count as accepted.
+                result.data = Reply(451, (f"4.5.0 unexpected reply to DATA: {result.data}",))
             return result
         if not any(r.code in (250, 251) for r in result.rcpts):
             # RFC 2920 §3.1: DATA accepted although no recipient was: end it empty.
