@@ -114,3 +114,16 @@ def test_tls_required_on_imaps(server: pbserver.RunningServer) -> None:
         assert b"CAPABILITY" not in data
     finally:
         sock.close()
+
+
+def test_no_big_literals_before_login(server: pbserver.RunningServer) -> None:
+    raw = Raw(server)
+    try:
+        lines = raw.cmd(b"a", b"APPEND INBOX {10000000}")
+        assert lines[-1].startswith(b"a NO [TOOBIG]"), lines  # no "+ go ahead" first
+        raw.send(b"b LOGIN {18}\r\n")
+        assert raw.line().startswith(b"+ ")
+        raw.send(b'alice@example.test "' + pbserver.PASSWORD.encode() + b'"\r\n')
+        assert raw.until(b"b")[-1].startswith(b"b OK")
+    finally:
+        raw.close()

@@ -36,6 +36,7 @@ _log = log.get("imap")
 MAX_BAD_COMMANDS: Final = 20
 IDLE_SYNC_INTERVAL: Final = 30.0  # re-scan the Maildir for foreign changes while IDLE
 PREAUTH_TIMEOUT: Final = 60.0
+PREAUTH_MAX_LITERAL: Final = 8192  # a user name or password, never a message
 BASE_CAPS: Final = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ENABLE", "ID", "IDLE")
 AUTH_CAPS: Final = (
     *BASE_CAPS,
@@ -222,13 +223,26 @@ class Session:
             await self.flush()
             return None
 
+    def _limits(self) -> Limits:
+        """Before login nobody may make us buffer megabytes (an APPEND literal)."""
+        limits = self.config.limits
+        if self.state is not c.State.NOT_AUTHENTICATED:
+            return limits
+        return Limits(
+            max_line=min(limits.max_line, PREAUTH_MAX_LITERAL),
+            max_literal=PREAUTH_MAX_LITERAL,
+            max_message_literal=PREAUTH_MAX_LITERAL,
+            max_literals=4,
+            max_command=4 * PREAUTH_MAX_LITERAL,
+        )
+
     def _timeout(self) -> float:
         if self.state is c.State.NOT_AUTHENTICATED:
             return PREAUTH_TIMEOUT
         return self.config.idle_timeout
 
     async def _read_command(self) -> bytes | None:
-        asm = CommandAssembler(self.config.limits)
+        asm = CommandAssembler(self._limits())
         line = await self._readline(self._timeout())
         if line is None:
             return None
