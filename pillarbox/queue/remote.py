@@ -483,7 +483,7 @@ class RemoteDelivery:
         v6 = client.family == socket.AF_INET6
         mail = result.mail
         if not mail.ok:
-            kind = DEFERRED if mail.temporary else FAILED
+            kind = FAILED if mail.permanent else DEFERRED
             for r in batch:
                 attempt.results[r.id] = RecipientResult(r, kind, str(mail), hop.name)
             await client.rset()
@@ -500,7 +500,7 @@ class RemoteDelivery:
             if reply.code in (250, 251):
                 accepted.append(r)
                 continue
-            kind = DEFERRED if reply.temporary else FAILED
+            kind = FAILED if reply.permanent else DEFERRED
             attempt.results[r.id] = RecipientResult(r, kind, str(reply), hop.name)
             if reply.code == 452 and reply.enhanced in (None, "4.5.3"):
                 retry_here.append(r)
@@ -515,7 +515,7 @@ class RemoteDelivery:
             elif data.ok:
                 attempt.results[r.id] = RecipientResult(r, SENT, str(data), hop.name, dsn)
             else:
-                kind = DEFERRED if data.temporary else FAILED
+                kind = FAILED if data.permanent else DEFERRED
                 attempt.results[r.id] = RecipientResult(r, kind, str(data), hop.name)
                 if v6 and is_ipv6_auth_rejection(data):
                     elsewhere.append(r)

@@ -54,7 +54,8 @@ class Reply:
 
     @property
     def ok(self) -> bool:
-        return 200 <= self.code < 400
+        """2xx: the command succeeded (a 3xx is only right where one is asked for)."""
+        return 200 <= self.code < 300
 
     @property
     def temporary(self) -> bool:
