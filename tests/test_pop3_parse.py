@@ -275,3 +275,42 @@ def test_command_budget() -> None:
     data = asyncio.run(scenario())
     assert data.endswith(b"-ERR too many commands\r\n")
     assert data.count(b"-ERR [AUTH]") == 3  # the plain listener refuses USER before TLS
+
+
+def test_client_that_stops_reading_is_dropped() -> None:
+    """Pipelined commands whose answers are never read: the session must not wait forever
+    (the write side has the idle timeout too)."""
+    commands = 5000
+
+    async def scenario() -> bytes:
+        config = SessionConfig(hostname="h", idle_timeout=0.5, max_commands=commands + 1)
+
+        async def handler(conn: Any) -> None:
+            # Small kernel buffers on both ends, so a few dozen kilobytes stall the writer.
+            conn.writer.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            await Session(conn, config, None, None, MaildropLocks()).run()  # type: ignore[arg-type]
+
+        listeners = Listeners(None)
+        addresses = await listeners.bind(
+            [ListenerSpec("pop3", "127.0.0.1", 0, TlsMode.NONE, handler)]
+        )
+        await listeners.start()
+        try:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(10)
+            await asyncio.to_thread(sock.connect, addresses["pop3"])
+            await asyncio.to_thread(sock.sendall, b"CAPA\r\n" * commands)
+            await asyncio.sleep(2)  # not reading: the server's writes stall
+            data = b""
+            while chunk := await asyncio.to_thread(sock.recv, 65536):
+                data += chunk
+            sock.close()
+            return data
+        finally:
+            await listeners.stop(1)
+
+    data = asyncio.run(scenario())
+    assert 0 < data.count(b"+OK capability list follows") < commands

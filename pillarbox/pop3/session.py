@@ -110,10 +110,11 @@ class Session:
         self.send(f"+OK {text}" if text else "+OK")
 
     async def flush(self) -> None:
+        """Send the output; a client that stops reading is dropped after the idle timeout."""
         if self._out:
             self.conn.writer.write(bytes(self._out))
             self._out.clear()
-        await self.conn.writer.drain()
+        await asyncio.wait_for(self.conn.writer.drain(), self.config.idle_timeout)
 
     async def _write(self, data: bytes) -> None:
         """Append to the output and push it out once a chunk's worth is waiting."""
