@@ -565,3 +565,22 @@ def test_total_concurrency_limit(
             wait_for(lambda: all(p.messages for p in peers.values()), what="all delivered")
     finally:
         hold.set()
+
+
+def test_implicit_mx_and_nonexistent_domain(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["host"] = SmtpPeer("127.0.0.2", port)
+    # No MX at all: the domain's own address is the mail host (RFC 5321 §5.1).
+    dns_server.set_zone("remote.test", {"@": {"A": "127.0.0.2"}})
+    # A zone without the name: NXDOMAIN, a permanent failure.
+    dns_server.set_zone("gone.test", {"www": {"A": "127.0.0.3"}})
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@remote.test", "x@nothere.gone.test"])
+        (msg,) = wait_for(lambda: peer.messages, what="delivery to the implicit MX")
+        (dsn,) = wait_for(lambda: inbox(settings), what="bounce for the missing domain")
+    assert msg.recipients == ["bob@remote.test"]
+    (block,) = delivery_status(dsn)
+    assert block["Final-Recipient"] == "rfc822; x@nothere.gone.test"
+    assert block["Status"] == "5.1.2"
