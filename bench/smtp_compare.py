@@ -14,8 +14,14 @@ the whole tree under its master (smtpd, cleanup, trivial-rewrite, qmgr, virtual,
 anvil... including processes that exited during the run); for Pillarbox its one process.
 The load generator's own CPU is printed too: it shares the 2 cores with the server.
 
+Targets: ``postfix``; ``pillarbox`` with inbound SPF/DKIM/DMARC verification off (the same
+work as a Postfix without milters); ``pillarbox-auth``, the default MX configuration, with
+SPF and DMARC looked up for every message on a loopback DNS server (whose CPU is shown apart).
+Runs are interleaved between targets and repeated; the report shows the median and range.
+
 Prerequisite: ``bench/setup_peers.sh`` (private Postfix on 127.0.0.1:12525). Pillarbox is
-started here from a fresh ``pillarbox init --dev`` data dir on free ports.
+started here from a fresh ``pillarbox init --dev`` data dir on free ports. See
+docs/BENCHMARKS.md for the method and the figures.
 
     .venv/bin/python bench/smtp_compare.py                 # both targets, both variants
     .venv/bin/python bench/smtp_compare.py --targets postfix --messages 50
