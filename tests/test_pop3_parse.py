@@ -314,3 +314,94 @@ def test_client_that_stops_reading_is_dropped() -> None:
 
     data = asyncio.run(scenario())
     assert 0 < data.count(b"+OK capability list follows") < commands
+
+
+# -- a failing store: [SYS/TEMP], and nothing half-done -------------------------------------------
+
+
+class FlakyMail:
+    """Two messages; ``expunge`` fails (a full disk, say)."""
+
+    def __init__(self) -> None:
+        self.released = 0
+
+    async def status(self, name: str) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(uidvalidity=7, uidnext=3)
+
+    async def fetch(self, name: str, ranges: Any, data: bool, limit: int) -> list[tuple[Any, ...]]:
+        return [(1, "", 0, 3, 1), (2, "", 0, 3, 1)]
+
+    async def read_message(self, name: str, uid: int) -> bytes:
+        return b"x\r\n"
+
+    async def store(self, *args: Any) -> None:
+        return None
+
+    async def expunge(self, name: str, ranges: Any) -> list[int]:
+        raise OSError(28, "No space left on device")
+
+    async def release(self) -> None:
+        self.released += 1
+
+
+class FlakyBackend:
+    def __init__(self) -> None:
+        self.mail = FlakyMail()
+        self.opens = 0
+
+    async def open(self, user: str) -> FlakyMail:
+        self.opens += 1
+        if self.opens == 1:
+            raise RuntimeError("index locked by a crashed process")
+        return self.mail
+
+
+class AcceptAll:
+    async def authenticate(self, credentials: Any, client: str) -> str:
+        return credentials.authcid
+
+
+def test_store_failures_answer_sys_temp(tmp_path: Any) -> None:
+    import ssl
+
+    from pillarbox.tls.certs import make_ca, make_server_cert
+    from pillarbox.tls.context import TlsProvider
+
+    ca, ca_key = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    make_ca(ca, ca_key, "test CA")
+    make_server_cert(tmp_path / "c.pem", tmp_path / "k.pem", ["localhost"], ca, ca_key)
+    backend = FlakyBackend()
+    locks = MaildropLocks()
+
+    async def scenario() -> list[bytes]:
+        config = SessionConfig(hostname="h")
+
+        async def handler(conn: Any) -> None:
+            await Session(conn, config, AcceptAll(), backend, locks).run()
+
+        listeners = Listeners(TlsProvider(tmp_path / "c.pem", tmp_path / "k.pem"))
+        addresses = await listeners.bind(
+            [ListenerSpec("pop3s", "127.0.0.1", 0, TlsMode.IMPLICIT, handler)]
+        )
+        await listeners.start()
+        context = ssl.create_default_context(cafile=str(ca))
+        try:
+            reader, writer = await asyncio.open_connection(
+                *addresses["pop3s"], ssl=context, server_hostname="localhost"
+            )
+            answers = [await asyncio.wait_for(reader.readline(), 5)]  # the greeting
+            for line in (b"USER a@b", b"PASS x", b"USER a@b", b"PASS x", b"DELE 1", b"QUIT"):
+                writer.write(line + b"\r\n")
+                answers.append(await asyncio.wait_for(reader.readline(), 5))
+            writer.close()
+            return answers
+        finally:
+            await listeners.stop(1)
+
+    answers = asyncio.run(scenario())
+    assert answers[2].startswith(b"-ERR [SYS/TEMP] ")  # open failed: still AUTHORIZATION
+    assert answers[4] == b"+OK maildrop has 2 messages (6 octets)\r\n"
+    assert answers[6] == b"-ERR [SYS/TEMP] some deleted messages not removed\r\n"
+    assert backend.mail.released == 1 and "a@b" not in locks._held
