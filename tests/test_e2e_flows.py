@@ -381,11 +381,6 @@ def test_alias_and_its_member_in_one_transaction_get_one_copy(world: World) -> N
     assert count_copies(world, ALICE, mark) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: postmaster@DOMAIN is refused (550 5.1.1) on a fresh install although RFC 5321 "
-    "§4.5.1 requires it and dns records publishes it as the TLS-RPT rua",
-)
 def test_postmaster_of_every_domain_is_deliverable_out_of_the_box(world: World) -> None:
     """A fresh install (init + user add) publishes ``rua=mailto:postmaster@DOMAIN`` for TLS
     reports (``dns records``) and uses postmaster@ as the ACME contact; RFC 5321 §4.5.1 says

@@ -116,11 +116,6 @@ def test_sigterm_mid_data_never_stores_a_partial_or_unacknowledged_message(
     assert stored == (1 if reply.startswith("250") else 0), (reply, stored)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SIGTERM interrupts a DATA transfer in flight with 421 (smtp/session.py "
-    "interrupt_if_idle exempts only BDAT), INTERFACE.md says finish sessions in flight",
-)
 def test_sigterm_finishes_a_data_transfer_in_flight(settings: Settings) -> None:
     """INTERFACE.md: SIGTERM is graceful: stop accepting, finish sessions in flight. A client
     half-way through DATA gets its 250 (within limits.shutdown_grace), then 421."""
