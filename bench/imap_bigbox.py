@@ -150,9 +150,12 @@ def measure_engine(root: Path) -> None:
 
     def fetch_flags() -> None:
         lo = 1
-        while rows := index.fetch_flags("INBOX", [(lo, 0xFFFFFFFF)], 5000):
-            _render_fast(template, rows, view)
-            lo = rows[-1][0] + 1
+        while True:
+            lines, last = index.fetch_flags("INBOX", [(lo, 0xFFFFFFFF)], 5000)
+            if not last:
+                return
+            _render_fast(template, lines, view)
+            lo = last + 1
 
     print("engine only (store + rendering, no sockets):")
     show("SELECT INBOX", lambda: index.select("INBOX", True))

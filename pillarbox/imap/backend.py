@@ -40,7 +40,7 @@ _MASK_NAMES = (
     ("\\Deleted", MASK_DELETED),
     ("\\Draft", MASK_DRAFT),
 )
-# FLAG_TEXT[mask]: the FLAGS text of a system flag mask (fetch_flags rows carry masks).
+# FLAG_TEXT[mask]: the FLAGS text of a system flag mask (fetch_flags lines carry masks).
 FLAG_TEXT = tuple(" ".join(n for n, bit in _MASK_NAMES if mask & bit) for mask in range(32))
 
 
@@ -143,7 +143,7 @@ class UserMail(Protocol):
     async def search_uids(self, name: str, where: Any) -> tuple[array[int], int]: ...
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int
-    ) -> list[tuple[int, int, str, int]]: ...
+    ) -> tuple[str, int]: ...  # ("uid mask modseq keywords" lines, last uid or 0)
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
     ) -> list[tuple[Any, ...]]: ...

@@ -338,11 +338,11 @@ async def run_fetch(
     template = _fast_template(p)
     pending = list(ranges)
     while pending and template is not None and changed_since is None:
-        flag_rows = await mail.fetch_flags(view.name, pending, BATCH_FLAGS)
-        if not flag_rows:
+        lines, last = await mail.fetch_flags(view.name, pending, BATCH_FLAGS)
+        if not last:
             return
-        pending = _after(pending, flag_rows[-1][0])
-        await write(_render_fast(template, flag_rows, view))
+        pending = _after(pending, last)
+        await write(_render_fast(template, lines, view))
     while pending:
         rows = await mail.fetch(view.name, pending, p.data, p.batch)
         if not rows:
@@ -394,26 +394,28 @@ def _fast_template(p: FetchPlan) -> str | None:
 _UID_FLAGS: Final = "* {0} FETCH (UID {1} FLAGS ({2}))\r\n"
 
 
-def _render_fast(
-    template: str, rows: list[tuple[int, int, str, int]], view: SelectedMailbox
-) -> bytes:
-    """Render ``fetch_flags`` rows with one format operation per message and a merge walk
-    for the sequence numbers (both lists are in UID order)."""
+def _render_fast(template: str, lines: str, view: SelectedMailbox) -> bytes:
+    """Render ``fetch_flags`` lines with one format operation per message and a merge walk
+    for the sequence numbers (both are in UID order)."""
     uids = view.uids
     count = len(uids)
     recent_from = view.recent_from if not view.rev2 else 1 << 40
-    i = bisect.bisect_left(uids, rows[0][0]) if rows else 0
     text = FLAG_TEXT
     out: list[str] = []
     append = out.append
     common = template == _UID_FLAGS  # UID FETCH 1:* (FLAGS): printf-style is fastest
     fmt = template.format
-    for uid, mask, keywords, modseq in rows:
+    i = -1
+    for line in lines.split("\n"):
+        uid_text, mask, modseq, keywords = line.split(" ", 3)
+        uid = int(uid_text)
+        if i < 0:
+            i = bisect.bisect_left(uids, uid)
         while i < count and uids[i] < uid:
             i += 1
         if i >= count or uids[i] != uid:
             continue  # not in this session's view
-        flags = text[mask & 31]
+        flags = text[int(mask) & 31]
         if keywords:
             flags = f"{flags} {keywords}" if flags else keywords
         if uid >= recent_from:

@@ -732,19 +732,24 @@ class UserIndex:
 
     def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int = CHUNK * 5
-    ) -> list[tuple[int, int, str, int]]:
-        """``(uid, flags mask, keywords, modseq)`` rows: the narrow FETCH FLAGS path."""
+    ) -> tuple[str, int]:
+        """The narrow FETCH FLAGS path: lines ``uid mask modseq keywords`` for up to
+        ``limit`` messages of the first non-empty range, and the last UID (0: none).
+
+        One ``group_concat`` row per batch: turning 50,000 SQLite rows into Python tuples
+        costs more than the whole rest of ``UID FETCH 1:* (FLAGS)``.
+        """
         box = self.mailbox(name)
-        out: list[tuple[int, int, str, int]] = []
         for lo, hi in ranges:
-            out += self.conn.execute(
-                "SELECT uid, flags, keywords, modseq FROM messages"
-                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?",
-                (box.id, lo, hi, limit - len(out)),
-            ).fetchall()
-            if len(out) >= limit:
-                break
-        return out
+            text, last = self.conn.execute(
+                "SELECT group_concat(uid || ' ' || flags || ' ' || modseq || ' ' || keywords,"
+                " char(10)), max(uid) FROM (SELECT uid, flags, modseq, keywords FROM messages"
+                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?)",
+                (box.id, lo, hi, limit),
+            ).fetchone()
+            if text is not None:
+                return text, last
+        return "", 0
 
     def search_rows(
         self,

@@ -126,7 +126,7 @@ class UserMailboxes:
 
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int
-    ) -> list[tuple[int, int, str, int]]:
+    ) -> tuple[str, int]:
         return await self._run(self._index.fetch_flags, name, ranges, limit)
 
     async def search_rows(
