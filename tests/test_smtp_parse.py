@@ -77,6 +77,7 @@ def test_mail_paths(argument: str, sender: str) -> None:
         ("FROM:<a@b.test> BODY=9BIT", codes.PARAM_SYNTAX),
         ("FROM:<a@b.test> SMTPUTF8=yes", codes.PARAM_SYNTAX),
         ("FROM:<a@b.test> ENVID=bad+zz", codes.PARAM_SYNTAX),
+        ("FROM:<a@b.test> ENVID=x+0D+0ABcc:+20evil", codes.PARAM_SYNTAX),  # header injection
         ("FROM:<a@b.test> XFOO=1", codes.UNKNOWN_PARAMETER),
         ("FROM:<" + "a" * 300 + "@b.test>", codes.BAD_SENDER_SYNTAX),
     ],

@@ -193,7 +193,8 @@ def parse_mail(argument: str) -> MailCommand:
                 raise SmtpSyntaxError(codes.PARAM_SYNTAX)
         elif key == "ENVID":
             envid = xtext_decode(_require_value(value))
-            if len(envid) > MAX_ENVID:
+            # RFC 3461 §4.4: printable US-ASCII only (it is copied into DSN headers).
+            if len(envid) > MAX_ENVID or not all(" " <= c <= "~" for c in envid):
                 raise SmtpSyntaxError(codes.PARAM_SYNTAX)
         elif key == "AUTH":
             xtext_decode(_require_value(value))  # RFC 4954 §5: accepted, not trusted
