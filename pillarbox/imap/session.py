@@ -111,7 +111,8 @@ class Session:
         self.condstore = False
         self.saved: Any = None  # RFC 5182 search result (a SequenceSet of UIDs)
         self._out = bytearray()
-        self._dirty = asyncio.Event()
+        # Set by the change hub when the selected mailbox changed elsewhere.
+        self.changed = asyncio.Event()
         self._unwatch: Callable[[], None] | None = None
         self._bad = 0
 
@@ -283,7 +284,7 @@ class Session:
                 raise Bad(f"{cmd.name} not allowed now")
             handler = _HANDLERS[type(cmd)]
             result = await handler(self, cmd)
-            await self._updates(cmd)
+            await self.send_updates(cmd)
             text, code = result if isinstance(result, tuple) else (result, None)
             self.send(r.tagged(tag, "OK", text or f"{cmd.name} completed", code))
             self._bad = 0
@@ -315,18 +316,18 @@ class Session:
     # --- updates -------------------------------------------------------------------------------
     def _on_change(self, mailbox: str) -> None:
         if self.selected is not None and mailbox == self.selected.name:
-            self._dirty.set()
+            self.changed.set()
 
-    async def _updates(self, cmd: c.Command, *, force: bool = False) -> None:
+    async def send_updates(self, cmd: c.Command, *, force: bool = False) -> None:
         view = self.selected
         if view is None or self.mail is None:
             return
-        if not (force or self._dirty.is_set()):
+        if not (force or self.changed.is_set()):
             return
         no_expunge = isinstance(cmd, c.Fetch | c.Store | c.Search) and not getattr(
             cmd, "uid", False
         )
-        self._dirty.clear()
+        self.changed.clear()
         try:
             changes = await self.mail.changes(
                 view.name,
@@ -345,7 +346,7 @@ class Session:
         for line in view.apply(changes, allow_expunge=not no_expunge):
             self.send(line)
         if no_expunge and changes.present is not None:
-            self._dirty.set()  # expunges still owed: send them at the next allowed point
+            self.changed.set()  # expunges still owed: send them at the next allowed point
 
     # --- any state -------------------------------------------------------------------------------
     async def do_capability(self, cmd: c.Command) -> str:
@@ -353,7 +354,7 @@ class Session:
         return ""
 
     async def do_noop(self, cmd: c.Command) -> str:
-        await self._updates(cmd, force=True)
+        await self.send_updates(cmd, force=True)
         return ""
 
     async def do_logout(self, cmd: c.Command) -> str:

@@ -61,7 +61,7 @@ async def do_select(s: Session, cmd: c.Select) -> Result:
         s.send(r.list_response("LIST", attrs, SEPARATOR, cmd.mailbox, utf8=s.utf8))
     s.selected = view
     s.state = c.State.SELECTED
-    s._dirty.clear()
+    s.changed.clear()
     code = "READ-ONLY" if readonly else "READ-WRITE"
     return f"{cmd.name} completed", r.Code(code)
 
@@ -220,7 +220,7 @@ async def do_append(s: Session, cmd: c.Append) -> Result:
         flags = tuple(f for f in message.flags if f != "\\Recent")
         uidvalidity, uid = await mail.append(cmd.mailbox, message.data, flags, when)
         uids.append(uid)
-    await s._updates(cmd, force=s.selected is not None and s.selected.name == cmd.mailbox)
+    await s.send_updates(cmd, force=s.selected is not None and s.selected.name == cmd.mailbox)
     return "APPEND completed", r.Code(
         "APPENDUID", uidvalidity, r.Seq(SequenceSet.from_numbers(uids))
     )

@@ -104,8 +104,7 @@ async def do_store(s: Session, cmd: c.Store) -> Result:
                 s.send(view.flags_line(seq, uid, text, modseq, with_uid=cmd.uid))
         if result.previous_modseq == view.known_modseq:
             view.known_modseq = result.highestmodseq  # only our own change happened
-        if len(s._out) > 65536:
-            await s.flush()
+        await s.write(b"")  # flushes when enough output has accumulated
     if failed:
         numbers = failed if cmd.uid else [q for q in map(view.seq_of, failed) if q]
         return "conditional STORE failed", r.Code(
@@ -208,14 +207,14 @@ async def do_unselect(s: Session, cmd: c.Unselect) -> Result:
 # --- IDLE -------------------------------------------------------------------------------------
 async def do_idle(s: Session, cmd: c.Idle) -> Result:
     s.send(b"+ idling\r\n")
-    await s._updates(cmd, force=True)
+    await s.send_updates(cmd, force=True)
     await s.flush()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + s.config.idle_timeout
     read = asyncio.ensure_future(s.conn.reader.readuntil(b"\n"))
     try:
         while True:
-            dirty = asyncio.ensure_future(s._dirty.wait())
+            dirty = asyncio.ensure_future(s.changed.wait())
             closing = asyncio.ensure_future(s.conn.closing.wait())
             timeout = max(0.0, min(IDLE_SYNC_INTERVAL, deadline - loop.time()))
             done, _ = await asyncio.wait(
@@ -238,7 +237,7 @@ async def do_idle(s: Session, cmd: c.Idle) -> Result:
                     else b"* BYE server shutting down\r\n"
                 )
                 raise Logout
-            await s._updates(cmd, force=True)
+            await s.send_updates(cmd, force=True)
             await s.flush()
     finally:
         if not read.done():
