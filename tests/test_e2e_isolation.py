@@ -439,3 +439,20 @@ def test_outside_mail_forging_our_domain_is_refused_by_our_dmarc(world: World) -
     with imap(world.settings, world.server.port("imaps"), BOB) as bob:
         bob.select_folder("INBOX", readonly=True)
         assert bob.search(["HEADER", "Message-ID", mark]) == []
+
+
+def test_forged_authentication_results_from_a_user_never_reach_another(world: World) -> None:
+    """alice cannot make bob's client believe a message passed our checks: an
+    Authentication-Results claiming our authserv-id is removed on submission too."""
+    mark = marker()
+    forged = (
+        b"Authentication-Results: mail.example.test; dkim=pass header.d=bank.example;"
+        b" dmarc=pass header.from=bank.example\r\n"
+    )
+    data = forged + message(mark, sender=f"Alice <{ALICE}>", to=BOB)
+    assert submit(world.settings, world.server.port("submission"), ALICE, [BOB], data) == {}
+    with imap(world.settings, world.server.port("imaps"), BOB) as bob:
+        bob.select_folder("INBOX", readonly=True)
+        (uid,) = bob.search(["HEADER", "Message-ID", mark])
+        stored = bob.fetch([uid], ["BODY.PEEK[]"])[uid][b"BODY[]"]
+    assert b"bank.example" not in stored
