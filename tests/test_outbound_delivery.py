@@ -584,3 +584,38 @@ def test_implicit_mx_and_nonexistent_domain(
     (block,) = delivery_status(dsn)
     assert block["Final-Recipient"] == "rfc822; x@nothere.gone.test"
     assert block["Status"] == "5.1.2"
+
+
+def test_a_long_backlog_takes_turns_with_other_destinations(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    busy = peers["busy"] = SmtpPeer("127.0.0.2", port)
+    other = peers["other"] = SmtpPeer("127.0.0.3", port)
+    busy.hold_data = threading.Event()
+    seen_when_other_arrived: list[int] = []
+
+    def other_reply(msg: object) -> None:
+        seen_when_other_arrived.append(len(busy.messages))
+
+    other.data_reply = other_reply  # type: ignore[assignment]
+    remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
+    dns_server.set_zone(
+        "other.test", {"@": {"MX": ["10 mx.other.test."]}, "mx": {"A": "127.0.0.3"}}
+    )
+    settings = queue_settings(
+        tmp_path, dns_server.address, port, {"delivery": {"max_concurrency": 1}}
+    )
+    try:
+        with pbserver.RunningServer(settings) as running:
+            enqueue(running, ["first@remote.test"])
+            wait_for(busy.data_started.is_set, what="the busy destination holds the slot")
+            for i in range(24):
+                enqueue(running, [f"u{i}@remote.test"])
+            enqueue(running, ["x@other.test"])
+            time.sleep(1.2)  # a scan has queued every job
+            busy.hold_data.set()
+            wait_for(lambda: other.messages and len(busy.messages) == 25, what="all sent")
+    finally:
+        busy.hold_data.set()
+    # The other destination got the slot after one turn, not after the whole backlog.
+    assert seen_when_other_arrived and seen_when_other_arrived[0] < 25

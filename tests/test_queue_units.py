@@ -24,6 +24,7 @@ from pillarbox.queue.mtasts import (
 )
 from pillarbox.queue.remote import Connection, TlsPolicy
 from pillarbox.queue.routing import Hop, is_null_mx, order_addresses, order_mx, parse_literal
+from pillarbox.queue.runner import FairSlots
 from pillarbox.queue.service import _check_enqueue_args, backoff, from_domains
 from pillarbox.smtp.client import (
     DataEncoder,
@@ -407,3 +408,38 @@ async def test_client_never_counts_a_non_354_data_reply_as_sent() -> None:
         result = await client.send("a@x", [], [("b@y", [])], chunks_of([b"body\r\n"]))
         assert result.data is not None and result.data.code == 451
         await client.quit()
+
+
+# -- fair slots ------------------------------------------------------------------------------
+
+
+async def test_fair_slots_go_round_robin_by_destination() -> None:
+    slots = FairSlots(1)
+    await slots.acquire("a")
+    order: list[str] = []
+
+    async def want(destination: str) -> None:
+        await slots.acquire(destination)
+        order.append(destination)
+
+    tasks = [asyncio.create_task(want(d)) for d in ("a", "a", "a", "b", "c")]
+    await asyncio.sleep(0)
+    assert slots.others_waiting("a") and slots.others_waiting("b")
+    for _ in range(5):
+        slots.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["a", "b", "c", "a", "a"]
+
+
+async def test_fair_slots_cancelled_waiter_does_not_leak_a_slot() -> None:
+    slots = FairSlots(1)
+    await slots.acquire("a")
+    waiter = asyncio.create_task(slots.acquire("b"))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not slots.others_waiting("a")
+    slots.release()
+    await asyncio.wait_for(slots.acquire("c"), 1)

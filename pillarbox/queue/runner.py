@@ -41,6 +41,66 @@ class Job:
 
 JobRunner = Callable[[Job, Slot], Awaitable[None]]
 
+# Jobs a worker may run in a row while other destinations wait for a slot.
+JOBS_PER_TURN = 10
+
+
+class FairSlots:
+    """``max_concurrency`` connection slots handed out round-robin by destination.
+
+    A plain semaphore serves waiters in arrival order, so a destination with several
+    waiting workers would get every freed slot ahead of a destination that asked once;
+    here each destination with waiters gets the next free slot in turn."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self._turns: deque[str] = deque()
+
+    def others_waiting(self, destination: str) -> bool:
+        return any(d != destination for d in self._turns)
+
+    async def acquire(self, destination: str) -> None:
+        if self._free > 0 and not self._turns:
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if destination not in self._waiters:
+            self._waiters[destination] = deque()
+            self._turns.append(destination)
+        self._waiters[destination].append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted and cancelled at once: pass the slot on
+            else:
+                self._forget(destination, future)
+            raise
+
+    def release(self) -> None:
+        while self._turns:
+            destination = self._turns.popleft()
+            waiters = self._waiters[destination]
+            future = waiters.popleft()
+            if waiters:
+                self._turns.append(destination)
+            else:
+                del self._waiters[destination]
+            if not future.done():
+                future.set_result(None)
+                return
+        self._free += 1
+
+    def _forget(self, destination: str, future: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(destination)
+        if waiters is None or future not in waiters:
+            return
+        waiters.remove(future)
+        if not waiters:
+            del self._waiters[destination]
+            self._turns.remove(destination)
+
 
 class Runner:
     def __init__(
@@ -62,14 +122,13 @@ class Runner:
         self.destination_of = destination_of
         self.per_destination = per_destination
         self.scan_interval = scan_interval
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = FairSlots(max_concurrency)
         self._wake = asyncio.Event()
         self._jobs: dict[str, deque[Job]] = {}
         self._workers: dict[str, int] = {}
         self._in_flight: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
-        self.active_connections = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -151,32 +210,42 @@ class Runner:
                 task.add_done_callback(self._tasks.discard)
 
     async def _worker(self, destination: str) -> None:
+        """Run the destination's jobs over one reused connection. A worker holds one of the
+        ``max_concurrency`` slots for at most JOBS_PER_TURN jobs while other destinations
+        wait for one, then queues up again behind them (slots go round-robin by
+        destination): a destination with a long backlog cannot keep the slots from the
+        others."""
         slot = Slot()
         try:
-            async with self._slots:
-                self.active_connections += 1
+            while self._jobs.get(destination):
+                await self._slots.acquire(destination)
                 try:
-                    jobs = self._jobs.get(destination)
-                    while jobs:
-                        job = jobs.popleft()
-                        try:
-                            await self._run_job(job, slot)
-                        except Exception:
-                            _log.error(
-                                "delivery attempt failed",
-                                queue_id=job.queue_id,
-                                domain=job.domain,
-                                exc_info=True,
-                            )
-                        finally:
-                            self._in_flight.discard(job.key)
-                            self._wake.set()  # rescan: the job may have due siblings
+                    await self._turn(destination, slot)
                 finally:
-                    self.active_connections -= 1
                     await slot.close()
+                    self._slots.release()
         finally:
             self._workers[destination] -= 1
             if not self._workers[destination]:
                 del self._workers[destination]
                 if not self._jobs.get(destination):
                     self._jobs.pop(destination, None)
+
+    async def _turn(self, destination: str, slot: Slot) -> None:
+        done = 0
+        while (jobs := self._jobs.get(destination)) and not (
+            done >= JOBS_PER_TURN and self._slots.others_waiting(destination)
+        ):
+            job = jobs.popleft()
+            done += 1
+            try:
+                await self._run_job(job, slot)
+            except Exception:
+                _log.error(
+                    "delivery attempt failed", queue_id=job.queue_id, domain=job.domain,
+                    exc_info=True,
+                )  # fmt: skip
+                self._in_flight.discard(job.key)
+                continue  # no wake-up: a job that keeps failing waits for the next scan
+            self._in_flight.discard(job.key)
+            self._wake.set()  # rescan: the job may have due siblings
