@@ -28,9 +28,7 @@ Part = dict[str, Any]
 MAX_DEPTH: Final = 20  # nesting beyond this is treated as an opaque leaf
 MAX_PARTS: Final = 2000
 
-_PARAM_RE: Final = re.compile(
-    r'\s*;\s*([^\s=;"]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;]*))', re.S
-)
+_PARAM_RE: Final = re.compile(r'\s*;\s*([^\s=;"]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;]*))', re.S)
 _TOKEN_RE: Final = re.compile(r"\s*([^\s;/]+)\s*(?:/\s*([^\s;]+))?")
 
 
@@ -81,8 +79,10 @@ def envelope(block: bytes) -> list[Any]:
     for name, value in iter_fields(block):
         if name in _ENVELOPE_FIELDS and name not in fields:
             fields[name] = unfold(value)
-    addresses = {name: parse_address_list(fields[name]) if name in fields else None
-                 for name in ("from", "sender", "reply-to", "to", "cc", "bcc")}
+    addresses = {
+        name: parse_address_list(fields[name]) if name in fields else None
+        for name in ("from", "sender", "reply-to", "to", "cc", "bcc")
+    }
     sender = addresses["sender"] or addresses["from"]
     reply_to = addresses["reply-to"] or addresses["from"]
     return [
@@ -100,8 +100,18 @@ def envelope(block: bytes) -> list[Any]:
 
 
 _ENVELOPE_FIELDS: Final = frozenset(
-    {"date", "subject", "from", "sender", "reply-to", "to", "cc", "bcc", "in-reply-to",
-     "message-id"}
+    {
+        "date",
+        "subject",
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "bcc",
+        "in-reply-to",
+        "message-id",
+    }
 )
 
 
@@ -251,7 +261,9 @@ def find_part(structure: Part, path: tuple[int, ...]) -> Part | None:
     return node
 
 
-def section_range(structure: Part, path: tuple[int, ...], text: str | None) -> tuple[int, int] | None:
+def section_range(
+    structure: Part, path: tuple[int, ...], text: str | None
+) -> tuple[int, int] | None:
     """Byte range of ``BODY[path.text]``; ``text`` is None, HEADER, TEXT or MIME.
 
     HEADER.FIELDS(.NOT) use the HEADER range and filter it. None if the section does not exist.
