@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -393,7 +394,10 @@ class Session:
         await self.flush()
         # RFC 3501 §6.2.1 / RFC 2595 §3.1: discard anything pipelined before the handshake.
         self.conn.discard_buffered_input()
-        await self.conn.start_tls()
+        try:
+            await self.conn.start_tls()
+        except (OSError, ssl.SSLError) as exc:  # a failed handshake leaves nothing to talk to
+            raise ConnectionError(f"STARTTLS handshake failed: {exc}") from None
         raise _Silent
 
     async def do_login(self, cmd: c.Command) -> Result:
