@@ -463,3 +463,26 @@ def test_foreign_flag_change_survives_a_noop_store(server: pbserver.RunningServe
     finally:
         a.close()
         b.close()
+
+
+def test_concurrent_clients_get_distinct_uids(server: pbserver.RunningServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def worker(n: int) -> list[int]:
+        uids = []
+        with login(server) as c:
+            for i in range(8):
+                typ, data = c.append("INBOX", None, None, message(f"w{n}-{i}"))
+                assert typ == "OK"
+                uids.append(int(re.findall(rb"APPENDUID \d+ (\d+)", data[0])[0]))
+            c.select("INBOX")
+            c.store("1:*", "+FLAGS", "(\\Seen)")
+        return uids
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(worker, range(4)))
+    everything = sorted(u for r in results for u in r)
+    assert everything == list(range(1, 33))  # unique, dense, no UID handed out twice
+    with login(server) as c:
+        c.select("INBOX")
+        assert c.search(None, "UNSEEN") == ("OK", [b""])
