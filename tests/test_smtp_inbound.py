@@ -553,3 +553,15 @@ def test_shutdown_lets_a_data_transfer_finish(tmp_path: Path) -> None:
         running.stop()
     raw.close()
     find_message(settings, "alice", mark.encode())
+
+
+def test_quoted_local_parts_and_address_literals(mx: pbserver.RunningServer) -> None:
+    mark = marker()
+    with smtplib.SMTP("127.0.0.1", mx.port("smtp"), timeout=TIMEOUT) as client:
+        client.ehlo("x.test")
+        client.mail("s@remote.test")
+        assert client.rcpt('"alice"@example.test')[0] == 250  # the same mailbox as alice
+        assert client.rcpt('"no body"@example.test')[:1] == (550,)
+        assert client.rcpt("x@[192.0.2.1]") == (554, b"5.7.1 Relay access denied")
+        assert client.data(simple_message(mark))[0] == 250
+    find_message(mx.settings, "alice", mark.encode())

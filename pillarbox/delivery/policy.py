@@ -32,7 +32,12 @@ from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.core.address import AddressError
 from pillarbox.delivery.local import INBOX, JUNK
-from pillarbox.delivery.service import DeliveryError, DeliveryService, QueueUnavailable
+from pillarbox.delivery.service import (
+    DeliveryError,
+    DeliveryService,
+    QueueUnavailable,
+    unquote_local_part,
+)
 from pillarbox.queue.api import OutboundRecipient
 from pillarbox.smtp import codes
 from pillarbox.smtp.codes import Reply
@@ -94,6 +99,7 @@ class SmtpBackend:
         sender = envelope.sender
         if session.kind is ListenerKind.SUBMISSION and sender:
             assert session.user is not None
+            sender = unquote_local_part(sender)
             if not self.accounts.may_send_as(session.user, sender, self.delimiter):
                 return codes.SENDER_NOT_OWNED
         return None
@@ -104,7 +110,12 @@ class SmtpBackend:
         try:
             address = self.delivery.canonical(rcpt.recipient)
         except AddressError:
-            return codes.BAD_RECIPIENT_SYNTAX
+            # Valid SMTP syntax (the parser took it) that names no mailbox we could store
+            # or hand on: a quoted local part with spaces, an address literal, ...
+            domain = rcpt.recipient.rpartition("@")[2]
+            if self.accounts.is_local_domain(domain):
+                return codes.MAILBOX_UNKNOWN
+            return codes.RELAY_DENIED if session.user is None else codes.ADDRESS_NOT_SUPPORTED
         domain = address.rpartition("@")[2]
         if domain not in self.accounts.domains:
             if session.user is None:

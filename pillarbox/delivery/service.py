@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,17 @@ _log = log.get("delivery")
 def _canonical(address: str) -> str:
     # IDNA normalisation of the domain is slow (a pure-Python codec) and the same few
     # addresses come again and again; errors are not cached (lru_cache skips exceptions).
-    return str(parse_address(address))
+    return str(parse_address(unquote_local_part(address)))
+
+
+def unquote_local_part(address: str) -> str:
+    """``"alice"@example.com`` -> ``alice@example.com``: RFC 5321 §2.4/§4.1.2, a quoted local
+    part names the same mailbox as its unquoted form (quoted-pairs undone). Whether the result
+    is a storable address is for ``parse_address`` to say."""
+    local, at, domain = address.rpartition("@")
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    return f"{local}{at}{domain}"
 
 
 def _head_of(message: Sequence[bytes | Path], limit: int = 64 * 1024) -> bytes:
