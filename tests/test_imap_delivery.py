@@ -5,7 +5,9 @@ from __future__ import annotations
 import smtplib
 from pathlib import Path
 
-from pillarbox.store.maildir import user_maildir
+import pytest
+
+from pillarbox.store.maildir import deliver, user_maildir
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 from tests.imaphelp import ALICE, TIMEOUT, Raw, message
@@ -45,3 +47,24 @@ def test_smtp_delivery_reaches_an_idle_session_byte_exact(
     assert fetched == on_disk  # byte-exact: what SMTP stored is what IMAP serves
     assert on_disk.endswith(original)  # delivery only prepends trace headers
     assert b"RFC822.SIZE %d" % len(on_disk) in lines[0]
+
+
+def test_idle_notices_a_foreign_delivery_without_notification(
+    server: pbserver.RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program writing into new/ (no hub call) is seen at IDLE's periodic sync."""
+    from pillarbox.imap import session_selected
+
+    monkeypatch.setattr(session_selected, "IDLE_SYNC_INTERVAL", 0.3)
+    raw = Raw(server)
+    try:
+        raw.login()
+        raw.cmd(b"s", b"SELECT INBOX")
+        raw.send(b"i IDLE\r\n")
+        assert raw.line().startswith(b"+ ")
+        deliver(user_maildir(server.settings.mail_dir, ALICE), [message("foreign")])
+        assert raw.line() == b"* 1 EXISTS\r\n"
+        raw.send(b"DONE\r\n")
+        assert raw.until(b"i")[-1].startswith(b"i OK")
+    finally:
+        raw.close()
