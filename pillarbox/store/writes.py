@@ -160,6 +160,8 @@ def copy(
     dst_uids: list[int] = []
     moved: list[tuple[int, str]] = []
     modseq = ix._next_modseq(dst)
+    entries: list[tuple[int, str]] = []  # (destination UID, base name) for the uidlist
+    pending: list[tuple[int, int, str, str]] = []  # (source UID, new UID, base, file name)
     for uid, mask, kw_text, fname, size in rows:
         base, info = fl.split_filename(fname)
         keep = "".join(ch for ch in info if not ("a" <= ch <= "z"))
@@ -173,41 +175,22 @@ def copy(
                 os.link(src.path / "cur" / fname, dst_cur / new_fname)
         except FileNotFoundError:
             continue
-        new_uid = dst.uidnext
-        dst.uidnext += 1
-        with db.Transaction(ix.conn):
-            ix.conn.execute(
-                "INSERT INTO messages SELECT ?, ?, flags, keywords, ?, internal_date, size,"
-                " sent_date, ?, ? FROM messages WHERE mailbox_id = ? AND uid = ?",
-                (dst.id, new_uid, modseq, new_base, new_fname, src.id, uid),
-            )
-            ix.conn.execute(
-                "INSERT INTO message_data SELECT ?, ?, envelope, structure, header"
-                " FROM message_data WHERE mailbox_id = ? AND uid = ?",
-                (dst.id, new_uid, src.id, uid),
-            )
-            ix.conn.execute(
-                "INSERT INTO message_search SELECT ?, ?, text"
-                " FROM message_search WHERE mailbox_id = ? AND uid = ?",
-                (dst.id, new_uid, src.id, uid),
-            )
+        pending.append((uid, dst.uidnext, new_base, new_fname))
         src_uids.append(uid)
-        dst_uids.append(new_uid)
+        dst_uids.append(dst.uidnext)
+        entries.append((dst.uidnext, new_base))
         moved.append((uid, fname))
+        dst.uidnext += 1
+        if len(pending) >= 500:
+            _copy_rows(ix, src.id, dst.id, modseq, pending)
+            pending = []
+    _copy_rows(ix, src.id, dst.id, modseq, pending)
     with db.Transaction(ix.conn):
         ix.conn.execute(
             "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
             (dst.uidnext, dst.highestmodseq, dst.id),
         )
-    uidlist.append(
-        dst.path,
-        dst.uidvalidity,
-        dst.uidnext,
-        [
-            (u, fl.split_filename(f)[0])
-            for u, f in zip(dst_uids, _fnames(ix, dst, dst_uids), strict=True)
-        ],
-    )
+    uidlist.append(dst.path, dst.uidvalidity, dst.uidnext, entries)
     if dst_before == dst.cur_mtime:
         ix._set_cur_mtime(dst, os.stat(dst_cur).st_mtime_ns)
     if move and moved:
@@ -224,11 +207,22 @@ def copy(
     return dst.uidvalidity, src_uids, dst_uids
 
 
-def _fnames(ix: UserIndex, box: Mailbox, uids: list[int]) -> list[str]:
-    out = []
-    for uid in uids:
-        row = ix.conn.execute(
-            "SELECT fname FROM messages WHERE mailbox_id = ? AND uid = ?", (box.id, uid)
-        ).fetchone()
-        out.append(row[0] if row else "")
-    return out
+def _copy_rows(
+    ix: UserIndex, src_id: int, dst_id: int, modseq: int, batch: list[tuple[int, int, str, str]]
+) -> None:
+    """Copy the index rows of ``(source UID, new UID, base, file name)`` in one transaction."""
+    if not batch:
+        return
+    with db.Transaction(ix.conn):
+        ix.conn.executemany(
+            "INSERT INTO messages SELECT ?, ?, flags, keywords, ?, internal_date, size,"
+            " sent_date, ?, ? FROM messages WHERE mailbox_id = ? AND uid = ?",
+            [(dst_id, new, modseq, base, fname, src_id, uid) for uid, new, base, fname in batch],
+        )
+        for table, columns in (("message_data", "envelope, structure, header"),
+                               ("message_search", "text")):  # fmt: skip
+            ix.conn.executemany(
+                f"INSERT INTO {table} SELECT ?, ?, {columns}"
+                f" FROM {table} WHERE mailbox_id = ? AND uid = ?",
+                [(dst_id, new, src_id, uid) for uid, new, _, _ in batch],
+            )
