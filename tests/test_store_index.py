@@ -211,3 +211,21 @@ def test_symlinked_folders_are_not_followed(tmp_path: Path) -> None:
     with pytest.raises(MailboxError):
         index.select("Evil", True)
     index.close()
+
+
+def test_store_implements_the_imap_backend_protocol() -> None:
+    """The IMAP session only knows ``imap.backend.UserMail``; the store must provide it all."""
+    import inspect
+
+    from pillarbox.imap.backend import FLAG_TEXT, UserMail
+    from pillarbox.store import flags
+    from pillarbox.store.mailbox import UserMailboxes
+
+    wanted = {n for n, v in vars(UserMail).items() if callable(v) and not n.startswith("_")}
+    for name in wanted:
+        mine = getattr(UserMailboxes, name)
+        theirs = getattr(UserMail, name)
+        assert list(inspect.signature(mine).parameters) == list(
+            inspect.signature(theirs).parameters
+        ), name
+    assert FLAG_TEXT == flags.FLAG_TEXT  # the flag bits are part of the contract
