@@ -52,3 +52,10 @@ def test_directory_sync_failure_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         DirectorySync(tmp_path / "gone").sync()
     DirectorySync(tmp_path).sync()
+
+
+async def test_write_after_close_fails_cleanly(tmp_path: Path) -> None:
+    writer = MaildirWriter(threads=1)
+    writer.close()
+    with pytest.raises(OSError):
+        await asyncio.wait_for(writer.write([tmp_path / "m"], [b""], [b"x"]), 2)

@@ -154,6 +154,7 @@ class MaildirWriter:
         self._syncers: dict[Path, DirectorySync] = {}
         self._syncers_lock = threading.Lock()
         self._tmpfile = hasattr(os, "O_TMPFILE")
+        self._closed = False
         self._threads = [
             threading.Thread(target=self._run, name=f"maildir-{i}", daemon=True)
             for i in range(threads)
@@ -162,6 +163,7 @@ class MaildirWriter:
             thread.start()
 
     def close(self) -> None:
+        self._closed = True
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
@@ -171,6 +173,10 @@ class MaildirWriter:
         self, folders: Sequence[Path], prefixes: Sequence[bytes], parts: Sequence[bytes | Path]
     ) -> list[Path]:
         """Durably store one file per folder; returns their paths in ``new/``."""
+        if self._closed:
+            # Shutting down (e.g. the queue delivering a DSN after we stopped): a clean
+            # failure the caller retries later, never a future that nobody completes.
+            raise OSError(errno.ESHUTDOWN, "local delivery is shut down")
         loop = asyncio.get_running_loop()
         job = WriteJob(folders, prefixes, parts, loop, loop.create_future())
         self._jobs.put(job)
