@@ -42,6 +42,7 @@ from pillarbox.imap.fetchatts import (
 )
 from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.mime import filter_fields, section_range
+from pillarbox.mime.structure import find_part
 
 BATCH_FLAGS: Final = 5000
 BATCH_DATA: Final = 200
@@ -235,8 +236,6 @@ def _decoded_part(part: tuple[int, ...], row: tuple[Any, ...], content: bytes) -
     """The content of a part with its Content-Transfer-Encoding removed (RFC 3516 §4.2)."""
     if not part:
         return content
-    from pillarbox.mime.structure import find_part
-
     node = find_part(row[ROW_STRUCTURE], part)
     if node is None:
         raise FetchError("NONEXISTENT", "no such body part")

@@ -4,6 +4,7 @@ UID EXPUNGE (RFC 4315), CLOSE, UNSELECT (RFC 3691), and IDLE (RFC 2177)."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from typing import Final
 
@@ -49,8 +50,6 @@ def _ranges(
 
 def _chunks(view: SelectedMailbox, ranges: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
     """Split UID ranges into pieces of at most STORE_CHUNK messages of the view."""
-    import bisect
-
     out: list[list[tuple[int, int]]] = []
     for lo, hi in ranges:
         start = bisect.bisect_left(view.uids, lo)
