@@ -403,10 +403,6 @@ def test_postmaster_of_every_domain_is_deliverable_out_of_the_box(world: World) 
     assert count_copies(world, ALICE, mark) + count_copies(world, BOB, mark) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: RCPT TO:<"alice"@DOMAIN> (valid RFC 5321 Quoted-string) gets 501 5.1.3',
-)
 def test_quoted_local_part_reaches_the_same_mailbox(world: World) -> None:
     """RFC 5321 §4.1.2: Local-part = Dot-string / Quoted-string; "alice" and alice are the
     same local part (§2.4: only the quoting differs). Syntax is valid: never 501."""
