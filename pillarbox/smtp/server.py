@@ -17,21 +17,31 @@ aiosmtpd is a fine library, but three of its design choices conflict with requir
 * Policy hooks return reply strings, which makes it easy for internals to reach the wire;
   our backend returns ``Reply`` constants, and an exception becomes a generic 451.
 
-The session is about 500 lines; the gain is control over memory, CPU per message, the
+The session is about 650 lines; the gain is control over memory, CPU per message, the
 STARTTLS buffer discard (RFC 3207 §4.2), bare-LF handling (SMTP smuggling) and BDAT.
 
 Performance notes
 -----------------
-The hot path per message is: one bounded ``readline`` per command from our own buffer,
-pipelined replies joined into one write, DATA scanned per chunk, the recipient lookup a
-primary-key SQLite read (WAL; no writer blocks it), and the Maildir write + fsync in a
-worker thread. Nothing on the delivery path writes to SQLite.
+The hot path per message is: one bounded ``readline`` per command from our own buffer
+(one watchdog timer per connection instead of a timeout context per read), pipelined
+replies joined into one write, DATA checked per 64 KiB chunk with C-speed bytes methods
+(no regex, no per-line Python), one primary-key SQLite read per recipient at RCPT (WAL: no
+writer blocks it; the result is reused at delivery), and the Maildir write in
+``delivery/maildirwriter.py``: ``O_TMPFILE`` + fsync + ``linkat`` into new/ in parallel
+worker threads, with the fsyncs of new/ group-committed across concurrent deliveries.
+Nothing on the delivery path writes to SQLite. Measured (bench/smtp_compare.py, 20
+sessions of 4 KB messages on the 2-core box, same run for both): 1.3-2.0x Postfix's
+throughput at 0.25-0.45x its CPU per message; a 50 MB message raises the server's RSS by
+about 2 MB.
 
 Several processes: every piece of per-message state is either in the session or on disk
 under names that embed the queue id (time + random, unique across processes), so the
 listeners can be bound with ``SO_REUSEPORT`` in N worker processes (one per core) sharing
-the data dir: Maildir delivery is safe with concurrent writers by design, and spool clean-up
-only removes files older than an hour.
+the data dir: Maildir delivery is safe with concurrent writers by design (unique names carry
+the pid), SQLite in WAL mode takes concurrent readers, and spool clean-up only removes files
+older than an hour. What would have to move: the auth failure delays (per process today)
+into SQLite, and the queue runner, IMAP and the control socket into one primary process
+(the SMTP workers reach the queue through its store or the control socket).
 """
 
 from __future__ import annotations
