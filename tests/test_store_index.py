@@ -229,3 +229,28 @@ def test_store_implements_the_imap_backend_protocol() -> None:
             inspect.signature(theirs).parameters
         ), name
     assert FLAG_TEXT == flags.FLAG_TEXT  # the flag bits are part of the contract
+
+
+def test_sync_lists_cur_only_after_foreign_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "u"
+    index = UserIndex(root)
+    for i in range(3):
+        deliver(root, [MSG % str(i).encode()])  # SMTP-style, into new/
+    index.select("INBOX", False)
+    index.store("INBOX", [(1, 1)], "add", ("\\Seen",), None)
+    scans: list[int] = []
+    original = index._scan_cur
+    monkeypatch.setattr(
+        index, "_scan_cur", lambda box, mtime: scans.append(1) or original(box, mtime)
+    )
+    for _ in range(3):
+        index.select("INBOX", False)  # our own moves and renames never force a rescan
+    deliver(root, [MSG % b"more"])
+    assert len(index.select("INBOX", False).uids) == 4
+    assert scans == []
+    (root / "cur" / "foreign:2,S").write_bytes(MSG % b"foreign")  # another program
+    assert len(index.select("INBOX", False).uids) == 5
+    assert scans == [1]
+    index.close()

@@ -336,11 +336,14 @@ class UserIndex:
             ensure_maildir(box.path)
             before = os.stat(cur).st_mtime_ns
         moved = self._move_new(box)
+        # The mtime to remember is the one taken before cur/ is listed (after our own moves):
+        # a change during the listing then shows as a new mtime and is scanned next time.
+        current = os.stat(cur).st_mtime_ns if moved else before
         if full or before != box.cur_mtime:
-            self._scan_cur(box, before)
+            self._scan_cur(box, current)
         elif moved:
             self._add_files(box, moved, rebuild=False)
-            self._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+            self._set_cur_mtime(box, current)
         return self.mailbox(box.name)
 
     def _move_new(self, box: Mailbox) -> list[str]:
