@@ -9,6 +9,10 @@ Signing: a message is DKIM-signed at enqueue, before any attempt, when its From 
 one of ours and the envelope sender is ours too (or the null sender of our own bounces) —
 so forwarded mail that merely claims one of our domains in From is not signed by us.
 
+Reports: an outcome that calls for a DSN is committed with the recipient's state (column
+``dsn``) and cleared only after the delivery service accepted the report, so a crash in
+between sends the report again rather than never (a duplicate DSN, not a lost one).
+
 Retries: a deferred recipient waits ``retry_initial`` doubling per attempt up to
 ``retry_max``, with ±20 % jitter so a destination that was down does not get every message
 back at the same second; the last try is at ``queue_lifetime`` and then the recipient fails
