@@ -619,3 +619,18 @@ def test_a_long_backlog_takes_turns_with_other_destinations(
         busy.hold_data.set()
     # The other destination got the slot after one turn, not after the whole backlog.
     assert seen_when_other_arrived and seen_when_other_arrived[0] < 25
+
+
+def test_unicode_domain_goes_as_a_label_without_smtputf8(
+    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+) -> None:
+    peer = peers["mx"] = SmtpPeer("127.0.0.2", port)  # no SMTPUTF8
+    dns_server.set_zone(
+        "xn--bcher-kva.test", {"@": {"MX": ["10 mx.xn--bcher-kva.test."]}, "mx": {"A": "127.0.0.2"}}
+    )
+    settings = queue_settings(tmp_path, dns_server.address, port)
+    with pbserver.RunningServer(settings) as running:
+        enqueue(running, ["bob@bücher.test"])
+        (msg,) = wait_for(lambda: peer.messages, what="delivery")
+    assert msg.recipients == ["bob@xn--bcher-kva.test"]
+    assert "SMTPUTF8" not in msg.mail_params

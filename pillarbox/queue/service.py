@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import random
 import re
@@ -36,6 +37,7 @@ from typing import Any, TypeVar
 
 from pillarbox import log
 from pillarbox.config import Settings
+from pillarbox.core.address import AddressError, normalize_domain
 from pillarbox.core.ids import new_queue_id
 from pillarbox.dns.resolver import Resolver
 from pillarbox.mailauth import keys as dkim_keys
@@ -54,6 +56,7 @@ from pillarbox.queue.remote import (
     Slot,
     client_context,
 )
+from pillarbox.queue.routing import parse_literal
 from pillarbox.queue.runner import Job, Runner
 from pillarbox.queue.store import (
     DSN_DELAYED,
@@ -201,6 +204,10 @@ class OutboundQueue:
         queue_id: str | None = None,
     ) -> str:
         _check_enqueue_args(sender, recipients, envid, ret)
+        sender = _a_label_domain(sender) if sender else sender
+        recipients = [
+            dataclasses.replace(r, address=_a_label_domain(r.address)) for r in recipients
+        ]
         store = self.store
         if store is None:
             raise QueueError("the queue is not started")
@@ -576,6 +583,18 @@ def _check_enqueue_args(
             raise QueueError(f"bad NOTIFY for {r.address}: {sorted(r.notify)}")
         if r.orcpt is not None and not (_is_xtext(r.orcpt) and ";" in r.orcpt):
             raise QueueError(f"bad ORCPT for {r.address}: {r.orcpt!r}")
+
+
+def _a_label_domain(address: str) -> str:
+    """``local@domain`` with the domain in IDNA A-label form (RFC 5890), so that only a
+    non-ASCII local part makes a message need SMTPUTF8 and routing keys are canonical."""
+    local, _, domain = address.rpartition("@")
+    if parse_literal(domain) is not None:
+        return address
+    try:
+        return f"{local}@{normalize_domain(domain)}"
+    except AddressError as exc:
+        raise QueueError(f"bad domain in {address!r}: {exc}") from None
 
 
 def _is_mailbox(address: str) -> bool:
