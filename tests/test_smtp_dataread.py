@@ -35,6 +35,15 @@ def files_in(directory: Path) -> list[Path]:
     return list(directory.iterdir())
 
 
+async def settled_files(directory: Path) -> list[Path]:
+    """The files left once background unlinks (dataread.remove_later) are done."""
+    for _ in range(100):
+        if not files_in(directory):
+            break
+        await asyncio.sleep(0.02)
+    return files_in(directory)
+
+
 def dot_stuff(message: bytes) -> bytes:
     stuffed = b"\r\n" + message
     return stuffed.replace(b"\r\n.", b"\r\n..")[2:]
@@ -90,7 +99,7 @@ async def test_empty_message(tmp_path: Path) -> None:
 async def test_bare_line_endings_are_refused(wire: bytes, tmp_path: Path) -> None:
     outcome, _, _ = await read(split_every(wire, 7), tmp_path)
     assert outcome is DataOutcome.BARE_LINE_ENDING
-    assert files_in(tmp_path) == []
+    assert await settled_files(tmp_path) == []
 
 
 async def test_only_crlf_dot_crlf_ends_data(tmp_path: Path) -> None:
@@ -109,7 +118,7 @@ async def test_too_big_is_read_to_the_end_and_discarded(tmp_path: Path) -> None:
     wire = body * 5000 + b".\r\nNOOP\r\n"
     outcome, _, stream = await read(split_every(wire, 65536), tmp_path, max_size=MEMORY_LIMIT)
     assert outcome is DataOutcome.TOO_BIG
-    assert files_in(tmp_path) == []
+    assert await settled_files(tmp_path) == []
     assert await stream.readline(100) == b"NOOP\r\n"
 
 
@@ -129,7 +138,7 @@ async def test_big_message_spools_to_a_file(tmp_path: Path) -> None:
     assert outcome is DataOutcome.OK and stored is not None
     assert stored.path is not None and stored.path.read_bytes() == message
     stored.release()
-    assert not stored.path.exists()
+    assert await settled_files(tmp_path) == []
 
 
 async def test_bdat_chunks(tmp_path: Path) -> None:

@@ -161,8 +161,8 @@ class Pickup:
                 [pickup_received(self.hostname, envelope), msg_path],
                 queue_id=queue_id,
             )
-            env_path.unlink(missing_ok=True)
-            msg_path.unlink(missing_ok=True)
+            env_path.unlink(missing_ok=True)  # first: the entry is no longer pending
+            await asyncio.to_thread(msg_path.unlink, missing_ok=True)
         _log.info(
             "message", queue_id=queue_id, source="sendmail", uid=envelope.uid,
             **{"from": f"<{envelope.sender}>"}, to=",".join(envelope.recipients),

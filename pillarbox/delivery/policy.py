@@ -41,7 +41,7 @@ from pillarbox.delivery.service import (
 from pillarbox.queue.api import OutboundRecipient
 from pillarbox.smtp import codes
 from pillarbox.smtp.codes import Reply
-from pillarbox.smtp.dataread import SpooledMessage
+from pillarbox.smtp.dataread import SpooledMessage, remove_later
 from pillarbox.smtp.parse import RcptCommand
 from pillarbox.smtp.session import Envelope, ListenerKind, Recipient, SessionInfo
 from pillarbox.store.accounts import Accounts, Resolution
@@ -165,7 +165,7 @@ class SmtpBackend:
             return await self._store(envelope, [inbound.headers + received, *parts], inbound.folder)
         finally:
             if rewritten is not None:
-                rewritten.unlink(missing_ok=True)
+                remove_later(rewritten)
 
     async def _check_from(self, session: SessionInfo, message: SpooledMessage) -> Reply | None:
         if len(message.head) > 16384:  # the email package is slow on big (hostile) headers

@@ -178,14 +178,29 @@ class SpooledMessage:
 
     def release(self) -> None:
         if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            remove_later(self.path)
 
     def read_all(self) -> bytes:
         """The whole message in memory (blocking for spooled ones; use from a thread)."""
         if self.path is None:
             return b"".join(p for p in self.parts if isinstance(p, bytes))
         return self.path.read_bytes()
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def remove_later(path: Path) -> None:
+    """Unlink a spool file from a worker thread: freeing the blocks of a 50 MB file takes
+    milliseconds the event loop should not spend. Without a running loop, at once."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _remove(path)
+        return
+    loop.run_in_executor(None, _remove, path)
 
 
 def header_section(data: bytes | bytearray) -> bytes:
@@ -269,8 +284,7 @@ class MessageSpool:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            remove_later(self.path)
 
 
 class DataOutcome(enum.Enum):
