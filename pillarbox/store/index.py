@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import sqlite3
 import threading
@@ -37,7 +38,7 @@ from pillarbox.store import db, uidlist, writes
 from pillarbox.store import flags as fl
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
-from pillarbox.store.query import compile_filter
+from pillarbox.store.reads import IndexReader
 from pillarbox.store.types import (
     ChangeSet,
     MailboxError,
@@ -56,6 +57,7 @@ SPECIAL_USE: Final = {
     "Archive": "\\Archive",
 }
 CHUNK: Final = 2000  # rows per batch for bulk work
+READERS: Final = 2  # read-only connections per open user index
 
 _MIGRATIONS: Final[list[db.Migration]] = [
     """
@@ -134,8 +136,16 @@ class UserIndex:
         self._uid_cache: dict[int, tuple[tuple[int, int], array[int]]] = {}
         self._generation: dict[int, int] = {}  # bumped whenever a mailbox's UID set changes
         self.discover(initial=True)
+        self.own_reader = IndexReader(self.conn, root)
+        # Read-only connections for FETCH/SEARCH outside the write lock (see store.reads).
+        self.readers: queue.SimpleQueue[IndexReader] = queue.SimpleQueue()
+        self._reader_conns = [db.connect(root / INDEX_FILE, readonly=True) for _ in range(READERS)]
+        for conn in self._reader_conns:
+            self.readers.put(IndexReader(conn, root))
 
     def close(self) -> None:
+        for conn in self._reader_conns:
+            conn.close()
         self.conn.close()
 
     # --- mailboxes ---------------------------------------------------------------------
@@ -677,82 +687,19 @@ class UserIndex:
             self._claim_recent(box, new[-1] + 1)
         return ChangeSet(present, new, updates, box.highestmodseq, box.uidnext, recent_from)
 
+    # --- reading (pillarbox.store.reads, on this index's own connection) -------------------
     def fetch(
         self, name: str, ranges: list[tuple[int, int]], *, data: bool, limit: int = CHUNK
     ) -> list[tuple[Any, ...]]:
-        """Rows ``(uid, flags text, internal date, size, modseq[, envelope, structure,
-        header])`` for UIDs in ``ranges`` (sorted, disjoint), at most ``limit``."""
-        box = self.mailbox(name)
-        out: list[tuple[Any, ...]] = []
-        if data:
-            sql = (
-                "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq,"
-                " d.envelope, d.structure, d.header FROM messages m JOIN message_data d"
-                " ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
-                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid LIMIT ?"
-            )
-        else:
-            sql = (
-                "SELECT uid, flags, keywords, internal_date, size, modseq FROM messages"
-                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?"
-            )
-        text = fl.flags_text
-        for lo, hi in ranges:
-            for r in self.conn.execute(sql, (box.id, lo, hi, limit - len(out))):
-                if data:
-                    out.append(
-                        (
-                            r[0],
-                            text(r[1], r[2]),
-                            r[3],
-                            r[4],
-                            r[5],
-                            json.loads(r[6]),
-                            json.loads(r[7]),
-                            r[8],
-                        )
-                    )
-                else:
-                    out.append((r[0], text(r[1], r[2]), r[3], r[4], r[5]))
-            if len(out) >= limit:
-                break
-        return out
+        return self.own_reader.fetch(name, ranges, data=data, limit=limit)
 
     def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
-        """UIDs matching an exact filter, and the highest modseq among them (one row)."""
-        box = self.mailbox(name)
-        condition, params, needs_text = compile_filter(where)
-        source = "messages m"
-        if needs_text:
-            source += " JOIN message_search d ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
-        row = self.conn.execute(
-            f"SELECT group_concat(uid), max(modseq) FROM (SELECT m.uid, m.modseq FROM {source}"
-            f" WHERE m.mailbox_id = ? AND {condition} ORDER BY m.uid)",
-            (box.id, *params),
-        ).fetchone()
-        uids = array("I", map(int, row[0].split(","))) if row[0] else array("I")
-        return uids, row[1] or 0
+        return self.own_reader.search_uids(name, where)
 
     def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int = CHUNK * 5
     ) -> tuple[str, int]:
-        """The narrow FETCH FLAGS path: lines ``uid mask modseq keywords`` for up to
-        ``limit`` messages of the first non-empty range, and the last UID (0: none).
-
-        One ``group_concat`` row per batch: turning 50,000 SQLite rows into Python tuples
-        costs more than the whole rest of ``UID FETCH 1:* (FLAGS)``.
-        """
-        box = self.mailbox(name)
-        for lo, hi in ranges:
-            text, last = self.conn.execute(
-                "SELECT group_concat(uid || ' ' || flags || ' ' || modseq || ' ' || keywords,"
-                " char(10)), max(uid) FROM (SELECT uid, flags, modseq, keywords FROM messages"
-                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?)",
-                (box.id, lo, hi, limit),
-            ).fetchone()
-            if text is not None:
-                return text, last
-        return "", 0
+        return self.own_reader.fetch_flags(name, ranges, limit)
 
     def search_rows(
         self,
@@ -764,36 +711,10 @@ class UserIndex:
         where: Any = None,
         limit: int = CHUNK * 5,
     ) -> list[tuple[Any, ...]]:
-        """``(uid, flags mask, keywords, internal date, size, modseq, sent date[, search
-        text])`` for UIDs lo..hi matching the filter ``where`` (see ``store.query``)."""
-        box = self.mailbox(name)
-        condition, params, needs_text = compile_filter(where or ("all",))
-        columns = "m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq, m.sent_date"
-        source = "messages m"
-        if header or needs_text:
-            columns += ", d.text"
-            source += " JOIN message_search d ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
-        sql = (
-            f"SELECT {columns} FROM {source} WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
-            f" AND {condition} ORDER BY m.uid LIMIT ?"
-        )
-        return self.conn.execute(sql, (box.id, lo, hi, *params, limit)).fetchall()
-
-    def message_path(self, name: str, uid: int) -> Path | None:
-        box = self.mailbox(name)
-        row = self.conn.execute(
-            "SELECT fname FROM messages WHERE mailbox_id = ? AND uid = ?", (box.id, uid)
-        ).fetchone()
-        return None if row is None else box.path / "cur" / row[0]
+        return self.own_reader.search_rows(name, lo, hi, header=header, where=where, limit=limit)
 
     def read_message(self, name: str, uid: int) -> bytes | None:
-        path = self.message_path(name, uid)
-        if path is None:
-            return None
-        try:
-            return mime.to_crlf(path.read_bytes())
-        except FileNotFoundError:
-            return None
+        return self.own_reader.read_message(name, uid)
 
     # --- writing -------------------------------------------------------------------------
     def _rows_in(

@@ -60,6 +60,19 @@ class UserMailboxes:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._store.executor, locked)
 
+    async def _read(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a read-only query on a pooled reader connection, outside the write lock."""
+        index = self._index
+
+        def pooled() -> Any:
+            reader = index.readers.get()
+            try:
+                return getattr(reader, method)(*args, **kwargs)
+            finally:
+                index.readers.put(reader)
+
+        return await asyncio.get_running_loop().run_in_executor(self._store.executor, pooled)
+
     def _changed(self, mailbox: str) -> None:
         self._store.hub.publish(self.user, mailbox)
 
@@ -119,25 +132,35 @@ class UserMailboxes:
     async def fetch(
         self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
     ) -> list[tuple[Any, ...]]:
-        return await self._run(self._index.fetch, name, ranges, data=data, limit=limit)
+        rows: list[tuple[Any, ...]] = await self._read(
+            "fetch", name, ranges, data=data, limit=limit
+        )
+        return rows
 
     async def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
-        return await self._run(self._index.search_uids, name, where)
+        result: tuple[array[int], int] = await self._read("search_uids", name, where)
+        return result
 
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int
     ) -> tuple[str, int]:
-        return await self._run(self._index.fetch_flags, name, ranges, limit)
+        result: tuple[str, int] = await self._read("fetch_flags", name, ranges, limit)
+        return result
 
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
     ) -> list[tuple[Any, ...]]:
-        return await self._run(
-            self._index.search_rows, name, lo, hi, header=header, where=where, limit=limit
+        rows: list[tuple[Any, ...]] = await self._read(
+            "search_rows", name, lo, hi, header=header, where=where, limit=limit
         )
+        return rows
 
     async def read_message(self, name: str, uid: int) -> bytes | None:
-        return await self._run(self._index.read_message, name, uid)
+        data: bytes | None = await self._read("read_message", name, uid)
+        if data is None:
+            # Maybe a flag change renamed the file and has not committed yet: ask the writer.
+            data = await self._run(self._index.read_message, name, uid)
+        return data
 
     async def store(
         self,
