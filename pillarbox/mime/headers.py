@@ -65,6 +65,14 @@ def iter_field_spans(block: bytes) -> Iterator[tuple[str, int, int]]:
         yield m.group(1).decode("ascii").lower(), m.start(), end
 
 
+FieldList = list[tuple[str, bytes]]
+
+
+def split_fields(block: bytes) -> FieldList:
+    """All fields of a header block, split once (parse every header a single time)."""
+    return list(iter_fields(block))
+
+
 def unfold(value: bytes) -> str:
     """A field value unfolded (RFC 5322 §2.2.3) and stripped, as text."""
     return decode_text(value).replace("\r\n", "").strip()
@@ -98,13 +106,14 @@ def _decode_word(m: re.Match[str]) -> str:
         return m.group(0)
 
 
-def header_search_text(block: bytes) -> str:
+def header_search_text(block: bytes | FieldList) -> str:
     """``name:value`` lines, unfolded, encoded words decoded, case-folded: for SEARCH.
 
     One line per field, in order; SEARCH FROM/SUBJECT/HEADER match substrings within one
     field's value (RFC 3501 §6.4.4), which the store does on this text without the file.
     """
-    lines = [f"{name}:{decode_words(unfold(value))}" for name, value in iter_fields(block)]
+    split = iter_fields(block) if isinstance(block, bytes) else block
+    lines = [f"{name}:{decode_words(unfold(value))}" for name, value in split]
     return "\n".join(lines).casefold()
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pillarbox.mime.address import parse_address_list
-from pillarbox.mime.headers import decode_text, iter_fields, split_header, unfold
+from pillarbox.mime.headers import FieldList, decode_text, split_fields, split_header, unfold
 
 Part = dict[str, Any]
 MAX_DEPTH: Final = 20  # nesting beyond this is treated as an opaque leaf
@@ -38,6 +38,7 @@ class ParsedMessage:
     structure: Part
     header_end: int  # offset of the body of the top-level message
     sent_date: int | None  # proleptic ordinal of the Date: header's date (SENTON etc.)
+    fields: FieldList  # the top-level header split into (lower-case name, raw value)
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -50,18 +51,20 @@ def to_crlf(data: bytes) -> bytes:
 def parse(data: bytes) -> ParsedMessage:
     """Parse a CRLF message; never raises on malformed input."""
     counter = [0]
-    structure = _parse_part(data, 0, len(data), None, 0, counter)
-    block = data[structure["hs"] : structure["bs"]]
+    top: list[FieldList] = []
+    structure = _parse_part(data, 0, len(data), None, 0, counter, top)
+    fields = top[0]
     return ParsedMessage(
-        envelope=envelope(block),
+        envelope=envelope(fields),
         structure=structure,
         header_end=structure["bs"],
-        sent_date=_sent_date(block),
+        sent_date=_sent_date(fields),
+        fields=fields,
     )
 
 
-def _sent_date(block: bytes) -> int | None:
-    for name, value in iter_fields(block):
+def _sent_date(fields: FieldList) -> int | None:
+    for name, value in fields:
         if name == "date":
             try:
                 parsed = email.utils.parsedate_tz(unfold(value))
@@ -73,10 +76,12 @@ def _sent_date(block: bytes) -> int | None:
     return None
 
 
-def envelope(block: bytes) -> list[Any]:
-    """ENVELOPE fields from a header block (RFC 3501 §7.4.2); sender/reply-to default to from."""
+def envelope(header: bytes | FieldList) -> list[Any]:
+    """ENVELOPE fields from a header block or its split fields (RFC 3501 §7.4.2);
+    sender/reply-to default to from."""
+    split = split_fields(header) if isinstance(header, bytes) else header
     fields: dict[str, str] = {}
-    for name, value in iter_fields(block):
+    for name, value in split:
         if name in _ENVELOPE_FIELDS and name not in fields:
             fields[name] = unfold(value)
     addresses = {
@@ -158,12 +163,21 @@ def _line_count(data: bytes, start: int, end: int) -> int:
 
 
 def _parse_part(
-    data: bytes, start: int, end: int, parent_subtype: str | None, depth: int, counter: list[int]
+    data: bytes,
+    start: int,
+    end: int,
+    parent_subtype: str | None,
+    depth: int,
+    counter: list[int],
+    top: list[FieldList] | None = None,
 ) -> Part:
     counter[0] += 1
     body_start = split_header(data, start, end)
+    split = split_fields(data[start:body_start])
+    if top is not None:
+        top.append(split)  # the caller wants the top-level fields (ENVELOPE, Date, SEARCH)
     fields: dict[str, str] = {}
-    for name, value in iter_fields(data[start:body_start]):
+    for name, value in split:
         if name.startswith("content-") and name not in fields:
             fields[name] = unfold(value)
     # RFC 2046 §5.1.5: in multipart/digest the default is message/rfc822.

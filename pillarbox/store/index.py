@@ -533,7 +533,7 @@ class UserIndex:
             json.dumps(parsed.envelope, separators=(",", ":")),
             json.dumps(parsed.structure, separators=(",", ":")),
             header,
-            mime.header_search_text(header),
+            mime.header_search_text(parsed.fields),
         )
         return message, extra
 
