@@ -93,7 +93,7 @@ quiet_system_services() {
         grep -qa "$DC" "/proc/$pid/cmdline" || { log "killing system dovecot $pid"; kill "$pid" || true; }
     done
     for pid in $(pgrep -f '/usr/lib/postfix/sbin/master' || true); do
-        # Our master runs with -c? No: master inherits MAIL_CONFIG from the environment.
+        # Ours is told apart by the MAIL_CONFIG that `postfix -c` passes down to master.
         tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q "^MAIL_CONFIG=$PF\$" \
             || { log "killing system postfix master $pid"; kill "$pid" || true; }
     done
@@ -193,8 +193,9 @@ start_postfix() {
     port_in_use "$POSTFIX_PORT" && die "port $POSTFIX_PORT is taken; set BENCH_POSTFIX_PORT"
     # Postfix reports fatal errors to a tty or the log only: show the log on failure.
     postfix -c "$PF" set-permissions >/dev/null 2>&1 || true
-    if ! postfix -c "$PF" check || ! postfix -c "$PF" start; then
-        tail -5 "$PF/maillog" >&2 2>/dev/null || true
+    # Daemons must not inherit our stdout/stderr (a caller's pipe would never close).
+    if ! postfix -c "$PF" check || ! postfix -c "$PF" start </dev/null >>"$PF/start.log" 2>&1; then
+        tail -5 "$PF/start.log" "$PF/maillog" >&2 2>/dev/null || true
         die "postfix would not start (try: script -qc 'postfix -c $PF check' /dev/null)"
     fi
     log "postfix listening on 127.0.0.1:$POSTFIX_PORT (config $PF, Maildir $PF/mail/$DOMAIN/$MAIL_USER/Maildir)"
@@ -282,14 +283,21 @@ start_dovecot() {
         return
     fi
     port_in_use "$DOVECOT_PORT" && die "port $DOVECOT_PORT is taken; set BENCH_DOVECOT_PORT"
-    dovecot -c "$DC/dovecot.conf"
+    if ! dovecot -c "$DC/dovecot.conf" </dev/null >>"$DC/start.log" 2>&1; then
+        tail -5 "$DC/start.log" "$DC/dovecot.log" >&2 2>/dev/null || true
+        die "dovecot would not start"
+    fi
     log "dovecot listening on 127.0.0.1:$DOVECOT_PORT (config $DC/dovecot.conf, home $DC/home/$DOMAIN/$MAIL_USER)"
 }
 
 stop_peers() {
     postfix -c "$PF" stop >/dev/null 2>&1 || true
     if [ -f "$DC/run/master.pid" ]; then
-        kill "$(cat "$DC/run/master.pid")" 2>/dev/null || true
+        local pid i
+        pid=$(cat "$DC/run/master.pid")
+        kill "$pid" 2>/dev/null || true
+        # Wait for it to release its port, so an immediate start can bind again.
+        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     fi
     log "stopped private postfix and dovecot"
 }
