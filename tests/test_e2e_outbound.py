@@ -17,6 +17,7 @@ import email.policy
 import json
 import os
 import re
+import smtplib
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from tests.e2e_world import (
     SENDER_DOMAIN,
     TRACE_FIELDS,
     SenderKey,
+    client_tls,
     dns_txt,
     fetch_by_message_id,
     header_names,
@@ -353,3 +355,61 @@ def test_inbound_mail_to_a_forwarding_alias_reaches_the_remote_unaltered(world: 
     }
     assert dkim.verify(remote.data, dnsfunc=dns_txt(world.dns))
     print(f"forwarded with envelope sender <{remote.sender}>")
+
+
+def submit_with_params(
+    world: World, sender: str, rcpt: str, data: bytes, mail_opts: list[str], rcpt_opts: list[str]
+) -> None:
+    with smtplib.SMTP("127.0.0.1", world.server.port("submission"), timeout=10) as client:
+        client.starttls(context=client_tls(world.settings))
+        client.login(ALICE, pbserver.PASSWORD)
+        assert client.sendmail(sender, [rcpt], data, mail_opts, rcpt_opts) == {}
+
+
+def test_dsn_parameters_from_submission_shape_the_bounce(world: World) -> None:
+    """RFC 3461 end to end: RET=HDRS and ENVID given on 587 decide the bounce that comes back
+    to the tagged sender address (which lands in alice's INBOX)."""
+    mark = marker()
+    nosuch = f"nosuch-{mark[:6]}@{REMOTE_DOMAIN}"
+    tagged = f"alice+shop@{DOMAIN}"
+    data = message(mark, sender=f"Alice <{tagged}>", to=nosuch, body=f"SECRET-BODY-{mark}\r\n")
+    submit_with_params(
+        world,
+        tagged,
+        nosuch,
+        data,
+        ["RET=HDRS", f"ENVID=env-{mark[:8]}"],
+        ["NOTIFY=FAILURE", f"ORCPT=rfc822;{nosuch}"],
+    )
+
+    def bounce() -> list[bytes]:
+        with world.imap() as client:
+            client.select_folder("INBOX", readonly=True)
+            uids = client.search(["BODY", nosuch])
+            return [v[b"BODY[]"] for v in client.fetch(uids, ["BODY.PEEK[]"]).values()]
+
+    (dsn,) = wait_for(bounce, timeout=15, what="the bounce in alice's INBOX")
+    report = email.message_from_bytes(dsn, policy=email.policy.compat32)
+    types = [p.get_content_type() for p in report.walk()]
+    assert "text/rfc822-headers" in types and "message/rfc822" not in types, types
+    assert f"SECRET-BODY-{mark}".encode() not in dsn  # RET=HDRS: no body returned
+    assert re.search(rb"Original-Envelope-Id: *env-" + mark[:8].encode(), dsn)
+    assert re.search(rb"Original-Recipient: *rfc822; *" + re.escape(nosuch.encode()), dsn)
+
+
+def test_dsn_parameters_from_submission_are_passed_to_a_dsn_capable_mx(world: World) -> None:
+    mark = marker()
+    data = alice_message(mark, CAROL)
+    submit_with_params(
+        world,
+        ALICE,
+        CAROL,
+        data,
+        ["RET=FULL", f"ENVID=env-{mark[:8]}"],
+        ["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{CAROL}"],
+    )
+    remote = world.remote_copy(mark)
+    mail = " ".join(remote.mail_params).upper()
+    assert "RET=FULL" in mail and f"ENVID=ENV-{mark[:8]}".upper() in mail, remote.mail_params
+    rcpt = " ".join(remote.rcpt_params[CAROL]).upper()
+    assert "NOTIFY=SUCCESS,FAILURE" in rcpt and f"ORCPT=RFC822;{CAROL}".upper() in rcpt, rcpt
