@@ -199,7 +199,9 @@ async def world(
     smtp_peer = SmtpPeer(tls, **(smtp or {}))
     https_peer = HttpsPeer(tls, "")
     smtp_port, https_port = await smtp_peer.start(), await https_peer.start()
-    listen = {name: "" for name in ("submission", "submissions", "imap", "imaps", "http")}
+    listen = {
+        name: "" for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+    }
     listen.update(smtp=f"127.0.0.1:{smtp_port}", https=f"127.0.0.1:{https_port}")
     config = {
         "public_ip": "127.0.0.1",

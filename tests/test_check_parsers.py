@@ -133,6 +133,7 @@ def test_listener_targets(tmp_path: Path) -> None:
                 "imap": "10.0.0.5:143",
                 "imaps": "127.0.0.1:2993",
                 "submissions": "203.0.113.7:465",
+                "pop3": "",
             }
         },
     )

@@ -75,10 +75,20 @@ async def test_real_server_scores_ten(live: Settings) -> None:
     reached = {f.subject.split(":")[0] for f in report.findings if f.check == "server.reachable"}
     assert reached == {"127.0.0.1"}
     listeners = {f.what.split(" ")[0] for f in report.findings if f.check == "server.reachable"}
-    assert {"smtp", "submission", "submissions", "imap", "imaps", "http", "https"} <= listeners
+    assert {
+        "smtp",
+        "submission",
+        "submissions",
+        "imap",
+        "imaps",
+        "pop3",
+        "pop3s",
+        "http",
+        "https",
+    } <= listeners
     tls = [f for f in report.findings if f.check == "server.tls"]
-    # STARTTLS (smtp, submission, imap) and implicit TLS (submissions, imaps, https).
-    assert len(tls) == 6
+    # STARTTLS (smtp, submission, imap, pop3) and implicit TLS (submissions, imaps, pop3s, https).
+    assert len(tls) == 8
     relay = next(f for f in report.findings if f.check == "server.relay")
     assert relay.status is Status.PASS
 
@@ -89,7 +99,7 @@ async def test_real_server_certificate_expiring_in_three_days(live: Settings) ->
     failed = [f for f in report.findings if f.status is not Status.PASS]
     assert failed and {f.check for f in failed} == {"server.tls"}, render_text(report)
     assert all("expires in 3.0 days" in f.what for f in failed)
-    assert len(failed) == 6  # every TLS listener serves it
+    assert len(failed) == 8  # every TLS listener serves it
     assert report.score == 8.0
 
 
@@ -113,7 +123,7 @@ def test_cli_check_against_pillarbox_serve(tmp_path: Path, dns_server: DnsTestSe
     import subprocess
     import sys
 
-    names = ["smtp", "submission", "submissions", "imap", "imaps", "http", "https"]
+    names = ["smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https"]
     listen = {n: f"127.0.0.1:{p}" for n, p in zip(names, _free_ports(len(names)), strict=True)}
     settings = _settings(tmp_path, dns_server, 90, listen)
 
