@@ -30,7 +30,7 @@ TIMEOUT = 5.0
 
 @pytest.fixture
 def listen() -> dict[str, str]:
-    names = ("submission", "submissions", "imap", "imaps", "http", "https")
+    names = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
     return {name: f"127.0.0.1:{free_port()}" for name in names}
 
 
@@ -145,6 +145,8 @@ def test_autoconfig_over_https(
     assert found == {
         ("incomingServer", "imap", port("imaps"), "SSL"),
         ("incomingServer", "imap", port("imap"), "STARTTLS"),
+        ("incomingServer", "pop3", port("pop3s"), "SSL"),
+        ("incomingServer", "pop3", port("pop3"), "STARTTLS"),
         ("outgoingServer", "smtp", port("submissions"), "SSL"),
         ("outgoingServer", "smtp", port("submission"), "STARTTLS"),
     }

@@ -32,9 +32,16 @@ class ResInfo:
     reason: str = ""
 
 
+def _ascii(value: str) -> str:
+    return value.encode("ascii", "replace").decode("ascii")
+
+
 def quote_value(value: str) -> str:
-    """A property value as a token when possible, else a quoted-string (RFC 8601 §2.2)."""
-    value = _CONTROL_RE.sub("", value)
+    """A property value as a token when possible, else a quoted-string (RFC 8601 §2.2).
+
+    Values are kept ASCII (RFC 2045 ``value``): anything else, which can only come from a
+    malformed or hostile header, becomes "?" so no reader chokes on our header."""
+    value = _ascii(_CONTROL_RE.sub("", value))
     if value and _TOKEN_RE.match(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -42,7 +49,7 @@ def quote_value(value: str) -> str:
 
 def comment_text(value: str) -> str:
     """Text safe inside a ( ) comment: no control characters, no unbalanced parentheses."""
-    value = _CONTROL_RE.sub("", value).replace("\\", "").replace("(", "[").replace(")", "]")
+    value = _ascii(_CONTROL_RE.sub("", value)).replace("\\", "").replace("(", "[").replace(")", "]")
     return value[:200]
 
 
