@@ -117,3 +117,22 @@ def test_expunge_numbers_are_adjusted() -> None:
     assert list(view.uids) == [1, 3, 8, 9]
     assert view.uid_ranges(SequenceSet(((2, STAR),)), uid=False) == [(3, 9)]
     assert list(view.seqs_in([(3, 9)])) == [(2, 3), (3, 8), (4, 9)]
+
+
+def test_fast_flags_rendering_matches_the_walk() -> None:
+    from pillarbox.imap.fetch import _UID_FLAGS, _render_fast, _render_walk
+
+    info: Any = type(
+        "Info", (), {"uidvalidity": 1, "uidnext": 12, "highestmodseq": 1,
+                     "uids": array("I", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), "recent_from_uid": 9},
+    )()  # fmt: skip
+    view = SelectedMailbox("INBOX", False, info)
+    aligned = "\n".join(f"{u} {u % 4} 7 {'kw' if u == 3 else ''}" for u in range(1, 11))
+    assert _render_fast(_UID_FLAGS, aligned, view) == _render_walk(
+        _UID_FLAGS, aligned.split("\n"), view, 0
+    )
+    # 5 expunged elsewhere (not announced) and 11 delivered (not announced): same count as
+    # the view's 1..11, different set: the seqs must still come out right.
+    skewed = "\n".join(f"{u} 1 7 " for u in [1, 2, 3, 4, 6, 7, 8, 9, 10, 11])
+    out = _render_fast(_UID_FLAGS, skewed, view).decode()
+    assert "* 6 FETCH (UID 6 " in out and "UID 11" not in out and "* 5 FETCH" not in out

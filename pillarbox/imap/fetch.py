@@ -394,35 +394,60 @@ _UID_FLAGS: Final = "* {0} FETCH (UID {1} FLAGS ({2}))\r\n"
 
 
 def _render_fast(template: str, lines: str, view: SelectedMailbox) -> bytes:
-    """Render ``fetch_flags`` lines with one format operation per message and a merge walk
-    for the sequence numbers (both are in UID order)."""
+    """Render ``fetch_flags`` lines with one format operation per message.
+
+    Usually the batch is exactly the view's messages between its first and last UID, so the
+    sequence number is a running index; otherwise (messages expunged or delivered elsewhere
+    and not yet announced) a merge walk finds each message's position.
+    """
     uids = view.uids
-    count = len(uids)
-    recent_from = view.recent_from if not view.rev2 else 1 << 40
+    rows = lines.split("\n")
+    first = int(rows[0].split(" ", 1)[0])
+    last = int(rows[-1].split(" ", 1)[0])
+    start = bisect.bisect_left(uids, first)
+    # Below the view's highest UID the store has no message the view lacks (new ones get
+    # higher UIDs), so equal counts mean equal sets; above it, new mail is not ours yet.
+    if last > view.max_uid or bisect.bisect_right(uids, last) - start != len(rows):
+        return _render_walk(template, rows, view, start)
+    recent_at = bisect.bisect_left(uids, view.recent_from) if not view.rev2 else 1 << 40
     text = FLAG_TEXT
     out: list[str] = []
     append = out.append
     common = template == _UID_FLAGS  # UID FETCH 1:* (FLAGS): printf-style is fastest
     fmt = template.format
-    i = -1
-    for line in lines.split("\n"):
+    for index, line in enumerate(rows, start):
+        uid, mask, modseq, keywords = line.split(" ", 3)
+        flags = text[int(mask) & 31]
+        if keywords:
+            flags = f"{flags} {keywords}" if flags else keywords
+        if index >= recent_at:
+            flags = "\\Recent " + flags if flags else "\\Recent"
+        if common:
+            append("* %d FETCH (UID %s FLAGS (%s))\r\n" % (index + 1, uid, flags))  # noqa: UP031
+        else:
+            append(fmt(index + 1, uid, flags, modseq))
+    return "".join(out).encode("ascii", "replace")
+
+
+def _render_walk(template: str, rows: list[str], view: SelectedMailbox, i: int) -> bytes:
+    """The general case of :func:`_render_fast`: merge the batch with the view."""
+    uids = view.uids
+    count = len(uids)
+    recent_from = view.recent_from if not view.rev2 else 1 << 40
+    out: list[str] = []
+    for line in rows:
         uid_text, mask, modseq, keywords = line.split(" ", 3)
         uid = int(uid_text)
-        if i < 0:
-            i = bisect.bisect_left(uids, uid)
         while i < count and uids[i] < uid:
             i += 1
         if i >= count or uids[i] != uid:
             continue  # not in this session's view
-        flags = text[int(mask) & 31]
+        flags = FLAG_TEXT[int(mask) & 31]
         if keywords:
             flags = f"{flags} {keywords}" if flags else keywords
         if uid >= recent_from:
             flags = "\\Recent " + flags if flags else "\\Recent"
-        if common:
-            append("* %d FETCH (UID %d FLAGS (%s))\r\n" % (i + 1, uid, flags))  # noqa: UP031
-        else:
-            append(fmt(i + 1, uid, flags, modseq))
+        out.append(template.format(i + 1, uid, flags, modseq))
     return "".join(out).encode("ascii", "replace")
 
 
