@@ -12,6 +12,7 @@ import random
 import smtplib
 import threading
 from pathlib import Path
+from typing import Any
 
 from imapclient import IMAPClient
 
@@ -92,7 +93,7 @@ def test_many_sessions_and_deliveries_agree(tmp_path: Path) -> None:
     assert len(set(snapshots[0]["flags"])) == len(delivered)  # one UID per message
 
 
-def snapshot(client: IMAPClient) -> dict[str, list]:  # type: ignore[type-arg]
+def snapshot(client: IMAPClient) -> dict[str, list[Any]]:
     client.select_folder("INBOX", readonly=True)
     data = client.fetch(client.search(["ALL"]), ["FLAGS", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
     flags = sorted((uid, tuple(sorted(v[b"FLAGS"]))) for uid, v in data.items())

@@ -447,26 +447,26 @@ def test_pop3_and_imap_agree_on_one_mailbox(world: World) -> None:
             assert client.sendmail(SENDER, [BOB], world.key.sign(message(mark, to=BOB))) == {}
     with world.imap(BOB) as imap_client:
         ((_, over_imap),) = fetch_by_message_id(imap_client, popped)
-    client = pop3(world, BOB)
+    pop = pop3(world, BOB)
     try:
-        found = pop3_find(client, popped)
+        found = pop3_find(pop, popped)
         assert found is not None, "POP3 does not see a message IMAP sees"
         number, over_pop3 = found
         assert over_pop3 == over_imap  # same bytes (poplib undoes the dot-stuffing)
-        uidl = client.uidl(number).split()[-1]
-        client.dele(number)
-        client.quit()
+        uidl = pop.uidl(number).split()[-1]
+        pop.dele(number)
+        pop.quit()
     finally:
-        client.close()
+        pop.close()
     with world.imap(BOB) as imap_client:
         assert fetch_by_message_id(imap_client, popped) == []
         assert fetch_by_message_id(imap_client, kept)
-    client = pop3(world, BOB)
+    pop = pop3(world, BOB)
     try:
-        assert pop3_find(client, popped) is None
-        assert uidl not in b" ".join(client.uidl()[1])
+        assert pop3_find(pop, popped) is None
+        assert uidl not in b" ".join(pop.uidl()[1])
     finally:
-        client.quit()
+        pop.quit()
 
 
 @pytest.mark.xfail(

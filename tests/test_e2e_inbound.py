@@ -97,7 +97,7 @@ def test_mail_arrives_authenticated_byte_exact_and_idle_is_told(world: World) ->
             client.ehlo()
             assert client.sendmail(SENDER, [ALICE], original) == {}
         accepted = time.monotonic()
-        told = []
+        told: list[tuple[object, ...]] = []
         while not told and time.monotonic() - accepted < 2.0:
             told = [r for r in idler.idle_check(timeout=0.2) if r[1:2] == (b"EXISTS",)]
         waited = time.monotonic() - accepted

@@ -188,7 +188,11 @@ def test_passwords_never_reach_the_log(tmp_path: Path, dns_server: DnsTestServer
                 try:
                     if use_authenticate:
                         token = f"\0{ALICE}\0{password}".encode()
-                        client.authenticate("PLAIN", lambda _, t=token: t)
+
+                        def respond(_: bytes, t: bytes = token) -> bytes:
+                            return t
+
+                        client.authenticate("PLAIN", respond)
                     else:
                         client.login(ALICE, password)
                     client.logout()

@@ -142,8 +142,8 @@ def check_flags_on_disk_like_dovecot(settings: Settings) -> None:
     """The INBOX of ``populate`` on disk: ``:2,`` letters and ``dovecot-keywords`` indexes."""
     maildir = settings.mail_dir / "example.test" / "alice"
     letters = sorted(p.name.rsplit(":2,", 1)[1] for p in (maildir / "cur").iterdir())
-    keywords = dict(
-        reversed(line.split(" ", 1))
+    keywords: dict[str, str] = dict(
+        (line.split(" ", 1)[1], line.split(" ", 1)[0])
         for line in (maildir / "dovecot-keywords").read_text().splitlines()
         if line.strip()
     )
