@@ -151,11 +151,11 @@ def measure_engine(root: Path) -> None:
     def fetch_flags() -> None:
         lo = 1
         while True:
-            lines, last = index.fetch_flags("INBOX", [(lo, 0xFFFFFFFF)], 5000)
-            if not last:
+            batch = index.fetch_flags("INBOX", [(lo, 0xFFFFFFFF)], 5000)
+            if not batch[4]:
                 return
-            _render_fast(template, lines, view)
-            lo = last + 1
+            _render_fast(template, batch, view)
+            lo = batch[4] + 1
 
     print("engine only (store + rendering, no sockets):")
     show("SELECT INBOX", lambda: index.select("INBOX", True))

@@ -127,12 +127,23 @@ def test_fast_flags_rendering_matches_the_walk() -> None:
                      "uids": array("I", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), "recent_from_uid": 9},
     )()  # fmt: skip
     view = SelectedMailbox("INBOX", False, info)
-    aligned = "\n".join(f"{u} {u % 4} 7 {'kw' if u == 3 else ''}" for u in range(1, 11))
-    assert _render_fast(_UID_FLAGS, aligned, view) == _render_walk(
-        _UID_FLAGS, aligned.split("\n"), view, 0
-    )
+
+    def batch(uids: list[int]) -> tuple[str, str, str, str, int]:
+        return (
+            ",".join(map(str, uids)),
+            ",".join(str(u % 4) for u in uids),
+            ",".join("7" for _ in uids),
+            "3 kw x" if 3 in uids else "",
+            uids[-1],
+        )
+
+    aligned = batch(list(range(1, 11)))
+    rows, masks, mods = (aligned[i].split(",") for i in range(3))
+    fast = _render_fast(_UID_FLAGS, aligned, view)
+    assert fast == _render_walk(_UID_FLAGS, rows, masks, mods, {"3": "kw x"}, view, 0)
+    assert b"* 3 FETCH (UID 3 FLAGS (\\Seen \\Answered kw x))" in fast
+    assert b"* 9 FETCH (UID 9 FLAGS (\\Recent \\Seen))" in fast
     # 5 expunged elsewhere (not announced) and 11 delivered (not announced): same count as
     # the view's 1..11, different set: the seqs must still come out right.
-    skewed = "\n".join(f"{u} 1 7 " for u in [1, 2, 3, 4, 6, 7, 8, 9, 10, 11])
-    out = _render_fast(_UID_FLAGS, skewed, view).decode()
+    out = _render_fast(_UID_FLAGS, batch([1, 2, 3, 4, 6, 7, 8, 9, 10, 11]), view).decode()
     assert "* 6 FETCH (UID 6 " in out and "UID 11" not in out and "* 5 FETCH" not in out

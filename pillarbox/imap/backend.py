@@ -143,7 +143,9 @@ class UserMail(Protocol):
     async def search_uids(self, name: str, where: Any) -> tuple[array[int], int]: ...
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int
-    ) -> tuple[str, int]: ...  # ("uid mask modseq keywords" lines, last uid or 0)
+    ) -> tuple[str, str, str, str, int]: ...
+    # fetch_flags: ("1,2,3" UIDs, "1,0,5" masks, "7,7,9" modseqs, "2 $Work\n3 a b" keyword
+    # lines of the messages that have keywords, last UID or 0 when there is nothing)
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
     ) -> list[tuple[Any, ...]]: ...

@@ -337,11 +337,11 @@ async def run_fetch(
     template = _fast_template(p)
     pending = list(ranges)
     while pending and template is not None and changed_since is None:
-        lines, last = await mail.fetch_flags(view.name, pending, BATCH_FLAGS)
-        if not last:
+        batch = await mail.fetch_flags(view.name, pending, BATCH_FLAGS)
+        if not batch[4]:
             return
-        pending = _after(pending, last)
-        await write(_render_fast(template, lines, view))
+        pending = _after(pending, batch[4])
+        await write(_render_fast(template, batch, view))
     while pending:
         rows = await mail.fetch(view.name, pending, p.data, p.batch)
         if not rows:
@@ -393,33 +393,42 @@ def _fast_template(p: FetchPlan) -> str | None:
 _UID_FLAGS: Final = "* {0} FETCH (UID {1} FLAGS ({2}))\r\n"
 
 
-def _render_fast(template: str, lines: str, view: SelectedMailbox) -> bytes:
-    """Render ``fetch_flags`` lines with one format operation per message.
+# FLAGS text by the decimal mask as the store sends it, so no int() per message.
+_FLAG_TEXT_BY_DIGITS: Final = {str(mask): text for mask, text in enumerate(FLAG_TEXT)}
+
+
+def _render_fast(
+    template: str, batch: tuple[str, str, str, str, int], view: SelectedMailbox
+) -> bytes:
+    """Render a ``fetch_flags`` batch with one format operation per message.
 
     Usually the batch is exactly the view's messages between its first and last UID, so the
     sequence number is a running index; otherwise (messages expunged or delivered elsewhere
     and not yet announced) a merge walk finds each message's position.
     """
+    uid_column, mask_column, modseq_column, keyword_lines, last = batch
     uids = view.uids
-    rows = lines.split("\n")
-    first = int(rows[0].split(" ", 1)[0])
-    last = int(rows[-1].split(" ", 1)[0])
-    start = bisect.bisect_left(uids, first)
+    rows = uid_column.split(",")
+    masks = mask_column.split(",")
+    modseqs = modseq_column.split(",")
+    keywords = (
+        dict(line.split(" ", 1) for line in keyword_lines.split("\n")) if keyword_lines else {}
+    )
+    start = bisect.bisect_left(uids, int(rows[0]))
     # Below the view's highest UID the store has no message the view lacks (new ones get
     # higher UIDs), so equal counts mean equal sets; above it, new mail is not ours yet.
     if last > view.max_uid or bisect.bisect_right(uids, last) - start != len(rows):
-        return _render_walk(template, rows, view, start)
+        return _render_walk(template, rows, masks, modseqs, keywords, view, start)
     recent_at = bisect.bisect_left(uids, view.recent_from) if not view.rev2 else 1 << 40
-    text = FLAG_TEXT
+    text = _FLAG_TEXT_BY_DIGITS
     out: list[str] = []
     append = out.append
-    common = template == _UID_FLAGS  # UID FETCH 1:* (FLAGS): printf-style is fastest
+    common = template == _UID_FLAGS and not keywords  # the big sync: printf-style, no lookups
     fmt = template.format
-    for index, line in enumerate(rows, start):
-        uid, mask, modseq, keywords = line.split(" ", 3)
-        flags = text[int(mask) & 31]
-        if keywords:
-            flags = f"{flags} {keywords}" if flags else keywords
+    for index, (uid, mask, modseq) in enumerate(zip(rows, masks, modseqs, strict=True), start):
+        flags = text[mask]
+        if keywords and uid in keywords:
+            flags = f"{flags} {keywords[uid]}" if flags else keywords[uid]
         if index >= recent_at:
             flags = "\\Recent " + flags if flags else "\\Recent"
         if common:
@@ -429,22 +438,29 @@ def _render_fast(template: str, lines: str, view: SelectedMailbox) -> bytes:
     return "".join(out).encode("ascii", "replace")
 
 
-def _render_walk(template: str, rows: list[str], view: SelectedMailbox, i: int) -> bytes:
+def _render_walk(
+    template: str,
+    rows: list[str],
+    masks: list[str],
+    modseqs: list[str],
+    keywords: dict[str, str],
+    view: SelectedMailbox,
+    i: int,
+) -> bytes:
     """The general case of :func:`_render_fast`: merge the batch with the view."""
     uids = view.uids
     count = len(uids)
     recent_from = view.recent_from if not view.rev2 else 1 << 40
     out: list[str] = []
-    for line in rows:
-        uid_text, mask, modseq, keywords = line.split(" ", 3)
+    for uid_text, mask, modseq in zip(rows, masks, modseqs, strict=True):
         uid = int(uid_text)
         while i < count and uids[i] < uid:
             i += 1
         if i >= count or uids[i] != uid:
             continue  # not in this session's view
-        flags = FLAG_TEXT[int(mask) & 31]
-        if keywords:
-            flags = f"{flags} {keywords}" if flags else keywords
+        flags = _FLAG_TEXT_BY_DIGITS[mask]
+        if uid_text in keywords:
+            flags = f"{flags} {keywords[uid_text]}" if flags else keywords[uid_text]
         if uid >= recent_from:
             flags = "\\Recent " + flags if flags else "\\Recent"
         out.append(template.format(i + 1, uid, flags, modseq))

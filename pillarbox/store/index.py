@@ -38,7 +38,7 @@ from pillarbox.store import db, uidlist, writes
 from pillarbox.store import flags as fl
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
-from pillarbox.store.reads import IndexReader
+from pillarbox.store.reads import FlagBatch, IndexReader
 from pillarbox.store.types import (
     ChangeSet,
     MailboxError,
@@ -698,7 +698,7 @@ class UserIndex:
 
     def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int = CHUNK * 5
-    ) -> tuple[str, int]:
+    ) -> FlagBatch:
         return self.own_reader.fetch_flags(name, ranges, limit)
 
     def search_rows(

@@ -143,8 +143,10 @@ class UserMailboxes:
 
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int
-    ) -> tuple[str, int]:
-        result: tuple[str, int] = await self._read("fetch_flags", name, ranges, limit)
+    ) -> tuple[str, str, str, str, int]:
+        result: tuple[str, str, str, str, int] = await self._read(
+            "fetch_flags", name, ranges, limit
+        )
         return result
 
     async def search_rows(

@@ -22,6 +22,8 @@ from pillarbox.store.query import compile_filter
 from pillarbox.store.types import MailboxError
 
 CHUNK: Final = 2000
+# (UIDs "1,2,3", masks "1,0,5", modseqs "7,7,9", keyword lines "2 $Work\n3 a b", last UID)
+FlagBatch = tuple[str, str, str, str, int]
 
 
 class IndexReader:
@@ -99,24 +101,31 @@ class IndexReader:
 
     def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int = CHUNK * 5
-    ) -> tuple[str, int]:
-        """The narrow FETCH FLAGS path: lines ``uid mask modseq keywords`` for up to
-        ``limit`` messages of the first non-empty range, and the last UID (0: none).
+    ) -> FlagBatch:
+        """The narrow FETCH FLAGS path for up to ``limit`` messages of the first non-empty
+        range: UIDs, flag masks and modseqs as comma-separated columns, keywords as
+        ``uid keywords`` lines (only messages that have any), and the last UID (0: none).
 
-        One ``group_concat`` row per batch: turning 50,000 SQLite rows into Python tuples
-        costs more than the whole rest of ``UID FETCH 1:* (FLAGS)``.
+        Whole columns as single ``group_concat`` strings: turning 50,000 SQLite rows into
+        Python tuples costs more than the whole rest of ``UID FETCH 1:* (FLAGS)``.
         """
         box_id = self._box(name)[0]
         for lo, hi in ranges:
-            text, last = self.conn.execute(
-                "SELECT group_concat(uid || ' ' || flags || ' ' || modseq || ' ' || keywords,"
-                " char(10)), max(uid) FROM (SELECT uid, flags, modseq, keywords FROM messages"
+            uids, masks, modseqs, last = self.conn.execute(
+                "SELECT group_concat(uid), group_concat(flags), group_concat(modseq), max(uid)"
+                " FROM (SELECT uid, flags, modseq FROM messages"
                 " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?)",
                 (box_id, lo, hi, limit),
             ).fetchone()
-            if text is not None:
-                return text, last
-        return "", 0
+            if uids is None:
+                continue
+            keywords = self.conn.execute(
+                "SELECT group_concat(uid || ' ' || keywords, char(10)) FROM messages"
+                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? AND keywords != ''",
+                (box_id, lo, last),
+            ).fetchone()[0]
+            return uids, masks, modseqs, keywords or "", last
+        return "", "", "", "", 0
 
     def search_rows(
         self,
