@@ -182,6 +182,17 @@ def test_pipelined_plaintext_before_stls_is_discarded(server: pbserver.RunningSe
     raw.close()
 
 
+def test_stls_never_loses_the_client_hello(server: pbserver.RunningServer) -> None:
+    """A client starting the handshake right after "+OK" (a race once lost to the plaintext
+    discard) completes it every time."""
+    for _ in range(20):
+        raw = Raw(server, "pop3")
+        assert raw.command(b"STLS").startswith(b"+OK")
+        raw.starttls()
+        assert raw.command(b"QUIT").startswith(b"+OK")
+        raw.close()
+
+
 # -- logging in --------------------------------------------------------------------------------
 
 

@@ -279,10 +279,14 @@ class Session:
             raise Err("TLS is already active", bad=True)
         if not self.conn.tls_available:
             raise Err("STLS not available here")
+        # RFC 2595 §4 / RFC 3207 §4.2: nothing pipelined in clear may count after the
+        # handshake. Reading stops first, then what was read is dropped, then the answer goes
+        # out: the ClientHello that follows it stays in the socket for the TLS layer (dropping
+        # the buffer after answering would race with it and could swallow it).
+        self.conn.writer.transport.pause_reading()
+        self.conn.discard_buffered_input()
         self.ok("begin TLS negotiation")
         await self.flush()
-        # RFC 2595 §4 / RFC 3207 §4.2: nothing pipelined in clear may count after the handshake.
-        self.conn.discard_buffered_input()
         await self.conn.start_tls()
         self._user_name = None  # forget what the client said before TLS
 
