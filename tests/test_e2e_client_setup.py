@@ -130,8 +130,6 @@ def test_thunderbird_autoconfig_servers_all_work(server: Server) -> None:
         username = entry.findtext("username", "").replace("%EMAILADDRESS%", ALICE)
         assert entry.findtext("hostname") == server.settings.hostname
         advertised.add(port)
-        if kind == "pop3" and socket_type == "STARTTLS":
-            continue  # STLS is flaky until fixed: test_e2e_starttls.py (xfail) covers it
         use_server(server, kind, port, socket_type, username)
     actual = {server.running.port(n) for n in LISTENERS if n not in ("smtp", "https")}
     assert advertised == actual, "autoconfig must list every client listener, and only those"
@@ -160,9 +158,6 @@ def test_outlook_autodiscover_points_at_working_servers(server: Server) -> None:
         ssl_on = fields.get("SSL", "on").lower() == "on"
         encryption = fields.get("Encryption", "")
         socket_type = "STARTTLS" if (encryption.upper() == "TLS" or not ssl_on) else "SSL"
-        seen.add(kind)
-        if kind == "pop3" and socket_type == "STARTTLS":
-            continue  # STLS is flaky until fixed: test_e2e_starttls.py (xfail) covers it
         use_server(server, kind, port, socket_type, fields.get("LoginName", ALICE) or ALICE)
         seen.add(kind)
     assert {"imap", "smtp"} <= seen

@@ -78,10 +78,5 @@ def test_starttls_always_completes(
     assert upgrades(server, listener, upgrade) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: POP3 STLS loses the ClientHello most of the time (pop3/session.py do_stls: "
-    "flush() now awaits wait_for(drain) before discard_buffered_input)",
-)
 def test_pop3_stls_always_completes(server: pbserver.RunningServer) -> None:
     assert upgrades(server, "pop3", pop3_stls) == []
