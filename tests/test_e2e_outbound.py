@@ -415,3 +415,46 @@ def test_dsn_parameters_from_submission_are_passed_to_a_dsn_capable_mx(world: Wo
     assert "RET=FULL" in mail and f"ENVID=ENV-{mark[:8]}".upper() in mail, remote.mail_params
     rcpt = " ".join(remote.rcpt_params[CAROL]).upper()
     assert "NOTIFY=SUCCESS,FAILURE" in rcpt and f"ORCPT=RFC822;{CAROL}".upper() in rcpt, rcpt
+
+
+# Keep last in this module: it changes the signing keys of the module's server.
+def test_dkim_rotation_while_running_keeps_every_signature_verifiable(world: World) -> None:
+    """The admin's rotation, as RFC 6376 §3.1 practice has it: stage a new pair (published,
+    not yet signing), publish, switch; the running server signs with the new selectors at
+    once and mail signed before the switch still verifies (the old pair stays published)."""
+    assert world.settings.source is not None
+
+    def cli(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "pillarbox", "--config", str(world.settings.source), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+
+    def selectors(data: bytes) -> set[str]:
+        """The s= of every DKIM-Signature field."""
+        fields = email.message_from_bytes(data).get_all("DKIM-Signature", [])
+        return {m.group(1) for f in fields if (m := re.search(r"\bs=\s*([\w.-]+)", str(f)))}
+
+    before_mark = marker()
+    assert world.submit([CAROL], alice_message(before_mark, CAROL)) == {}
+    old = selectors(world.remote_copy(before_mark).data)
+
+    cli("dkim", "rotate", DOMAIN, "--stage")
+    publish_our_zone(world.dns, world.settings)
+    staged_mark = marker()
+    assert world.submit([CAROL], alice_message(staged_mark, CAROL)) == {}
+    assert selectors(world.remote_copy(staged_mark).data) == old  # staged keys do not sign
+
+    cli("dkim", "rotate", DOMAIN)
+    publish_our_zone(world.dns, world.settings)
+    after_mark = marker()
+    assert world.submit([CAROL], alice_message(after_mark, CAROL)) == {}
+    after = world.remote_copy(after_mark).data
+    new = selectors(after)
+    assert len(new) == 2 and not new & old, (old, new)
+    assert sorted(verify_all_signatures(after, world.dns)) == [b"ed25519-sha256", b"rsa-sha256"]
+    # mail signed before the switch still verifies against what is published now
+    verify_all_signatures(world.remote_copy(before_mark).data, world.dns)
