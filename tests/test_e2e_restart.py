@@ -40,6 +40,7 @@ from tests.e2e_world import (
 from tests.imaphelp import Raw
 
 FOLDERS = ("INBOX", "Projects/2026")
+AnyServer = pbserver.RunningServer | pbserver.SubprocessServer
 State = dict[str, tuple[int, int, dict[int, frozenset[bytes]]]]
 
 
@@ -74,7 +75,7 @@ def settings(tmp_path: Path, dns_server: DnsTestServer) -> Iterator[Settings]:
     yield settings
 
 
-def populate(server: pbserver.SubprocessServer, settings: Settings) -> None:
+def populate(server: AnyServer, settings: Settings) -> None:
     with smtp_from_outside(server.port("smtp")) as client:
         for _ in range(4):
             assert client.sendmail(f"x@{SENDER_DOMAIN}", [ALICE], message(marker())) == {}
@@ -96,13 +97,11 @@ def populate(server: pbserver.SubprocessServer, settings: Settings) -> None:
 
 
 def test_restart_kill_and_lost_index_keep_uids_flags_and_keywords(settings: Settings) -> None:
-    server = restart(settings)
-    try:
-        populate(server, settings)
-        with imap(settings, server.port("imaps")) as client:
+    # In-process servers for the graceful steps (fast); a real process for the kill -9.
+    with pbserver.RunningServer(settings) as running:
+        populate(running, settings)
+        with imap(settings, running.port("imaps")) as client:
             before = state(client)
-    finally:
-        server.stop(signal.SIGTERM)
     check_flags_on_disk_like_dovecot(settings)
     inbox = before["INBOX"][2]
     assert len(inbox) == 3 and before["INBOX"][1] == 5  # 4 delivered, 1 expunged
@@ -114,8 +113,9 @@ def test_restart_kill_and_lost_index_keep_uids_flags_and_keywords(settings: Sett
         ]
     )
 
-    # 1. graceful restart
-    with restart(settings) as server:
+    # 1. graceful restart (into a `pillarbox serve` process)
+    server = restart(settings)
+    try:
         with imap(settings, server.port("imaps")) as client:
             assert state(client) == before
             # 2. more changes, acknowledged, then kill -9 at once
@@ -124,8 +124,12 @@ def test_restart_kill_and_lost_index_keep_uids_flags_and_keywords(settings: Sett
             client.add_flags(uid, [b"\\Flagged", b"Late_Keyword"])
             client.append("Projects/2026", message(marker()), flags=[b"\\Seen"])
             after_changes = state(client)
+    finally:
         server.stop(signal.SIGKILL)
-    with restart(settings) as server, imap(settings, server.port("imaps")) as client:
+    with (
+        pbserver.RunningServer(settings) as running,
+        imap(settings, running.port("imaps")) as client,
+    ):
         assert state(client) == after_changes
     # 3. the index is lost (a restore from a Maildir-only backup): UIDs come back from
     # dovecot-uidlist, flags from file names, keywords from dovecot-keywords.
@@ -134,7 +138,10 @@ def test_restart_kill_and_lost_index_keep_uids_flags_and_keywords(settings: Sett
     assert index_files, "no index file where the store documents it"
     for path in index_files:
         path.unlink()
-    with restart(settings) as server, imap(settings, server.port("imaps")) as client:
+    with (
+        pbserver.RunningServer(settings) as running,
+        imap(settings, running.port("imaps")) as client,
+    ):
         assert state(client) == after_changes
 
 
@@ -215,7 +222,7 @@ def test_a_mailbox_of_thousands_stays_responsive(tmp_path: Path) -> None:
     assert first_total < 30, "indexing 3000 small messages took more than 30 s"
 
 
-def deliver(server: pbserver.SubprocessServer, count: int) -> list[str]:
+def deliver(server: AnyServer, count: int) -> list[str]:
     marks = [marker() for _ in range(count)]
     with smtp_from_outside(server.port("smtp")) as client:
         for mark in marks:
@@ -242,20 +249,25 @@ def test_uids_of_expunged_messages_are_never_reused(settings: Settings) -> None:
     """RFC 3501 §2.3.1.1: UIDs strictly ascend; an expunged highest UID must not come back
     for the next message under the same UIDVALIDITY, after a SIGTERM, a kill -9, or the
     loss of the index."""
-    with restart(settings) as server:
-        deliver(server, 3)
-        with imap(settings, server.port("imaps")) as client:
+    with pbserver.RunningServer(settings) as running:
+        deliver(running, 3)
+        with imap(settings, running.port("imaps")) as client:
             validity, highest = expunge_highest(client)
     for how in ("sigterm", "kill", "lost-index"):
-        with restart(settings) as server:
+        # a real process where it gets killed; in-process servers (faster) elsewhere
+        server: AnyServer = restart(settings) if how == "kill" else pbserver.RunningServer(settings)
+        try:
             (mark,) = deliver(server, 1)
             with imap(settings, server.port("imaps")) as client:
                 new_uid = uid_of(client, mark)
                 now_validity = client.select_folder("INBOX")[b"UIDVALIDITY"]
                 assert now_validity != validity or new_uid > highest, (how, highest, new_uid)
                 validity, highest = expunge_highest(client)
-            if how == "kill":
+        finally:
+            if isinstance(server, pbserver.SubprocessServer):
                 server.stop(signal.SIGKILL)
+            else:
+                server.stop()
         if how == "kill":
             for path in (settings.mail_dir / "example.test" / "alice").glob("pillarbox-index*"):
                 path.unlink()
