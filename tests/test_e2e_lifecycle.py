@@ -207,11 +207,6 @@ def test_passwords_never_reach_the_log(tmp_path: Path, dns_server: DnsTestServer
     assert log.count("auth") >= 4, "no authentication events logged at all"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a session cancelled at the end of shutdown_grace makes asyncio log "
-    "'Exception in callback ... CancelledError' with a traceback (net/listener.py _accept)",
-)
 def test_shutdown_with_a_stuck_client_logs_no_traceback(settings: Settings) -> None:
     """A client that stops mid-DATA is cut off after limits.shutdown_grace; the log says so
     in one structured line, never with a Python traceback (what an admin sees in journald)."""

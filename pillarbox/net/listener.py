@@ -214,7 +214,16 @@ class Listeners:
                 reason=type(exc).__name__,
             )
         except asyncio.CancelledError:
-            raise
+            # Only ``stop`` cancels sessions (after the grace period). The task must end
+            # normally: asyncio 3.11's stream callback calls task.exception() on it, which
+            # re-raises a cancellation and prints a traceback.
+            _log.info(
+                "session cut off",
+                listener=spec.name,
+                conn=conn.id,
+                client=conn.peer_ip,
+                reason="shutdown grace period over",
+            )
         except Exception:
             _log.error("session crashed", listener=spec.name, conn=conn.id, exc_info=True)
 
