@@ -238,11 +238,6 @@ def fetch_policy(site: Site) -> str:
     return response.read().decode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the dev certificate (cli/init.py) lacks mta-sts.DOMAIN and autoconfig.DOMAIN, "
-    "which dns records publishes and ACME would order",
-)
 def test_dev_certificate_covers_the_names_dns_records_publishes(tmp_path: Path) -> None:
     """INTERFACE.md: the dev profile is a real server except addresses and CA. Senders fetch
     https://mta-sts.DOMAIN/ (RFC 8461 §3.3) and mail clients https://autoconfig.DOMAIN/,

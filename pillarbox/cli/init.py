@@ -126,7 +126,11 @@ def _make_tls(settings: Settings, dev: bool) -> None:
     ca_cert, ca_key = tls_dir / "ca.pem", tls_dir / "ca-key.pem"
     if not ca_cert.exists():
         make_ca(ca_cert, ca_key, f"Pillarbox local CA for {settings.hostname}")
+    # Also the web names `dns records` points at us: senders fetch the MTA-STS policy and
+    # mail clients their settings over HTTPS at these names (RFC 8461 §3.3).
     names = [settings.hostname]
+    for domain in settings.domains:
+        names += [f"{web}.{domain}" for web in ("mta-sts", "autoconfig", "autodiscover")]
     if dev:
         names += ["localhost", "127.0.0.1", "::1"]
     make_server_cert(settings.tls.cert, settings.tls.key, names, ca_cert, ca_key)
