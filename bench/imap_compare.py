@@ -253,7 +253,9 @@ def profiler(target: Target, args: argparse.Namespace, phase: str) -> benchlib.P
     return benchlib.Profiler(py_spy, target.pids()[0], args.profile_dir / f"imap-{phase}.txt")
 
 
-async def idle_memory(target: Target, args: argparse.Namespace, tls: Any) -> None:
+async def idle_memory(
+    target: Target, args: argparse.Namespace, tls: Any, key: str = "idle"
+) -> None:
     # One connection first, so lazily started helpers (Dovecot's auth, config) are running.
     warm = await open_session(target.port, MIXED_USER, benchlib.PASSWORD, tls=tls)
     await warm.command("SELECT INBOX")
@@ -285,7 +287,7 @@ async def idle_memory(target: Target, args: argparse.Namespace, tls: Any) -> Non
         client.writer.write(b"DONE\r\n")
         client.close()
     n = args.idle
-    target.results["idle"] = {
+    target.results[key] = {
         "base": base,
         "auth_pss": (logged_in.pss - base.pss) / n,
         "auth_rss": (logged_in.rss - base.rss) / n,
@@ -427,6 +429,9 @@ def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
     asyncio.run(first_and_warm(target, args, tls))
     print(f"{target.name}: {args.idle} idle connections", file=sys.stderr)
     asyncio.run(idle_memory(target, args, tls))
+    if tls is not None and target.name == "dovecot":
+        # For reference: without TLS Dovecot needs no imap-login proxy per connection.
+        asyncio.run(idle_memory(target, args, None, key="idle_plain"))
     if args.seconds > 0:
         print(
             f"{target.name}: mixed load, {args.clients} clients, {args.seconds}s", file=sys.stderr
@@ -476,6 +481,13 @@ def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> s
     ):
         values = [by_name[n].results["idle"][key] / 1024 for n in names]
         measures.append((label, values, True))
+    for t in targets:
+        plain = t.results.get("idle_plain")
+        if plain:
+            values = [plain["auth_pss"] / 1024 if n == t.name else None for n in names]
+            measures.append((f"{t.name} plaintext idle logged-in, PSS KB/conn", values, True))
+            values = [plain["idle_pss"] / 1024 if n == t.name else None for n in names]
+            measures.append((f"{t.name} plaintext SELECT+IDLE, PSS KB/conn", values, True))
     mixed = [by_name[n].results.get("mixed") for n in names]
     if all(mixed):
         measures.append(("mixed ops/s", [m["rate"] for m in mixed if m], False))
