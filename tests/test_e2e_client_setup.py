@@ -58,10 +58,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def https(server: Server, method: str, path: str, host: str, body: bytes | None = None) -> bytes:
+    """A request to ``host`` as a client does it: SNI and certificate check for that name."""
     ctx = client_tls(server.settings)
-    ctx.check_hostname = False  # the dev certificate's names: see test_e2e_two_servers
-    conn = http.client.HTTPSConnection(
-        "127.0.0.1", server.running.port("https"), context=ctx, timeout=TIMEOUT
+    port = server.running.port("https")
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=TIMEOUT)
+    conn.sock = ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT), server_hostname=host
     )
     headers = {"Host": host}
     if body is not None:
