@@ -10,6 +10,7 @@ down, and cancels those still busy after the grace period.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import functools
 import itertools
@@ -30,6 +31,13 @@ _conn_ids = itertools.count(1)
 HANDSHAKE_TIMEOUT = 30.0
 # asyncio's StreamReader buffer limit: protocol readers read bounded lines themselves.
 STREAM_LIMIT = 1 << 16
+
+# asyncio keeps a receive buffer of SSLProtocol.max_size (256 KiB) for the whole life of
+# every TLS connection, idle or not: 13 idle IMAP clients would cost more than a DATA
+# transfer. 4 KiB keeps an idle TLS session near 20 KB (measured; see docs/BENCHMARKS.md)
+# and only means more, smaller socket reads for bulk transfers.
+TLS_RECEIVE_BUFFER = 4096
+asyncio.sslproto.SSLProtocol.max_size = TLS_RECEIVE_BUFFER
 
 
 class TlsMode(Enum):
