@@ -390,10 +390,11 @@ class Session:
             raise Bad("TLS is already active")
         if not self.conn.tls_available:
             raise No("STARTTLS not available here")
+        # RFC 3501 §6.2.1 / RFC 2595 §3.1: discard anything pipelined before the handshake
+        # (see Connection.prepare_starttls for the order).
+        self.conn.prepare_starttls()
         self.send(r.tagged(cmd.tag, "OK", "begin TLS negotiation now"))
         await self.flush()
-        # RFC 3501 §6.2.1 / RFC 2595 §3.1: discard anything pipelined before the handshake.
-        self.conn.discard_buffered_input()
         try:
             await self.conn.start_tls()
         except (OSError, ssl.SSLError) as exc:  # a failed handshake leaves nothing to talk to

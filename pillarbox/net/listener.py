@@ -86,6 +86,19 @@ class Connection:
         await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
         self.tls = TlsInfo.of(self.writer.get_extra_info("ssl_object"))
 
+    def prepare_starttls(self) -> int:
+        """Call before answering a STARTTLS/STLS command: stop reading, then drop what was
+        already read; returns how many bytes were dropped.
+
+        The order matters. Plaintext pipelined behind the command must never count as
+        sent under TLS (RFC 3207 §4.2, RFC 2595 §3.1: the 2011 command-injection bugs),
+        and the ClientHello the client sends after our answer must stay in the socket for
+        the TLS layer; dropping the buffer *after* answering races with it."""
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.Transport)  # a stream socket: reads and writes
+        transport.pause_reading()
+        return self.discard_buffered_input()
+
     def discard_buffered_input(self) -> int:
         """Drop bytes already received but not yet read; returns how many."""
         buffer = getattr(self.reader, "_buffer", None)

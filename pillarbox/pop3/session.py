@@ -280,11 +280,8 @@ class Session:
         if not self.conn.tls_available:
             raise Err("STLS not available here")
         # RFC 2595 §4 / RFC 3207 §4.2: nothing pipelined in clear may count after the
-        # handshake. Reading stops first, then what was read is dropped, then the answer goes
-        # out: the ClientHello that follows it stays in the socket for the TLS layer (dropping
-        # the buffer after answering would race with it and could swallow it).
-        self.conn.writer.transport.pause_reading()
-        self.conn.discard_buffered_input()
+        # handshake (see Connection.prepare_starttls for the order).
+        self.conn.prepare_starttls()
         self.ok("begin TLS negotiation")
         await self.flush()
         await self.conn.start_tls()

@@ -397,11 +397,11 @@ class SmtpSession:
             return
         if argument:
             raise SmtpSyntaxError(codes.PARAM_SYNTAX)
+        # RFC 3207 §4.2 and the 2011 injection bugs: nothing sent before the handshake may
+        # be taken as a command after it (see Connection.prepare_starttls for the order).
+        dropped = self._in.discard() + self.conn.prepare_starttls()
         self.reply(codes.READY_FOR_TLS)
         await self.flush()
-        # RFC 3207 §4.2 and the 2011 injection bugs: nothing sent before the handshake may
-        # be taken as a command after it.
-        dropped = self._in.discard() + self.conn.discard_buffered_input()
         await self.conn.start_tls()
         # RFC 3207 §4.2: forget everything learnt before TLS; the client must EHLO again.
         self.info.tls = self.conn.tls
