@@ -249,7 +249,11 @@ class UserIndex:
         return {r[0] for r in self.conn.execute("SELECT name FROM subscriptions")}
 
     def subscribe(self, name: str, on: bool) -> None:
-        folder_dir(name) if name != INBOX else None  # validates
+        if name != INBOX:
+            try:
+                folder_dir(name)  # only names that could exist can be subscribed
+            except BadMailboxName as exc:
+                raise MailboxError("CANNOT", str(exc)) from None
         with db.Transaction(self.conn):
             if on:
                 self.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?)", (name,))
