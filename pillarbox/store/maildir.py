@@ -47,7 +47,7 @@ def unique_name(size: int | None = None, hostname: str | None = None) -> str:
     secs = int(now)
     usecs = int((now - secs) * 1_000_000)
     host = (hostname or socket.gethostname()).replace("/", "\\057").replace(":", "\\072")
-    name = f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{host}"
+    name = f"{secs}.M{usecs:06d}P{os.getpid()}Q{next(_counter)}.{host}"
     return f"{name},S={size}" if size is not None else name
 
 
