@@ -183,6 +183,8 @@ class SubprocessServer:
         self.settings = settings
         self.log_path = settings.data_dir / "serve.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        # A restart appends to the same log: only what this process writes counts.
+        self._log_start = self._log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pillarbox", "--config", str(settings.source), "serve"],
             stdout=self._log,
@@ -195,20 +197,23 @@ class SubprocessServer:
     def _wait_started(self, wait: float) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
+            text = self.log()
             if "event=started" in text:
                 self.addresses = {m[0]: (m[1], int(m[2])) for m in _LISTENING.findall(text)}
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pillarbox serve exited {self.proc.returncode}:\n{text}")
             time.sleep(0.05)
-        raise RuntimeError("pillarbox serve did not start:\n" + self.log_path.read_text())
+        raise RuntimeError("pillarbox serve did not start:\n" + self.log())
 
     def port(self, listener: str) -> int:
         return self.addresses[listener][1]
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process has logged (not earlier runs in the same file)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
 
     def send_signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
