@@ -29,6 +29,16 @@ COMMANDS: list[Command] = [
 ]
 
 
+GROUP_HELP = {
+    "user": "mailbox users: add, list, passwd, del",
+    "alias": "aliases and catch-alls: add, list, del",
+    "dkim": "DKIM keys: list, rotate",
+    "dns": "the DNS records to publish",
+    "cert": "TLS certificate: status, renew (ACME)",
+    "queue": "outbound queue: list, show, flush, delete",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pillarbox",
@@ -51,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
             prefix = command.path[:depth]
             if prefix not in groups:
                 group_parser = groups[prefix[:-1]].add_parser(
-                    prefix[-1], help=f"{prefix[-1]} commands"
+                    prefix[-1], help=GROUP_HELP.get(prefix[-1], f"{prefix[-1]} commands")
                 )
                 parents[prefix] = group_parser
                 groups[prefix] = group_parser.add_subparsers(
