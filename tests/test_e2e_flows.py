@@ -469,11 +469,6 @@ def test_pop3_and_imap_agree_on_one_mailbox(world: World) -> None:
         pop.quit()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SEARCH BODY/TEXT skips every non-text/* part (mime/text.py body_text): an "
-    "attached message's header and a bounce's message/delivery-status are unsearchable",
-)
 def test_search_body_covers_attached_messages_and_delivery_reports(world: World) -> None:
     """RFC 3501 §6.4.4: BODY matches "the body of the message", which includes an attached
     message/rfc822 (its header too: forward-as-attachment) and a DSN's

@@ -1,8 +1,9 @@
 """The searchable text of a message: text parts decoded (transfer encoding and charset).
 
 SEARCH BODY/TEXT compare against what the user reads (RFC 3501 §6.4.4 "contains"), so a
-quoted-printable ``caf=C3=A9`` must match ``café``. Non-text parts are skipped; undecodable
-input degrades to replacement characters, never an exception.
+quoted-printable ``caf=C3=A9`` must match ``café``. Attachments other than text and
+messages are skipped; undecodable input degrades to replacement characters, never an
+exception.
 """
 
 from __future__ import annotations
@@ -39,23 +40,27 @@ def _charset(part: dict[str, Any]) -> str:
     return "utf-8"
 
 
-def _leaves(part: dict[str, Any]) -> list[dict[str, Any]]:
+def _texts(data: bytes, part: dict[str, Any]) -> list[str]:
+    """The searchable texts of ``part`` in order: text/* and message/* leaves decoded, and
+    an attached message's header fields (a forwarded message is found by its subject)."""
     if "parts" in part:
-        return [leaf for child in part["parts"] for leaf in _leaves(child)]
+        return [text for child in part["parts"] for text in _texts(data, child)]
     if "msg" in part:
-        return _leaves(part["msg"])
-    return [part]
+        inner = part["msg"]
+        return [header_text(data[inner["hs"] : inner["bs"]]), *_texts(data, inner)]
+    # message/delivery-status and its kin (RFC 3464) are text a user searches too.
+    if part["type"] not in ("text", "message"):
+        return []
+    raw = _decode_transfer(data[part["bs"] : part["end"]], part["enc"])
+    return [raw.decode(_charset(part), "replace")]
 
 
 def body_text(data: bytes, structure: dict[str, Any]) -> str:
-    """The decoded text of every text/* leaf part, joined by newlines."""
+    """The text SEARCH BODY/TEXT look in (RFC 3501 §6.4.4 "the body of the message"): every
+    text/* and message/* part decoded, and the header of every attached message."""
     out: list[str] = []
     size = 0
-    for leaf in _leaves(structure):
-        if leaf["type"] != "text":
-            continue
-        raw = _decode_transfer(data[leaf["bs"] : leaf["end"]], leaf["enc"])
-        text = raw.decode(_charset(leaf), "replace")
+    for text in _texts(data, structure):
         out.append(text)
         size += len(text)
         if size > MAX_TEXT:
