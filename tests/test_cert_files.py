@@ -115,7 +115,11 @@ def test_cert_status_from_files(settings: Settings) -> None:
     code, out, _ = cli("--config", str(settings.source), "cert", "status")
     assert code == 0
     info = read_cert_info(settings.tls.cert)
-    assert re.search(r"^names\s+mail\.example\.test, localhost, 127\.0\.0\.1, ::1$", out, re.M)
+    names = (
+        r"mail\.example\.test, mta-sts\.example\.test, autoconfig\.example\.test, "
+        r"autodiscover\.example\.test, localhost, 127\.0\.0\.1, ::1"
+    )
+    assert re.search(rf"^names\s+{names}$", out, re.M)
     assert re.search(r"^issuer\s+CN=Pillarbox local CA for mail\.example\.test$", out, re.M)
     assert re.search(rf"^serial\s+{info.serial:x}$", out, re.M)
     assert re.search(r"^managed by\s+files managed elsewhere", out, re.M)
