@@ -7,17 +7,27 @@ server, which reads accounts on every login and delivery, so changes apply at on
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.cli.common import CliError, Command, load_settings, read_password
+from pillarbox.config import Settings
 from pillarbox.store.accounts import AccountError, Accounts
 from pillarbox.store.maildir import user_maildir
 
 
-def _accounts(args: argparse.Namespace) -> tuple[Accounts, argparse.Namespace]:
+@contextlib.contextmanager
+def _accounts(args: argparse.Namespace) -> Iterator[tuple[Accounts, Settings]]:
+    """The accounts store of the configured data dir; its errors become CLI errors."""
     settings = load_settings(args)
-    args.settings = settings
-    return Accounts(settings.database_path, settings.domains), args
+    accounts = Accounts(settings.database_path, settings.domains)
+    try:
+        yield accounts, settings
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        accounts.close()
 
 
 def _hash(password: str) -> str:
@@ -28,91 +38,59 @@ def _hash(password: str) -> str:
 
 
 def user_add(args: argparse.Namespace) -> int:
-    accounts, args = _accounts(args)
-    try:
+    with _accounts(args) as (accounts, settings):
         address = str(accounts.parse_local(args.address))
         if accounts.user_exists(address):
             raise CliError(f"user {address} already exists")
-        password_hash = _hash(read_password(args.password_stdin))
-        accounts.add_user(address, password_hash)
-    except AccountError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        accounts.close()
-    print(f"added {address} (mail in {user_maildir(args.settings.mail_dir, address)})")
+        accounts.add_user(address, _hash(read_password(args.password_stdin)))
+    print(f"added {address} (mail in {user_maildir(settings.mail_dir, address)})")
     return 0
 
 
 def user_list(args: argparse.Namespace) -> int:
-    accounts, _ = _accounts(args)
-    try:
+    with _accounts(args) as (accounts, _):
         for address in accounts.list_users():
             print(address)
-    finally:
-        accounts.close()
     return 0
 
 
 def user_passwd(args: argparse.Namespace) -> int:
-    accounts, _ = _accounts(args)
-    try:
+    with _accounts(args) as (accounts, _):
         address = str(accounts.parse_local(args.address))
         if not accounts.user_exists(address):
             raise CliError(f"no such user: {address}")
         accounts.set_password(address, _hash(read_password(args.password_stdin)))
-    except AccountError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        accounts.close()
     print(f"password changed for {address}")
     return 0
 
 
 def user_del(args: argparse.Namespace) -> int:
-    accounts, args = _accounts(args)
-    try:
+    with _accounts(args) as (accounts, settings):
         address = str(accounts.parse_local(args.address))
         accounts.delete_user(address)
-    except AccountError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        accounts.close()
-    maildir = user_maildir(args.settings.mail_dir, address)
+    maildir = user_maildir(settings.mail_dir, address)
     print(f"deleted {address}; its mail is kept in {maildir} (remove it by hand if unwanted)")
     return 0
 
 
 def alias_add(args: argparse.Namespace) -> int:
-    accounts, _ = _accounts(args)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    try:
+    with _accounts(args) as (accounts, _):
         key, normalised = accounts.add_alias(args.alias, targets)
-    except AccountError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        accounts.close()
     print(f"{key} -> {', '.join(normalised)}")
     return 0
 
 
 def alias_list(args: argparse.Namespace) -> int:
-    accounts, _ = _accounts(args)
-    try:
+    with _accounts(args) as (accounts, _):
         for alias, targets in accounts.list_aliases().items():
             print(f"{alias} -> {', '.join(targets)}")
-    finally:
-        accounts.close()
     return 0
 
 
 def alias_del(args: argparse.Namespace) -> int:
-    accounts, _ = _accounts(args)
-    try:
+    with _accounts(args) as (accounts, _):
         accounts.delete_alias(args.alias)
-    except AccountError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        accounts.close()
     print(f"deleted alias {args.alias}")
     return 0
 
