@@ -80,22 +80,16 @@ class Component(Protocol):
 ComponentFactory = Callable[[AppContext], "Component | None"]
 
 
-def _component_factories() -> list[ComponentFactory]:
-    """Every component, in start order (providers of services before their users)."""
-    factories: list[ComponentFactory] = []
-    # The mail store provides ctx.services["mail_store"] and ["mailbox_events"].
-    factories.append(make_store)
-    # The outbound queue provides ctx.services["queue"] to SMTP/delivery.
-    factories.append(make_queue)
-    # The smtp component (25/587/465) and local delivery; provides ctx.services["delivery"].
-    factories.append(make_smtp)
-    # IMAP (143 STARTTLS, 993) over the mail store.
-    factories.append(make_imap)
-    # POP3 (110 STLS, 995) over the same mail store.
-    factories.append(make_pop3)
-    # The certificate manager provides the ACME challenge board the http listeners serve.
-    factories += [make_certificates, make_http]
-    return factories
+# Every component, in start order: providers of services before their users.
+COMPONENTS: tuple[ComponentFactory, ...] = (
+    make_store,  # provides ctx.services["mail_store"] and ["mailbox_events"]
+    make_queue,  # provides ctx.services["queue"]
+    make_smtp,  # 25/587/465 and local delivery; provides ctx.services["delivery"]
+    make_imap,  # 143 (STARTTLS), 993, over the mail store
+    make_pop3,  # 110 (STLS), 995, over the same mail store
+    make_certificates,  # ACME and certificate reloads; the challenge board http serves
+    make_http,  # 80/443: ACME challenges, MTA-STS policy, client autoconfiguration
+)
 
 
 class Server:
@@ -115,7 +109,7 @@ class Server:
 
     async def start(self) -> dict[str, tuple[str, int]]:
         """Build components, bind, drop privileges, start serving; returns bound addresses."""
-        for factory in _component_factories():
+        for factory in COMPONENTS:
             component = factory(self.ctx)
             if component is not None:
                 self.components.append(component)
