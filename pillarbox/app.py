@@ -147,7 +147,8 @@ class Server:
         """Re-read the config and certificates; a bad config is refused, the old one stays."""
         try:
             new = config.load(self.settings.source) if self.settings.source else self.settings
-            provider = TlsProvider(new.tls.cert, new.tls.key)
+            # Swaps the certificate only if the new pair loads; else the old one stays.
+            self.ctx.tls.reload(new.tls.cert, new.tls.key)
         except (config.ConfigError, TlsConfigError) as exc:
             _log.error("reload refused", reason=str(exc))
             return False
@@ -155,7 +156,6 @@ class Server:
             _log.warning("listener changes need a restart", hint="run: systemctl restart")
         self.settings = new
         self.ctx.settings = new
-        self.ctx.tls.reload(provider.cert, provider.key)
         for component in self.components:
             try:
                 await component.reload(self.ctx)
