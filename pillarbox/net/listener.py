@@ -79,8 +79,7 @@ class Connection:
     async def start_tls(self) -> None:
         """Upgrade to TLS with the current server context (STARTTLS).
 
-        Anything the client pipelined before the handshake is discarded by the caller
-        emptying the reader buffer first (RFC 3207 §4.2 / the 2011 injection bugs)."""
+        Call ``prepare_starttls`` before answering the command, then this after."""
         if self._tls is None:
             raise RuntimeError("TLS is not configured for this listener")
         await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
@@ -97,10 +96,7 @@ class Connection:
         transport = self.writer.transport
         assert isinstance(transport, asyncio.Transport)  # a stream socket: reads and writes
         transport.pause_reading()
-        return self.discard_buffered_input()
-
-    def discard_buffered_input(self) -> int:
-        """Drop bytes already received but not yet read; returns how many."""
+        # StreamReader has no public way to drop its buffer; it is a bytearray.
         buffer = getattr(self.reader, "_buffer", None)
         if buffer is None:
             return 0
