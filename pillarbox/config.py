@@ -137,6 +137,19 @@ def _positive(value: int) -> int:
     return value
 
 
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return value
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError as exc:
+        raise ValueError(f"not an IP network such as 192.0.2.0/24: {value!r}") from exc
+
+
 def _delimiter(value: str) -> str:
     if "@" in value or any(c.isspace() for c in value):
         raise ValueError(f"recipient_delimiter cannot contain '@' or spaces: {value!r}")
@@ -245,14 +258,48 @@ class LimitSettings:
     max_data_line: int = field(default=10000, metadata=_check(_positive))
     max_commands: int = field(default=1000, metadata=_check(_positive))
     max_bad_commands: int = field(default=10, metadata=_check(_positive))
+    # SMTP (RFC 5321 §4.5.3.2.7): the server waits at least 5 minutes for the next command.
+    # A whole command line must arrive within this time: bytes trickling in do not extend it.
     idle_timeout: Duration = Duration(300)
+    # The same deadline for a line inside a command (an AUTH response).
     command_timeout: Duration = Duration(300)
+    # A client that has not logged in yet (IMAP, POP3, submission before AUTH) gets this
+    # long to send each command; port 25 keeps the RFC's idle_timeout.
+    preauth_timeout: Duration = Duration(60)
+    # DATA, BDAT and IMAP literals: no single read may wait longer than data_timeout
+    # (RFC 5321 §4.5.3.2.5: 3 minutes for a data block), and the whole transfer must keep
+    # an average of min_data_rate bytes per second after its first data_timeout seconds.
+    data_timeout: Duration = Duration(180)
+    min_data_rate: int = field(default=1024, metadata=_check(_positive))
+    # Connections: in total, per listener and per client address (an IPv6 client by its
+    # /64). The last reserved_for_authenticated slots of max_connections are kept for
+    # sessions that have logged in; when a cap is reached, the oldest idle connection that
+    # has not logged in is closed to make room.
     max_connections: int = field(default=1000, metadata=_check(_positive))
+    max_connections_per_listener: int = field(default=500, metadata=_check(_positive))
     max_connections_per_ip: int = field(default=50, metadata=_check(_positive))
+    reserved_for_authenticated: int = field(default=100, metadata=_check(_non_negative))
     imap_idle_timeout: Duration = Duration(1800)
     imap_max_literal: int = field(default=52428800, metadata=_check(_positive))
     imap_max_line: int = field(default=65536, metadata=_check(_positive))
+    # Password guessing: each failure from a client address (IPv6: its /64) or against an
+    # account doubles the wait before that address or account may try again, from
+    # auth_failure_delay up to auth_max_delay; failures are forgotten auth_failure_window
+    # after the last one. ban_after_failures failures from one address ban it from every
+    # listener for ban_time (doubled for each repeat ban, up to ban_time_max); addresses
+    # in ban_exempt (CIDRs; loopback by default, for webmail on the same host) are never
+    # banned nor throttled per address, but still per account.
     auth_failure_delay: float = 1.0
+    auth_max_delay: float = 15.0
+    auth_failure_window: Duration = Duration(900)
+    ban_after_failures: int = field(default=10, metadata=_check(_positive))
+    ban_time: Duration = Duration(900)
+    ban_time_max: Duration = Duration(86400)
+    ban_exempt: tuple[str, ...] = field(
+        default=("127.0.0.0/8", "::1/128"), metadata=_check(_network)
+    )
+    # argon2id costs 64 MiB per verification: bound how many run at once.
+    max_parallel_hashes: int = field(default=2, metadata=_check(_positive))
     shutdown_grace: Duration = Duration(10)
 
 
@@ -447,6 +494,13 @@ def _coerce(hint: Any, value: Any, base_dir: Path) -> Any:
 
 def _check_whole(settings: Settings, source: Path | None, check_files: bool) -> None:
     """Rules that span several keys or touch the file system."""
+    limits = settings.limits
+    if limits.reserved_for_authenticated >= limits.max_connections:
+        raise ConfigError(
+            "must be less than limits.max_connections",
+            key="limits.reserved_for_authenticated",
+            path=source,
+        )
     if not settings.domains:
         raise ConfigError("at least one domain is required", key="domains", path=source)
     if settings.tls.acme and not settings.tls.acme_email:
