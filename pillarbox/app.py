@@ -101,9 +101,8 @@ class Server:
         self.components: list[Component] = []
         self.listeners = Listeners(
             self.ctx.tls,
-            ConnectionLimits(
-                settings.limits.max_connections, settings.limits.max_connections_per_ip
-            ),
+            connection_limits(settings),
+            is_banned=getattr(self.ctx.authenticator, "is_banned", lambda ip: False),
         )
         self._stop_requested = asyncio.Event()
 
@@ -156,6 +155,7 @@ class Server:
             _log.warning("listener changes need a restart", hint="run: systemctl restart")
         self.settings = new
         self.ctx.settings = new
+        self.listeners.limits = connection_limits(new)
         for component in self.components:
             try:
                 await component.reload(self.ctx)
@@ -197,6 +197,16 @@ class Server:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    limits = settings.limits
+    return ConnectionLimits(
+        max_total=limits.max_connections,
+        max_per_listener=limits.max_connections_per_listener,
+        max_per_ip=limits.max_connections_per_ip,
+        reserved_for_authenticated=limits.reserved_for_authenticated,
+    )
 
 
 def drop_privileges(settings: Settings) -> None:

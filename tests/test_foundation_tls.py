@@ -145,7 +145,10 @@ def test_reload_swaps_certificate_without_dropping_connections(
 
 
 def test_starttls_listener_upgrades_and_per_ip_cap_answers_busy(pki: dict[str, Path]) -> None:
-    harness = Harness(TlsProvider(pki["cert"], pki["key"]), ConnectionLimits(10, 2))
+    harness = Harness(
+        TlsProvider(pki["cert"], pki["key"]),
+        ConnectionLimits(max_total=10, max_per_ip=2, reserved_for_authenticated=0),
+    )
     port = harness.addresses["plain"][1]
     try:
         held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]

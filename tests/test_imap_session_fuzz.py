@@ -41,6 +41,14 @@ class FakeConn:
         self.closing = asyncio.Event()
         self.peer_ip = "127.0.0.1"
         self.id = "t"
+        self.idle = False
+        self.authenticated = False
+
+    async def drain(self, seconds: float) -> None:
+        return None
+
+    def mark_authenticated(self) -> None:
+        self.authenticated = True
 
 
 class Authenticator:

@@ -210,7 +210,9 @@ def test_locks() -> None:
 def test_config_keeps_the_rfc_minimum_idle_timeout() -> None:
     from types import SimpleNamespace
 
-    limits = SimpleNamespace(idle_timeout=300, max_commands=1000, max_bad_commands=10)
+    limits = SimpleNamespace(
+        idle_timeout=300, preauth_timeout=60, max_commands=1000, max_bad_commands=10
+    )
     config = session_config(SimpleNamespace(hostname="h", limits=limits))
     assert config.idle_timeout == MIN_IDLE_TIMEOUT == 600.0
     limits.idle_timeout = 3600
@@ -221,7 +223,7 @@ def test_idle_session_is_logged_out() -> None:
     """The autologout timer, with the clock shortened (the real one is 10 minutes or more)."""
 
     async def scenario() -> list[bytes]:
-        config = SessionConfig(hostname="h", idle_timeout=0.3, max_commands=3)
+        config = SessionConfig(hostname="h", preauth_timeout=0.3, max_commands=3)
 
         async def handler(conn: Any) -> None:
             await Session(conn, config, None, None, MaildropLocks()).run()  # type: ignore[arg-type]

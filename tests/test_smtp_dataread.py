@@ -162,6 +162,7 @@ async def test_read_timeout_and_recovery() -> None:
     with pytest.raises(TimeoutError):
         await stream.readline(100)
     # The task was not left cancelled: later reads work, with a new deadline.
+    stream.expect_line(0.2)
     reader.feed_data(b"NOOP\r\n")
     assert await stream.readline(100) == b"NOOP\r\n"
     stream.close()

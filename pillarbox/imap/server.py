@@ -28,6 +28,9 @@ def session_config(settings: Any) -> SessionConfig:
     return SessionConfig(
         hostname=settings.hostname,
         idle_timeout=float(limits.imap_idle_timeout),
+        preauth_timeout=float(limits.preauth_timeout),
+        data_timeout=float(limits.data_timeout),
+        min_data_rate=float(limits.min_data_rate),
         limits=Limits(
             max_line=limits.imap_max_line,
             max_message_literal=limits.imap_max_literal,

@@ -36,7 +36,6 @@ _log = log.get("imap")
 
 MAX_BAD_COMMANDS: Final = 20
 IDLE_SYNC_INTERVAL: Final = 30.0  # re-scan the Maildir for foreign changes while IDLE
-PREAUTH_TIMEOUT: Final = 60.0
 PREAUTH_MAX_LITERAL: Final = 8192  # a user name or password, never a message
 BASE_CAPS: Final = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ENABLE", "ID", "IDLE")
 AUTH_CAPS: Final = (
@@ -87,7 +86,15 @@ Result = str | tuple[str, r.Code]
 @dataclass(frozen=True)
 class SessionConfig:
     hostname: str
+    # RFC 3501 §5.4: an autologout timer of at least 30 minutes once logged in (and for
+    # IDLE, RFC 2177); before login a client gets preauth_timeout per command line. Each
+    # is a deadline for the whole line.
     idle_timeout: float = 1800.0
+    preauth_timeout: float = 60.0
+    # A literal must arrive within data_timeout plus one second per min_data_rate bytes;
+    # a client that stops reading our output is dropped after data_timeout.
+    data_timeout: float = 180.0
+    min_data_rate: float = 1024.0
     limits: Limits = field(default_factory=Limits)
 
 
@@ -125,7 +132,7 @@ class Session:
         if self._out:
             self.conn.writer.write(bytes(self._out))
             self._out.clear()
-        await self.conn.writer.drain()
+        await self.conn.drain(self.config.data_timeout)
 
     async def write(self, data: bytes) -> None:
         self.send(data)
@@ -240,12 +247,19 @@ class Session:
 
     def _timeout(self) -> float:
         if self.state is c.State.NOT_AUTHENTICATED:
-            return PREAUTH_TIMEOUT
+            return self.config.preauth_timeout
         return self.config.idle_timeout
+
+    def _literal_timeout(self, size: int) -> float:
+        return self.config.data_timeout + size / self.config.min_data_rate
 
     async def _read_command(self) -> bytes | None:
         asm = CommandAssembler(self._limits())
-        line = await self._readline(self._timeout())
+        self.conn.idle = self.state is c.State.NOT_AUTHENTICATED
+        try:
+            line = await self._readline(self._timeout())
+        finally:
+            self.conn.idle = False
         if line is None:
             return None
         while True:
@@ -265,7 +279,7 @@ class Session:
                 await self.flush()
             try:
                 data = await asyncio.wait_for(
-                    self.conn.reader.readexactly(spec.size), self._timeout()
+                    self.conn.reader.readexactly(spec.size), self._literal_timeout(spec.size)
                 )
             except (asyncio.IncompleteReadError, TimeoutError):
                 return None
@@ -419,7 +433,7 @@ class Session:
             while exchange.credentials is None:
                 self.send(b"+ " + exchange.challenge_b64.encode() + b"\r\n")
                 await self.flush()
-                line = await self._readline(PREAUTH_TIMEOUT)
+                line = await self._readline(self.config.preauth_timeout)
                 if line is None:
                     raise ConnectionError("connection closed during AUTHENTICATE")
                 exchange.feed(line.rstrip(b"\r\n"))
@@ -437,6 +451,7 @@ class Session:
         self.mail = await self.backend.open(user)
         self.user = user
         self.state = c.State.AUTHENTICATED
+        self.conn.mark_authenticated()
         self._unwatch = self.mail.watch(self._on_change)
         _log.info("login", conn=self.conn.id, user=user, client=self.conn.peer_ip)
         caps = (r.Atom(cap) for cap in self.capabilities())

@@ -1,10 +1,16 @@
 """Listeners: the one seam through which every protocol receives connections.
 
 A protocol package exposes an async ``handler(conn: Connection)``; ``app`` pairs it with a
-``ListenerSpec`` (name, address, TLS mode) and ``Listeners`` runs them all: it accepts,
-enforces the connection caps (in total and per client IP), does the implicit-TLS handshake
-with the *current* server context, and on shutdown stops accepting, tells sessions to wind
-down, and cancels those still busy after the grace period.
+``ListenerSpec`` (name, address, TLS mode) and ``Listeners`` runs them all. Each listener
+has its own accept loop, so every decision about a new client is made on the bare socket,
+before a byte of TLS is spent on it: a banned address is closed at once, and the
+connection caps (:class:`ConnectionLimits`: in total, per listener, per client — an IPv6
+client by its /64 — with the last slots of the total kept for sessions that have logged
+in) are applied. When a cap is reached, the oldest connection that is idle and has not
+logged in is cut to make room, so a crowd of silent connections cannot lock real users
+out; only when none can be cut is the newcomer refused. The implicit-TLS handshake is then
+done by asyncio with the *current* server context; on shutdown the listeners stop
+accepting, tell sessions to wind down, and cancel those still busy after the grace period.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from pillarbox import log
+from pillarbox.core.clientaddr import client_key
 from pillarbox.tls.context import TlsInfo, TlsProvider
 
 _log = log.get("net")
@@ -32,12 +40,39 @@ HANDSHAKE_TIMEOUT = 30.0
 # asyncio's StreamReader buffer limit: protocol readers read bounded lines themselves.
 STREAM_LIMIT = 1 << 16
 
+# Output a session may leave unsent before it waits for the client to read (asyncio's
+# default high-water mark is 64 KiB).
+WRITE_BACKLOG = 1 << 16
+
 # asyncio keeps a receive buffer of SSLProtocol.max_size (256 KiB) for the whole life of
 # every TLS connection, idle or not: 13 idle IMAP clients would cost more than a DATA
 # transfer. 4 KiB keeps an idle TLS session near 20 KB (measured; see docs/BENCHMARKS.md)
 # and only means more, smaller socket reads for bulk transfers.
 TLS_RECEIVE_BUFFER = 4096
 asyncio.sslproto.SSLProtocol.max_size = TLS_RECEIVE_BUFFER
+
+
+def _send_alert_then_complete(
+    complete: Callable[[asyncio.sslproto.SSLProtocol, BaseException | None], None],
+) -> Callable[[asyncio.sslproto.SSLProtocol, BaseException | None], None]:
+    """asyncio drops the alert OpenSSL writes when a handshake fails (it closes without
+    sending what is left in the TLS output), so a TLS 1.0/1.1 client saw a silent close
+    instead of the protocol_version alert RFC 8446 §6.2 and RFC 5246 §7.2.2 call for, and
+    could not tell "too old" from "network trouble". Send that output first."""
+
+    def on_handshake_complete(
+        protocol: asyncio.sslproto.SSLProtocol, handshake_exc: BaseException | None
+    ) -> None:
+        if handshake_exc is not None:
+            with contextlib.suppress(Exception):
+                protocol._process_outgoing()  # type: ignore[attr-defined]
+        complete(protocol, handshake_exc)
+
+    return on_handshake_complete
+
+
+_SSLProtocol: Any = asyncio.sslproto.SSLProtocol  # patching a private method: untyped
+_SSLProtocol._on_handshake_complete = _send_alert_then_complete(_SSLProtocol._on_handshake_complete)
 
 
 class TlsMode(Enum):
@@ -47,7 +82,12 @@ class TlsMode(Enum):
 
 
 class Connection:
-    """One accepted client connection, handed to a protocol handler."""
+    """One accepted client connection, handed to a protocol handler.
+
+    Sessions tell the listener two things about it: ``idle`` while they wait for a command
+    before login (such a connection may be cut to make room, see :class:`Listeners`), and
+    ``mark_authenticated()`` once a user has logged in (it then counts against the slots
+    reserved for logged-in sessions, and is never cut)."""
 
     def __init__(
         self,
@@ -56,25 +96,38 @@ class Connection:
         listener: str,
         tls: TlsProvider | None,
         closing: asyncio.Event,
+        peer: tuple[str, int] = ("", 0),
     ):
         self.reader = reader
         self.writer = writer
         self.listener = listener
         self.id = f"{next(_conn_ids):x}"
-        peer = writer.get_extra_info("peername") or ("", 0)
+        peer = writer.get_extra_info("peername") or peer
         local = writer.get_extra_info("sockname") or ("", 0)
         self.peer_ip: str = peer[0]
         self.peer_port: int = peer[1]
         self.local_ip: str = local[0]
         self.local_port: int = local[1]
+        self.client = client_key(self.peer_ip)
         self._tls = tls
         self.tls: TlsInfo | None = TlsInfo.of(writer.get_extra_info("ssl_object"))
         # Set when the server shuts down: sessions say goodbye at the next command.
         self.closing = closing
+        # Waiting for a command with nothing in progress, before login.
+        self.idle = False
+        self.authenticated = False
+        self.on_authenticated: Callable[[Connection], None] | None = None
 
     @property
     def tls_available(self) -> bool:
         return self._tls is not None
+
+    def mark_authenticated(self) -> None:
+        if not self.authenticated:
+            self.authenticated = True
+            self.idle = False
+            if self.on_authenticated is not None:
+                self.on_authenticated(self)
 
     async def start_tls(self) -> None:
         """Upgrade to TLS with the current server context (STARTTLS).
@@ -104,6 +157,24 @@ class Connection:
         buffer.clear()
         return dropped
 
+    async def drain(self, seconds: float) -> None:
+        """Wait until the output is down to the stream's high-water mark, for at most
+        ``seconds``: a client that stops reading must not hold a session (and its
+        buffers) for ever. TimeoutError ends the session."""
+        if self.writer.transport.get_write_buffer_size() <= WRITE_BACKLOG:
+            await self.writer.drain()  # nothing to wait for: no timer on the hot path
+            return
+        await asyncio.wait_for(self.writer.drain(), seconds)
+
+    def cut(self, goodbye: bytes) -> None:
+        """End the connection now (to make room for others): say ``goodbye`` if there is
+        one, then close without waiting for a client that may not read. The session sees
+        the connection end and finishes normally."""
+        with contextlib.suppress(Exception):
+            if goodbye:
+                self.writer.write(goodbye)
+            self.writer.transport.abort()
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
@@ -120,22 +191,63 @@ class ListenerSpec:
     port: int
     tls: TlsMode
     handler: Handler
-    # Optional text sent, then the socket closed, when the connection caps are exceeded
-    # (for SMTP a 421 reply, RFC 5321 §3.8; for IMAP a BYE).
+    # Optional text sent when a connection is cut to make room or refused for the caps,
+    # then the socket closed (for SMTP a 421 reply, RFC 5321 §3.8; for IMAP a BYE). A
+    # refused client on an implicit-TLS listener gets no text: it is refused before the
+    # handshake, which is the point.
     busy_reply: bytes = b""
 
 
 @dataclass
 class ConnectionLimits:
     max_total: int = 1000
-    max_per_ip: int = 50
+    max_per_listener: int = 500
+    max_per_ip: int = 50  # per client key: an IPv4 address or an IPv6 /64
+    # The last slots of max_total, usable only by sessions that have logged in: a crowd of
+    # connections that never log in cannot take them.
+    reserved_for_authenticated: int = 100
+
+    @property
+    def max_unauthenticated(self) -> int:
+        return max(1, self.max_total - self.reserved_for_authenticated)
+
+
+def _never_banned(ip: str) -> bool:
+    return False
+
+
+@dataclass(eq=False)
+class _Entry:
+    """An open connection as the caps see it; ``conn`` is None during the TLS handshake."""
+
+    spec: ListenerSpec
+    client: str
+    task: asyncio.Task[None]
+    conn: Connection | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.conn is not None and self.conn.authenticated
+
+    def may_be_cut(self, listener: str | None) -> bool:
+        """Idle before login (or still in its handshake), on ``listener`` if one is named."""
+        if listener is not None and self.spec.name != listener:
+            return False
+        return self.conn is None or (self.conn.idle and not self.conn.authenticated)
+
+    def cut(self) -> None:
+        if self.conn is None:
+            self.task.cancel()  # a handshake cannot be told goodbye
+        else:
+            self.conn.cut(self.spec.busy_reply)
 
 
 @dataclass
 class _Bound:
     spec: ListenerSpec
-    server: asyncio.Server
+    sock: socket.socket
     address: tuple[str, int] = ("", 0)
+    accepting: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -144,36 +256,31 @@ class Listeners:
 
     tls: TlsProvider | None
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # Whether a client address is banned (the authenticator's bans); checked per accept.
+    is_banned: Callable[[str], bool] = _never_banned
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     _bound: list[_Bound] = field(default_factory=list)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _per_ip: Counter[str] = field(default_factory=Counter)
+    # Open connections in accept order (oldest first), which is the order they are cut in.
+    _open: dict[asyncio.Task[None], _Entry] = field(default_factory=dict)
+    _per_client: Counter[str] = field(default_factory=Counter)
+    _per_listener: Counter[str] = field(default_factory=Counter)
+    _unauthenticated: int = 0
 
     async def bind(self, specs: list[ListenerSpec]) -> dict[str, tuple[str, int]]:
         """Bind every listener (before privileges are dropped); returns the real addresses."""
         for spec in specs:
             sock = _make_socket(spec.host, spec.port)
-            # Implicit TLS is done by asyncio itself: calling start_tls after accepting would
-            # lose a ClientHello already read into the stream buffer.
-            implicit = spec.tls is TlsMode.IMPLICIT and self.tls is not None
-            server = await asyncio.start_server(
-                functools.partial(self._accept, spec),
-                sock=sock,
-                limit=STREAM_LIMIT,
-                start_serving=False,
-                ssl=self.tls.front() if implicit and self.tls else None,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
-            )
             address = sock.getsockname()[:2]
-            self._bound.append(_Bound(spec, server, (address[0], address[1])))
+            self._bound.append(_Bound(spec, sock, (address[0], address[1])))
         return self.addresses()
 
     def addresses(self) -> dict[str, tuple[str, int]]:
         return {b.spec.name: b.address for b in self._bound}
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         for bound in self._bound:
-            await bound.server.start_serving()
+            bound.accepting = loop.create_task(self._accept_loop(bound))
             _log.info(
                 "listening",
                 listener=bound.spec.name,
@@ -181,43 +288,142 @@ class Listeners:
                 tls=bound.spec.tls.value,
             )
 
-    async def _accept(
-        self, spec: ListenerSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        conn = Connection(
-            reader,
-            writer,
-            spec.name,
-            self.tls if spec.tls is not TlsMode.NONE else None,
-            self.closing,
+    async def _accept_loop(self, bound: _Bound) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, peer = await loop.sock_accept(bound.sock)
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                _log.warning("accept failed", listener=bound.spec.name, reason=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            refusal = self._admit(bound.spec, peer[0])
+            if refusal is not None:
+                self._refuse(bound.spec, client, peer[0], refusal)
+                continue
+            task = loop.create_task(self._serve(bound.spec, client, peer))
+            self._register(_Entry(bound.spec, client_key(peer[0]), task))
+
+    # -- admission ---------------------------------------------------------------------
+
+    def _admit(self, spec: ListenerSpec, ip: str) -> str | None:
+        """None to accept a new client from ``ip`` on ``spec``, else why it is refused.
+
+        Before refusing for a full listener or a full server, cut the oldest idle
+        connection that has not logged in (on the same listener for the listener cap)."""
+        if self.is_banned(ip):
+            return "banned"
+        limits = self.limits
+        if self._per_client[client_key(ip)] >= limits.max_per_ip:
+            return "too many connections from this address"
+        listener_full = self._per_listener[spec.name] >= limits.max_per_listener
+        if listener_full and not self._cut_oldest_idle(spec.name):
+            return "too many connections on this listener"
+        server_full = (
+            self._unauthenticated >= limits.max_unauthenticated
+            or len(self._open) >= limits.max_total
         )
-        if (
-            len(self._tasks) >= self.limits.max_total
-            or self._per_ip[conn.peer_ip] >= self.limits.max_per_ip
+        if server_full and not self._cut_oldest_idle(None):
+            return "too many connections"
+        return None
+
+    def _cut_oldest_idle(self, listener: str | None) -> bool:
+        for entry in self._open.values():
+            if entry.may_be_cut(listener):
+                conn = entry.conn
+                _log.info(
+                    "connection cut", listener=entry.spec.name, conn=conn.id if conn else None,
+                    client=conn.peer_ip if conn else entry.client,
+                    reason="idle before login, room needed",
+                )  # fmt: skip
+                self._forget(entry.task)
+                entry.cut()
+                return True
+        return False
+
+    def _register(self, entry: _Entry) -> None:
+        self._open[entry.task] = entry
+        self._per_client[entry.client] += 1
+        self._per_listener[entry.spec.name] += 1
+        self._unauthenticated += 1
+        entry.task.add_done_callback(self._forget)
+
+    def _on_authenticated(self, entry: _Entry, conn: Connection) -> None:
+        if self._open.get(entry.task) is entry:
+            self._unauthenticated -= 1
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        entry = self._open.pop(task, None)
+        if entry is None:
+            return
+        if entry.conn is not None:
+            entry.conn.on_authenticated = None
+        if not entry.authenticated:
+            self._unauthenticated -= 1
+        for counter, key in (
+            (self._per_client, entry.client),
+            (self._per_listener, entry.spec.name),
         ):
-            _log.warning(
-                "connection refused",
-                listener=spec.name,
-                client=conn.peer_ip,
-                reason="too many connections",
-            )
-            if spec.busy_reply and spec.tls is not TlsMode.IMPLICIT:
-                with contextlib.suppress(Exception):
-                    writer.write(spec.busy_reply)
-            await conn.close()
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+    def _refuse(self, spec: ListenerSpec, client: socket.socket, ip: str, reason: str) -> None:
+        _log.warning("connection refused", listener=spec.name, client=ip, reason=reason)
+        with contextlib.suppress(OSError):
+            if spec.busy_reply and spec.tls is not TlsMode.IMPLICIT and reason != "banned":
+                client.send(spec.busy_reply)  # non-blocking: a few bytes to an empty buffer
+        client.close()
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _serve(
+        self, spec: ListenerSpec, client: socket.socket, peer: tuple[str, int]
+    ) -> None:
+        conn = await self._open_streams(spec, client, peer)
+        if conn is None:
             return
         task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._per_ip[conn.peer_ip] += 1
+        entry = self._open.get(task) if task is not None else None
+        if entry is not None:
+            entry.conn = conn
+            conn.on_authenticated = functools.partial(self._on_authenticated, entry)
         try:
             await self._run(spec, conn)
         finally:
-            self._tasks.discard(task)
-            self._per_ip[conn.peer_ip] -= 1
-            if self._per_ip[conn.peer_ip] <= 0:
-                del self._per_ip[conn.peer_ip]
             await conn.close()
+
+    async def _open_streams(
+        self, spec: ListenerSpec, client: socket.socket, peer: tuple[str, int]
+    ) -> Connection | None:
+        """The client as streams, after the implicit-TLS handshake where there is one."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+        # The callback marks the protocol as server side (StreamWriter.start_tls asks) and
+        # hands over the writer the protocol makes for itself.
+        writers: list[asyncio.StreamWriter] = []
+        protocol = asyncio.StreamReaderProtocol(reader, lambda _, writer: writers.append(writer))
+        implicit = spec.tls is TlsMode.IMPLICIT and self.tls is not None
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                client,
+                ssl=self.tls.front() if implicit and self.tls else None,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            _log.info(
+                "connection ended", listener=spec.name, client=peer[0],
+                reason=f"TLS handshake failed: {type(exc).__name__}",
+            )  # fmt: skip
+            client.close()
+            return None
+        except asyncio.CancelledError:
+            client.close()  # cut to make room, or shutdown, during the handshake
+            return None
+        writer = writers[0] if writers else asyncio.StreamWriter(transport, protocol, reader, loop)
+        tls = self.tls if spec.tls is not TlsMode.NONE else None
+        return Connection(reader, writer, spec.name, tls, self.closing, peer)
 
     async def _run(self, spec: ListenerSpec, conn: Connection) -> None:
         try:
@@ -232,8 +438,7 @@ class Listeners:
             )
         except asyncio.CancelledError:
             # Only ``stop`` cancels sessions (after the grace period). The task must end
-            # normally: asyncio 3.11's stream callback calls task.exception() on it, which
-            # re-raises a cancellation and prints a traceback.
+            # normally so that nothing prints a cancellation traceback.
             _log.info(
                 "session cut off",
                 listener=spec.name,
@@ -247,21 +452,20 @@ class Listeners:
     async def stop(self, grace: float) -> None:
         """Stop accepting, let sessions finish for up to ``grace`` seconds, cancel the rest."""
         for bound in self._bound:
-            bound.server.close()
+            if bound.accepting is not None:
+                bound.accepting.cancel()
+            bound.sock.close()
         self.closing.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        if self._open:
+            _, pending = await asyncio.wait(set(self._open), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2)
-        for bound in self._bound:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(bound.server.wait_closed(), 1)
 
     @property
     def active_connections(self) -> int:
-        return len(self._tasks)
+        return len(self._open)
 
 
 def _make_socket(host: str, port: int) -> socket.socket:

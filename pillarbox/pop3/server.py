@@ -28,6 +28,7 @@ def session_config(settings: Any) -> SessionConfig:
         hostname=settings.hostname,
         # RFC 1939 §3: an autologout timer MUST allow at least 10 minutes of inactivity.
         idle_timeout=max(float(limits.idle_timeout), MIN_IDLE_TIMEOUT),
+        preauth_timeout=float(limits.preauth_timeout),
         max_commands=limits.max_commands,
         max_bad_commands=limits.max_bad_commands,
     )

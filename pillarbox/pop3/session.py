@@ -46,6 +46,8 @@ class State(enum.Enum):
 class SessionConfig:
     hostname: str
     idle_timeout: float = MIN_IDLE_TIMEOUT
+    # Before login: each command line must arrive, whole, within this many seconds.
+    preauth_timeout: float = 60.0
     # RFC 2449 §4 allows 255 octets; we take some more for AUTH initial responses.
     max_line: int = 1024
     # Commands per session before any mail is seen, plus this many per message: a client
@@ -114,7 +116,7 @@ class Session:
         if self._out:
             self.conn.writer.write(bytes(self._out))
             self._out.clear()
-        await asyncio.wait_for(self.conn.writer.drain(), self.config.idle_timeout)
+        await self.conn.drain(self.config.idle_timeout)
 
     async def _write(self, data: bytes) -> None:
         """Append to the output and push it out once a chunk's worth is waiting."""
@@ -148,6 +150,7 @@ class Session:
         """Read and run one command; False when the session is over."""
         if self.conn.closing.is_set():
             raise _Goodbye(self._err_line("server shutting down", "SYS/TEMP"), "shutdown")
+        self.conn.idle = self.state is State.AUTHORIZATION
         try:
             line = await self._readline(self.config.max_line)
         except LineTooLong:
@@ -156,6 +159,7 @@ class Session:
             self.send(self._err_line("line too long"))
             done = False
         else:
+            self.conn.idle = False
             if line is None:
                 return False
             self._count_command()
@@ -173,12 +177,18 @@ class Session:
     async def _readline(self, limit: int) -> bytes | None:
         """The next line without its line end; None at EOF. Raises LineTooLong for a line
         over ``limit``, _Goodbye when idle too long, at shutdown, or for a line longer than
-        the stream can hold."""
+        the stream can hold. The timeout is a deadline for the whole line (a byte now and
+        then does not extend it): short before login, RFC 1939's 10 minutes after."""
         read = asyncio.ensure_future(self.conn.reader.readuntil(b"\n"))
         stop = asyncio.ensure_future(self.conn.closing.wait())
+        timeout = (
+            self.config.preauth_timeout
+            if self.state is State.AUTHORIZATION
+            else self.config.idle_timeout
+        )
         try:
             done, _ = await asyncio.wait(
-                (read, stop), timeout=self.config.idle_timeout, return_when=asyncio.FIRST_COMPLETED
+                (read, stop), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             stop.cancel()
@@ -357,6 +367,7 @@ class Session:
             raise
         self.user, self._mail, self.maildrop = user, mail, maildrop
         self.state = State.TRANSACTION
+        self.conn.mark_authenticated()
         self._command_budget += self.config.commands_per_message * len(maildrop)
         _log.info(
             "login",

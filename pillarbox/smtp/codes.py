@@ -113,6 +113,11 @@ FROM_NOT_OWNED = Reply(550, "5.7.1", "From header address not owned by authentic
 NO_FROM_HEADER = Reply(550, "5.6.0", "Message has no valid From header")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by authenticated user")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# A BDAT chunk larger than the whole advertised SIZE: refused before its data is read, and
+# the connection closed, since skipping a chunk of any declared size would serve the client.
+CHUNK_TOO_BIG = Reply(
+    552, "5.3.4", "Chunk exceeds the maximum message size (see SIZE); closing connection"
+)
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 BARE_LINE_ENDING = Reply(521, "5.5.2", "Bare CR or LF in message data; use CRLF line endings")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")

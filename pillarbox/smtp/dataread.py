@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import enum
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,37 +54,76 @@ class LineTooLong(Exception):
 
 
 class InputStream:
-    """Buffered, bounded reads from one client; every wait for data has a timeout."""
+    """Buffered, bounded reads from one client; every wait for data has a deadline.
+
+    Two kinds of deadline, set by the session before it reads (``expect_line`` /
+    ``expect_transfer``). A *line* deadline is fixed when the wait for a command line
+    starts: bytes that trickle in do not move it, so a client sending one byte every few
+    seconds is cut when the whole line is late. A *transfer* deadline (DATA, BDAT) starts
+    at ``read_timeout`` from now and moves later by one second per ``min_rate`` bytes
+    received, so a transfer must keep that average rate, and no single read may wait more
+    than ``read_timeout`` for data."""
 
     def __init__(self, reader: asyncio.StreamReader, timeout: float):
         self._reader = reader
         self._buf = bytearray()
-        self.timeout = timeout  # may be changed between reads (idle vs in-command)
         # One watchdog timer per stream instead of a timeout context per read (which costs
         # a timer handle and two context switches per read on the hot path): the timer
-        # fires at most once per ``timeout`` and cancels the read if it has waited too long.
+        # fires at the earliest deadline and cancels the read if it is still waiting.
         self._loop = asyncio.get_running_loop()
-        self._waiting_since: float | None = None
+        self._deadline = self._loop.time() + timeout
+        self._read_timeout: float | None = None
+        self._min_rate = 0.0
+        self._waiting_until: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._task: asyncio.Task[object] | None = None
         self._timed_out = False
         self._interrupted = False
+        # Called before every wait for data (the session flushes the replies it owes).
+        self.before_wait: Callable[[], Awaitable[None]] | None = None
+
+    def expect_line(self, timeout: float) -> None:
+        """The next line(s) must be complete within ``timeout`` seconds from now."""
+        self._deadline = self._loop.time() + timeout
+        self._read_timeout = None
+        self._min_rate = 0.0
+
+    def expect_transfer(self, read_timeout: float, min_rate: float) -> None:
+        """Message content follows: see the class docstring."""
+        self._deadline = self._loop.time() + read_timeout
+        self._read_timeout = read_timeout
+        self._min_rate = float(min_rate)
 
     @property
     def waiting(self) -> bool:
-        return self._waiting_since is not None
+        return self._waiting_until is not None
 
     def interrupt(self) -> None:
         """Make a pending wait for data raise :class:`Interrupted`."""
-        if self._waiting_since is not None and self._task is not None:
+        if self._waiting_until is not None and self._task is not None:
             self._interrupted = True
             self._task.cancel()
 
+    def _wait_limit(self) -> float:
+        now = self._loop.time()
+        until = self._deadline
+        if self._read_timeout is not None:
+            until = min(until, now + self._read_timeout)
+        if until <= now:
+            raise TimeoutError("the client is too slow")
+        return until
+
     async def _fill(self) -> None:
-        self._waiting_since = self._loop.time()
-        if self._timer is None:
+        if self.before_wait is not None:
+            await self.before_wait()
+        until = self._wait_limit()
+        self._waiting_until = until
+        if self._timer is None or self._timer_at > until:
+            if self._timer is not None:
+                self._timer.cancel()
             self._task = asyncio.current_task()
-            self._timer = self._loop.call_at(self._waiting_since + self.timeout, self._watch)
+            self._arm(until)
         try:
             data = await self._reader.read(READ_CHUNK)
         except asyncio.CancelledError:
@@ -96,22 +136,27 @@ class InputStream:
                 raise TimeoutError("no data from the client in time") from None
             raise
         finally:
-            self._waiting_since = None
+            self._waiting_until = None
         if not data:
             raise ClientGone("client closed the connection")
+        if self._min_rate:
+            self._deadline += len(data) / self._min_rate
         self._buf += data
+
+    def _arm(self, when: float) -> None:
+        self._timer = self._loop.call_at(when, self._watch)
+        self._timer_at = when
 
     def _watch(self) -> None:
         self._timer = None
-        since = self._waiting_since
-        if since is None or self._task is None:
+        until = self._waiting_until
+        if until is None or self._task is None:
             return  # not waiting now: the next read re-arms the timer
-        deadline = since + self.timeout
-        if self._loop.time() >= deadline:
+        if self._loop.time() >= until:
             self._timed_out = True
             self._task.cancel()
         else:
-            self._timer = self._loop.call_at(deadline, self._watch)
+            self._arm(until)
 
     def close(self) -> None:
         if self._timer is not None:

@@ -98,6 +98,9 @@ def session_config(settings: Settings, kind: ListenerKind) -> SmtpConfig:
         max_bad_commands=limits.max_bad_commands,
         idle_timeout=float(limits.idle_timeout),
         command_timeout=float(limits.command_timeout),
+        preauth_timeout=float(limits.preauth_timeout),
+        data_timeout=float(limits.data_timeout),
+        min_data_rate=float(limits.min_data_rate),
     )
 
 

@@ -85,10 +85,16 @@ class SmtpConfig:
     max_data_line: int = 10000
     max_commands: int = 1000
     max_bad_commands: int = 10
-    # RFC 5321 §4.5.3.2.7: at least 5 minutes waiting for the next command; data and AUTH
-    # lines within a command get command_timeout each.
+    # RFC 5321 §4.5.3.2.7: at least 5 minutes waiting for the next command; AUTH lines
+    # within a command get command_timeout each. Each is a deadline for the whole line.
     idle_timeout: float = 300.0
     command_timeout: float = 300.0
+    # Submission before AUTH: a client that has not logged in gets less patience.
+    preauth_timeout: float = 60.0
+    # DATA and BDAT: the longest wait for one read (RFC 5321 §4.5.3.2.5, 3 minutes), and
+    # the average rate the whole transfer must keep after that (bytes per second).
+    data_timeout: float = 180.0
+    min_data_rate: float = 1024.0
 
 
 @dataclass
@@ -202,6 +208,8 @@ class SmtpSession:
         self.envelope: Envelope | None = None
         self._spool: MessageSpool | None = None
         self._in = InputStream(conn.reader, config.command_timeout)
+        # RFC 2920 §3.1: replies owed are sent before the server blocks waiting for input.
+        self._in.before_wait = self.flush
         self._out: list[bytes] = []
         self._commands = 0
         self._errors = 0
@@ -220,7 +228,7 @@ class SmtpSession:
             data = b"".join(self._out)
             self._out.clear()
             self.conn.writer.write(data)
-            await self.conn.writer.drain()
+            await self.conn.drain(self.config.data_timeout)
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -281,15 +289,18 @@ class SmtpSession:
             if self.conn.closing.is_set():
                 await self._say_goodbye(codes.SHUTTING_DOWN)
                 raise _CloseSession("server shutting down")
-            self._in.timeout = limits.idle_timeout
+            if self.state is not State.CHUNKING:
+                # BDAT chunks and the commands between them are one transfer, on one clock.
+                self._in.expect_line(self._command_wait())
             self._between_commands = True
+            self.conn.idle = self.state in (State.START, State.READY)
             try:
                 line = await self._in.readline(limits.max_command_line)
             except LineTooLong:
                 self.reply(codes.LINE_TOO_LONG)
             else:
                 self._between_commands = False
-                self._in.timeout = limits.command_timeout
+                self.conn.idle = False
                 self._commands += 1
                 if self._commands > limits.max_commands:
                     await self._say_goodbye(codes.TOO_MANY_COMMANDS)
@@ -300,6 +311,12 @@ class SmtpSession:
             if self._errors >= limits.max_bad_commands:
                 await self._say_goodbye(codes.TOO_MANY_ERRORS)
                 raise _CloseSession("too many errors")
+
+    def _command_wait(self) -> float:
+        """Seconds the next command line may take to arrive, whole."""
+        if self.config.kind is ListenerKind.SUBMISSION and self.info.user is None:
+            return self.config.preauth_timeout
+        return self.config.idle_timeout
 
     async def _command(self, line: bytes) -> bool:
         """Run one command; True when the session should end (QUIT)."""
@@ -428,6 +445,7 @@ class SmtpSession:
             while exchange.credentials is None:
                 self._out.append(b"334 " + exchange.challenge_b64.encode() + b"\r\n")
                 await self.flush()
+                self._in.expect_line(self.config.command_timeout)
                 try:
                     line = await self._in.readline(MAX_SASL_LINE)
                 except LineTooLong:
@@ -450,6 +468,7 @@ class SmtpSession:
             )  # fmt: skip
             return
         self.info.user = user
+        self.conn.mark_authenticated()
         self.reply(codes.AUTH_OK)
         _log.info("auth", conn=self.conn.id, client=self.conn.peer_ip, user=user)
 
@@ -521,6 +540,7 @@ class SmtpSession:
             return
         self._out.append(codes.START_DATA.wire)
         await self.flush()
+        self._in.expect_transfer(self.config.data_timeout, self.config.min_data_rate)
         spool = self._new_spool(envelope)
         outcome = await read_dot_data(self._in, spool, self.config.max_data_line)
         if outcome is DataOutcome.BARE_LINE_ENDING:
@@ -543,6 +563,10 @@ class SmtpSession:
         if spool is None:
             spool = self._new_spool(envelope)
             self.state = State.CHUNKING
+            self._in.expect_transfer(self.config.data_timeout, self.config.min_data_rate)
+        if spool.size + command.size > self.config.max_message_size and not spool.dropped:
+            await self._refuse_chunk(envelope, spool, command.size, command.last)
+            return
         ok = await read_bdat_chunk(self._in, spool, command.size)
         if not command.last:
             # RFC 3030 §2: after a failed chunk the client sends no more; we still consume
@@ -553,6 +577,24 @@ class SmtpSession:
             self._finish_failed(envelope, spool, codes.MESSAGE_TOO_BIG)
             return
         await self._deliver(envelope, await spool.finish())
+
+    async def _refuse_chunk(
+        self, envelope: Envelope, spool: MessageSpool, size: int, last: bool
+    ) -> None:
+        """A chunk that takes the message over SIZE is refused before its data is read
+        (RFC 1870 §6.3, RFC 3030 §2): the client hears 552 at once, and the replies owed
+        to the commands pipelined before it go out first."""
+        spool.discard()
+        if size > self.config.max_message_size:
+            self._log_message(envelope, spool.size + size, b"", codes.CHUNK_TOO_BIG)
+            await self._say_goodbye(codes.CHUNK_TOO_BIG)
+            raise _CloseSession("BDAT chunk over the size limit")
+        self.reply(codes.MESSAGE_TOO_BIG)
+        await self.flush()
+        await read_bdat_chunk(self._in, spool, size)  # consumed, not stored
+        if last:
+            self._log_message(envelope, spool.size, b"", codes.MESSAGE_TOO_BIG)
+            self._end_transaction()
 
     def _finish_failed(self, envelope: Envelope, spool: MessageSpool, reply: Reply) -> None:
         spool.discard()
