@@ -232,7 +232,9 @@ async def serve_stream(
     """One request, one response, on ``stream`` (plain or TLS)."""
     method = ""
     try:
+        conn.idle = True  # nothing asked yet: may be cut to make room (net.listener)
         request = await read_request(HeadReader(stream), limits)
+        conn.idle = False
         method = request.method
         response = site.handle(request, secure=secure)
         _log.info(
