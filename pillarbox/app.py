@@ -31,7 +31,7 @@ from pillarbox.pop3.server import make_pop3
 from pillarbox.queue.service import make_queue
 from pillarbox.store.accounts import Accounts
 from pillarbox.store.mailbox import make_store
-from pillarbox.tls.context import TlsConfigError, TlsProvider
+from pillarbox.tls.context import TlsConfigError, TlsProvider, quiet_bad_server_names
 from pillarbox.tls.manager import ensure_bootstrap_certificate, make_certificates
 
 _log = log.get("server")
@@ -113,6 +113,7 @@ class Server:
             if component is not None:
                 self.components.append(component)
         specs = [spec for c in self.components for spec in c.listeners()]
+        quiet_bad_server_names()
         addresses = await self.listeners.bind(specs)
         drop_privileges(self.settings)
         await self.ctx.control.start()

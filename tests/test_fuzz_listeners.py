@@ -909,13 +909,6 @@ def test_shape_checker_rejects_what_it_should() -> None:
     assert problem("http", b"garbage") is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug found by this fuzzer: CPython's ssl decodes the SNI name as ASCII "
-    "before the SNI callback runs and prints the UnicodeDecodeError as an 'Exception "
-    "ignored' traceback on stderr, so any client can write tracebacks into the log of the "
-    "implicit-TLS listeners. Remove this marker once it is fixed.",
-)
 def test_a_non_ascii_sni_name_leaves_no_traceback(fuzzed: Fuzzed) -> None:
     """Found by the fuzzer (a flipped byte in the ClientHello's server_name): an 8-bit
     SNI name is refused with an alert, the server stays up, and the log stays clean."""

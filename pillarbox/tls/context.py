@@ -8,8 +8,13 @@ next handshake while established TLS sessions keep the context they started with
 from __future__ import annotations
 
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from pillarbox import log
+
+_log = log.get("tls")
 
 # Mozilla's "intermediate" TLS 1.2 suites (forward secrecy, AEAD only); TLS 1.3 suites are
 # fixed by OpenSSL and all fine.
@@ -95,3 +100,30 @@ class TlsProvider:
         new = server_context(cert or self.cert, key or self.key)
         self.cert, self.key = cert or self.cert, key or self.key
         self._context = new
+
+
+def quiet_bad_server_names() -> None:
+    """Make a ClientHello with a non-ASCII SNI name cost one log line, not a traceback.
+
+    CPython's ssl module decodes the server_name as ASCII *before* it calls our SNI
+    callback (RFC 6066 §3 says host names there are ASCII, A-labels for IDNs) and, when
+    that fails, refuses the handshake with an internal_error alert and hands the
+    UnicodeDecodeError to ``sys.unraisablehook`` — whose default prints a traceback on
+    stderr. Any client could fill the log that way; every other unraisable error still
+    goes to the hook that was there before."""
+    if sys.unraisablehook is not _unraisable_hook:
+        global _previous_unraisable_hook
+        _previous_unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = _unraisable_hook
+
+
+_previous_unraisable_hook = sys.unraisablehook
+
+
+def _unraisable_hook(unraisable: sys.UnraisableHookArgs) -> None:
+    if isinstance(unraisable.exc_value, UnicodeDecodeError) and isinstance(
+        unraisable.object, bytes
+    ):
+        _log.info("tls handshake refused", reason="server name (SNI) is not ASCII")
+        return
+    _previous_unraisable_hook(unraisable)
