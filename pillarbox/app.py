@@ -58,7 +58,9 @@ class AppContext:
             settings=settings,
             accounts=accounts,
             authenticator=Authenticator(
-                accounts.password_hash, base_delay=settings.limits.auth_failure_delay
+                accounts.password_hash,
+                settings.limits,
+                state_path=settings.data_dir / "bans.json",
             ),
             tls=TlsProvider(settings.tls.cert, settings.tls.key),
             control=ControlServer(settings.control_socket),
@@ -119,6 +121,8 @@ class Server:
         await self.ctx.control.start()
         self.ctx.control.register("server.status", self._status)
         self.ctx.control.register("server.reload", self._reload_method)
+        for name, method in self.ctx.authenticator.control_methods().items():
+            self.ctx.control.register(name, method)  # bans.list, bans.del
         for component in self.components:
             await component.start()
         await self.listeners.start()
@@ -157,6 +161,7 @@ class Server:
         self.settings = new
         self.ctx.settings = new
         self.listeners.limits = connection_limits(new)
+        self.ctx.authenticator.reconfigure(new.limits)
         for component in self.components:
             try:
                 await component.reload(self.ctx)

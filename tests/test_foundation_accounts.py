@@ -12,6 +12,7 @@ import pytest
 from pillarbox.auth.passwords import PasswordPolicyError, hash_password, verify_password
 from pillarbox.auth.sasl import Credentials, SaslError, SaslExchange
 from pillarbox.auth.service import Authenticator
+from pillarbox.config import LimitSettings
 from pillarbox.core.address import AddressError, parse_address
 from pillarbox.store.accounts import AccountError, Accounts
 
@@ -165,7 +166,7 @@ def test_sasl_unknown_mechanism() -> None:
 
 
 def test_authenticator_accepts_and_delays_growing_failures(accounts: Accounts) -> None:
-    auth = Authenticator(accounts.password_hash, base_delay=0.05)
+    auth = Authenticator(accounts.password_hash, LimitSettings(auth_failure_delay=0.05))
 
     async def scenario() -> None:
         ok = await auth.authenticate(Credentials("ALICE@example.test", "right-password"), "ip1")

@@ -11,7 +11,19 @@ import sys
 from collections.abc import Sequence
 
 from pillarbox import __version__
-from pillarbox.cli import accounts, cert, check, dkim, dns, init, queue, sendmail, serve, verify
+from pillarbox.cli import (
+    accounts,
+    bans,
+    cert,
+    check,
+    dkim,
+    dns,
+    init,
+    queue,
+    sendmail,
+    serve,
+    verify,
+)
 from pillarbox.cli.common import CliError, Command
 from pillarbox.config import ConfigError
 
@@ -25,6 +37,7 @@ COMMANDS: list[Command] = [
     *check.COMMANDS,
     *cert.COMMANDS,
     *queue.COMMANDS,
+    *bans.COMMANDS,
     *sendmail.COMMANDS,
 ]
 
@@ -36,6 +49,7 @@ GROUP_HELP = {
     "dns": "the DNS records to publish",
     "cert": "TLS certificate: status, renew (ACME)",
     "queue": "outbound queue: list, show, flush, delete",
+    "bans": "clients banned for failed logins: list, del",
 }
 
 
