@@ -104,7 +104,7 @@ class Server:
         self.listeners = Listeners(
             self.ctx.tls,
             connection_limits(settings),
-            is_banned=getattr(self.ctx.authenticator, "is_banned", lambda ip: False),
+            is_banned=self.ctx.authenticator.is_banned,
         )
         self._stop_requested = asyncio.Event()
 
