@@ -100,3 +100,54 @@ def test_without_server_local_now_remote_at_start(settings: Settings) -> None:
         )
     assert [r["address"] for r in entry["recipients"]] == ["friend@remote.test"]
     assert not pending[0].exists()
+
+
+# -- the From rule (the same as submission's) ----------------------------------------------
+
+
+def pickup_is_empty(settings: Settings) -> bool:
+    pickup = settings.data_dir / "spool" / "pickup"
+    return not pickup.is_dir() or not list(pickup.iterdir())
+
+
+@pytest.mark.parametrize(
+    "sender, author, why",
+    [
+        ("alice@example.test", "From: Alice <bob@example.test>", b"bob@example.test"),
+        ("alice@example.test", 'From: "bob@example.test" <alice@example.test>', b"shows bob@"),
+        ("alice@example.test", "From: alice@example.test\nFrom: bob@example.test", b"2 From"),
+        ("root@example.test", "From: bob@example.test", b"bob@example.test"),  # From must be -f
+    ],
+)
+def test_spoofed_from_is_refused_before_pickup(
+    settings: Settings, sender: str, author: str, why: bytes
+) -> None:
+    mark = uuid.uuid4().hex
+    data = f"{author}\nSubject: {mark}\n\nx\n".encode()
+    result = sendmail(settings, ["-f", sender, "alice@example.test"], data)
+    assert result.returncode != 0
+    assert b"message refused" in result.stderr and why in result.stderr
+    assert pickup_is_empty(settings) and not inbox(settings, "alice", mark)
+
+
+@pytest.mark.parametrize(
+    "sender, author, shown",
+    [
+        ("alice@example.test", "From: Alice <alice+cron@example.test>", b"alice+cron@"),
+        ("alice+x@example.test", "From: Alice <alice@example.test>", b"<alice@example.test>"),
+        ("root@example.test", "From: Root <root@example.test>", b"<root@example.test>"),
+        # Debian's cron writes a bare local name: it gets the first domain (myorigin).
+        (
+            "root@example.test",
+            "From: root (Cron Daemon)",
+            b"From: Cron Daemon <root@example.test>\r\n",
+        ),
+    ],
+)
+def test_own_from_passes(settings: Settings, sender: str, author: str, shown: bytes) -> None:
+    mark = uuid.uuid4().hex
+    data = f"{author}\nSubject: {mark}\n\nx\n".encode()
+    result = sendmail(settings, ["-f", sender, "alice@example.test"], data)
+    assert result.returncode == 0, result.stderr
+    (stored,) = inbox(settings, "alice", mark)
+    assert shown in stored

@@ -118,9 +118,8 @@ def test_submission_to_local_user_records_tls_and_user(sub: pbserver.RunningServ
 
 def test_sender_spoofing_is_refused(sub: pbserver.RunningServer) -> None:
     with logged_in(sub) as client:
-        assert client.mail("bob@example.test") == (
-            553, b"5.7.1 Sender address not owned by authenticated user",
-        )  # fmt: skip
+        code, text = client.mail("bob@example.test")
+        assert (code, text[:5]) == (553, b"5.7.1") and b"bob@example.test" in text
         client.rset()
         client.mail(ALICE)
         client.rcpt("bob@example.test")

@@ -95,6 +95,46 @@ def alias_del(args: argparse.Namespace) -> int:
     return 0
 
 
+def sendas_add(args: argparse.Namespace) -> int:
+    with _accounts(args) as (accounts, _):
+        user = str(accounts.parse_local(args.address))
+        key = accounts.add_send_as(user, args.pattern)
+    print(f"{user} may now send as {key}")
+    return 0
+
+
+def sendas_list(args: argparse.Namespace) -> int:
+    with _accounts(args) as (accounts, settings):
+        user = str(accounts.parse_local(args.address))
+        if not accounts.user_exists(user):
+            raise CliError(f"no such user: {user}")
+        owned = sorted(accounts.owned_addresses(user))
+        grants = accounts.list_send_as(user)
+    delimiter = settings.delivery.recipient_delimiter
+    for address in owned:
+        print(f"{address}\t(owned; also {address.replace('@', delimiter + '*@', 1)})")
+    for pattern in grants:
+        print(f"{pattern}\t(granted)")
+    return 0
+
+
+def sendas_del(args: argparse.Namespace) -> int:
+    with _accounts(args) as (accounts, _):
+        user = str(accounts.parse_local(args.address))
+        key = accounts.delete_send_as(user, args.pattern)
+    print(f"{user} may no longer send as {key}")
+    return 0
+
+
+def _sendas_args(parser: argparse.ArgumentParser) -> None:
+    _address_arg(parser)
+    parser.add_argument(
+        "pattern",
+        metavar="PATTERN",
+        help="an address the user may put in From, or @domain for any address there",
+    )
+
+
 def _address_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", metavar="ADDRESS", help="the user's address, user@domain")
 
@@ -131,6 +171,24 @@ COMMANDS = [
     Command(("user", "list"), "list users", user_list),
     Command(("user", "passwd"), "change a user's password", user_passwd, _password_args),
     Command(("user", "del"), "delete a user (its mail stays on disk)", user_del, _address_arg),
+    Command(
+        ("user", "sendas", "list"),
+        "list the From addresses a user may send as",
+        sendas_list,
+        _address_arg,
+    ),
+    Command(
+        ("user", "sendas", "add"),
+        "let a user send as another address or a whole @domain",
+        sendas_add,
+        _sendas_args,
+    ),
+    Command(
+        ("user", "sendas", "del"),
+        "withdraw a send-as grant",
+        sendas_del,
+        _sendas_args,
+    ),
     Command(
         ("alias", "add"),
         "add an alias (several targets, @domain catch-all)",

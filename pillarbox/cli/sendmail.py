@@ -6,6 +6,10 @@ to the server through the pickup directory (see :mod:`pillarbox.delivery.pickup`
 first, then delivered by the running server over the control socket, or — with no server —
 delivered locally by this command itself, remote recipients waiting for the server's start.
 
+Before anything is written, the From header is judged as submission judges it (one From,
+every address one the sender may use: see :func:`judge_from`); a bare local name in From
+gets the first configured domain, so cron's ``From: root (Cron Daemon)`` works.
+
 Options follow sendmail's: ``-f`` envelope sender (default: the Unix user at the first
 configured domain, Postfix's ``myorigin``), ``-F`` full name for a generated From, ``-t``
 recipients from To/Cc/Bcc (Bcc is removed), ``-i``/``-oi`` accepted (we read to end of file,
@@ -79,6 +83,7 @@ def prepare_message(
     extract: bool,
     recipients: list[str],
     hostname: str,
+    origin: str,
     queue_id: str,
 ) -> tuple[bytes, list[str]]:
     """The message to store (CRLF, completed headers, no Bcc) and its recipients."""
@@ -86,6 +91,7 @@ def prepare_message(
     if extract:
         recipients = [*recipients, *header_recipients(fields)]
         fields = [f for f in fields if field_name(f) != "bcc"]
+    fields = qualify_from(fields, origin)
     names = {field_name(f) for f in fields}
     added = []
     if "from" not in names and sender:
@@ -98,6 +104,51 @@ def prepare_message(
         body = b"\r\n" + body
     head = b"".join(fields) + "".join(added).encode("utf-8")
     return head + body, list(dict.fromkeys(recipients))
+
+
+def qualify_from(fields: list[bytes], origin: str) -> list[bytes]:
+    """A From of bare local names (cron writes ``From: root (Cron Daemon)``) gets the
+    origin domain, as Postfix's ``append_at_myorigin`` does for local submissions."""
+    out = []
+    for item in fields:
+        if field_name(item) == "from":
+            pairs = email.utils.getaddresses([field_value(item)])
+            if pairs and all(addr and "@" not in addr for _, addr in pairs):
+                value = ", ".join(email.utils.formataddr((n, f"{a}@{origin}")) for n, a in pairs)
+                item = f"From: {value}\r\n".encode()
+        out.append(item)
+    return out
+
+
+def judge_from(settings: Settings, message: bytes, sender: str) -> None:
+    """The submission rule for the From header (:mod:`pillarbox.delivery.sendas`), with
+    the envelope sender as the identity: when an account owns it, From may be anything
+    that account may send as; otherwise From must be the sender itself."""
+    from pillarbox.delivery.sendas import judge_author
+    from pillarbox.delivery.service import unquote_local_part
+    from pillarbox.store.accounts import Accounts
+
+    head = message[: message.find(b"\r\n\r\n") + 2]
+    accounts = Accounts(settings.database_path, settings.domains)
+    try:
+        delimiter = settings.delivery.recipient_delimiter
+        owner = accounts.owner_of(sender, delimiter) if sender else None
+
+        def may_use(address: str) -> bool:
+            address = unquote_local_part(address)
+            if owner is not None:
+                return accounts.may_send_as(owner, address, delimiter)
+            try:
+                return str(parse_address(address)) == sender
+            except AddressError:
+                return False
+
+        refusal = judge_author(head, may_use)
+    finally:
+        accounts.close()
+    if refusal is not None:
+        who = f"the account {owner}" if owner else f"the envelope sender {sender or '<>'}"
+        raise CliError(f"message refused: {refusal.text} (judged as {who}; see -f)")
 
 
 def default_sender(settings: Settings) -> str:
@@ -155,11 +206,13 @@ def run(args: argparse.Namespace) -> int:
         extract=args.extract,
         recipients=[_checked(r, "recipient") for r in args.recipients],
         hostname=settings.hostname,
+        origin=settings.domains[0],
         queue_id=queue_id,
     )
     if not recipients:
         raise CliError("no recipients (give them as arguments, or use -t)")
     recipients = [_checked(r, "recipient") for r in recipients]
+    judge_from(settings, message, sender)
     uid = os.getuid()
     write_entry(
         pickup_dir(settings), PickupEnvelope(queue_id, sender, tuple(recipients), uid), message

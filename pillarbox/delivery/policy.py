@@ -10,17 +10,16 @@ backscatter). After DATA the message is authenticated (SPF, DKIM, DMARC, ARC via
 never refuses mail. Forged Authentication-Results that claim our authserv-id are removed
 (RFC 8601 §5) and ours is prepended.
 
-Submission (587/465, RFC 6409): the envelope sender and every From: header address must be
-one the authenticated user owns (its address, its ``+tag`` forms, aliases that lead to it;
-RFC 6409 §6.1 allows the check), else 553/550 5.7.1. Any recipient; remote ones go to the
-outbound queue, which DKIM-signs them.
+Submission (587/465, RFC 6409): the envelope sender must be one the authenticated user owns
+(its address, its ``+tag`` forms, aliases that lead to it, its send-as grants; RFC 6409
+§6.1 allows the check), else 553 5.7.1; the From/Sender header fields are judged by
+:mod:`pillarbox.delivery.sendas` (550 5.7.1 naming the address) before anything is signed.
+Any recipient; remote ones go to the outbound queue, which DKIM-signs them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import errno
 import os
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.core.address import AddressError
 from pillarbox.delivery.local import INBOX, JUNK
+from pillarbox.delivery.sendas import judge_author
 from pillarbox.delivery.service import (
     DeliveryError,
     DeliveryService,
@@ -47,21 +47,7 @@ from pillarbox.smtp.session import Envelope, ListenerKind, Recipient, SessionInf
 from pillarbox.store.accounts import Accounts, Resolution
 
 _log = log.get("delivery")
-_HEADER_PARSER = email.parser.HeaderParser(policy=email.policy.default)
 MAX_REMEMBERED = 100_000
-
-
-def from_header_addresses(head: bytes) -> list[str] | None:
-    """The addr-specs of every From: field, or None when there is none or it does not parse."""
-    if b"from" not in head.lower():
-        return None
-    try:
-        message = _HEADER_PARSER.parsestr(head.decode("utf-8", "replace"))
-        fields = message.get_all("From") or []
-        addresses = [a.addr_spec for f in fields for a in getattr(f, "addresses", ())]
-    except Exception:  # the email package raises many types on hostile input
-        return None
-    return addresses if addresses and all("@" in a for a in addresses) else None
 
 
 @dataclass(frozen=True)
@@ -101,7 +87,9 @@ class SmtpBackend:
             assert session.user is not None
             sender = unquote_local_part(sender)
             if not self.accounts.may_send_as(session.user, sender, self.delimiter):
-                return codes.SENDER_NOT_OWNED
+                return codes.SENDER_NOT_OWNED.with_text(
+                    f"Sender address {sender} is not yours to send as (logged in as {session.user})"
+                )
         return None
 
     async def check_recipient(
@@ -150,7 +138,7 @@ class SmtpBackend:
         self, session: SessionInfo, envelope: Envelope, message: SpooledMessage, received: bytes
     ) -> Reply:
         if session.kind is ListenerKind.SUBMISSION:
-            rejection = await self._check_from(session, message)
+            rejection = await self._check_from(session, envelope, message)
             inbound = InboundResult(rejection, INBOX, b"")
         else:
             inbound = await self._authenticate(session, envelope, message)
@@ -167,18 +155,24 @@ class SmtpBackend:
             if rewritten is not None:
                 remove_later(rewritten)
 
-    async def _check_from(self, session: SessionInfo, message: SpooledMessage) -> Reply | None:
+    async def _check_from(
+        self, session: SessionInfo, envelope: Envelope, message: SpooledMessage
+    ) -> Reply | None:
+        user = session.user
+        assert user is not None
+
+        def may_use(address: str) -> bool:
+            return self.accounts.may_send_as(user, unquote_local_part(address), self.delimiter)
+
         if len(message.head) > 16384:  # the email package is slow on big (hostile) headers
-            addresses = await asyncio.to_thread(from_header_addresses, message.head)
+            refusal = await asyncio.to_thread(judge_author, message.head, may_use)
         else:
-            addresses = from_header_addresses(message.head)
-        if not addresses:
-            return codes.NO_FROM_HEADER
-        assert session.user is not None
-        for address in addresses:
-            if not self.accounts.may_send_as(session.user, address, self.delimiter):
-                return codes.FROM_NOT_OWNED
-        return None
+            refusal = judge_author(message.head, may_use)
+        if refusal is None:
+            return None
+        _log.info("author refused", queue_id=envelope.queue_id, user=user, reason=refusal.text)
+        reply = codes.FROM_NOT_OWNED if refusal.spoof else codes.NO_FROM_HEADER
+        return reply.with_text(refusal.text)
 
     def _strip_forged_results(self, head: bytes) -> bytes | None:
         if b"authentication-results" not in head.lower():

@@ -38,6 +38,15 @@ MIGRATIONS = [
     );
     CREATE INDEX aliases_target ON aliases(target)
     """,
+    # Send-as grants: the addresses a user may put in From beyond the ones it owns. A
+    # pattern is one address or ``@domain`` (any address there).
+    """
+    CREATE TABLE send_as (
+        user TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        PRIMARY KEY (user, pattern)
+    )
+    """,
 ]
 
 # Alias chains deeper than this are a loop or a mistake; Postfix stops at 1000 expansions.
@@ -133,6 +142,7 @@ class Accounts:
         with Transaction(self.conn) as c:
             cur = c.execute("DELETE FROM users WHERE address = ?", (str(addr),))
             c.execute("DELETE FROM aliases WHERE target = ?", (str(addr),))
+            c.execute("DELETE FROM send_as WHERE user = ?", (str(addr),))
         if cur.rowcount == 0:
             raise AccountError(f"no such user: {addr}")
 
@@ -266,10 +276,68 @@ class Accounts:
 
     def may_send_as(self, user: str, address: str, delimiter: str) -> bool:
         """RFC 6409 §6.1 lets a submission server check the sender against the user:
-        allow the user's address, its sub-addresses and aliases pointing to it."""
+        allow the user's address, its sub-addresses, aliases pointing to it and the
+        send-as grants of the user (an address, or ``@domain``)."""
         try:
             addr = parse_address(address)
         except AddressError:
             return False
-        owned = self.owned_addresses(user)
-        return str(addr) in owned or str(addr.base(delimiter)) in owned
+        candidates = {str(addr), str(addr.base(delimiter))}
+        if candidates & self.owned_addresses(user):
+            return True
+        grants = set(self.list_send_as(user))
+        return bool(candidates & grants) or "@" + addr.domain in grants
+
+    def owner_of(self, address: str, delimiter: str) -> str | None:
+        """The one user that owns ``address`` (itself, a sub-address or an alias leading
+        only to that user), or None."""
+        try:
+            addr = parse_address(address)
+        except AddressError:
+            return None
+        if addr.domain not in self.domains:
+            return None
+        users = self.resolve(str(addr), delimiter).local_users
+        if len(set(users)) == 1 and self.may_send_as(users[0], str(addr), delimiter):
+            return users[0]
+        return None
+
+    # -- send-as grants --------------------------------------------------------------
+
+    def _send_as_pattern(self, pattern: str) -> str:
+        if is_catch_all(pattern):
+            try:
+                return "@" + normalize_domain(pattern.strip()[1:])
+            except AddressError as exc:
+                raise AccountError(str(exc)) from None
+        try:
+            return str(parse_address(pattern))
+        except AddressError as exc:
+            raise AccountError(str(exc)) from None
+
+    def add_send_as(self, user: str, pattern: str) -> str:
+        """Let ``user`` send as ``pattern`` (an address or ``@domain``, ours or not)."""
+        address = str(self.parse_local(user))
+        if not self.user_exists(address):
+            raise AccountError(f"no such user: {address}")
+        key = self._send_as_pattern(pattern)
+        with Transaction(self.conn) as c:
+            c.execute("INSERT OR IGNORE INTO send_as(user, pattern) VALUES(?, ?)", (address, key))
+        return key
+
+    def delete_send_as(self, user: str, pattern: str) -> str:
+        address = str(self.parse_local(user))
+        key = self._send_as_pattern(pattern)
+        with Transaction(self.conn) as c:
+            cur = c.execute("DELETE FROM send_as WHERE user = ? AND pattern = ?", (address, key))
+        if cur.rowcount == 0:
+            raise AccountError(f"{address} has no send-as grant for {key}")
+        return key
+
+    def list_send_as(self, user: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT pattern FROM send_as WHERE user = ? ORDER BY pattern", (user,)
+            )
+        ]
