@@ -144,6 +144,7 @@ class Server:
             except Exception:
                 _log.error("component stop failed", component=component.name, exc_info=True)
         await self.ctx.control.stop()
+        await self.ctx.authenticator.saved()  # a ban made in the last moment survives
         self.ctx.accounts.close()
         _log.info("stopped")
 
