@@ -22,6 +22,7 @@ from pillarbox.cli import (
     queue,
     sendmail,
     serve,
+    service,
     verify,
 )
 from pillarbox.cli.common import CliError, Command
@@ -39,17 +40,19 @@ COMMANDS: list[Command] = [
     *queue.COMMANDS,
     *bans.COMMANDS,
     *sendmail.COMMANDS,
+    *service.COMMANDS,
 ]
 
 
 GROUP_HELP = {
-    "user": "mailbox users: add, list, passwd, del",
+    "user": "mailbox users: add, list, passwd, del, sendas",
     "alias": "aliases and catch-alls: add, list, del",
     "dkim": "DKIM keys: list, rotate",
     "dns": "the DNS records to publish",
     "cert": "TLS certificate: status, renew (ACME)",
     "queue": "outbound queue: list, show, flush, delete",
     "bans": "clients banned for failed logins: list, del",
+    "service": "run under systemd: install a sandboxed unit",
 }
 
 
