@@ -14,6 +14,7 @@ import contextlib
 import os
 import pwd
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,7 @@ class Server:
         self.settings = settings
         self.ctx = AppContext.create(settings)
         self.components: list[Component] = []
+        self._started = time.monotonic()
         self.listeners = Listeners(
             self.ctx.tls,
             connection_limits(settings),
@@ -174,6 +176,7 @@ class Server:
     async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self._started, 1),
             "connections": self.listeners.active_connections,
             "listeners": {k: f"{h}:{p}" for k, (h, p) in self.listeners.addresses().items()},
             "components": [c.name for c in self.components],

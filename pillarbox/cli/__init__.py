@@ -23,6 +23,7 @@ from pillarbox.cli import (
     sendmail,
     serve,
     service,
+    status,
     verify,
 )
 from pillarbox.cli.common import CliError, Command
@@ -41,6 +42,7 @@ COMMANDS: list[Command] = [
     *bans.COMMANDS,
     *sendmail.COMMANDS,
     *service.COMMANDS,
+    *status.COMMANDS,
 ]
 
 

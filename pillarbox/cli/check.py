@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
+import time
 
-from pillarbox.check.findings import render_json, render_text
+from pillarbox.check.findings import Report, render_json, render_text
 from pillarbox.check.runner import run_check
 from pillarbox.cli.common import Command, load_settings
+from pillarbox.cli.status import last_check_path
+from pillarbox.config import Settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +27,21 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     report = asyncio.run(run_check(settings, include_server=not args.dns_only))
     print(render_json(report) if args.format == "json" else render_text(report), end="")
+    _remember(settings, report)
     return 1 if report.failed else 0
+
+
+def _remember(settings: Settings, report: Report) -> None:
+    """Keep the outcome for ``pillarbox status`` (best effort: check may run as a user who
+    cannot write the data dir)."""
+    saved = {"score": report.score, "failed": bool(report.failed), "when": time.time()}
+    target = last_check_path(settings)
+    try:
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(saved))
+        os.replace(tmp, target)
+    except OSError:
+        pass
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
