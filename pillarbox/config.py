@@ -323,6 +323,25 @@ class CheckSettings:
     timeout: float = 5.0
 
 
+def _trusted_network(value: str) -> str:
+    """A network that may relay without AUTH; everything-networks would be an open relay."""
+    network = _network(value)
+    if ipaddress.ip_network(network).prefixlen < 8:
+        raise ValueError(f"{value!r} is (nearly) the whole internet: that is an open relay")
+    return network
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    # Postfix's mynetworks: clients here may relay without AUTH, on port 25 and on
+    # submission (printers, a NAS, cron on the LAN). Empty by default; loopback is not
+    # trusted unless listed (a web app on the same host should log in).
+    trusted_networks: tuple[str, ...] = field(default=(), metadata=_check(_trusted_network))
+    # Port 25: refuse MAIL before STARTTLS (530 5.7.0). RFC 3207 §4 says a publicly
+    # referenced server must not require TLS: senders without it cannot reach you.
+    require_tls: bool = False
+
+
 @dataclass(frozen=True)
 class Settings:
     hostname: str = field(metadata=_check(_domain, "EHLO name, certificate name, MX target"))
@@ -338,6 +357,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     mailauth: MailAuthSettings = field(default_factory=MailAuthSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
     # Where the settings came from; not a key in the file.
     source: Path | None = field(default=None, metadata={"internal": True})

@@ -50,6 +50,11 @@ _log = log.get("delivery")
 MAX_REMEMBERED = 100_000
 
 
+def may_relay(session: SessionInfo) -> bool:
+    """Relaying (a recipient outside our domains) needs a login or a trusted network."""
+    return session.user is not None or session.trusted
+
+
 @dataclass(frozen=True)
 class InboundResult:
     reply: Reply | None  # a rejection, or None to deliver
@@ -83,8 +88,7 @@ class SmtpBackend:
 
     async def check_sender(self, session: SessionInfo, envelope: Envelope) -> Reply | None:
         sender = envelope.sender
-        if session.kind is ListenerKind.SUBMISSION and sender:
-            assert session.user is not None
+        if session.kind is ListenerKind.SUBMISSION and sender and session.user is not None:
             sender = unquote_local_part(sender)
             if not self.accounts.may_send_as(session.user, sender, self.delimiter):
                 return codes.SENDER_NOT_OWNED.with_text(
@@ -103,10 +107,10 @@ class SmtpBackend:
             domain = rcpt.recipient.rpartition("@")[2]
             if self.accounts.is_local_domain(domain):
                 return codes.MAILBOX_UNKNOWN
-            return codes.RELAY_DENIED if session.user is None else codes.ADDRESS_NOT_SUPPORTED
+            return codes.ADDRESS_NOT_SUPPORTED if may_relay(session) else codes.RELAY_DENIED
         domain = address.rpartition("@")[2]
         if domain not in self.accounts.domains:
-            if session.user is None:
+            if not may_relay(session):
                 return codes.RELAY_DENIED
             if self.delivery.queue is None:
                 return codes.OUTBOUND_UNAVAILABLE
@@ -137,9 +141,13 @@ class SmtpBackend:
     async def deliver(
         self, session: SessionInfo, envelope: Envelope, message: SpooledMessage, received: bytes
     ) -> Reply:
-        if session.kind is ListenerKind.SUBMISSION:
+        if session.user is not None:
             rejection = await self._check_from(session, envelope, message)
             inbound = InboundResult(rejection, INBOX, b"")
+        elif session.trusted:
+            # A trusted-network client (printer, NAS, cron on the LAN) is ours: its mail
+            # is not judged as a stranger's (no SPF/DMARC), nor by an owner it has not.
+            inbound = InboundResult(None, INBOX, b"")
         else:
             inbound = await self._authenticate(session, envelope, message)
         if inbound.reply is not None:

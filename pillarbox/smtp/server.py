@@ -47,6 +47,7 @@ into SQLite, and the queue runner, IMAP and the control socket into one primary 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import time
 from pathlib import Path
@@ -101,6 +102,8 @@ def session_config(settings: Settings, kind: ListenerKind) -> SmtpConfig:
         preauth_timeout=float(limits.preauth_timeout),
         data_timeout=float(limits.data_timeout),
         min_data_rate=float(limits.min_data_rate),
+        trusted_networks=tuple(ipaddress.ip_network(n) for n in settings.smtp.trusted_networks),
+        require_tls=settings.smtp.require_tls,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Protocol
 
 from pillarbox import log
 from pillarbox.auth.sasl import Credentials, SaslError, SaslExchange
+from pillarbox.core.clientaddr import in_networks
 from pillarbox.core.ids import new_queue_id
 from pillarbox.net.listener import Connection
 from pillarbox.smtp import codes
@@ -95,6 +97,10 @@ class SmtpConfig:
     # the average rate the whole transfer must keep after that (bytes per second).
     data_timeout: float = 180.0
     min_data_rate: float = 1024.0
+    # Postfix's mynetworks: clients that may relay without AUTH (see SessionInfo.trusted).
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Port 25: MAIL only after STARTTLS (RFC 3207 §4 warns against it for public MX).
+    require_tls: bool = False
 
 
 @dataclass
@@ -109,6 +115,7 @@ class SessionInfo:
     esmtp: bool = False
     tls: TlsInfo | None = None
     user: str | None = None  # the authenticated user (submission)
+    trusted: bool = False  # the client is in trusted_networks: may relay without AUTH
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,10 @@ class SmtpSession:
         self.config = config
         self.backend = backend
         self.authenticator = authenticator
-        self.info = SessionInfo(conn.id, conn.listener, config.kind, conn.peer_ip, tls=conn.tls)
+        self.info = SessionInfo(
+            conn.id, conn.listener, config.kind, conn.peer_ip, tls=conn.tls,
+            trusted=in_networks(conn.peer_ip, config.trusted_networks),
+        )  # fmt: skip
         self.state = State.START
         self.envelope: Envelope | None = None
         self._spool: MessageSpool | None = None
@@ -240,6 +250,7 @@ class SmtpSession:
             listener=self.conn.listener,
             client=self.conn.peer_ip,
             tls=self._tls_text(),
+            trusted=self.info.trusted or None,
         )
         reason = "quit"
         try:
@@ -475,13 +486,10 @@ class SmtpSession:
     # -- the mail transaction ----------------------------------------------------------
 
     async def cmd_mail(self, argument: str) -> None:
-        if self.config.kind is ListenerKind.SUBMISSION:
-            if self.info.tls is None:
-                self.reply(codes.STARTTLS_FIRST)
-                return
-            if self.info.user is None:  # RFC 4954 §6 / RFC 6409 §4.3
-                self.reply(codes.AUTH_REQUIRED)
-                return
+        refusal = self._mail_precondition()
+        if refusal is not None:
+            self.reply(refusal)
+            return
         command = parse_mail(argument)
         if not command.smtputf8 and not command.sender.isascii():
             self.reply(codes.UTF8_NOT_ALLOWED)
@@ -498,6 +506,21 @@ class SmtpSession:
         self.envelope = envelope
         self.state = State.MAIL
         self.reply(codes.SENDER_OK)
+
+    def _mail_precondition(self) -> Reply | None:
+        """What must come before MAIL: on submission TLS and AUTH (RFC 4954 §6, RFC 6409
+        §4.3), on port 25 STARTTLS when require_tls is set; a trusted client needs
+        neither (it authenticates by its address, like Postfix's mynetworks)."""
+        if self.info.trusted:
+            return None
+        if self.config.kind is ListenerKind.SUBMISSION:
+            if self.info.tls is None:
+                return codes.STARTTLS_FIRST
+            if self.info.user is None:
+                return codes.AUTH_REQUIRED
+        elif self.config.require_tls and self.info.tls is None:
+            return codes.STARTTLS_FIRST
+        return None
 
     async def cmd_rcpt(self, argument: str) -> None:
         envelope = self.envelope
