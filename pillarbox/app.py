@@ -31,6 +31,7 @@ from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
 from pillarbox.pop3.server import make_pop3
 from pillarbox.queue.service import make_queue
 from pillarbox.store.accounts import Accounts
+from pillarbox.store.layout import ensure_layout
 from pillarbox.store.mailbox import make_store
 from pillarbox.tls.context import TlsConfigError, TlsProvider, quiet_bad_server_names
 from pillarbox.tls.manager import ensure_bootstrap_certificate, make_certificates
@@ -100,6 +101,7 @@ class Server:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        ensure_layout(settings.data_dir)  # before any database opens (and migrates)
         self.ctx = AppContext.create(settings)
         self.components: list[Component] = []
         self._started = time.monotonic()

@@ -28,6 +28,7 @@ from pillarbox.cli import (
 )
 from pillarbox.cli.common import CliError, Command
 from pillarbox.config import ConfigError
+from pillarbox.store.layout import LayoutError
 
 COMMANDS: list[Command] = [
     *init.COMMANDS,
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args))
-    except (CliError, ConfigError) as exc:
+    except (CliError, ConfigError, LayoutError) as exc:
         print(f"pillarbox: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
