@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pillarbox import log
+from pillarbox.core.aio import wait_event
 from pillarbox.queue.remote import Slot
 from pillarbox.queue.store import Recipient
 
@@ -177,8 +178,7 @@ class Runner:
             except Exception:
                 _log.error("queue scan failed", exc_info=True)
                 delay = self.scan_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_event(self._wake, delay)
 
     async def _delay(self) -> float:
         # Recipients due now are scheduled or in flight (a finished job wakes the loop), so

@@ -41,6 +41,7 @@ from cryptography.x509.oid import NameOID
 
 from pillarbox import log
 from pillarbox.config import Settings
+from pillarbox.core.aio import wait_event
 from pillarbox.dns.resolver import DnsError, Resolver, parse_nameserver
 from pillarbox.net.control import ControlError
 from pillarbox.tls import acme
@@ -323,8 +324,7 @@ class CertificateManager:
         while True:
             self.next_check = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_event(self._wake, delay)
             try:
                 await self.renew()
                 delay = interval
