@@ -26,6 +26,7 @@ from pillarbox.config import Settings
 from pillarbox.delivery.component import make_smtp
 from pillarbox.http.server import make_http
 from pillarbox.imap.server import make_imap
+from pillarbox.metrics.component import make_metrics
 from pillarbox.net.control import ControlServer
 from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
 from pillarbox.pop3.server import make_pop3
@@ -93,6 +94,7 @@ COMPONENTS: tuple[ComponentFactory, ...] = (
     make_pop3,  # 110 (STLS), 995, over the same mail store
     make_certificates,  # ACME and certificate reloads; the challenge board http serves
     make_http,  # 80/443: ACME challenges, MTA-STS policy, client autoconfiguration
+    make_metrics,  # listen.metrics: Prometheus /metrics
 )
 
 

@@ -175,6 +175,8 @@ class ListenSettings:
     pop3s: HostPort = HostPort("")
     http: HostPort = HostPort("0.0.0.0:80")
     https: HostPort = HostPort("0.0.0.0:443")
+    # Prometheus /metrics over plain HTTP, unauthenticated: keep it on a private address.
+    metrics: HostPort = HostPort("")
 
     def enabled(self) -> dict[str, tuple[str, int]]:
         """Listener name -> (host, port) for every listener that is switched on."""

@@ -41,6 +41,7 @@ class FakeConn:
         self.closing = asyncio.Event()
         self.peer_ip = "127.0.0.1"
         self.id = "t"
+        self.listener = "imaps"
         self.idle = False
         self.authenticated = False
 

@@ -51,6 +51,7 @@ from pillarbox.auth.throttle import Record, Throttle, ThrottlePolicy
 from pillarbox.config import LimitSettings
 from pillarbox.core.address import AddressError, parse_address
 from pillarbox.core.clientaddr import client_key, in_networks
+from pillarbox.metrics import registry as metrics
 from pillarbox.net.control import ControlError, ControlMethod
 
 _log = log.get("auth")
@@ -160,6 +161,9 @@ class Authenticator:
 
     # -- bans for the administrator ------------------------------------------------------
 
+    def active_bans(self) -> int:
+        return len(self._bans.active())
+
     def list_bans(self) -> list[dict[str, Any]]:
         """Active bans, soonest to end first; deadlines on the wall clock."""
         now, offset = self._clock(), self._wall_offset()
@@ -233,6 +237,7 @@ class Authenticator:
     def _count_failure(self, client: str, user: str | None, exempt: bool) -> float:
         """Count a failure on the client and the account; the reply's delay."""
         delay = self._limits.auth_failure_delay
+        metrics.AUTH_FAILURES.inc()
         if not exempt:
             failures = self._clients.record_failure(client)
             delay = max(delay, self._clients.policy.delay(failures))
@@ -244,6 +249,7 @@ class Authenticator:
 
     def _ban(self, client: str, failures: int) -> None:
         ban = self._bans.ban(client, failures)
+        metrics.BANS.inc()
         self._clients.forget(client)
         seconds = ban.until - self._clock()
         until = datetime.fromtimestamp(ban.until + self._wall_offset(), UTC)

@@ -241,7 +241,9 @@ async def probe_relay(ctx: CheckContext, target: Target) -> Finding:
 
 
 async def check_server(ctx: CheckContext) -> list[Finding]:
-    targets = [t for name in ctx.settings.listen.enabled() for t in listener_targets(ctx, name)]
+    # Mail and web listeners only: the metrics listener is private by design.
+    names = [name for name in ctx.settings.listen.enabled() if name in LISTENER_KINDS]
+    targets = [t for name in names for t in listener_targets(ctx, name)]
     if not targets:
         return []
     probes = await asyncio.gather(*(probe_listener(ctx, t) for t in targets))

@@ -30,6 +30,7 @@ DEV_PORTS = {
     "pop3s": 2995,
     "http": 2080,
     "https": 2443,
+    "metrics": 11425,
 }
 PROD_LISTEN = {
     "smtp": "0.0.0.0:25",
@@ -41,6 +42,7 @@ PROD_LISTEN = {
     "pop3s": "",
     "http": "0.0.0.0:80",
     "https": "0.0.0.0:443",
+    "metrics": "",
 }
 LISTEN_COMMENTS = {
     "smtp": "MX: inbound from other servers",
@@ -52,6 +54,7 @@ LISTEN_COMMENTS = {
     "pop3s": '"0.0.0.0:995" implicit TLS',
     "http": "ACME HTTP-01, redirects to https",
     "https": "MTA-STS policy, client autoconfig",
+    "metrics": '"127.0.0.1:9425": Prometheus /metrics (plain HTTP; keep it private)',
 }
 
 

@@ -34,6 +34,7 @@ from pillarbox import log
 from pillarbox.core.address import AddressError, parse_address, strip_subaddress
 from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
+from pillarbox.metrics import registry as metrics
 from pillarbox.queue import dsn
 from pillarbox.queue.api import OutboundRecipient, QueueError
 from pillarbox.store.accounts import Accounts, Resolution
@@ -210,7 +211,9 @@ class DeliveryService:
             await self.local.store(targets, sender, message, queue_id=queue_id)
         except OSError as exc:
             _log.error("local delivery failed", queue_id=queue_id, error=str(exc))
+            metrics.DELIVERIES.labels("local", "deferred").inc(len(targets))
             raise DeliveryError("local delivery failed") from exc
+        metrics.DELIVERIES.labels("local", "delivered").inc(len(targets))
         if route.notify_success and sender:
             await self._report_success(route, sender, message, queue_id, envid)
 

@@ -31,6 +31,7 @@ from pillarbox.imap import response as r
 from pillarbox.imap.backend import MailBackend, UserMail, is_user_error
 from pillarbox.imap.grammar import CommandAssembler, Limits, LiteralTooBig, ParseError
 from pillarbox.imap.selected import BadSequence, SelectedMailbox
+from pillarbox.metrics import registry as metrics
 
 _log = log.get("imap")
 
@@ -160,6 +161,7 @@ class Session:
     async def run(self) -> None:
         caps = " ".join(self.capabilities())
         self.send(f"* OK [CAPABILITY {caps}] {self.config.hostname} Pillarbox ready\r\n".encode())
+        metrics.SESSIONS.labels("imap", self.conn.listener).inc()
         await self.flush()
         try:
             while True:
@@ -292,9 +294,10 @@ class Session:
     async def execute(self, raw: bytes) -> None:
         """Parse and run one command; the one place that maps errors to responses."""
         tag: str | None = c.parse_tag(raw)
+        name, status = "other", "NO"  # for the commands metric
         try:
             cmd = c.parse(raw, utf8=self.utf8)
-            tag = cmd.tag
+            tag, name = cmd.tag, cmd.name
             if self.state not in cmd.states:
                 raise Bad(f"{cmd.name} not allowed now")
             handler = _HANDLERS[type(cmd)]
@@ -302,16 +305,17 @@ class Session:
             await self.send_updates(cmd)
             text, code = result if isinstance(result, tuple) else (result, None)
             self.send(r.tagged(tag, "OK", text or f"{cmd.name} completed", code))
-            self._bad = 0
+            self._bad, status = 0, "OK"
         except Logout:
+            status = "OK"
             raise
         except _Silent:
-            pass
+            status = "OK"
         except ParseError as exc:
-            self._bad += 1
+            self._bad, status = self._bad + 1, "BAD"
             self.send(r.parse_error(exc.with_tag(tag)))
         except (Bad, BadSequence) as exc:
-            self._bad += 1
+            self._bad, status = self._bad + 1, "BAD"
             self.send(r.tagged(tag, "BAD", str(exc)))
         except No as exc:
             self.send(self._no(tag, exc.code, exc.text))
@@ -323,6 +327,8 @@ class Session:
             else:
                 _log.error("command failed", conn=self.conn.id, user=self.user, exc_info=True)
                 self.send(self._no(tag, "SERVERBUG", "internal error"))
+        finally:
+            metrics.COMMANDS.labels("imap", metrics.command_label(name), status).inc()
 
     @staticmethod
     def _no(tag: str | None, code: str, text: str) -> bytes:

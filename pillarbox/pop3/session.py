@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from pillarbox import log
 from pillarbox.auth.sasl import MAX_SASL_MESSAGE, MECHANISMS, Credentials, SaslError, SaslExchange
+from pillarbox.metrics import registry as metrics
 from pillarbox.pop3 import commands as c
 from pillarbox.pop3.backend import MailDrop, Pop3Backend
 from pillarbox.pop3.maildrop import Maildrop, MaildropError, MaildropLocks
@@ -131,6 +132,7 @@ class Session:
     # --- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         self.ok(f"{self.config.hostname} Pillarbox POP3 server ready")
+        metrics.SESSIONS.labels("pop3", self.conn.listener).inc()
         try:
             await self.flush()
             while await self._step():

@@ -42,6 +42,7 @@ from pillarbox.core.ids import new_queue_id
 from pillarbox.dns.resolver import Resolver
 from pillarbox.mailauth import keys as dkim_keys
 from pillarbox.mailauth.signing import SigningError, sign_async
+from pillarbox.metrics import registry as metrics
 from pillarbox.net.control import ControlError
 from pillarbox.queue import dsn as dsnlib
 from pillarbox.queue.api import NOTIFY_KEYWORDS, RET_KEYWORDS, OutboundRecipient, QueueError
@@ -354,6 +355,9 @@ class OutboundQueue:
         self, message: Message, result: RecipientResult, outcome: Outcome, elapsed: float
     ) -> None:
         status = {STATE_SENT: "sent", STATE_FAILED: "bounced", QUEUED: "deferred"}[outcome.state]
+        metrics.DELIVERIES.labels("remote", "delivered" if status == "sent" else status).inc()
+        if outcome.state == STATE_SENT:
+            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - message.created))
         fields: dict[str, Any] = {
             "queue_id": message.id,
             "to": f"<{result.recipient.address}>",

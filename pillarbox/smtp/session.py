@@ -32,6 +32,7 @@ from pillarbox import log
 from pillarbox.auth.sasl import Credentials, SaslError, SaslExchange
 from pillarbox.core.clientaddr import in_networks
 from pillarbox.core.ids import new_queue_id
+from pillarbox.metrics import registry as metrics
 from pillarbox.net.listener import Connection
 from pillarbox.smtp import codes
 from pillarbox.smtp.codes import Reply
@@ -224,12 +225,14 @@ class SmtpSession:
         self._commands = 0
         self._errors = 0
         self._messages = 0
+        self._last_code = 0
         self._between_commands = False  # waiting for the next command line
 
     # -- I/O ---------------------------------------------------------------------------
 
     def reply(self, reply: Reply) -> None:
         self._out.append(reply.wire)
+        self._last_code = reply.code
         if reply.is_permanent:
             self._errors += 1
 
@@ -244,6 +247,7 @@ class SmtpSession:
 
     async def run(self) -> None:
         self._out.append(f"220 {self.config.hostname} ESMTP ready\r\n".encode())
+        metrics.SESSIONS.labels("smtp", self.conn.listener).inc()
         _log.info(
             "connect",
             conn=self.conn.id,
@@ -323,6 +327,10 @@ class SmtpSession:
                 await self._say_goodbye(codes.TOO_MANY_ERRORS)
                 raise _CloseSession("too many errors")
 
+    def _count_command(self, verb: str) -> None:
+        result = f"{self._last_code // 100}xx" if self._last_code else "none"
+        metrics.COMMANDS.labels("smtp", metrics.command_label(verb), result).inc()
+
     def _command_wait(self) -> float:
         """Seconds the next command line may take to arrive, whole."""
         if self.config.kind is ListenerKind.SUBMISSION and self.info.user is None:
@@ -342,7 +350,9 @@ class SmtpSession:
             if verb not in ALLOWED[self.state]:
                 self.reply(self._out_of_sequence(verb))
                 return False
-            return bool(await handler(self, argument))
+            quit_now = bool(await handler(self, argument))
+            self._count_command(verb)
+            return quit_now
         except SmtpSyntaxError as exc:
             self.reply(exc.reply)
             return False
@@ -651,6 +661,7 @@ class SmtpSession:
             message.release()
         self.reply(reply)
         self._messages += reply.is_success
+        metrics.MESSAGES_RECEIVED.labels(self.conn.listener, _outcome(reply)).inc()
         self._log_message(envelope, message.size, message.head, reply)
         self._end_transaction()
 
@@ -699,3 +710,9 @@ HANDLERS: dict[str, Handler] = {
     "DATA": SmtpSession.cmd_data,
     "BDAT": SmtpSession.cmd_bdat,
 }
+
+
+def _outcome(reply: Reply) -> str:
+    if reply.is_success:
+        return "accepted"
+    return "rejected" if reply.is_permanent else "deferred"

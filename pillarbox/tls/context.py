@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pillarbox import log
+from pillarbox.metrics import registry as metrics
 
 _log = log.get("tls")
 
@@ -62,7 +63,10 @@ class TlsInfo:
         if cipher is None:
             return None
         name, version, bits = cipher
-        return cls(version=ssl_object.version() or version, cipher=name, bits=bits)
+        info = cls(version=ssl_object.version() or version, cipher=name, bits=bits)
+        # Every inbound session takes its TlsInfo from here once, right after its handshake.
+        metrics.TLS_SESSIONS.labels(info.version).inc()
+        return info
 
     def __str__(self) -> str:
         return f"{self.version} with cipher {self.cipher} ({self.bits}/{self.bits} bits)"

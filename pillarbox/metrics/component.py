@@ -1,0 +1,45 @@
+"""The metrics listener as an app component (``listen.metrics``, off when empty)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pillarbox.config import Settings, split_host_port
+from pillarbox.http.message import Limits
+from pillarbox.http.metrics import serve_metrics
+from pillarbox.metrics.probes import ServerMetrics
+from pillarbox.net.listener import Connection, ListenerSpec, TlsMode
+
+
+class MetricsContext(Protocol):
+    settings: Settings
+    authenticator: Any
+
+
+class MetricsComponent:
+    name = "metrics"
+
+    def __init__(self, ctx: MetricsContext) -> None:
+        self.settings = ctx.settings
+        self.metrics = ServerMetrics(ctx.settings, ctx.authenticator.active_bans)
+        self.limits = Limits(max_body=1024)
+
+    def listeners(self) -> list[ListenerSpec]:
+        host, port = split_host_port(self.settings.listen.metrics)
+        return [ListenerSpec("metrics", host, port, TlsMode.NONE, self._serve)]
+
+    async def _serve(self, conn: Connection) -> None:
+        await serve_metrics(conn, self.metrics.render, self.limits)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def reload(self, ctx: Any) -> None:
+        self.settings = self.metrics.settings = ctx.settings
+
+
+def make_metrics(ctx: MetricsContext) -> MetricsComponent | None:
+    return MetricsComponent(ctx) if ctx.settings.listen.metrics else None
