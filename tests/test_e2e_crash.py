@@ -140,7 +140,14 @@ def test_kill_9_during_concurrent_delivery_loses_nothing_and_keeps_uids(
         senders = [Sender(first.port("smtp"), marks[i::SESSIONS], acked) for i in range(SESSIONS)]
         for sender in senders:
             sender.start()
-        wait_for(lambda: len(acked) >= kill_after, timeout=30, what=f"{kill_after} messages")
+        # The kill waits for the watcher too: on a loaded 2-core CI machine the senders can
+        # get kill_after 250s before the watcher's first FETCH returns, and a kill then
+        # leaves no UIDs to compare across the restart.
+        wait_for(
+            lambda: watcher.error or (len(acked) >= kill_after and watcher.seen),
+            timeout=30,
+            what=f"{kill_after} messages acked and some seen over IMAP",
+        )
         first.proc.kill()
         first.proc.wait(10)
         for sender in senders:
