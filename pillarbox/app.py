@@ -10,25 +10,29 @@ and reload. Adding a protocol means writing a factory and listing it in ``COMPON
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import pwd
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from pillarbox import config, log
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
+from pillarbox.core import privileges
 from pillarbox.delivery.component import make_smtp
 from pillarbox.http.server import make_http
 from pillarbox.imap.server import make_imap
 from pillarbox.metrics.component import make_metrics
 from pillarbox.net.control import ControlServer
-from pillarbox.net.listener import ConnectionLimits, Listeners, ListenerSpec
+from pillarbox.net.listener import (
+    ConnectionLimits,
+    Listeners,
+    ListenerSpec,
+    ProxySettings,
+    format_address,
+)
 from pillarbox.pop3.server import make_pop3
 from pillarbox.queue.service import make_queue
 from pillarbox.store.accounts import Accounts
@@ -106,11 +110,14 @@ class Server:
         ensure_layout(settings.data_dir)  # before any database opens (and migrates)
         self.ctx = AppContext.create(settings)
         self.components: list[Component] = []
+        # Factories that gave no component (e.g. POP3 switched off): asked again on reload.
+        self._absent: list[ComponentFactory] = []
         self._started = time.monotonic()
         self.listeners = Listeners(
             self.ctx.tls,
             connection_limits(settings),
             is_banned=self.ctx.authenticator.is_banned,
+            proxy=proxy_settings(settings),
         )
         self._stop_requested = asyncio.Event()
 
@@ -120,6 +127,8 @@ class Server:
             component = factory(self.ctx)
             if component is not None:
                 self.components.append(component)
+            else:
+                self._absent.append(factory)
         specs = [spec for c in self.components for spec in c.listeners()]
         quiet_bad_server_names()
         addresses = await self.listeners.bind(specs)
@@ -163,26 +172,43 @@ class Server:
         except (config.ConfigError, TlsConfigError) as exc:
             _log.error("reload refused", reason=str(exc))
             return False
-        if new.listen != self.settings.listen:
-            _log.warning("listener changes need a restart", hint="run: systemctl restart")
         self.settings = new
         self.ctx.settings = new
         self.listeners.limits = connection_limits(new)
+        self.listeners.proxy = proxy_settings(new)
         self.ctx.authenticator.reconfigure(new.limits)
         for component in self.components:
             try:
                 await component.reload(self.ctx)
             except Exception:
                 _log.error("component reload failed", component=component.name, exc_info=True)
-        _log.info("reloaded", config=str(new.source))
+        await self._add_components()
+        errors = await self.listeners.rebind([s for c in self.components for s in c.listeners()])
+        _log.info("reloaded", config=str(new.source), listen_errors=len(errors) or None)
         return True
+
+    async def _add_components(self) -> None:
+        """Start the components a reload switched on (a listener that was off)."""
+        absent = []
+        for factory in self._absent:
+            component = factory(self.ctx)
+            if component is None:
+                absent.append(factory)
+                continue
+            await component.start()
+            self.components.append(component)
+            _log.info("component started", component=component.name)
+        self._absent = absent
 
     async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             "uptime": round(time.monotonic() - self._started, 1),
             "connections": self.listeners.active_connections,
-            "listeners": {k: f"{h}:{p}" for k, (h, p) in self.listeners.addresses().items()},
+            "listeners": {
+                name: [format_address(h, p) for h, p in addresses]
+                for name, addresses in self.listeners.all_addresses().items()
+            },
             "components": [c.name for c in self.components],
         }
 
@@ -213,6 +239,11 @@ class Server:
             await self.stop()
 
 
+def proxy_settings(settings: Settings) -> ProxySettings:
+    listen = settings.listen
+    return ProxySettings.of(listen.proxy_protocol, listen.trusted_proxies)
+
+
 def connection_limits(settings: Settings) -> ConnectionLimits:
     limits = settings.limits
     return ConnectionLimits(
@@ -228,27 +259,9 @@ def drop_privileges(settings: Settings) -> None:
     if os.getuid() != 0 or not settings.user:
         return
     try:
-        entry = pwd.getpwnam(settings.user)
-    except KeyError:
-        raise config.ConfigError(
-            f"no such system user {settings.user!r}", key="user", path=settings.source
-        ) from None
-    _chown_tree(settings.data_dir, entry.pw_uid, entry.pw_gid)
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    _log.info("dropped privileges", user=settings.user, uid=entry.pw_uid)
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    """Give the data dir to the service user the first time (when the root is not yet its)."""
-    if root.stat().st_uid == uid:
-        return
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            with contextlib.suppress(FileNotFoundError):
-                os.lchown(os.path.join(dirpath, name), uid, gid)
-    os.lchown(root, uid, gid)
+        privileges.become(settings.user, settings.data_dir)
+    except privileges.PrivilegeError as exc:
+        raise config.ConfigError(str(exc), key="user", path=settings.source) from None
 
 
 async def serve(settings: Settings) -> None:

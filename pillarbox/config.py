@@ -79,6 +79,39 @@ def parse_host_port(value: object) -> HostPort:
     return HostPort(value)
 
 
+class ListenAddresses(tuple[HostPort, ...]):
+    """Where one listener listens: "host:port", a list of them, or "" (off).
+
+    A list is how one listener takes both address families: an IPv6 socket is always made
+    IPv6-only (a "[::]" socket that also took IPv4 would clash with a "0.0.0.0" one and
+    behave differently per host, by net.ipv6.bindv6only), so dual stack is written
+    ``["0.0.0.0:25", "[::]:25"]``."""
+
+    @classmethod
+    def of(cls, value: object) -> ListenAddresses:
+        if isinstance(value, ListenAddresses):
+            return value
+        if isinstance(value, str):
+            return cls((parse_host_port(value),) if value else ())
+        if isinstance(value, list | tuple):
+            items = [parse_host_port(v) for v in value]
+            if not all(items):
+                raise ValueError('"" in a list of listen addresses: use [] to turn it off')
+            if len(set(items)) != len(items):
+                raise ValueError(f"the same address twice: {list(value)!r}")
+            return cls(items)
+        raise ValueError(f'expected "host:port" or a list of them, got {value!r}')
+
+    def pairs(self) -> list[tuple[str, int]]:
+        return [split_host_port(item) for item in self]
+
+    def toml(self) -> str:
+        """As written in the config file."""
+        if len(self) == 1:
+            return f'"{self[0]}"'
+        return "[" + ", ".join(f'"{item}"' for item in self) + "]"
+
+
 def _ip(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
@@ -164,27 +197,53 @@ def _check(fn: typing.Callable[[Any], Any], doc: str = "") -> dict[str, Any]:
 # The schema. Field metadata: "check" validates/normalises a value, "doc" explains the key.
 
 
+def _listen(value: str) -> ListenAddresses:
+    return ListenAddresses.of(value)
+
+
+def _proxy_listener(value: str) -> str:
+    if value not in LISTENER_NAMES:
+        raise ValueError(f"not a listener: {value!r} (listeners: {', '.join(LISTENER_NAMES)})")
+    return value
+
+
 @dataclass(frozen=True)
 class ListenSettings:
-    smtp: HostPort = HostPort("0.0.0.0:25")
-    submission: HostPort = HostPort("0.0.0.0:587")
-    submissions: HostPort = HostPort("0.0.0.0:465")
-    imap: HostPort = HostPort("0.0.0.0:143")
-    imaps: HostPort = HostPort("0.0.0.0:993")
-    pop3: HostPort = HostPort("")
-    pop3s: HostPort = HostPort("")
-    http: HostPort = HostPort("0.0.0.0:80")
-    https: HostPort = HostPort("0.0.0.0:443")
+    smtp: ListenAddresses = ListenAddresses.of("0.0.0.0:25")
+    submission: ListenAddresses = ListenAddresses.of("0.0.0.0:587")
+    submissions: ListenAddresses = ListenAddresses.of("0.0.0.0:465")
+    imap: ListenAddresses = ListenAddresses.of("0.0.0.0:143")
+    imaps: ListenAddresses = ListenAddresses.of("0.0.0.0:993")
+    pop3: ListenAddresses = ListenAddresses.of("")
+    pop3s: ListenAddresses = ListenAddresses.of("")
+    http: ListenAddresses = ListenAddresses.of("0.0.0.0:80")
+    https: ListenAddresses = ListenAddresses.of("0.0.0.0:443")
     # Prometheus /metrics over plain HTTP, unauthenticated: keep it on a private address.
-    metrics: HostPort = HostPort("")
+    metrics: ListenAddresses = ListenAddresses.of("")
+    # Listeners behind a proxy (a VPS forwarding to a box at home): each connection starts
+    # with a PROXY protocol v1/v2 header naming the real client, which is then used for
+    # SPF, DNSBL, throttling and logs. Only addresses in trusted_proxies may connect to them.
+    proxy_protocol: tuple[str, ...] = field(default=(), metadata=_check(_proxy_listener))
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=_check(_network))
 
-    def enabled(self) -> dict[str, tuple[str, int]]:
-        """Listener name -> (host, port) for every listener that is switched on."""
-        return {
-            f.name: split_host_port(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name)
-        }
+    def __post_init__(self) -> None:
+        # Code (and tests) may set a listener to a plain "host:port" string.
+        for name in LISTENER_NAMES:
+            object.__setattr__(self, name, ListenAddresses.of(getattr(self, name)))
+
+    def addresses(self, name: str) -> list[tuple[str, int]]:
+        """Every (host, port) listener ``name`` listens on; [] when it is off."""
+        value: ListenAddresses = getattr(self, name)
+        return value.pairs()
+
+    def enabled(self) -> dict[str, list[tuple[str, int]]]:
+        """Listener name -> its (host, port) addresses, for every listener switched on."""
+        return {name: self.addresses(name) for name in LISTENER_NAMES if getattr(self, name)}
+
+
+LISTENER_NAMES = tuple(
+    f.name for f in dataclasses.fields(ListenSettings) if f.type in ("ListenAddresses",)
+)
 
 
 @dataclass(frozen=True)
@@ -490,6 +549,8 @@ def _coerce(hint: Any, value: Any, base_dir: Path) -> Any:
         return parse_duration(value)
     if hint is HostPort:
         return parse_host_port(value)
+    if hint is ListenAddresses:
+        return ListenAddresses.of(value)
     if hint is Path:
         if not isinstance(value, str) or not value:
             raise ValueError(f"expected a path string, got {value!r}")
@@ -521,6 +582,13 @@ def _check_whole(settings: Settings, source: Path | None, check_files: bool) -> 
         raise ConfigError(
             "must be less than limits.max_connections",
             key="limits.reserved_for_authenticated",
+            path=source,
+        )
+    listen = settings.listen
+    if listen.proxy_protocol and not listen.trusted_proxies:
+        raise ConfigError(
+            "the proxies' addresses are required when listen.proxy_protocol is set",
+            key="listen.trusted_proxies",
             path=source,
         )
     if not settings.domains:

@@ -172,7 +172,9 @@ class RunningServer:
 
 # -- subprocess server -----------------------------------------------------------------------
 
-_LISTENING = re.compile(r"event=listening listener=(\w+) address=([\d.:\[\]a-f]+):(\d+)")
+_LISTENING = re.compile(
+    r"event=listening listener=(\w+) address=(?:\[([0-9a-f:]+)\]|([\d.]+)):(\d+)"
+)
 
 
 class SubprocessServer:
@@ -199,7 +201,10 @@ class SubprocessServer:
         while time.monotonic() < deadline:
             text = self.log()
             if "event=started" in text:
-                self.addresses = {m[0]: (m[1], int(m[2])) for m in _LISTENING.findall(text)}
+                # A listener on several addresses: the first one, as Server.start returns.
+                self.addresses = {}
+                for name, host6, host4, port in _LISTENING.findall(text):
+                    self.addresses.setdefault(name, (host6 or host4, int(port)))
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pillarbox serve exited {self.proc.returncode}:\n{text}")

@@ -119,7 +119,7 @@ async def test_a_crashing_check_becomes_a_finding() -> None:
 
 
 def test_listener_targets(tmp_path: Path) -> None:
-    from pillarbox.check.context import IPV4_ONLY, CheckContext, listener_targets
+    from pillarbox.check.context import IPV4_ONLY, IPV6_ONLY, CheckContext, listener_targets
     from pillarbox.dns.records import PublicAddresses, RecordSet
     from pillarbox.dns.resolver import Resolver
     from tests import pbserver
@@ -130,6 +130,7 @@ def test_listener_targets(tmp_path: Path) -> None:
             "listen": {
                 "smtp": "0.0.0.0:25",
                 "submission": "[::]:587",
+                "http": ["0.0.0.0:80", "[::]:8080"],
                 "imap": "10.0.0.5:143",
                 "imaps": "127.0.0.1:2993",
                 "submissions": "203.0.113.7:465",
@@ -144,7 +145,10 @@ def test_listener_targets(tmp_path: Path) -> None:
         return [(t.address, t.port, t.note) for t in listener_targets(ctx, name)]
 
     assert targets("smtp") == [("203.0.113.7", 25, ""), ("2001:db8::7", 25, IPV4_ONLY)]
-    assert targets("submission") == [("203.0.113.7", 587, ""), ("2001:db8::7", 587, "")]
+    # An IPv6 socket is IPv6-only: "[::]" alone never takes IPv4.
+    assert targets("submission") == [("203.0.113.7", 587, IPV6_ONLY), ("2001:db8::7", 587, "")]
+    # Dual stack: each public address at the port of the socket that serves it.
+    assert targets("http") == [("203.0.113.7", 80, ""), ("2001:db8::7", 8080, "")]
     # Behind NAT: the public addresses are tried; the note says where we listen.
     assert targets("imap") == [
         ("203.0.113.7", 143, "listens on 10.0.0.5 only"),

@@ -80,7 +80,8 @@ def test_status_of_a_running_server(settings: Settings) -> None:
         code, found = facts(settings)
         text = status(settings).stdout
         # Every listener it names takes a connection.
-        for address in found["server"]["listeners"].values():
+        every = [a for addresses in found["server"]["listeners"].values() for a in addresses]
+        for address in every:
             host, _, port = address.rpartition(":")
             with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
                 pass

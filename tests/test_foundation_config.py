@@ -35,11 +35,23 @@ def test_minimal_config_gets_every_default_and_relative_paths(tmp_path: Path) ->
     assert settings.domains == ("example.com",)
     assert settings.data_dir == tmp_path  # "." resolves against the file's folder
     assert settings.tls.cert == tmp_path / "c.pem"
-    assert settings.listen.smtp == "0.0.0.0:25"
+    assert settings.listen.smtp == ("0.0.0.0:25",)
+    assert settings.listen.addresses("smtp") == [("0.0.0.0", 25)]
     assert settings.delivery.max_message_size == 52428800
     assert settings.delivery.queue_lifetime == 5 * 86400
     assert settings.limits.max_recipients == 100
     assert settings.database_path == tmp_path / "pillarbox.db"
+
+
+def test_a_listener_takes_a_list_of_addresses_for_dual_stack(tmp_path: Path) -> None:
+    text = BASE + '\n[listen]\nsmtp = ["0.0.0.0:25", "[::]:25"]\nimaps = []\npop3 = "[::1]:110"\n'
+    settings = config.load(write(tmp_path, text))
+    assert settings.listen.addresses("smtp") == [("0.0.0.0", 25), ("::", 25)]
+    assert settings.listen.smtp.toml() == '["0.0.0.0:25", "[::]:25"]'
+    assert settings.listen.addresses("pop3") == [("::1", 110)]
+    enabled = settings.listen.enabled()
+    assert "imaps" not in enabled and "pop3s" not in enabled
+    assert enabled["smtp"] == [("0.0.0.0", 25), ("::", 25)]
 
 
 def test_domains_are_normalised_to_idna_lower_case(tmp_path: Path) -> None:
@@ -77,6 +89,31 @@ BAD_CASES = [
         "invalid domain",
     ),
     ("bad listen", BASE + '\n[listen]\nsmtp = "0.0.0.0"\n', "listen.smtp", "host:port"),
+    (
+        "bad listen in a list",
+        BASE + '\n[listen]\nsmtp = ["0.0.0.0:25", "[::]"]\n',
+        "listen.smtp",
+        "host:port",
+    ),
+    (
+        "listen twice",
+        BASE + '\n[listen]\nsmtp = ["0.0.0.0:25", "0.0.0.0:25"]\n',
+        "listen.smtp",
+        "the same address twice",
+    ),
+    ("listen a number", BASE + "\n[listen]\nsmtp = 25\n", "listen.smtp", "host:port"),
+    (
+        "proxy for an unknown listener",
+        BASE + '\n[listen]\nproxy_protocol = ["smtps"]\ntrusted_proxies = ["10.0.0.1"]\n',
+        "listen.proxy_protocol",
+        "not a listener",
+    ),
+    (
+        "proxy without trusted proxies",
+        BASE + '\n[listen]\nproxy_protocol = ["smtp"]\n',
+        "listen.trusted_proxies",
+        "required",
+    ),
     (
         "bad ip",
         BASE.replace("[tls]", 'public_ip = "1.2.3"\n[tls]'),

@@ -136,3 +136,73 @@ def test_dns_failure_accepts_and_notes_temperror(
     copies = stored(settings, "temp@sender.example")
     assert list(copies) == ["INBOX"]
     assert b"dmarc=temperror" in copies["INBOX"]
+
+
+@pytest.fixture
+def spf_rejecting(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> Iterator[tuple[Settings, pbserver.RunningServer]]:
+    settings = pbserver.make_settings(
+        tmp_path / "data",
+        {
+            "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
+            "mailauth": {"spf_reject": True},
+        },
+    )
+    pbserver.add_user(settings, RCPT)
+    with pbserver.RunningServer(settings) as server:
+        yield settings, server
+
+
+def publish_spf_excluding_us(dns: DnsTestServer, keys: list[DkimKey], dmarc: str) -> None:
+    """sender.example allows only 192.0.2.1: our 127.0.0.1 client gets SPF fail."""
+    records = {f"{k.selector}._domainkey": {"TXT": k.txt_value()} for k in keys}
+    dns.set_zone(
+        "sender.example",
+        {"@": {"TXT": "v=spf1 ip4:192.0.2.1 -all"}, "_dmarc": {"TXT": dmarc}, **records},
+    )
+
+
+def test_spf_reject_refuses_an_spf_fail_with_5_7_23(
+    spf_rejecting: tuple[Settings, pbserver.RunningServer],
+    dns_server: DnsTestServer,
+    sender_keys: list[DkimKey],
+) -> None:
+    settings, server = spf_rejecting
+    publish_spf_excluding_us(dns_server, sender_keys, "v=DMARC1; p=none")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(server, "ceo@sender.example", message("spf-fail@sender.example"))
+    assert refused.value.smtp_code == 550
+    assert refused.value.smtp_error.startswith(b"5.7.23 ")
+    assert b"127.0.0.1" in refused.value.smtp_error
+    assert b"sender.example" in refused.value.smtp_error
+    assert stored(settings, "spf-fail@sender.example") == {}
+
+
+def test_spf_reject_spares_mail_dkim_vouches_for(
+    spf_rejecting: tuple[Settings, pbserver.RunningServer],
+    dns_server: DnsTestServer,
+    sender_keys: list[DkimKey],
+) -> None:
+    """A forwarder broke SPF, the aligned DKIM signature still holds: DMARC passes and
+    the mail is delivered (RFC 7489 §10.1), its SPF fail noted in the results."""
+    settings, server = spf_rejecting
+    publish_spf_excluding_us(dns_server, sender_keys, "v=DMARC1; p=none")
+    data = message("forwarded@sender.example")
+    send(server, "ceo@sender.example", sign(data, "sender.example", sender_keys) + data)
+    copies = stored(settings, "forwarded@sender.example")
+    assert list(copies) == ["INBOX"]
+    assert b"spf=fail" in copies["INBOX"] and b"dmarc=pass" in copies["INBOX"]
+
+
+def test_without_spf_reject_an_spf_fail_is_delivered_and_noted(
+    running: tuple[Settings, pbserver.RunningServer],
+    dns_server: DnsTestServer,
+    sender_keys: list[DkimKey],
+) -> None:
+    settings, server = running
+    publish_spf_excluding_us(dns_server, sender_keys, "v=DMARC1; p=none")
+    send(server, "ceo@sender.example", message("spf-noted@sender.example"))
+    copies = stored(settings, "spf-noted@sender.example")
+    assert list(copies) == ["INBOX"]
+    assert b"spf=fail" in copies["INBOX"]

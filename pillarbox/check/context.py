@@ -149,36 +149,70 @@ class Target:
 
 def listener_targets(ctx: CheckContext, name: str) -> list[Target]:
     """Where an outsider would connect to listener ``name``: every public address (both IP
-    families: senders use AAAA records too) at the configured port. A listener bound to
-    loopback (the dev profile) is tried where it listens, since nothing else can reach it.
-    A target the bound address cannot serve says why in its note; connecting tells the
-    truth (a NAT may forward it)."""
-    enabled = ctx.settings.listen.enabled()
-    if name not in enabled:
+    families: senders use AAAA records too), at the port of the bound address that serves
+    it. A listener bound to loopback only (the dev profile) is tried where it listens, since
+    nothing else can reach it. A public address that no bound address serves says why in
+    its note; connecting tells the truth (a NAT may forward it)."""
+    bound = [(host, port, _ip_or_none(host)) for host, port in ctx.settings.listen.addresses(name)]
+    if not bound:
         return []
-    host, port = enabled[name]
+    named = [Target(name, host, port) for host, port, ip in bound if ip is None]
+    if all(ip is None or ip.is_loopback for _, _, ip in bound):
+        public = ctx.addresses.all
+        return named + [
+            Target(name, str(ip), port, "" if str(ip) in public else "loopback only (dev profile)")
+            for _, port, ip in bound
+            if ip is not None
+        ]
+    reachable = [(port, ip) for _, port, ip in bound if ip is not None and not ip.is_loopback]
+    if not ctx.addresses.all:
+        return named + [_local_fallback(name, port, ip) for port, ip in reachable]
+    return named + [_public_target(name, address, reachable) for address in ctx.addresses.all]
+
+
+def _ip_or_none(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        bound = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
-        return [Target(name, host, port)]
-    public = ctx.addresses
-    if bound.is_loopback:
-        note = "" if str(bound) in public.all else "loopback only (dev profile)"
-        return [Target(name, str(bound), port, note)]
-    if not public.all:
-        fallback = ("127.0.0.1" if bound.version == 4 else "::1") if bound.is_unspecified else host
-        return [Target(name, fallback, port, "no public address known; tried locally")]
-    return [Target(name, address, port, _bind_note(bound, address)) for address in public.all]
+        return None  # a host name: tried as written
 
 
-def _bind_note(bound: ipaddress.IPv4Address | ipaddress.IPv6Address, address: str) -> str:
-    family = ipaddress.ip_address(address).version
-    if str(bound) == address:
-        return ""
+def _serves(bound: ipaddress.IPv4Address | ipaddress.IPv6Address, address: str) -> bool:
+    """Whether a socket bound to ``bound`` receives connections to ``address``. An IPv6
+    socket is IPv6-only (net/listener.py sets IPV6_V6ONLY): "::" never takes IPv4."""
+    wanted = ipaddress.ip_address(address)
     if bound.is_unspecified:
-        # "::" accepts IPv4 too on a dual-stack host; "0.0.0.0" never accepts IPv6.
-        return "" if bound.version == 6 or family == 4 else IPV4_ONLY
-    return f"listens on {bound} only"
+        return bound.version == wanted.version
+    return bound == wanted
+
+
+def _public_target(
+    name: str,
+    address: str,
+    bound: list[tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address]],
+) -> Target:
+    for port, ip in bound:
+        if _serves(ip, address):
+            return Target(name, address, port)
+    port, ip = bound[0]
+    return Target(name, address, port, _bind_note([ip for _, ip in bound], address))
+
+
+def _local_fallback(
+    name: str, port: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> Target:
+    if ip.is_unspecified:
+        ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
+    return Target(name, str(ip), port, "no public address known; tried locally")
+
+
+def _bind_note(bound: list[ipaddress.IPv4Address | ipaddress.IPv6Address], address: str) -> str:
+    """Why no bound address serves ``address``."""
+    family = ipaddress.ip_address(address).version
+    if any(ip.is_unspecified for ip in bound):
+        return IPV4_ONLY if family == 6 else IPV6_ONLY
+    return "listens on " + ", ".join(str(ip) for ip in bound) + " only"
 
 
 IPV4_ONLY = "listens on 0.0.0.0: IPv4 only"
+IPV6_ONLY = "listens on [::]: IPv6 only"

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from pillarbox.check.context import IPV4_ONLY, CheckContext, Target, listener_targets
+from pillarbox.check.context import IPV4_ONLY, IPV6_ONLY, CheckContext, Target, listener_targets
 from pillarbox.check.findings import Finding, Status, finding
 from pillarbox.check.wire import ProtocolError, Stream, client_tls_context, describe_error
+from pillarbox.config import ListenAddresses, Settings
 
 EXPIRY_WARNING_DAYS = 14
 CHECK_HELO = "check.pillarbox.invalid"
@@ -253,7 +254,7 @@ async def check_server(ctx: CheckContext) -> list[Finding]:
     answering = [p.target for p in probes if p.target.listener == "smtp" and not p.error]
     relay_jobs: list[Awaitable[Finding]] = [probe_relay(ctx, t) for t in answering]
     relays = await asyncio.gather(*relay_jobs)
-    findings = [_reachable(p, len(probes), ctx.settings.hostname) for p in probes]
+    findings = [_reachable(p, len(probes), ctx.settings) for p in probes]
     findings += _tls_findings(ctx, [p for p in probes if not p.error])
     for probe in probes:
         if probe.target.listener == "smtp" and not probe.error:
@@ -279,7 +280,23 @@ def _share(item: Finding, count: int) -> Finding:
     return Finding(item.check, item.status, item.what, item.fix, item.subject, item.weight / count)
 
 
-def _reachable(probe: Probe, count: int, hostname: str) -> Finding:
+def _other_family_fix(settings: Settings, target: Target) -> str:
+    """The listen line that adds the missing address family, keeping what is there, ready
+    to paste: an IPv6 socket never takes IPv4 (and 0.0.0.0 never IPv6), so dual stack is
+    one address of each."""
+    v6 = target.note == IPV4_ONLY
+    wildcard = f"[::]:{target.port}" if v6 else f"0.0.0.0:{target.port}"
+    current = getattr(settings.listen, target.listener)
+    wanted = ListenAddresses.of([*current, wildcard])
+    record = "AAAA" if v6 else "A"
+    return (
+        f"set [listen] {target.listener} = {wanted.toml()} to accept "
+        f"{'IPv6' if v6 else 'IPv4'} as well, or remove the {record} record of "
+        f"{settings.hostname}"
+    )
+
+
+def _reachable(probe: Probe, count: int, settings: Settings) -> Finding:
     target = probe.target
     where = f"{target.listener} at {target}" + (f" ({target.note})" if target.note else "")
     if probe.error:
@@ -287,11 +304,8 @@ def _reachable(probe: Probe, count: int, hostname: str) -> Finding:
             "is `pillarbox serve` running? Open the port in the firewall (and the hosting "
             "provider's: many block port 25 until asked)"
         )
-        if target.note == IPV4_ONLY:
-            fix = (
-                f'set [listen] {target.listener} = "[::]:{target.port}" to accept IPv6 as well, '
-                f"or remove the AAAA record of {hostname}"
-            )
+        if target.note in (IPV4_ONLY, IPV6_ONLY):
+            fix = _other_family_fix(settings, target)
         return finding(
             "server.reachable",
             Status.FAIL,

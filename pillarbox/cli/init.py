@@ -67,10 +67,22 @@ class InitOptions:
     force: bool = False
     # listener name -> "host:port"; overrides the profile (tests use free ports).
     listen: Mapping[str, str] | None = None
+    public_ip: str = ""
+    # With an IPv6 address, every public listener listens on both families.
+    public_ip6: str = ""
 
 
 def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _listen_value(address: str, *, dual_stack: bool) -> str:
+    """A listen value as TOML; a wildcard IPv4 address gains its IPv6 twin on a host with
+    an IPv6 address (a listener bound to 0.0.0.0 alone never answers IPv6 senders)."""
+    if dual_stack and address.startswith("0.0.0.0:"):
+        twin = "[::]:" + address.removeprefix("0.0.0.0:")
+        return f"[{_toml_str(address)}, {_toml_str(twin)}]"
+    return _toml_str(address)
 
 
 def render_config(opts: InitOptions) -> str:
@@ -81,19 +93,31 @@ def render_config(opts: InitOptions) -> str:
     )
     listen.update(opts.listen or {})
     domains = ", ".join(_toml_str(d) for d in opts.domains)
+    public_ip = (
+        f"public_ip  = {_toml_str(opts.public_ip)}"
+        if opts.public_ip
+        else ('# public_ip  = "203.0.113.7"')
+    )
+    public_ip6 = (
+        f"public_ip6 = {_toml_str(opts.public_ip6)}"
+        if opts.public_ip6
+        else ('# public_ip6 = "2001:db8::7"')
+    )
     lines = [
         "# Pillarbox configuration. Every key and its default: docs in pillarbox/config.py.",
         f"hostname = {_toml_str(opts.hostname)}    # EHLO name, certificate name, MX target",
         f"domains  = [{domains}]    # domains we receive mail for",
         'data_dir = "."            # relative to this file: database, mail, queue, keys, tls',
-        '# public_ip  = "203.0.113.7"   # used by `dns records` and `check` (else resolved)',
-        '# public_ip6 = "2001:db8::7"',
+        f"{public_ip}   # used by `dns records` and `check` (else resolved)",
+        public_ip6,
         '# user = "pillarbox"           # drop to this user after binding ports as root',
         "",
-        '[listen]    # "" disables a listener',
+        '[listen]    # "" disables a listener; a list listens on each address:',
+        '            # ["0.0.0.0:25", "[::]:25"] is IPv4 and IPv6 (an IPv6 socket is IPv6-only)',
     ]
     for name in PROD_LISTEN:
-        lines.append(f"{name:<12}= {_toml_str(listen.get(name, ''))}    # {LISTEN_COMMENTS[name]}")
+        value = _listen_value(listen.get(name, ""), dual_stack=bool(opts.public_ip6))
+        lines.append(f"{name:<12}= {value}    # {LISTEN_COMMENTS[name]}")
     lines += [
         "",
         "[tls]",
@@ -190,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
         hostname=hostname,
         dev=args.dev,
         force=args.force,
+        public_ip=args.public_ip,
+        public_ip6=args.public_ip6,
     )
     try:
         settings = initialize(opts)
@@ -225,6 +251,15 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dev", action="store_true", help="dev profile: loopback high ports, local CA"
+    )
+    parser.add_argument(
+        "--public-ip", default="", metavar="IPV4", help="this server's public IPv4 address"
+    )
+    parser.add_argument(
+        "--public-ip6",
+        default="",
+        metavar="IPV6",
+        help="this server's public IPv6 address (listeners then take IPv4 and IPv6)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing config")
 

@@ -162,8 +162,8 @@ def _server_lines(facts: dict[str, Any]) -> list[str]:
     lines = [f"Server:      running, pid {server['pid']}, {server['connections']} connection(s)"]
     if "uptime" in server:
         lines[0] += f", up {_age(server['uptime'])}"
-    for name, address in sorted(server["listeners"].items()):
-        lines.append(f"  {name:<12} {address}")
+    for name, addresses in sorted(server["listeners"].items()):
+        lines.append(f"  {name:<12} {', '.join(addresses)}")
     return lines
 
 

@@ -6,8 +6,9 @@ Port 25 (MX, RFC 5321): any sender; recipients must be in our domains (another d
 relay attempt: 554 5.7.1) and exist (550 5.1.1 at RCPT, so we never accept-then-bounce
 backscatter). After DATA the message is authenticated (SPF, DKIM, DMARC, ARC via
 ``pillarbox.mailauth.inbound``): DMARC ``reject`` gives 550 5.7.1 when
-``mailauth.dmarc_reject`` is on, ``quarantine`` delivers to the Junk folder, DNS trouble
-never refuses mail. Forged Authentication-Results that claim our authserv-id are removed
+``mailauth.dmarc_reject`` is on, ``quarantine`` delivers to the Junk folder, an SPF
+``fail`` gives 550 5.7.23 when ``mailauth.spf_reject`` is on, DNS trouble never refuses
+mail. Forged Authentication-Results that claim our authserv-id are removed
 (RFC 8601 §5) and ours is prepended.
 
 Submission (587/465, RFC 6409): the envelope sender must be one the authenticated user owns
@@ -25,7 +26,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pillarbox import log
 from pillarbox.config import Settings
@@ -46,8 +47,24 @@ from pillarbox.smtp.parse import RcptCommand
 from pillarbox.smtp.session import Envelope, ListenerKind, Recipient, SessionInfo
 from pillarbox.store.accounts import Accounts, Resolution
 
+if TYPE_CHECKING:
+    from pillarbox.mailauth.inbound import AuthVerdict
+
 _log = log.get("delivery")
 MAX_REMEMBERED = 100_000
+
+
+def spf_refusal(verdict: AuthVerdict, ip: str) -> Reply | None:
+    """``mailauth.spf_reject``: refuse an SPF ``fail`` of the envelope sender (or of the
+    HELO name, for a null sender), RFC 7208 §8.4, with RFC 7372's 5.7.23. Not when DMARC
+    passed anyway (an aligned DKIM signature): RFC 7489 §10.1 warns that refusing on SPF
+    alone throws away mail a forwarder broke SPF for but that DKIM still vouches for."""
+    spf = verdict.spf if verdict.spf.domain else verdict.spf_helo
+    if spf.result != "fail" or verdict.dmarc.result == "pass":
+        return None
+    return Reply(
+        550, "5.7.23", f"SPF check failed: {ip} is not allowed to send mail for {spf.domain}"
+    )
 
 
 def may_relay(session: SessionInfo) -> bool:
@@ -217,6 +234,13 @@ class SmtpBackend:
         )  # fmt: skip
         if verdict.disposition == "reject" and self.settings.mailauth.dmarc_reject:
             return InboundResult(codes.POLICY_REJECTED, INBOX, b"")
+        refusal = (
+            spf_refusal(verdict, session.peer_ip) if self.settings.mailauth.spf_reject else None
+        )
+        if refusal is not None:
+            _log.info("spf refused", queue_id=envelope.queue_id, client=session.peer_ip,
+                      domain=verdict.spf.domain)  # fmt: skip
+            return InboundResult(refusal, INBOX, b"")
         folder = JUNK if verdict.disposition in ("quarantine", "reject") else INBOX
         return InboundResult(None, folder, verdict.header)
 

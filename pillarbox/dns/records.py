@@ -137,8 +137,8 @@ def ptr_name(ip: str) -> str:
 
 
 def _listener_port(settings: Settings, name: str) -> int | None:
-    enabled = settings.listen.enabled()
-    return enabled[name][1] if name in enabled else None
+    addresses = settings.listen.addresses(name)
+    return addresses[0][1] if addresses else None
 
 
 # -- building -------------------------------------------------------------------------------

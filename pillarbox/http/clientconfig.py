@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from pillarbox.config import Settings, split_host_port
+from pillarbox.config import Settings
 from pillarbox.core.address import Address, AddressError, parse_address
 
 AUTODISCOVER_RESPONSE_NS = "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"
@@ -51,9 +51,9 @@ def services(settings: Settings) -> list[Service]:
     """The client-facing services that are switched on, most preferred first."""
     found = []
     for listener, protocol, implicit in _LISTENERS:
-        value = getattr(settings.listen, listener)
-        if value:
-            found.append(Service(protocol, split_host_port(value)[1], implicit))
+        addresses = settings.listen.addresses(listener)
+        if addresses:  # the first address's port: clients are told one port per service
+            found.append(Service(protocol, addresses[0][1], implicit))
     return found
 
 

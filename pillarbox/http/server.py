@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from pillarbox import log
-from pillarbox.config import Settings, split_host_port
+from pillarbox.config import Settings
 from pillarbox.http import clientconfig, clienthello
 from pillarbox.http.clientconfig import AutodiscoverError
 from pillarbox.http.message import HttpError, Limits, Request, Response, parse_head, text_response
@@ -103,7 +103,7 @@ class Site:
         if not https:
             return text_response(404)
         host = request.host if request.host in self.our_names() else self.settings.hostname
-        port = split_host_port(https)[1]
+        port = self.settings.listen.addresses("https")[0][1]
         authority = host if port == 443 else f"{host}:{port}"
         query = _requery(request)
         # The path was validated as printable ASCII by the parser; re-quote what unquote did.
@@ -345,16 +345,17 @@ class HttpComponent:
         self.limits = limits or Limits()
 
     def listeners(self) -> list[ListenerSpec]:
-        specs = []
         listen = self.site.settings.listen
-        if listen.http:
-            host, port = split_host_port(listen.http)
-            specs.append(ListenerSpec("http", host, port, TlsMode.NONE, self._serve_http))
-        if listen.https:
-            host, port = split_host_port(listen.https)
-            # TLS is done in the handler (SNI dispatch for TLS-ALPN-01), hence NONE here.
-            specs.append(ListenerSpec("https", host, port, TlsMode.NONE, self._serve_https))
-        return specs
+        plain = [
+            ListenerSpec("http", host, port, TlsMode.NONE, self._serve_http)
+            for host, port in listen.addresses("http")
+        ]
+        # TLS is done in the handler (SNI dispatch for TLS-ALPN-01), hence NONE here.
+        secure = [
+            ListenerSpec("https", host, port, TlsMode.NONE, self._serve_https)
+            for host, port in listen.addresses("https")
+        ]
+        return plain + secure
 
     async def _serve_http(self, conn: Connection) -> None:
         stream = PlainStream(conn.reader, conn.writer)

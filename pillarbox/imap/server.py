@@ -21,6 +21,8 @@ _log = log.get("imap")
 _ = (session_mailboxes, session_selected)
 
 LISTENERS = (("imap", TlsMode.STARTTLS), ("imaps", TlsMode.IMPLICIT))
+# Sent before closing a connection refused or cut for the connection caps.
+BUSY_REPLY = b"* BYE too many connections\r\n"
 
 
 def session_config(settings: Any) -> SessionConfig:
@@ -48,22 +50,12 @@ class ImapComponent:
         self.config = session_config(ctx.settings)
 
     def listeners(self) -> list[ListenerSpec]:
-        enabled = self.ctx.settings.listen.enabled()
-        specs = []
-        for name, mode in LISTENERS:
-            if name in enabled:
-                host, port = enabled[name]
-                specs.append(
-                    ListenerSpec(
-                        name,
-                        host,
-                        port,
-                        mode,
-                        self.handle,
-                        busy_reply=b"* BYE too many connections\r\n",
-                    )
-                )
-        return specs
+        listen = self.ctx.settings.listen
+        return [
+            ListenerSpec(name, host, port, mode, self.handle, BUSY_REPLY)
+            for name, mode in LISTENERS
+            for host, port in listen.addresses(name)
+        ]
 
     async def handle(self, conn: Connection) -> None:
         session = Session(conn, self.config, self.ctx.authenticator, self.backend)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pillarbox.config import Settings, split_host_port
+from pillarbox.config import Settings
 from pillarbox.http.message import Limits
 from pillarbox.http.metrics import serve_metrics
 from pillarbox.metrics.probes import ServerMetrics
@@ -25,8 +25,10 @@ class MetricsComponent:
         self.limits = Limits(max_body=1024)
 
     def listeners(self) -> list[ListenerSpec]:
-        host, port = split_host_port(self.settings.listen.metrics)
-        return [ListenerSpec("metrics", host, port, TlsMode.NONE, self._serve)]
+        return [
+            ListenerSpec("metrics", host, port, TlsMode.NONE, self._serve)
+            for host, port in self.settings.listen.addresses("metrics")
+        ]
 
     async def _serve(self, conn: Connection) -> None:
         await serve_metrics(conn, self.metrics.render, self.limits)

@@ -19,6 +19,7 @@ import asyncio
 import asyncio.sslproto
 import contextlib
 import functools
+import ipaddress
 import itertools
 import socket
 import ssl
@@ -29,7 +30,14 @@ from enum import Enum
 from typing import Any
 
 from pillarbox import log
-from pillarbox.core.clientaddr import client_key
+from pillarbox.core.clientaddr import client_key, in_networks
+from pillarbox.net.proxyproto import (
+    PEEK,
+    ProxiedAddress,
+    ProxyHeaderError,
+    header_length,
+    parse_header,
+)
 from pillarbox.tls.context import TlsInfo, TlsProvider
 
 _log = log.get("net")
@@ -37,6 +45,8 @@ _conn_ids = itertools.count(1)
 
 # Seconds a client has to finish the TLS handshake; slow-loris protection.
 HANDSHAKE_TIMEOUT = 30.0
+# Seconds a trusted proxy has to send its PROXY header: it sends it at once.
+PROXY_HEADER_TIMEOUT = 5.0
 # asyncio's StreamReader buffer limit: protocol readers read bounded lines themselves.
 STREAM_LIMIT = 1 << 16
 
@@ -96,14 +106,19 @@ class Connection:
         listener: str,
         tls: TlsProvider | None,
         closing: asyncio.Event,
-        peer: tuple[str, int] = ("", 0),
+        proxied: ProxiedAddress | None = None,
     ):
         self.reader = reader
         self.writer = writer
         self.listener = listener
         self.id = f"{next(_conn_ids):x}"
-        peer = writer.get_extra_info("peername") or peer
-        local = writer.get_extra_info("sockname") or ("", 0)
+        # Behind a proxy, the client and the address it reached are the ones the PROXY
+        # header names; the socket's own peer is the proxy (kept in ``via``).
+        own_peer = writer.get_extra_info("peername") or ("", 0)
+        peer = proxied.client if proxied and proxied.client else own_peer
+        local = (proxied.server if proxied else None) or writer.get_extra_info("sockname")
+        local = local or ("", 0)
+        self.via: str = own_peer[0] if proxied else ""
         self.peer_ip: str = peer[0]
         self.peer_port: int = peer[1]
         self.local_ip: str = local[0]
@@ -250,6 +265,19 @@ class _Bound:
     accepting: asyncio.Task[None] | None = None
 
 
+@dataclass(frozen=True)
+class ProxySettings:
+    """Which listeners sit behind a proxy that speaks the PROXY protocol, and which
+    addresses such a proxy connects from (nobody else may connect to those listeners)."""
+
+    listeners: frozenset[str] = frozenset()
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def of(cls, listeners: tuple[str, ...], trusted: tuple[str, ...]) -> ProxySettings:
+        return cls(frozenset(listeners), tuple(ipaddress.ip_network(n) for n in trusted))
+
+
 @dataclass
 class Listeners:
     """Runs a set of listeners; see the module docstring."""
@@ -258,8 +286,11 @@ class Listeners:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     # Whether a client address is banned (the authenticator's bans); checked per accept.
     is_banned: Callable[[str], bool] = _never_banned
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     _bound: list[_Bound] = field(default_factory=list)
+    # Connections from a proxy whose PROXY header is still being read: not yet admitted.
+    _unheard: set[asyncio.Task[None]] = field(default_factory=set)
     # Open connections in accept order (oldest first), which is the order they are cut in.
     _open: dict[asyncio.Task[None], _Entry] = field(default_factory=dict)
     _per_client: Counter[str] = field(default_factory=Counter)
@@ -275,18 +306,73 @@ class Listeners:
         return self.addresses()
 
     def addresses(self) -> dict[str, tuple[str, int]]:
-        return {b.spec.name: b.address for b in self._bound}
+        """Listener name -> its first bound address (see :meth:`all_addresses`)."""
+        first: dict[str, tuple[str, int]] = {}
+        for bound in self._bound:
+            first.setdefault(bound.spec.name, bound.address)
+        return first
+
+    def all_addresses(self) -> dict[str, list[tuple[str, int]]]:
+        """Listener name -> every address it is bound to, in config order."""
+        every: dict[str, list[tuple[str, int]]] = {}
+        for bound in self._bound:
+            every.setdefault(bound.spec.name, []).append(bound.address)
+        return every
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for bound in self._bound:
-            bound.accepting = loop.create_task(self._accept_loop(bound))
-            _log.info(
-                "listening",
-                listener=bound.spec.name,
-                address=f"{bound.address[0]}:{bound.address[1]}",
-                tls=bound.spec.tls.value,
-            )
+            self._start_accepting(bound)
+
+    def _start_accepting(self, bound: _Bound) -> None:
+        bound.accepting = asyncio.get_running_loop().create_task(self._accept_loop(bound))
+        _log.info(
+            "listening",
+            listener=bound.spec.name,
+            address=format_address(*bound.address),
+            tls=bound.spec.tls.value,
+            proxy_protocol="yes" if bound.spec.name in self.proxy.listeners else None,
+        )
+
+    async def rebind(self, specs: list[ListenerSpec]) -> list[str]:
+        """Make the sockets match ``specs`` (a reload): an address no longer wanted stops
+        accepting (its sessions go on), a new one is bound and started, one that stays
+        keeps its socket, so no client is refused meanwhile. Returns the errors: an address
+        that cannot be bound (in use; a port below 1024 after privileges were dropped
+        without CAP_NET_BIND_SERVICE) is reported and skipped, the rest still applies."""
+        wanted = {_spec_key(spec): spec for spec in specs}
+        kept: list[_Bound] = []
+        for bound in self._bound:
+            spec = wanted.pop(_spec_key(bound.spec), None)
+            if spec is None:
+                self._stop_accepting(bound)
+                continue
+            bound.spec = spec  # the same address; the handler may be a new component's
+            kept.append(bound)
+        errors = []
+        for spec in wanted.values():
+            try:
+                sock = _make_socket(spec.host, spec.port)
+            except OSError as exc:
+                where = (
+                    f"[{spec.host}]:{spec.port}" if ":" in spec.host else f"{spec.host}:{spec.port}"
+                )
+                errors.append(f"{spec.name} on {where}: {exc.strerror or exc}")
+                _log.error("cannot listen", listener=spec.name, address=where, reason=str(exc))
+                continue
+            address = sock.getsockname()[:2]
+            bound = _Bound(spec, sock, (address[0], address[1]))
+            kept.append(bound)
+            self._start_accepting(bound)
+        self._bound = kept
+        return errors
+
+    def _stop_accepting(self, bound: _Bound) -> None:
+        if bound.accepting is not None:
+            bound.accepting.cancel()
+        bound.sock.close()
+        _log.info(
+            "stopped listening", listener=bound.spec.name, address=format_address(*bound.address)
+        )
 
     async def _accept_loop(self, bound: _Bound) -> None:
         loop = asyncio.get_running_loop()
@@ -297,12 +383,46 @@ class Listeners:
                 _log.warning("accept failed", listener=bound.spec.name, reason=str(exc))
                 await asyncio.sleep(0.1)
                 continue
+            if bound.spec.name in self.proxy.listeners:
+                self._accept_from_proxy(bound.spec, client, peer[0])
+                continue
             refusal = self._admit(bound.spec, peer[0])
             if refusal is not None:
                 self._refuse(bound.spec, client, peer[0], refusal)
                 continue
-            task = loop.create_task(self._serve(bound.spec, client, peer))
+            task = loop.create_task(self._serve(bound.spec, client))
             self._register(_Entry(bound.spec, client_key(peer[0]), task))
+
+    # -- behind a proxy ----------------------------------------------------------------
+
+    def _accept_from_proxy(self, spec: ListenerSpec, client: socket.socket, ip: str) -> None:
+        """A listener behind a proxy: only a trusted proxy may connect, and the caps and
+        bans apply to the client its PROXY header names, once it is read."""
+        if not in_networks(ip, self.proxy.trusted):
+            self._refuse(spec, client, ip, "not a trusted proxy (listen.trusted_proxies)")
+            return
+        task = asyncio.get_running_loop().create_task(self._serve_proxied(spec, client, ip))
+        self._unheard.add(task)
+        task.add_done_callback(self._unheard.discard)
+
+    async def _serve_proxied(self, spec: ListenerSpec, client: socket.socket, proxy: str) -> None:
+        try:
+            async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
+                proxied = await read_proxy_header(client)
+        except (ProxyHeaderError, TimeoutError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, ProxyHeaderError) else type(exc).__name__
+            self._refuse(spec, client, proxy, f"PROXY header: {reason}")
+            return
+        ip = proxied.client[0] if proxied.client else proxy
+        refusal = self._admit(spec, ip)
+        if refusal is not None:
+            self._refuse(spec, client, ip, refusal)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._unheard.discard(task)
+        self._register(_Entry(spec, client_key(ip), task))
+        await self._serve(spec, client, proxied)
 
     # -- admission ---------------------------------------------------------------------
 
@@ -371,16 +491,19 @@ class Listeners:
     def _refuse(self, spec: ListenerSpec, client: socket.socket, ip: str, reason: str) -> None:
         _log.warning("connection refused", listener=spec.name, client=ip, reason=reason)
         with contextlib.suppress(OSError):
-            if spec.busy_reply and spec.tls is not TlsMode.IMPLICIT and reason != "banned":
+            # Only the caps are explained: a banned client or a stranger on a proxied
+            # listener learns nothing.
+            busy = reason.startswith("too many")
+            if busy and spec.busy_reply and spec.tls is not TlsMode.IMPLICIT:
                 client.send(spec.busy_reply)  # non-blocking: a few bytes to an empty buffer
         client.close()
 
     # -- one connection ----------------------------------------------------------------
 
     async def _serve(
-        self, spec: ListenerSpec, client: socket.socket, peer: tuple[str, int]
+        self, spec: ListenerSpec, client: socket.socket, proxied: ProxiedAddress | None = None
     ) -> None:
-        conn = await self._open_streams(spec, client, peer)
+        conn = await self._open_streams(spec, client, proxied)
         if conn is None:
             return
         task = asyncio.current_task()
@@ -394,7 +517,7 @@ class Listeners:
             await conn.close()
 
     async def _open_streams(
-        self, spec: ListenerSpec, client: socket.socket, peer: tuple[str, int]
+        self, spec: ListenerSpec, client: socket.socket, proxied: ProxiedAddress | None
     ) -> Connection | None:
         """The client as streams, after the implicit-TLS handshake where there is one."""
         loop = asyncio.get_running_loop()
@@ -412,8 +535,9 @@ class Listeners:
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
+            peer = proxied.client if proxied and proxied.client else ("", 0)
             _log.info(
-                "connection ended", listener=spec.name, client=peer[0],
+                "connection ended", listener=spec.name, client=peer[0] or _peer_ip(client),
                 reason=f"TLS handshake failed: {type(exc).__name__}",
             )  # fmt: skip
             client.close()
@@ -423,7 +547,7 @@ class Listeners:
             return None
         writer = writers[0] if writers else asyncio.StreamWriter(transport, protocol, reader, loop)
         tls = self.tls if spec.tls is not TlsMode.NONE else None
-        return Connection(reader, writer, spec.name, tls, self.closing, peer)
+        return Connection(reader, writer, spec.name, tls, self.closing, proxied)
 
     async def _run(self, spec: ListenerSpec, conn: Connection) -> None:
         try:
@@ -455,6 +579,8 @@ class Listeners:
             if bound.accepting is not None:
                 bound.accepting.cancel()
             bound.sock.close()
+        for task in list(self._unheard):
+            task.cancel()
         self.closing.set()
         if self._open:
             _, pending = await asyncio.wait(set(self._open), timeout=grace)
@@ -466,6 +592,57 @@ class Listeners:
     @property
     def active_connections(self) -> int:
         return len(self._open)
+
+
+def format_address(host: str, port: int) -> str:
+    """ "host:port", with IPv6 in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _spec_key(spec: ListenerSpec) -> tuple[str, str, int]:
+    return (spec.name, spec.host, spec.port)
+
+
+def _peer_ip(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return ""
+
+
+async def read_proxy_header(sock: socket.socket) -> ProxiedAddress:
+    """Take the PROXY header off ``sock`` and nothing more: what follows it (a TLS
+    ClientHello, the first command) stays in the socket for the protocol. The header is
+    measured on peeked bytes, then exactly that many are read."""
+    pause = 0.005
+    while True:
+        await _readable(sock)
+        prefix = sock.recv(PEEK, socket.MSG_PEEK)
+        if not prefix:
+            raise ProxyHeaderError("the proxy closed the connection before the header")
+        length = header_length(prefix)
+        if length is not None and len(prefix) >= length:
+            return parse_header(sock.recv(length))
+        # Part of a header: the socket stays readable, so wait a little before peeking
+        # again rather than spinning (a proxy sends the header in one segment).
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = sock.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 def _make_socket(host: str, port: int) -> socket.socket:

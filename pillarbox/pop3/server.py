@@ -44,13 +44,12 @@ class Pop3Component:
         self.locks = MaildropLocks()
 
     def listeners(self) -> list[ListenerSpec]:
-        enabled = self.ctx.settings.listen.enabled()
-        specs = []
-        for name, mode in LISTENERS:
-            if name in enabled:
-                host, port = enabled[name]
-                specs.append(ListenerSpec(name, host, port, mode, self.handle, BUSY_REPLY))
-        return specs
+        listen = self.ctx.settings.listen
+        return [
+            ListenerSpec(name, host, port, mode, self.handle, BUSY_REPLY)
+            for name, mode in LISTENERS
+            for host, port in listen.addresses(name)
+        ]
 
     async def handle(self, conn: Connection) -> None:
         session = Session(conn, self.config, self.ctx.authenticator, self.backend, self.locks)

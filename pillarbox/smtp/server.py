@@ -125,11 +125,11 @@ class SmtpServer:
         return {name: session_config(settings, kind) for name, (kind, _) in LISTENERS.items()}
 
     def listeners(self) -> list[ListenerSpec]:
-        enabled = self.settings.listen.enabled()
+        listen = self.settings.listen
         return [
-            ListenerSpec(name, *enabled[name], tls, self.handle, BUSY_REPLY)
+            ListenerSpec(name, host, port, tls, self.handle, BUSY_REPLY)
             for name, (_, tls) in LISTENERS.items()
-            if name in enabled
+            for host, port in listen.addresses(name)
         ]
 
     async def handle(self, conn: Connection) -> None:

@@ -253,6 +253,7 @@ class SmtpSession:
             conn=self.conn.id,
             listener=self.conn.listener,
             client=self.conn.peer_ip,
+            via=self.conn.via or None,  # the proxy that named the client (PROXY protocol)
             tls=self._tls_text(),
             trusted=self.info.trusted or None,
         )
