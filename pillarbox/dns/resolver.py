@@ -22,6 +22,14 @@ differently (RFC 7208 §4.4, RFC 7489 §6.6.3, RFC 5321 §5.1):
 
 A lookup that returns records returns a non-empty list; it never returns ``[]``.
 
+DNSSEC: every query asks for the AD bit (RFC 6840 §5.7) and :meth:`Resolver.query_secure`
+reports it, for DANE (RFC 7672). Pillarbox does not validate signatures itself: like
+Postfix's ``smtp_dns_support_level = dnssec`` it trusts the AD bit of its nameservers, which
+must therefore be a *validating* resolver on a trusted path (unbound or knot-resolver on the
+same host is the usual choice). AD is believed only from nameservers named in ``[dns]
+nameservers`` or, without them, from system nameservers that are all on loopback: an AD bit
+that crossed a network unprotected proves nothing (RFC 4035 §4.9.3).
+
 :class:`SyncLookup` lets synchronous libraries (pyspf, which follows includes recursively
 and so cannot be prefetched) run in a worker thread while their DNS queries still go through
 this resolver on the event loop.
@@ -37,6 +45,8 @@ from typing import Any, TypeVar
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -56,12 +66,18 @@ MAX_TXT_LENGTH = 16384
 
 
 class DnsError(Exception):
-    """A lookup that did not produce records; ``name`` and ``rdtype`` say which one."""
+    """A lookup that did not produce records; ``name`` and ``rdtype`` say which one.
 
-    def __init__(self, message: str, *, name: str = "", rdtype: str = "") -> None:
+    ``secure`` is True for an NXDOMAIN/NODATA that a trusted validating resolver
+    authenticated (AD bit): a proven "nothing there", as DANE needs (RFC 7672 §2.2)."""
+
+    def __init__(
+        self, message: str, *, name: str = "", rdtype: str = "", secure: bool = False
+    ) -> None:
         super().__init__(message)
         self.name = name
         self.rdtype = rdtype
+        self.secure = secure
 
 
 class DnsNotFound(DnsError):
@@ -84,6 +100,15 @@ class Tlsa:
     selector: int
     mtype: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecureAnswer:
+    """Records with their DNSSEC status: ``secure`` is the AD bit of a trusted resolver."""
+
+    records: tuple[Any, ...]
+    secure: bool
+    canonical: str  # the owner name after CNAMEs (lower case, no trailing dot)
 
 
 def parse_nameserver(value: str) -> tuple[str, int]:
@@ -143,6 +168,12 @@ class Resolver:
                 resolver.nameservers = ["127.0.0.1"]
         resolver.search = []
         resolver.use_search_by_default = False
+        # Ask for the AD bit (RFC 6840 §5.7); a validating resolver then says whether the
+        # answer was DNSSEC-authenticated. Without DO we get no signatures, only the verdict.
+        resolver.flags = dns.flags.RD | dns.flags.AD
+        self.trusts_ad = bool(nameservers) or all(
+            _is_loopback(str(getattr(ns, "address", ns))) for ns in resolver.nameservers
+        )
         # Each try gets half the budget, so a lost UDP packet is retried (or the second
         # nameserver asked) before the whole lookup gives up at ``timeout``.
         resolver.timeout = max(timeout / 2, 0.1)
@@ -163,15 +194,42 @@ class Resolver:
 
     async def query(self, name: str, rdtype: str) -> list[Any]:
         """The rdata of ``name``/``rdtype`` (CNAMEs followed); raises a DnsError otherwise."""
+        answer = await self._resolve(name, rdtype)
+        records = list(answer)
+        if not records:
+            raise DnsNoData(f"{name}: no {rdtype} records", name=name, rdtype=rdtype)
+        return records
+
+    async def query_secure(self, name: str, rdtype: str) -> SecureAnswer:
+        """Like :meth:`query`, also telling whether the answer is DNSSEC-authenticated.
+
+        NXDOMAIN/NODATA raise DnsNotFound/DnsNoData with ``secure`` set when the denial
+        itself was authenticated. ``secure`` is never True from an untrusted resolver."""
+        answer = await self._resolve(name, rdtype)
+        records = tuple(answer)
+        secure = self._authenticated(answer.response)
+        if not records:
+            raise DnsNoData(f"{name}: no {rdtype} records", name=name, rdtype=rdtype, secure=secure)
+        return SecureAnswer(records, secure, _host(answer.canonical_name))
+
+    def _authenticated(self, response: dns.message.Message | None) -> bool:
+        return self.trusts_ad and response is not None and bool(response.flags & dns.flags.AD)
+
+    async def _resolve(self, name: str, rdtype: str) -> dns.resolver.Answer:
         qname = _absolute(name)
         try:
-            answer = await self._resolver.resolve(
-                qname, rdtype, search=False, lifetime=self.timeout
-            )
-        except dns.resolver.NXDOMAIN:
-            raise DnsNotFound(f"{name}: no such domain", name=name, rdtype=rdtype) from None
-        except dns.resolver.NoAnswer:
-            raise DnsNoData(f"{name}: no {rdtype} records", name=name, rdtype=rdtype) from None
+            return await self._resolver.resolve(qname, rdtype, search=False, lifetime=self.timeout)
+        except dns.resolver.NXDOMAIN as exc:
+            responses = list(exc.responses().values())
+            secure = bool(responses) and all(self._authenticated(r) for r in responses)
+            raise DnsNotFound(
+                f"{name}: no such domain", name=name, rdtype=rdtype, secure=secure
+            ) from None
+        except dns.resolver.NoAnswer as exc:
+            secure = self._authenticated(exc.kwargs.get("response"))
+            raise DnsNoData(
+                f"{name}: no {rdtype} records", name=name, rdtype=rdtype, secure=secure
+            ) from None
         except dns.resolver.NoNameservers as exc:
             # Every server answered SERVFAIL/REFUSED or was unreachable.
             raise DnsTempError(f"{name} {rdtype}: {exc}", name=name, rdtype=rdtype) from None
@@ -183,10 +241,6 @@ class Resolver:
             raise DnsNotFound(f"not a valid DNS name: {name!r} ({exc})", name=name) from None
         except (dns.exception.DNSException, OSError) as exc:
             raise DnsTempError(f"{name} {rdtype}: {exc}", name=name, rdtype=rdtype) from None
-        records = list(answer)
-        if not records:
-            raise DnsNoData(f"{name}: no {rdtype} records", name=name, rdtype=rdtype)
-        return records
 
     async def txt(self, name: str) -> list[str]:
         """Each TXT record as one string (its character-strings concatenated, RFC 7208 §3.3)."""
@@ -235,6 +289,13 @@ class Resolver:
     async def tlsa(self, name: str) -> list[Tlsa]:
         records = await self.query(name, "TLSA")
         return [Tlsa(int(r.usage), int(r.selector), int(r.mtype), bytes(r.cert)) for r in records]
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _decode_txt(raw: bytes) -> str:

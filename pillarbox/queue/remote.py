@@ -17,6 +17,13 @@ verification, like Postfix's level "encrypt"); an MTA-STS ``enforce`` policy (RF
 and the smarthost require TLS with a certificate valid for the host name. When TLS is
 required and cannot be had, the recipients are deferred, never sent in plaintext.
 
+DANE (RFC 7672, see dane.py) is decided per MX host before connecting: when the host's
+addresses and TLSA records are DNSSEC-authenticated, STARTTLS is mandatory and the
+certificate is checked against the TLSA records instead of the WebPKI (DANE takes
+precedence over MTA-STS, RFC 8461 §2); a mismatch or a failed TLSA lookup defers that host
+with a "DANE: ..." reason and the next MX is tried. Every session logs the TLS version and
+cipher it used (or why it has none) and, with DANE, ``dane=verified(3 1 1)``.
+
 Capabilities (checked per peer): a message larger than the peer's SIZE bounces (5.3.4,
 RFC 1870); UTF-8 envelope addresses need SMTPUTF8 (else 5.6.7, RFC 6531); an 8-bit
 message for a peer without 8BITMIME goes as a 7-bit, re-signed copy (RFC 6152 §3, see
@@ -38,6 +45,8 @@ from pathlib import Path
 from pillarbox import log
 from pillarbox.config import Settings, split_host_port
 from pillarbox.dns.resolver import DnsError, Resolver
+from pillarbox.queue import dane
+from pillarbox.queue.dane import DaneLookupFailed, DaneMismatch, DanePolicy
 from pillarbox.queue.downgrade import DowngradeError
 from pillarbox.queue.mtasts import Policy, PolicyFetcher
 from pillarbox.queue.routing import (
@@ -46,6 +55,7 @@ from pillarbox.queue.routing import (
     family,
     host_addresses,
     order_addresses,
+    parse_literal,
     resolve_route,
 )
 from pillarbox.queue.store import Message, Recipient
@@ -82,6 +92,20 @@ class TlsPolicy:
     verify: bool = False
     sts: Policy | None = None
     reason: str = ""
+    dane: DanePolicy = dane.NO_DANE
+
+    def with_dane(self, host: DanePolicy) -> TlsPolicy:
+        """This policy for one MX host under ``host``'s DANE verdict. RFC 8461 §2: DANE
+        takes precedence over MTA-STS, so the TLSA records replace WebPKI verification."""
+        if not host.mandatory:
+            return self
+        return TlsPolicy(required=True, verify=False, sts=self.sts, reason="DANE", dane=host)
+
+    def failure(self, status: str, text: str) -> str:
+        """The reason for a host that cannot give the TLS this policy requires."""
+        if self.dane.mandatory:
+            return f"{status} DANE: {text} ({self.dane.tlsa} has {self.dane.reason})"
+        return f"{status} {text}"
 
 
 @dataclass
@@ -92,7 +116,9 @@ class Connection:
     client: SmtpClient
     hop: Hop
     ip: str
-    verified: bool = False  # TLS with a certificate verified for hop.name
+    verified: bool = False  # TLS with a certificate verified for hop.name (or by DANE)
+    tls: str = ""  # what the session's TLS is, for the log: "TLSv1.3/TLS_AES_..."
+    dane: str = ""  # "verified(3 1 1)", "encrypt (no usable TLSA)" or "" (no DANE)
 
     def satisfies(self, policy: TlsPolicy, hops: Sequence[Hop]) -> bool:
         """Whether this session may carry mail under ``policy`` (which may have changed
@@ -127,6 +153,7 @@ class _Attempt:
     reached: bool = False  # some host got as far as a mail transaction
     seven_bit: Path | None = None  # a 7-bit conversion made for a peer without 8BITMIME
     notes: list[str] = field(default_factory=list)
+    dane: dict[str, DanePolicy | DaneLookupFailed] = field(default_factory=dict)  # by host
 
 
 def client_context(verify: bool, extra_ca: Path | None) -> ssl.SSLContext:
@@ -220,6 +247,7 @@ class RemoteDelivery:
             reused is not None
             and reused.destination == destination
             and reused.satisfies(policy, hops)
+            and await self._dane_allows(attempt, reused)
         ):
             slot.connection = None
             await self._on_reused(attempt, reused, slot)
@@ -273,6 +301,26 @@ class RemoteDelivery:
             return
         _log.debug("connection reused", queue_id=attempt.message.id, host=conn.hop.name, ip=conn.ip)
         await self._transactions(attempt, conn, slot)
+
+    async def _dane_allows(self, attempt: _Attempt, conn: Connection) -> bool:
+        """A kept session opened without DANE may not carry mail to a host that now has
+        DNSSEC-signed TLSA records (the records may be newer than the session)."""
+        if conn.dane:
+            return True
+        host = await self._host_dane(attempt, conn.hop)
+        return isinstance(host, DanePolicy) and not host.mandatory
+
+    async def _host_dane(self, attempt: _Attempt, hop: Hop) -> DanePolicy | DaneLookupFailed:
+        """The DANE verdict for ``hop``, looked up once per attempt (not once per address).
+        A smarthost and a domain literal have no TLSA base domain: no DANE."""
+        if self.settings.delivery.smarthost or parse_literal(f"[{hop.name}]") is not None:
+            return dane.NO_DANE
+        if hop.name not in attempt.dane:
+            try:
+                attempt.dane[hop.name] = await dane.dane_policy(self.resolver, hop.name)
+            except DaneLookupFailed as exc:
+                attempt.dane[hop.name] = exc
+        return attempt.dane[hop.name]
 
     # -- routing and policy ---------------------------------------------------------------
 
@@ -337,7 +385,13 @@ class RemoteDelivery:
     ) -> None:
         attempt.tried += 1
         try:
-            client = await self._open(hop, ip, policy, attempt)
+            host = await self._host_dane(attempt, hop)
+            if isinstance(host, DaneLookupFailed):
+                # RFC 7672 §2.2: neither "TLSA records" nor "no TLSA records": this MX
+                # cannot be used safely now; the next one may.
+                raise _HostFailure(f"4.7.5 DANE: {host}")
+            policy = policy.with_dane(host)
+            client, session = await self._open(hop, ip, policy, attempt)
         except _HostFailure as exc:
             attempt.notes.append(f"{hop.name}[{ip}]: {exc}")
             for r in attempt.pending:
@@ -346,13 +400,13 @@ class RemoteDelivery:
                 "host failed", queue_id=attempt.message.id, host=hop.name, ip=ip, reason=str(exc)
             )
             return
-        verified = policy.verify and client.tls
-        conn = Connection(destination, client, hop, ip, verified)
+        verified = (policy.verify and client.tls) or session.dane.startswith("verified")
+        conn = Connection(destination, client, hop, ip, verified, session.tls, session.dane)
         await self._transactions(attempt, conn, slot)
 
     async def _open(
         self, hop: Hop, ip: str, policy: TlsPolicy, attempt: _Attempt, *, plaintext: bool = False
-    ) -> SmtpClient:
+    ) -> tuple[SmtpClient, _Session]:
         try:
             client = await SmtpClient.connect(
                 ip,
@@ -370,7 +424,7 @@ class RemoteDelivery:
             reply = await client.ehlo()
             if reply.code != 250:
                 raise _HostFailure(f"4.4.2 {hop.name} rejected EHLO/HELO: {reply}")
-            await self._tls(client, hop, policy, plaintext)
+            session = await self._tls(client, hop, policy, plaintext)
             if self.settings.delivery.smarthost and self.settings.delivery.smarthost_user:
                 await self._auth(client, hop)
         except _HostFailure:
@@ -378,7 +432,7 @@ class RemoteDelivery:
             raise
         except _TlsHandshakeFailed as exc:
             if policy.required:
-                raise _HostFailure(f"4.7.5 {exc}") from None
+                raise _HostFailure(policy.failure("4.7.5", str(exc))) from None
             # Opportunistic TLS failed: deliver in plaintext rather than not at all.
             _log.info("tls failed, retrying in plaintext", queue_id=attempt.message.id, ip=ip)
             return await self._open(hop, ip, policy, attempt, plaintext=True)
@@ -389,28 +443,56 @@ class RemoteDelivery:
             queue_id=attempt.message.id,
             host=hop.name,
             ip=ip,
-            tls=client.tls_version or "none",
+            tls=session.tls,
             verified=policy.verify and client.tls,
+            dane=session.dane or None,
         )
-        return client
+        return client, session
 
-    async def _tls(self, client: SmtpClient, hop: Hop, policy: TlsPolicy, plaintext: bool) -> None:
+    async def _tls(
+        self, client: SmtpClient, hop: Hop, policy: TlsPolicy, plaintext: bool
+    ) -> _Session:
         if plaintext or not client.supports("STARTTLS"):
             if policy.required:
-                raise _HostFailure(
-                    f"4.7.4 TLS is required ({policy.reason}) but {hop.name} does not offer "
-                    "STARTTLS"
-                )
-            return
+                text = f"{hop.name} does not offer STARTTLS"
+                if not policy.dane.mandatory:
+                    text = f"TLS is required ({policy.reason}) but {text}"
+                raise _HostFailure(policy.failure("4.7.4", text))
+            why = "plaintext after a failed TLS handshake" if plaintext else "no STARTTLS offered"
+            return _Session(why)
         context = self.verified_ctx if policy.verify else self.opportunistic_ctx
         try:
+            # RFC 7672 §8.1: SNI carries the TLSA base domain (the MX host name).
             reply = await client.starttls(context, server_hostname=hop.name)
         except SmtpError as exc:
             raise _TlsHandshakeFailed(str(exc)) from None
         if reply.code != 220:
             if policy.required:
-                raise _HostFailure(f"4.7.4 STARTTLS refused by {hop.name}: {reply}")
-            return
+                raise _HostFailure(
+                    policy.failure("4.7.4", f"STARTTLS refused by {hop.name}: {reply}")
+                )
+            return _Session(f"no TLS (STARTTLS refused: {reply})")
+        return _Session(
+            f"{client.tls_version}/{client.tls_cipher}", self._dane_check(client, hop, policy)
+        )
+
+    @staticmethod
+    def _dane_check(client: SmtpClient, hop: Hop, policy: TlsPolicy) -> str:
+        """The DANE outcome of a TLS session ("" without DANE); _HostFailure on mismatch,
+        so that not even MAIL FROM is sent to an impostor (RFC 7672 §2.2)."""
+        host = policy.dane
+        if host.state == dane.ENCRYPT:
+            return "encrypt(no usable TLSA)"
+        if host.state != dane.AUTHENTICATE:
+            return ""
+        try:
+            record = dane.verify_chain(client.peer_chain, host.records, host.names)
+        except DaneMismatch as exc:
+            raise _HostFailure(
+                f"4.7.5 DANE: the certificate of {hop.name} does not match its TLSA records "
+                f"({host.tlsa}): {exc}"
+            ) from None
+        return f"verified({dane.describe(record)})"
 
     async def _auth(self, client: SmtpClient, hop: Hop) -> None:
         delivery = self.settings.delivery
@@ -529,7 +611,8 @@ class RemoteDelivery:
                 ip=conn.ip,
                 recipients=len(accepted),
                 reply=str(data),
-                tls=client.tls_version or "none",
+                tls=conn.tls or "none",
+                dane=conn.dane or None,
             )
         else:
             await client.rset()
@@ -582,6 +665,14 @@ class RemoteDelivery:
         if r.orcpt:
             params.append(f"ORCPT={r.orcpt}")
         return params
+
+
+@dataclass(frozen=True)
+class _Session:
+    """What one session's TLS turned out to be, for the log and the connection."""
+
+    tls: str  # "TLSv1.3/TLS_AES_256_GCM_SHA384", or why there is no TLS
+    dane: str = ""
 
 
 class _HostFailure(Exception):

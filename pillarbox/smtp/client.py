@@ -159,6 +159,9 @@ class SmtpClient:
         self.greeting: Reply | None = None
         self.tls_version: str | None = None
         self.tls_cipher: str | None = None
+        # The certificates the peer sent (DER, leaf first), verified or not: DANE
+        # (RFC 7672 §3) authenticates them against TLSA records after the handshake.
+        self.peer_chain: tuple[bytes, ...] = ()
         self.closed = False
 
     # -- connection -----------------------------------------------------------------------
@@ -318,6 +321,7 @@ class SmtpClient:
             self.tls_version = ssl_object.version()
             cipher = ssl_object.cipher()
             self.tls_cipher = cipher[0] if cipher else None
+            self.peer_chain = peer_chain(ssl_object)
         await self.ehlo()
         return reply
 
@@ -405,6 +409,25 @@ class SmtpClient:
         if any(r.code in (250, 251) for r in result.rcpts):
             result.data = await self.command("DATA", wait=self.timeouts.data_start)
         return result
+
+
+def peer_chain(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The peer's certificate chain as sent (DER, leaf first), even when unverified.
+
+    ``SSLObject.get_unverified_chain`` is public from Python 3.13; 3.10-3.12 have the same
+    call on the underlying ``_ssl`` object. Without either, only the leaf is known (enough
+    for DANE-EE, not for DANE-TA)."""
+    getter = getattr(ssl_object, "get_unverified_chain", None) or getattr(
+        getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
+    )
+    if getter is not None:
+        certs = getter() or []
+        return tuple(
+            c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+            for c in certs
+        )
+    leaf = ssl_object.getpeercert(binary_form=True)
+    return (leaf,) if leaf else ()
 
 
 async def chunks_of(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
