@@ -25,6 +25,7 @@ from pillarbox.cli import (
     serve,
     service,
     status,
+    transfer,
     verify,
 )
 from pillarbox.cli.common import CliError, Command
@@ -45,6 +46,7 @@ COMMANDS: list[Command] = [
     *sendmail.COMMANDS,
     *service.COMMANDS,
     *status.COMMANDS,
+    *transfer.COMMANDS,
 ]
 
 
@@ -57,6 +59,7 @@ GROUP_HELP = {
     "queue": "outbound queue: list, show, flush, delete",
     "bans": "clients banned for failed logins: list, del",
     "service": "run under systemd: install a sandboxed unit",
+    "import": "move mail in: imap, maildir, mbox",
 }
 
 
