@@ -11,6 +11,8 @@ From_ line are quoted with ``>``. Two quoting variants exist (RFC 4155 §2 and i
 We write mboxrd and read with the mboxrd rule: for mboxo files that gives the original
 text except for body lines that were ``>From `` to begin with (which mboxo lost already).
 
+A From_ line must carry an asctime date to count (as mutt's ``is_from`` demands), so an
+unquoted ``From here`` after an empty line in an mboxo body does not split the message.
 Reading streams the file line by line (a Google Takeout mbox can be many gigabytes).
 """
 
@@ -74,7 +76,13 @@ def read_mbox(stream: BinaryIO) -> Iterator[MboxEntry]:
     previous_blank = True
     for line in stream:
         line_no += 1
-        if line.startswith(b"From ") and previous_blank:
+        # Like mutt, a From_ line must carry a date: an unquoted "From here on" in an
+        # mboxo body after an empty line then stays in its message.
+        if (
+            line.startswith(b"From ")
+            and previous_blank
+            and (number == 0 or from_line_date(line) is not None)
+        ):
             if number:
                 yield _entry(number, start_line, lines, envelope, last=False)
             elif any(x.strip() for x in lines):
