@@ -85,7 +85,8 @@ def test_maildir_written_by_dovecot_imports_with_folders_flags_and_keywords(
 MBOX = (
     b"From alice@example.org Sat Jan  3 01:05:34 2004\n"
     b"From: a@example.org\nSubject: one\nStatus: RO\nX-Status: AF\nX-Keywords: $Work\n\n"
-    b">From the start.\n>>From quoted once.\n>>>From quoted twice.\n\nFrom here on: not a From_ line\n\n"
+    b">From the start.\n>>From quoted once.\n>>>From quoted twice.\n"
+    b"\nFrom here on: not a From_ line\n\n"
     b"From - Sun Jan  4 10:00:00 2004\n"
     b"From: b@example.org\nSubject: two (Thunderbird)\nX-Mozilla-Status: 0005\n"
     b"X-Mozilla-Status2: 00000000\nX-Mozilla-Keys: $label1\n\nread and starred\n\n"
