@@ -187,7 +187,18 @@ def _set_toml_key(text: str, table: str, key: str, value: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+LISTENERS = (
+    "smtp",
+    "submission",
+    "submissions",
+    "imap",
+    "imaps",
+    "pop3",
+    "pop3s",
+    "http",
+    "https",
+    "metrics",
+)
 
 
 class DnsServer:

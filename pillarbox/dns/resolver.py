@@ -38,7 +38,9 @@ this resolver on the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,6 +51,8 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.nameserver
+import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
@@ -130,8 +134,11 @@ def parse_nameserver(value: str) -> tuple[str, int]:
     return address, int(port)
 
 
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _absolute(name: str) -> dns.name.Name:
-    """Parse ``name`` as an absolute DNS name; invalid names count as non-existent."""
+    """Parse ``name`` as an absolute DNS name; invalid names count as non-existent.
+    Cached: the same few names are asked for every message (dnspython names are
+    immutable)."""
     try:
         return dns.name.from_text(name.rstrip(".") + ".")
     except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
@@ -194,11 +201,50 @@ class Resolver:
 
     async def query(self, name: str, rdtype: str) -> list[Any]:
         """The rdata of ``name``/``rdtype`` (CNAMEs followed); raises a DnsError otherwise."""
+        hit = self._cache_entry(name, rdtype)
+        if hit is not None:
+            # Answered by the cache without dnspython's resolution machinery (a task, a
+            # Resolution, name parsing): DMARC discovery asks the same names per message.
+            records, _, nxdomain = hit
+            if records:
+                return records
+            if nxdomain:
+                raise DnsNotFound(f"{name}: no such domain", name=name, rdtype=rdtype)
+            raise DnsNoData(f"{name}: no {rdtype} records", name=name, rdtype=rdtype)
         answer = await self._resolve(name, rdtype)
         records = list(answer)
         if not records:
             raise DnsNoData(f"{name}: no {rdtype} records", name=name, rdtype=rdtype)
         return records
+
+    def cached(self, name: str, rdtype: str) -> tuple[list[Any], float] | None:
+        """What the cache knows of ``name``/``rdtype`` and when that expires (``time.time()``):
+        the records, or [] for a cached NXDOMAIN/NODATA (kept for the SOA's negative TTL,
+        RFC 2308 §5); None when the cache does not know.
+
+        Synchronous and thread-safe (dnspython's LRUCache takes a lock), so a worker thread
+        can answer from the cache without a round trip through the event loop."""
+        hit = self._cache_entry(name, rdtype)
+        return None if hit is None else (hit[0], hit[1])
+
+    def _cache_entry(self, name: str, rdtype: str) -> tuple[list[Any], float, bool] | None:
+        """(records, expiry, is NXDOMAIN) from dnspython's cache, keyed as it stores them:
+        answers and NODATA by (name, type), NXDOMAIN by (name, ANY)."""
+        cache = self._resolver.cache
+        if cache is None:
+            return None
+        try:
+            qname = _absolute(name)
+            qtype = dns.rdatatype.from_text(rdtype)
+        except (dns.exception.DNSException, ValueError):
+            return None
+        answer = cache.get((qname, qtype, dns.rdataclass.IN))
+        if answer is not None:
+            return (list(answer) if answer.rrset is not None else []), answer.expiration, False
+        nxdomain = cache.get((qname, dns.rdatatype.ANY, dns.rdataclass.IN))
+        if nxdomain is not None and nxdomain.response.rcode() == dns.rcode.NXDOMAIN:
+            return [], nxdomain.expiration, True
+        return None
 
     async def query_secure(self, name: str, rdtype: str) -> SecureAnswer:
         """Like :meth:`query`, also telling whether the answer is DNSSEC-authenticated.
@@ -334,3 +380,18 @@ class SyncLookup:
 
     def query(self, name: str, rdtype: str) -> list[Any]:
         return self.run(self.resolver.query(name, rdtype))
+
+    def lookup(self, name: str, rdtype: str) -> tuple[list[Any], float]:
+        """(records, expiry): the records ([] for NXDOMAIN/NODATA) and the ``time.time()``
+        until which anything derived from them may be cached (now, if they are not cached).
+        Answered from the cache without waking the event loop when it knows (a busy MX asks
+        the same SPF records for every message). DnsTempError when the answer is unknown."""
+        hit = self.resolver.cached(name, rdtype)
+        if hit is not None:
+            return hit
+        try:
+            records = self.run(self.resolver.query(name, rdtype))
+        except DnsNotFound:
+            records = []
+        stored = self.resolver.cached(name, rdtype)  # the TTL the query just cached with
+        return records, stored[1] if stored is not None else time.time()

@@ -145,6 +145,8 @@ async def verify_dkim(message: bytes, resolver: Resolver) -> list[DkimResult]:
     """One result per DKIM-Signature (the first MAX_SIGNATURES), in header order."""
     signatures = [v for n, v in header_fields(message) if n.lower() == b"dkim-signature"]
     parsed = [signature_tags(v) for v in signatures[:MAX_SIGNATURES]]
+    if not parsed:
+        return []  # most mail on a small MX: no worker thread for nothing to verify
     names = [key_name(tags) for tags in parsed if tags]
     keys = await prefetch_keys(resolver, [n for n in names if n])
     return await asyncio.to_thread(_verify_all, message, parsed, keys)

@@ -11,6 +11,13 @@ bounds the whole evaluation.
 pyspf looks up DNS through its module-level ``DNSLookup`` function; we replace that once with
 a dispatcher that uses the lookup function of the current thread (a thread-local set while
 our check runs) and falls back to pyspf's own for any other caller.
+
+Cost on a busy MX: the same senders send again and again. A lookup the resolver's cache
+can answer is answered in the worker thread (no trip through the loop), and a finished
+verdict is kept, keyed by everything check_host() reads (client IP, sender, HELO name),
+until the first TTL of the DNS answers it was derived from runs out — so a cached verdict
+is exactly what a fresh evaluation against caching DNS would give. Temporary errors are
+never kept.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ import dataclasses
 import ipaddress
 import logging
 import threading
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +63,47 @@ class SpfResult:
 
 LookupFn = Callable[[str, str], list[tuple[tuple[str, str], Any]]]
 
+# Verdicts kept per resolver (one per server); bounded, the least recently used go first.
+VERDICT_CACHE_SIZE = 10_000
+
+
+class VerdictCache:
+    """check_host() verdicts by (ip, sender, helo), each until its DNS TTLs run out."""
+
+    def __init__(self, size: int = VERDICT_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str, str], tuple[float, str, str]] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str]) -> tuple[str, str] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, result, explanation = entry
+        if expires <= time.time():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return result, explanation
+
+    def put(self, key: tuple[str, str, str], expires: float, result: str, explanation: str) -> None:
+        if expires <= time.time() or result == "temperror":
+            return
+        self._entries[key] = (expires, result, explanation)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+_verdicts: weakref.WeakKeyDictionary[Resolver, VerdictCache] = weakref.WeakKeyDictionary()
+
+
+def verdicts_of(resolver: Resolver) -> VerdictCache:
+    cache = _verdicts.get(resolver)
+    if cache is None:
+        cache = _verdicts[resolver] = VerdictCache()
+    return cache
+
+
 _thread_lookup = threading.local()
 _pyspf_lookup = spf.DNSLookup
 
@@ -67,18 +118,27 @@ def _dispatch_lookup(name: str, qtype: str, strict: Any = True, timeout: Any = 3
 spf.DNSLookup = _dispatch_lookup
 
 
-def _pyspf_answers(bridge: SyncLookup) -> LookupFn:
+class _Expiry:
+    """The earliest expiry of the DNS answers one evaluation used."""
+
+    def __init__(self) -> None:
+        self.at = float("inf")
+
+
+def _pyspf_answers(bridge: SyncLookup, expiry: _Expiry) -> LookupFn:
     """A pyspf-style lookup: [((name, qtype), value), ...]; [] for NXDOMAIN/NODATA."""
 
     def lookup(name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
         if qtype == "SPF":
             return []  # RFC 7208 §3.1: type 99 is obsolete, never queried
         try:
-            records = bridge.query(name, qtype)
-        except DnsNotFound:
+            records, expires = bridge.lookup(name, qtype)
+        except DnsNotFound:  # not a valid DNS name
+            expiry.at = min(expiry.at, time.time())
             return []
         except DnsTempError as exc:
             raise spf.TempError(f"DNS {exc}") from None
+        expiry.at = min(expiry.at, expires)
         key = (name, qtype)
         if qtype in ("A", "AAAA"):
             return [(key, str(r.address)) for r in records]
@@ -116,12 +176,14 @@ def _looks_like_domain(name: str) -> bool:
 
 def _run_pyspf(
     bridge: SyncLookup, ip: str, sender: str, helo: str, timeout: float
-) -> tuple[str, str]:
-    _thread_lookup.fn = _pyspf_answers(bridge)
+) -> tuple[str, str, float]:
+    """(result, explanation, the time until which the result may be reused)."""
+    expiry = _Expiry()
+    _thread_lookup.fn = _pyspf_answers(bridge, expiry)
     try:
         query = spf.query(i=ip, s=sender, h=helo, timeout=timeout, querytime=TOTAL_TIME)
         result, _code, explanation = query.check()
-        return result, explanation
+        return result, explanation, expiry.at
     finally:
         _thread_lookup.fn = None
 
@@ -135,11 +197,22 @@ async def check_identity(
         return SpfResult("none", identity, domain, sender, "no client IP address to check")
     if not domain or not _looks_like_domain(domain):
         return SpfResult("none", identity, domain, sender, "no domain to check")
+    try:
+        client = _valid_ip(ip)
+    except ValueError as exc:
+        return SpfResult("permerror", identity, domain, sender, str(exc))
+    # Everything check_host() reads (RFC 7208 §4.1): <ip>, <sender> as given (macros
+    # expand its local part, §7.2) and the HELO name (%{h}).
+    key = (client, sender, helo.lower())
+    verdicts = verdicts_of(resolver)
+    known = verdicts.get(key)
+    if known is not None:
+        return SpfResult(known[0], identity, domain, sender, known[1])
     loop = asyncio.get_running_loop()
     bridge = SyncLookup(resolver, loop)
     try:
-        result, explanation = await loop.run_in_executor(
-            _EXECUTOR, _run_pyspf, bridge, _valid_ip(ip), sender, helo, resolver.timeout
+        result, explanation, expires = await loop.run_in_executor(
+            _EXECUTOR, _run_pyspf, bridge, client, sender, helo, resolver.timeout
         )
     except ValueError as exc:
         return SpfResult("permerror", identity, domain, sender, str(exc))
@@ -149,6 +222,7 @@ async def check_identity(
     result = str(result).lower()
     if result not in SPF_RESULTS:
         result = "permerror"
+    verdicts.put(key, expires, result, str(explanation or ""))
     return SpfResult(result, identity, domain, sender, str(explanation or ""))
 
 
