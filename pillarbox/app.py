@@ -136,6 +136,7 @@ class Server:
         await self.ctx.control.start()
         self.ctx.control.register("server.status", self._status)
         self.ctx.control.register("server.reload", self._reload_method)
+        self.ctx.control.register("accounts.changed", self._accounts_changed)
         for name, method in self.ctx.authenticator.control_methods().items():
             self.ctx.control.register(name, method)  # bans.list, bans.del
         for component in self.components:
@@ -211,6 +212,11 @@ class Server:
             },
             "components": [c.name for c in self.components],
         }
+
+    async def _accounts_changed(self, params: dict[str, Any]) -> bool:
+        """The CLI changed users or aliases: forget remembered recipients."""
+        self.ctx.accounts.forget_cached()
+        return True
 
     async def _reload_method(self, params: dict[str, Any]) -> bool:
         return await self.reload()

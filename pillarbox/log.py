@@ -45,6 +45,13 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def setup(level: str = "info") -> None:
+    # What a record would otherwise collect on every event, on the event loop, and our
+    # lines never print: the caller's file and line (a stack walk per record), thread
+    # and process names (the "Optimization" section of the logging HOWTO).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger("pillarbox")

@@ -1,7 +1,8 @@
 """``pillarbox user ...`` and ``pillarbox alias ...``: manage who receives mail.
 
 These work on the database directly (SQLite in WAL mode lets them run beside a live
-server, which reads accounts on every login and delivery, so changes apply at once).
+server, which reads accounts on every login and delivery; after a change the server is
+told to forget the recipients it remembers, so changes apply at once).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.cli.common import CliError, Command, load_settings, read_password
 from pillarbox.config import Settings
+from pillarbox.net import control
 from pillarbox.store.accounts import AccountError, Accounts
 from pillarbox.store.maildir import user_maildir
 
@@ -28,6 +30,14 @@ def _accounts(args: argparse.Namespace) -> Iterator[tuple[Accounts, Settings]]:
         raise CliError(str(exc)) from None
     finally:
         accounts.close()
+    _tell_server(settings)
+
+
+def _tell_server(settings: Settings) -> None:
+    """A running server remembers recipients for a few seconds: have it forget them, so
+    a deleted user or a changed alias counts at once. No server, nothing to tell."""
+    with contextlib.suppress(control.ServerNotRunning, control.ControlError):
+        control.call(settings.control_socket, "accounts.changed", timeout=5)
 
 
 def _hash(password: str) -> str:
