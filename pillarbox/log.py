@@ -9,9 +9,12 @@ one message across SMTP, queue and delivery, as with Postfix's queue ids.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
 import sys
 import time
+from queue import SimpleQueue
 from typing import Any
 
 _NEEDS_QUOTES = set(' "=\t')
@@ -52,12 +55,27 @@ def setup(level: str = "info") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(KeyValueFormatter())
+    # Lines are formatted and written by a thread of their own: a write to stderr (a pipe
+    # to journald, a terminal) is a system call that would make the event loop give up
+    # the GIL and wait for it again, and a slow reader would stall every session.
+    queue: SimpleQueue[logging.LogRecord] = SimpleQueue()
+    listener = logging.handlers.QueueListener(queue, writer)
     root = logging.getLogger("pillarbox")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Enqueue(queue)]
     root.setLevel(level.upper())
     root.propagate = False
+    listener.start()
+    atexit.register(listener.stop)  # what is queued is written before the process ends
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands the record over as it is: formatting is the writer thread's work. Field
+    values are plain values (strings, numbers) that nothing changes after the event."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
 
 
 class EventLogger:

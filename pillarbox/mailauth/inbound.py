@@ -104,11 +104,14 @@ async def authenticate(
     """Every verdict for ``message``; see the module docstring."""
     if isinstance(message, Path):
         message = await asyncio.to_thread(message.read_bytes)
-    from_domain, from_error = header_from_domain(message)
+    fields = header_fields(message)
+    from_domain, from_error = header_from_domain(message, fields)
+    names = {name.lower() for name, _ in fields}
     (spf_mailfrom, spf_helo), dkim_results, arc_result, discovery = await asyncio.gather(
         check_spf(resolver, ip=ip, helo=helo, mail_from=mail_from),
-        verify_dkim(message, resolver),
-        verify_arc(message, resolver),
+        # Most mail to a small MX is unsigned and unsealed: no task for nothing to check.
+        verify_dkim(message, resolver) if b"dkim-signature" in names else _no_signatures(),
+        verify_arc(message, resolver) if names & _ARC_FIELDS else _no_arc(),
         _discover(resolver, from_domain),
     )
     if from_error:
@@ -140,11 +143,25 @@ async def authenticate(
     )
 
 
-def header_from_domain(message: bytes) -> tuple[str, str]:
-    """(RFC5322.From domain, error); DMARC needs exactly one From with one address (§6.6.1)."""
+_ARC_FIELDS = frozenset((b"arc-seal", b"arc-message-signature", b"arc-authentication-results"))
+
+
+async def _no_signatures() -> list[DkimResult]:
+    return []
+
+
+async def _no_arc() -> ArcResult:
+    return ArcResult("none", 0, "no ARC sets")
+
+
+def header_from_domain(
+    message: bytes, fields: list[tuple[bytes, bytes]] | None = None
+) -> tuple[str, str]:
+    """(RFC5322.From domain, error); DMARC needs exactly one From with one address (§6.6.1).
+    ``fields``: the message's header fields when the caller has them already."""
     values = [
         v.decode("utf-8", errors="replace")
-        for n, v in header_fields(message)
+        for n, v in (header_fields(message) if fields is None else fields)
         if n.lower() == b"from"
     ]
     if len(values) != 1:

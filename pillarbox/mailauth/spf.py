@@ -226,6 +226,25 @@ async def check_identity(
     return SpfResult(result, identity, domain, sender, str(explanation or ""))
 
 
+def _both_known(
+    resolver: Resolver, ip: str, sender: str, helo_sender: str, helo: str
+) -> tuple[SpfResult, SpfResult] | None:
+    """Both verdicts from the cache, or None if either must be evaluated."""
+    try:
+        client = _valid_ip(ip)
+    except ValueError:
+        return None
+    verdicts = verdicts_of(resolver)
+    results = []
+    for identity, who in (("mailfrom", sender or helo_sender), ("helo", helo_sender)):
+        domain = _domain_of(who)
+        known = verdicts.get((client, who, helo))
+        if known is None:
+            return None
+        results.append(SpfResult(known[0], identity, domain, who, known[1]))
+    return results[0], results[1]
+
+
 async def check_spf(
     resolver: Resolver, *, ip: str, helo: str, mail_from: str
 ) -> tuple[SpfResult, SpfResult]:
@@ -237,6 +256,9 @@ async def check_spf(
     helo_name = helo.strip().lower().rstrip(".")
     helo_sender = f"postmaster@{helo_name}"
     sender = mail_from.strip().removeprefix("<").removesuffix(">")
+    known = _both_known(resolver, ip, sender, helo_sender, helo_name)
+    if known is not None:
+        return known  # the usual case for a repeat sender: no tasks, no threads
     helo_check = check_identity(
         resolver, ip=ip, sender=helo_sender, helo=helo_name, identity="helo"
     )
