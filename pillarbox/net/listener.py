@@ -353,9 +353,7 @@ class Listeners:
             try:
                 sock = _make_socket(spec.host, spec.port)
             except OSError as exc:
-                where = (
-                    f"[{spec.host}]:{spec.port}" if ":" in spec.host else f"{spec.host}:{spec.port}"
-                )
+                where = format_address(spec.host, spec.port)
                 errors.append(f"{spec.name} on {where}: {exc.strerror or exc}")
                 _log.error("cannot listen", listener=spec.name, address=where, reason=str(exc))
                 continue
@@ -412,6 +410,9 @@ class Listeners:
         except (ProxyHeaderError, TimeoutError, OSError) as exc:
             reason = str(exc) if isinstance(exc, ProxyHeaderError) else type(exc).__name__
             self._refuse(spec, client, proxy, f"PROXY header: {reason}")
+            return
+        except asyncio.CancelledError:
+            client.close()  # shutdown while the header was awaited
             return
         ip = proxied.client[0] if proxied.client else proxy
         refusal = self._admit(spec, ip)
