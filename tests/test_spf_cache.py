@@ -164,3 +164,46 @@ def test_resolver_answers_from_its_cache_positive_nodata_and_nxdomain(
         assert spf_queries(dns_server) == 3
 
     asyncio.run(run())
+
+
+def test_a_verdict_without_macros_serves_every_sender_of_the_domain(
+    dns_server: DnsTestServer,
+) -> None:
+    dns_server.set_zone("list.example", zone(300, "v=spf1 ip4:192.0.2.0/24 -all"))
+
+    async def run() -> None:
+        resolver = resolver_for(dns_server)
+        first = await check_identity(
+            resolver, ip="192.0.2.10", sender="ann@list.example", helo="a.test", identity="mailfrom"
+        )
+        asked = spf_queries(dns_server)
+        second = await check_identity(
+            resolver, ip="192.0.2.10", sender="bob@list.example", helo="b.test", identity="mailfrom"
+        )
+        assert (first.result, second.result) == ("pass", "pass")
+        assert second.sender == "bob@list.example"
+        assert spf_queries(dns_server) == asked
+
+    asyncio.run(run())
+
+
+def test_a_verdict_with_a_local_part_macro_is_kept_per_sender(dns_server: DnsTestServer) -> None:
+    """exists:%{l}._u.list.example: only ann has a record, so ann passes and bob fails,
+    whatever was cached for the other one (RFC 7208 §7.2)."""
+    dns_server.set_zone(
+        "list.example",
+        zone(300, "v=spf1 exists:%{l}._u.list.example -all", "ann._u A 127.0.0.2\n"),
+    )
+
+    async def run() -> None:
+        resolver = resolver_for(dns_server)
+        results = []
+        for who in ("ann", "bob", "ann", "bob"):
+            result = await check_identity(
+                resolver, ip="192.0.2.10", sender=f"{who}@list.example", helo="x.test",
+                identity="mailfrom",
+            )  # fmt: skip
+            results.append(result.result)
+        assert results == ["pass", "fail", "pass", "fail"]
+
+    asyncio.run(run())

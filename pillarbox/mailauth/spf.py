@@ -119,10 +119,13 @@ spf.DNSLookup = _dispatch_lookup
 
 
 class _Expiry:
-    """The earliest expiry of the DNS answers one evaluation used."""
+    """The earliest expiry of the DNS answers one evaluation used, and whether any TXT
+    record it read had a macro (RFC 7208 §7): without one, the verdict cannot depend on
+    the sender's local part or the HELO name, only on the client IP and the domain."""
 
     def __init__(self) -> None:
         self.at = float("inf")
+        self.macros = False
 
 
 def _pyspf_answers(bridge: SyncLookup, expiry: _Expiry) -> LookupFn:
@@ -147,6 +150,8 @@ def _pyspf_answers(bridge: SyncLookup, expiry: _Expiry) -> LookupFn:
         if qtype == "PTR":
             return [(key, _text(r.target)) for r in records]
         if qtype == "TXT":
+            if any(b"%" in part for r in records for part in r.strings):
+                expiry.macros = True
             return [(key, tuple(r.strings)) for r in records]
         return []
 
@@ -176,14 +181,14 @@ def _looks_like_domain(name: str) -> bool:
 
 def _run_pyspf(
     bridge: SyncLookup, ip: str, sender: str, helo: str, timeout: float
-) -> tuple[str, str, float]:
-    """(result, explanation, the time until which the result may be reused)."""
+) -> tuple[str, str, _Expiry]:
+    """(result, explanation, until when and how widely the result may be reused)."""
     expiry = _Expiry()
     _thread_lookup.fn = _pyspf_answers(bridge, expiry)
     try:
         query = spf.query(i=ip, s=sender, h=helo, timeout=timeout, querytime=TOTAL_TIME)
         result, _code, explanation = query.check()
-        return result, explanation, expiry.at
+        return result, explanation, expiry
     finally:
         _thread_lookup.fn = None
 
@@ -201,17 +206,14 @@ async def check_identity(
         client = _valid_ip(ip)
     except ValueError as exc:
         return SpfResult("permerror", identity, domain, sender, str(exc))
-    # Everything check_host() reads (RFC 7208 §4.1): <ip>, <sender> as given (macros
-    # expand its local part, §7.2) and the HELO name (%{h}).
-    key = (client, sender, helo.lower())
     verdicts = verdicts_of(resolver)
-    known = verdicts.get(key)
+    known = _known(verdicts, client, sender, domain, helo)
     if known is not None:
         return SpfResult(known[0], identity, domain, sender, known[1])
     loop = asyncio.get_running_loop()
     bridge = SyncLookup(resolver, loop)
     try:
-        result, explanation, expires = await loop.run_in_executor(
+        result, explanation, expiry = await loop.run_in_executor(
             _EXECUTOR, _run_pyspf, bridge, client, sender, helo, resolver.timeout
         )
     except ValueError as exc:
@@ -222,8 +224,38 @@ async def check_identity(
     result = str(result).lower()
     if result not in SPF_RESULTS:
         result = "permerror"
-    verdicts.put(key, expires, result, str(explanation or ""))
+    _remember(verdicts, client, sender, domain, helo, expiry, result, str(explanation or ""))
     return SpfResult(result, identity, domain, sender, str(explanation or ""))
+
+
+def _keys(
+    client: str, sender: str, domain: str, helo: str
+) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """Everything check_host() reads (RFC 7208 §4.1): <ip>, <sender> as given (macros
+    expand its local part, §7.2) and the HELO name (%{h}); and the key of a verdict that
+    used no macro, which only <ip> and the domain decide (every sender of a company)."""
+    return (client, sender, helo.lower()), (client, "@" + domain, "")
+
+
+def _known(
+    verdicts: VerdictCache, client: str, sender: str, domain: str, helo: str
+) -> tuple[str, str] | None:
+    exact, shared = _keys(client, sender, domain, helo)
+    return verdicts.get(exact) or verdicts.get(shared)
+
+
+def _remember(
+    verdicts: VerdictCache,
+    client: str,
+    sender: str,
+    domain: str,
+    helo: str,
+    expiry: _Expiry,
+    result: str,
+    explanation: str,
+) -> None:
+    exact, shared = _keys(client, sender, domain, helo)
+    verdicts.put(shared if not expiry.macros else exact, expiry.at, result, explanation)
 
 
 def _both_known(
@@ -238,7 +270,7 @@ def _both_known(
     results = []
     for identity, who in (("mailfrom", sender or helo_sender), ("helo", helo_sender)):
         domain = _domain_of(who)
-        known = verdicts.get((client, who, helo))
+        known = _known(verdicts, client, who, domain, helo)
         if known is None:
             return None
         results.append(SpfResult(known[0], identity, domain, who, known[1]))
