@@ -10,6 +10,7 @@ The organisational domain comes from the public suffix list bundled with publics
 from __future__ import annotations
 
 import email.utils
+import functools
 import random
 import re
 import threading
@@ -26,6 +27,8 @@ _psl: PublicSuffixList | None = None
 _psl_lock = threading.Lock()
 
 
+# Pure functions asked the same questions for every message from a sender: remembered.
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """The registrable domain: ``mail.example.co.uk`` -> ``example.co.uk`` (RFC 7489 §3.2)."""
     global _psl
@@ -62,6 +65,7 @@ class DmarcRecordError(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_record(text: str) -> DmarcRecord:
     """Parse a ``v=DMARC1`` record (RFC 7489 §6.3-6.4). Unknown tags are ignored (§6.3)."""
     tags: dict[str, str] = {}
@@ -102,15 +106,19 @@ def parse_record(text: str) -> DmarcRecord:
 
 def from_domains(from_values: Sequence[str]) -> list[str]:
     """Domains of the RFC5322.From addresses (§3.1.1); the caller wants exactly one."""
+    return [domain for value in from_values for domain in _domains_in(value)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _domains_in(value: str) -> tuple[str, ...]:
     domains: list[str] = []
-    for value in from_values:
-        for _name, address in email.utils.getaddresses([value]):
-            local, at, domain = address.rpartition("@")
-            if at and local and domain:
-                domains.append(domain.lower().rstrip("."))
-            else:
-                domains.append("")
-    return domains
+    for _name, address in email.utils.getaddresses([value]):
+        local, at, domain = address.rpartition("@")
+        if at and local and domain:
+            domains.append(domain.lower().rstrip("."))
+        else:
+            domains.append("")
+    return tuple(domains)
 
 
 # -- evaluation --------------------------------------------------------------------------

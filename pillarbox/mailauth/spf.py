@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import logging
 import threading
@@ -162,6 +163,7 @@ def _text(name: Any) -> str:
     return str(name.to_text(omit_final_dot=True))
 
 
+@functools.lru_cache(maxsize=4096)
 def _valid_ip(ip: str) -> str:
     address = ipaddress.ip_address(ip)
     # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; SPF's ip4: needs the v4.
