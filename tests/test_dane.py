@@ -393,7 +393,7 @@ def test_dane_ee_match_is_delivered_and_logged(
     enqueue(running, ["bob@ee.dane.test"])
     (msg,) = wait_for(lambda: peers["mx-ee"].messages, what="delivery")
     assert msg.tls  # although the certificate is expired and for another name (§3.1.1)
-    line = wait_for(lambda: [x for x in queue_log if "event=\"data accepted\"" in x])[0]
+    line = wait_for(lambda: [x for x in queue_log if 'event="data accepted"' in x])[0]
     assert 'dane="verified(3 1 1)"' in line
     assert "tls=TLSv1.3/TLS_" in line
 
@@ -416,7 +416,7 @@ def test_dane_mismatch_moves_on_to_the_next_mx(
     (msg,) = wait_for(lambda: peers["mx-good2"].messages, what="delivery to the second MX")
     assert msg.tls
     assert no_mail(peers["mx-bad"])
-    failed = [x for x in queue_log if "event=\"host failed\"" in x and "mx-bad" in x]
+    failed = [x for x in queue_log if 'event="host failed"' in x and "mx-bad" in x]
     assert failed and "DANE" in failed[0]
 
 
@@ -435,7 +435,7 @@ def test_dane_ta_with_the_right_name_is_verified(
     enqueue(running, ["bob@ta.dane.test"])
     (msg,) = wait_for(lambda: peers["mx-ta"].messages, what="delivery")
     assert msg.tls
-    line = wait_for(lambda: [x for x in queue_log if "event=\"data accepted\"" in x])[0]
+    line = wait_for(lambda: [x for x in queue_log if 'event="data accepted"' in x])[0]
     assert 'dane="verified(2 0 1)"' in line
 
 
@@ -464,7 +464,7 @@ def test_only_unusable_tlsa_still_requires_tls(
     enqueue(running, ["bob@unusable.dane.test"])
     (msg,) = wait_for(lambda: peers["mx-unusable"].messages, what="delivery")
     assert msg.tls
-    line = wait_for(lambda: [x for x in queue_log if "event=\"data accepted\"" in x])[0]
+    line = wait_for(lambda: [x for x in queue_log if 'event="data accepted"' in x])[0]
     assert 'dane="encrypt(no usable TLSA)"' in line
 
 

@@ -279,9 +279,12 @@ def test_implicit_tls_through_haproxy_v2(
     server, proxy = behind_haproxy
     context = ssl.create_default_context(cafile=str(server.settings.tls_dir / "ca.pem"))
     context.check_hostname = False
-    with socket.create_connection(
-        (PROXY_HOST, proxy.ports["imaps"]), timeout=10, source_address=("127.0.0.6", 0)
-    ) as raw, context.wrap_socket(raw) as tls:
+    with (
+        socket.create_connection(
+            (PROXY_HOST, proxy.ports["imaps"]), timeout=10, source_address=("127.0.0.6", 0)
+        ) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
         assert tls.recv(200).startswith(b"* OK")
         tls.sendall(b"a LOGOUT\r\n")
         assert b"a OK" in tls.recv(200) + tls.recv(200)
