@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pillarbox import __version__
 from pillarbox.cli import (
     accounts,
+    backup,
     bans,
     cert,
     check,
@@ -47,6 +48,7 @@ COMMANDS: list[Command] = [
     *service.COMMANDS,
     *status.COMMANDS,
     *transfer.COMMANDS,
+    *backup.COMMANDS,
 ]
 
 
