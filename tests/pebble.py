@@ -21,14 +21,13 @@ import urllib.request
 from pathlib import Path
 
 from pillarbox.tls.certs import make_ca, make_server_cert
+from tests import ports
 
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 class Pebble:

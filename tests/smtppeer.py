@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tests import ports
+
 Reply = str | None  # None: the default positive reply
 
 
@@ -253,22 +255,4 @@ class SmtpPeer:
 
 def free_port_on(*hosts: str) -> int:
     """A port number free on every one of ``hosts`` right now (they all share it)."""
-    for _ in range(50):
-        probe = socket.socket(socket.AF_INET6 if ":" in hosts[0] else socket.AF_INET)
-        probe.bind((hosts[0], 0))
-        port = probe.getsockname()[1]
-        ok = True
-        others = []
-        for host in hosts[1:]:
-            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            try:
-                s.bind((host, port))
-            except OSError:
-                ok = False
-            others.append(s)
-        probe.close()
-        for s in others:
-            s.close()
-        if ok:
-            return port
-    raise RuntimeError("no common free port")
+    return ports.free_port_on(*hosts)

@@ -22,20 +22,19 @@ from pathlib import Path
 import pytest
 
 from pillarbox.config import Settings
-from tests import pbserver
+from tests import pbserver, ports
 from tests.e2e_world import ALICE, PASSWORD, TIMEOUT, client_tls, our_records
 
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "https")
 
 
 def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = ports.free_port()
+        if port not in chosen:
+            chosen.append(port)
+    return chosen
 
 
 @dataclass

@@ -23,23 +23,13 @@ from pillarbox.config import Settings
 from pillarbox.dns.records import PublicAddresses, RecordSet
 from pillarbox.dns.resolver import Resolver
 from pillarbox.net import control
-from tests import pbserver
+from tests import pbserver, ports
 from tests.dnsserver import DnsTestServer
 
 
 def free_port_both_families() -> int:
     """A port free on 0.0.0.0 and on [::] (the tests bind the wildcards themselves)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET) as v4, socket.socket(socket.AF_INET6) as v6:
-            v4.bind(("0.0.0.0", 0))
-            port = v4.getsockname()[1]
-            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                v6.bind(("::", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no port free on both families")
+    return ports.free_port_on("0.0.0.0", "::")
 
 
 def greeting(host: str, port: int) -> bytes:

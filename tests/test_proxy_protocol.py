@@ -29,7 +29,7 @@ from pillarbox.net.proxyproto import (
     parse_header,
     v2_header,
 )
-from tests import pbserver
+from tests import pbserver, ports
 
 # -- the parser -------------------------------------------------------------------------------
 
@@ -131,9 +131,7 @@ HOME = "127.0.0.1"  # where Pillarbox listens; HAProxy connects from here
 
 
 def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port(host)
 
 
 class HAProxy:

@@ -34,15 +34,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pillarbox.transfer import imapwire
+from tests import ports
 
 DOVECOT = Path("/usr/sbin/dovecot")
 PASSWORD = "dovecot-secret"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
