@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pillarbox.config import LISTENER_NAMES
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -187,18 +189,9 @@ def _set_toml_key(text: str, table: str, key: str, value: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-LISTENERS = (
-    "smtp",
-    "submission",
-    "submissions",
-    "imap",
-    "imaps",
-    "pop3",
-    "pop3s",
-    "http",
-    "https",
-    "metrics",
-)
+# Every listener the config knows: the bench moves each off its dev port (or disables it),
+# so one added to the schema can never be left on a fixed port two servers would share.
+LISTENERS = LISTENER_NAMES
 
 
 class DnsServer:

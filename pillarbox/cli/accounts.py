@@ -30,7 +30,8 @@ def _accounts(args: argparse.Namespace) -> Iterator[tuple[Accounts, Settings]]:
         raise CliError(str(exc)) from None
     finally:
         accounts.close()
-    _tell_server(settings)
+    if accounts.changed:
+        _tell_server(settings)
 
 
 def _tell_server(settings: Settings) -> None:

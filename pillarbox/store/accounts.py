@@ -7,9 +7,10 @@ so SMTP, IMAP and the CLI agree on one set of rules.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,8 @@ class Accounts:
     def __init__(self, db_path: Path, domains: Iterable[str]):
         self.conn: sqlite3.Connection = connect(db_path)
         self._resolved: dict[tuple[str, str], tuple[float, Resolution]] = {}
+        # Whether this object wrote anything (the CLI then tells a running server).
+        self.changed = False
         migrate(self.conn, "accounts", MIGRATIONS)
         self.domains = frozenset(normalize_domain(d) for d in domains)
         self._sync_domains()
@@ -93,7 +96,8 @@ class Accounts:
         self.conn.close()
 
     def _sync_domains(self) -> None:
-        with self._changing() as c:
+        # The configured domains, recorded at every open: not an account change.
+        with Transaction(self.conn) as c:
             c.execute("DELETE FROM domains")
             c.executemany("INSERT INTO domains(name) VALUES(?)", [(d,) for d in self.domains])
 
@@ -255,9 +259,16 @@ class Accounts:
         """Drop remembered resolutions (another process changed the accounts)."""
         self._resolved.clear()
 
-    def _changing(self) -> Transaction:
-        self._resolved.clear()
-        return Transaction(self.conn)
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that forgets remembered resolutions once it has committed
+        (a resolve racing the write cannot keep the old answer) and marks ``changed``."""
+        try:
+            with Transaction(self.conn) as c:
+                yield c
+        finally:
+            self.changed = True
+            self._resolved.clear()
 
     def _resolve(self, address: str, delimiter: str) -> Resolution:
         try:
