@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pillarbox import config, log
+from pillarbox.admin.component import make_web
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.core import privileges
@@ -97,6 +98,7 @@ COMPONENTS: tuple[ComponentFactory, ...] = (
     make_imap,  # 143 (STARTTLS), 993, over the mail store
     make_pop3,  # 110 (STLS), 995, over the same mail store
     make_certificates,  # ACME and certificate reloads; the challenge board http serves
+    make_web,  # /admin/ and /account/ pages (served by http's https listener)
     make_http,  # 80/443: ACME challenges, MTA-STS policy, client autoconfiguration
     make_metrics,  # listen.metrics: Prometheus /metrics
 )
