@@ -52,7 +52,8 @@ SECURITY_HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser posts "Origin: null".
+    "Referrer-Policy": "same-origin",
     "Strict-Transport-Security": "max-age=31536000",  # RFC 6797: https from now on
 }
 
