@@ -318,3 +318,93 @@ def test_client_setup_downloads(server: pbserver.RunningServer) -> None:
     assert profile.header("Content-Type") == "application/x-apple-aspen-config"
     assert USER in profile.body
     assert "attachment" in (profile.header("Content-Disposition") or "")
+
+
+# -- the other admin pages -------------------------------------------------------------------
+
+
+def test_dkim_stage_then_switch_from_the_web(server: pbserver.RunningServer) -> None:
+    from pillarbox.mailauth.keys import all_keys
+
+    keys_dir, domain = server.settings.keys_dir, pbserver.DOMAIN
+    before = {k.selector for k in all_keys(keys_dir, domain) if k.state == "active"}
+    client = signed_in(server)
+    client.post("/admin/dkim", "/admin/dkim/rotate", {"domain": domain, "stage": "1"})
+    page = client.get("/admin/dkim").body
+    assert "Staged (published, not signing yet)" in page
+    staged = {k.selector for k in all_keys(keys_dir, domain) if k.state == "pending"}
+    assert len(staged) == 2 and all(f"{s}._domainkey.{domain}" in page for s in staged)
+
+    client.post("/admin/dkim", "/admin/dkim/rotate", {"domain": domain, "stage": "0"})
+    states = {k.selector: k.state for k in all_keys(keys_dir, domain)}
+    assert {states[s] for s in staged} == {"active"}
+    assert {states[s] for s in before} == {"retiring"}
+
+    refused = client.post("/admin/dkim", "/admin/dkim/rotate", {"domain": "other.example"})
+    assert refused.status == 303
+    assert "not one of this server&#39;s domains" in client.get("/admin/dkim").body
+
+
+def test_certificate_status_and_reload(server: pbserver.RunningServer) -> None:
+    client = signed_in(server)
+    page = client.get("/admin/certs").body
+    assert "Pillarbox local CA" in page and pbserver.HOSTNAME in page
+    client.post("/admin/certs", "/admin/certs/renew", {"force": "on"})
+    assert "Certificate files reloaded." in client.get("/admin/certs").body
+
+
+def test_admin_flag_from_the_web_and_no_self_lockout(server: pbserver.RunningServer) -> None:
+    client = signed_in(server)
+    client.post("/admin/users", "/admin/users/admin", {"address": USER, "state": "on"})
+    assert signed_in(server, USER).get("/admin/users").status == 200
+    client.post("/admin/users", "/admin/users/admin", {"address": ADMIN, "state": "off"})
+    assert "cannot withdraw your own admin flag" in client.get("/admin/users").body
+    client.post("/admin/users", "/admin/users/delete", {"address": ADMIN, "confirm": ADMIN})
+    assert "cannot delete your own account" in client.get("/admin/users").body
+    assert client.get("/admin/users").status == 200
+
+
+def test_run_the_check_and_see_its_findings(server: pbserver.RunningServer) -> None:
+    client = signed_in(server)
+    reply = client.post("/admin/", "/admin/check", {})
+    assert reply.location == "/admin/"
+    page = client.get("/admin/").body
+    assert "Check done: score" in page
+    assert "example.test has no SPF record" in page  # the test zone has none
+    assert "MX of example.test is mail.example.test" in page
+    assert 'id="dns-records"' in page and "v=DKIM1" in page
+
+
+def test_deleting_an_unknown_queue_entry_says_so(server: pbserver.RunningServer) -> None:
+    client = signed_in(server)
+    assert "The queue is empty." in client.get("/admin/queue").body
+    client.post("/admin/queue", "/admin/queue/delete", {"id": "NOSUCHID"})
+    assert "no such message in the queue: NOSUCHID" in client.get("/admin/queue").body
+    assert client.get("/admin/queue/NOSUCHID").status == 404
+
+
+def test_hostile_input_gets_an_answer_and_the_pages_keep_working(
+    server: pbserver.RunningServer,
+) -> None:
+    client = signed_in(server)
+    token = client.csrf("/admin/aliases")
+    for fields in (
+        {"alias": "<script>@example.test", "targets": "x@example.test"},
+        {"alias": "@no-such-domain.example", "targets": "x@example.test"},
+        {"alias": "loop@example.test", "targets": "loop@example.test"},
+        {"alias": "", "targets": ""},
+        {"alias": "a@example.test", "targets": "\x00\u2028"},
+    ):
+        reply = client.request("POST", "/admin/aliases/add", {"csrf": token, **fields})
+        assert reply.status == 303, fields
+    page = client.get("/admin/aliases").body
+    assert "<script>" not in page  # escaped, whatever came back
+    flood = "&".join(f"f{i}=x" for i in range(60)).encode()
+    reply = client.request(
+        "POST",
+        "/admin/aliases/add",
+        body=flood,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert reply.status == 400
+    assert client.get("/admin/aliases").status == 200

@@ -9,6 +9,7 @@ cert`` reach over the control socket, so the web and the CLI cannot disagree.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import RedirectResponse, Response
@@ -182,7 +183,10 @@ class AdminPages:
 
     async def cert_renew(self, page: Page) -> Response:
         force = page.form.get("force") == "on"
-        result: dict[str, Any] = await self.backend.control("cert.renew", {"force": force})
+        # Shielded: a page that times out must not cancel an ACME order half-way (the
+        # certificate page then shows the order's stage).
+        renewal = self.backend.control("cert.renew", {"force": force})
+        result: dict[str, Any] = await asyncio.shield(renewal)
         if result.get("mode") == "files":
             text = (
                 "Certificate files reloaded."
@@ -202,7 +206,10 @@ class AdminPages:
 
     async def queue_show(self, page: Page) -> Response:
         queue_id = page.request.path_params["queue_id"]
-        entry = await self.backend.control("queue.show", {"id": queue_id})
+        try:
+            entry = await self.backend.control("queue.show", {"id": queue_id})
+        except WebError as exc:  # "no such message in the queue"
+            return self.web.refuse(page, 404, str(exc))
         if entry is None:
             return self.web.refuse(page, 404, f"No message {queue_id} in the queue.")
         return self.web.render(page, "admin/queue_show.html", entry=entry)

@@ -34,7 +34,7 @@ class DkimRow:
     domain: str
     selector: str
     algorithm: str
-    state: str  # "active" | "staged" | "retiring"
+    state: str  # "pending" (staged) | "active" | "retiring"
     dns_name: str
     txt: str  # the TXT record value to publish
 
