@@ -41,9 +41,9 @@ def same_token(given: str | None, expected: str) -> bool:
 @dataclass
 class Session:
     user: str
+    created: float  # time.monotonic()
+    seen: float
     csrf: str = field(default_factory=new_token)
-    created: float = field(default_factory=time.monotonic)
-    seen: float = field(default_factory=time.monotonic)
     # Messages for the next page shown ("user added", "no such alias"): (kind, text).
     flashes: list[tuple[str, str]] = field(default_factory=list)
 
@@ -60,7 +60,8 @@ class Sessions:
         while len(self._by_key) >= MAX_SESSIONS:
             del self._by_key[next(iter(self._by_key))]  # dicts keep insertion order
         token = new_token()
-        session = Session(user)
+        now = time.monotonic()
+        session = Session(user, created=now, seen=now)
         self._by_key[_key(token)] = session
         return token, session
 
