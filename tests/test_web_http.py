@@ -408,3 +408,14 @@ def test_hostile_input_gets_an_answer_and_the_pages_keep_working(
     )
     assert reply.status == 400
     assert client.get("/admin/aliases").status == 200
+
+
+def test_a_reload_applies_the_web_keys(server: pbserver.RunningServer) -> None:
+    client = signed_in(server)
+    assert client.get("/admin/users").status == 200
+    source = server.settings.source
+    assert source is not None and "[web]" not in source.read_text()
+    source.write_text(source.read_text() + "\n[web]\nadmin = false\n")
+    assert server.call(server.server.reload())  # as SIGHUP does
+    assert client.get("/admin/users").status == 404
+    assert client.get("/account/").status == 200  # the session survived the reload
