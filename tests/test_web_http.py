@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import imaplib
+import re
 import smtplib
 import ssl
 from collections.abc import Iterator
@@ -310,7 +311,11 @@ def test_changing_the_own_password_ends_the_other_sessions(
 
 
 def test_client_setup_downloads(server: pbserver.RunningServer) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as smtp:
+        smtp.sendmail("x@peer.example", [USER], b"Subject: hi\r\n\r\n" + b"x" * 5000 + b"\r\n")
     client = signed_in(server, USER)
+    stored = re.search(r"Mail stored: ([\d.]+) kB", client.get("/account/").body)
+    assert stored and 5.0 < float(stored.group(1)) < 50  # the message, its headers, an index
     xml = client.get("/account/autoconfig.xml")
     assert xml.status == 200 and "<clientConfig" in xml.body
     assert '<incomingServer type="imap">' in xml.body and pbserver.HOSTNAME in xml.body
@@ -373,6 +378,11 @@ def test_run_the_check_and_see_its_findings(server: pbserver.RunningServer) -> N
     assert "example.test has no SPF record" in page  # the test zone has none
     assert "MX of example.test is mail.example.test" in page
     assert 'id="dns-records"' in page and "v=DKIM1" in page
+    # `pillarbox status` shows the score of the last check, this one included.
+    from pillarbox.cli.status import check_facts
+
+    facts = check_facts(server.settings)
+    assert facts is not None and f"score {facts['score']:g}/10" in page
 
 
 def test_deleting_an_unknown_queue_entry_says_so(server: pbserver.RunningServer) -> None:

@@ -15,9 +15,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pillarbox import log
@@ -25,12 +29,14 @@ from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.auth.sasl import Credentials
 from pillarbox.auth.service import Authenticator
 from pillarbox.check.runner import run_check
+from pillarbox.cli.status import last_check_path
 from pillarbox.config import Settings
 from pillarbox.dns.records import PublicAddresses, build_records, zone_text
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 from pillarbox.mailauth import keys as dkim
 from pillarbox.net.control import ControlError, ControlServer
 from pillarbox.store.accounts import AccountError, Accounts
+from pillarbox.store.maildir import user_maildir
 from pillarbox.web.backend import CheckResult, DkimRow, UserRow, WebError
 
 _log = log.get("web")
@@ -79,13 +85,21 @@ class AdminBackend:
 
     # -- users and aliases -----------------------------------------------------------
 
-    def users(self) -> list[UserRow]:
+    async def users(self) -> list[UserRow]:
         # Quota: this build keeps none (the `user quota` support comes with the IMAP
         # extensions); UserRow.quota None shows "n/a", never a made-up number.
-        return [UserRow(u.address, u.admin) for u in self.accounts.user_details()]
+        details = self.accounts.user_details()
+        mail_dir = self._settings.mail_dir
+        used = await asyncio.to_thread(
+            lambda: {u.address: _tree_size(user_maildir(mail_dir, u.address)) for u in details}
+        )
+        return [UserRow(u.address, u.admin, used=used[u.address]) for u in details]
 
-    def user(self, address: str) -> UserRow | None:
-        return next((u for u in self.users() if u.address == address), None)
+    async def user(self, address: str) -> UserRow | None:
+        if not self.accounts.user_exists(address):
+            return None
+        size = await asyncio.to_thread(_tree_size, user_maildir(self._settings.mail_dir, address))
+        return UserRow(address, self.accounts.is_admin(address), used=size)
 
     async def add_user(self, address: str, password: str, *, admin: bool) -> str:
         canonical = self._parse_local(address)
@@ -171,6 +185,7 @@ class AdminBackend:
         report = await run_check(settings)
         records = zone_text(build_records(settings, await self._addresses(settings)))
         self._last_check = CheckResult(report, time.time(), records)
+        await asyncio.to_thread(_remember, settings, self._last_check)
         _log.info("check done", score=report.score, failed=report.failed)
         return self._last_check
 
@@ -223,6 +238,29 @@ class AdminBackend:
 
     def recent_log(self, needle: str, limit: int) -> list[str]:
         return log.RECENT.search(needle, limit)
+
+
+def _tree_size(root: Path) -> int:
+    """Bytes under a user's Maildir, like ``du`` (what ``pillarbox status`` reports)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # expunged meanwhile
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _remember(settings: Settings, result: CheckResult) -> None:
+    """Keep the score for ``pillarbox status``, as ``pillarbox check`` does."""
+    report = result.report
+    saved = {"score": report.score, "failed": bool(report.failed), "when": result.when}
+    target = last_check_path(settings)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(saved))
+        os.replace(tmp, target)
+    except OSError as exc:
+        _log.warning("could not save the check score", path=str(target), error=str(exc))
 
 
 def _row(key: dkim.DkimKey) -> DkimRow:

@@ -41,7 +41,7 @@ class AccountPages:
         return self.web.render(
             page,
             "account.html",
-            me=self.backend.user(page.user),
+            me=await self.backend.user(page.user),
             services=clientconfig.services(self.backend.settings()),
         )
 

@@ -88,7 +88,7 @@ class AdminPages:
     # -- users -----------------------------------------------------------------------
 
     async def users(self, page: Page) -> Response:
-        return self.web.render(page, "admin/users.html", users=self.backend.users())
+        return self.web.render(page, "admin/users.html", users=await self.backend.users())
 
     async def user_add(self, page: Page) -> Response:
         password = page.form.get("password", "")
