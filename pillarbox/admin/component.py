@@ -34,10 +34,9 @@ class WebComponent:
         self.pages.sessions.idle = float(ctx.settings.web.session_idle)
 
 
-def make_web(ctx: Any) -> WebComponent | None:
-    """The web pages when the https listener is on; registers them for make_http."""
-    if not ctx.settings.listen.https:
-        return None
+def make_web(ctx: Any) -> WebComponent:
+    """The web pages, registered for make_http. Always made (threads and the write
+    connection start only when used), so that a reload switching https on serves them."""
     component = WebComponent(ctx)
     ctx.services[WEB_SERVICE] = component.pages
     return component
