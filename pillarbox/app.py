@@ -21,12 +21,12 @@ from pillarbox import config, log
 from pillarbox.admin.component import make_web
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
+from pillarbox.control import ControlServer
 from pillarbox.core import privileges
 from pillarbox.delivery.component import make_smtp
+from pillarbox.exporter.component import make_metrics
 from pillarbox.http.server import make_http
 from pillarbox.imap.server import make_imap
-from pillarbox.metrics.component import make_metrics
-from pillarbox.net.control import ControlServer
 from pillarbox.net.listener import (
     ConnectionLimits,
     Listeners,

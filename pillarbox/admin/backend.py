@@ -28,13 +28,13 @@ from pillarbox import log
 from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.auth.sasl import Credentials
 from pillarbox.auth.service import Authenticator
+from pillarbox.check.findings import last_check_path
+from pillarbox.check.records import PublicAddresses, build_records, zone_text
 from pillarbox.check.runner import run_check
-from pillarbox.cli.status import last_check_path
 from pillarbox.config import Settings
-from pillarbox.dns.records import PublicAddresses, build_records, zone_text
+from pillarbox.control import ControlError, ControlServer
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 from pillarbox.mailauth import keys as dkim
-from pillarbox.net.control import ControlError, ControlServer
 from pillarbox.store.accounts import AccountError, Accounts
 from pillarbox.store.maildir import user_maildir
 from pillarbox.web.backend import CheckResult, DkimRow, UserRow, WebError
@@ -254,7 +254,7 @@ def _remember(settings: Settings, result: CheckResult) -> None:
     """Keep the score for ``pillarbox status``, as ``pillarbox check`` does."""
     report = result.report
     saved = {"score": report.score, "failed": bool(report.failed), "when": result.when}
-    target = last_check_path(settings)
+    target = last_check_path(settings.data_dir)
     tmp = target.with_name(target.name + ".tmp")
     try:
         tmp.write_text(json.dumps(saved))

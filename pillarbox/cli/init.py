@@ -196,7 +196,7 @@ def _make_dkim_keys(settings: Settings) -> None:
 
 
 def _print_records(settings: Settings) -> None:
-    from pillarbox.dns.records import render_zone
+    from pillarbox.check.records import render_zone
 
     print("\nPublish these DNS records (also: `pillarbox dns records`):\n")
     print(render_zone(settings))

@@ -4,7 +4,7 @@ Counters live in this module's :data:`REGISTRY` (our own, not prometheus_client'
 default) and are incremented where the event happens, one line next to the log line for
 the same event; they are per process. Gauges that describe a server's state (queue depth,
 certificate expiry, bans, store size) are computed at scrape time by each running
-server's probes (:mod:`pillarbox.metrics.probes`), so they are never stale and cost
+server's probes (:mod:`pillarbox.exporter.probes`), so they are never stale and cost
 nothing between scrapes. Names follow Prometheus conventions: ``_total`` for counters, base units
 (seconds, bytes). The process itself (RSS, CPU, open fds) comes from prometheus_client's
 process collector.
