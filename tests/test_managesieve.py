@@ -19,6 +19,8 @@ import pytest
 
 from tests import pbserver
 
+pytest.importorskip("pillarbox.sieve", reason="needs the Sieve language (branch sieve)")
+
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 TIMEOUT = 10
@@ -333,7 +335,8 @@ def test_sievelib_client(server: pbserver.RunningServer, monkeypatch: pytest.Mon
         assert client.putscript("filters", FILEINTO.decode())
         assert client.setactive("filters")
         assert client.listscripts() == ("filters", [])
-        assert client.getscript("filters") == FILEINTO.decode()
+        # sievelib gives the script back with its own line ends.
+        assert client.getscript("filters").splitlines() == FILEINTO.decode().splitlines()
         assert not client.deletescript("filters")  # active
         assert client.errcode == b"ACTIVE"
         assert client.renamescript("filters", "mine")
