@@ -356,3 +356,16 @@ def test_sievelib_bad_password(
     monkeypatch.setenv("SSL_CERT_FILE", str(server.settings.tls.ca))
     client = Client("127.0.0.1", server.port("managesieve"), srvhostname=pbserver.HOSTNAME)
     assert not client.connect(ALICE, "not the password", starttls=True, authmech="PLAIN")
+
+
+def test_silent_client_before_login_gets_bye(tmp_path: Path) -> None:
+    settings = pbserver.make_settings(tmp_path / "data", {"limits": {"preauth_timeout": 1}})
+    with pbserver.RunningServer(settings) as running:
+        client = Raw(running)
+        try:
+            client.response()
+            client.send(b"NOOP")  # no line end: the deadline is for the whole line
+            _, status = client.response()
+            assert status.startswith(b"BYE") and client.eof()
+        finally:
+            client.close()

@@ -139,3 +139,14 @@ def test_admin_users_page_shows_the_active_script(server: pbserver.RunningServer
     assert row and "active: <code>vacation</code>" in row.group()
     row = re.search(r'<tr data-user="boss@example.test">.*?</tr>', page, re.S)
     assert row and '<td class="sieve">none</td>' in row.group()
+
+
+def test_the_vacation_form_does_not_overwrite_a_script_it_did_not_write(
+    server: pbserver.RunningServer,
+) -> None:
+    client = signed_in(server)
+    reply = client.post("/account/", "/account/sieve", {"name": "vacation", "script": FILTERS})
+    assert reply.status == 303
+    reply = client.post("/account/", "/account/vacation", VACATION)
+    assert reply.status == 400 and "rename it first" in reply.body
+    assert over_managesieve(server)["vacation"] == FILTERS
