@@ -9,6 +9,8 @@ server on free ports and short socket timeouts, so the file runs in parallel.
 from __future__ import annotations
 
 import base64
+import contextlib
+import random
 import re
 import socket
 import ssl
@@ -47,7 +49,7 @@ def plain(user: str = ALICE, password: str = pbserver.PASSWORD) -> bytes:
 class Raw:
     """A line-level ManageSieve client: exact bytes out, responses read as they come."""
 
-    def __init__(self, server: pbserver.RunningServer):
+    def __init__(self, server: pbserver.RunningServer | pbserver.SubprocessServer):
         self.settings = server.settings
         self.sock = socket.create_connection(("127.0.0.1", server.port("managesieve")), TIMEOUT)
         self.file = self.sock.makefile("rb")
@@ -369,3 +371,76 @@ def test_silent_client_before_login_gets_bye(tmp_path: Path) -> None:
             assert status.startswith(b"BYE") and client.eof()
         finally:
             client.close()
+
+
+# -- seeded fuzzing ---------------------------------------------------------------------
+
+_SHAPED = re.compile(
+    rb'(OK|NO|BYE)( \([^)]*\))?( ".*"| \{\d+\})?|"[A-Z-]+"( ".*")?|"[^"]*"( ACTIVE)?|'
+)
+
+
+def _fuzz_items(rng: random.Random) -> list[bytes]:
+    script = FILEINTO if rng.random() < 0.5 else BROKEN
+    pool = [
+        b"CAPABILITY\r\n",
+        b"NOOP {5+}\r\nhello\r\n",
+        b'PUTSCRIPT "x" {%d+}\r\n' % len(script) + script + b"\r\n",
+        b'PUTSCRIPT "x" {%d+}\r\n' % (len(script) + rng.randint(1, 9)) + script + b"\r\n",
+        b'PUTSCRIPT "x" {99999999999+}\r\n',
+        b"RENAMESCRIPT {3+}\r\nabc {2}\r\nde\r\n",
+        b'AUTHENTICATE "PLAIN"\r\n' + rng.choice([b'"*"', b"{3+}\r\n===", b'"%%%"']) + b"\r\n",
+        b'AUTHENTICATE "PLAIN" "' + plain(password="nope") + b'"\r\n',
+        b'GETSCRIPT "\\' + bytes([rng.randint(0, 255)]) + b'"\r\n',
+        b"HAVESPACE " + str(rng.randint(-5, 1 << 40)).encode() + b"\r\n",
+        b'"' * rng.randint(1, 50) + b"\r\n",
+        b"{" + bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 8))) + b"}\r\n",
+        bytes(rng.randint(0, 255) for _ in range(rng.randint(1, 300))),
+        b"LISTSCRIPTS\r\n",
+        b"\x00\r\n",
+        b"\r\n",
+    ]
+    return [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+
+
+def _check_shaped(data: bytes) -> None:
+    rest = data
+    while rest:
+        line, sep, rest = rest.partition(b"\r\n")
+        if not sep:
+            raise AssertionError(f"unterminated reply {line!r}")
+        literal = re.search(rb"\{(\d+)\}$", line)
+        if literal:
+            size = int(literal.group(1))
+            rest = rest[size:]
+            continue
+        assert _SHAPED.fullmatch(line), f"not a ManageSieve reply line: {line!r}"
+
+
+def test_fuzzed_sessions_get_protocol_replies_and_the_server_goes_on(tmp_path: Path) -> None:
+    settings = pbserver.make_settings(tmp_path / "data", {"limits": {"auth_failure_delay": 0.01}})
+    pbserver.add_user(settings, ALICE)
+    with pbserver.SubprocessServer(settings) as running:
+        port = running.port("managesieve")
+        for index in range(40):
+            rng = random.Random(f"managesieve-{index}")
+            with socket.create_connection(("127.0.0.1", port), TIMEOUT) as sock:
+                with contextlib.suppress(OSError):
+                    for item in _fuzz_items(rng):
+                        sock.sendall(item)
+                    sock.shutdown(socket.SHUT_WR)
+                received = bytearray()
+                with contextlib.suppress(OSError):
+                    while chunk := sock.recv(65536):
+                        received += chunk
+            _check_shaped(bytes(received))
+        # The server still serves a whole session, and nothing failed inside it.
+        client = Raw(running)
+        try:
+            client.login()
+            assert client.cmd(b"LISTSCRIPTS")[1] == b"OK"
+        finally:
+            client.close()
+        log = running.log()
+        for bad in ("command failed", "Traceback", "session crashed", "Task exception"):
+            assert bad not in log, bad

@@ -68,7 +68,7 @@ def test_a_vacation_reply_set_in_the_browser_answers_mail(world: World) -> None:
     assert "vacation" in world.text("#sieve-active")
     world.screenshot("account-filters")
 
-    seen = over_managesieve(world.server, USER)  # type: ignore[arg-type]
+    seen = over_managesieve(world.server, USER)
     assert seen["(active)"] == "vacation"
     assert 'vacation :days 2 :subject "Away this week"' in str(seen["vacation"])
 
@@ -105,6 +105,6 @@ def test_the_raw_editor_refuses_a_syntax_error_and_keeps_the_text(world: World) 
     world.fill({"sieve-script": good})
     world.click("#save-sieve")
     world.wait(lambda: "Script filters saved." in world.text(), "the script saved")
-    seen = over_managesieve(world.server, USER)  # type: ignore[arg-type]
+    seen = over_managesieve(world.server, USER)
     assert seen["(active)"] == "filters"
     assert 'fileinto "Reports";' in str(seen["filters"])

@@ -45,7 +45,9 @@ def signed_in(server: pbserver.RunningServer, address: str = USER) -> WebClient:
     return client
 
 
-def over_managesieve(server: pbserver.RunningServer, user: str = USER) -> dict[str, object]:
+def over_managesieve(
+    server: pbserver.RunningServer | pbserver.SubprocessServer, user: str = USER
+) -> dict[str, object]:
     """What ManageSieve shows of the user's scripts: {name: text}, and the active one."""
     raw = Raw(server)
     try:
