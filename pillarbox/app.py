@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from pillarbox import config, log
 from pillarbox.admin.component import make_web
+from pillarbox.admin.sieve import make_managesieve
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.control import ControlServer
@@ -97,6 +98,7 @@ COMPONENTS: tuple[ComponentFactory, ...] = (
     make_smtp,  # 25/587/465 and local delivery; provides ctx.services["delivery"]
     make_imap,  # 143 (STARTTLS), 993, over the mail store
     make_pop3,  # 110 (STLS), 995, over the same mail store
+    make_managesieve,  # 4190 (STARTTLS): users manage their Sieve scripts
     make_certificates,  # ACME and certificate reloads; the challenge board http serves
     make_web,  # /admin/ and /account/ pages (served by http's https listener)
     make_http,  # 80/443: ACME challenges, MTA-STS policy, client autoconfiguration
