@@ -149,9 +149,8 @@ class Replay:
                     return
         elif step.kind == "!starttls":
             self._starttls()
-        elif step.kind == "!closed":
-            if self.pending is not None or self.file.readline():
-                self._fail(step, "expected the server to close the connection")
+        elif step.kind == "!closed" and (self.pending is not None or self.file.readline()):
+            self._fail(step, "expected the server to close the connection")
 
     def _line(self, step: Step) -> str:
         if self.pending is not None:

@@ -32,8 +32,6 @@ def test_a_dialog_that_does_not_match_fails(tmp_path: Path) -> None:
     bad.parent.mkdir()
     bad.write_text("S: 220 ...\nC: NOOP\nS: 500 ...\n")
     settings = pbserver.make_settings(tmp_path / "data")
-    with pbserver.RunningServer(settings) as server:
-        with pytest.raises(
-            AssertionError, match=r"wrong.dialog:3: expected '500 \.\.\.', got '250 2\.0\.0 OK'"
-        ):
-            dialog.Replay(dialog.parse(bad), server).run()
+    expected = r"wrong.dialog:3: expected '500 \.\.\.', got '250 2\.0\.0 OK'"
+    with pbserver.RunningServer(settings) as server, pytest.raises(AssertionError, match=expected):
+        dialog.Replay(dialog.parse(bad), server).run()
