@@ -384,6 +384,21 @@ class CheckSettings:
     timeout: float = 5.0
 
 
+@dataclass(frozen=True)
+class SpamSettings:
+    """Inbound spam scoring (pillarbox.spam): named rules, per-user learning, verdicts."""
+
+    enabled: bool = True
+    junk_threshold: float = 5.0  # score at or above: filed into Junk
+    reject_threshold: float = 15.0  # score at or above: 550 5.7.1 at DATA
+    dnsbls: tuple[str, ...] = ()  # client IP blocklists asked at connect, e.g. zen.spamhaus.org
+    rspamd: str = ""  # "http://127.0.0.1:11333": use a real rspamd's verdict
+    learn: bool = True  # learn from IMAP moves into/out of Junk and $Junk/$NotJunk
+    greylist: bool = False
+    greylist_delay: Duration = Duration(300)  # how long a new triplet must wait
+    greylist_expire: Duration = Duration(35 * 86400)  # how long a passed triplet is known
+
+
 def _trusted_network(value: str) -> str:
     """A network that may relay without AUTH; everything-networks would be an open relay."""
     network = _network(value)
@@ -441,6 +456,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    spam: SpamSettings = field(default_factory=SpamSettings)
     # Where the settings came from; not a key in the file.
     source: Path | None = field(default=None, metadata={"internal": True})
 

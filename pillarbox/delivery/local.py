@@ -32,6 +32,7 @@ JUNK = "Junk"
 class LocalTarget:
     user: str  # canonical user address (owner of the Maildir)
     folder: str = INBOX  # INBOX or a folder name such as "Junk"
+    headers: bytes = b""  # this user's own fields (X-Pillarbox-Spam), after Delivered-To
 
 
 @functools.lru_cache(maxsize=4096)
@@ -71,7 +72,7 @@ class LocalStore:
             return []
         paths = await self._writer.write(
             [folder_path(self.mail_dir, t) for t in targets],
-            [delivery_headers(sender, t.user) for t in targets],
+            [delivery_headers(sender, t.user) + t.headers for t in targets],
             message,
         )
         for target, path in zip(targets, paths, strict=True):
