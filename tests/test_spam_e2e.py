@@ -343,3 +343,41 @@ def test_filter_off_stores_without_a_verdict_but_strips_forgeries(
     copies = stored(settings, "off@sender.example")
     assert list(copies) == ["INBOX"]
     assert b"X-Pillarbox-Spam" not in copies["INBOX"]
+
+
+@pytest.fixture
+def with_rspamd(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> Iterator[tuple[Settings, pbserver.RunningServer]]:
+    from tests import rspamdserver
+
+    with rspamdserver.running(tmp_path / "rspamd", dns_server.address) as url:
+        settings, server = start(tmp_path, dns_server, {"rspamd": url})
+        with server:
+            yield settings, server
+
+
+def test_rspamd_scores_instead_of_our_rules(
+    with_rspamd: tuple[Settings, pbserver.RunningServer],
+) -> None:
+    settings, server = with_rspamd
+    send(server, simple("viarspamd@sender.example"), helo="box")
+    copies = stored(settings, "viarspamd@sender.example")
+    field = spam_field(copies["INBOX"])
+    assert "engine=rspamd;" in field
+    assert "HELO_NOT_FQDN" not in field  # our rule did not run; rspamd's symbols are shown
+    assert "DATE_IN_PAST(" in field  # rspamd's symbol for a date long ago
+    # rspamd knows GTUBE too: its score (15, action reject) meets our reject threshold.
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(server, simple("gtube-rspamd@sender.example", body=GTUBE.decode() + "\r\n"))
+    assert refused.value.smtp_code == 550
+
+
+def test_rspamd_down_falls_back_to_our_rules(tmp_path: Path, dns_server: DnsTestServer) -> None:
+    from tests.ports import free_port
+
+    settings, server = start(tmp_path, dns_server, {"rspamd": f"http://127.0.0.1:{free_port()}"})
+    with server:
+        send(server, simple("norspamd@sender.example"), helo="box")
+    field = spam_field(stored(settings, "norspamd@sender.example")["INBOX"])
+    assert "engine=pillarbox;" in field and "HELO_NOT_FQDN(1.5:box)" in field

@@ -266,11 +266,16 @@ def learned_hits(knowledge: Knowledge, lesson: Lesson) -> list[Hit]:
     return hits
 
 
+MAX_RSPAMD_SYMBOLS = 30
+
+
 def rspamd_hits(result: RspamdResult) -> list[Hit]:
-    """rspamd's symbols as our hits (names kept, so its documentation explains them);
-    symbols of no weight are left out. Their sum is rspamd's score."""
-    hits = [Hit(name, round(score, 2), options) for name, score, options in result.symbols
-            if score]  # fmt: skip
+    """rspamd's symbols as our hits (names kept, so its documentation explains them), the
+    weightiest first; the scored ones, else (GTUBE scores through its action, not a
+    symbol) every one. Their sum is rspamd's score."""
+    scored = [s for s in result.symbols if s[1]] or list(result.symbols)
+    hits = [Hit(name, round(score, 2), options)
+            for name, score, options in scored[:MAX_RSPAMD_SYMBOLS]]  # fmt: skip
     rest = round(result.score - sum(h.points for h in hits), 2)
     if abs(rest) >= 0.01:  # rounding, or a score rspamd gives without a symbol
         hits.append(Hit("RSPAMD_OTHER", rest))
