@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS learned (user TEXT NOT NULL, message TEXT NOT NULL,
     spam INTEGER NOT NULL, PRIMARY KEY (user, message)) WITHOUT ROWID;
 """
 KINDS = ("sender", "domain", "dkim")
+PRUNE_EVERY = 1000  # greylist checks between two prunings of expired triplets
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class ReputationStore:
         self.path = path
         fresh = not path.exists()
         self._lock = threading.Lock()
+        self._greylist_checks = 0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         if fresh:
             os.chmod(path, 0o600)
@@ -177,24 +179,37 @@ class ReputationStore:
     def greylist_check(self, triplet: str, now: float, delay: float, expire: float) -> bool:
         """True when the triplet may pass (seen at least ``delay`` ago, or passed before
         within ``expire``); records a first sighting."""
+        self._greylist_checks += 1
+        if self._greylist_checks % PRUNE_EVERY == 0:
+            self.greylist_prune(now, expire)
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
                 "SELECT first_seen, passed FROM greylist WHERE triplet = ?", (triplet,)
             ).fetchone()
-            if row is None or (row[1] is None and now - row[0] > expire):
-                self._db.execute(
-                    "INSERT OR REPLACE INTO greylist VALUES (?, ?, NULL)", (triplet, now)
-                )
-                return False
-            first_seen, passed = row
-            if passed is not None and now - passed <= expire:
-                self._db.execute("UPDATE greylist SET passed = ? WHERE triplet = ?", (now, triplet))
-                return True
-            if now - first_seen >= delay:
-                self._db.execute("UPDATE greylist SET passed = ? WHERE triplet = ?", (now, triplet))
-                return True
+            if row is not None:
+                first_seen, passed = row
+                known = passed is not None and now - passed <= expire
+                retried = passed is None and delay <= now - first_seen <= expire
+                if known or retried:
+                    self._db.execute(
+                        "UPDATE greylist SET passed = ? WHERE triplet = ?", (now, triplet)
+                    )
+                    return True
+                if passed is None and now - first_seen < delay:
+                    return False  # too early: the first sighting still counts
+            # New, or forgotten (passed too long ago, or never retried): a first sighting.
+            self._db.execute("INSERT OR REPLACE INTO greylist VALUES (?, ?, NULL)", (triplet, now))
             return False
+
+    def greylist_prune(self, now: float, expire: float) -> int:
+        """Forget triplets not seen (or passed) within ``expire``: spam that never retried
+        must not grow the table for ever."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM greylist WHERE coalesce(passed, first_seen) < ?", (now - expire,)
+            )
+        return cursor.rowcount
 
     def greylist_domain_known(self, domain: str, expire: float, now: float) -> bool:
         """Has mail from ``domain`` passed the greylist before (a known-good domain)?"""
