@@ -120,14 +120,30 @@ def test_corpus_ham_to_inbox_spam_to_junk_or_refused(
     assert refused < len(corpus()) // 2  # most spam is filed, not refused, at 15
 
 
-def test_gtube_is_refused_with_550_5_7_1(running: tuple[Settings, pbserver.RunningServer]) -> None:
+def message_line(caplog: pytest.LogCaptureFixture, queue_marker: str) -> dict[str, Any]:
+    """The fields of the SMTP "message" log line of the message whose Message-ID is this."""
+    for record in caplog.records:
+        fields = getattr(record, "fields", {})
+        if record.getMessage() == "message" and fields.get("msgid") == f"<{queue_marker}>":
+            return dict(fields)
+    raise AssertionError(f"no message line for {queue_marker}")
+
+
+def test_gtube_is_refused_with_550_5_7_1(
+    running: tuple[Settings, pbserver.RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
     settings, server = running
+    caplog.set_level("INFO")
     data = simple("gtube@sender.example", body=GTUBE.decode() + "\r\n")
     with pytest.raises(smtplib.SMTPDataError) as refused:
         send(server, data)
     assert refused.value.smtp_code == 550
     assert b"5.7.1" in refused.value.smtp_error and b"spam" in refused.value.smtp_error
     assert stored(settings, "gtube@sender.example") == {}
+    # The verdict is in the message's log line, beside its queue id and result.
+    line = message_line(caplog, "gtube@sender.example")
+    assert line["result"] == "550 5.7.1" and line["verdict"] == "reject"
+    assert line["queue_id"] and "GTUBE(1000)" in line["rules"] and line["spam"] == "999.5"
 
 
 def test_header_fields_forged_verdict_removed_and_rules_shown(
@@ -381,3 +397,27 @@ def test_rspamd_down_falls_back_to_our_rules(tmp_path: Path, dns_server: DnsTest
         send(server, simple("norspamd@sender.example"), helo="box")
     field = spam_field(stored(settings, "norspamd@sender.example")["INBOX"])
     assert "engine=pillarbox;" in field and "HELO_NOT_FQDN(1.5:box)" in field
+
+
+def test_two_recipients_own_verdicts_and_no_partial_reject(
+    running: tuple[Settings, pbserver.RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings, server = running
+    caplog.set_level("INFO")
+    pbserver.add_user(settings, "bob@example.test")
+    result = pillarbox_cli(settings, "user", "spam", RCPT, "--junk", "0.2", "--reject", "0.5")
+    assert result.returncode == 0, result.stderr
+    data = simple("two@sender.example", extra="To: bob@example.test\r\n")
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as client:
+        client.ehlo("box")  # scores 1: reject for alice, inbox for bob
+        refused = client.sendmail("promo@sender.example", [RCPT, "bob@example.test"], data)
+    assert refused == {}  # one reply after DATA for both: accepted, nothing lost
+    assert list(stored(settings, "two@sender.example")) == ["Junk"]  # alice's
+    bob = settings.mail_dir / "example.test" / "bob"
+    copies = [p for p in bob.rglob("*") if p.is_file() and b"two@sender" in p.read_bytes()]
+    assert [p.parent.parent for p in copies] == [bob]  # bob's INBOX
+    assert "verdict=inbox;" in spam_field(copies[0].read_bytes())
+    line = message_line(caplog, "two@sender.example")
+    assert line["verdict"] == "reject" and line["folder"] == "Junk" and line["spam_user"] == RCPT
+    others = [r for r in caplog.records if r.getMessage() == "spam"]
+    assert [getattr(r, "fields", {}).get("user") for r in others] == ["bob@example.test"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ JUNK = "Junk"
 class LocalTarget:
     user: str  # canonical user address (owner of the Maildir)
     folder: str = INBOX  # INBOX or a folder name such as "Junk"
-    headers: bytes = b""  # this user's own fields (X-Pillarbox-Spam), after Delivered-To
+    # This user's own fields (X-Pillarbox-Spam), after Delivered-To; not part of where the
+    # message goes, so not of the target's identity (folder_path's cache keys on it).
+    headers: bytes = field(default=b"", compare=False)
 
 
 @functools.lru_cache(maxsize=4096)

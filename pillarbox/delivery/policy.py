@@ -270,11 +270,7 @@ class SmtpBackend:
         for user, verdict in verdicts.items():
             folder = JUNK if verdict.action in (JUNK_VERDICT, REJECT) else inbound.folder
             targets[user] = LocalTarget(user, folder, verdict.header)
-            _spam_log.info(
-                "spam", queue_id=envelope.queue_id, user=user, score=verdict.score,
-                verdict=verdict.action, folder=folder, engine=verdict.engine,
-                rules=",".join(f"{h.name}({h.points:g})" for h in verdict.hits) or None,
-            )  # fmt: skip
+        note_verdicts(envelope, list(verdicts.values()), targets)
         if not route.remote and all(v.action == REJECT for v in verdicts.values()):
             score = min(v.score for v in verdicts.values())
             return SPAM_REJECTED.with_text(f"Message refused as spam (score {score:g})")
@@ -390,6 +386,28 @@ class SmtpBackend:
                 return codes.STORAGE_FULL
             return codes.LOCAL_ERROR
         return codes.MESSAGE_ACCEPTED.with_text(f"OK: queued as {envelope.queue_id}")
+
+
+def note_verdicts(envelope: Envelope, verdicts: list[Any], targets: dict[str, LocalTarget]) -> None:
+    """The verdicts in the log: the first recipient's in the message's own line
+    (``spam=6 verdict=junk folder=Junk rules=...``), each further recipient whose verdict
+    differs in a line of its own (its learned rules differ); a log line costs about as
+    much as the rules themselves, so the common one-recipient case adds none."""
+
+    def fields(verdict: Any) -> dict[str, str]:
+        rules = " ".join(f"{h.name}({h.points:g})" for h in verdict.hits) or "none"
+        return {"spam": f"{verdict.score:g}", "verdict": verdict.action,
+                "folder": targets[verdict.user].folder, "engine": verdict.engine,
+                "rules": rules}  # fmt: skip
+
+    first = fields(verdicts[0])
+    envelope.notes.update(first)
+    if len(verdicts) > 1:
+        envelope.notes["spam_user"] = verdicts[0].user
+    for verdict in verdicts[1:]:
+        other = fields(verdict)
+        if other != first:
+            _spam_log.info("spam", queue_id=envelope.queue_id, user=verdict.user, **other)
 
 
 @dataclass(frozen=True)
