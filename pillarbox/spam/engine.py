@@ -28,6 +28,7 @@ database work (learned users only) always runs in a thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import time
 from collections.abc import Sequence
@@ -231,6 +232,7 @@ class SpamFilter:
         _log.info("learned", user=user, kind="spam" if spam else "ham", messages=count)
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_is_public(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_global

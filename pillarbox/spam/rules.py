@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from email.utils import parsedate_tz
 
 # The Generic Test for Unsolicited Bulk Email: any filter must call it spam.
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -189,11 +189,8 @@ def header_rules(fields: dict[str, list[str]]) -> list[Hit]:
         if not fields.get(name):
             hits.append(hit(rule))
     date = fields.get("date")
-    if date:
-        try:
-            parsedate_to_datetime(date[0])
-        except (TypeError, ValueError, IndexError):
-            hits.append(hit("DATE_INVALID"))
+    if date and parsedate_tz(date[0]) is None:  # RFC 5322 §3.3 date-time, leniently
+        hits.append(hit("DATE_INVALID"))
     sender = fields.get("from", [""])[0]
     address = address_of(sender)
     display = sender.partition("<")[0] if "<" in sender else ""
@@ -248,7 +245,9 @@ def body_rules(head: bytes, body: bytes) -> list[Hit]:
     """``body`` is a sample (the first part of the body: the rules look at its start)."""
     hits: list[Hit] = []
     text = body.lower()
-    types = content_types(head.lower() + b"\n" + text)
+    types = content_types(head.lower())
+    if b"content-type:" in text:  # MIME parts
+        types |= content_types(text)
     if b"text/html" in types and b"text/plain" not in types:
         hits.append(hit("HTML_ONLY"))
     match = _EXECUTABLE_RE.search(text) if b"name" in text else None
