@@ -293,3 +293,37 @@ def test_lookups_read_listings_like_the_check(dns_server: DnsTestServer) -> None
     # 192.0.2.0/24 is documentation space, not global: no PTR asked
     assert first.ptr_names is None  # type: ignore[attr-defined]
     assert new_queries == 0
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spam", "message"),
+    [
+        ({"rspamd": "https://127.0.0.1:11333"}, "spam.rspamd"),
+        ({"rspamd": "127.0.0.1:11333"}, "spam.rspamd"),
+        ({"junk_threshold": 8.0, "reject_threshold": 8.0}, "spam.reject_threshold"),
+    ],
+)
+def test_bad_spam_config_is_refused_with_the_key(
+    tmp_path: Path, spam: dict[str, object], message: str
+) -> None:
+    from pillarbox.config import ConfigError
+    from tests import pbserver
+
+    with pytest.raises(ConfigError) as refused:
+        pbserver.make_settings(tmp_path / "data", {"spam": spam})
+    assert message in str(refused.value)
+
+
+def test_good_spam_config_loads(tmp_path: Path) -> None:
+    from tests import pbserver
+
+    settings = pbserver.make_settings(
+        tmp_path / "data",
+        {"spam": {"rspamd": "http://[::1]:11333", "greylist_delay": "2m", "dnsbls": ["a.test"]}},
+    )
+    assert settings.spam.rspamd == "http://[::1]:11333"
+    assert settings.spam.greylist_delay == 120 and settings.spam.dnsbls == ("a.test",)
+    assert settings.spam.enabled and not settings.spam.greylist

@@ -213,7 +213,7 @@ class SpamFilter:
 
     async def learn(self, user: str, messages: list[bytes], spam: bool) -> None:
         """The user moved ``messages`` into Junk (``spam``) or out of it / marked them."""
-        if not self.settings.learn:
+        if not (self.settings.enabled and self.settings.learn):
             return
 
         def work() -> int:

@@ -18,13 +18,15 @@ GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 WEIGHTS: dict[str, float] = {
     "GTUBE": 1000.0,
     # Mail authentication (RFC 7208, RFC 6376, RFC 7489); results computed by mailauth.
-    "SPF_FAIL": 3.0,
-    "SPF_SOFTFAIL": 1.5,
+    # Moderate, as rspamd's: a forwarder or a mailing list breaks SPF (and then DMARC) for
+    # honest mail, and a domain owner who publishes p=none asked for no action.
+    "SPF_FAIL": 2.0,
+    "SPF_SOFTFAIL": 1.0,
     "SPF_PASS": -0.5,
     "DKIM_INVALID": 1.0,
     "DKIM_VALID": -0.5,
-    "DMARC_FAIL": 3.5,
-    "DMARC_QUARANTINE": 2.0,  # on top of DMARC_FAIL: the domain owner asked for it
+    "DMARC_FAIL": 1.5,
+    "DMARC_QUARANTINE": 2.5,  # on top of DMARC_FAIL: the domain owner asked for it
     "DMARC_PASS": -1.0,
     "ARC_PASS": -0.5,
     # The client.
