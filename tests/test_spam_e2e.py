@@ -421,3 +421,34 @@ def test_two_recipients_own_verdicts_and_no_partial_reject(
     assert line["verdict"] == "reject" and line["folder"] == "Junk" and line["spam_user"] == RCPT
     others = [r for r in caplog.records if r.getMessage() == "spam"]
     assert [getattr(r, "fields", {}).get("user") for r in others] == ["bob@example.test"]
+
+
+def worded(n: int, domain: str, words: str) -> bytes:
+    return (
+        f"From: Sender {n} <s{n}@{domain}>\r\nTo: alice@example.test\r\n"
+        f"Subject: Note {n}\r\nDate: Wed, 25 Nov 2026 12:00:00 +0000\r\n"
+        f"Message-ID: <w{n}@{domain}>\r\n\r\n{words} (number {n})\r\n"
+    ).encode()
+
+
+def test_the_classifier_learns_words_from_moves_and_keywords(
+    running: tuple[Settings, pbserver.RunningServer],
+) -> None:
+    settings, server = running
+    spammy = "exclusive pharmacy discount tablets shipping overnight guaranteed"
+    hammy = "minutes from the allotment committee about compost and seedlings"
+    for n in range(3):  # every message from its own domain: no reputation carries over
+        send(server, worded(n, f"s{n}.example", spammy), mail_from=f"s{n}@s{n}.example")
+        send(server, worded(10 + n, f"h{n}.example", hammy), mail_from=f"s{10 + n}@h{n}.example")
+    for n in range(3):
+        imap_move(server, "INBOX", "Junk", f"w{n}@s{n}.example")
+        imap_flag(server, "INBOX", f"w{10 + n}@h{n}.example", "$NotJunk")
+    wait_learned(settings, 3, 3)
+    send(server, worded(20, "new.example", spammy), mail_from="s20@new.example")
+    send(server, worded(21, "other.example", hammy), mail_from="s21@other.example")
+    spam_copy = stored(settings, "w20@new.example")
+    field = spam_field(next(iter(spam_copy.values())))
+    assert "BAYES_SPAM(" in field and "REPUTATION" not in field
+    assert list(spam_copy) == ["Junk"], field  # 6 points from the words alone
+    ham_field = spam_field(stored(settings, "w21@other.example")["INBOX"])
+    assert "BAYES_HAM(" in ham_field
