@@ -452,3 +452,25 @@ def test_the_classifier_learns_words_from_moves_and_keywords(
     assert list(spam_copy) == ["Junk"], field  # 6 points from the words alone
     ham_field = spam_field(stored(settings, "w21@other.example")["INBOX"])
     assert "BAYES_HAM(" in ham_field
+
+
+def test_logged_in_users_mail_is_not_judged(
+    running: tuple[Settings, pbserver.RunningServer],
+) -> None:
+    """Greylisting and scoring exempt authenticated users: their mail is ours."""
+    import ssl
+
+    settings, server = running
+    pbserver.add_user(settings, "bob@example.test")
+    data = (
+        "From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: test\r\n"
+        "Message-ID: <own@example.test>\r\n\r\n" + GTUBE.decode() + "\r\n"
+    ).encode()
+    context = ssl.create_default_context(cafile=str(settings.tls.ca))
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=10) as client:
+        client.starttls(context=context)
+        client.login("bob@example.test", pbserver.PASSWORD)
+        client.sendmail("bob@example.test", [RCPT], data)
+    copies = stored(settings, "<own@example.test>")
+    assert list(copies) == ["INBOX"]
+    assert b"X-Pillarbox-Spam" not in copies["INBOX"]

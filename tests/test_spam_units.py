@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pillarbox.config import DnsSettings
 from pillarbox.dns.resolver import Resolver
@@ -327,3 +330,35 @@ def test_good_spam_config_loads(tmp_path: Path) -> None:
     assert settings.spam.rspamd == "http://[::1]:11333"
     assert settings.spam.greylist_delay == 120 and settings.spam.dnsbls == ("a.test",)
     assert settings.spam.enabled and not settings.spam.greylist
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+_PIECES = st.sampled_from([
+    b"From: ", b"Subject: ", b"Date: ", b"Content-Type: text/html\r\n", b"\r\n", b"\n",
+    b"\r\n ", b"<", b">", b"@", b"name=\"x.exe\"", b"http://1.2.3.4/", b"click here",
+    b"Content-Transfer-Encoding: base64\r\n\r\n", b"\xff\xfe", b"=?utf-8?b?", b"\x00",
+    b"X-Pillarbox-Spam: x\r\n", b"A" * 300,
+])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES | st.binary(max_size=40), max_size=60))
+def test_rules_and_header_survive_any_bytes(pieces: list[bytes]) -> None:
+    from pillarbox.spam.engine import Message, static_hits
+    from pillarbox.spam.lesson import split_message
+
+    data = b"".join(pieces)
+    head, body = split_message(data)
+    client = ClientFacts("192.0.2.1", data[:30].decode("latin-1"), None)
+    message = Message("q", "", (), head, data, client, AuthFacts())
+    hits = static_hits(message, body)
+    field = header.build("inbox", rules.total(hits), 5, 15, "pillarbox", hits)
+    field.decode("ascii")  # always ASCII
+    lines = field.split(b"\r\n")
+    assert lines[-1] == b"" and all(b"\r" not in x and b"\n" not in x for x in lines)
+    assert all(line.startswith((b" ", b"X-Pillarbox-Spam:")) for line in lines[:-1])
+    kept = header.strip(head).splitlines()
+    assert not any(re.match(rb"(?i)x-pillarbox-spam[ \t]*:", line) for line in kept)
+    lesson_from_stored(data, "mail.example.test")
