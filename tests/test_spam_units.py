@@ -362,3 +362,17 @@ def test_rules_and_header_survive_any_bytes(pieces: list[bytes]) -> None:
     kept = header.strip(head).splitlines()
     assert not any(re.match(rb"(?i)x-pillarbox-spam[ \t]*:", line) for line in kept)
     lesson_from_stored(data, "mail.example.test")
+
+
+def test_lesson_reads_the_field_mailauth_writes() -> None:
+    from pillarbox.mailauth.authres import ResInfo, build_header
+
+    field = build_header("mail.example.test", [
+        ResInfo("spf", "pass", properties=(("smtp.mailfrom", "a@good.example"),)),
+        ResInfo("dkim", "fail", properties=(("header.d", "bad.example"),)),
+        ResInfo("dkim", "pass", comment="a long comment " * 4,
+                properties=(("header.d", "good.example"), ("header.s", "s1"))),
+    ])  # fmt: skip
+    data = field + b"From: a@good.example\r\nSubject: s\r\n\r\nbody\r\n"
+    _, found = lesson_from_stored(data, "mail.example.test")
+    assert found.dkim_domains == ("good.example",)
