@@ -13,9 +13,9 @@ mail. Forged Authentication-Results that claim our authserv-id are removed
 :mod:`pillarbox.spam`) judges the message per local user: Junk at the user's junk threshold,
 550 5.7.1 when every recipient's verdict is "reject" (a message for several users, one of
 whom would reject it, goes to that user's Junk: after DATA there is one reply for all), an
-``X-Pillarbox-Spam`` field per copy (any arriving one is removed) and one log line per
-user. With ``[spam] greylist`` an unknown triplet first gets 451 4.7.1. A failure of the
-filter delivers to INBOX and logs why.
+``X-Pillarbox-Spam`` field per copy (any arriving one is removed) and the verdict in the
+message's log line (:func:`note_verdicts`). With ``[spam] greylist`` an unknown triplet
+first gets 451 4.7.1. A failure of the filter delivers to INBOX and logs why.
 
 Submission (587/465, RFC 6409): the envelope sender must be one the authenticated user owns
 (its address, its ``+tag`` forms, aliases that lead to it, its send-as grants; RFC 6409
