@@ -218,6 +218,8 @@ class ListenSettings:
     pop3s: ListenAddresses = ListenAddresses.of("")
     http: ListenAddresses = ListenAddresses.of("0.0.0.0:80")
     https: ListenAddresses = ListenAddresses.of("0.0.0.0:443")
+    # ManageSieve (RFC 5804; standard port 4190), STARTTLS before AUTHENTICATE.
+    managesieve: ListenAddresses = ListenAddresses.of("")
     # Prometheus /metrics over plain HTTP, unauthenticated: keep it on a private address.
     metrics: ListenAddresses = ListenAddresses.of("")
     # Listeners behind a proxy (a VPS forwarding to a box at home): each connection starts

@@ -34,8 +34,20 @@ def format_fields(fields: dict[str, Any]) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
+    # The time up to the second, kept from the last line: a busy server writes many
+    # lines a second, and one writer thread formats them all.
+    _second = -1
+    _second_text = ""
+
+    def _stamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return self._second_text
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        stamp = self._stamp(record.created)
         millis = int(record.msecs)
         fields: dict[str, Any] = {"event": record.getMessage()}
         fields.update(getattr(record, "fields", {}))

@@ -10,6 +10,8 @@
 - Queue and certificates: the control methods (``ControlServer.invoke``), the same code
   ``pillarbox queue`` and ``pillarbox cert`` reach over the control socket.
 - DKIM: ``mailauth.keys`` (what ``pillarbox dkim`` runs); the check: ``check.runner``.
+- Sieve: the same :class:`~pillarbox.admin.sieve.SieveAccess` ManageSieve uses (script
+  storage and checker), so a script saved on the page is the one a mail client sees.
 """
 
 from __future__ import annotations
@@ -28,16 +30,17 @@ from pillarbox import log
 from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.auth.sasl import Credentials
 from pillarbox.auth.service import Authenticator
+from pillarbox.check.findings import last_check_path
+from pillarbox.check.records import PublicAddresses, build_records, zone_text
 from pillarbox.check.runner import run_check
-from pillarbox.cli.status import last_check_path
 from pillarbox.config import Settings
-from pillarbox.dns.records import PublicAddresses, build_records, zone_text
+from pillarbox.control import ControlError, ControlServer
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 from pillarbox.mailauth import keys as dkim
-from pillarbox.net.control import ControlError, ControlServer
+from pillarbox.managesieve.backend import ScriptError, SieveBackend, UserScripts
 from pillarbox.store.accounts import AccountError, Accounts
 from pillarbox.store.maildir import user_maildir
-from pillarbox.web.backend import CheckResult, DkimRow, UserRow, WebError
+from pillarbox.web.backend import CheckResult, DkimRow, SieveScript, UserRow, WebError
 
 _log = log.get("web")
 T = TypeVar("T")
@@ -50,8 +53,10 @@ class AdminBackend:
         accounts: Accounts,
         authenticator: Authenticator,
         control: ControlServer,
+        sieve: SieveBackend | None = None,
     ):
         self._settings = settings
+        self.sieve = sieve
         self.accounts = accounts  # the server's: reads
         self.authenticator = authenticator
         self.control_server = control
@@ -93,13 +98,22 @@ class AdminBackend:
         used = await asyncio.to_thread(
             lambda: {u.address: _tree_size(user_maildir(mail_dir, u.address)) for u in details}
         )
-        return [UserRow(u.address, u.admin, used=used[u.address]) for u in details]
+        sieve = {u.address: await self._active_script(u.address) for u in details}
+        return [
+            UserRow(u.address, u.admin, used=used[u.address], sieve=sieve[u.address])
+            for u in details
+        ]
 
     async def user(self, address: str) -> UserRow | None:
         if not self.accounts.user_exists(address):
             return None
         size = await asyncio.to_thread(_tree_size, user_maildir(self._settings.mail_dir, address))
-        return UserRow(address, self.accounts.is_admin(address), used=size)
+        return UserRow(
+            address,
+            self.accounts.is_admin(address),
+            used=size,
+            sieve=await self._active_script(address),
+        )
 
     async def add_user(self, address: str, password: str, *, admin: bool) -> str:
         canonical = self._parse_local(address)
@@ -129,6 +143,54 @@ class AdminBackend:
 
     async def delete_alias(self, alias: str) -> None:
         await self._write(lambda a: a.delete_alias(alias))
+
+    # -- Sieve -----------------------------------------------------------------------
+
+    def sieve_available(self) -> bool:
+        return self.sieve is not None
+
+    def _scripts(self, user: str) -> UserScripts:
+        if self.sieve is None:
+            raise WebError("Sieve filters are not part of this build.")
+        return self.sieve.scripts(user)
+
+    async def _active_script(self, user: str) -> str | None:
+        """The active script's name, "" for none, None without Sieve (the users page)."""
+        if self.sieve is None:
+            return None
+        try:
+            scripts = await self.sieve.scripts(user).list()
+        except Exception:
+            _log.warning("sieve list failed", user=user, exc_info=True)
+            return None
+        return next((s.name for s in scripts if s.active), "")
+
+    async def sieve_scripts(self, user: str) -> list[SieveScript]:
+        return [SieveScript(s.name, s.active) for s in await self._scripts(user).list()]
+
+    async def sieve_get(self, user: str, name: str) -> str | None:
+        try:
+            return str(await self._scripts(user).get(name))
+        except ScriptError:
+            return None
+
+    async def sieve_save(self, user: str, name: str, text: str) -> None:
+        assert self.sieve is not None
+        if len(text.encode("utf-8")) > self.sieve.max_script_size:
+            raise WebError(f"Scripts are limited to {self.sieve.max_script_size} bytes.")
+        problem = await self.sieve.check(text)
+        if problem is not None:
+            raise WebError(f"Not saved: {problem}")
+        try:
+            await self._scripts(user).put(name, text)
+        except ScriptError as exc:
+            raise WebError(exc.text) from None
+
+    async def sieve_activate(self, user: str, name: str | None) -> None:
+        try:
+            await self._scripts(user).set_active(name)
+        except ScriptError as exc:
+            raise WebError(exc.text) from None
 
     def _parse_local(self, address: str) -> str:
         try:
@@ -254,7 +316,7 @@ def _remember(settings: Settings, result: CheckResult) -> None:
     """Keep the score for ``pillarbox status``, as ``pillarbox check`` does."""
     report = result.report
     saved = {"score": report.score, "failed": bool(report.failed), "when": result.when}
-    target = last_check_path(settings)
+    target = last_check_path(settings.data_dir)
     tmp = target.with_name(target.name + ".tmp")
     try:
         tmp.write_text(json.dumps(saved))

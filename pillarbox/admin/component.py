@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from pillarbox.admin.backend import AdminBackend
+from pillarbox.admin.sieve import sieve_access
 from pillarbox.http.server import WEB_SERVICE
 from pillarbox.net.listener import ListenerSpec
 from pillarbox.web.pages import WebPages
@@ -16,7 +17,9 @@ class WebComponent:
     name = "web"
 
     def __init__(self, ctx: Any):
-        self.backend = AdminBackend(ctx.settings, ctx.accounts, ctx.authenticator, ctx.control)
+        self.backend = AdminBackend(
+            ctx.settings, ctx.accounts, ctx.authenticator, ctx.control, sieve_access(ctx)
+        )
         self.pages = WebPages(self.backend)
 
     def listeners(self) -> list[ListenerSpec]:

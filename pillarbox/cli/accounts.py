@@ -11,10 +11,10 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 
+from pillarbox import control
 from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.cli.common import CliError, Command, load_settings, read_password
 from pillarbox.config import Settings
-from pillarbox.net import control
 from pillarbox.store.accounts import AccountError, Accounts
 from pillarbox.store.maildir import user_maildir
 

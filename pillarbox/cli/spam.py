@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
-from pillarbox.net import control
 from pillarbox.spam.reputation import ReputationStore
 from pillarbox.store.accounts import AccountError, Accounts
 

@@ -27,6 +27,15 @@ class UserRow:
     # Bytes allowed; 0 = no limit; None = this build keeps no quota (nothing to show).
     quota: int | None = None
     used: int | None = None  # bytes in the user's mail, when known
+    # The user's active Sieve script: its name, "" when none is active, None when this
+    # build has no Sieve.
+    sieve: str | None = None
+
+
+@dataclass(frozen=True)
+class SieveScript:
+    name: str
+    active: bool
 
 
 @dataclass(frozen=True)
@@ -101,3 +110,21 @@ class WebBackend(Protocol):
         ...
 
     def recent_log(self, needle: str, limit: int) -> list[str]: ...
+
+    # -- Sieve filters: the same scripts ManageSieve serves ----------------------------
+    def sieve_available(self) -> bool: ...
+
+    async def sieve_scripts(self, user: str) -> list[SieveScript]: ...
+
+    async def sieve_get(self, user: str, name: str) -> str | None:
+        """The script's text; None when there is no such script."""
+        ...
+
+    async def sieve_save(self, user: str, name: str, text: str) -> None:
+        """Store the script; WebError when it is not valid Sieve (the text says the line
+        and column) or the storage refuses it."""
+        ...
+
+    async def sieve_activate(self, user: str, name: str | None) -> None:
+        """Make ``name`` the active script; None: none is active."""
+        ...
