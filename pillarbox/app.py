@@ -37,6 +37,7 @@ from pillarbox.net.listener import (
 )
 from pillarbox.pop3.server import make_pop3
 from pillarbox.queue.service import make_queue
+from pillarbox.spam.component import make_spam
 from pillarbox.store.accounts import Accounts
 from pillarbox.store.layout import ensure_layout
 from pillarbox.store.mailbox import make_store
@@ -94,6 +95,7 @@ ComponentFactory = Callable[[AppContext], "Component | None"]
 # Every component, in start order: providers of services before their users.
 COMPONENTS: tuple[ComponentFactory, ...] = (
     make_store,  # provides ctx.services["mail_store"] and ["mailbox_events"]
+    make_spam,  # provides ctx.services["spam"]; gives the mail store its learning hook
     make_queue,  # provides ctx.services["queue"]
     make_smtp,  # 25/587/465 and local delivery; provides ctx.services["delivery"]
     make_imap,  # 143 (STARTTLS), 993, over the mail store

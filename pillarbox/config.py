@@ -386,6 +386,29 @@ class CheckSettings:
     timeout: float = 5.0
 
 
+def _rspamd_url(value: str) -> str:
+    """Off (an empty string) or http://host:port of rspamd's normal worker."""
+    if value and not re.match(r"^http://([^/\s:\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?/?$", value):
+        raise ValueError(f'expected "http://127.0.0.1:11333" (or ""), got {value!r}')
+    return value
+
+
+@dataclass(frozen=True)
+class SpamSettings:
+    """Inbound spam scoring (pillarbox.spam): named rules, per-user learning, verdicts."""
+
+    enabled: bool = True
+    junk_threshold: float = 5.0  # score at or above: filed into Junk
+    reject_threshold: float = 15.0  # score at or above: 550 5.7.1 at DATA
+    dnsbls: tuple[str, ...] = ()  # client IP blocklists asked at connect, e.g. zen.spamhaus.org
+    # "http://127.0.0.1:11333": use a real rspamd's verdict
+    rspamd: str = field(default="", metadata=_check(_rspamd_url))
+    learn: bool = True  # learn from IMAP moves into/out of Junk and $Junk/$NotJunk
+    greylist: bool = False
+    greylist_delay: Duration = Duration(300)  # how long a new triplet must wait
+    greylist_expire: Duration = Duration(35 * 86400)  # how long a passed triplet is known
+
+
 def _trusted_network(value: str) -> str:
     """A network that may relay without AUTH; everything-networks would be an open relay."""
     network = _network(value)
@@ -443,6 +466,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    spam: SpamSettings = field(default_factory=SpamSettings)
     # Where the settings came from; not a key in the file.
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -618,6 +642,10 @@ def _check_whole(settings: Settings, source: Path | None, check_files: bool) -> 
         raise ConfigError("at least one domain is required", key="domains", path=source)
     if settings.tls.acme and not settings.tls.acme_email:
         raise ConfigError("required when tls.acme = true", key="tls.acme_email", path=source)
+    if settings.spam.reject_threshold <= settings.spam.junk_threshold:
+        raise ConfigError(
+            "must be above spam.junk_threshold", key="spam.reject_threshold", path=source
+        )
     if not check_files:
         return
     if not settings.tls.acme:

@@ -57,7 +57,10 @@ SENDER_SELECTOR = "e2e"
 TIMEOUT = 10.0
 
 # The header fields Pillarbox may prepend to a message it delivers locally (issue 3, 6).
-TRACE_FIELDS = {"return-path", "delivered-to", "received", "authentication-results"}
+# What delivery prepends: trace fields, our Authentication-Results and the spam verdict.
+TRACE_FIELDS = {
+    "return-path", "delivered-to", "received", "authentication-results", "x-pillarbox-spam"
+}  # fmt: skip
 
 
 # -- DKIM key of the remote sender ---------------------------------------------------------

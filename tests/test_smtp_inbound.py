@@ -123,8 +123,10 @@ def test_delivery_with_trace_headers_byte_exact(mx: pbserver.RunningServer) -> N
         stored = find_message(mx.settings, "alice", mark.encode())
     prepended = split_prepended(stored, original).decode()
     assert prepended.startswith(
-        "Return-Path: <sender@remote.test>\r\nDelivered-To: alice@example.test\r\nReceived: "
+        "Return-Path: <sender@remote.test>\r\nDelivered-To: alice@example.test\r\n"
+        "X-Pillarbox-Spam: verdict=inbox; "  # the spam filter's verdict (pillarbox.spam)
     )
+    assert "\r\nReceived: " in prepended
     assert "from client.remote.test ([127.0.0.1])" in prepended
     assert "by mail.example.test (Pillarbox) with ESMTP id " in prepended
     assert "for <alice@example.test>;" in prepended

@@ -29,6 +29,7 @@ from pillarbox.cli import (
     transfer,
     verify,
 )
+from pillarbox.cli import spam as spam_cli
 from pillarbox.cli.common import CliError, Command
 from pillarbox.config import ConfigError
 from pillarbox.store.layout import LayoutError
@@ -49,11 +50,12 @@ COMMANDS: list[Command] = [
     *status.COMMANDS,
     *transfer.COMMANDS,
     *backup.COMMANDS,
+    *spam_cli.COMMANDS,
 ]
 
 
 GROUP_HELP = {
-    "user": "mailbox users: add, list, passwd, del, sendas",
+    "user": "mailbox users: add, list, passwd, del, sendas, spam",
     "alias": "aliases and catch-alls: add, list, del",
     "dkim": "DKIM keys: list, rotate",
     "dns": "the DNS records to publish",

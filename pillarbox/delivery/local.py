@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ JUNK = "Junk"
 class LocalTarget:
     user: str  # canonical user address (owner of the Maildir)
     folder: str = INBOX  # INBOX or a folder name such as "Junk"
+    # This user's own fields (X-Pillarbox-Spam), after Delivered-To; not part of where the
+    # message goes, so not of the target's identity (folder_path's cache keys on it).
+    headers: bytes = field(default=b"", compare=False)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -71,7 +74,7 @@ class LocalStore:
             return []
         paths = await self._writer.write(
             [folder_path(self.mail_dir, t) for t in targets],
-            [delivery_headers(sender, t.user) for t in targets],
+            [delivery_headers(sender, t.user) + t.headers for t in targets],
             message,
         )
         for target, path in zip(targets, paths, strict=True):

@@ -9,7 +9,13 @@ backscatter). After DATA the message is authenticated (SPF, DKIM, DMARC, ARC via
 ``mailauth.dmarc_reject`` is on, ``quarantine`` delivers to the Junk folder, an SPF
 ``fail`` gives 550 5.7.23 when ``mailauth.spf_reject`` is on, DNS trouble never refuses
 mail. Forged Authentication-Results that claim our authserv-id are removed
-(RFC 8601 §5) and ours is prepended.
+(RFC 8601 §5) and ours is prepended. Then the spam filter (``ctx.services["spam"]``,
+:mod:`pillarbox.spam`) judges the message per local user: Junk at the user's junk threshold,
+550 5.7.1 when every recipient's verdict is "reject" (a message for several users, one of
+whom would reject it, goes to that user's Junk: after DATA there is one reply for all), an
+``X-Pillarbox-Spam`` field per copy (any arriving one is removed) and the verdict in the
+message's log line (:func:`note_verdicts`). With ``[spam] greylist`` an unknown triplet
+first gets 451 4.7.1. A failure of the filter delivers to INBOX and logs why.
 
 Submission (587/465, RFC 6409): the envelope sender must be one the authenticated user owns
 (its address, its ``+tag`` forms, aliases that lead to it, its send-as grants; RFC 6409
@@ -31,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.core.address import AddressError
-from pillarbox.delivery.local import INBOX, JUNK
+from pillarbox.delivery.local import INBOX, JUNK, LocalTarget
 from pillarbox.delivery.sendas import judge_author
 from pillarbox.delivery.service import (
     DeliveryError,
     DeliveryService,
     QueueUnavailable,
+    Route,
     unquote_local_part,
 )
 from pillarbox.queue.api import OutboundRecipient
@@ -49,9 +56,14 @@ from pillarbox.store.accounts import Accounts, Resolution
 
 if TYPE_CHECKING:
     from pillarbox.mailauth.inbound import AuthVerdict
+    from pillarbox.spam.engine import SpamFilter
 
 _log = log.get("delivery")
+_spam_log = log.get("spam")
 MAX_REMEMBERED = 100_000
+SPAM_SAMPLE = 256 * 1024  # bytes of a message the spam rules read (rspamd gets it whole)
+SPAM_REJECTED = Reply(550, "5.7.1", "Message refused as spam")
+GREYLISTED = Reply(451, "4.7.1", "Greylisted: please try again later")
 
 
 def spf_refusal(verdict: AuthVerdict, ip: str) -> Reply | None:
@@ -77,6 +89,7 @@ class InboundResult:
     reply: Reply | None  # a rejection, or None to deliver
     folder: str
     headers: bytes  # Authentication-Results to prepend (may be empty)
+    verdict: AuthVerdict | None = None
 
 
 class SmtpBackend:
@@ -104,6 +117,9 @@ class SmtpBackend:
     # -- MAIL / RCPT -------------------------------------------------------------------
 
     async def check_sender(self, session: SessionInfo, envelope: Envelope) -> Reply | None:
+        spam = self._spam_filter(session)
+        if spam is not None:
+            spam.prefetch(session.peer_ip)  # DNSBL and PTR answers by the end of DATA
         sender = envelope.sender
         if session.kind is ListenerKind.SUBMISSION and sender and session.user is not None:
             sender = unquote_local_part(sender)
@@ -169,16 +185,96 @@ class SmtpBackend:
             inbound = await self._authenticate(session, envelope, message)
         if inbound.reply is not None:
             return inbound.reply
+        route = self._route(envelope)
+        targets: dict[str, LocalTarget] | None = None
+        spam = self._spam_filter(session)
+        if spam is not None:
+            judged = await self._judge_spam(spam, session, envelope, message, inbound, route)
+            if isinstance(judged, Reply):
+                return judged
+            targets = judged
         rewritten: Path | None = None
         parts: tuple[bytes | Path, ...] = message.parts
         stripped = self._strip_forged_results(message.head)
         if stripped is not None:
             parts, rewritten = await replace_head(message, stripped)
         try:
-            return await self._store(envelope, [inbound.headers + received, *parts], inbound.folder)
+            return await self._store(
+                envelope, [inbound.headers + received, *parts], inbound.folder, route, targets
+            )
         finally:
             if rewritten is not None:
                 remove_later(rewritten)
+
+    # -- spam ----------------------------------------------------------------------------
+
+    def _spam_filter(self, session: SessionInfo) -> SpamFilter | None:
+        """The filter, for strangers' mail only: a logged-in user's or a trusted network's
+        mail is ours (as it skips SPF/DMARC)."""
+        spam: SpamFilter | None = self.services.get("spam")
+        if spam is None or not spam.enabled or session.user is not None or session.trusted:
+            return None
+        return spam
+
+    async def _judge_spam(
+        self,
+        spam: SpamFilter,
+        session: SessionInfo,
+        envelope: Envelope,
+        message: SpooledMessage,
+        inbound: InboundResult,
+        route: Route,
+    ) -> dict[str, LocalTarget] | Reply | None:
+        """Per-user targets with their verdicts, or the reply that refuses the message.
+        A failure of the filter is logged and the message delivered as if unfiltered."""
+        try:
+            return await self._spam_targets(spam, session, envelope, message, inbound, route)
+        except Exception:
+            _spam_log.error("spam filter failed, delivering unfiltered",
+                            queue_id=envelope.queue_id, exc_info=True)  # fmt: skip
+            return None
+
+    async def _spam_targets(
+        self,
+        spam: SpamFilter,
+        session: SessionInfo,
+        envelope: Envelope,
+        message: SpooledMessage,
+        inbound: InboundResult,
+        route: Route,
+    ) -> dict[str, LocalTarget] | Reply | None:
+        from pillarbox.spam.engine import JUNK as JUNK_VERDICT
+        from pillarbox.spam.engine import REJECT, Message
+        from pillarbox.spam.header import strip
+
+        auth = auth_facts(inbound.verdict)
+        if spam.settings.greylist and await spam.greylisted(
+            session.peer_ip, envelope.sender, [r.address for r in envelope.recipients],
+            auth.spf_pass_domain,
+        ):  # fmt: skip
+            _spam_log.info("greylisted", queue_id=envelope.queue_id, client=session.peer_ip,
+                           **{"from": f"<{envelope.sender}>"})  # fmt: skip
+            return GREYLISTED
+        if not route.local:
+            return None
+        limit = None if spam.rspamd is not None else SPAM_SAMPLE
+        sample = await read_sample(message, limit)
+        head = strip(message.head)  # judged as it will be stored
+        facts = Message(
+            envelope.queue_id, envelope.sender, tuple(r.address for r in envelope.recipients),
+            head, head + sample[len(message.head) :],
+            await spam.client_facts(session.peer_ip, session.helo), auth.facts,
+        )  # fmt: skip
+        verdicts = await spam.judge(facts, list(route.local))
+        targets = {}
+        for user, verdict in verdicts.items():
+            folder = JUNK if verdict.action in (JUNK_VERDICT, REJECT) else inbound.folder
+            targets[user] = LocalTarget(user, folder, verdict.header)
+        note_verdicts(envelope, list(verdicts.values()), targets)
+        if not route.remote and all(v.action == REJECT for v in verdicts.values()):
+            score = min(v.score for v in verdicts.values())
+            return SPAM_REJECTED.with_text(f"Message refused as spam (score {score:g})")
+        return targets
 
     async def _check_from(
         self, session: SessionInfo, envelope: Envelope, message: SpooledMessage
@@ -200,11 +296,17 @@ class SmtpBackend:
         return reply.with_text(refusal.text)
 
     def _strip_forged_results(self, head: bytes) -> bytes | None:
-        if b"authentication-results" not in head.lower():
-            return None
-        from pillarbox.mailauth.inbound import strip_authentication_results
+        lower = head.lower()
+        stripped = head
+        if b"authentication-results" in lower:
+            from pillarbox.mailauth.inbound import strip_authentication_results
 
-        stripped = strip_authentication_results(head, self.settings.hostname)
+            stripped = strip_authentication_results(head, self.settings.hostname)
+        if b"x-pillarbox-spam" in lower:
+            # Only our filter's verdict may be in a stored message (a Sieve script trusts it).
+            from pillarbox.spam.header import strip
+
+            stripped = strip(stripped)
         return stripped if stripped != head else None
 
     async def _authenticate(
@@ -242,7 +344,7 @@ class SmtpBackend:
                       domain=verdict.spf.domain)  # fmt: skip
             return InboundResult(refusal, INBOX, b"")
         folder = JUNK if verdict.disposition in ("quarantine", "reject") else INBOX
-        return InboundResult(None, folder, verdict.header)
+        return InboundResult(None, folder, verdict.header, verdict)
 
     def _get_resolver(self) -> Any:
         shared = self.services.get("resolver")
@@ -254,18 +356,27 @@ class SmtpBackend:
             self._resolver = Resolver.from_settings(self.settings.dns)
         return self._resolver
 
-    async def _store(self, envelope: Envelope, message: list[bytes | Path], folder: str) -> Reply:
-        route = self.delivery.route(
+    def _route(self, envelope: Envelope) -> Route:
+        return self.delivery.route(
             [OutboundRecipient(r.address, r.notify, r.orcpt) for r in envelope.recipients],
             self._recall(envelope),
         )
+
+    async def _store(
+        self,
+        envelope: Envelope,
+        message: list[bytes | Path],
+        folder: str,
+        route: Route,
+        targets: dict[str, LocalTarget] | None = None,
+    ) -> Reply:
         if route.unknown:
             # Accepted at RCPT, gone since (user deleted meanwhile): the rest still goes.
             _log.warning("recipient vanished", queue_id=envelope.queue_id, to=route.unknown)
         try:
             await self.delivery.store(
                 route, envelope.sender, message, queue_id=envelope.queue_id, folder=folder,
-                envid=envelope.mail.envid, ret=envelope.mail.ret,
+                envid=envelope.mail.envid, ret=envelope.mail.ret, targets=targets,
             )  # fmt: skip
         except QueueUnavailable:
             return codes.OUTBOUND_UNAVAILABLE
@@ -275,6 +386,65 @@ class SmtpBackend:
                 return codes.STORAGE_FULL
             return codes.LOCAL_ERROR
         return codes.MESSAGE_ACCEPTED.with_text(f"OK: queued as {envelope.queue_id}")
+
+
+def note_verdicts(envelope: Envelope, verdicts: list[Any], targets: dict[str, LocalTarget]) -> None:
+    """The verdicts in the log: the first recipient's in the message's own line
+    (``spam=6 verdict=junk folder=Junk rules=...``), each further recipient whose verdict
+    differs in a line of its own (its learned rules differ); a log line costs about as
+    much as the rules themselves, so the common one-recipient case adds none."""
+
+    def fields(verdict: Any) -> dict[str, str]:
+        rules = " ".join(f"{h.name}({h.points:g})" for h in verdict.hits) or "none"
+        return {"spam": f"{verdict.score:g}", "verdict": verdict.action,
+                "folder": targets[verdict.user].folder, "engine": verdict.engine,
+                "rules": rules}  # fmt: skip
+
+    first = fields(verdicts[0])
+    envelope.notes.update(first)
+    if len(verdicts) > 1:
+        envelope.notes["spam_user"] = verdicts[0].user
+    for verdict in verdicts[1:]:
+        other = fields(verdict)
+        if other != first:
+            _spam_log.info("spam", queue_id=envelope.queue_id, user=verdict.user, **other)
+
+
+@dataclass(frozen=True)
+class SpamAuth:
+    facts: Any  # pillarbox.spam.rules.AuthFacts
+    spf_pass_domain: str  # the envelope domain SPF passed for ("" when it did not)
+
+
+def auth_facts(verdict: AuthVerdict | None) -> SpamAuth:
+    """The mail authentication verdict as the spam rules' plain facts."""
+    from pillarbox.spam.rules import AuthFacts
+
+    if verdict is None:
+        return SpamAuth(AuthFacts(), "")
+    facts = AuthFacts(
+        spf=verdict.spf.result if verdict.spf.domain else verdict.spf_helo.result,
+        dkim=tuple((d.result, d.domain) for d in verdict.dkim),
+        dmarc=verdict.dmarc.result,
+        dmarc_disposition=verdict.disposition,
+        arc=verdict.arc.result,
+    )
+    passed = verdict.spf.domain if verdict.spf.result == "pass" else ""
+    return SpamAuth(facts, passed)
+
+
+async def read_sample(message: SpooledMessage, limit: int | None) -> bytes:
+    """The first ``limit`` bytes of the message (all of it for None)."""
+    if message.path is None:
+        data = message.read_all()
+        return data if limit is None else data[:limit]
+    path = message.path
+    return await asyncio.to_thread(_read_prefix, path, limit)
+
+
+def _read_prefix(path: Path, limit: int | None) -> bytes:
+    with open(path, "rb") as f:
+        return f.read() if limit is None else f.read(limit)
 
 
 async def replace_head(

@@ -193,8 +193,11 @@ class DeliveryService:
         folder: str = INBOX,
         envid: str | None = None,
         ret: str | None = None,
+        targets: Mapping[str, LocalTarget] | None = None,
     ) -> None:
-        """Queue the remote part, then write the local copies; raises DeliveryError."""
+        """Queue the remote part, then write the local copies; raises DeliveryError.
+        ``targets`` overrides the folder (and adds header fields) per local user: the spam
+        verdict's."""
         if route.remote:
             queue = self.queue
             if queue is None:
@@ -206,14 +209,15 @@ class DeliveryService:
                 )  # fmt: skip
             except QueueError as exc:
                 raise DeliveryError(f"queue refused the message: {exc}") from exc
-        targets = [LocalTarget(user, folder) for user in route.local]
+        chosen = targets or {}
+        local = [chosen.get(user) or LocalTarget(user, folder) for user in route.local]
         try:
-            await self.local.store(targets, sender, message, queue_id=queue_id)
+            await self.local.store(local, sender, message, queue_id=queue_id)
         except OSError as exc:
             _log.error("local delivery failed", queue_id=queue_id, error=str(exc))
-            metrics.count(metrics.DELIVERIES, "local", "deferred", amount=len(targets))
+            metrics.count(metrics.DELIVERIES, "local", "deferred", amount=len(local))
             raise DeliveryError("local delivery failed") from exc
-        metrics.count(metrics.DELIVERIES, "local", "delivered", amount=len(targets))
+        metrics.count(metrics.DELIVERIES, "local", "delivered", amount=len(local))
         if route.notify_success and sender:
             await self._report_success(route, sender, message, queue_id, envid)
 

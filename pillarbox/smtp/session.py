@@ -131,6 +131,9 @@ class Envelope:
     queue_id: str
     mail: MailCommand
     recipients: list[Recipient] = field(default_factory=list)
+    # Fields the backend adds to the message's log line (the spam verdict): one line per
+    # message, not one more line per decision.
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def sender(self) -> str:
@@ -679,6 +682,7 @@ class SmtpSession:
             tls=self._tls_text(),
             user=self.info.user,
             result=f"{reply.code} {reply.enhanced}",
+            **envelope.notes,
         )
 
     def _end_transaction(self) -> None:

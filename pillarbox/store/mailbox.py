@@ -10,13 +10,21 @@ delivery's ``notify_new_mail``.
 The methods of ``UserMailboxes`` are the whole storage interface IMAP needs (the Protocol in
 ``pillarbox.imap.backend``): a PostgreSQL implementation for several front-end nodes would
 implement the same methods and publish through a shared hub.
+
+Learning hook: what a user does with mail is what the spam filter learns from. After a
+COPY/MOVE into the Junk folder (special-use ``\\Junk``) or a STORE of ``$Junk``, and after
+a COPY/MOVE out of Junk (not into Trash: deleting spam is not calling it ham) or a STORE of
+``$NotJunk``, the messages are read and handed to the learner set with
+:meth:`MailStore.set_learner` (app wiring gives it ``pillarbox.spam``'s; the store imports
+no filter). It runs as a background task after the IMAP command has been answered: a slow
+or failing filter never delays or fails the user's command.
 """
 
 from __future__ import annotations
 
 import asyncio
 from array import array
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -37,6 +45,10 @@ from pillarbox.store.types import (
 _log = log.get("store")
 P = ParamSpec("P")
 T = TypeVar("T")
+# learner(user, messages, spam): see "Learning hook" in the module docstring.
+Learner = Callable[[str, list[bytes], bool], Awaitable[None]]
+LEARN_MAX = 100  # messages read for learning per command
+JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
 
 __all__ = ["MailStore", "MailboxError", "UserMailboxes"]
 
@@ -174,6 +186,13 @@ class UserMailboxes:
     ) -> StoreResult:
         result = await self._run(self._index.store, name, ranges, mode, flags, unchanged_since)
         self._changed(name)
+        if self._store.learner is not None and mode != "remove":
+            named = {f.lower() for f in flags}
+            uids = [uid for uid, _, _ in result.updated]
+            if "$junk" in named:
+                self._learn_later(name, uids, spam=True)
+            elif "$notjunk" in named:
+                self._learn_later(name, uids, spam=False)
         return result
 
     async def expunge(self, name: str, ranges: list[tuple[int, int]] | None) -> list[int]:
@@ -196,7 +215,55 @@ class UserMailboxes:
         self._changed(dst)
         if move:
             self._changed(src)
+        if self._store.learner is not None and result[2]:
+            self._spawn(self._learn_copy(src, dst, result[2]))
         return result
+
+    # --- learning hook (see the module docstring)
+    def _special_uses(self, *names: str) -> list[str | None]:
+        uses: list[str | None] = []
+        for name in names:
+            try:
+                uses.append(self._index.mailbox(name).special_use)
+            except MailboxError:
+                uses.append(None)
+        return uses
+
+    async def _learn_copy(self, src: str, dst: str, uids: list[int]) -> None:
+        src_use, dst_use = await self._run(self._special_uses, src, dst)
+        if dst_use == JUNK_USE and src_use != JUNK_USE:
+            await self._learn(dst, uids, spam=True)
+        elif src_use == JUNK_USE and dst_use not in (JUNK_USE, TRASH_USE):
+            await self._learn(dst, uids, spam=False)
+
+    def _learn_later(self, mailbox: str, uids: list[int], *, spam: bool) -> None:
+        if uids:
+            self._spawn(self._learn(mailbox, uids, spam=spam))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """In the background, holding a reference: a LOGOUT right after the MOVE must not
+        close the index under the reads."""
+        self.refs += 1
+
+        async def holding() -> None:
+            try:
+                await work
+            finally:
+                await self.release()
+
+        self._store.spawn(holding())
+
+    async def _learn(self, mailbox: str, uids: list[int], *, spam: bool) -> None:
+        learner = self._store.learner
+        if learner is None:
+            return
+        messages = []
+        for uid in uids[:LEARN_MAX]:
+            data = await self.read_message(mailbox, uid)
+            if data is not None:
+                messages.append(data)
+        if messages:
+            await learner(self.user, messages, spam)
 
 
 class MailStore:
@@ -208,6 +275,24 @@ class MailStore:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
         self._users: dict[str, UserMailboxes] = {}
         self._opening: dict[str, asyncio.Lock] = {}
+        self.learner: Learner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def set_learner(self, learner: Learner | None) -> None:
+        self.learner = learner
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run learning in the background; its failure is logged, never the user's."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                _log.error("learning hook failed", exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def open(self, user: str) -> UserMailboxes:
         """The user's mailboxes (creating the Maildir and default folders the first time)."""
@@ -239,6 +324,8 @@ class MailStore:
         self.hub.notify_new_mail(user_address, mailbox)
 
     async def close(self) -> None:
+        if self._tasks:  # lessons in flight finish before the indexes close
+            await asyncio.wait(list(self._tasks), timeout=5)
         for handle in list(self._users.values()):
             handle.refs = 1
             await self.release(handle)
