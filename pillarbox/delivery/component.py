@@ -17,8 +17,10 @@ from pillarbox.delivery.local import LocalStore
 from pillarbox.delivery.pickup import Pickup
 from pillarbox.delivery.policy import SmtpBackend
 from pillarbox.delivery.service import DeliveryService
+from pillarbox.delivery.sieve import SieveFilter
 from pillarbox.net.listener import ListenerSpec
 from pillarbox.smtp.server import SmtpServer
+from pillarbox.store.sieve_scripts import SieveScripts
 
 _log = log.get("delivery")
 
@@ -29,6 +31,11 @@ class SmtpComponent:
     def __init__(self, ctx: Any):
         settings = ctx.settings
         self.local = LocalStore(settings.mail_dir, ctx.services, settings.hostname)
+        # Users' Sieve scripts (shared with ManageSieve and the web pages through services).
+        scripts = ctx.services.get("sieve_scripts")
+        if scripts is None:
+            scripts = ctx.services["sieve_scripts"] = SieveScripts(settings.database_path)
+        self.sieve = SieveFilter(scripts, settings.delivery.recipient_delimiter)
         self.delivery = DeliveryService(
             ctx.accounts,
             self.local,
@@ -36,6 +43,7 @@ class SmtpComponent:
             delimiter=settings.delivery.recipient_delimiter,
             domains=settings.domains,
             hostname=settings.hostname,
+            sieve=self.sieve,
         )
         ctx.services["delivery"] = self.delivery
         self.backend = SmtpBackend(settings, ctx.accounts, self.delivery, ctx.services)
@@ -59,6 +67,7 @@ class SmtpComponent:
         settings = ctx.settings
         self.backend.settings = settings
         self.delivery.delimiter = settings.delivery.recipient_delimiter
+        self.sieve.delimiter = settings.delivery.recipient_delimiter
         await self.server.reload(ctx)
 
 
