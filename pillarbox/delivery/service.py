@@ -268,7 +268,7 @@ class DeliveryService:
     ) -> tuple[SieveMessage, dict[str, Plan]] | None:
         """Each local user's plan (``delivery/sieve.py``), or None without Sieve."""
         sieve = self.sieve
-        if sieve is None or not route.local:
+        if sieve is None or not any(sieve.scripts.has_active(user) for user in route.local):
             return None
 
         def work() -> tuple[SieveMessage, dict[str, Plan]]:

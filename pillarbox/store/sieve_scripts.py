@@ -17,6 +17,7 @@ loop run it in a thread like every other store call):
 - ``active(user) -> tuple[str, str] | None``: (name, text) of the active script;
   ``active_script(user) -> StoredScript | None`` adds the version, a number that changes
   whenever the script's text does (delivery caches the parsed script by it).
+- ``has_active(user) -> bool``: cheap (own connection), for the event loop.
 - ``space_used(user) -> int`` (bytes of UTF-8 over all scripts), ``check_space(user, name,
   size)`` (RFC 5804 HAVESPACE: raises QUOTA if a script of ``size`` bytes would not fit).
 - Errors: ``SieveScriptError(code, text)``, ``code`` one of the RFC 5804 §1.3 response
@@ -109,10 +110,25 @@ class SieveScripts:
         self.conn = connect(db_path)
         self.lock = threading.Lock()
         migrate(self.conn, "sieve", MIGRATIONS)
+        # A second connection for ``has_active``, which delivery asks on the event loop for
+        # every recipient: under WAL a reader never waits for a writer, and with its own
+        # lock it never waits behind a write transaction's fsync on ``conn`` either.
+        self._reader = connect(db_path)
+        self._reader_lock = threading.Lock()
 
     def close(self) -> None:
-        with self.lock:
+        with self.lock, self._reader_lock:
             self.conn.close()
+            self._reader.close()
+
+    def has_active(self, user: str) -> bool:
+        """Whether ``user`` has an active script (an indexed lookup, cheap enough for the
+        event loop: most users have none, and they then cost no thread hop)."""
+        with self._reader_lock:
+            row = self._reader.execute(
+                "SELECT 1 FROM sieve_scripts WHERE user = ? AND active = 1", (user,)
+            ).fetchone()
+        return row is not None
 
     # -- scripts ---------------------------------------------------------------------
 
