@@ -212,3 +212,15 @@ def test_a_failing_script_delivers_to_inbox_and_logs_why(world: World) -> None:
     assert "redirects" in fields["error"] and fields["queue_id"]
     assert count(world.server, "INBOX") == 1
     assert world.peer.messages == []
+
+
+def test_a_reject_off_the_smtp_path_is_a_bounce_not_an_error(world: World) -> None:
+    # Alice redirects to Bob (a local delivery no SMTP client waits for); Bob rejects.
+    world.script(f'redirect "{BOB}";')
+    world.script('require "reject";\nreject "Bob is not taking mail.";', user=BOB)
+    world.send(mail("relayed"))
+    world.event("sieve redirected", user=ALICE)
+    (bounce,) = wait_for(lambda: world.peer.messages, what="Bob's bounce at the peer")
+    assert bounce.sender == "" and bounce.recipients == [CAROL]
+    assert b"Bob is not taking mail." in bounce.data
+    assert count(world.server, "INBOX", BOB) == 0 and count(world.server, "INBOX") == 0

@@ -223,15 +223,19 @@ class DeliveryService:
         folder: str = INBOX,
         envid: str | None = None,
         ret: str | None = None,
+        reject_at_protocol: bool = True,
     ) -> None:
         """Run the local users' Sieve scripts, queue the remote part, then write the local
-        copies; raises DeliveryError, or SieveRejected when every recipient rejected."""
+        copies; raises DeliveryError, or SieveRejected when every recipient rejected and
+        ``reject_at_protocol`` (an SMTP client is waiting for the DATA reply; otherwise a
+        reject is a bounce, or nothing for the null sender)."""
         targets = [LocalTarget(user, folder) for user in route.local]
         filtered = await self._filter(route, sender, message, folder, queue_id)
         if filtered is not None:
             plans = filtered[1]
             rejecting = [p.reject for p in plans.values() if p.reject is not None]
-            if rejecting and len(rejecting) == len(plans) and not route.remote:
+            every = rejecting and len(rejecting) == len(plans) and not route.remote
+            if every and reject_at_protocol:
                 _log.info("sieve rejected", queue_id=queue_id, reason=rejecting[0])
                 raise SieveRejected(rejecting[0])
             targets = [t for plan in plans.values() for t in plan.targets]
@@ -268,7 +272,13 @@ class DeliveryService:
     ) -> tuple[SieveMessage, dict[str, Plan]] | None:
         """Each local user's plan (``delivery/sieve.py``), or None without Sieve."""
         sieve = self.sieve
-        if sieve is None or not any(sieve.scripts.has_active(user) for user in route.local):
+        if sieve is None:
+            return None
+        try:
+            if not any(sieve.scripts.has_active(user) for user in route.local):
+                return None
+        except Exception:
+            _log.error("sieve scripts unreadable, kept", queue_id=queue_id, exc_info=True)
             return None
 
         def work() -> tuple[SieveMessage, dict[str, Plan]]:
@@ -279,7 +289,12 @@ class DeliveryService:
             }
             return sieve_message, plans
 
-        return await asyncio.to_thread(work)
+        try:
+            return await asyncio.to_thread(work)
+        except Exception:
+            # Reading the message for the scripts failed: deliver as if there were none.
+            _log.error("sieve failed, kept", queue_id=queue_id, folder=folder, exc_info=True)
+            return None
 
     async def _sieve_followups(
         self,
@@ -394,5 +409,7 @@ class DeliveryService:
     ) -> dict[str, str]:
         """See the module docstring."""
         route = self.route([OutboundRecipient(r) for r in recipients])
-        await self.store(route, sender, message, queue_id=queue_id)
+        # Nobody waits for an SMTP reply here (DSNs, redirects, vacation replies, sendmail):
+        # a Sieve reject of these is a bounce (never to the null sender), not an error.
+        await self.store(route, sender, message, queue_id=queue_id, reject_at_protocol=False)
         return dict(route.outcome)
