@@ -145,3 +145,20 @@ def test_threads_share_one_store(scripts: SieveScripts) -> None:
         thread.join()
     assert errors == []
     assert all(scripts.active(f"u{n}@example.com") is not None for n in range(4))
+
+
+def test_deleting_a_user_deletes_its_scripts_and_vacation_memory(tmp_path: Path) -> None:
+    accounts = Accounts(tmp_path / "pillarbox.db", ["example.com"])
+    accounts.add_user(USER, "x")
+    scripts = SieveScripts(tmp_path / "pillarbox.db")
+    try:
+        scripts.put(USER, "main", 'redirect "elsewhere@example.org";')
+        scripts.set_active(USER, "main")
+        assert scripts.vacation_due(USER, "bob@example.org", "h", 86400)
+        accounts.delete_user(USER)
+        accounts.add_user(USER, "y")  # a new person under the old address
+        assert scripts.list(USER) == [] and scripts.active(USER) is None
+        assert scripts.vacation_due(USER, "bob@example.org", "h", 86400)
+    finally:
+        scripts.close()
+        accounts.close()
