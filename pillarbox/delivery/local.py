@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,13 @@ from typing import Any
 
 from pillarbox import log
 from pillarbox.delivery.maildirwriter import MaildirWriter
-from pillarbox.store.flags import ensure_keywords, make_info, read_keywords, split_flags
+from pillarbox.store.flags import (
+    ensure_keywords,
+    is_keyword,
+    make_info,
+    read_keywords,
+    split_flags,
+)
 from pillarbox.store.maildir import ensure_maildir, user_maildir
 from pillarbox.store.names import folder_dir
 
@@ -55,12 +62,19 @@ def maildir_info(folder: Path, flags: Sequence[str]) -> str:
     """The ``:2,`` info letters for ``flags`` in ``folder`` (blocking: keywords get their
     letter from the folder's dovecot-keywords file, which is created or extended here)."""
     mask, keywords = split_flags(list(flags))
+    # A script may name anything; only IMAP atoms can be keywords (the rest is dropped).
+    keywords = [k for k in keywords if is_keyword(k)]
     names: list[str] = []
     if keywords:
         ensure_maildir(folder)
-        names = read_keywords(folder)
-        ensure_keywords(folder, names, keywords)  # a keyword past the 26th is dropped
+        # Two deliveries adding different keywords at once must not both take letter "a".
+        with _KEYWORDS_LOCK:
+            names = read_keywords(folder)
+            ensure_keywords(folder, names, keywords)  # a keyword past the 26th is dropped
     return make_info("", mask, keywords, names)
+
+
+_KEYWORDS_LOCK = threading.Lock()
 
 
 def delivery_headers(sender: str, user: str) -> bytes:
