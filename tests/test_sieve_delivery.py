@@ -118,12 +118,13 @@ def count(server: pbserver.RunningServer, folder: str, user: str = ALICE) -> int
 
 def test_fileinto_a_new_folder_with_flags_and_keywords(world: World) -> None:
     world.script(
-        'require ["fileinto", "imap4flags"];\n'
+        'require ["fileinto", "imap4flags", "mailbox"];\n'
         'if header :contains "subject" "report" {\n'
         '  addflag "\\\\Flagged";\n'
-        '  fileinto :flags ["\\\\Seen", "$Work"] "Lists/Reports";\n'
+        '  fileinto :create :flags ["\\\\Seen", "$Work"] "Lists/Reports";\n'
         "}\n"
-        'if header :contains "subject" "plain" { addflag "$Later"; }\n'
+        'if allof (header :contains "subject" "plain", mailboxexists "Lists/Reports")'
+        ' { addflag "$Later"; }\n'
     )
     world.send(mail("weekly report"))
     world.send(mail("plain note"))

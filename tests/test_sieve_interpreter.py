@@ -288,3 +288,21 @@ def _ours(script: str) -> set[str]:
 @pytest.mark.parametrize("script", ORACLE_SCRIPTS)
 def test_same_actions_as_pigeonhole(script: str, tmp_path: Path) -> None:
     assert _ours(script) == _pigeonhole(script, tmp_path)
+
+
+def test_mailbox_and_vacation_seconds() -> None:
+    envelope = Envelope(
+        ENVELOPE.sender, ENVELOPE.recipient, ENVELOPE.user, "+", lambda name: name == "Have"
+    )
+    script = parse(
+        'require ["mailbox", "fileinto", "vacation", "vacation-seconds"];\n'
+        'if mailboxexists "Have" { fileinto :create "A"; }\n'
+        'if mailboxexists ["Have", "Missing"] { fileinto "B"; }\n'
+        'vacation :seconds 90000 "away";'
+    )
+    result = run(script, message(), envelope)
+    assert result[0] == FileInto("A")
+    assert isinstance(result[1], Vacation) and result[1].days == 2  # 25 hours -> 2 days
+    assert len(result) == 2
+    # Without a way to know the folders, mailboxexists is false (never an error).
+    assert run(script, message(), ENVELOPE)[-1] == Keep()

@@ -69,8 +69,14 @@ class Plan:
 class SieveFilter:
     """Runs the active script of each local recipient (see the module docstring)."""
 
-    def __init__(self, scripts: SieveScripts, delimiter: str):
+    def __init__(
+        self,
+        scripts: SieveScripts,
+        delimiter: str,
+        folder_exists: Callable[[str, str], bool] | None = None,
+    ):
         self.scripts = scripts
+        self.folder_exists = folder_exists  # (user, folder) -> bool, for mailboxexists
         self.delimiter = delimiter
         self._cache: OrderedDict[tuple[str, int], Script] = OrderedDict()
         self._lock = threading.Lock()
@@ -90,7 +96,11 @@ class SieveFilter:
             script = self._script(user)
             if script is None:
                 return keep
-            envelope = Envelope(sender, recipient, user, self.delimiter)
+            exists = self.folder_exists
+            envelope = Envelope(
+                sender, recipient, user, self.delimiter,
+                None if exists is None else (lambda name: exists(user, name)),
+            )  # fmt: skip
             actions = run(script, message, envelope)
             plan = self._translate(user, folder, actions, message, queue_id)
         except (SieveSyntaxError, SieveRuntimeError) as exc:

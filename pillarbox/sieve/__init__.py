@@ -37,6 +37,8 @@ EXTENSIONS: tuple[str, ...] = (
     "comparator-i;ascii-numeric",
     "date",
     "index",
+    "mailbox",
+    "vacation-seconds",
 )
 
 # "require" may also name the two comparators every implementation has (RFC 5228 §2.7.3).

@@ -11,7 +11,8 @@ types :is :contains :matches), fileinto, reject (RFC 5429), envelope, imap4flags
 (RFC 5232), vacation (RFC 5230: the action; the RFC 3834 checks are the caller's, as they
 need the user's addresses and the reply memory), variables (RFC 5229), body (RFC 5173),
 subaddress (RFC 5233), copy (RFC 3894), relational and i;ascii-numeric (RFC 5231), date,
-currentdate and index (RFC 5260).
+currentdate and index (RFC 5260), mailbox (RFC 5490: ``:create`` is what fileinto does
+anyway, ``mailboxexists``), vacation-seconds (RFC 6131).
 
 The implicit keep (RFC 5228 §2.10.2) is returned as a ``Keep`` at the end of the list when
 no action cancelled it. Runtime errors (too many actions or redirects, reject combined
@@ -25,7 +26,7 @@ import datetime
 import email.utils
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pillarbox.sieve.message import SieveMessage
@@ -50,6 +51,9 @@ class Envelope:
     recipient: str  # the address this copy was sent to (RCPT TO, canonical)
     user: str  # the mailbox owner
     delimiter: str = "+"  # recipient_delimiter, for subaddress's :user and :detail
+    # Whether the user has a folder of this name (RFC 5490 mailboxexists); None: unknown,
+    # and the test is false.
+    folder_exists: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,7 @@ class Discard:
 @dataclass(frozen=True, slots=True)
 class Vacation:
     reason: str
-    days: int
+    days: int  # the period in days (rounded up from :seconds)
     subject: str | None
     from_address: str | None
     addresses: tuple[str, ...]
@@ -308,7 +312,14 @@ def _vacation(command: Command, state: _State) -> None:
     tags = command.tags
     reason = _string(command.positional[0], state)
     days_arg = tags.get("days")
-    days = days_arg.value if isinstance(days_arg, Number) else DEFAULT_VACATION_DAYS
+    seconds_arg = tags.get("seconds")
+    if isinstance(seconds_arg, Number):
+        # RFC 6131: the period in seconds; our memory keeps whole days, at least one.
+        days = -(-seconds_arg.value // 86400)
+    elif isinstance(days_arg, Number):
+        days = days_arg.value
+    else:
+        days = DEFAULT_VACATION_DAYS
     days = max(1, min(days, MAX_VACATION_DAYS))  # RFC 5230 §4.1: the site may bound it
     subject = _optional(tags.get("subject"), state)
     from_address = _optional(tags.get("from"), state)
@@ -398,6 +409,10 @@ def _test(test: Test, state: _State) -> bool:
         return _body(test, state)
     if name in ("date", "currentdate"):
         return _date(test, state)
+    if name == "mailboxexists":
+        exists = state.envelope.folder_exists
+        names = _strings(test.positional[0], state)
+        return exists is not None and all(exists(n) for n in names)
     raise SieveRuntimeError(f'unknown test "{name}"')
 
 

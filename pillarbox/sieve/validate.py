@@ -127,7 +127,13 @@ SPECS: dict[tuple[str, str], Spec] = {
         Spec("keep", "command", tags=(_FLAGS,)),
         Spec("discard", "command"),
         Spec("redirect", "command", ("string",), tags=(_COPY,)),
-        Spec("fileinto", "command", ("string",), (_FLAGS, _COPY), "fileinto"),
+        Spec(
+            "fileinto",
+            "command",
+            ("string",),
+            (_FLAGS, _COPY, TagSpec("create", extension="mailbox")),  # RFC 5490 §3.2
+            "fileinto",
+        ),
         Spec("reject", "command", ("string",), extension="reject"),
         # RFC 5230
         Spec(
@@ -135,7 +141,8 @@ SPECS: dict[tuple[str, str], Spec] = {
             "command",
             ("string",),
             (
-                TagSpec("days", "number"),
+                TagSpec("days", "number", "period"),
+                TagSpec("seconds", "number", "period", "vacation-seconds"),  # RFC 6131
                 TagSpec("subject", "string"),
                 TagSpec("from", "string"),
                 TagSpec("addresses", "strings"),
@@ -187,6 +194,7 @@ SPECS: dict[tuple[str, str], Spec] = {
         Spec("anyof", "test", tests="list"),
         Spec("not", "test", tests="one"),
         Spec("true", "test"),
+        Spec("mailboxexists", "test", ("strings",), extension="mailbox"),  # RFC 5490 §3.1
         Spec("false", "test"),
         # RFC 5232 §4: hasflag [MATCH-TYPE] [COMPARATOR] [variable-list] list-of-flags
         Spec(
