@@ -25,6 +25,7 @@ from pillarbox.cli import (
     sendmail,
     serve,
     service,
+    sieve,
     status,
     transfer,
     verify,
@@ -51,6 +52,7 @@ COMMANDS: list[Command] = [
     *transfer.COMMANDS,
     *backup.COMMANDS,
     *spam_cli.COMMANDS,
+    *sieve.COMMANDS,
 ]
 
 
@@ -64,6 +66,7 @@ GROUP_HELP = {
     "bans": "clients banned for failed logins: list, del",
     "service": "run under systemd: install a sandboxed unit",
     "import": "move mail in: imap, maildir, mbox",
+    "sieve": "users' Sieve filters: put, get, list, activate, delete",
 }
 
 

@@ -44,6 +44,7 @@ from pillarbox.delivery.service import (
     DeliveryService,
     QueueUnavailable,
     Route,
+    SieveRejected,
     unquote_local_part,
 )
 from pillarbox.queue.api import OutboundRecipient
@@ -269,7 +270,7 @@ class SmtpBackend:
         targets = {}
         for user, verdict in verdicts.items():
             folder = JUNK if verdict.action in (JUNK_VERDICT, REJECT) else inbound.folder
-            targets[user] = LocalTarget(user, folder, verdict.header)
+            targets[user] = LocalTarget(user, folder, headers=verdict.header)
         note_verdicts(envelope, list(verdicts.values()), targets)
         if not route.remote and all(v.action == REJECT for v in verdicts.values()):
             score = min(v.score for v in verdicts.values())
@@ -378,6 +379,9 @@ class SmtpBackend:
                 route, envelope.sender, message, queue_id=envelope.queue_id, folder=folder,
                 envid=envelope.mail.envid, ret=envelope.mail.ret, targets=targets,
             )  # fmt: skip
+        except SieveRejected as exc:
+            # RFC 5429 §2.1: the recipients' scripts refused it; say so at the protocol.
+            return codes.POLICY_REJECTED.with_text(_reject_text(exc.reason))
         except QueueUnavailable:
             return codes.OUTBOUND_UNAVAILABLE
         except DeliveryError as exc:
@@ -445,6 +449,13 @@ async def read_sample(message: SpooledMessage, limit: int | None) -> bytes:
 def _read_prefix(path: Path, limit: int | None) -> bytes:
     with open(path, "rb") as f:
         return f.read() if limit is None else f.read(limit)
+
+
+def _reject_text(reason: str) -> str:
+    """A Sieve reject reason as one line of an SMTP reply (printable ASCII, bounded)."""
+    line = " ".join(reason.split())
+    line = "".join(ch if " " <= ch <= "~" else "?" for ch in line)[:200]
+    return line or "rejected by the recipient's filter"
 
 
 async def replace_head(
