@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pillarbox.admin.sieve import MAX_SCRIPT_SIZE
 from tests import pbserver
-
-pytest.importorskip("pillarbox.sieve", reason="needs the Sieve language (branch sieve)")
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -286,7 +285,7 @@ def test_malformed_commands_answer_no_and_the_session_goes_on(raw: Raw) -> None:
 
 def test_oversized_literal_refused_and_skipped(raw: Raw) -> None:
     raw.login()
-    size = 2 << 20  # over the script limit, under the skip bound
+    size = 2 * MAX_SCRIPT_SIZE  # over the script limit, under the skip bound (1 MiB)
     raw.send(b'PUTSCRIPT "big" {%d+}\r\n' % size)
     raw.send(b"#" * size + b"\r\n")
     _, status = raw.response()

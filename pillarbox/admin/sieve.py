@@ -14,34 +14,21 @@ protocol package knows.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from pillarbox import log
+from pillarbox import log, sieve
 from pillarbox.managesieve.backend import ScriptError, ScriptInfo, ScriptProblem
 from pillarbox.managesieve.server import LISTENER, ManageSieveComponent
-
-# The Sieve language and the script storage come with branch sieve; until it is merged
-# this build has no Sieve (ManageSieve off, the web page says so). Interim: the plain
-# imports replace this once it is.
-sieve: Any
-try:
-    sieve = importlib.import_module("pillarbox.sieve")
-    _storage = importlib.import_module("pillarbox.store.sieve_scripts")
-    SieveScriptError: Any = _storage.SieveScriptError
-    SieveScripts: Any = _storage.SieveScripts
-except ImportError:
-    sieve = None
-    SieveScriptError = SieveScripts = None
+from pillarbox.store.sieve_scripts import MAX_SCRIPT_BYTES, SieveScriptError, SieveScripts
 
 _log = log.get("managesieve")
 T = TypeVar("T")
 
 SERVICE: Final = "sieve"
-# The largest script we take (Dovecot Pigeonhole's default sieve_max_script_size, 1 MiB):
-# real filter sets are a few KiB; this bounds the literal a client may send.
-MAX_SCRIPT_SIZE: Final = 1 << 20
+# The largest script we take: the storage's limit (a literal over it is refused before
+# it is read; real filter sets are a few KiB).
+MAX_SCRIPT_SIZE: Final = MAX_SCRIPT_BYTES
 
 
 class UserScriptsAccess:
@@ -55,17 +42,19 @@ class UserScriptsAccess:
         try:
             return await asyncio.to_thread(call)
         except SieveScriptError as exc:
-            raise ScriptError(exc.code, exc.text) from None
+            # RFC 5804 §1.3: QUOTA/MAXSIZE and QUOTA/MAXSCRIPTS; no code for a bad name.
+            code = "/".join(c for c in (exc.code, exc.subcode) if c) if exc.code else ""
+            raise ScriptError(code, exc.text) from None
 
     async def list(self) -> list[ScriptInfo]:
-        def listing() -> list[ScriptInfo]:
-            active = self.store.active(self.user)
-            return [ScriptInfo(name, name == active) for name in self.store.list(self.user)]
-
-        return await self._run(listing)
+        listing = await self._run(lambda: self.store.list(self.user))
+        return [ScriptInfo(name, active) for name, active in listing]
 
     async def get(self, name: str) -> str:
-        return await self._run(lambda: self.store.get(self.user, name))
+        text = await self._run(lambda: self.store.get(self.user, name))
+        if text is None:
+            raise ScriptError("NONEXISTENT", f"there is no script named {name!r}")
+        return text
 
     async def put(self, name: str, content: str) -> None:
         await self._run(lambda: self.store.put(self.user, name, content))
@@ -80,8 +69,7 @@ class UserScriptsAccess:
         await self._run(lambda: self.store.set_active(self.user, name))
 
     async def have_space(self, name: str, size: int) -> None:
-        if size > MAX_SCRIPT_SIZE:
-            raise ScriptError("QUOTA/MAXSIZE", f"scripts are limited to {MAX_SCRIPT_SIZE} octets")
+        await self._run(lambda: self.store.check_space(self.user, name, size))
 
 
 class SieveAccess:
@@ -113,14 +101,19 @@ def _problem(content: str) -> ScriptProblem | None:
     return None
 
 
-def sieve_access(ctx: Any) -> SieveAccess | None:
-    """The one SieveAccess of the server, made on first use (ctx.services["sieve"]);
-    None in a build without the Sieve language."""
-    if sieve is None:
-        return None
+# The script storage the delivery component runs scripts from (whichever is made first
+# registers it), so ManageSieve, the web pages and delivery share one.
+SCRIPTS_SERVICE: Final = "sieve_scripts"
+
+
+def sieve_access(ctx: Any) -> SieveAccess:
+    """The one SieveAccess of the server, made on first use (ctx.services["sieve"])."""
     access = ctx.services.get(SERVICE)
     if access is None:
-        access = SieveAccess(SieveScripts(ctx.settings))
+        scripts = ctx.services.get(SCRIPTS_SERVICE)
+        if scripts is None:
+            scripts = ctx.services[SCRIPTS_SERVICE] = SieveScripts(ctx.settings.database_path)
+        access = SieveAccess(scripts)
         ctx.services[SERVICE] = access
     assert isinstance(access, SieveAccess)
     return access
@@ -130,8 +123,4 @@ def make_managesieve(ctx: Any) -> ManageSieveComponent | None:
     """The ManageSieve component, or None when ``listen.managesieve`` is off."""
     if LISTENER not in ctx.settings.listen.enabled():
         return None
-    access = sieve_access(ctx)
-    if access is None:
-        _log.warning("managesieve disabled", reason="no Sieve support in this build")
-        return None
-    return ManageSieveComponent(ctx, access)
+    return ManageSieveComponent(ctx, sieve_access(ctx))
