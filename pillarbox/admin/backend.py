@@ -38,9 +38,18 @@ from pillarbox.control import ControlError, ControlServer
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 from pillarbox.mailauth import keys as dkim
 from pillarbox.managesieve.backend import ScriptError, SieveBackend, UserScripts
+from pillarbox.spam.reputation import ReputationStore
 from pillarbox.store.accounts import AccountError, Accounts
 from pillarbox.store.maildir import user_maildir
-from pillarbox.web.backend import CheckResult, DkimRow, SieveScript, UserRow, WebError
+from pillarbox.web.backend import (
+    CheckResult,
+    DkimRow,
+    SieveScript,
+    SpamOverview,
+    SpamUserRow,
+    UserRow,
+    WebError,
+)
 
 _log = log.get("web")
 T = TypeVar("T")
@@ -290,6 +299,58 @@ class AdminBackend:
         except dkim.DkimKeyError as exc:
             raise WebError(str(exc)) from None
 
+    # -- the spam filter ---------------------------------------------------------------
+
+    async def spam_overview(self) -> SpamOverview:
+        spam = self._settings.spam
+        own, trained = await asyncio.to_thread(self._spam_state)
+        users = [
+            _spam_row(u.address, own.get(u.address, (None, None)), trained, spam)
+            for u in self.accounts.user_details()
+        ]
+        return SpamOverview(
+            spam.enabled, spam.junk_threshold, spam.reject_threshold, spam.rspamd,
+            spam.greylist, tuple(spam.dnsbls), spam.learn, users,
+        )  # fmt: skip
+
+    async def set_spam_thresholds(
+        self, address: str, junk: float | None, reject: float | None
+    ) -> SpamUserRow:
+        """As ``pillarbox user spam ADDRESS --junk N --reject N`` (or ``--default``)."""
+        address = self._parse_local(address)
+        if not self.accounts.user_exists(address):
+            raise WebError(f"There is no user {address}.")
+        spam = self._settings.spam
+        effective_junk = spam.junk_threshold if junk is None else junk
+        effective_reject = spam.reject_threshold if reject is None else reject
+        if effective_reject <= effective_junk:
+            raise WebError(
+                f"The reject threshold ({effective_reject:g}) must be above the junk "
+                f"threshold ({effective_junk:g})."
+            )
+
+        def write() -> None:
+            store = ReputationStore(self._settings.data_dir / "spam.db")
+            try:
+                store.set_thresholds(address, junk, reject)
+            finally:
+                store.close()
+
+        await asyncio.to_thread(write)
+        with contextlib.suppress(ControlError):  # the filter is off: nothing to tell
+            await self.control_server.invoke("spam.changed", {})
+        own, trained = await asyncio.to_thread(self._spam_state)
+        return _spam_row(address, own.get(address, (None, None)), trained, spam)
+
+    def _spam_state(
+        self,
+    ) -> tuple[dict[str, tuple[float | None, float | None]], dict[str, tuple[int, int]]]:
+        store = ReputationStore(self._settings.data_dir / "spam.db")
+        try:
+            return store.thresholds(), store.trained_users()
+        finally:
+            store.close()
+
     # -- control methods and the log -------------------------------------------------
 
     async def control(self, method: str, params: dict[str, Any]) -> Any:
@@ -334,3 +395,15 @@ def _row(key: dkim.DkimKey) -> DkimRow:
 def _log_failure(task: asyncio.Task[CheckResult]) -> None:
     if not task.cancelled() and task.exception() is not None:
         _log.error("check failed", error=repr(task.exception()))
+
+
+def _spam_row(
+    address: str,
+    own: tuple[float | None, float | None],
+    trained: dict[str, tuple[int, int]],
+    spam: Any,
+) -> SpamUserRow:
+    junk = spam.junk_threshold if own[0] is None else own[0]
+    reject = spam.reject_threshold if own[1] is None else own[1]
+    learnt_spam, learnt_ham = trained.get(address, (0, 0))
+    return SpamUserRow(address, junk, reject, own != (None, None), learnt_spam, learnt_ham)

@@ -47,6 +47,8 @@ def routes(web: WebPages) -> list[Route]:
         ("/admin/queue/flush", p.queue_flush, POST),
         ("/admin/queue/delete", p.queue_delete, POST),
         ("/admin/queue/{queue_id:str}", p.queue_show, GET),
+        ("/admin/spam", p.spam, GET),
+        ("/admin/spam/user", p.spam_user, POST),
         ("/admin/log", p.log, GET),
     ]
     return [
@@ -127,6 +129,24 @@ class AdminPages:
             page, "user.delete", f"Deleted {address} (its mail stays on disk).", target=address
         )
         return RedirectResponse("/admin/users", status_code=303)
+
+    # -- the spam filter ---------------------------------------------------------------
+
+    async def spam(self, page: Page) -> Response:
+        return self.web.render(page, "admin/spam.html", spam=await self.backend.spam_overview())
+
+    async def spam_user(self, page: Page) -> Response:
+        address = page.field("address")
+        if page.form.get("default") == "on":
+            junk = reject = None
+        else:
+            junk, reject = _score(page.form.get("junk", "")), _score(page.form.get("reject", ""))
+        row = await self.backend.set_spam_thresholds(address, junk, reject)
+        where = "own" if row.own else "the configured ones"
+        text = f"{row.address}: junk from {row.junk:g}, refused from {row.reject:g} ({where})."
+        self.web.done(page, "spam.thresholds", text, target=row.address,
+                      junk=row.junk, reject=row.reject)  # fmt: skip
+        return RedirectResponse("/admin/spam", status_code=303)
 
     # -- aliases and catch-alls ------------------------------------------------------
 
@@ -234,3 +254,17 @@ class AdminPages:
         needle = page.request.query_params.get("q", "").strip()[:200]
         lines = self.backend.recent_log(needle, MAX_LOG_LINES)
         return self.web.render(page, "admin/log.html", q=needle, lines=lines)
+
+
+def _score(text: str) -> float | None:
+    """A threshold from a form field: "" keeps the configured one."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise WebError(f"Not a score: {text!r} (a number such as 5 or 7.5).") from None
+    if not -1000 < value < 1000:
+        raise WebError(f"A score between -1000 and 1000, not {value:g}.")
+    return value

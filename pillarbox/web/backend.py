@@ -39,6 +39,28 @@ class SieveScript:
 
 
 @dataclass(frozen=True)
+class SpamUserRow:
+    address: str
+    junk: float  # the score from which this user's mail goes to Junk
+    reject: float  # ... and from which it is refused at DATA (550 5.7.1)
+    own: bool  # the user's own thresholds (else the configured ones)
+    learnt_spam: int  # messages the user taught as spam (moved to Junk, $Junk)
+    learnt_ham: int
+
+
+@dataclass(frozen=True)
+class SpamOverview:
+    enabled: bool
+    junk: float  # [spam] junk_threshold
+    reject: float  # [spam] reject_threshold
+    rspamd: str  # "" = our own rules
+    greylist: bool
+    dnsbls: tuple[str, ...]
+    learn: bool
+    users: list[SpamUserRow]
+
+
+@dataclass(frozen=True)
 class DkimRow:
     domain: str
     selector: str
@@ -110,6 +132,16 @@ class WebBackend(Protocol):
         ...
 
     def recent_log(self, needle: str, limit: int) -> list[str]: ...
+
+    # -- the spam filter: the same settings ``pillarbox user spam`` shows and sets ------
+    async def spam_overview(self) -> SpamOverview: ...
+
+    async def set_spam_thresholds(
+        self, address: str, junk: float | None, reject: float | None
+    ) -> SpamUserRow:
+        """A user's own thresholds (None for both: the configured ones again); WebError
+        when reject would not be above junk or the user does not exist."""
+        ...
 
     # -- Sieve filters: the same scripts ManageSieve serves ----------------------------
     def sieve_available(self) -> bool: ...
