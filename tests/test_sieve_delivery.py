@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pillarbox.spam.reputation import ReputationStore
 from pillarbox.store.sieve_scripts import SieveScripts
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
@@ -140,16 +141,27 @@ def test_fileinto_a_new_folder_with_flags_and_keywords(world: World) -> None:
 
 
 def test_script_overrides_the_spam_folder_and_discard_stores_nothing(world: World) -> None:
+    """The spam verdict's folder is the implicit keep; a script that reads our
+    X-Pillarbox-Spam field can file the mail elsewhere (a forged field from outside is
+    replaced by ours, so it cannot steer the script)."""
+    store = ReputationStore(world.server.settings.data_dir / "spam.db")
+    try:
+        store.set_thresholds(ALICE, -100, 900)  # everything counts as junk for Alice
+    finally:
+        store.close()
+    world.server.call(world.server.server.ctx.control.invoke("spam.changed", {}))
     world.script(
         'require "fileinto";\n'
-        'if header :contains "x-pillarbox-spam" "spam" { fileinto "Junk"; stop; }\n'
+        'if allof (header :contains "x-pillarbox-spam" "verdict=junk",\n'
+        '          header :is "subject" "from my boss") { fileinto "INBOX"; stop; }\n'
         'if header :is "subject" "drop me" { discard; }\n'
     )
-    world.send(mail("offer", extra="X-Pillarbox-Spam: score=9.0 verdict=spam\r\n"))
+    world.send(mail("from my boss", extra="X-Pillarbox-Spam: verdict=ham; score=0\r\n"))
+    world.send(mail("an offer", extra="X-Pillarbox-Spam: verdict=ham; score=0\r\n"))
     world.send(mail("drop me"))
     world.event("sieve discarded", user=ALICE)
-    assert count(world.server, "Junk") == 1
-    assert count(world.server, "INBOX") == 0
+    assert count(world.server, "INBOX") == 1  # the script's fileinto
+    assert count(world.server, "Junk") == 1  # the implicit keep: the verdict's folder
 
 
 def test_reject_is_a_550_at_data(world: World) -> None:

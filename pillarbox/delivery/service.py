@@ -295,12 +295,17 @@ class DeliveryService:
 
         def work() -> tuple[SieveMessage, dict[str, Plan]]:
             sieve_message = _sieve_message(message)
-            plans = {
-                user: sieve.plan(
-                    user, recipient, sender, sieve_message, keeps[user].folder, queue_id
+            # A script sees the message as its user's copy will be: with that user's own
+            # fields (the X-Pillarbox-Spam verdict) on top, so it can act on them.
+            views = {b"": sieve_message}
+            plans = {}
+            for user, recipient in route.local.items():
+                extra = keeps[user].headers
+                if extra not in views:
+                    views[extra] = _sieve_message([extra, *message])
+                plans[user] = sieve.plan(
+                    user, recipient, sender, views[extra], keeps[user].folder, queue_id
                 )
-                for user, recipient in route.local.items()
-            }
             return sieve_message, plans
 
         try:
