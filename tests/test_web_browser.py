@@ -52,10 +52,10 @@ from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
     TimeoutException,
+    WebDriverException,
 )
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
@@ -125,7 +125,7 @@ class World:
         page's elements go stale), so the next step never reads the page it left."""
         old = self.find("html")
         self.find(css).click()
-        WebDriverWait(self.browser, 30, poll_frequency=0.05).until(staleness_of(old))
+        WebDriverWait(self.browser, 30, poll_frequency=0.05).until(lambda _: _left(old))
 
     def wait(self, condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
         try:
@@ -328,3 +328,18 @@ def test_the_account_page_changes_the_password_used_by_imap(world: World) -> Non
         imap.login(USER, pbserver.PASSWORD)
     world.click("#logout")
     world.wait(lambda: "/login" in world.browser.current_url, "the sign-in page after logout")
+
+
+def _left(element: Any) -> bool:
+    """Whether ``element`` belongs to a page the browser has left (staleness_of, plus the
+    answer Chrome gives instead of "stale" when the old document is being torn down as it
+    is asked: "Node with given id does not belong to the document")."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
