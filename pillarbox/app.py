@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pillarbox import config, log
+from pillarbox.admin.component import make_web
+from pillarbox.admin.sieve import make_managesieve
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
+from pillarbox.control import ControlServer
 from pillarbox.core import privileges
 from pillarbox.delivery.component import make_smtp
+from pillarbox.exporter.component import make_metrics
 from pillarbox.http.server import make_http
 from pillarbox.imap.server import make_imap
-from pillarbox.metrics.component import make_metrics
-from pillarbox.net.control import ControlServer
 from pillarbox.net.listener import (
     ConnectionLimits,
     Listeners,
@@ -96,7 +98,9 @@ COMPONENTS: tuple[ComponentFactory, ...] = (
     make_smtp,  # 25/587/465 and local delivery; provides ctx.services["delivery"]
     make_imap,  # 143 (STARTTLS), 993, over the mail store
     make_pop3,  # 110 (STLS), 995, over the same mail store
+    make_managesieve,  # 4190 (STARTTLS): users manage their Sieve scripts
     make_certificates,  # ACME and certificate reloads; the challenge board http serves
+    make_web,  # /admin/ and /account/ pages (served by http's https listener)
     make_http,  # 80/443: ACME challenges, MTA-STS policy, client autoconfiguration
     make_metrics,  # listen.metrics: Prometheus /metrics
 )

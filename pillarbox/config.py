@@ -218,6 +218,8 @@ class ListenSettings:
     pop3s: ListenAddresses = ListenAddresses.of("")
     http: ListenAddresses = ListenAddresses.of("0.0.0.0:80")
     https: ListenAddresses = ListenAddresses.of("0.0.0.0:443")
+    # ManageSieve (RFC 5804; standard port 4190), STARTTLS before AUTHENTICATE.
+    managesieve: ListenAddresses = ListenAddresses.of("")
     # Prometheus /metrics over plain HTTP, unauthenticated: keep it on a private address.
     metrics: ListenAddresses = ListenAddresses.of("")
     # Listeners behind a proxy (a VPS forwarding to a box at home): each connection starts
@@ -403,6 +405,26 @@ class SmtpSettings:
     require_tls: bool = False
 
 
+def _admin_allow(value: str) -> str:
+    """An entry of ``web.admin_allow``: a user address, or an IP network of clients."""
+    if "@" in value:
+        return _optional_address(value)
+    return _network(value)
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    # The /admin/ pages on the https listener; /account/ stays for every user.
+    admin: bool = True
+    # Who may use /admin/ beyond having the admin flag: user addresses and client
+    # networks ("alice@example.com", "192.0.2.0/24"). With addresses listed, only those
+    # admins; with networks listed, only from there; empty: any admin, from anywhere.
+    admin_allow: tuple[str, ...] = field(default=(), metadata=_check(_admin_allow))
+    # A login lasts this long, and ends sooner after this long without a request.
+    session_lifetime: Duration = Duration(8 * 3600)
+    session_idle: Duration = Duration(3600)
+
+
 @dataclass(frozen=True)
 class Settings:
     hostname: str = field(metadata=_check(_domain, "EHLO name, certificate name, MX target"))
@@ -420,6 +442,7 @@ class Settings:
     mailauth: MailAuthSettings = field(default_factory=MailAuthSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     # Where the settings came from; not a key in the file.
     source: Path | None = field(default=None, metadata={"internal": True})
 

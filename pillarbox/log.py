@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import sys
 import time
+from collections import deque
 from queue import SimpleQueue
 from typing import Any
 
@@ -33,8 +34,20 @@ def format_fields(fields: dict[str, Any]) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
+    # The time up to the second, kept from the last line: a busy server writes many
+    # lines a second, and one writer thread formats them all.
+    _second = -1
+    _second_text = ""
+
+    def _stamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return self._second_text
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        stamp = self._stamp(record.created)
         millis = int(record.msecs)
         fields: dict[str, Any] = {"event": record.getMessage()}
         fields.update(getattr(record, "fields", {}))
@@ -47,6 +60,41 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+class RecentLines:
+    """The last lines written, for the web admin's log page (searched by queue id or
+    address). Filled by the writer thread as it writes; ``deque.append`` with a maxlen is
+    atomic, so readers on the event loop need no lock."""
+
+    def __init__(self, size: int = 10_000):
+        self.lines: deque[str] = deque(maxlen=size)
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def search(self, needle: str = "", limit: int = 200) -> list[str]:
+        """Lines containing ``needle`` (case-insensitive), newest first."""
+        folded = needle.casefold()
+        found: list[str] = []
+        for line in reversed(list(self.lines)):
+            if not folded or folded in line.casefold():
+                found.append(line)
+                if len(found) >= limit:
+                    break
+        return found
+
+
+RECENT = RecentLines()
+
+
+class _Writer(logging.StreamHandler):
+    """stderr, remembering each line it writes in :data:`RECENT`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        RECENT.add(line)
+        return line
+
+
 def setup(level: str = "info") -> None:
     # What a record would otherwise collect on every event, on the event loop, and our
     # lines never print: the caller's file and line (a stack walk per record), thread
@@ -55,7 +103,7 @@ def setup(level: str = "info") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    writer = logging.StreamHandler(sys.stderr)
+    writer = _Writer(sys.stderr)
     writer.setFormatter(KeyValueFormatter())
     # Lines are formatted and written by a thread of their own: a write to stderr (a pipe
     # to journald, a terminal) is a system call that would make the event loop give up

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from pillarbox.check.findings import Finding, Report, Status, render_json, render_text
+from pillarbox.check.records import Record, RecordSet, build_records, mta_sts_policy, zone_text
 from pillarbox.check.runner import run_check
 from pillarbox.config import Settings
-from pillarbox.dns.records import Record, RecordSet, build_records, mta_sts_policy, zone_text
 from pillarbox.tls.certs import make_server_cert
 from pillarbox.tls.context import server_context
 from tests import pbserver

@@ -120,7 +120,7 @@ async def test_a_crashing_check_becomes_a_finding() -> None:
 
 def test_listener_targets(tmp_path: Path) -> None:
     from pillarbox.check.context import IPV4_ONLY, IPV6_ONLY, CheckContext, listener_targets
-    from pillarbox.dns.records import PublicAddresses, RecordSet
+    from pillarbox.check.records import PublicAddresses, RecordSet
     from pillarbox.dns.resolver import Resolver
     from tests import pbserver
 

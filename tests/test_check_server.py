@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pillarbox.check.findings import Status, render_text
+from pillarbox.check.records import build_records, zone_text
 from pillarbox.check.runner import run_check
 from pillarbox.config import HostPort, ListenSettings, Settings
-from pillarbox.dns.records import build_records, zone_text
 from pillarbox.tls.certs import make_server_cert
 from tests import pbserver
 from tests.dnsserver import DnsTestServer

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pillarbox.net import control
+from pillarbox import control
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 

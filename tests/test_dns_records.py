@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pillarbox.cli import main
-from pillarbox.config import Settings
-from pillarbox.dns.records import (
+from pillarbox.check.records import (
     PublicAddresses,
     build_records,
     render_zone,
     txt_strings,
     zone_text,
 )
+from pillarbox.cli import main
+from pillarbox.config import Settings
 from pillarbox.dns.resolver import Resolver
 from pillarbox.mailauth.keys import published_keys, rotate
 from pillarbox.mailauth.mtasts import mta_sts_policy

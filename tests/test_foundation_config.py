@@ -69,112 +69,30 @@ def test_durations_accept_units(tmp_path: Path) -> None:
     )
 
 
-BAD_CASES = [
-    ("unknown top-level key", BASE + "colour = 1\n", "colour", "unknown key"),
-    ("unknown nested key", BASE + '\n[listen]\nsmtpx = ""\n', "listen.smtpx", "unknown key"),
-    ("wrong type", BASE.replace('["example.com"]', '"example.com"'), "domains", "expected a list"),
-    ("int for string", BASE + "\n[delivery]\ntls = 1\n", "delivery.tls", "expected a string"),
-    (
-        "bool for int",
-        BASE + "\n[delivery]\nmax_message_size = true\n",
-        "delivery.max_message_size",
-        "expected an integer",
-    ),
-    ("bad choice", BASE + '\n[delivery]\ntls = "always"\n', "delivery.tls", "must be one of"),
-    ("bad domain", BASE.replace('"example.com"]', '"exa mple.com"]'), "domains", "invalid domain"),
-    (
-        "bad hostname",
-        BASE.replace('"mail.example.com"', '"-bad-.example"'),
-        "hostname",
-        "invalid domain",
-    ),
-    ("bad listen", BASE + '\n[listen]\nsmtp = "0.0.0.0"\n', "listen.smtp", "host:port"),
-    (
-        "bad listen in a list",
-        BASE + '\n[listen]\nsmtp = ["0.0.0.0:25", "[::]"]\n',
-        "listen.smtp",
-        "host:port",
-    ),
-    (
-        "listen twice",
-        BASE + '\n[listen]\nsmtp = ["0.0.0.0:25", "0.0.0.0:25"]\n',
-        "listen.smtp",
-        "the same address twice",
-    ),
-    ("listen a number", BASE + "\n[listen]\nsmtp = 25\n", "listen.smtp", "host:port"),
-    (
-        "proxy for an unknown listener",
-        BASE + '\n[listen]\nproxy_protocol = ["smtps"]\ntrusted_proxies = ["10.0.0.1"]\n',
-        "listen.proxy_protocol",
-        "not a listener",
-    ),
-    (
-        "proxy without trusted proxies",
-        BASE + '\n[listen]\nproxy_protocol = ["smtp"]\n',
-        "listen.trusted_proxies",
-        "required",
-    ),
-    (
-        "bad ip",
-        BASE.replace("[tls]", 'public_ip = "1.2.3"\n[tls]'),
-        "public_ip",
-        "not an IP address",
-    ),
-    (
-        "ipv6 as v4",
-        BASE.replace("[tls]", 'public_ip = "::1"\n[tls]'),
-        "public_ip",
-        "not an IPv4 address",
-    ),
-    ("bad acme email", BASE + 'acme_email = "nobody"\n', "tls.acme_email", "invalid address"),
-    (
-        "missing hostname",
-        BASE.replace('hostname = "mail.example.com"', ""),
-        "hostname",
-        "required key is missing",
-    ),
-    ("no domains", BASE.replace('["example.com"]', "[]"), "domains", "at least one domain"),
-    ("missing cert", BASE.replace('"c.pem"', '"nope.pem"'), "tls.cert", "file not found"),
-    (
-        "bad duration",
-        BASE + '\n[delivery]\nqueue_lifetime = "5 days"\n',
-        "delivery.queue_lifetime",
-        "duration",
-    ),
-    (
-        "negative limit",
-        BASE + "\n[limits]\nmax_recipients = 0\n",
-        "limits.max_recipients",
-        "must be positive",
-    ),
-    ("table expected", 'listen = "x"\n' + BASE, "listen", "expected a table"),
-    (
-        "bad delimiter",
-        BASE + '\n[delivery]\nrecipient_delimiter = "@"\n',
-        "delivery.recipient_delimiter",
-        "cannot contain",
-    ),
-    (
-        "bad nameserver",
-        BASE + '\n[dns]\nnameservers = ["dns.example"]\n',
-        "dns.nameservers",
-        "not an IP address",
-    ),
-    ("acme without email", BASE + "acme = true\n", "tls.acme_email", "required"),
-]
+# Each folder under tests/data/bad-configs is one bad config: its pillarbox.toml and, in
+# ``expected``, the key the error must name (first line) and what it must say (second).
+BAD_CONFIGS = Path(__file__).parent / "data" / "bad-configs"
 
 
-@pytest.mark.parametrize(
-    ("text", "key", "message"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES]
-)
-def test_bad_config_names_key_and_file(tmp_path: Path, text: str, key: str, message: str) -> None:
-    path = write(tmp_path, text)
+@pytest.mark.parametrize("case", sorted(p.name for p in BAD_CONFIGS.iterdir() if p.is_dir()))
+def test_bad_config_names_key_and_file(tmp_path: Path, case: str) -> None:
+    folder = BAD_CONFIGS / case
+    key, message = (folder / "expected").read_text().splitlines()[:2]
+    path = write(tmp_path, (folder / "pillarbox.toml").read_text())
     with pytest.raises(ConfigError) as info:
         config.load(path)
     error = str(info.value)
     assert str(path) in error
     assert key in error
     assert message in error
+
+
+def test_every_bad_config_folder_is_complete() -> None:
+    folders = [p for p in BAD_CONFIGS.iterdir() if p.is_dir()]
+    assert len(folders) >= 26
+    for folder in folders:
+        assert (folder / "pillarbox.toml").is_file(), folder
+        assert len((folder / "expected").read_text().splitlines()) >= 2, folder
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from pillarbox.net import control
+from pillarbox import control
 from tests import pbserver
 
 

@@ -170,15 +170,18 @@ def test_head_and_unknown_paths(running: pbserver.RunningServer) -> None:
     assert response.status == 200
     assert int(response.getheader("Content-Length") or 0) > 0
     assert response.read_body == b""  # type: ignore[attr-defined]
-    assert https(running, "GET", "/", "mail.example.test").status == 404
+    assert https(running, "GET", "/no-such-page", "mail.example.test").status == 404
     assert https(running, "GET", "/etc/passwd", "mail.example.test").status == 404
+    # The site's root belongs to the web pages: the sign-in page.
+    root = https(running, "GET", "/", "mail.example.test")
+    assert (root.status, root.getheader("Location")) == (303, "/login")
 
 
 def test_plain_http_to_the_https_port_is_dropped(running: pbserver.RunningServer) -> None:
     reply = raw_exchange(running.port("https"), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert not reply.startswith(b"HTTP/")
     # ... and the listener still works afterwards.
-    assert https(running, "GET", "/", "mail.example.test").status == 404
+    assert https(running, "GET", "/no-such-page", "mail.example.test").status == 404
 
 
 # -- limits, with a listener of our own (short timeouts) -------------------------------------

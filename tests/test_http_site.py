@@ -130,7 +130,7 @@ def test_policy_id_follows_the_policy(prod: Settings) -> None:
 
 @pytest.mark.parametrize("changes", [{}, {"acme": True}, {"mta_sts_mode": "none"}])
 def test_policy_id_matches_dns_records(prod: Settings, changes: dict[str, object]) -> None:
-    from pillarbox.dns.records import build_records
+    from pillarbox.check.records import build_records
 
     settings = with_tls(prod, **changes)
     published = build_records(settings).find("_mta-sts.example.test", "TXT")

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from pillarbox import config
+from pillarbox import config, control
 from pillarbox.check.context import CheckContext
 from pillarbox.check.findings import Finding, Status
+from pillarbox.check.records import PublicAddresses, RecordSet
 from pillarbox.check.server import check_server
 from pillarbox.config import Settings
-from pillarbox.dns.records import PublicAddresses, RecordSet
 from pillarbox.dns.resolver import Resolver
-from pillarbox.net import control
 from tests import pbserver, ports
 from tests.dnsserver import DnsTestServer
 

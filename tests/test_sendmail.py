@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pillarbox import control
 from pillarbox.config import Settings
-from pillarbox.net import control
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 

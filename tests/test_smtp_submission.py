@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import aiosmtplib
 import pytest
 
-from pillarbox.net import control
+from pillarbox import control
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pillarbox import config
-from pillarbox.net import control
+from pillarbox import config, control
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 

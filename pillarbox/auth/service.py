@@ -49,10 +49,10 @@ from pillarbox.auth.sasl import Credentials
 from pillarbox.auth.slots import HashSlots
 from pillarbox.auth.throttle import Record, Throttle, ThrottlePolicy
 from pillarbox.config import LimitSettings
+from pillarbox.control import ControlError, ControlMethod
 from pillarbox.core.address import AddressError, parse_address
 from pillarbox.core.clientaddr import client_key, in_networks
 from pillarbox.metrics import registry as metrics
-from pillarbox.net.control import ControlError, ControlMethod
 
 _log = log.get("auth")
 

@@ -6,8 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from pillarbox.check.findings import Finding, Status, finding
+from pillarbox.check.records import PublicAddresses, Record, RecordSet, record_line
 from pillarbox.config import Settings
-from pillarbox.dns.records import PublicAddresses, Record, RecordSet, record_line
 from pillarbox.dns.resolver import DnsError, DnsNotFound, DnsTempError, Resolver
 
 

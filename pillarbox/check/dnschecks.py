@@ -503,7 +503,7 @@ def _srv_text(rdata: object) -> str:
 async def check_caa(ctx: CheckContext, domain: str) -> Finding | None:
     """With ACME, a CAA record that does not name our CA makes issuance fail (RFC 8659 §3:
     the closest CAA record set, climbing from the name, decides)."""
-    from pillarbox.dns.records import caa_issuer
+    from pillarbox.check.records import caa_issuer
 
     if not ctx.settings.tls.acme:
         return None

@@ -13,8 +13,17 @@ import enum
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MAX_SCORE = 10.0
+
+# Where the last check's report is kept (in the data dir), for ``pillarbox status`` and
+# the web dashboard.
+LAST_CHECK = "check-last.json"
+
+
+def last_check_path(data_dir: Path) -> Path:
+    return data_dir / LAST_CHECK
 
 
 class Status(enum.StrEnum):

@@ -2,7 +2,7 @@
 
 The policy is fetched as a sending server would (§3.3): HTTPS to ``mta-sts.DOMAIN``, the
 certificate verified for that name, no redirects, at most 64 KiB. "Agree" means the
-record's id is the one derived from the served text (see ``pillarbox.dns.records``), so a
+record's id is the one derived from the served text (see ``pillarbox.check.records``), so a
 policy change without a new id — which senders would never notice — is caught, and that
 the policy's ``mx`` patterns cover our hostname (else senders under "enforce" refuse to
 deliver).
@@ -20,8 +20,8 @@ from typing import Protocol
 from pillarbox.check.context import CheckContext, Target, dns_failure, listener_targets
 from pillarbox.check.dnschecks import parse_tags
 from pillarbox.check.findings import WEIGHTS, Finding, Status, finding
+from pillarbox.check.records import Record, record_line
 from pillarbox.check.wire import ProtocolError, Stream, client_tls_context, describe_error
-from pillarbox.dns.records import Record, record_line
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError
 from pillarbox.mailauth.mtasts import policy_id
 

@@ -16,8 +16,8 @@ from pillarbox.check import dnschecks, mtasts, server
 from pillarbox.check.context import CheckContext, public_addresses
 from pillarbox.check.dnsbl import check_blocklists
 from pillarbox.check.findings import Finding, Report, Status
+from pillarbox.check.records import PublicAddresses, RecordSet, build_records
 from pillarbox.config import Settings
-from pillarbox.dns.records import PublicAddresses, RecordSet, build_records
 from pillarbox.dns.resolver import Resolver
 
 _log = log.get("check")

@@ -11,10 +11,10 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 
+from pillarbox import control
 from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.cli.common import CliError, Command, load_settings, read_password
 from pillarbox.config import Settings
-from pillarbox.net import control
 from pillarbox.store.accounts import AccountError, Accounts
 from pillarbox.store.maildir import user_maildir
 
@@ -53,15 +53,28 @@ def user_add(args: argparse.Namespace) -> int:
         address = str(accounts.parse_local(args.address))
         if accounts.user_exists(address):
             raise CliError(f"user {address} already exists")
-        accounts.add_user(address, _hash(read_password(args.password_stdin)))
-    print(f"added {address} (mail in {user_maildir(settings.mail_dir, address)})")
+        admin = bool(args.admin)
+        accounts.add_user(address, _hash(read_password(args.password_stdin)), admin=admin)
+    role = ", admin" if admin else ""
+    print(f"added {address}{role} (mail in {user_maildir(settings.mail_dir, address)})")
     return 0
 
 
 def user_list(args: argparse.Namespace) -> int:
     with _accounts(args) as (accounts, _):
-        for address in accounts.list_users():
-            print(address)
+        for user in accounts.user_details():
+            # One address per line; a second column only for admins, so scripts that read
+            # the first word keep working.
+            print(f"{user.address}\tadmin" if user.admin else user.address)
+    return 0
+
+
+def user_admin(args: argparse.Namespace) -> int:
+    on = args.state == "on"
+    with _accounts(args) as (accounts, _):
+        address = str(accounts.parse_local(args.address))
+        accounts.set_admin(address, on)
+    print(f"{address} is {'now' if on else 'no longer'} an admin of the web admin (/admin/)")
     return 0
 
 
@@ -159,6 +172,20 @@ def _password_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _user_add_args(parser: argparse.ArgumentParser) -> None:
+    _password_args(parser)
+    parser.add_argument(
+        "--admin",
+        action="store_true",
+        help="may use the web admin pages (/admin/); see also `user admin`",
+    )
+
+
+def _user_admin_args(parser: argparse.ArgumentParser) -> None:
+    _address_arg(parser)
+    parser.add_argument("state", choices=("on", "off"), help="grant or withdraw the admin flag")
+
+
 def _alias_add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("alias", metavar="ALIAS", help="alias address, or @domain for a catch-all")
     parser.add_argument(
@@ -177,9 +204,15 @@ COMMANDS = [
         ("user", "add"),
         "create a mailbox user (password prompted or --password-stdin)",
         user_add,
-        _password_args,
+        _user_add_args,
     ),
-    Command(("user", "list"), "list users", user_list),
+    Command(("user", "list"), "list users (admins marked)", user_list),
+    Command(
+        ("user", "admin"),
+        "grant (on) or withdraw (off) the web admin flag",
+        user_admin,
+        _user_admin_args,
+    ),
     Command(("user", "passwd"), "change a user's password", user_passwd, _password_args),
     Command(("user", "del"), "delete a user (its mail stays on disk)", user_del, _address_arg),
     Command(

@@ -12,8 +12,8 @@ import json
 import time
 from typing import Any
 
+from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
-from pillarbox.net import control
 
 
 def _call(args: argparse.Namespace, method: str, params: dict[str, Any]) -> Any:

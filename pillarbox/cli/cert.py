@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any, TextIO
 
+from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.config import Settings
-from pillarbox.net import control
 
 RENEW_TIMEOUT = 300.0  # seconds the CLI waits for the server's ACME order
 

@@ -13,10 +13,9 @@ import logging
 import os
 import time
 
-from pillarbox.check.findings import Report, render_json, render_text
+from pillarbox.check.findings import Report, last_check_path, render_json, render_text
 from pillarbox.check.runner import run_check
 from pillarbox.cli.common import Command, load_settings
-from pillarbox.cli.status import last_check_path
 from pillarbox.config import Settings
 
 
@@ -35,7 +34,7 @@ def _remember(settings: Settings, report: Report) -> None:
     """Keep the outcome for ``pillarbox status`` (best effort: check may run as a user who
     cannot write the data dir)."""
     saved = {"score": report.score, "failed": bool(report.failed), "when": time.time()}
-    target = last_check_path(settings)
+    target = last_check_path(settings.data_dir)
     try:
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps(saved))

@@ -11,9 +11,9 @@ import argparse
 import asyncio
 import sys
 
+from pillarbox.check.records import PublicAddresses, build_records, to_json, zone_text
 from pillarbox.cli.common import Command, load_settings
 from pillarbox.config import Settings
-from pillarbox.dns.records import PublicAddresses, build_records, to_json, zone_text
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 
 

@@ -30,6 +30,7 @@ DEV_PORTS = {
     "pop3s": 2995,
     "http": 2080,
     "https": 2443,
+    "managesieve": 6190,
     "metrics": 11425,
 }
 PROD_LISTEN = {
@@ -42,6 +43,7 @@ PROD_LISTEN = {
     "pop3s": "",
     "http": "0.0.0.0:80",
     "https": "0.0.0.0:443",
+    "managesieve": "",
     "metrics": "",
 }
 LISTEN_COMMENTS = {
@@ -54,6 +56,7 @@ LISTEN_COMMENTS = {
     "pop3s": '"0.0.0.0:995" implicit TLS',
     "http": "ACME HTTP-01, redirects to https",
     "https": "MTA-STS policy, client autoconfig",
+    "managesieve": '"0.0.0.0:4190": ManageSieve (RFC 5804), STARTTLS before AUTH',
     "metrics": '"127.0.0.1:9425": Prometheus /metrics (plain HTTP; keep it private)',
 }
 
@@ -196,7 +199,7 @@ def _make_dkim_keys(settings: Settings) -> None:
 
 
 def _print_records(settings: Settings) -> None:
-    from pillarbox.dns.records import render_zone
+    from pillarbox.check.records import render_zone
 
     print("\nPublish these DNS records (also: `pillarbox dns records`):\n")
     print(render_zone(settings))

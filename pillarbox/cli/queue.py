@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.config import Settings
-from pillarbox.net import control
 from pillarbox.queue.service import list_entries, show_entry
 from pillarbox.queue.store import QueueStore
 

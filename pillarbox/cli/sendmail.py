@@ -28,11 +28,11 @@ import re
 import sys
 from typing import Any
 
+from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.config import Settings
 from pillarbox.core.address import AddressError, parse_address
 from pillarbox.core.ids import new_queue_id
-from pillarbox.net import control
 
 _FIELD_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 

@@ -19,16 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pillarbox import control
+from pillarbox.check.findings import last_check_path
 from pillarbox.cli.common import Command, load_settings
 from pillarbox.config import Settings
-from pillarbox.net import control
 
 NOT_RUNNING = 3
-LAST_CHECK = "check-last.json"
-
-
-def last_check_path(settings: Settings) -> Path:
-    return settings.data_dir / LAST_CHECK
 
 
 def server_facts(settings: Settings) -> dict[str, Any] | None:
@@ -86,7 +82,7 @@ def certificate_facts(settings: Settings) -> dict[str, Any]:
 
 def check_facts(settings: Settings) -> dict[str, Any] | None:
     try:
-        saved = json.loads(last_check_path(settings).read_text())
+        saved = json.loads(last_check_path(settings.data_dir).read_text())
         return {"score": saved["score"], "when": saved["when"], "failed": saved["failed"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -33,6 +33,8 @@ def in_networks(
     ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 ) -> bool:
     """Whether ``ip`` lies in one of ``networks`` (False for anything not an IP address)."""
+    if not networks:
+        return False  # the usual case (no trusted networks): no address to parse
     try:
         address = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

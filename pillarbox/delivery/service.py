@@ -211,9 +211,9 @@ class DeliveryService:
             await self.local.store(targets, sender, message, queue_id=queue_id)
         except OSError as exc:
             _log.error("local delivery failed", queue_id=queue_id, error=str(exc))
-            metrics.DELIVERIES.labels("local", "deferred").inc(len(targets))
+            metrics.count(metrics.DELIVERIES, "local", "deferred", amount=len(targets))
             raise DeliveryError("local delivery failed") from exc
-        metrics.DELIVERIES.labels("local", "delivered").inc(len(targets))
+        metrics.count(metrics.DELIVERIES, "local", "delivered", amount=len(targets))
         if route.notify_success and sender:
             await self._report_success(route, sender, message, queue_id, envid)
 

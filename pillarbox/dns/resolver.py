@@ -292,6 +292,12 @@ class Resolver:
         """Each TXT record as one string (its character-strings concatenated, RFC 7208 §3.3)."""
         return [_decode_txt(b"".join(r.strings)) for r in await self.query(name, "TXT")]
 
+    def cached_txt(self, name: str) -> list[str] | None:
+        """:meth:`txt` from the cache alone: the strings ([] for a cached NXDOMAIN or
+        NODATA), or None when only a lookup can tell."""
+        hit = self._cache_entry(name, "TXT")
+        return None if hit is None else [_decode_txt(b"".join(r.strings)) for r in hit[0]]
+
     async def txt_bytes(self, name: str) -> list[bytes]:
         """Like :meth:`txt` without decoding, for parsers that must see the raw octets."""
         return [b"".join(r.strings)[:MAX_TXT_LENGTH] for r in await self.query(name, "TXT")]

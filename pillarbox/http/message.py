@@ -26,17 +26,23 @@ _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$")
 STATUS_TEXT = {
     200: "OK",
     301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
     308: "Permanent Redirect",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
     414: "URI Too Long",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
+    503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }
 
@@ -91,6 +97,8 @@ class Response:
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
+    # Fields that may repeat (Set-Cookie, RFC 6265 §3), after ``headers``.
+    repeated: list[tuple[str, str]] = field(default_factory=list)
 
     def render(self, *, head_only: bool = False) -> bytes:
         """The response bytes; every response closes the connection (RFC 9112 §9.6)."""
@@ -103,7 +111,7 @@ class Response:
             "X-Content-Type-Options": "nosniff",
             **self.headers,
         }
-        for name, value in fields.items():
+        for name, value in [*fields.items(), *self.repeated]:
             if "\r" in value or "\n" in value:  # never let a value split the header block
                 raise ValueError(f"header {name} contains a line break")
             lines.append(f"{name}: {value}")

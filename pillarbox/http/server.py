@@ -12,7 +12,12 @@ https        ``/mail/config-v1.1.xml``,                                   Thunde
              ``/.well-known/autoconfig/mail/config-v1.1.xml``
 https        ``POST /autodiscover/autodiscover.xml`` (any case)           Outlook
 https        ``/apple/mail.mobileconfig?emailaddress=ADDR``               Apple profile
+https        ``/``, ``/login``, ``/logout``, ``/admin/...``, ``/account/...``  the web pages
 ===========  ===========================================================  =================
+
+The web pages (:mod:`pillarbox.web`, an ASGI application wired in by ``app.py``) are
+called for the paths they own on the https listener only; on the http listener those
+paths are redirected to https like everything else, so no page is served in the clear.
 
 One request per connection, bounded head and body, a deadline on each read. The request
 parser is :mod:`pillarbox.http.message`; the routing (:class:`Site`) is a pure function of
@@ -37,6 +42,7 @@ from urllib.parse import quote, urlencode
 from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.http import clientconfig, clienthello
+from pillarbox.http.asgi import AsgiApp, call_asgi
 from pillarbox.http.clientconfig import AutodiscoverError
 from pillarbox.http.message import HttpError, Limits, Request, Response, parse_head, text_response
 from pillarbox.http.streams import BioTlsStream, ByteStream, HeadReader, PlainStream
@@ -67,6 +73,15 @@ class ChallengeResponder(Protocol):
 
 class TlsSource(Protocol):
     def current(self) -> ssl.SSLContext: ...
+
+
+class WebPages(Protocol):
+    """The web admin and account pages: an ASGI application and the paths it owns."""
+
+    app: AsgiApp
+    timeout: float  # seconds one page may take (a live check, a certificate order)
+
+    def owns(self, path: str) -> bool: ...
 
 
 @dataclass
@@ -227,7 +242,13 @@ async def read_request(reader: HeadReader, limits: Limits) -> Request:
 
 
 async def serve_stream(
-    stream: ByteStream, conn: Connection, site: Site, *, secure: bool, limits: Limits
+    stream: ByteStream,
+    conn: Connection,
+    site: Site,
+    *,
+    secure: bool,
+    limits: Limits,
+    web: WebPages | None = None,
 ) -> None:
     """One request, one response, on ``stream`` (plain or TLS)."""
     method = ""
@@ -236,7 +257,16 @@ async def serve_stream(
         request = await read_request(HeadReader(stream), limits)
         conn.idle = False
         method = request.method
-        response = site.handle(request, secure=secure)
+        if secure and web is not None and web.owns(request.path):
+            response = await call_asgi(
+                web.app,
+                request,
+                client_ip=conn.peer_ip,
+                server=(site.settings.hostname, conn.local_port),
+                time_limit=web.timeout,
+            )
+        else:
+            response = site.handle(request, secure=secure)
         _log.info(
             "request",
             listener=conn.listener,
@@ -339,8 +369,10 @@ class HttpComponent:
         tls: TlsSource,
         challenges: ChallengeResponder | None = None,
         limits: Limits | None = None,
+        web: WebPages | None = None,
     ):
         self.site = Site(settings, challenges)
+        self.web = web
         self.https_tls = HttpsTls(tls, challenges)
         self.limits = limits or Limits()
 
@@ -364,7 +396,9 @@ class HttpComponent:
     async def _serve_https(self, conn: Connection) -> None:
         stream = await self.https_tls.handshake(conn)
         if stream is not None:
-            await serve_stream(stream, conn, self.site, secure=True, limits=self.limits)
+            await serve_stream(
+                stream, conn, self.site, secure=True, limits=self.limits, web=self.web
+            )
             await stream.close()
 
     async def start(self) -> None:
@@ -386,6 +420,7 @@ class HttpContext(Protocol):
 
 
 CHALLENGES_SERVICE = "acme_challenges"
+WEB_SERVICE = "web_pages"  # a WebPages, registered by the web component (app.py)
 
 
 def make_http(ctx: HttpContext) -> HttpComponent | None:
@@ -393,4 +428,9 @@ def make_http(ctx: HttpContext) -> HttpComponent | None:
     listen = ctx.settings.listen
     if not listen.http and not listen.https:
         return None
-    return HttpComponent(ctx.settings, ctx.tls, ctx.services.get(CHALLENGES_SERVICE))
+    return HttpComponent(
+        ctx.settings,
+        ctx.tls,
+        ctx.services.get(CHALLENGES_SERVICE),
+        web=ctx.services.get(WEB_SERVICE),
+    )

@@ -161,7 +161,7 @@ class Session:
     async def run(self) -> None:
         caps = " ".join(self.capabilities())
         self.send(f"* OK [CAPABILITY {caps}] {self.config.hostname} Pillarbox ready\r\n".encode())
-        metrics.SESSIONS.labels("imap", self.conn.listener).inc()
+        metrics.count(metrics.SESSIONS, "imap", self.conn.listener)
         await self.flush()
         try:
             while True:
@@ -328,7 +328,7 @@ class Session:
                 _log.error("command failed", conn=self.conn.id, user=self.user, exc_info=True)
                 self.send(self._no(tag, "SERVERBUG", "internal error"))
         finally:
-            metrics.COMMANDS.labels("imap", metrics.command_label(name), status).inc()
+            metrics.count(metrics.COMMANDS, "imap", metrics.command_label(name), status)
 
     @staticmethod
     def _no(tag: str | None, code: str, text: str) -> bytes:

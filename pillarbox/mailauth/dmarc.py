@@ -14,7 +14,7 @@ import functools
 import random
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from publicsuffix2 import PublicSuffixList
@@ -209,24 +209,54 @@ async def _records_at(resolver: Resolver, domain: str) -> list[str]:
         texts = await resolver.txt(f"_dmarc.{domain}")
     except DnsNotFound:
         return []
+    return _dmarc_records(texts)
+
+
+def _dmarc_records(texts: Sequence[str]) -> list[str]:
     # §6.6.3 step 2: only records that start with v=DMARC1 count.
     return [t for t in texts if re.match(r"^\s*v\s*=\s*DMARC1\s*(;|$)", t)]
 
 
+def _policy_domains(from_domain: str) -> Iterable[str]:
+    """Where the policy record is looked for, in order: the From domain, then its
+    organisational domain (§6.6.3 steps 1 and 3)."""
+    return dict.fromkeys((from_domain, organizational_domain(from_domain)))
+
+
+def _found_at(domain: str, records: list[str]) -> Discovery | None:
+    """What the DMARC records at ``domain`` decide, or None to look at the next domain."""
+    if len(records) > 1:
+        # §6.6.3 step 5: more than one record means no record.
+        return Discovery(None, domain, error=f"{len(records)} DMARC records at _dmarc.{domain}")
+    if records:
+        try:
+            return Discovery(parse_record(records[0]), domain)
+        except DmarcRecordError as exc:
+            return Discovery(None, domain, error=f"_dmarc.{domain}: {exc}")
+    return None
+
+
 async def discover(resolver: Resolver, from_domain: str) -> Discovery:
     """Find the policy record: at the From domain, else at its organisational domain."""
-    org = organizational_domain(from_domain)
-    for domain in dict.fromkeys((from_domain, org)):
+    for domain in _policy_domains(from_domain):
         try:
             records = await _records_at(resolver, domain)
         except DnsTempError as exc:
             return Discovery(None, domain, temp_error=str(exc))
-        if len(records) > 1:
-            # §6.6.3 step 5: more than one record means no record.
-            return Discovery(None, domain, error=f"{len(records)} DMARC records at _dmarc.{domain}")
-        if records:
-            try:
-                return Discovery(parse_record(records[0]), domain)
-            except DmarcRecordError as exc:
-                return Discovery(None, domain, error=f"_dmarc.{domain}: {exc}")
+        found = _found_at(domain, records)
+        if found is not None:
+            return found
+    return Discovery(None)
+
+
+def discover_cached(resolver: Resolver, from_domain: str) -> Discovery | None:
+    """What :func:`discover` would find, from the resolver's cache alone; None when a
+    lookup is needed. The inbound path asks for the same few policies all day."""
+    for domain in _policy_domains(from_domain):
+        texts = resolver.cached_txt(f"_dmarc.{domain}")
+        if texts is None:
+            return None
+        found = _found_at(domain, _dmarc_records(texts))
+        if found is not None:
+            return found
     return Discovery(None)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from pillarbox.mailauth.dkimverify import (
     verify_arc,
     verify_dkim,
 )
-from pillarbox.mailauth.spf import SpfResult, check_spf
+from pillarbox.mailauth.spf import SpfResult, check_spf, known_spf
 
 __all__ = ["AuthVerdict", "authenticate", "strip_authentication_results"]
 
@@ -107,13 +107,28 @@ async def authenticate(
     fields = header_fields(message)
     from_domain, from_error = header_from_domain(message, fields)
     names = {name.lower() for name, _ in fields}
-    (spf_mailfrom, spf_helo), dkim_results, arc_result, discovery = await asyncio.gather(
-        check_spf(resolver, ip=ip, helo=helo, mail_from=mail_from),
-        # Most mail to a small MX is unsigned and unsealed: no task for nothing to check.
-        verify_dkim(message, resolver) if b"dkim-signature" in names else _no_signatures(),
-        verify_arc(message, resolver) if names & _ARC_FIELDS else _no_arc(),
-        _discover(resolver, from_domain),
-    )
+    # What is known already (a repeat sender's SPF verdicts, a cached DMARC policy) is
+    # taken as it is, and most mail to a small MX is unsigned and unsealed: only the
+    # checks left to do run, concurrently when there are several (a task each).
+    spf_pair = known_spf(resolver, ip=ip, helo=helo, mail_from=mail_from)
+    discovery = dmarc.discover_cached(resolver, from_domain) if from_domain else _NO_POLICY
+    dkim_results: list[DkimResult] = []
+    arc_result = _NO_ARC
+    checks: dict[str, Coroutine[Any, Any, Any]] = {}
+    if spf_pair is None:
+        checks["spf"] = check_spf(resolver, ip=ip, helo=helo, mail_from=mail_from)
+    if b"dkim-signature" in names:
+        checks["dkim"] = verify_dkim(message, resolver)
+    if names & _ARC_FIELDS:
+        checks["arc"] = verify_arc(message, resolver)
+    if discovery is None:
+        checks["dmarc"] = dmarc.discover(resolver, from_domain)
+    done = await _run_all(checks)
+    spf_mailfrom, spf_helo = done["spf"] if spf_pair is None else spf_pair
+    dkim_results = done.get("dkim", dkim_results)
+    arc_result = done.get("arc", arc_result)
+    if discovery is None:
+        discovery = done["dmarc"]
     if from_error:
         dmarc_result = dmarc.DmarcResult("permerror", from_domain, reason=from_error)
     else:
@@ -146,12 +161,16 @@ async def authenticate(
 _ARC_FIELDS = frozenset((b"arc-seal", b"arc-message-signature", b"arc-authentication-results"))
 
 
-async def _no_signatures() -> list[DkimResult]:
-    return []
+_NO_ARC = ArcResult("none", 0, "no ARC sets")
+_NO_POLICY = dmarc.Discovery(None)
 
 
-async def _no_arc() -> ArcResult:
-    return ArcResult("none", 0, "no ARC sets")
+async def _run_all(checks: dict[str, Coroutine[Any, Any, Any]]) -> dict[str, Any]:
+    """Each check's result by name: one is awaited as it is, several as tasks at once."""
+    if len(checks) <= 1:
+        return {name: await check for name, check in checks.items()}
+    results = await asyncio.gather(*checks.values())
+    return dict(zip(checks, results, strict=True))
 
 
 def header_from_domain(
@@ -170,12 +189,6 @@ def header_from_domain(
     if len(domains) != 1 or not domains[0]:
         return "", "the From header field does not hold exactly one address with a domain"
     return domains[0], ""
-
-
-async def _discover(resolver: Resolver, from_domain: str) -> dmarc.Discovery:
-    if not from_domain:
-        return dmarc.Discovery(None)
-    return await dmarc.discover(resolver, from_domain)
 
 
 def _resinfos(

@@ -279,6 +279,25 @@ def _both_known(
     return results[0], results[1]
 
 
+def _identities(helo: str, mail_from: str) -> tuple[str, str, str]:
+    """(HELO name, postmaster@HELO, MAIL FROM address) as the checks compare them."""
+    helo_name = helo.strip().lower().rstrip(".")
+    return (
+        helo_name,
+        f"postmaster@{helo_name}",
+        mail_from.strip().removeprefix("<").removesuffix(">"),
+    )
+
+
+def known_spf(
+    resolver: Resolver, *, ip: str, helo: str, mail_from: str
+) -> tuple[SpfResult, SpfResult] | None:
+    """What :func:`check_spf` would answer, when both verdicts are still remembered
+    (synchronous: the caller then needs no task for SPF); None when they must be checked."""
+    helo_name, helo_sender, sender = _identities(helo, mail_from)
+    return _both_known(resolver, ip, sender, helo_sender, helo_name)
+
+
 async def check_spf(
     resolver: Resolver, *, ip: str, helo: str, mail_from: str
 ) -> tuple[SpfResult, SpfResult]:
@@ -287,9 +306,7 @@ async def check_spf(
     RFC 7208 §2.4: with a null reverse-path the MAIL FROM identity is ``postmaster@HELO``,
     so both results then concern the HELO domain.
     """
-    helo_name = helo.strip().lower().rstrip(".")
-    helo_sender = f"postmaster@{helo_name}"
-    sender = mail_from.strip().removeprefix("<").removesuffix(">")
+    helo_name, helo_sender, sender = _identities(helo, mail_from)
     known = _both_known(resolver, ip, sender, helo_sender, helo_name)
     if known is not None:
         return known  # the usual case for a repeat sender: no tasks, no threads

@@ -49,6 +49,9 @@ HANDSHAKE_TIMEOUT = 30.0
 PROXY_HEADER_TIMEOUT = 5.0
 # asyncio's StreamReader buffer limit: protocol readers read bounded lines themselves.
 STREAM_LIMIT = 1 << 16
+# Connections taken in one go after a wait in accept (asyncio's own servers take up to
+# their backlog): bounded, so a flood of connects cannot keep the loop from the sessions.
+ACCEPT_BURST = 32
 
 # Output a session may leave unsent before it waits for the client to read (asyncio's
 # default high-water mark is 64 KiB).
@@ -383,15 +386,28 @@ class Listeners:
                 _log.warning("accept failed", listener=bound.spec.name, reason=str(exc))
                 await asyncio.sleep(0.1)
                 continue
-            if bound.spec.name in self.proxy.listeners:
-                self._accept_from_proxy(bound.spec, client, peer[0])
-                continue
-            refusal = self._admit(bound.spec, peer[0])
-            if refusal is not None:
-                self._refuse(bound.spec, client, peer[0], refusal)
-                continue
-            task = loop.create_task(self._serve(bound.spec, client))
-            self._register(_Entry(bound.spec, client_key(peer[0]), task))
+            self._take(bound.spec, client, peer[0])
+            # The connections that queued up meanwhile are taken at once: each wait in
+            # sock_accept costs a future and a reader added and removed (two epoll_ctl
+            # calls). An error here is left for sock_accept to meet and report.
+            for _ in range(ACCEPT_BURST):
+                try:
+                    client, peer = bound.sock.accept()
+                except OSError:
+                    break
+                client.setblocking(False)
+                self._take(bound.spec, client, peer[0])
+
+    def _take(self, spec: ListenerSpec, client: socket.socket, ip: str) -> None:
+        if spec.name in self.proxy.listeners:
+            self._accept_from_proxy(spec, client, ip)
+            return
+        refusal = self._admit(spec, ip)
+        if refusal is not None:
+            self._refuse(spec, client, ip, refusal)
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(spec, client))
+        self._register(_Entry(spec, client_key(ip), task))
 
     # -- behind a proxy ----------------------------------------------------------------
 

@@ -132,7 +132,7 @@ class Session:
     # --- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         self.ok(f"{self.config.hostname} Pillarbox POP3 server ready")
-        metrics.SESSIONS.labels("pop3", self.conn.listener).inc()
+        metrics.count(metrics.SESSIONS, "pop3", self.conn.listener)
         try:
             await self.flush()
             while await self._step():

@@ -37,13 +37,13 @@ from typing import Any, TypeVar
 
 from pillarbox import log
 from pillarbox.config import Settings
+from pillarbox.control import ControlError
 from pillarbox.core.address import AddressError, normalize_domain
 from pillarbox.core.ids import new_queue_id
 from pillarbox.dns.resolver import Resolver
 from pillarbox.mailauth import keys as dkim_keys
 from pillarbox.mailauth.signing import SigningError, sign_async
 from pillarbox.metrics import registry as metrics
-from pillarbox.net.control import ControlError
 from pillarbox.queue import dsn as dsnlib
 from pillarbox.queue.api import NOTIFY_KEYWORDS, RET_KEYWORDS, OutboundRecipient, QueueError
 from pillarbox.queue.downgrade import strip_leading_signatures, to_7bit

@@ -247,7 +247,7 @@ class SmtpSession:
 
     async def run(self) -> None:
         self._out.append(f"220 {self.config.hostname} ESMTP ready\r\n".encode())
-        metrics.SESSIONS.labels("smtp", self.conn.listener).inc()
+        metrics.count(metrics.SESSIONS, "smtp", self.conn.listener)
         _log.info(
             "connect",
             conn=self.conn.id,
@@ -330,7 +330,7 @@ class SmtpSession:
 
     def _count_command(self, verb: str) -> None:
         result = f"{self._last_code // 100}xx" if self._last_code else "none"
-        metrics.COMMANDS.labels("smtp", metrics.command_label(verb), result).inc()
+        metrics.count(metrics.COMMANDS, "smtp", metrics.command_label(verb), result)
 
     def _command_wait(self) -> float:
         """Seconds the next command line may take to arrive, whole."""
@@ -662,7 +662,7 @@ class SmtpSession:
             message.release()
         self.reply(reply)
         self._messages += reply.is_success
-        metrics.MESSAGES_RECEIVED.labels(self.conn.listener, _outcome(reply)).inc()
+        metrics.count(metrics.MESSAGES_RECEIVED, self.conn.listener, _outcome(reply))
         self._log_message(envelope, message.size, message.head, reply)
         self._end_transaction()
 

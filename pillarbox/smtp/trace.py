@@ -83,5 +83,5 @@ def received_header(
     if len(recipients) == 1:
         by += f"\r\n\tfor <{recipients[0]}>"
     lines.append(by + ";")
-    lines.append(format_datetime(now or datetime.now(UTC)))
+    lines.append(_current_date() if now is None else format_datetime(now))
     return ("\r\n\t".join(lines) + "\r\n").encode("utf-8")

@@ -50,11 +50,27 @@ MIGRATIONS = [
     """,
 ]
 
+# The admin flag (the web admin's /admin/ pages) has a migration line of its own, so a
+# column that another feature adds to ``users`` in parallel (quota) never renumbers it:
+# each line's version row in ``schema_versions`` counts only its own steps.
+ADMIN_MIGRATIONS = [
+    "ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",
+]
+
 # Alias chains deeper than this are a loop or a mistake; Postfix stops at 1000 expansions.
 MAX_ALIAS_DEPTH = 10
 # How long a found recipient is remembered (see Accounts.resolve), and how many.
 RESOLUTION_CACHE_SECONDS = 5.0
 RESOLUTION_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """One user as the admin sees it (``user list``, the web admin)."""
+
+    address: str
+    admin: bool
+    created: float
 
 
 class AccountError(Exception):
@@ -89,6 +105,7 @@ class Accounts:
         # Whether this object wrote anything (the CLI then tells a running server).
         self.changed = False
         migrate(self.conn, "accounts", MIGRATIONS)
+        migrate(self.conn, "accounts.admin", ADMIN_MIGRATIONS)
         self.domains = frozenset(normalize_domain(d) for d in domains)
         self._sync_domains()
 
@@ -124,13 +141,14 @@ class Accounts:
 
     # -- users -----------------------------------------------------------------------
 
-    def add_user(self, address: str, password_hash: str) -> str:
+    def add_user(self, address: str, password_hash: str, *, admin: bool = False) -> str:
         addr = self.parse_local(address)
         try:
             with self._changing() as c:
                 c.execute(
-                    "INSERT INTO users(address, domain, password_hash, created) VALUES(?,?,?,?)",
-                    (str(addr), addr.domain, password_hash, time.time()),
+                    "INSERT INTO users(address, domain, password_hash, created, admin)"
+                    " VALUES(?,?,?,?,?)",
+                    (str(addr), addr.domain, password_hash, time.time(), int(admin)),
                 )
         except sqlite3.IntegrityError:
             raise AccountError(f"user {addr} already exists") from None
@@ -153,6 +171,26 @@ class Accounts:
             c.execute("DELETE FROM send_as WHERE user = ?", (str(addr),))
         if cur.rowcount == 0:
             raise AccountError(f"no such user: {addr}")
+
+    def set_admin(self, address: str, admin: bool) -> None:
+        """Grant or withdraw the admin flag (the web admin's /admin/ pages)."""
+        addr = self.parse_local(address)
+        with self._changing() as c:
+            cur = c.execute("UPDATE users SET admin = ? WHERE address = ?", (int(admin), str(addr)))
+        if cur.rowcount == 0:
+            raise AccountError(f"no such user: {addr}")
+
+    def is_admin(self, address: str) -> bool:
+        row = self.conn.execute("SELECT admin FROM users WHERE address = ?", (address,)).fetchone()
+        return bool(row and row[0])
+
+    def user_details(self) -> list[UserInfo]:
+        return [
+            UserInfo(r[0], bool(r[1]), r[2])
+            for r in self.conn.execute(
+                "SELECT address, admin, created FROM users ORDER BY domain, address"
+            )
+        ]
 
     def list_users(self) -> list[str]:
         return [

@@ -65,7 +65,7 @@ class TlsInfo:
         name, version, bits = cipher
         info = cls(version=ssl_object.version() or version, cipher=name, bits=bits)
         # Every inbound session takes its TlsInfo from here once, right after its handshake.
-        metrics.TLS_SESSIONS.labels(info.version).inc()
+        metrics.count(metrics.TLS_SESSIONS, info.version)
         return info
 
     def __str__(self) -> str:

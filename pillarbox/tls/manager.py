@@ -41,9 +41,9 @@ from cryptography.x509.oid import NameOID
 
 from pillarbox import log
 from pillarbox.config import Settings
+from pillarbox.control import ControlError
 from pillarbox.core.aio import wait_event
 from pillarbox.dns.resolver import DnsError, Resolver, parse_nameserver
-from pillarbox.net.control import ControlError
 from pillarbox.tls import acme
 from pillarbox.tls.certs import CertInfo, read_cert_info, write_private, write_public
 from pillarbox.tls.context import TlsConfigError, TlsProvider, server_context

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pillarbox import control
 from pillarbox.config import Settings
-from pillarbox.net import control
 from pillarbox.store.accounts import Accounts
 from pillarbox.store.imports import ImportedMessage, MailboxImporter, ensure_mailbox
 from pillarbox.store.index import UserIndex

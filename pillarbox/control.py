@@ -46,6 +46,14 @@ class ControlServer:
     def register(self, name: str, method: ControlMethod) -> None:
         self._methods[name] = method
 
+    async def invoke(self, name: str, params: dict[str, Any]) -> Any:
+        """Call a registered method in-process (the web admin): the very code a CLI
+        command reaches over the socket. Raises ControlError as the socket would report."""
+        method = self._methods.get(name)
+        if method is None:
+            raise ControlError(f"unknown method {name} (is that part of the server running?)")
+        return await method(params)
+
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

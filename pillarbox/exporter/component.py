@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from pillarbox.config import Settings
+from pillarbox.exporter.probes import ServerMetrics
 from pillarbox.http.message import Limits
 from pillarbox.http.metrics import serve_metrics
-from pillarbox.metrics.probes import ServerMetrics
 from pillarbox.net.listener import Connection, ListenerSpec, TlsMode
 
 

@@ -1,0 +1,137 @@
+"""Sieve scripts for ManageSieve and the web pages: one object over the Sieve language and
+the script storage, and the ManageSieve component's factory.
+
+:class:`SieveAccess` implements :class:`pillarbox.managesieve.backend.SieveBackend` over
+:mod:`pillarbox.sieve` (``check``, ``EXTENSIONS``) and
+:class:`pillarbox.store.sieve_scripts.SieveScripts`. The storage is blocking file and
+database work, so every call runs in a worker thread; the checker parses a script of up
+to :data:`MAX_SCRIPT_SIZE` octets, which also goes to a thread. The storage's
+``SieveScriptError`` codes are RFC 5804's already (NONEXISTENT, ALREADYEXISTS, ACTIVE,
+QUOTA); they become :class:`~pillarbox.managesieve.backend.ScriptError`, which the
+protocol package knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+from pillarbox import log
+from pillarbox.managesieve.backend import ScriptError, ScriptInfo, ScriptProblem
+from pillarbox.managesieve.server import LISTENER, ManageSieveComponent
+
+# The Sieve language and the script storage come with branch sieve; until it is merged
+# this build has no Sieve (ManageSieve off, the web page says so). Interim: the plain
+# imports replace this once it is.
+sieve: Any
+try:
+    sieve = importlib.import_module("pillarbox.sieve")
+    _storage = importlib.import_module("pillarbox.store.sieve_scripts")
+    SieveScriptError: Any = _storage.SieveScriptError
+    SieveScripts: Any = _storage.SieveScripts
+except ImportError:
+    sieve = None
+    SieveScriptError = SieveScripts = None
+
+_log = log.get("managesieve")
+T = TypeVar("T")
+
+SERVICE: Final = "sieve"
+# The largest script we take (Dovecot Pigeonhole's default sieve_max_script_size, 1 MiB):
+# real filter sets are a few KiB; this bounds the literal a client may send.
+MAX_SCRIPT_SIZE: Final = 1 << 20
+
+
+class UserScriptsAccess:
+    """One user's scripts (managesieve.backend.UserScripts)."""
+
+    def __init__(self, store: Any, user: str):
+        self.store = store
+        self.user = user
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(call)
+        except SieveScriptError as exc:
+            raise ScriptError(exc.code, exc.text) from None
+
+    async def list(self) -> list[ScriptInfo]:
+        def listing() -> list[ScriptInfo]:
+            active = self.store.active(self.user)
+            return [ScriptInfo(name, name == active) for name in self.store.list(self.user)]
+
+        return await self._run(listing)
+
+    async def get(self, name: str) -> str:
+        return await self._run(lambda: self.store.get(self.user, name))
+
+    async def put(self, name: str, content: str) -> None:
+        await self._run(lambda: self.store.put(self.user, name, content))
+
+    async def delete(self, name: str) -> None:
+        await self._run(lambda: self.store.delete(self.user, name))
+
+    async def rename(self, old: str, new: str) -> None:
+        await self._run(lambda: self.store.rename(self.user, old, new))
+
+    async def set_active(self, name: str | None) -> None:
+        await self._run(lambda: self.store.set_active(self.user, name))
+
+    async def have_space(self, name: str, size: int) -> None:
+        if size > MAX_SCRIPT_SIZE:
+            raise ScriptError("QUOTA/MAXSIZE", f"scripts are limited to {MAX_SCRIPT_SIZE} octets")
+
+
+class SieveAccess:
+    """managesieve.backend.SieveBackend over the language and the storage."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return tuple(sorted(sieve.EXTENSIONS))
+
+    @property
+    def max_script_size(self) -> int:
+        return MAX_SCRIPT_SIZE
+
+    async def check(self, content: str) -> ScriptProblem | None:
+        return await asyncio.to_thread(_problem, content)
+
+    def scripts(self, user: str) -> UserScriptsAccess:
+        return UserScriptsAccess(self.store, user)
+
+
+def _problem(content: str) -> ScriptProblem | None:
+    try:
+        sieve.check(content)
+    except sieve.SieveSyntaxError as exc:
+        return ScriptProblem(exc.message, exc.line, exc.column)
+    return None
+
+
+def sieve_access(ctx: Any) -> SieveAccess | None:
+    """The one SieveAccess of the server, made on first use (ctx.services["sieve"]);
+    None in a build without the Sieve language."""
+    if sieve is None:
+        return None
+    access = ctx.services.get(SERVICE)
+    if access is None:
+        access = SieveAccess(SieveScripts(ctx.settings))
+        ctx.services[SERVICE] = access
+    assert isinstance(access, SieveAccess)
+    return access
+
+
+def make_managesieve(ctx: Any) -> ManageSieveComponent | None:
+    """The ManageSieve component, or None when ``listen.managesieve`` is off."""
+    if LISTENER not in ctx.settings.listen.enabled():
+        return None
+    access = sieve_access(ctx)
+    if access is None:
+        _log.warning("managesieve disabled", reason="no Sieve support in this build")
+        return None
+    return ManageSieveComponent(ctx, access)
