@@ -194,7 +194,10 @@ def test_store_copy_move_expunge_uidplus(server: pbserver.RunningServer) -> None
             assert b"APPENDUID" in raw.until(b"A%d" % i)[-1]
         raw.cmd(b"s", b"SELECT INBOX")
         lines = raw.cmd(b"t", b"STORE 1:2 +FLAGS (\\Deleted $Later)")
-        assert lines[0] == b"* 1 FETCH (FLAGS (\\Recent \\Deleted $Later))\r\n"
+        # $Later is new: FLAGS and PERMANENTFLAGS announce it before the FETCH (RFC 9051 §7.3.5).
+        assert lines[0].startswith(b"* FLAGS (") and b"$Later" in lines[0], lines
+        assert lines[1].startswith(b"* OK [PERMANENTFLAGS (") and b"$Later" in lines[1], lines
+        assert lines[2] == b"* 1 FETCH (FLAGS (\\Recent \\Deleted $Later))\r\n"
         assert raw.cmd(b"u", b"STORE 2 -FLAGS.SILENT (\\Deleted)")[0].startswith(b"u OK")
         lines = raw.cmd(b"c", b"UID COPY 1:3 Trash")
         assert re.match(rb"c OK \[COPYUID \d+ 1:3 1:3\]", lines[-1]), lines

@@ -119,7 +119,8 @@ def test_random_commands_always_get_one_answer(tmp_path: Path, lines: list[bytes
 def test_expunge_numbers_are_adjusted() -> None:
     info: Any = type(
         "Info", (), {"uidvalidity": 1, "uidnext": 11, "highestmodseq": 1,
-                     "uids": array("I", [1, 2, 3, 5, 8, 9, 10]), "recent_from_uid": 11},
+                     "uids": array("I", [1, 2, 3, 5, 8, 9, 10]), "recent_from_uid": 11,
+                     "keywords": ()},
     )()  # fmt: skip
     view = SelectedMailbox("INBOX", False, info)
     assert view.remove_uids([2, 5, 10]) == [2, 3, 5]  # each number counts earlier expunges
@@ -133,7 +134,8 @@ def test_fast_flags_rendering_matches_the_walk() -> None:
 
     info: Any = type(
         "Info", (), {"uidvalidity": 1, "uidnext": 12, "highestmodseq": 1,
-                     "uids": array("I", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), "recent_from_uid": 9},
+                     "uids": array("I", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), "recent_from_uid": 9,
+                     "keywords": ()},
     )()  # fmt: skip
     view = SelectedMailbox("INBOX", False, info)
 

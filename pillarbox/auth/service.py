@@ -44,6 +44,7 @@ from typing import Any
 
 from pillarbox import log
 from pillarbox.auth.bans import Ban, BanFile, BanList, BanPolicy
+from pillarbox.auth.cache import CredentialCache
 from pillarbox.auth.passwords import verify_password
 from pillarbox.auth.sasl import Credentials
 from pillarbox.auth.slots import HashSlots
@@ -84,6 +85,7 @@ class Authenticator:
         verify: Callable[[str | None, str], bool] = verify_password,
         run_blocking: RunBlocking = asyncio.to_thread,
         max_tracked: int = 65536,
+        cache: CredentialCache | None = None,
     ):
         limits = limits or LimitSettings()
         self._lookup_hash = lookup_hash
@@ -96,6 +98,7 @@ class Authenticator:
         self._bans = BanList(_ban_policy(limits), clock)
         self._slots = HashSlots(limits.max_parallel_hashes)
         self._trusted: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._cache = cache if cache is not None else CredentialCache(clock=clock)
         self._limits = limits
         self._exempt: tuple[Network, ...] = ()
         self._ban_file = BanFile(state_path) if state_path is not None else None
@@ -221,6 +224,18 @@ class Authenticator:
 
     async def _verify(self, user: str | None, password: str, *, priority: bool) -> bool:
         stored = await self._run_blocking(self._lookup_hash, user) if user else None
+        # A password verified minutes ago against the same stored hash skips argon2id
+        # (cache.py); anything else, every wrong guess included, pays the full hash.
+        if user is not None and self._cache.hit(user, password, stored):
+            metrics.AUTH_CACHE_HITS.inc()
+            return True
+        if not await self._hash_check(stored, password, priority=priority):
+            return False
+        if user is not None and stored is not None:
+            self._cache.put(user, password, stored)
+        return True
+
+    async def _hash_check(self, stored: str | None, password: str, *, priority: bool) -> bool:
         await self._slots.acquire(priority=priority)
         try:
             work = asyncio.ensure_future(

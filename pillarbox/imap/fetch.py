@@ -73,6 +73,10 @@ class FetchPlan:
     with_modseq: bool
 
     @property
+    def flags(self) -> bool:
+        return Simple.FLAGS in self.atts
+
+    @property
     def batch(self) -> int:
         return BATCH_FILES if self.file else BATCH_DATA if self.data else BATCH_FLAGS
 
@@ -341,6 +345,9 @@ async def run_fetch(
         if not batch[4]:
             return
         pending = _after(pending, batch[4])
+        if batch[3]:  # only messages with keywords have a line: "uid kw kw"
+            for line in view.announce(k.partition(" ")[2] for k in batch[3].split("\n")):
+                await write(line)
         await write(_render_fast(template, batch, view))
     while pending:
         rows = await mail.fetch(view.name, pending, p.data, p.batch)
@@ -351,6 +358,9 @@ async def run_fetch(
         changed: set[int] = set()
         if set_seen:
             rows, changed = await _mark_seen(mail, view, rows)
+        if p.flags or changed:
+            for line in view.announce(row[ROW_FLAGS] for row in rows):
+                await write(line)
         out = bytearray()
         for row in rows:
             uid = row[ROW_UID]

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Final
 
+from pillarbox.imap import response as r
 from pillarbox.imap.backend import ChangeSet, SelectInfo
 from pillarbox.imap.grammar import SequenceSet
+
+SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+# Tokens of a FLAGS text that are never keywords (\Recent is the session's, RFC 3501 §2.3.2).
+_NOT_KEYWORDS: Final = frozenset((*SYSTEM_FLAGS, "\\Recent"))
 
 
 class BadSequence(Exception):
@@ -24,6 +30,7 @@ class BadSequence(Exception):
 class SelectedMailbox:
     __slots__ = (
         "condstore",
+        "keywords",
         "known_modseq",
         "name",
         "readonly",
@@ -44,6 +51,9 @@ class SelectedMailbox:
         self.recent_from = info.recent_from_uid if not readonly else info.uidnext
         self.rev2 = rev2
         self.condstore = False
+        # The keywords this session has announced in FLAGS / PERMANENTFLAGS: a FETCH may
+        # only use a keyword the client has been told about (RFC 9051 §7.3.5).
+        self.keywords: dict[str, None] = dict.fromkeys(info.keywords)
 
     # --- numbers
     @property
@@ -91,6 +101,31 @@ class SelectedMailbox:
             for i in range(start, end):
                 yield i + 1, self.uids[i]
 
+    # --- flags announcements
+    def flags_lines(self) -> list[bytes]:
+        """Untagged FLAGS and OK [PERMANENTFLAGS] for the keywords known to this session."""
+        flags = SYSTEM_FLAGS + tuple(self.keywords)
+        permanent = () if self.readonly else (*flags, "\\*")
+        return [
+            r.untagged(r.Atom("FLAGS"), r.Flags(flags)),
+            r.untagged_status(
+                "OK", "flags permitted", r.Code("PERMANENTFLAGS", r.Flags(permanent))
+            ),
+        ]
+
+    def announce(self, flag_texts: Iterable[str]) -> list[bytes]:
+        """FLAGS lines to send before FETCH responses that use ``flag_texts``, or [].
+
+        Called once per batch of responses with every FLAGS text in it: one split of the
+        joined texts, no Python work per message unless a keyword is new to the session.
+        """
+        tokens = set(" ".join(flag_texts).split())
+        new = tokens - _NOT_KEYWORDS
+        if not new or new.issubset(self.keywords):
+            return []
+        self.keywords.update(dict.fromkeys(sorted(new - self.keywords.keys())))
+        return self.flags_lines()
+
     # --- updates
     def remove_uids(self, gone: list[int]) -> list[int]:
         """Drop ``gone`` (sorted UIDs) from the view; the EXPUNGE numbers to send, in order.
@@ -116,6 +151,7 @@ class SelectedMailbox:
             present = changes.present
             gone = _missing(self.uids, present)
             out += [b"* %d EXPUNGE\r\n" % n for n in self.remove_uids(gone)]
+        out += self.announce(flags for _, flags, _ in changes.flag_updates)
         for uid, flags, modseq in changes.flag_updates:
             position = self.seq_of(uid)
             if position is not None:

@@ -14,7 +14,6 @@ from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.imap.session import No, Result, Session, UserMail, handles
 
 SEPARATOR: Final = "/"
-SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 def _mail(s: Session) -> UserMail:
@@ -39,10 +38,8 @@ async def do_select(s: Session, cmd: c.Select) -> Result:
     if cmd.condstore:
         s.condstore = True
     view.condstore = s.condstore
-    flags = SYSTEM_FLAGS + tuple(info.keywords)
-    s.send(r.untagged(r.Atom("FLAGS"), r.Flags(flags)))
-    permanent = () if readonly else (*flags, "\\*")
-    s.send(r.untagged_status("OK", "flags permitted", r.Code("PERMANENTFLAGS", r.Flags(permanent))))
+    for line in view.flags_lines():
+        s.send(line)
     s.send(b"* %d EXISTS\r\n" % view.exists)
     if not s.rev2:
         s.send(b"* %d RECENT\r\n" % view.recent_count)

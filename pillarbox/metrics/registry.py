@@ -44,6 +44,10 @@ COMMANDS = Counter(
 AUTH_FAILURES = Counter(
     "pillarbox_auth_failures", "Failed logins (every protocol)", registry=REGISTRY
 )
+AUTH_CACHE_HITS = Counter(
+    "pillarbox_auth_cache_hits", "Logins answered from the verified-credential cache",
+    registry=REGISTRY,
+)  # fmt: skip
 BANS = Counter("pillarbox_bans", "Clients banned for failed logins", registry=REGISTRY)
 TLS_SESSIONS = Counter(
     "pillarbox_tls_sessions", "Inbound TLS sessions established, by protocol version",
