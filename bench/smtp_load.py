@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pillarbox.config import Settings
 from tests import pbserver
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -85,6 +86,24 @@ async def run_load(port: int, sessions: int, messages: int, per_conn: int, size:
     return sum(await asyncio.gather(*tasks))
 
 
+# A typical user filter: a few header tests, flags, a fileinto that does not match.
+SIEVE_SCRIPT = """require ["fileinto", "imap4flags", "envelope"];
+if header :contains "list-id" "announce" { fileinto "Lists"; stop; }
+if address :domain "from" "spam.example" { discard; stop; }
+if envelope :is "from" "boss@example.test" { addflag "\\\\Flagged"; }
+if header :matches "subject" "*invoice*" { fileinto "Invoices"; }
+"""
+
+
+def install_sieve(settings: Settings) -> None:
+    from pillarbox.store.sieve_scripts import SieveScripts
+
+    scripts = SieveScripts(settings.database_path)
+    scripts.put("bench@example.test", "bench", SIEVE_SCRIPT)
+    scripts.set_active("bench@example.test", "bench")
+    scripts.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=20)
@@ -92,6 +111,9 @@ def main() -> None:
     parser.add_argument("--per-connection", type=int, default=1)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--mailauth", action="store_true", help="verify inbound SPF/DKIM/DMARC")
+    parser.add_argument(
+        "--sieve", action="store_true", help="give the user an active Sieve script (headers)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="pillarbox-load-") as tmp:
@@ -101,6 +123,8 @@ def main() -> None:
         }
         settings = pbserver.make_settings(Path(tmp) / "data", overrides)
         pbserver.add_user(settings, "bench@example.test")
+        if args.sieve:
+            install_sieve(settings)
         with pbserver.SubprocessServer(settings) as server:
             port = server.port("smtp")
             asyncio.run(run_load(port, 4, 5, 5, args.size))  # warm-up

@@ -25,6 +25,7 @@ from pillarbox.cli import (
     sendmail,
     serve,
     service,
+    sieve,
     status,
     transfer,
     verify,
@@ -49,6 +50,7 @@ COMMANDS: list[Command] = [
     *status.COMMANDS,
     *transfer.COMMANDS,
     *backup.COMMANDS,
+    *sieve.COMMANDS,
 ]
 
 
@@ -62,6 +64,7 @@ GROUP_HELP = {
     "bans": "clients banned for failed logins: list, del",
     "service": "run under systemd: install a sandboxed unit",
     "import": "move mail in: imap, maildir, mbox",
+    "sieve": "users' Sieve filters: put, get, list, activate, delete",
 }
 
 

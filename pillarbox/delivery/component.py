@@ -13,12 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from pillarbox import log
-from pillarbox.delivery.local import LocalStore
+from pillarbox.delivery.local import LocalStore, LocalTarget, folder_path
 from pillarbox.delivery.pickup import Pickup
 from pillarbox.delivery.policy import SmtpBackend
 from pillarbox.delivery.service import DeliveryService
+from pillarbox.delivery.sieve import SieveFilter
 from pillarbox.net.listener import ListenerSpec
 from pillarbox.smtp.server import SmtpServer
+from pillarbox.store.names import BadMailboxName
+from pillarbox.store.sieve_scripts import SieveScripts
 
 _log = log.get("delivery")
 
@@ -29,6 +32,13 @@ class SmtpComponent:
     def __init__(self, ctx: Any):
         settings = ctx.settings
         self.local = LocalStore(settings.mail_dir, ctx.services, settings.hostname)
+        # Users' Sieve scripts (shared with ManageSieve and the web pages through services).
+        scripts = ctx.services.get("sieve_scripts")
+        if scripts is None:
+            scripts = ctx.services["sieve_scripts"] = SieveScripts(settings.database_path)
+        self.sieve = SieveFilter(
+            scripts, settings.delivery.recipient_delimiter, self._folder_exists
+        )
         self.delivery = DeliveryService(
             ctx.accounts,
             self.local,
@@ -36,12 +46,21 @@ class SmtpComponent:
             delimiter=settings.delivery.recipient_delimiter,
             domains=settings.domains,
             hostname=settings.hostname,
+            sieve=self.sieve,
         )
         ctx.services["delivery"] = self.delivery
         self.backend = SmtpBackend(settings, ctx.accounts, self.delivery, ctx.services)
         self.server = SmtpServer(settings, self.backend, ctx.authenticator)
         self.pickup = Pickup(settings, self.delivery)
         ctx.control.register("sendmail.pickup", self.pickup.control_method)
+
+    def _folder_exists(self, user: str, folder: str) -> bool:
+        """RFC 5490 mailboxexists: the folder's Maildir is on disk (blocking, in a thread)."""
+        try:
+            path = folder_path(self.local.mail_dir, LocalTarget(user, folder))
+        except (BadMailboxName, ValueError):
+            return False
+        return (path / "cur").is_dir()
 
     def listeners(self) -> list[ListenerSpec]:
         return self.server.listeners()
@@ -59,6 +78,7 @@ class SmtpComponent:
         settings = ctx.settings
         self.backend.settings = settings
         self.delivery.delimiter = settings.delivery.recipient_delimiter
+        self.sieve.delimiter = settings.delivery.recipient_delimiter
         await self.server.reload(ctx)
 
 

@@ -11,8 +11,10 @@ several users costs one kernel-side copy per user (``copy_file_range`` for spool
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,15 @@ from typing import Any
 
 from pillarbox import log
 from pillarbox.delivery.maildirwriter import MaildirWriter
-from pillarbox.store.maildir import user_maildir
+from pillarbox.store.flags import (
+    ensure_keywords,
+    is_keyword,
+    make_info,
+    read_keywords,
+    split_flags,
+)
+from pillarbox.store.maildir import ensure_maildir, user_maildir
+from pillarbox.store.names import folder_dir
 
 _log = log.get("delivery")
 
@@ -31,15 +41,40 @@ JUNK = "Junk"
 @dataclass(frozen=True)
 class LocalTarget:
     user: str  # canonical user address (owner of the Maildir)
-    folder: str = INBOX  # INBOX or a folder name such as "Junk"
+    folder: str = INBOX  # INBOX or a folder name such as "Junk" (wire name, "/" separated)
+    flags: tuple[str, ...] = ()  # IMAP flags set by the user's Sieve script (RFC 5232)
+
+
+def folder_path(mail_dir: Path, target: LocalTarget) -> Path:
+    """The Maildir of ``target``; raises BadMailboxName for a name no folder can have."""
+    return _folder_path(mail_dir, target.user, target.folder)
 
 
 @functools.lru_cache(maxsize=4096)
-def folder_path(mail_dir: Path, target: LocalTarget) -> Path:
-    root = user_maildir(mail_dir, target.user)
-    if target.folder == INBOX:
+def _folder_path(mail_dir: Path, user: str, folder: str) -> Path:
+    root = user_maildir(mail_dir, user)
+    if folder == INBOX:
         return root
-    return root / f".{target.folder}"  # Maildir++ folder (Dovecot layout)
+    return root / folder_dir(folder)  # Maildir++ folder (Dovecot layout, names encoded)
+
+
+def maildir_info(folder: Path, flags: Sequence[str]) -> str:
+    """The ``:2,`` info letters for ``flags`` in ``folder`` (blocking: keywords get their
+    letter from the folder's dovecot-keywords file, which is created or extended here)."""
+    mask, keywords = split_flags(list(flags))
+    # A script may name anything; only IMAP atoms can be keywords (the rest is dropped).
+    keywords = [k for k in keywords if is_keyword(k)]
+    names: list[str] = []
+    if keywords:
+        ensure_maildir(folder)
+        # Two deliveries adding different keywords at once must not both take letter "a".
+        with _KEYWORDS_LOCK:
+            names = read_keywords(folder)
+            ensure_keywords(folder, names, keywords)  # a keyword past the 26th is dropped
+    return make_info("", mask, keywords, names)
+
+
+_KEYWORDS_LOCK = threading.Lock()
 
 
 def delivery_headers(sender: str, user: str) -> bytes:
@@ -69,10 +104,14 @@ class LocalStore:
         """Deliver to every target; returns the new files. Raises OSError on failure."""
         if not targets:
             return []
+        folders = [folder_path(self.mail_dir, t) for t in targets]
+        infos: list[str] = []
+        if any(t.flags for t in targets):
+            infos = await asyncio.to_thread(
+                lambda: [maildir_info(f, t.flags) for f, t in zip(folders, targets, strict=True)]
+            )
         paths = await self._writer.write(
-            [folder_path(self.mail_dir, t) for t in targets],
-            [delivery_headers(sender, t.user) for t in targets],
-            message,
+            folders, [delivery_headers(sender, t.user) for t in targets], message, infos
         )
         for target, path in zip(targets, paths, strict=True):
             _log.debug(

@@ -54,6 +54,10 @@ class WriteJob:
     future: asyncio.Future[list[Path]]
     paths: list[Path] = field(default_factory=list)
     error: BaseException | None = None
+    # Maildir info per folder ("S", "FS", "Sa", ...): the flags a Sieve script set. The file
+    # still goes to new/ (IMAP \Recent), named ``base:2,info``; the index keeps the info
+    # when it moves the file to cur/.
+    infos: Sequence[str] = ()
 
 
 def _copy_file(dst: int, src: Path) -> int:
@@ -170,7 +174,11 @@ class MaildirWriter:
             thread.join(10)
 
     async def write(
-        self, folders: Sequence[Path], prefixes: Sequence[bytes], parts: Sequence[bytes | Path]
+        self,
+        folders: Sequence[Path],
+        prefixes: Sequence[bytes],
+        parts: Sequence[bytes | Path],
+        infos: Sequence[str] = (),
     ) -> list[Path]:
         """Durably store one file per folder; returns their paths in ``new/``."""
         if self._closed:
@@ -178,7 +186,7 @@ class MaildirWriter:
             # failure the caller retries later, never a future that nobody completes.
             raise OSError(errno.ESHUTDOWN, "local delivery is shut down")
         loop = asyncio.get_running_loop()
-        job = WriteJob(folders, prefixes, parts, loop, loop.create_future())
+        job = WriteJob(folders, prefixes, parts, loop, loop.create_future(), infos=infos)
         self._jobs.put(job)
         return await job.future
 
@@ -195,8 +203,9 @@ class MaildirWriter:
         try:
             # Files are written and fsync'd by several threads at once (fsync latency, not
             # CPU, is the limit); only the directory fsyncs are shared.
-            for folder, prefix in zip(job.folders, job.prefixes, strict=True):
-                job.paths.append(self._write_one(folder, prefix, job.parts))
+            infos = job.infos or [""] * len(job.folders)
+            for folder, prefix, info in zip(job.folders, job.prefixes, infos, strict=True):
+                job.paths.append(self._write_one(folder, prefix, job.parts, info))
             for directory in dict.fromkeys(p.parent for p in job.paths):
                 self._syncer(directory).sync()
         except BaseException as exc:
@@ -215,20 +224,22 @@ class MaildirWriter:
                             del self._syncers[key]
         return syncer
 
-    def _write_one(self, folder: Path, prefix: bytes, parts: Sequence[bytes | Path]) -> Path:
+    def _write_one(
+        self, folder: Path, prefix: bytes, parts: Sequence[bytes | Path], info: str = ""
+    ) -> Path:
         if folder not in self._ready:
             ensure_maildir(folder)
             self._ready.add(folder)
         try:
-            return self._store(folder, prefix, parts)
+            return self._store(folder, prefix, parts, info)
         except FileNotFoundError:
             # The Maildir was removed since we last saw it (user deleted and re-created).
             self._ready.discard(folder)
             ensure_maildir(folder)
             self._ready.add(folder)
-            return self._store(folder, prefix, parts)
+            return self._store(folder, prefix, parts, info)
 
-    def _store(self, folder: Path, prefix: bytes, parts: Sequence[bytes | Path]) -> Path:
+    def _store(self, folder: Path, prefix: bytes, parts: Sequence[bytes | Path], info: str) -> Path:
         if self._tmpfile:
             try:
                 fd = os.open(folder / "tmp", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
@@ -237,16 +248,16 @@ class MaildirWriter:
                     raise
                 self._tmpfile = False
             else:
-                return self._store_unnamed(fd, folder, prefix, parts)
-        return self._store_named(folder, prefix, parts)
+                return self._store_unnamed(fd, folder, prefix, parts, info)
+        return self._store_named(folder, prefix, parts, info)
 
     def _store_unnamed(
-        self, fd: int, folder: Path, prefix: bytes, parts: Sequence[bytes | Path]
+        self, fd: int, folder: Path, prefix: bytes, parts: Sequence[bytes | Path], info: str
     ) -> Path:
         try:
             size = _write_parts(fd, prefix, parts)
             os.fsync(fd)
-            name = unique_name(size, self.hostname)
+            name = unique_name(size, self.hostname) + (f":2,{info}" if info else "")
             # linkat(AT_SYMLINK_FOLLOW) on the /proc link names the anonymous inode; a real
             # directory fd makes Python call linkat rather than link.
             new_dir = os.open(folder / "new", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -261,7 +272,9 @@ class MaildirWriter:
             os.close(fd)
         return folder / "new" / name
 
-    def _store_named(self, folder: Path, prefix: bytes, parts: Sequence[bytes | Path]) -> Path:
+    def _store_named(
+        self, folder: Path, prefix: bytes, parts: Sequence[bytes | Path], info: str
+    ) -> Path:
         tmp = folder / "tmp" / unique_name(None, self.hostname)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -270,7 +283,7 @@ class MaildirWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            final = folder / "new" / f"{tmp.name},S={size}"
+            final = folder / "new" / f"{tmp.name},S={size}{f':2,{info}' if info else ''}"
             os.link(tmp, final)  # link, never rename: never overwrites (Maildir rule)
         finally:
             tmp.unlink(missing_ok=True)

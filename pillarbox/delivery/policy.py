@@ -37,6 +37,7 @@ from pillarbox.delivery.service import (
     DeliveryError,
     DeliveryService,
     QueueUnavailable,
+    SieveRejected,
     unquote_local_part,
 )
 from pillarbox.queue.api import OutboundRecipient
@@ -267,6 +268,9 @@ class SmtpBackend:
                 route, envelope.sender, message, queue_id=envelope.queue_id, folder=folder,
                 envid=envelope.mail.envid, ret=envelope.mail.ret,
             )  # fmt: skip
+        except SieveRejected as exc:
+            # RFC 5429 §2.1: the recipients' scripts refused it; say so at the protocol.
+            return codes.POLICY_REJECTED.with_text(_reject_text(exc.reason))
         except QueueUnavailable:
             return codes.OUTBOUND_UNAVAILABLE
         except DeliveryError as exc:
@@ -275,6 +279,13 @@ class SmtpBackend:
                 return codes.STORAGE_FULL
             return codes.LOCAL_ERROR
         return codes.MESSAGE_ACCEPTED.with_text(f"OK: queued as {envelope.queue_id}")
+
+
+def _reject_text(reason: str) -> str:
+    """A Sieve reject reason as one line of an SMTP reply (printable ASCII, bounded)."""
+    line = " ".join(reason.split())
+    line = "".join(ch if " " <= ch <= "~" else "?" for ch in line)[:200]
+    return line or "rejected by the recipient's filter"
 
 
 async def replace_head(

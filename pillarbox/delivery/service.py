@@ -34,9 +34,12 @@ from pillarbox import log
 from pillarbox.core.address import AddressError, parse_address, strip_subaddress
 from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
+from pillarbox.delivery.sieve import Plan, SieveFilter, vacation_refusal, vacation_reply
 from pillarbox.metrics import registry as metrics
 from pillarbox.queue import dsn
 from pillarbox.queue.api import OutboundRecipient, QueueError
+from pillarbox.sieve.interpreter import Vacation
+from pillarbox.sieve.message import SieveMessage
 from pillarbox.store.accounts import Accounts, Resolution
 
 _log = log.get("delivery")
@@ -59,6 +62,22 @@ def unquote_local_part(address: str) -> str:
     return f"{local}{at}{domain}"
 
 
+def _sieve_message(message: Sequence[bytes | Path]) -> SieveMessage:
+    """The message for Sieve (blocking): its header section now, the rest when asked."""
+    head = _head_of(message)
+    for end in (b"\r\n\r\n", b"\n\n"):
+        cut = head.find(end)
+        if cut >= 0:
+            head = head[: cut + len(end)]
+            break
+    size = sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p in message)
+
+    def load() -> bytes:
+        return b"".join(p if isinstance(p, bytes) else p.read_bytes() for p in message)
+
+    return SieveMessage(head, size, load)
+
+
 def _head_of(message: Sequence[bytes | Path], limit: int = 64 * 1024) -> bytes:
     """The first ``limit`` bytes of a message made of parts (enough for its header)."""
     out = bytearray()
@@ -79,6 +98,15 @@ class DeliveryError(Exception):
 
 class QueueUnavailable(DeliveryError):
     """A remote recipient, and no outbound queue service is running."""
+
+
+class SieveRejected(Exception):
+    """Every recipient's Sieve script rejected the message: refuse it at DATA (550 5.7.1,
+    RFC 5429 §2.1). Nothing was stored or queued."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -104,7 +132,9 @@ class DeliveryService:
         delimiter: str,
         domains: Sequence[str],
         hostname: str = "localhost",
+        sieve: SieveFilter | None = None,
     ):
+        self.sieve = sieve
         self.accounts = accounts
         self.local = local
         self.services = services
@@ -193,8 +223,22 @@ class DeliveryService:
         folder: str = INBOX,
         envid: str | None = None,
         ret: str | None = None,
+        reject_at_protocol: bool = True,
     ) -> None:
-        """Queue the remote part, then write the local copies; raises DeliveryError."""
+        """Run the local users' Sieve scripts, queue the remote part, then write the local
+        copies; raises DeliveryError, or SieveRejected when every recipient rejected and
+        ``reject_at_protocol`` (an SMTP client is waiting for the DATA reply; otherwise a
+        reject is a bounce, or nothing for the null sender)."""
+        targets = [LocalTarget(user, folder) for user in route.local]
+        filtered = await self._filter(route, sender, message, folder, queue_id)
+        if filtered is not None:
+            plans = filtered[1]
+            rejecting = [p.reject for p in plans.values() if p.reject is not None]
+            every = rejecting and len(rejecting) == len(plans) and not route.remote
+            if every and reject_at_protocol:
+                _log.info("sieve rejected", queue_id=queue_id, reason=rejecting[0])
+                raise SieveRejected(rejecting[0])
+            targets = [t for plan in plans.values() for t in plan.targets]
         if route.remote:
             queue = self.queue
             if queue is None:
@@ -206,7 +250,6 @@ class DeliveryService:
                 )  # fmt: skip
             except QueueError as exc:
                 raise DeliveryError(f"queue refused the message: {exc}") from exc
-        targets = [LocalTarget(user, folder) for user in route.local]
         try:
             await self.local.store(targets, sender, message, queue_id=queue_id)
         except OSError as exc:
@@ -214,8 +257,112 @@ class DeliveryService:
             metrics.DELIVERIES.labels("local", "deferred").inc(len(targets))
             raise DeliveryError("local delivery failed") from exc
         metrics.DELIVERIES.labels("local", "delivered").inc(len(targets))
+        if filtered is not None:
+            await self._sieve_followups(filtered[1], filtered[0], sender, message, queue_id)
         if route.notify_success and sender:
             await self._report_success(route, sender, message, queue_id, envid)
+
+    async def _filter(
+        self,
+        route: Route,
+        sender: str,
+        message: Sequence[bytes | Path],
+        folder: str,
+        queue_id: str,
+    ) -> tuple[SieveMessage, dict[str, Plan]] | None:
+        """Each local user's plan (``delivery/sieve.py``), or None without Sieve."""
+        sieve = self.sieve
+        if sieve is None:
+            return None
+        try:
+            if not any(sieve.scripts.has_active(user) for user in route.local):
+                return None
+        except Exception:
+            _log.error("sieve scripts unreadable, kept", queue_id=queue_id, exc_info=True)
+            return None
+
+        def work() -> tuple[SieveMessage, dict[str, Plan]]:
+            sieve_message = _sieve_message(message)
+            plans = {
+                user: sieve.plan(user, recipient, sender, sieve_message, folder, queue_id)
+                for user, recipient in route.local.items()
+            }
+            return sieve_message, plans
+
+        try:
+            return await asyncio.to_thread(work)
+        except Exception:
+            # Reading the message for the scripts failed: deliver as if there were none.
+            _log.error("sieve failed, kept", queue_id=queue_id, folder=folder, exc_info=True)
+            return None
+
+    async def _sieve_followups(
+        self,
+        plans: Mapping[str, Plan],
+        sieve_message: SieveMessage,
+        sender: str,
+        message: Sequence[bytes | Path],
+        queue_id: str,
+    ) -> None:
+        """Redirects, bounces of rejected copies, vacation replies: best effort, after the
+        message is stored (a failure here is logged, never an error for the client)."""
+        for user, plan in plans.items():
+            try:
+                if plan.redirects:
+                    copy = [f"Delivered-To: {user}\r\n".encode(), *message]
+                    results = await self.deliver(sender, plan.redirects, copy,
+                                                 queue_id=new_queue_id())  # fmt: skip
+                    _log.info("sieve redirected", queue_id=queue_id, user=user,
+                              to=plan.redirects, result=results)  # fmt: skip
+                if plan.reject is not None:
+                    await self._sieve_bounce(user, plan.reject, sender, message, queue_id)
+                if plan.vacation is not None:
+                    await self._vacation(user, plan.vacation, sender, sieve_message, queue_id)
+            except Exception:
+                _log.error("sieve follow-up failed", queue_id=queue_id, user=user,
+                           exc_info=True)  # fmt: skip
+
+    async def _sieve_bounce(
+        self, user: str, reason: str, sender: str, message: Sequence[bytes | Path], queue_id: str
+    ) -> None:
+        """RFC 5429 §2.1: a reject that cannot be a protocol refusal (other recipients took
+        the message) is a DSN to the sender; never to the null sender (§2.1.2)."""
+        if not sender:
+            _log.info("sieve rejected, no bounce to <>", queue_id=queue_id, user=user)
+            return
+        head = await asyncio.to_thread(_head_of, message)
+        report = dsn.build_dsn(
+            hostname=self.hostname, queue_id=queue_id, sender=sender,
+            reports=[dsn.RecipientReport(address=user, action="failed", status="5.7.1",
+                                         explanation=f"rejected by the recipient: {reason}")],
+            original=head, arrival=time.time(), ret="HDRS",
+        )  # fmt: skip
+        results = await self.deliver("", [sender], [report], queue_id=new_queue_id())
+        _log.info("sieve rejected, bounced", queue_id=queue_id, user=user, to=f"<{sender}>",
+                  result=results.get(sender))  # fmt: skip
+
+    async def _vacation(
+        self, user: str, vacation: Vacation, sender: str, message: SieveMessage, queue_id: str
+    ) -> None:
+        sieve = self.sieve
+        assert sieve is not None
+        own = self.accounts.owned_addresses(user)
+        refusal = vacation_refusal(vacation, sender, message, own, self.delimiter)
+        if refusal is None:
+            due = await asyncio.to_thread(
+                sieve.scripts.vacation_due, user, sender, vacation.handle, vacation.days * 86400
+            )
+            refusal = None if due else f"already replied within {vacation.days} days"
+        if refusal is not None:
+            _log.info("vacation not sent", queue_id=queue_id, user=user, to=f"<{sender}>",
+                      reason=refusal)  # fmt: skip
+            return
+        reply = vacation_reply(vacation, user, sender, message, self.hostname)
+        # From the null sender (RFC 3834 §3.3): a reply to the reply goes nowhere.
+        reply_id = new_queue_id()
+        results = await self.deliver("", [sender], [reply], queue_id=reply_id)
+        _log.info("vacation sent", queue_id=queue_id, user=user, to=f"<{sender}>",
+                  reply=reply_id, result=results.get(sender))  # fmt: skip
 
     async def _report_success(
         self,
@@ -262,5 +409,7 @@ class DeliveryService:
     ) -> dict[str, str]:
         """See the module docstring."""
         route = self.route([OutboundRecipient(r) for r in recipients])
-        await self.store(route, sender, message, queue_id=queue_id)
+        # Nobody waits for an SMTP reply here (DSNs, redirects, vacation replies, sendmail):
+        # a Sieve reject of these is a bounce (never to the null sender), not an error.
+        await self.store(route, sender, message, queue_id=queue_id, reject_at_protocol=False)
         return dict(route.outcome)

@@ -22,6 +22,7 @@ from pillarbox.core.address import (
     parse_address,
 )
 from pillarbox.store.db import Transaction, connect, migrate
+from pillarbox.store.sieve_scripts import MIGRATIONS as SIEVE_MIGRATIONS
 
 MIGRATIONS = [
     """
@@ -106,6 +107,8 @@ class Accounts:
         self.changed = False
         migrate(self.conn, "accounts", MIGRATIONS)
         migrate(self.conn, "accounts.admin", ADMIN_MIGRATIONS)
+        # The users' Sieve scripts live beside them; delete_user removes them too.
+        migrate(self.conn, "sieve", SIEVE_MIGRATIONS)
         self.domains = frozenset(normalize_domain(d) for d in domains)
         self._sync_domains()
 
@@ -169,6 +172,10 @@ class Accounts:
             cur = c.execute("DELETE FROM users WHERE address = ?", (str(addr),))
             c.execute("DELETE FROM aliases WHERE target = ?", (str(addr),))
             c.execute("DELETE FROM send_as WHERE user = ?", (str(addr),))
+            # A user made again under this address must not inherit the old filters (a
+            # redirect would send the newcomer's mail to someone else) or vacation memory.
+            c.execute("DELETE FROM sieve_scripts WHERE user = ?", (str(addr),))
+            c.execute("DELETE FROM sieve_vacation WHERE user = ?", (str(addr),))
         if cur.rowcount == 0:
             raise AccountError(f"no such user: {addr}")
 

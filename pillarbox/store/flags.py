@@ -43,6 +43,11 @@ _KEYWORD_RE: Final = re.compile(r'[^(){ %*"\\\]\x00-\x20\x7f-\uffff]+\Z')
 MAX_FILE_KEYWORDS: Final = 26
 
 
+def is_keyword(name: str) -> bool:
+    """Whether ``name`` can be an IMAP keyword (an atom, RFC 3501 §9 flag-keyword)."""
+    return bool(_KEYWORD_RE.match(name))
+
+
 def split_flags(flags: tuple[str, ...] | list[str]) -> tuple[int, list[str]]:
     """(system mask, keywords) from IMAP flag names; ``\\Recent`` and unknown ``\\X`` dropped."""
     mask = 0

@@ -350,6 +350,10 @@ class UserIndex:
             ensure_maildir(box.path)
             before = os.stat(cur).st_mtime_ns
         moved = self._move_new(box)
+        if moved:
+            # Delivery may have given a new keyword a letter (a Sieve script's addflag):
+            # read dovecot-keywords again before the new files' letters are decoded.
+            self._keywords.pop(box.id, None)
         # The mtime to remember is the one taken before cur/ is listed (after our own moves):
         # a change during the listing then shows as a new mtime and is scanned next time.
         current = os.stat(cur).st_mtime_ns if moved else before

@@ -1,0 +1,277 @@
+"""Users' Sieve scripts, and the vacation replies already sent (RFC 5230 §4.2).
+
+Kept in the accounts database (``pillarbox.db``, ``Settings.database_path``) as two tables
+of the "sieve" schema component (``store/db.py`` migrations), so a backup of the accounts
+carries the filters with them and the CLI, ManageSieve and delivery share one truth.
+
+Interface (synchronous and thread-safe: one connection, one lock; callers on the event
+loop run it in a thread like every other store call):
+
+- ``SieveScripts(db_path)``; ``close()``.
+- ``list(user) -> list[tuple[str, bool]]``: (name, active), sorted by name.
+- ``get(user, name) -> str | None``.
+- ``put(user, name, text)``: create or replace. Callers run ``pillarbox.sieve.check``
+  first; this layer stores text, it does not judge it.
+- ``delete(user, name)``, ``rename(user, old, new)`` (the active mark moves with it),
+  ``set_active(user, name)`` or ``set_active(user, None)`` (no script active).
+- ``active(user) -> tuple[str, str] | None``: (name, text) of the active script;
+  ``active_script(user) -> StoredScript | None`` adds the version, a number that changes
+  whenever the script's text does (delivery caches the parsed script by it).
+- ``has_active(user) -> bool``: cheap (own connection), for the event loop.
+- ``space_used(user) -> int`` (bytes of UTF-8 over all scripts), ``check_space(user, name,
+  size)`` (RFC 5804 HAVESPACE: raises QUOTA if a script of ``size`` bytes would not fit).
+- Errors: ``SieveScriptError(code, text)``, ``code`` one of the RFC 5804 §1.3 response
+  codes "NONEXISTENT", "ALREADYEXISTS", "ACTIVE", "QUOTA" (``subcode`` then says
+  "MAXSCRIPTS" or "MAXSIZE", RFC 5804 §1.3's QUOTA/...), or None for a bad script name.
+
+Users are the canonical address string under which ``Accounts`` keeps them
+(``users.address``, as ``Resolution.local_users`` and the authenticator return it).
+
+Limits: a script is at most ``MAX_SCRIPT_BYTES``, a user has at most ``MAX_SCRIPTS``, and
+script names follow RFC 5804 §1.6 (1 to ``MAX_NAME_CHARS`` characters of Net-Unicode: no
+control characters, no U+2028/U+2029; stored NFC-normalised).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from pillarbox.store.db import Transaction, connect, migrate
+
+MAX_SCRIPT_BYTES = 64 * 1024
+MAX_SCRIPTS = 16
+MAX_NAME_CHARS = 128
+
+MIGRATIONS = [
+    # ``id`` is AUTOINCREMENT so a number is never reused: a script replaced by ``put`` gets
+    # a new id, which is the version delivery caches its parse under.
+    """
+    CREATE TABLE sieve_scripts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL,
+        name TEXT NOT NULL,
+        text TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0,
+        modified REAL NOT NULL,
+        UNIQUE (user, name)
+    );
+    CREATE UNIQUE INDEX sieve_scripts_one_active ON sieve_scripts(user) WHERE active = 1;
+    CREATE TABLE sieve_vacation (
+        user TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        handle TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (user, sender, handle)
+    )
+    """,
+]
+
+
+class SieveScriptError(Exception):
+    """A refused script operation, with its RFC 5804 response code."""
+
+    def __init__(self, code: str | None, text: str, subcode: str | None = None):
+        super().__init__(text)
+        self.code = code
+        self.subcode = subcode
+        self.text = text
+
+
+@dataclass(frozen=True, slots=True)
+class StoredScript:
+    name: str
+    text: str
+    version: int
+
+
+def normalize_name(name: str) -> str:
+    """The stored form of a script name, or SieveScriptError(None, ...) (RFC 5804 §1.6)."""
+    name = unicodedata.normalize("NFC", name)
+    if not name:
+        raise SieveScriptError(None, "a script name cannot be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise SieveScriptError(None, f"a script name has at most {MAX_NAME_CHARS} characters")
+    for char in name:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029):
+            raise SieveScriptError(None, f"a script name cannot contain U+{code:04X}")
+    return name
+
+
+class SieveScripts:
+    """The scripts and vacation memory over the accounts database."""
+
+    def __init__(self, db_path: Path):
+        self.conn = connect(db_path)
+        self.lock = threading.Lock()
+        migrate(self.conn, "sieve", MIGRATIONS)
+        # A second connection for ``has_active``, which delivery asks on the event loop for
+        # every recipient: under WAL a reader never waits for a writer, and with its own
+        # lock it never waits behind a write transaction's fsync on ``conn`` either.
+        self._reader = connect(db_path)
+        self._reader_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock, self._reader_lock:
+            self.conn.close()
+            self._reader.close()
+
+    def has_active(self, user: str) -> bool:
+        """Whether ``user`` has an active script (an indexed lookup, cheap enough for the
+        event loop: most users have none, and they then cost no thread hop)."""
+        with self._reader_lock:
+            row = self._reader.execute(
+                "SELECT 1 FROM sieve_scripts WHERE user = ? AND active = 1", (user,)
+            ).fetchone()
+        return row is not None
+
+    # -- scripts ---------------------------------------------------------------------
+
+    def list(self, user: str) -> list[tuple[str, bool]]:
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT name, active FROM sieve_scripts WHERE user = ? ORDER BY name", (user,)
+            ).fetchall()
+        return [(row["name"], bool(row["active"])) for row in rows]
+
+    def get(self, user: str, name: str) -> str | None:
+        name = normalize_name(name)
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT text FROM sieve_scripts WHERE user = ? AND name = ?", (user, name)
+            ).fetchone()
+        return None if row is None else str(row["text"])
+
+    def put(self, user: str, name: str, text: str) -> None:
+        name = normalize_name(name)
+        with self.lock, Transaction(self.conn) as c:
+            self._check_space(c, user, name, len(text.encode("utf-8")))
+            old = c.execute(
+                "SELECT active FROM sieve_scripts WHERE user = ? AND name = ?", (user, name)
+            ).fetchone()
+            c.execute("DELETE FROM sieve_scripts WHERE user = ? AND name = ?", (user, name))
+            c.execute(
+                "INSERT INTO sieve_scripts(user, name, text, active, modified) "
+                "VALUES(?, ?, ?, ?, ?)",
+                (user, name, text, old["active"] if old else 0, time.time()),
+            )
+
+    def delete(self, user: str, name: str) -> None:
+        name = normalize_name(name)
+        with self.lock, Transaction(self.conn) as c:
+            row = self._row(c, user, name)
+            if row["active"]:
+                # RFC 5804 §2.10: the active script cannot be deleted.
+                raise SieveScriptError(
+                    "ACTIVE", f'"{name}" is the active script; deactivate it first'
+                )
+            c.execute("DELETE FROM sieve_scripts WHERE id = ?", (row["id"],))
+
+    def rename(self, user: str, old: str, new: str) -> None:
+        old, new = normalize_name(old), normalize_name(new)
+        with self.lock, Transaction(self.conn) as c:
+            row = self._row(c, user, old)
+            if old == new:
+                return
+            if self._find(c, user, new) is not None:
+                raise SieveScriptError("ALREADYEXISTS", f'a script named "{new}" exists')
+            c.execute("UPDATE sieve_scripts SET name = ? WHERE id = ?", (new, row["id"]))
+
+    def set_active(self, user: str, name: str | None) -> None:
+        with self.lock, Transaction(self.conn) as c:
+            target = None if name is None else self._row(c, user, normalize_name(name))
+            c.execute("UPDATE sieve_scripts SET active = 0 WHERE user = ? AND active = 1", (user,))
+            if target is not None:
+                c.execute("UPDATE sieve_scripts SET active = 1 WHERE id = ?", (target["id"],))
+
+    def active(self, user: str) -> tuple[str, str] | None:
+        script = self.active_script(user)
+        return None if script is None else (script.name, script.text)
+
+    def active_script(self, user: str) -> StoredScript | None:
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT id, name, text FROM sieve_scripts WHERE user = ? AND active = 1", (user,)
+            ).fetchone()
+        return None if row is None else StoredScript(row["name"], row["text"], row["id"])
+
+    def space_used(self, user: str) -> int:
+        with self.lock:
+            return self._space_used(self.conn, user)
+
+    def check_space(self, user: str, name: str, size: int) -> None:
+        name = normalize_name(name)
+        with self.lock:
+            self._check_space(self.conn, user, name, size)
+
+    def delete_user(self, user: str) -> None:
+        """Forget every script and vacation record of ``user`` (the user is deleted)."""
+        with self.lock, Transaction(self.conn) as c:
+            c.execute("DELETE FROM sieve_scripts WHERE user = ?", (user,))
+            c.execute("DELETE FROM sieve_vacation WHERE user = ?", (user,))
+
+    # -- vacation memory (RFC 5230 §4.2: one reply per sender and handle per :days) ----
+
+    def vacation_due(self, user: str, sender: str, handle: str, days_seconds: float) -> bool:
+        """Whether a reply to ``sender`` is due; if so, records it as sent now.
+
+        Test and record are one transaction, so two deliveries at once send one reply.
+        """
+        now = time.time()
+        sender = sender.lower()
+        with self.lock, Transaction(self.conn) as c:
+            row = c.execute(
+                "SELECT until FROM sieve_vacation WHERE user = ? AND sender = ? AND handle = ?",
+                (user, sender, handle),
+            ).fetchone()
+            if row is not None and row["until"] > now:
+                return False
+            c.execute(
+                "INSERT INTO sieve_vacation(user, sender, handle, until) VALUES(?, ?, ?, ?) "
+                "ON CONFLICT(user, sender, handle) DO UPDATE SET until = excluded.until",
+                (user, sender, handle, now + days_seconds),
+            )
+            # Expired rows are of no use; drop them here rather than in a timer.
+            c.execute("DELETE FROM sieve_vacation WHERE until <= ?", (now,))
+            return True
+
+    # -- helpers (called with the lock held) -----------------------------------------
+
+    @staticmethod
+    def _find(c: sqlite3.Connection, user: str, name: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = c.execute(
+            "SELECT id, active FROM sieve_scripts WHERE user = ? AND name = ?", (user, name)
+        ).fetchone()
+        return row
+
+    def _row(self, c: sqlite3.Connection, user: str, name: str) -> sqlite3.Row:
+        row = self._find(c, user, name)
+        if row is None:
+            raise SieveScriptError("NONEXISTENT", f'there is no script named "{name}"')
+        return row
+
+    @staticmethod
+    def _space_used(c: sqlite3.Connection, user: str) -> int:
+        row = c.execute(
+            "SELECT coalesce(sum(length(CAST(text AS BLOB))), 0) FROM sieve_scripts WHERE user = ?",
+            (user,),
+        ).fetchone()
+        return int(row[0])
+
+    def _check_space(self, c: sqlite3.Connection, user: str, name: str, size: int) -> None:
+        if size > MAX_SCRIPT_BYTES:
+            raise SieveScriptError(
+                "QUOTA",
+                f"a script is at most {MAX_SCRIPT_BYTES} bytes (this one: {size})",
+                "MAXSIZE",
+            )
+        count = c.execute("SELECT count(*) FROM sieve_scripts WHERE user = ?", (user,)).fetchone()
+        if self._find(c, user, name) is None and count[0] >= MAX_SCRIPTS:
+            raise SieveScriptError(
+                "QUOTA", f"a user has at most {MAX_SCRIPTS} scripts; delete one first", "MAXSCRIPTS"
+            )
