@@ -21,8 +21,6 @@ import pytest
 
 from tests import pbserver
 
-pytest.importorskip("pillarbox.sieve", reason="needs the Sieve language (branch sieve)")
-
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 TIMEOUT = 10

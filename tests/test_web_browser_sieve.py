@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 
 from tests import pbserver
-
-pytest.importorskip("pillarbox.sieve", reason="needs the Sieve language (branch sieve)")
 from tests.dnsserver import DnsTestServer
 from tests.smtppeer import SmtpPeer, free_port_on
 from tests.test_web_browser import REMOTE, World, message, start_browser

@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests import pbserver
-
-pytest.importorskip("pillarbox.sieve", reason="needs the Sieve language (branch sieve)")
 from tests.dnsserver import DnsTestServer
 from tests.test_managesieve import Raw
 from tests.webclient import ADMIN, USER, WebClient, add_users, client_for, web_settings

@@ -14,28 +14,14 @@ protocol package knows.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from pillarbox import log
-from pillarbox.managesieve.backend import ScriptError, ScriptInfo, ScriptProblem
+from pillarbox import sieve
+from pillarbox.managesieve.backend import NONEXISTENT, ScriptError, ScriptInfo, ScriptProblem
 from pillarbox.managesieve.server import LISTENER, ManageSieveComponent
+from pillarbox.store.sieve_scripts import SieveScriptError, SieveScripts
 
-# The Sieve language and the script storage come with branch sieve; until it is merged
-# this build has no Sieve (ManageSieve off, the web page says so). Interim: the plain
-# imports replace this once it is.
-sieve: Any
-try:
-    sieve = importlib.import_module("pillarbox.sieve")
-    _storage = importlib.import_module("pillarbox.store.sieve_scripts")
-    SieveScriptError: Any = _storage.SieveScriptError
-    SieveScripts: Any = _storage.SieveScripts
-except ImportError:
-    sieve = None
-    SieveScriptError = SieveScripts = None
-
-_log = log.get("managesieve")
 T = TypeVar("T")
 
 SERVICE: Final = "sieve"
@@ -47,7 +33,7 @@ MAX_SCRIPT_SIZE: Final = 1 << 20
 class UserScriptsAccess:
     """One user's scripts (managesieve.backend.UserScripts)."""
 
-    def __init__(self, store: Any, user: str):
+    def __init__(self, store: SieveScripts, user: str):
         self.store = store
         self.user = user
 
@@ -55,17 +41,19 @@ class UserScriptsAccess:
         try:
             return await asyncio.to_thread(call)
         except SieveScriptError as exc:
-            raise ScriptError(exc.code, exc.text) from None
+            # No code: a refusal RFC 5804 has no code for (an invalid name).
+            code = f"{exc.code}/{exc.subcode}" if exc.code and exc.subcode else exc.code
+            raise ScriptError(code or "", exc.text) from None
 
     async def list(self) -> list[ScriptInfo]:
-        def listing() -> list[ScriptInfo]:
-            active = self.store.active(self.user)
-            return [ScriptInfo(name, name == active) for name in self.store.list(self.user)]
-
-        return await self._run(listing)
+        scripts = await self._run(lambda: self.store.list(self.user))
+        return [ScriptInfo(name, active) for name, active in scripts]
 
     async def get(self, name: str) -> str:
-        return await self._run(lambda: self.store.get(self.user, name))
+        text = await self._run(lambda: self.store.get(self.user, name))
+        if text is None:
+            raise ScriptError(NONEXISTENT, f'there is no script named "{name}"')
+        return text
 
     async def put(self, name: str, content: str) -> None:
         await self._run(lambda: self.store.put(self.user, name, content))
@@ -82,12 +70,13 @@ class UserScriptsAccess:
     async def have_space(self, name: str, size: int) -> None:
         if size > MAX_SCRIPT_SIZE:
             raise ScriptError("QUOTA/MAXSIZE", f"scripts are limited to {MAX_SCRIPT_SIZE} octets")
+        await self._run(lambda: self.store.check_space(self.user, name, size))
 
 
 class SieveAccess:
     """managesieve.backend.SieveBackend over the language and the storage."""
 
-    def __init__(self, store: Any):
+    def __init__(self, store: SieveScripts):
         self.store = store
 
     @property
@@ -113,14 +102,16 @@ def _problem(content: str) -> ScriptProblem | None:
     return None
 
 
-def sieve_access(ctx: Any) -> SieveAccess | None:
-    """The one SieveAccess of the server, made on first use (ctx.services["sieve"]);
-    None in a build without the Sieve language."""
-    if sieve is None:
-        return None
+def sieve_access(ctx: Any) -> SieveAccess:
+    """The one SieveAccess of the server, made on first use (ctx.services["sieve"]),
+    over the script storage local delivery registered (ctx.services["sieve_scripts"]),
+    so that delivery runs the script a client just stored."""
     access = ctx.services.get(SERVICE)
     if access is None:
-        access = SieveAccess(SieveScripts(ctx.settings))
+        store = ctx.services.get("sieve_scripts")
+        if store is None:  # no SMTP component: ours, for the pages and ManageSieve
+            store = ctx.services["sieve_scripts"] = SieveScripts(ctx.settings.database_path)
+        access = SieveAccess(store)
         ctx.services[SERVICE] = access
     assert isinstance(access, SieveAccess)
     return access
@@ -130,8 +121,4 @@ def make_managesieve(ctx: Any) -> ManageSieveComponent | None:
     """The ManageSieve component, or None when ``listen.managesieve`` is off."""
     if LISTENER not in ctx.settings.listen.enabled():
         return None
-    access = sieve_access(ctx)
-    if access is None:
-        _log.warning("managesieve disabled", reason="no Sieve support in this build")
-        return None
-    return ManageSieveComponent(ctx, access)
+    return ManageSieveComponent(ctx, sieve_access(ctx))
