@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import imaplib
 import random
 import re
+import smtplib
 import socket
 import ssl
 from collections.abc import Iterator
@@ -443,3 +445,23 @@ def test_fuzzed_sessions_get_protocol_replies_and_the_server_goes_on(tmp_path: P
         log = running.log()
         for bad in ("command failed", "Traceback", "session crashed", "Task exception"):
             assert bad not in log, bad
+
+
+def test_a_script_stored_over_managesieve_runs_at_delivery(
+    server: pbserver.RunningServer, raw: Raw
+) -> None:
+    raw.login()
+    assert raw.cmd(b'PUTSCRIPT "filters" {%d+}\r\n' % len(FILEINTO) + FILEINTO)[1] == b"OK"
+    assert raw.cmd(b'SETACTIVE "filters"')[1] == b"OK"
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=TIMEOUT) as smtp:
+        smtp.sendmail(
+            "carol@sender.test",
+            [ALICE],
+            b"From: carol@sender.test\r\nTo: alice@example.test\r\nSubject: weekly report\r\n"
+            b"\r\nnumbers\r\n",
+        )
+    context = ssl.create_default_context(cafile=str(server.settings.tls.ca))
+    with imaplib.IMAP4_SSL("127.0.0.1", server.port("imaps"), ssl_context=context) as imap:
+        imap.login(ALICE, pbserver.PASSWORD)
+        assert imap.select("Reports")[1] == [b"1"]
+        assert imap.select("INBOX")[1] == [b"0"]

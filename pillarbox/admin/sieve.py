@@ -17,24 +17,23 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from pillarbox import log, sieve
-from pillarbox.managesieve.backend import ScriptError, ScriptInfo, ScriptProblem
+from pillarbox import sieve
+from pillarbox.managesieve.backend import NONEXISTENT, ScriptError, ScriptInfo, ScriptProblem
 from pillarbox.managesieve.server import LISTENER, ManageSieveComponent
-from pillarbox.store.sieve_scripts import MAX_SCRIPT_BYTES, SieveScriptError, SieveScripts
+from pillarbox.store.sieve_scripts import SieveScriptError, SieveScripts
 
-_log = log.get("managesieve")
 T = TypeVar("T")
 
 SERVICE: Final = "sieve"
-# The largest script we take: the storage's limit (a literal over it is refused before
-# it is read; real filter sets are a few KiB).
-MAX_SCRIPT_SIZE: Final = MAX_SCRIPT_BYTES
+# The largest script we take (Dovecot Pigeonhole's default sieve_max_script_size, 1 MiB):
+# real filter sets are a few KiB; this bounds the literal a client may send.
+MAX_SCRIPT_SIZE: Final = 1 << 20
 
 
 class UserScriptsAccess:
     """One user's scripts (managesieve.backend.UserScripts)."""
 
-    def __init__(self, store: Any, user: str):
+    def __init__(self, store: SieveScripts, user: str):
         self.store = store
         self.user = user
 
@@ -42,18 +41,18 @@ class UserScriptsAccess:
         try:
             return await asyncio.to_thread(call)
         except SieveScriptError as exc:
-            # RFC 5804 §1.3: QUOTA/MAXSIZE and QUOTA/MAXSCRIPTS; no code for a bad name.
-            code = "/".join(c for c in (exc.code, exc.subcode) if c) if exc.code else ""
-            raise ScriptError(code, exc.text) from None
+            # No code: a refusal RFC 5804 has no code for (an invalid name).
+            code = f"{exc.code}/{exc.subcode}" if exc.code and exc.subcode else exc.code
+            raise ScriptError(code or "", exc.text) from None
 
     async def list(self) -> list[ScriptInfo]:
-        listing = await self._run(lambda: self.store.list(self.user))
-        return [ScriptInfo(name, active) for name, active in listing]
+        scripts = await self._run(lambda: self.store.list(self.user))
+        return [ScriptInfo(name, active) for name, active in scripts]
 
     async def get(self, name: str) -> str:
         text = await self._run(lambda: self.store.get(self.user, name))
         if text is None:
-            raise ScriptError("NONEXISTENT", f"there is no script named {name!r}")
+            raise ScriptError(NONEXISTENT, f'there is no script named "{name}"')
         return text
 
     async def put(self, name: str, content: str) -> None:
@@ -69,13 +68,15 @@ class UserScriptsAccess:
         await self._run(lambda: self.store.set_active(self.user, name))
 
     async def have_space(self, name: str, size: int) -> None:
+        if size > MAX_SCRIPT_SIZE:
+            raise ScriptError("QUOTA/MAXSIZE", f"scripts are limited to {MAX_SCRIPT_SIZE} octets")
         await self._run(lambda: self.store.check_space(self.user, name, size))
 
 
 class SieveAccess:
     """managesieve.backend.SieveBackend over the language and the storage."""
 
-    def __init__(self, store: Any):
+    def __init__(self, store: SieveScripts):
         self.store = store
 
     @property
@@ -101,19 +102,16 @@ def _problem(content: str) -> ScriptProblem | None:
     return None
 
 
-# The script storage the delivery component runs scripts from (whichever is made first
-# registers it), so ManageSieve, the web pages and delivery share one.
-SCRIPTS_SERVICE: Final = "sieve_scripts"
-
-
 def sieve_access(ctx: Any) -> SieveAccess:
-    """The one SieveAccess of the server, made on first use (ctx.services["sieve"])."""
+    """The one SieveAccess of the server, made on first use (ctx.services["sieve"]),
+    over the script storage local delivery registered (ctx.services["sieve_scripts"]),
+    so that delivery runs the script a client just stored."""
     access = ctx.services.get(SERVICE)
     if access is None:
-        scripts = ctx.services.get(SCRIPTS_SERVICE)
-        if scripts is None:
-            scripts = ctx.services[SCRIPTS_SERVICE] = SieveScripts(ctx.settings.database_path)
-        access = SieveAccess(scripts)
+        store = ctx.services.get("sieve_scripts")
+        if store is None:  # no SMTP component: ours, for the pages and ManageSieve
+            store = ctx.services["sieve_scripts"] = SieveScripts(ctx.settings.database_path)
+        access = SieveAccess(store)
         ctx.services[SERVICE] = access
     assert isinstance(access, SieveAccess)
     return access
