@@ -452,7 +452,7 @@ class Status(Command):
 
 @dataclass(frozen=True, slots=True)
 class AppendMessage:
-    """One message of APPEND (several with MULTIAPPEND, RFC 3502)."""
+    """One message of APPEND (RFC 9051 §6.3.12; MULTIAPPEND, RFC 3502, is not offered)."""
 
     flags: tuple[str, ...]
     internal_date: dt.datetime | None
