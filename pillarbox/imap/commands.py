@@ -130,6 +130,22 @@ class Enable(Command):
         return cls(tag, tuple(caps))
 
 
+@dataclass(frozen=True, slots=True)
+class Compress(Command):
+    """COMPRESS (RFC 4978): the mechanism, upper-cased (only DEFLATE is defined)."""
+
+    mechanism: str = ""
+    name: ClassVar[str] = "COMPRESS"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        mechanism = r.keyword()
+        r.end()
+        return cls(tag, mechanism)
+
+
 # --- not authenticated (RFC 3501 §6.2) --------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class StartTLS(Command):
@@ -738,6 +754,7 @@ REGISTRY: Final[dict[str, type[Command]]] = {
         Logout,
         Id,
         Enable,
+        Compress,
         StartTLS,
         Authenticate,
         Login,

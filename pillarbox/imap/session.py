@@ -56,6 +56,7 @@ AUTH_CAPS: Final = (
     "SEARCHRES",
     "CONDSTORE",
     "STATUS=SIZE",
+    "COMPRESS=DEFLATE",
 )
 ENABLEABLE: Final = frozenset({"UTF8=ACCEPT", "IMAP4REV2", "CONDSTORE"})
 
@@ -404,6 +405,23 @@ class Session:
         self.send(b"* ENABLED" + b"".join(b" " + n.encode() for n in names) + b"\r\n")
         return ""
 
+    async def do_compress(self, cmd: c.Command) -> str:
+        assert isinstance(cmd, c.Compress)
+        # RFC 4978 §3: NO [COMPRESSIONACTIVE] when already on; BAD for an unknown mechanism.
+        if self.conn.compressed:
+            raise No("DEFLATE is already active", "COMPRESSIONACTIVE")
+        if cmd.mechanism != "DEFLATE":
+            raise Bad(f"unknown compression mechanism {cmd.mechanism}")
+        if self.conn.buffered_input():
+            # The client must wait for this reply before it sends anything (§3): what it
+            # sent meanwhile is neither plain nor known to be compressed.
+            raise Bad("nothing may be sent after COMPRESS before its reply")
+        self.send(r.tagged(cmd.tag, "OK", "DEFLATE active"))
+        await self.flush()
+        # §3: compression starts right after the CRLF of the tagged OK, both ways.
+        self.conn.start_deflate()
+        raise _Silent
+
     # --- not authenticated ----------------------------------------------------------------------
     async def do_starttls(self, cmd: c.Command) -> str:
         if self.tls_ok:
@@ -482,6 +500,7 @@ handles(c.Noop, c.Check)(Session.do_noop)
 handles(c.Logout)(Session.do_logout)
 handles(c.Id)(Session.do_id)
 handles(c.Enable)(Session.do_enable)
+handles(c.Compress)(Session.do_compress)
 handles(c.StartTLS)(Session.do_starttls)
 handles(c.Login)(Session.do_login)
 handles(c.Authenticate)(Session.do_authenticate)

@@ -31,6 +31,7 @@ from typing import Any
 
 from pillarbox import log
 from pillarbox.core.clientaddr import client_key, in_networks
+from pillarbox.net import deflate
 from pillarbox.net.proxyproto import (
     PEEK,
     ProxiedAddress,
@@ -134,6 +135,7 @@ class Connection:
         # Waiting for a command with nothing in progress, before login.
         self.idle = False
         self.authenticated = False
+        self.compressed = False
         self.on_authenticated: Callable[[Connection], None] | None = None
 
     @property
@@ -155,6 +157,17 @@ class Connection:
             raise RuntimeError("TLS is not configured for this listener")
         await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
         self.tls = TlsInfo.of(self.writer.get_extra_info("ssl_object"))
+
+    def start_deflate(self) -> None:
+        """From now on, inflate what the client sends and deflate what we send (IMAP
+        COMPRESS, RFC 4978). Call after the OK has been written, with nothing buffered."""
+        self.writer = deflate.start(self.reader, self.writer)
+        self.compressed = True
+
+    def buffered_input(self) -> int:
+        """How many bytes the client sent that no one has read yet."""
+        # StreamReader has no public way to look at its buffer; it is a bytearray.
+        return len(getattr(self.reader, "_buffer", b""))
 
     def prepare_starttls(self) -> int:
         """Call before answering a STARTTLS/STLS command: stop reading, then drop what was
