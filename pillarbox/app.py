@@ -25,6 +25,7 @@ from pillarbox.config import Settings
 from pillarbox.control import ControlServer
 from pillarbox.core import privileges
 from pillarbox.delivery.component import make_smtp
+from pillarbox.dns.resolver import Resolver
 from pillarbox.exporter.component import make_metrics
 from pillarbox.http.server import make_http
 from pillarbox.imap.server import make_imap
@@ -74,6 +75,8 @@ class AppContext:
             ),
             tls=TlsProvider(settings.tls.cert, settings.tls.key),
             control=ControlServer(settings.control_socket),
+            # One resolver for every component, so one [dns] section rules them all.
+            services={"resolver": Resolver.from_settings(settings.dns)},
         )
 
 
@@ -184,6 +187,8 @@ class Server:
         self.listeners.limits = connection_limits(new)
         self.listeners.proxy = proxy_settings(new)
         self.ctx.authenticator.reconfigure(new.limits)
+        # Before the components reload: they pick the new resolver up from the services.
+        self.ctx.services["resolver"] = Resolver.from_settings(new.dns)
         for component in self.components:
             try:
                 await component.reload(self.ctx)
