@@ -57,7 +57,7 @@ def enqueue(
     sender: str = SENDER,
     **kwargs: Any,
 ) -> str:
-    queue = running.server.ctx.services["queue"]
+    queue = running.server.ctx.services.queue
     rcpts = [r if isinstance(r, OutboundRecipient) else OutboundRecipient(r) for r in recipients]
     return str(running.call(queue.enqueue(sender, rcpts, [message], **kwargs)))
 
@@ -65,7 +65,7 @@ def enqueue(
 def queue_entry(running: pbserver.RunningServer, queue_id: str) -> dict[str, Any] | None:
     from pillarbox.queue.service import show_entry
 
-    queue = running.server.ctx.services["queue"]
+    queue = running.server.ctx.services.queue
     return running.call(queue._db(lambda s: show_entry(s, queue_id)))  # type: ignore[no-any-return]
 
 

@@ -1,7 +1,7 @@
 """The outbound queue component: enqueue (with DKIM signing), attempts, bounces, control.
 
 ``OutboundQueue`` is both the component app.py starts and the ``QueueService`` other
-components find in ``ctx.services["queue"]``. The SQLite work runs on one dedicated thread
+components find in ``services.queue``. The SQLite work runs on one dedicated thread
 (the store is not thread-safe and commits fsync), spool writes on the default thread pool,
 so the event loop never waits on the disk.
 
@@ -33,11 +33,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pillarbox import log
 from pillarbox.config import Settings
-from pillarbox.control import ControlError
+from pillarbox.control import ControlError, ControlServer
 from pillarbox.core.address import AddressError, normalize_domain
 from pillarbox.core.ids import new_queue_id
 from pillarbox.dns.resolver import Resolver
@@ -72,6 +72,7 @@ from pillarbox.queue.store import (
 )
 from pillarbox.queue.store import FAILED as STATE_FAILED
 from pillarbox.queue.store import SENT as STATE_SENT
+from pillarbox.store.accounts import Accounts
 from pillarbox.store.maildir import deliver as maildir_deliver
 from pillarbox.store.maildir import user_maildir
 
@@ -104,18 +105,58 @@ def from_domains(message: bytes) -> list[str]:
     ]
 
 
+class ReportDelivery(Protocol):
+    """The delivery service as the queue uses it: DSNs to local users (or back into the
+    queue for remote ones), routed like any other mail."""
+
+    async def deliver(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: Sequence[bytes | Path],
+        *,
+        queue_id: str,
+    ) -> dict[str, str]: ...
+
+
+class QueueServices(Protocol):
+    """The app's services the queue reads and provides (``app.Services`` has them)."""
+
+    queue: OutboundQueue | None
+
+    @property
+    def resolver(self) -> Resolver: ...
+
+    @property
+    def delivery(self) -> ReportDelivery | None: ...
+
+
+class QueueContext(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def accounts(self) -> Accounts: ...
+
+    @property
+    def control(self) -> ControlServer: ...
+
+    @property
+    def services(self) -> QueueServices: ...
+
+
 class OutboundQueue:
     """The queue component and service (see the module docstring)."""
 
     name = "queue"
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: QueueContext) -> None:
         self.ctx = ctx
         self.settings: Settings = ctx.settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
         self.store: QueueStore | None = None
         self.rng = random.SystemRandom()
-        self.resolver = Resolver.from_settings(self.settings.dns)
+        self.resolver: Resolver = ctx.services.resolver
         self.remote = self._make_remote(self.settings)
         self.runner = self._make_runner(self.settings)
         self._report_lock = asyncio.Lock()
@@ -147,11 +188,12 @@ class OutboundQueue:
             await self._db(lambda s: s.close())
         self._executor.shutdown(wait=True)
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: QueueContext) -> None:
         """New delivery settings apply from the next attempt; ``max_concurrency`` needs a
-        restart (it sizes a semaphore that connections in flight hold)."""
+        restart (it sizes a semaphore that connections in flight hold). The resolver is the
+        one app.py rebuilt from the new ``[dns]``."""
         self.settings = ctx.settings
-        self.resolver = Resolver.from_settings(self.settings.dns)
+        self.resolver = ctx.services.resolver
         self.remote = self._make_remote(self.settings)
         d = self.settings.delivery
         self.runner.per_destination = d.max_concurrency_per_destination
@@ -463,10 +505,10 @@ class OutboundQueue:
 
     async def _deliver_report(self, to: str, report: bytes, dsn_id: str) -> None:
         """Hand a DSN (null sender) to the delivery service: local INBOX or the queue."""
-        delivery = self.ctx.services.get("delivery")
+        delivery = self.ctx.services.delivery
         if delivery is not None:
             outcome = await delivery.deliver("", [to], [report], queue_id=dsn_id)
-            if isinstance(outcome, dict) and "unknown" in outcome.values():
+            if "unknown" in outcome.values():
                 # The local sender no longer exists: the report has nowhere to go.
                 _log.warning("dsn undeliverable", to=f"<{to}>", queue_id=dsn_id)
             return
@@ -654,8 +696,8 @@ def _diagnostic(reply: str | None) -> str | None:
     return None
 
 
-def make_queue(ctx: Any) -> OutboundQueue:
+def make_queue(ctx: QueueContext) -> OutboundQueue:
     """Component factory for app.py; also registers the service for other components."""
     queue = OutboundQueue(ctx)
-    ctx.services["queue"] = queue
+    ctx.services.queue = queue
     return queue

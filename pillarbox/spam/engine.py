@@ -1,7 +1,7 @@
 """The spam filter: rules, learned reputation and (optionally) rspamd into one verdict
 per recipient.
 
-:class:`SpamFilter` is ``ctx.services["spam"]``. The SMTP backend calls
+:class:`SpamFilter` is ``ctx.services.spam``. The SMTP backend calls
 
 - :meth:`SpamFilter.prefetch` at MAIL (the DNSBL and PTR lookups of the client start),
 - :meth:`SpamFilter.greylisted` after DATA when ``[spam] greylist`` is on,
