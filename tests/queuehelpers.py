@@ -63,7 +63,7 @@ def enqueue(
 
 
 def queue_entry(running: pbserver.RunningServer, queue_id: str) -> dict[str, Any] | None:
-    from pillarbox.queue.service import show_entry
+    from pillarbox.queue.control import show_entry
 
     queue = running.server.ctx.services.queue
     return running.call(queue._db(lambda s: show_entry(s, queue_id)))  # type: ignore[no-any-return]
