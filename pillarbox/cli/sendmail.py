@@ -167,7 +167,7 @@ def _deliver_offline(settings: Settings, queue_id: str) -> dict[str, str]:
     from pillarbox.delivery.local import LocalStore
     from pillarbox.delivery.pickup import Pickup
     from pillarbox.delivery.service import DeliveryService, QueueUnavailable
-    from pillarbox.delivery.services import WithoutServer
+    from pillarbox.delivery.wiring import WithoutServer
     from pillarbox.store.accounts import Accounts
 
     accounts = Accounts(settings.database_path, settings.domains)

@@ -20,8 +20,8 @@ from pillarbox.delivery.local import LocalStore, LocalTarget, folder_path
 from pillarbox.delivery.pickup import Pickup
 from pillarbox.delivery.policy import SmtpBackend
 from pillarbox.delivery.service import DeliveryService
-from pillarbox.delivery.services import InboundServices, LocalServices, RoutingServices
 from pillarbox.delivery.sieve import SieveFilter
+from pillarbox.delivery.wiring import InboundServices, LocalServices, RoutingServices
 from pillarbox.net.listener import ListenerSpec
 from pillarbox.smtp.server import SmtpServer
 from pillarbox.store.accounts import Accounts

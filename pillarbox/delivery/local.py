@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pillarbox import log
 from pillarbox.delivery.maildirwriter import MaildirWriter
-from pillarbox.delivery.services import LocalServices
+from pillarbox.delivery.wiring import LocalServices
 from pillarbox.store.flags import (
     ensure_keywords,
     is_keyword,

@@ -47,7 +47,7 @@ from pillarbox.delivery.service import (
     SieveRejected,
     unquote_local_part,
 )
-from pillarbox.delivery.services import InboundServices
+from pillarbox.delivery.wiring import InboundServices
 from pillarbox.queue.api import OutboundRecipient
 from pillarbox.smtp import codes
 from pillarbox.smtp.codes import Reply

@@ -34,8 +34,8 @@ from pillarbox import log
 from pillarbox.core.address import AddressError, parse_address, strip_subaddress
 from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
-from pillarbox.delivery.services import RoutingServices
 from pillarbox.delivery.sieve import Plan, SieveFilter, vacation_refusal, vacation_reply
+from pillarbox.delivery.wiring import RoutingServices
 from pillarbox.metrics import registry as metrics
 from pillarbox.queue import dsn
 from pillarbox.queue.api import OutboundRecipient, QueueError, QueueService
