@@ -14,17 +14,19 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pillarbox import config, log
 from pillarbox.admin.component import make_web
-from pillarbox.admin.sieve import make_managesieve
+from pillarbox.admin.sieve import SieveAccess, make_managesieve
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.control import ControlServer
 from pillarbox.core import privileges
 from pillarbox.delivery.component import make_smtp
+from pillarbox.delivery.service import DeliveryService
+from pillarbox.dns.resolver import Resolver
 from pillarbox.exporter.component import make_metrics
 from pillarbox.http.server import make_http
 from pillarbox.imap.server import make_imap
@@ -36,15 +38,48 @@ from pillarbox.net.listener import (
     format_address,
 )
 from pillarbox.pop3.server import make_pop3
-from pillarbox.queue.service import make_queue
+from pillarbox.queue.service import OutboundQueue, make_queue
 from pillarbox.spam.component import make_spam
+from pillarbox.spam.engine import SpamFilter
 from pillarbox.store.accounts import Accounts
 from pillarbox.store.layout import ensure_layout
-from pillarbox.store.mailbox import make_store
+from pillarbox.store.mailbox import MailStore, make_store
+from pillarbox.store.sieve_scripts import SieveScripts
+from pillarbox.tls.acme import ChallengeBoard
 from pillarbox.tls.context import TlsConfigError, TlsProvider, quiet_bad_server_names
-from pillarbox.tls.manager import ensure_bootstrap_certificate, make_certificates
+from pillarbox.tls.manager import (
+    CertificateManager,
+    ensure_bootstrap_certificate,
+    make_certificates,
+)
+from pillarbox.web.pages import WebPages
 
 _log = log.get("server")
+
+
+@dataclass
+class Services:
+    """What components provide to one another, one typed field each.
+
+    The resolver is built here from ``[dns]`` (and rebuilt on every reload), so every DNS
+    question of the server, inbound checks and outbound routing alike, goes where the
+    config says. Every other field is set by its provider's factory, in COMPONENTS order,
+    and stays None when that component is off (no spam filter with ``[spam] enabled =
+    false``). Each package reads and writes these through a Protocol of its own
+    (e.g. ``delivery.component.SmtpServices``), so no package imports this module.
+    """
+
+    resolver: Resolver
+    mail_store: MailStore | None = None  # IMAP's and POP3's backend (store)
+    mailbox_events: MailStore | None = None  # told of new mail by local delivery (store)
+    spam: SpamFilter | None = None  # spam
+    queue: OutboundQueue | None = None  # queue
+    delivery: DeliveryService | None = None  # smtp
+    sieve_scripts: SieveScripts | None = None  # smtp, or the Sieve pages without it
+    sieve: SieveAccess | None = None  # ManageSieve and the web pages (admin)
+    challenges: ChallengeBoard | None = None  # ACME challenges http answers (certificates)
+    certificates: CertificateManager | None = None  # certificates
+    web: WebPages | None = None  # the /admin/ and /account/ pages http serves (web)
 
 
 @dataclass
@@ -56,9 +91,7 @@ class AppContext:
     authenticator: Authenticator
     tls: TlsProvider
     control: ControlServer
-    # Services that one component provides to others (e.g. the mail store, the queue),
-    # registered by name during start-up in COMPONENTS order.
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services
 
     @classmethod
     def create(cls, settings: Settings) -> AppContext:
@@ -74,6 +107,7 @@ class AppContext:
             ),
             tls=TlsProvider(settings.tls.cert, settings.tls.key),
             control=ControlServer(settings.control_socket),
+            services=Services(resolver=Resolver.from_settings(settings.dns)),
         )
 
 
@@ -94,15 +128,15 @@ ComponentFactory = Callable[[AppContext], "Component | None"]
 
 # Every component, in start order: providers of services before their users.
 COMPONENTS: tuple[ComponentFactory, ...] = (
-    make_store,  # provides ctx.services["mail_store"] and ["mailbox_events"]
-    make_spam,  # provides ctx.services["spam"]; gives the mail store its learning hook
-    make_queue,  # provides ctx.services["queue"]
-    make_smtp,  # 25/587/465 and local delivery; provides ctx.services["delivery"]
+    make_store,  # provides services.mail_store and .mailbox_events
+    make_spam,  # provides services.spam; gives the mail store its learning hook
+    make_queue,  # provides services.queue
+    make_smtp,  # 25/587/465 and local delivery; provides services.delivery, .sieve_scripts
     make_imap,  # 143 (STARTTLS), 993, over the mail store
     make_pop3,  # 110 (STLS), 995, over the same mail store
-    make_managesieve,  # 4190 (STARTTLS): users manage their Sieve scripts
-    make_certificates,  # ACME and certificate reloads; the challenge board http serves
-    make_web,  # /admin/ and /account/ pages (served by http's https listener)
+    make_managesieve,  # 4190 (STARTTLS): users manage their Sieve scripts; services.sieve
+    make_certificates,  # ACME and certificate reloads; services.challenges, .certificates
+    make_web,  # /admin/ and /account/ pages (served by http's https listener); services.web
     make_http,  # 80/443: ACME challenges, MTA-STS policy, client autoconfiguration
     make_metrics,  # listen.metrics: Prometheus /metrics
 )
@@ -184,6 +218,8 @@ class Server:
         self.listeners.limits = connection_limits(new)
         self.listeners.proxy = proxy_settings(new)
         self.ctx.authenticator.reconfigure(new.limits)
+        # Before the components reload: they take the new resolver from the services.
+        self.ctx.services.resolver = Resolver.from_settings(new.dns)
         for component in self.components:
             try:
                 await component.reload(self.ctx)

@@ -57,15 +57,15 @@ def enqueue(
     sender: str = SENDER,
     **kwargs: Any,
 ) -> str:
-    queue = running.server.ctx.services["queue"]
+    queue = running.server.ctx.services.queue
     rcpts = [r if isinstance(r, OutboundRecipient) else OutboundRecipient(r) for r in recipients]
     return str(running.call(queue.enqueue(sender, rcpts, [message], **kwargs)))
 
 
 def queue_entry(running: pbserver.RunningServer, queue_id: str) -> dict[str, Any] | None:
-    from pillarbox.queue.service import show_entry
+    from pillarbox.queue.control import show_entry
 
-    queue = running.server.ctx.services["queue"]
+    queue = running.server.ctx.services.queue
     return running.call(queue._db(lambda s: show_entry(s, queue_id)))  # type: ignore[no-any-return]
 
 

@@ -98,7 +98,7 @@ def acme_setup(tmp_path: Path, dns_server: DnsTestServer) -> Iterator[Callable[.
 
 
 def manager(server: pbserver.RunningServer) -> Any:
-    return server.server.ctx.services["certificates"]
+    return server.server.ctx.services.certificates
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -1,4 +1,4 @@
-"""``ctx.services["delivery"].deliver``: routing (users, +tags with a multi-character
+"""``ctx.services.delivery.deliver``: routing (users, +tags with a multi-character
 delimiter, aliases, catch-all, forwarding to a remote target via the queue), Maildir layout,
 and the new-mail notification for IMAP IDLE."""
 
@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pbserver.Runnin
 
 
 def deliver(server: pbserver.RunningServer, recipients: list[str], body: bytes, qid: str) -> Any:
-    service = server.server.ctx.services["delivery"]
+    service = server.server.ctx.services.delivery
     return server.call(service.deliver("sender@remote.test", recipients, [body], queue_id=qid))
 
 
@@ -62,8 +62,8 @@ def inbox(server: pbserver.RunningServer, user: str) -> list[Path]:
 def test_routes_tags_catch_all_and_notifies(server: pbserver.RunningServer) -> None:
     recorder = Recorder()
     services = server.server.ctx.services
-    real = services.get("mailbox_events")
-    services["mailbox_events"] = recorder
+    real = services.mailbox_events
+    services.mailbox_events = recorder
     try:
         results = deliver(
             server,
@@ -73,7 +73,7 @@ def test_routes_tags_catch_all_and_notifies(server: pbserver.RunningServer) -> N
             "0000000000001AAAAAA",
         )  # fmt: skip
     finally:
-        services["mailbox_events"] = real
+        services.mailbox_events = real
     assert results == {
         "bob-lists@example.test": "delivered",
         "alice+x@example.test": "delivered",

@@ -91,7 +91,7 @@ def peer_certificate(port: int, alpn: list[str] | None) -> tuple[x509.Certificat
 def test_only_acme_clients_see_the_validation_certificate(
     running: pbserver.RunningServer,
 ) -> None:
-    board = running.server.ctx.services["acme_challenges"]
+    board = running.server.ctx.services.challenges
     board.publish_alpn("mail.example.test", acme.tls_alpn_context("mail.example.test", "t.k"))
     port = running.port("https")
 

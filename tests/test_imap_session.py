@@ -266,7 +266,7 @@ def test_idle_announces_delivery(server: pbserver.RunningServer) -> None:
         assert raw.line().startswith(b"+ ")
         start = time.monotonic()
         deliver(user_maildir(server.settings.mail_dir, ALICE), [message("pushed")])
-        events = server.server.ctx.services["mailbox_events"]
+        events = server.server.ctx.services.mailbox_events
         server.loop.call_soon_threadsafe(events.notify_new_mail, ALICE, "INBOX")
         assert raw.line() == b"* 1 EXISTS\r\n"
         assert raw.line() == b"* 1 RECENT\r\n"

@@ -521,7 +521,7 @@ def test_unreachable_destination_is_suspended_not_retried_per_message(
         assert peer.connections == 1
         assert all("temporarily suspended" in r and "refused to talk" in r for r in replies)
         # An administrator's flush lifts the suspension.
-        running.call(running.server.ctx.services["queue"]._control_flush({}))
+        running.call(running.server.ctx.services.queue.control.flush({}))
         wait_for(lambda: peer.connections >= 2, what="attempt after flush")
 
 

@@ -25,7 +25,8 @@ from pillarbox.queue.mtasts import (
 from pillarbox.queue.remote import Connection, TlsPolicy
 from pillarbox.queue.routing import Hop, is_null_mx, order_addresses, order_mx, parse_literal
 from pillarbox.queue.runner import FairSlots
-from pillarbox.queue.service import _check_enqueue_args, backoff, from_domains
+from pillarbox.queue.service import _check_enqueue_args, backoff
+from pillarbox.queue.signing import from_domains
 from pillarbox.smtp.client import (
     DataEncoder,
     Reply,

@@ -4,19 +4,37 @@ serves them, ``pillarbox.http``), a backend over the server's parts, reloaded wi
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Protocol
 
 from pillarbox.admin.backend import AdminBackend
-from pillarbox.admin.sieve import sieve_access
-from pillarbox.http.server import WEB_SERVICE
+from pillarbox.admin.sieve import SieveContext, SieveServices, sieve_access
+from pillarbox.control import ControlServer
 from pillarbox.net.listener import ListenerSpec
+from pillarbox.store.accounts import Accounts
 from pillarbox.web.pages import WebPages
+
+
+class WebServices(SieveServices, Protocol):
+    """The app's services this component reads and provides (``app.Services`` has them)."""
+
+    web: WebPages | None  # served by pillarbox.http's https listener
+
+
+class WebContext(SieveContext, Protocol):
+    @property
+    def accounts(self) -> Accounts: ...
+
+    @property
+    def control(self) -> ControlServer: ...
+
+    @property
+    def services(self) -> WebServices: ...
 
 
 class WebComponent:
     name = "web"
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: WebContext):
         self.backend = AdminBackend(
             ctx.settings, ctx.accounts, ctx.authenticator, ctx.control, sieve_access(ctx)
         )
@@ -31,15 +49,15 @@ class WebComponent:
     async def stop(self) -> None:
         await asyncio.to_thread(self.backend.close)
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: WebContext) -> None:
         self.backend.reconfigure(ctx.settings)
         self.pages.sessions.lifetime = float(ctx.settings.web.session_lifetime)
         self.pages.sessions.idle = float(ctx.settings.web.session_idle)
 
 
-def make_web(ctx: Any) -> WebComponent:
+def make_web(ctx: WebContext) -> WebComponent:
     """The web pages, registered for make_http. Always made (threads and the write
     connection start only when used), so that a reload switching https on serves them."""
     component = WebComponent(ctx)
-    ctx.services[WEB_SERVICE] = component.pages
+    ctx.services.web = component.pages
     return component

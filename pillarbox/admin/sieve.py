@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from pillarbox import sieve
+from pillarbox.auth.service import Authenticator
+from pillarbox.config import Settings
 from pillarbox.managesieve.backend import NONEXISTENT, ScriptError, ScriptInfo, ScriptProblem
 from pillarbox.managesieve.server import LISTENER, ManageSieveComponent
 from pillarbox.store.sieve_scripts import SieveScriptError, SieveScripts
 
 T = TypeVar("T")
 
-SERVICE: Final = "sieve"
 # The largest script we take (Dovecot Pigeonhole's default sieve_max_script_size, 1 MiB):
 # real filter sets are a few KiB; this bounds the literal a client may send.
 MAX_SCRIPT_SIZE: Final = 1 << 20
@@ -102,22 +103,38 @@ def _problem(content: str) -> ScriptProblem | None:
     return None
 
 
-def sieve_access(ctx: Any) -> SieveAccess:
-    """The one SieveAccess of the server, made on first use (ctx.services["sieve"]),
-    over the script storage local delivery registered (ctx.services["sieve_scripts"]),
-    so that delivery runs the script a client just stored."""
-    access = ctx.services.get(SERVICE)
+class SieveServices(Protocol):
+    """The app's services the Sieve access reads and provides (``app.Services`` has them)."""
+
+    sieve_scripts: SieveScripts | None  # local delivery's, or made here without it
+    sieve: SieveAccess | None
+
+
+class SieveContext(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+
+    @property
+    def services(self) -> SieveServices: ...
+
+
+def sieve_access(ctx: SieveContext) -> SieveAccess:
+    """The one SieveAccess of the server, made on first use (``services.sieve``), over the
+    script storage local delivery registered (``services.sieve_scripts``), so that delivery
+    runs the script a client just stored."""
+    access = ctx.services.sieve
     if access is None:
-        store = ctx.services.get("sieve_scripts")
+        store = ctx.services.sieve_scripts
         if store is None:  # no SMTP component: ours, for the pages and ManageSieve
-            store = ctx.services["sieve_scripts"] = SieveScripts(ctx.settings.database_path)
-        access = SieveAccess(store)
-        ctx.services[SERVICE] = access
-    assert isinstance(access, SieveAccess)
+            store = ctx.services.sieve_scripts = SieveScripts(ctx.settings.database_path)
+        access = ctx.services.sieve = SieveAccess(store)
     return access
 
 
-def make_managesieve(ctx: Any) -> ManageSieveComponent | None:
+def make_managesieve(ctx: SieveContext) -> ManageSieveComponent | None:
     """The ManageSieve component, or None when ``listen.managesieve`` is off."""
     if LISTENER not in ctx.settings.listen.enabled():
         return None

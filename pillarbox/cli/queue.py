@@ -17,7 +17,7 @@ from typing import Any
 from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.config import Settings
-from pillarbox.queue.service import list_entries, show_entry
+from pillarbox.queue.control import list_entries, show_entry
 from pillarbox.queue.store import QueueStore
 
 

@@ -167,14 +167,15 @@ def _deliver_offline(settings: Settings, queue_id: str) -> dict[str, str]:
     from pillarbox.delivery.local import LocalStore
     from pillarbox.delivery.pickup import Pickup
     from pillarbox.delivery.service import DeliveryService, QueueUnavailable
+    from pillarbox.delivery.wiring import WithoutServer
     from pillarbox.store.accounts import Accounts
 
     accounts = Accounts(settings.database_path, settings.domains)
-    local = LocalStore(settings.mail_dir, {}, settings.hostname)
+    local = LocalStore(settings.mail_dir, WithoutServer(), settings.hostname)
     service = DeliveryService(
         accounts,
         local,
-        {},
+        WithoutServer(),
         delimiter=settings.delivery.recipient_delimiter,
         domains=settings.domains,
         hostname=settings.hostname,

@@ -60,7 +60,7 @@ def _queue_entries(settings: Settings, running: bool) -> list[dict[str, Any]]:
             return entries
         except (control.ServerNotRunning, control.ControlError, OSError):
             pass
-    from pillarbox.queue.service import list_entries
+    from pillarbox.queue.control import list_entries
     from pillarbox.queue.store import QueueStore
 
     if not (settings.queue_dir / "queue.db").exists():

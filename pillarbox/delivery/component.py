@@ -1,7 +1,7 @@
 """Wiring of SMTP receiving and local delivery into the server (``app.py`` lists
 :func:`make_smtp`).
 
-The factory registers ``ctx.services["delivery"]`` (a
+The factory registers ``services.delivery`` (a
 :class:`~pillarbox.delivery.service.DeliveryService`) as soon as it runs, so components
 started later (and the queue, which looks it up when it has a bounce to deliver) find it,
 and returns the ``smtp`` component: the SMTP listeners plus the sendmail pickup directory
@@ -10,32 +10,61 @@ and returns the ``smtp`` component: the SMTP listeners plus the sendmail pickup 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
 from pillarbox import log
+from pillarbox.auth.service import Authenticator
+from pillarbox.config import Settings
+from pillarbox.control import ControlServer
 from pillarbox.delivery.local import LocalStore, LocalTarget, folder_path
 from pillarbox.delivery.pickup import Pickup
 from pillarbox.delivery.policy import SmtpBackend
 from pillarbox.delivery.service import DeliveryService
 from pillarbox.delivery.sieve import SieveFilter
+from pillarbox.delivery.wiring import InboundServices, LocalServices, RoutingServices
 from pillarbox.net.listener import ListenerSpec
 from pillarbox.smtp.server import SmtpServer
+from pillarbox.store.accounts import Accounts
 from pillarbox.store.names import BadMailboxName
 from pillarbox.store.sieve_scripts import SieveScripts
 
 _log = log.get("delivery")
 
 
+class SmtpServices(InboundServices, RoutingServices, LocalServices, Protocol):
+    """The app's services this component reads and provides (``app.Services`` has them)."""
+
+    delivery: DeliveryService | None
+    sieve_scripts: SieveScripts | None
+
+
+class SmtpContext(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def accounts(self) -> Accounts: ...
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+
+    @property
+    def control(self) -> ControlServer: ...
+
+    @property
+    def services(self) -> SmtpServices: ...
+
+
 class SmtpComponent:
     name = "smtp"
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: SmtpContext):
         settings = ctx.settings
         self.local = LocalStore(settings.mail_dir, ctx.services, settings.hostname)
         # Users' Sieve scripts (shared with ManageSieve and the web pages through services).
-        scripts = ctx.services.get("sieve_scripts")
+        scripts = ctx.services.sieve_scripts
         if scripts is None:
-            scripts = ctx.services["sieve_scripts"] = SieveScripts(settings.database_path)
+            scripts = ctx.services.sieve_scripts = SieveScripts(settings.database_path)
         self.sieve = SieveFilter(
             scripts, settings.delivery.recipient_delimiter, self._folder_exists
         )
@@ -48,7 +77,7 @@ class SmtpComponent:
             hostname=settings.hostname,
             sieve=self.sieve,
         )
-        ctx.services["delivery"] = self.delivery
+        ctx.services.delivery = self.delivery
         self.backend = SmtpBackend(settings, ctx.accounts, self.delivery, ctx.services)
         self.server = SmtpServer(settings, self.backend, ctx.authenticator)
         self.pickup = Pickup(settings, self.delivery)
@@ -74,7 +103,7 @@ class SmtpComponent:
         await self.server.stop()
         self.local.close()
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: SmtpContext) -> None:
         settings = ctx.settings
         self.backend.settings = settings
         self.delivery.delimiter = settings.delivery.recipient_delimiter
@@ -82,7 +111,7 @@ class SmtpComponent:
         await self.server.reload(ctx)
 
 
-def make_smtp(ctx: Any) -> SmtpComponent:
+def make_smtp(ctx: SmtpContext) -> SmtpComponent:
     """The SMTP component. Always made: with every SMTP listener disabled it still provides
     the delivery service (queue DSNs, sendmail) and simply binds no port."""
     return SmtpComponent(ctx)

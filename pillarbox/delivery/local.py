@@ -15,13 +15,13 @@ import asyncio
 import functools
 import inspect
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pillarbox import log
 from pillarbox.delivery.maildirwriter import MaildirWriter
+from pillarbox.delivery.wiring import LocalServices
 from pillarbox.store.flags import (
     ensure_keywords,
     is_keyword,
@@ -87,7 +87,7 @@ def delivery_headers(sender: str, user: str) -> bytes:
 class LocalStore:
     """Writes messages into Maildirs (see the module docstring)."""
 
-    def __init__(self, mail_dir: Path, services: Mapping[str, Any], hostname: str | None = None):
+    def __init__(self, mail_dir: Path, services: LocalServices, hostname: str | None = None):
         self.mail_dir = mail_dir
         self.services = services
         self.hostname = hostname
@@ -128,7 +128,7 @@ class LocalStore:
         return paths
 
     async def _notify(self, target: LocalTarget) -> None:
-        events = self.services.get("mailbox_events")
+        events = self.services.mailbox_events
         if events is None:
             return
         try:

@@ -9,7 +9,7 @@ backscatter). After DATA the message is authenticated (SPF, DKIM, DMARC, ARC via
 ``mailauth.dmarc_reject`` is on, ``quarantine`` delivers to the Junk folder, an SPF
 ``fail`` gives 550 5.7.23 when ``mailauth.spf_reject`` is on, DNS trouble never refuses
 mail. Forged Authentication-Results that claim our authserv-id are removed
-(RFC 8601 §5) and ours is prepended. Then the spam filter (``ctx.services["spam"]``,
+(RFC 8601 §5) and ours is prepended. Then the spam filter (``services.spam``,
 :mod:`pillarbox.spam`) judges the message per local user: Junk at the user's junk threshold,
 550 5.7.1 when every recipient's verdict is "reject" (a message for several users, one of
 whom would reject it, goes to that user's Junk: after DATA there is one reply for all), an
@@ -47,6 +47,7 @@ from pillarbox.delivery.service import (
     SieveRejected,
     unquote_local_part,
 )
+from pillarbox.delivery.wiring import InboundServices
 from pillarbox.queue.api import OutboundRecipient
 from pillarbox.smtp import codes
 from pillarbox.smtp.codes import Reply
@@ -101,13 +102,12 @@ class SmtpBackend:
         settings: Settings,
         accounts: Accounts,
         delivery: DeliveryService,
-        services: dict[str, Any],
+        services: InboundServices,
     ):
         self.settings = settings
         self.accounts = accounts
         self.delivery = delivery
         self.services = services
-        self._resolver: Any = None
         # RCPT-time resolutions, reused at delivery so both agree (and one lookup is saved).
         self._resolved: OrderedDict[tuple[str, str], Resolution] = OrderedDict()
 
@@ -212,7 +212,7 @@ class SmtpBackend:
     def _spam_filter(self, session: SessionInfo) -> SpamFilter | None:
         """The filter, for strangers' mail only: a logged-in user's or a trusted network's
         mail is ours (as it skips SPF/DMARC)."""
-        spam: SpamFilter | None = self.services.get("spam")
+        spam = self.services.spam
         if spam is None or not spam.enabled or session.user is not None or session.trusted:
             return None
         return spam
@@ -324,7 +324,8 @@ class SmtpBackend:
                 ip=session.peer_ip,
                 helo=session.helo,
                 mail_from=envelope.sender,
-                resolver=self._get_resolver(),
+                # Looked up per message: a reload replaces it with one for the new [dns].
+                resolver=self.services.resolver,
                 authserv_id=self.settings.hostname,
             )
         except Exception:
@@ -346,16 +347,6 @@ class SmtpBackend:
             return InboundResult(refusal, INBOX, b"")
         folder = JUNK if verdict.disposition in ("quarantine", "reject") else INBOX
         return InboundResult(None, folder, verdict.header, verdict)
-
-    def _get_resolver(self) -> Any:
-        shared = self.services.get("resolver")
-        if shared is not None:
-            return shared
-        if self._resolver is None:
-            from pillarbox.dns.resolver import Resolver
-
-            self._resolver = Resolver.from_settings(self.settings.dns)
-        return self._resolver
 
     def _route(self, envelope: Envelope) -> Route:
         return self.delivery.route(

@@ -1,6 +1,6 @@
 """The delivery service: route recipients, store local mail, hand remote mail to the queue.
 
-``ctx.services["delivery"]`` is a :class:`DeliveryService`. Its public call::
+``services.delivery`` is a :class:`DeliveryService`. Its public call::
 
     results = await delivery.deliver(sender, ["bob@example.com", "x@remote.example"],
                                      [header_bytes, spool_path], queue_id=qid)
@@ -29,16 +29,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pillarbox import log
 from pillarbox.core.address import AddressError, parse_address, strip_subaddress
 from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
 from pillarbox.delivery.sieve import Plan, SieveFilter, vacation_refusal, vacation_reply
+from pillarbox.delivery.wiring import RoutingServices
 from pillarbox.metrics import registry as metrics
 from pillarbox.queue import dsn
-from pillarbox.queue.api import OutboundRecipient, QueueError
+from pillarbox.queue.api import OutboundRecipient, QueueError, QueueService
 from pillarbox.sieve.interpreter import Vacation
 from pillarbox.sieve.message import SieveMessage
 from pillarbox.store.accounts import Accounts, Resolution
@@ -128,7 +128,7 @@ class DeliveryService:
         self,
         accounts: Accounts,
         local: LocalStore,
-        services: Mapping[str, Any],
+        services: RoutingServices,
         *,
         delimiter: str,
         domains: Sequence[str],
@@ -144,8 +144,8 @@ class DeliveryService:
         self.hostname = hostname
 
     @property
-    def queue(self) -> Any | None:
-        return self.services.get("queue")
+    def queue(self) -> QueueService | None:
+        return self.services.queue
 
     def canonical(self, address: str) -> str:
         """Normalised address; ``postmaster`` alone means postmaster of our first domain

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
+from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.exporter.probes import ServerMetrics
 from pillarbox.http.message import Limits
@@ -12,8 +13,11 @@ from pillarbox.net.listener import Connection, ListenerSpec, TlsMode
 
 
 class MetricsContext(Protocol):
-    settings: Settings
-    authenticator: Any
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def authenticator(self) -> Authenticator: ...
 
 
 class MetricsComponent:
@@ -39,7 +43,7 @@ class MetricsComponent:
     async def stop(self) -> None:
         pass
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: MetricsContext) -> None:
         self.settings = self.metrics.settings = ctx.settings
 
 

@@ -36,7 +36,7 @@ import dataclasses
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote, urlencode
 
 from pillarbox import log
@@ -78,8 +78,11 @@ class TlsSource(Protocol):
 class WebPages(Protocol):
     """The web admin and account pages: an ASGI application and the paths it owns."""
 
-    app: AsgiApp
-    timeout: float  # seconds one page may take (a live check, a certificate order)
+    @property
+    def app(self) -> AsgiApp: ...
+
+    @property
+    def timeout(self) -> float: ...  # seconds one page may take (a live check, an order)
 
     def owns(self, path: str) -> bool: ...
 
@@ -407,20 +410,31 @@ class HttpComponent:
     async def stop(self) -> None:
         pass
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: HttpContext) -> None:
         self.site.settings = ctx.settings
+
+
+class HttpServices(Protocol):
+    """The app's services this package reads (``app.Services`` has them)."""
+
+    @property
+    def challenges(self) -> ChallengeResponder | None: ...  # set by the certificates
+
+    @property
+    def web(self) -> WebPages | None: ...  # set by the web component
 
 
 class HttpContext(Protocol):
     """The part of the app context this package uses (app.AppContext provides it)."""
 
-    settings: Settings
-    tls: Any
-    services: dict[str, Any]
+    @property
+    def settings(self) -> Settings: ...
 
+    @property
+    def tls(self) -> TlsSource: ...
 
-CHALLENGES_SERVICE = "acme_challenges"
-WEB_SERVICE = "web_pages"  # a WebPages, registered by the web component (app.py)
+    @property
+    def services(self) -> HttpServices: ...
 
 
 def make_http(ctx: HttpContext) -> HttpComponent | None:
@@ -431,6 +445,6 @@ def make_http(ctx: HttpContext) -> HttpComponent | None:
     return HttpComponent(
         ctx.settings,
         ctx.tls,
-        ctx.services.get(CHALLENGES_SERVICE),
-        web=ctx.services.get(WEB_SERVICE),
+        ctx.services.challenges,
+        web=ctx.services.web,
     )

@@ -6,9 +6,11 @@ accepted connection runs one :class:`~pillarbox.imap.session.Session`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from pillarbox import log
+from pillarbox.auth.service import Authenticator
+from pillarbox.config import Settings
 
 # Importing these registers their command handlers with the session.
 from pillarbox.imap import session_mailboxes, session_selected
@@ -41,10 +43,30 @@ def session_config(settings: Any) -> SessionConfig:
     )
 
 
+class ImapServices(Protocol):
+    """The app's services this package reads (``app.Services`` has them)."""
+
+    @property
+    def mail_store(self) -> MailBackend | None: ...
+
+
+class ImapContext(Protocol):
+    """The part of the app context this package uses (app.AppContext provides it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+
+    @property
+    def services(self) -> ImapServices: ...
+
+
 class ImapComponent:
     name = "imap"
 
-    def __init__(self, ctx: Any, backend: MailBackend):
+    def __init__(self, ctx: ImapContext, backend: MailBackend):
         self.ctx = ctx
         self.backend = backend
         self.config = session_config(ctx.settings)
@@ -67,17 +89,17 @@ class ImapComponent:
     async def stop(self) -> None:
         return None
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: ImapContext) -> None:
         self.ctx = ctx
         self.config = session_config(ctx.settings)
 
 
-def make_imap(ctx: Any) -> ImapComponent | None:
+def make_imap(ctx: ImapContext) -> ImapComponent | None:
     """The IMAP component, or None when neither IMAP listener is enabled."""
     enabled = ctx.settings.listen.enabled()
     if not any(name in enabled for name, _ in LISTENERS):
         return None
-    backend = ctx.services.get("mail_store")
+    backend = ctx.services.mail_store
     if backend is None:
         _log.warning("imap disabled", reason="no mail store service")
         return None

@@ -7,8 +7,10 @@ connection runs one :class:`~pillarbox.managesieve.session.Session`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
+from pillarbox.auth.service import Authenticator
+from pillarbox.config import Settings
 from pillarbox.managesieve.backend import SieveBackend
 from pillarbox.managesieve.session import Session, SessionConfig
 from pillarbox.net.listener import Connection, ListenerSpec, TlsMode
@@ -31,10 +33,20 @@ def session_config(settings: Any) -> SessionConfig:
     )
 
 
+class ManageSieveContext(Protocol):
+    """The part of the app context this package uses (app.AppContext provides it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+
+
 class ManageSieveComponent:
     name = "managesieve"
 
-    def __init__(self, ctx: Any, backend: SieveBackend):
+    def __init__(self, ctx: ManageSieveContext, backend: SieveBackend):
         self.ctx = ctx
         self.backend = backend
         self.config = session_config(ctx.settings)
@@ -54,6 +66,6 @@ class ManageSieveComponent:
     async def stop(self) -> None:
         return None
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: ManageSieveContext) -> None:
         self.ctx = ctx
         self.config = session_config(ctx.settings)

@@ -1,7 +1,7 @@
 """What a POP3 session needs from the mail store: a small ``typing.Protocol``.
 
 The pop3 package never imports ``pillarbox.store``; ``app.py`` hands the component the mail
-store service (``ctx.services["mail_store"]``, the same object IMAP uses), whose per-user
+store service (``ctx.services.mail_store``, the same object IMAP uses), whose per-user
 handle already has these methods. POP3 uses only INBOX and only this subset:
 
 * ``status`` syncs the Maildir into the index and gives UIDVALIDITY / UIDNEXT;

@@ -1,9 +1,9 @@
 """The outbound queue's public interface: what other components call.
 
 The SMTP/delivery engineer hands remote recipients to the queue through
-``ctx.services["queue"]``, an object satisfying :class:`QueueService`::
+``ctx.services.queue``, an object satisfying :class:`QueueService`::
 
-    queue: QueueService = ctx.services["queue"]
+    queue = ctx.services.queue  # a QueueService, or None without the queue
     queue_id = await queue.enqueue(
         "alice@example.test",
         [OutboundRecipient("bob@remote.test", notify=frozenset({"FAILURE"}))],

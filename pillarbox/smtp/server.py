@@ -77,7 +77,8 @@ STALE_SPOOL_AGE = 3600.0
 
 
 class _HasSettings(Protocol):
-    settings: Settings
+    @property
+    def settings(self) -> Settings: ...
 
 
 def spool_dir(settings: Settings) -> Path:

@@ -1,7 +1,7 @@
 """The spam filter: rules, learned reputation and (optionally) rspamd into one verdict
 per recipient.
 
-:class:`SpamFilter` is ``ctx.services["spam"]``. The SMTP backend calls
+:class:`SpamFilter` is ``ctx.services.spam``. The SMTP backend calls
 
 - :meth:`SpamFilter.prefetch` at MAIL (the DNSBL and PTR lookups of the client start),
 - :meth:`SpamFilter.greylisted` after DATA when ``[spam] greylist`` is on,
@@ -34,10 +34,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pillarbox import log
 from pillarbox.config import SpamSettings
+from pillarbox.dns.resolver import Resolver
 from pillarbox.spam import bayes, header, rules
 from pillarbox.spam.greylist import triplet
 from pillarbox.spam.lesson import lesson_from_stored, lesson_of
@@ -86,7 +86,7 @@ class Verdict:
 
 
 class SpamFilter:
-    def __init__(self, settings: SpamSettings, data_dir: Path, resolver: Any,
+    def __init__(self, settings: SpamSettings, data_dir: Path, resolver: Resolver,
                  *, authserv_id: str, our_names: frozenset[str], dns_timeout: float):  # fmt: skip
         self.settings = settings
         self.authserv_id = authserv_id
@@ -98,7 +98,7 @@ class SpamFilter:
         self._thresholds: dict[str, tuple[float | None, float | None]] = {}
         self._trained: dict[str, tuple[int, int]] = {}
 
-    def reconfigure(self, settings: SpamSettings, resolver: Any) -> None:
+    def reconfigure(self, settings: SpamSettings, resolver: Resolver) -> None:
         self.settings = settings
         self.lookups.zones = settings.dnsbls
         self.lookups.resolver = resolver

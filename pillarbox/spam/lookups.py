@@ -18,11 +18,10 @@ import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from pillarbox import log
 from pillarbox.check.dnsbl import classify, query_name
-from pillarbox.dns.resolver import DnsNotFound, DnsTempError
+from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 
 _log = log.get("spam")
 CACHE_TTL = 600.0
@@ -36,7 +35,7 @@ class ClientDns:
 
 
 class ClientLookups:
-    def __init__(self, resolver: Any, zones: tuple[str, ...], timeout: float):
+    def __init__(self, resolver: Resolver, zones: tuple[str, ...], timeout: float):
         self.resolver = resolver
         self.zones = zones
         self.timeout = timeout

@@ -27,9 +27,10 @@ from array import array
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from pillarbox import log
+from pillarbox.config import Settings
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.index import UserIndex
 from pillarbox.store.maildir import user_maildir
@@ -332,20 +333,35 @@ class MailStore:
         self.executor.shutdown(wait=False)
 
 
+class StoreServices(Protocol):
+    """The app's services this component provides (``app.Services`` has them)."""
+
+    mail_store: MailStore | None
+    mailbox_events: MailStore | None
+
+
+class StoreContext(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def services(self) -> StoreServices: ...
+
+
 class StoreComponent:
     """The mail store as an app component: no listeners, provides two services.
 
-    ``ctx.services["mail_store"]`` is the :class:`MailStore` (IMAP's backend) and
-    ``ctx.services["mailbox_events"]`` the object with ``notify_new_mail(user, mailbox)``
-    that SMTP delivery calls after writing into a Maildir.
+    ``services.mail_store`` is the :class:`MailStore` (IMAP's and POP3's backend) and
+    ``services.mailbox_events`` the same object, whose ``notify_new_mail(user, mailbox)``
+    SMTP delivery calls after writing into a Maildir.
     """
 
     name = "store"
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: StoreContext):
         self.store = MailStore(ctx.settings.mail_dir)
-        ctx.services["mail_store"] = self.store
-        ctx.services["mailbox_events"] = self.store
+        ctx.services.mail_store = self.store
+        ctx.services.mailbox_events = self.store
 
     def listeners(self) -> list[Any]:
         return []
@@ -356,9 +372,9 @@ class StoreComponent:
     async def stop(self) -> None:
         await self.store.close()
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: StoreContext) -> None:
         return None
 
 
-def make_store(ctx: Any) -> StoreComponent:
+def make_store(ctx: StoreContext) -> StoreComponent:
     return StoreComponent(ctx)

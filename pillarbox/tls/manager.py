@@ -41,7 +41,7 @@ from cryptography.x509.oid import NameOID
 
 from pillarbox import log
 from pillarbox.config import Settings
-from pillarbox.control import ControlError
+from pillarbox.control import ControlError, ControlServer
 from pillarbox.core.aio import wait_event
 from pillarbox.dns.resolver import DnsError, Resolver, parse_nameserver
 from pillarbox.tls import acme
@@ -51,8 +51,6 @@ from pillarbox.tls.context import TlsConfigError, TlsProvider, server_context
 _log = log.get("acme")
 T = TypeVar("T")
 
-CHALLENGES_SERVICE = "acme_challenges"  # the key pillarbox.http.server looks up
-MANAGER_SERVICE = "certificates"
 PLACEHOLDER_ORG = "Pillarbox placeholder until ACME issues a certificate"
 BACKOFF_INITIAL = 300.0
 DNS_TIMEOUT = 2.0
@@ -308,7 +306,7 @@ class CertificateManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
-    async def reload(self, ctx: Any) -> None:
+    async def reload(self, ctx: ManagerContext) -> None:
         mode_changed = ctx.settings.tls.acme != self.settings.tls.acme
         self.settings = ctx.settings
         self._file_stamp = None
@@ -521,17 +519,31 @@ def certificate_status(settings: Settings) -> dict[str, Any]:
     return status
 
 
+class ManagerServices(Protocol):
+    """The app's services this component provides (``app.Services`` has them)."""
+
+    challenges: acme.ChallengeBoard | None  # answered by pillarbox.http
+    certificates: CertificateManager | None
+
+
 class ManagerContext(Protocol):
-    settings: Settings
-    tls: TlsProvider
-    control: Any
-    services: dict[str, Any]
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def tls(self) -> TlsProvider: ...
+
+    @property
+    def control(self) -> ControlServer: ...
+
+    @property
+    def services(self) -> ManagerServices: ...
 
 
 def make_certificates(ctx: ManagerContext) -> CertificateManager:
     """Component factory for app.py; also publishes the challenge board for the http one."""
     board = acme.ChallengeBoard()
     manager = CertificateManager(ctx.settings, ctx.tls, ctx.control, board)
-    ctx.services[CHALLENGES_SERVICE] = board
-    ctx.services[MANAGER_SERVICE] = manager
+    ctx.services.challenges = board
+    ctx.services.certificates = manager
     return manager

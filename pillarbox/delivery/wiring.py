@@ -1,0 +1,61 @@
+"""What delivery reads from the app's services (``app.Services`` has every field).
+
+Typed views, not a registry: the SMTP backend, the delivery service and the local store
+each declare the few services they use and look them up when they use them (not once at
+start-up), so a service a reload replaces (the resolver, rebuilt from ``[dns]``) is the one
+the next message sees. ``cli/sendmail`` delivers without a server through
+:class:`WithoutServer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from pillarbox.queue.api import QueueService
+
+if TYPE_CHECKING:  # imported when first used, like the modules that use them
+    from pillarbox.dns.resolver import Resolver
+    from pillarbox.spam.engine import SpamFilter
+
+
+class MailboxEvents(Protocol):
+    """Told after local delivery wrote into a Maildir, so IDLE clients hear of it."""
+
+    def notify_new_mail(
+        self, user_address: str, mailbox: str = "INBOX"
+    ) -> Awaitable[None] | None: ...
+
+
+class LocalServices(Protocol):
+    """What the local store (Maildir writer) uses."""
+
+    @property
+    def mailbox_events(self) -> MailboxEvents | None: ...
+
+
+class RoutingServices(Protocol):
+    """What the delivery service uses: the queue takes the remote recipients."""
+
+    @property
+    def queue(self) -> QueueService | None: ...
+
+
+class InboundServices(Protocol):
+    """What the SMTP backend uses to judge inbound mail."""
+
+    @property
+    def resolver(self) -> Resolver: ...
+
+    @property
+    def spam(self) -> SpamFilter | None: ...
+
+
+@dataclass(frozen=True)
+class WithoutServer:
+    """No running server (``pillarbox sendmail`` delivering itself): no queue to hand
+    remote recipients to, no IMAP session to tell of new mail."""
+
+    queue: QueueService | None = None
+    mailbox_events: MailboxEvents | None = None
