@@ -48,6 +48,16 @@ class FakeConn:
     async def drain(self, seconds: float) -> None:
         return None
 
+    async def read_line(self, seconds: float) -> bytes:
+        async with asyncio.timeout(seconds):
+            return await self.reader.readuntil(b"\n")
+
+    def interrupt(self) -> None:
+        return None
+
+    def buffered_input(self) -> int:
+        return 0  # every command is fed up front; COMPRESS is never sent by the fuzzer
+
     def mark_authenticated(self) -> None:
         self.authenticated = True
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -123,6 +122,7 @@ class Session:
         self._out = bytearray()
         # Set by the change hub when the selected mailbox changed elsewhere.
         self.changed = asyncio.Event()
+        self.idling = False  # in IDLE: a change interrupts the wait for DONE
         self._unwatch: Callable[[], None] | None = None
         self._bad = 0
 
@@ -207,27 +207,15 @@ class Session:
 
     async def _readline(self, seconds: float) -> bytes | None:
         """The next line, or None when the client left, timed out or the server stops."""
-        read = asyncio.ensure_future(self.conn.reader.readuntil(b"\n"))
-        closing = asyncio.ensure_future(self.conn.closing.wait())
         try:
-            done, _ = await asyncio.wait(
-                {read, closing}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            closing.cancel()
-            if not read.done():
-                read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await read
-        if read not in done:
+            return await self.conn.read_line(seconds)
+        except TimeoutError:
             # Shutdown (RFC 3501 §7.1.5 BYE) or the idle timeout (§5.4 autologout).
             shutting = self.conn.closing.is_set()
             self.send(b"* BYE server shutting down\r\n" if shutting
                       else b"* BYE autologout; idle for too long\r\n")  # fmt: skip
             await self.flush()
             return None
-        try:
-            return read.result()
         except asyncio.IncompleteReadError:
             return None
         except asyncio.LimitOverrunError:
@@ -339,6 +327,8 @@ class Session:
     def _on_change(self, mailbox: str) -> None:
         if self.selected is not None and mailbox == self.selected.name:
             self.changed.set()
+            if self.idling:
+                self.conn.interrupt()  # IDLE reports it now (RFC 2177)
 
     async def send_updates(self, cmd: c.Command, *, force: bool = False) -> None:
         view = self.selected

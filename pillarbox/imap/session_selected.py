@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 from typing import Final
 
 from pillarbox.imap import commands as c
@@ -213,22 +212,20 @@ async def do_idle(s: Session, cmd: c.Idle) -> Result:
     await s.flush()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + s.config.idle_timeout
-    read = asyncio.ensure_future(s.conn.reader.readuntil(b"\n"))
+    s.idling = True
     try:
         while True:
-            dirty = asyncio.ensure_future(s.changed.wait())
-            closing = asyncio.ensure_future(s.conn.closing.wait())
+            if s.changed.is_set():  # came while updates were being sent
+                await s.send_updates(cmd)
+                await s.flush()
             timeout = max(0.0, min(IDLE_SYNC_INTERVAL, deadline - loop.time()))
-            done, _ = await asyncio.wait(
-                {read, dirty, closing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            dirty.cancel()
-            closing.cancel()
-            if read in done:
-                try:
-                    line = read.result()
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                    raise Logout from None
+            try:
+                line = await s.conn.read_line(timeout)
+            except TimeoutError:
+                pass  # a change, shutdown, the periodic sync or the end of the idle time
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                raise Logout from None
+            else:
                 if is_idle_done(line):
                     return "IDLE terminated"
                 raise Bad("expected DONE")
@@ -242,10 +239,7 @@ async def do_idle(s: Session, cmd: c.Idle) -> Result:
             await s.send_updates(cmd, force=True)
             await s.flush()
     finally:
-        if not read.done():
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await read
+        s.idling = False
 
 
 handles(c.Fetch)(do_fetch)
