@@ -189,6 +189,18 @@ def _delimiter(value: str) -> str:
     return value
 
 
+def _argon2_memory(value: int) -> int:
+    if value < 19456:
+        raise ValueError("must be at least 19456 (KiB: OWASP's floor for argon2id)")
+    return value
+
+
+def _argon2_parallelism(value: int) -> int:
+    if not 1 <= value <= 64:
+        raise ValueError("must be between 1 and 64")
+    return value
+
+
 def _check(fn: typing.Callable[[Any], Any], doc: str = "") -> dict[str, Any]:
     return {"check": fn, "doc": doc}
 
@@ -363,6 +375,12 @@ class LimitSettings:
     )
     # argon2id costs 64 MiB per verification: bound how many run at once.
     max_parallel_hashes: int = field(default=2, metadata=_check(_positive))
+    # The cost of a new password hash (argon2id, RFC 9106 §4's second option by default).
+    # Lower it on a small machine, never below OWASP's floor of 19 MiB; stored hashes keep
+    # the cost they were made with. Repeat logins skip the hash (the credential cache).
+    argon2_time_cost: int = field(default=3, metadata=_check(_positive))
+    argon2_memory_kib: int = field(default=65536, metadata=_check(_argon2_memory))
+    argon2_parallelism: int = field(default=4, metadata=_check(_argon2_parallelism))
     shutdown_grace: Duration = Duration(10)
 
 

@@ -1,19 +1,69 @@
 """Password hashing with argon2id (RFC 9106).
 
-Parameters follow RFC 9106 §4's second recommended option (t=3, m=64 MiB, p=4), which costs
-tens of milliseconds: always call these from a worker thread, never on the event loop.
+The default parameters are RFC 9106 §4's second recommended option (t=3, m=64 MiB, p=4),
+which costs tens of milliseconds: always call these from a worker thread, never on the
+event loop. ``[limits] argon2_time_cost / argon2_memory_kib / argon2_parallelism`` change
+them for new hashes (:func:`configure`, called where the settings are loaded); a stored
+hash carries its own parameters, so existing passwords keep verifying.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
+
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-_HASHER = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, type=Type.ID)
+from pillarbox.config import LimitSettings
 
-# A hash of a random string: verifying against it makes "no such user" take as long as
-# "wrong password", so timing does not reveal which addresses exist.
-_DUMMY_HASH = _HASHER.hash("pillarbox-no-such-user")
+
+@dataclass(frozen=True)
+class Argon2Cost:
+    time_cost: int = 3
+    memory_kib: int = 65536
+    parallelism: int = 4
+
+
+_lock = threading.Lock()
+_cost = Argon2Cost()
+_hasher = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, type=Type.ID)
+# A hash of a random string under the current cost: verifying against it makes "no such
+# user" take as long as "wrong password", so timing does not reveal which addresses exist.
+_dummy_hash: str | None = None
+
+
+def cost_of(limits: LimitSettings) -> Argon2Cost:
+    return Argon2Cost(limits.argon2_time_cost, limits.argon2_memory_kib, limits.argon2_parallelism)
+
+
+def current_cost() -> Argon2Cost:
+    return _cost
+
+
+def configure(cost: Argon2Cost) -> None:
+    """Hash new passwords (and time unknown users) with ``cost`` from now on."""
+    global _cost, _hasher, _dummy_hash
+    with _lock:
+        if cost == _cost:
+            return
+        _cost = cost
+        _hasher = PasswordHasher(
+            time_cost=cost.time_cost,
+            memory_cost=cost.memory_kib,
+            parallelism=cost.parallelism,
+            type=Type.ID,
+        )
+        _dummy_hash = None
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    with _lock:
+        if _dummy_hash is None:
+            _dummy_hash = _hasher.hash("pillarbox-no-such-user")
+        return _dummy_hash
+
 
 MIN_PASSWORD_LENGTH = 8
 
@@ -33,12 +83,12 @@ def check_policy(password: str) -> None:
 
 def hash_password(password: str) -> str:
     check_policy(password)
-    return _HASHER.hash(password)
+    return _hasher.hash(password)
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
     """Constant-shape check: a missing user still spends one verification."""
     try:
-        return _HASHER.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+        return _hasher.verify(stored_hash or _dummy(), password) and stored_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pillarbox import log
+from pillarbox.auth import passwords
 from pillarbox.auth.bans import Ban, BanFile, BanList, BanPolicy
 from pillarbox.auth.cache import CredentialCache
 from pillarbox.auth.passwords import verify_password
@@ -117,6 +118,7 @@ class Authenticator:
         self._clients.policy = self._accounts.policy = _throttle_policy(limits)
         self._bans.policy = _ban_policy(limits)
         self._slots.set_limit(limits.max_parallel_hashes)
+        passwords.configure(passwords.cost_of(limits))  # for hashes made from now on
         self._exempt = tuple(ipaddress.ip_network(n, strict=False) for n in limits.ban_exempt)
         self._lift_exempt_bans()
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pillarbox import config
+from pillarbox.auth import passwords
 from pillarbox.config import Settings
 
 
@@ -28,7 +29,10 @@ class Command:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    return config.load(getattr(args, "config", None))
+    settings = config.load(getattr(args, "config", None))
+    # `user add` and `user passwd` hash with the configured cost.
+    passwords.configure(passwords.cost_of(settings.limits))
+    return settings
 
 
 def read_password(from_stdin: bool, *, confirm: bool = True) -> str:
