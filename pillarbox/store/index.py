@@ -36,6 +36,7 @@ from typing import Any, Final
 from pillarbox import mime
 from pillarbox.store import db, uidlist, writes
 from pillarbox.store import flags as fl
+from pillarbox.store import vanished as tombstones
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 from pillarbox.store.reads import FlagBatch, IndexReader
@@ -129,6 +130,7 @@ class UserIndex:
         # a power cut is repaired by the next sync, so WAL's NORMAL durability is enough.
         self.conn.execute("PRAGMA synchronous=NORMAL")
         db.migrate(self.conn, "mailindex", _MIGRATIONS)
+        tombstones.migrate(self.conn)  # its own component: see store.vanished
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
@@ -206,6 +208,7 @@ class UserIndex:
             self.conn.execute("DELETE FROM message_data WHERE mailbox_id = ?", (mailbox_id,))
             self.conn.execute("DELETE FROM message_search WHERE mailbox_id = ?", (mailbox_id,))
             self.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+            tombstones.forget(self.conn, mailbox_id)
         self._keywords.pop(mailbox_id, None)
 
     def mailbox(self, name: str) -> Mailbox:
@@ -435,6 +438,8 @@ class UserIndex:
                         f"DELETE FROM {table} WHERE mailbox_id = ? AND uid IN ({marks})",
                         (box.id, *chunk),
                     )
+            # RFC 7162 §3.2.7: remember each expunged UID with the modseq of its expunge.
+            tombstones.record(self.conn, box.id, modseq, uids)
             self.conn.execute(
                 "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
             )
@@ -694,6 +699,17 @@ class UserIndex:
         if claim_recent and len(new):
             self._claim_recent(box, new[-1] + 1)
         return ChangeSet(present, new, updates, box.highestmodseq, box.uidnext, recent_from)
+
+    def vanished(
+        self, name: str, since_modseq: int, ranges: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """UID ranges within ``ranges`` expunged after ``since_modseq`` (QRESYNC).
+
+        Exact while the tombstones reach back that far, else a superset (see store.vanished).
+        """
+        box = self.mailbox(name)
+        present = self._cached_uids(box)
+        return tombstones.since(self.conn, box.id, since_modseq, ranges, present, box.uidnext)
 
     # --- reading (pillarbox.store.reads, on this index's own connection) -------------------
     def fetch(

@@ -141,6 +141,11 @@ class UserMailboxes:
             claim_recent,
         )
 
+    async def vanished(
+        self, name: str, since_modseq: int, ranges: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        return await self._run(self._index.vanished, name, since_modseq, ranges)
+
     async def fetch(
         self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
     ) -> list[tuple[Any, ...]]:
