@@ -143,8 +143,13 @@ class UserMail(Protocol):
     # vanished: UID ranges within ``ranges`` expunged after ``since_modseq`` (RFC 7162
     # QRESYNC), sorted; may include UIDs expunged earlier (§3.2.5.1), never a present one.
     async def fetch(
-        self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
-    ) -> list[tuple[Any, ...]]: ...
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        data: bool,
+        limit: int,
+        changed_since: int = 0,
+    ) -> list[tuple[Any, ...]]: ...  # only rows with modseq > changed_since
     async def search_uids(self, name: str, where: Any) -> tuple[array[int], int]: ...
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int

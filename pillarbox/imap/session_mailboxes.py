@@ -78,6 +78,8 @@ async def _resync(s: Session, view: SelectedMailbox, q: c.Qresync) -> None:
     First ``VANISHED (EARLIER)`` with the expunged UIDs, then FETCH (UID FLAGS MODSEQ) for
     every message changed since, as ``UID FETCH known (FLAGS) (CHANGEDSINCE m)`` would.
     """
+    if q.modseq >= view.known_modseq:
+        return  # every change and expunge raises HIGHESTMODSEQ: nothing happened since
     mail = _mail(s)
     largest = view.uidnext - 1  # no known-uids: "1:<maxuid>", maxuid = UIDNEXT - 1
     if q.known_uids is not None:

@@ -713,9 +713,17 @@ class UserIndex:
 
     # --- reading (pillarbox.store.reads, on this index's own connection) -------------------
     def fetch(
-        self, name: str, ranges: list[tuple[int, int]], *, data: bool, limit: int = CHUNK
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        *,
+        data: bool,
+        limit: int = CHUNK,
+        changed_since: int = 0,
     ) -> list[tuple[Any, ...]]:
-        return self.own_reader.fetch(name, ranges, data=data, limit=limit)
+        return self.own_reader.fetch(
+            name, ranges, data=data, limit=limit, changed_since=changed_since
+        )
 
     def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
         return self.own_reader.search_uids(name, where)

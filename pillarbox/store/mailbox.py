@@ -147,10 +147,15 @@ class UserMailboxes:
         return await self._run(self._index.vanished, name, since_modseq, ranges)
 
     async def fetch(
-        self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        data: bool,
+        limit: int,
+        changed_since: int = 0,
     ) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = await self._read(
-            "fetch", name, ranges, data=data, limit=limit
+            "fetch", name, ranges, data=data, limit=limit, changed_since=changed_since
         )
         return rows
 
