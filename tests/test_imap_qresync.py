@@ -244,3 +244,48 @@ def test_tombstones_survive_a_restart(settings: Settings) -> None:
             assert vanished(lines, earlier=True) == {2, 4}
         finally:
             raw.close()
+
+
+def test_a_rebuilt_index_still_resyncs_the_client(settings: Settings) -> None:
+    """The index is lost (deleted, restored from an old backup) and rebuilt from the Maildir:
+    UIDVALIDITY and UIDs come back from dovecot-uidlist but modseqs start again low. A
+    client's modseq from before is then beyond the server's, so it is told everything."""
+    from pillarbox.store.index import INDEX_FILE
+    from pillarbox.store.maildir import user_maildir
+
+    pbserver.add_user(settings, ALICE)
+    with _run(settings) as server:
+        fill(server, 5)
+        for _ in range(3):  # flag changes: the client's modseq climbs past a rebuild's
+            with independent(server) as b:
+                b.select_folder("INBOX")
+                b.add_flags([1, 2, 3, 4, 5], ["$x"])
+                b.remove_flags([1, 2, 3, 4, 5], ["$x"])
+        raw = qresync_session(server)
+        try:
+            uidvalidity, modseq, cache = _cache(raw)
+        finally:
+            raw.close()
+        with independent(server) as b:
+            b.select_folder("INBOX")
+            b.add_flags([2], [imapclient.FLAGGED])
+            b.delete_messages([3])
+            b.expunge()
+    root = user_maildir(settings.mail_dir, ALICE)
+    for suffix in ("", "-wal", "-shm"):
+        (root / (INDEX_FILE + suffix)).unlink(missing_ok=True)
+    with _run(settings) as server:
+        raw = qresync_session(server)
+        try:
+            known = set_text(set(cache))
+            lines = raw.cmd(
+                b"q", b"SELECT INBOX (QRESYNC (%d %d %s))" % (uidvalidity, modseq, known)
+            )
+            assert code_value(lines, b"UIDVALIDITY") == uidvalidity
+            assert code_value(lines, b"HIGHESTMODSEQ") < modseq
+            assert vanished(lines, earlier=True) == {3}
+            got = fetched(lines)
+            assert set(got) == {1, 2, 4, 5}
+            assert got[2][1] == {"\\Flagged"}
+        finally:
+            raw.close()

@@ -78,8 +78,11 @@ async def _resync(s: Session, view: SelectedMailbox, q: c.Qresync) -> None:
     First ``VANISHED (EARLIER)`` with the expunged UIDs, then FETCH (UID FLAGS MODSEQ) for
     every message changed since, as ``UID FETCH known (FLAGS) (CHANGEDSINCE m)`` would.
     """
-    if q.modseq >= view.known_modseq:
+    if q.modseq == view.known_modseq:
         return  # every change and expunge raises HIGHESTMODSEQ: nothing happened since
+    # A modseq from beyond ours is from another history (an index rebuilt from the
+    # Maildir starts again low): then the client learns everything, as if it said 0.
+    since = q.modseq if q.modseq < view.known_modseq else 0
     mail = _mail(s)
     largest = view.uidnext - 1  # no known-uids: "1:<maxuid>", maxuid = UIDNEXT - 1
     if q.known_uids is not None:
@@ -89,12 +92,12 @@ async def _resync(s: Session, view: SelectedMailbox, q: c.Qresync) -> None:
     floor = _unchanged_up_to(view, q.seq_match)
     candidates = [(max(lo, floor + 1), hi) for lo, hi in known if hi > floor]
     if candidates:
-        gone = view.not_in_view(await mail.vanished(view.name, q.modseq, candidates))
+        gone = view.not_in_view(await mail.vanished(view.name, since, candidates))
         for line in r.vanished_response(gone, earlier=True):
             s.send(line)
     if known and view.exists:
         p = plan((Simple.UID, Simple.FLAGS), uid=True, condstore=True, changed_since=True)
-        await run_fetch(mail, view, known, p, s.write, utf8=s.utf8, changed_since=q.modseq)
+        await run_fetch(mail, view, known, p, s.write, utf8=s.utf8, changed_since=since)
 
 
 def _unchanged_up_to(

@@ -189,11 +189,14 @@ class UserIndex:
         known = uidlist.read(path)
         uidvalidity = known.uidvalidity if known else self._new_uidvalidity()
         with db.Transaction(self.conn):
-            self.conn.execute(
+            cursor = self.conn.execute(
                 "INSERT INTO mailboxes (name, uidvalidity, uidnext, highestmodseq, special_use)"
                 " VALUES (?, ?, ?, 1, ?)",
                 (name, uidvalidity, known.next_uid if known else 1, special_use),
             )
+            if known is not None and known.next_uid > 1:
+                # A Maildir with a past (a rebuilt index, Dovecot's): its expunges are unknown.
+                tombstones.history_unknown(self.conn, int(cursor.lastrowid or 0), 1)
         if known is None:
             uidlist.write(path, uidvalidity, 1, [])
 

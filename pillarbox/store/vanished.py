@@ -132,6 +132,11 @@ def record(conn: sqlite3.Connection, mailbox_id: int, modseq: int, uids: Iterabl
         _raise_floor(conn, mailbox_id, cut)
 
 
+def history_unknown(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> None:
+    """Expunges up to ``modseq`` were never recorded: answer conservatively below it."""
+    _raise_floor(conn, mailbox_id, modseq)
+
+
 def _raise_floor(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> None:
     conn.execute("DELETE FROM vanished WHERE mailbox_id = ? AND modseq <= ?", (mailbox_id, modseq))
     conn.execute(
