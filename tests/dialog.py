@@ -23,6 +23,8 @@ A dialog file (``tests/data/dialogs/PROTOCOL/NAME.dialog``) reads like an RFC ex
   ``@config section.key = value`` (TOML value) changes the config.
 - In ``C:`` lines, ``{password}`` is the test password, ``{plain ADDRESS}`` the base64 of
   an AUTH PLAIN response for that address, ``{repeat N TEXT}`` TEXT repeated N times.
+- ``{$NAME}`` in an ``S:`` pattern captures a number the first time (a UIDVALIDITY, a
+  MODSEQ) and must be that same number afterwards; in a ``C:`` line it is the number.
 - ``#`` starts a comment line; blank lines are ignored.
 """
 
@@ -93,8 +95,22 @@ def _directive(dialog: Dialog, text: str, number: int) -> None:
         raise ValueError(f"{dialog.path}:{number}: unknown directive @{name}")
 
 
-def pattern(text: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in text.split("...")), re.DOTALL)
+_SPECIAL = re.compile(r"(\.\.\.|\{\$\w+\})")
+
+
+def pattern(text: str, captured: dict[str, str] | None = None) -> re.Pattern[str]:
+    """The regex of an ``S:`` line: ``...`` is any text, ``{$NAME}`` a capture (see above)."""
+    known = captured or {}
+    parts: list[str] = []
+    for piece in _SPECIAL.split(text):
+        if piece == "...":
+            parts.append(".*")
+        elif _SPECIAL.fullmatch(piece):
+            name = piece[2:-1]
+            parts.append(re.escape(known[name]) if name in known else f"(?P<{name}>\\d+)")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts), re.DOTALL)
 
 
 def expand(text: str) -> str:
@@ -122,6 +138,7 @@ class Replay:
         self.file = sock.makefile("rb")
         self.transcript: list[str] = []
         self.pending: str | None = None  # a line read by S* that did not match
+        self.captured: dict[str, str] = {}  # {$NAME} values seen so far
 
     def run(self) -> None:
         try:
@@ -133,15 +150,18 @@ class Replay:
 
     def _step(self, step: Step) -> None:
         if step.kind == "C":
-            data = expand(step.text)
+            data = re.sub(r"\{\$(\w+)\}", lambda m: self.captured[m.group(1)], step.text)
+            data = expand(data)
             self.transcript.append(f"C: {data}")
             self.sock.sendall(data.encode() + b"\r\n")
         elif step.kind == "S":
             line = self._line(step)
-            if not pattern(step.text).fullmatch(line):
+            match = pattern(step.text, self.captured).fullmatch(line)
+            if not match:
                 self._fail(step, f"expected {step.text!r}, got {line!r}")
+            self.captured.update(match.groupdict())
         elif step.kind == "S*":
-            expected = pattern(step.text)
+            expected = pattern(step.text, self.captured)
             while True:
                 line = self._line(step)
                 if not expected.fullmatch(line):

@@ -56,7 +56,26 @@ GOOD: list[tuple[bytes, c.Command]] = [
         c.Select(
             "t",
             "INBOX",
-            params=(("QRESYNC", (67890007, 20050715194045000, seq((41, 41), (43, 211)))),),
+            qresync=c.Qresync(67890007, 20050715194045000, seq((41, 41), (43, 211))),
+        ),
+    ),
+    (  # RFC 7162 §3.2.5.2's example: known UIDs and seq-match-data
+        b"t EXAMINE INBOX (QRESYNC (67890007 90060115194045000 1:29997 (5000,7500 15000,22500)))",
+        c.Examine(
+            "t",
+            "INBOX",
+            qresync=c.Qresync(
+                67890007,
+                90060115194045000,
+                seq((1, 29997)),
+                (seq((5000, 5000), (7500, 7500)), seq((15000, 15000), (22500, 22500))),
+            ),
+        ),
+    ),
+    (
+        b"t SELECT INBOX (CONDSTORE QRESYNC (1 2 (1 3)))",
+        c.Select(
+            "t", "INBOX", condstore=True, qresync=c.Qresync(1, 2, None, (seq((1, 1)), seq((3, 3))))
         ),
     ),
     (b'u EXAMINE "Sent Items"', c.Examine("u", "Sent Items")),
@@ -226,6 +245,11 @@ BAD: list[tuple[bytes, str | None]] = [
     (b"a SELECT", "a"),
     (b"a SELECT caf\xc3\xa9", "a"),
     (b"a SELECT x (CONDSTORE", "a"),
+    (b"a SELECT x (QRESYNC (0 1))", "a"),  # UIDVALIDITY is nz-number (RFC 7162 §7)
+    (b"a SELECT x (QRESYNC (1))", "a"),
+    (b"a SELECT x (QRESYNC (1 1 1:*))", "a"),  # no "*" in known-uids
+    (b"a SELECT x (QRESYNC (1 1 1:4 (1:2 5)))", "a"),  # seq-match sets of unequal size
+    (b"a SELECT x (QRESYNC (1 1 1:4 ))", "a"),
     (b"a CREATE x (FOO (\\Drafts))", "a"),
     (b"a RENAME a", "a"),
     (b"a LIST *", "a"),

@@ -102,6 +102,9 @@ COMMANDS = [
     b"CLOSE",
     b"SELECT INBOX",
     b"ENABLE IMAP4rev2 CONDSTORE UTF8=ACCEPT",
+    b"ENABLE QRESYNC",
+    b"SELECT INBOX (QRESYNC (1 1 1:9 (1:2 1,3)))",
+    b"UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)",
 ]
 junk = st.binary(max_size=60).filter(lambda b: b"\n" not in b and b"{" not in b)
 line = st.one_of(st.sampled_from(COMMANDS), junk, st.sampled_from(COMMANDS).flatmap(

@@ -137,9 +137,19 @@ class UserMail(Protocol):
         with_expunges: bool,
         claim_recent: bool,
     ) -> Any: ...
+    async def vanished(
+        self, name: str, since_modseq: int, ranges: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]: ...
+    # vanished: UID ranges within ``ranges`` expunged after ``since_modseq`` (RFC 7162
+    # QRESYNC), sorted; may include UIDs expunged earlier (§3.2.5.1), never a present one.
     async def fetch(
-        self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
-    ) -> list[tuple[Any, ...]]: ...
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        data: bool,
+        limit: int,
+        changed_since: int = 0,
+    ) -> list[tuple[Any, ...]]: ...  # only rows with modseq > changed_since
     async def search_uids(self, name: str, where: Any) -> tuple[array[int], int]: ...
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int

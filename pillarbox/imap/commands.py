@@ -199,12 +199,71 @@ class Login(Command):
 
 # --- authenticated (RFC 3501 §6.3) ------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
+class Qresync:
+    """The QRESYNC select parameter (RFC 7162 §3.2.5): what the client remembers."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    # seq-match-data (§3.2.5.2): message numbers and the UIDs the client had at them
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+    @classmethod
+    def parse(cls, r: Reader) -> Qresync:
+        # "QRESYNC" SP "(" uidvalidity SP mod-sequence-value [SP known-uids]
+        #     [SP seq-match-data] ")"   (RFC 7162 §7)
+        r.sp()
+        r.open()
+        uidvalidity = r.number()
+        if uidvalidity == 0:
+            r.fail("UIDVALIDITY must be non-zero")
+        r.sp()
+        modseq = r.number(MAX_NUMBER64)
+        known: SequenceSet | None = None
+        seq_match: tuple[SequenceSet, SequenceSet] | None = None
+        if r.maybe_sp():
+            if r.peek() != b"(":
+                known = _starless_set(r)
+                if r.maybe_sp():
+                    seq_match = _seq_match(r)
+            else:
+                seq_match = _seq_match(r)
+        r.close()
+        return cls(uidvalidity, modseq, known, seq_match)
+
+
+def _seq_match(r: Reader) -> tuple[SequenceSet, SequenceSet]:
+    # seq-match-data = "(" known-sequence-set SP known-uid-set ")"
+    r.open()
+    seqs = _starless_set(r)
+    r.sp()
+    uids = _starless_set(r)
+    r.close()
+    if _count(seqs) != _count(uids):
+        r.fail("seq-match-data sets differ in size")  # RFC 7162 §3.2.5.2
+    return seqs, uids
+
+
+def _starless_set(r: Reader) -> SequenceSet:
+    numbers = r.sequence_set(allow_saved=False)
+    if numbers.uses_star:
+        r.fail("'*' is not allowed in QRESYNC sets")  # RFC 7162 §7 known-uids
+    return numbers
+
+
+def _count(numbers: SequenceSet) -> int:
+    return sum(abs(hi - lo) + 1 for lo, hi in numbers.ranges)
+
+
+@dataclass(frozen=True, slots=True)
 class Select(Command):
-    """SELECT mailbox [(params)] (RFC 4466 select-params; CONDSTORE RFC 7162 §3.1.8)."""
+    """SELECT mailbox [(params)] (RFC 4466 select-params; CONDSTORE RFC 7162 §3.1.8,
+    QRESYNC §3.2.5)."""
 
     mailbox: str = ""
     condstore: bool = False
     params: tuple[tuple[str, object], ...] = ()  # other parameters, tolerated, name upper-case
+    qresync: Qresync | None = None
     name: ClassVar[str] = "SELECT"
     states: ClassVar[frozenset[State]] = AUTHENTICATED
     readonly: ClassVar[bool] = False
@@ -215,12 +274,15 @@ class Select(Command):
         mailbox = r.mailbox()
         params: list[tuple[str, object]] = []
         condstore = False
+        qresync = None
         if r.maybe_sp():
             r.open()
             while True:
                 pname = r.keyword()
                 if pname == "CONDSTORE":
                     condstore = True
+                elif pname == "QRESYNC":
+                    qresync = Qresync.parse(r)
                 else:
                     value: object = None
                     if r.maybe_sp():
@@ -230,7 +292,7 @@ class Select(Command):
                     break
                 r.sp()
         r.end()
-        return cls(tag, mailbox, condstore, tuple(params))
+        return cls(tag, mailbox, condstore, tuple(params), qresync)
 
 
 @dataclass(frozen=True, slots=True)

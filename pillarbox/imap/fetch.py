@@ -350,7 +350,9 @@ async def run_fetch(
                 await write(line)
         await write(_render_fast(template, batch, view))
     while pending:
-        rows = await mail.fetch(view.name, pending, p.data, p.batch)
+        # CHANGEDSINCE goes to the database (an index on modseq): a resync of a big mailbox
+        # reads the few changed rows, not all of them.
+        rows = await mail.fetch(view.name, pending, p.data, p.batch, changed_since or 0)
         if not rows:
             break
         last = rows[-1][ROW_UID]

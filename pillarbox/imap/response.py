@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -505,6 +505,19 @@ def status_response(name: str, items: Iterable[tuple[str, int]], *, utf8: bool =
     for key, number in items:
         values += [Atom(key), number]
     return untagged(Atom("STATUS"), Mailbox(name), List(tuple(values)), utf8=utf8)
+
+
+VANISHED_RANGES: Final = 500  # UID ranges per VANISHED line (~6 KB, RFC 7162 §4 line length)
+
+
+def vanished_response(ranges: Sequence[tuple[int, int]], *, earlier: bool) -> list[bytes]:
+    """``* VANISHED [(EARLIER)] uid-set`` (RFC 7162 §3.2.10), split over several lines when
+    the set is long; nothing for an empty set. ``ranges`` are sorted and disjoint."""
+    head = b"* VANISHED (EARLIER) " if earlier else b"* VANISHED "
+    return [
+        head + SequenceSet(tuple(ranges[i : i + VANISHED_RANGES])).to_bytes() + b"\r\n"
+        for i in range(0, len(ranges), VANISHED_RANGES)
+    ]
 
 
 def search_response(numbers: Iterable[int], modseq: int | None = None) -> bytes:

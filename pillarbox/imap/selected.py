@@ -4,7 +4,9 @@ Sequence numbers are positions in ``uids``, a sorted ``array('I')`` (4 bytes per
 Python object per message): seq -> UID is an index, UID -> seq a bisect. The view only
 changes at the points RFC 3501 §7 allows: :meth:`apply` turns a store ``ChangeSet`` into the
 untagged EXPUNGE / EXISTS / RECENT / FETCH FLAGS responses, leaving expunges for later when
-the current command forbids them (FETCH, STORE, SEARCH without UID: RFC 3501 §7.4.1).
+the current command forbids them (FETCH, STORE, SEARCH without UID: RFC 3501 §7.4.1). Once
+the client has enabled QRESYNC, expunges are told as ``VANISHED uid-set`` instead of one
+EXPUNGE per message (RFC 7162 §3.2.10), under the same rules.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class SelectedMailbox:
         "keywords",
         "known_modseq",
         "name",
+        "qresync",
         "readonly",
         "recent_from",
         "rev2",
@@ -51,6 +54,7 @@ class SelectedMailbox:
         self.recent_from = info.recent_from_uid if not readonly else info.uidnext
         self.rev2 = rev2
         self.condstore = False
+        self.qresync = False
         # The keywords this session has announced in FLAGS / PERMANENTFLAGS: a FETCH may
         # only use a keyword the client has been told about (RFC 9051 §7.3.5).
         self.keywords: dict[str, None] = dict.fromkeys(info.keywords)
@@ -144,13 +148,43 @@ class SelectedMailbox:
             self.uids = array("I", (u for i, u in enumerate(self.uids) if i not in drop))
         return numbers
 
+    def expunge_lines(self, gone: list[int]) -> list[bytes]:
+        """Drop ``gone`` (sorted UIDs) from the view; the responses that tell the client.
+
+        EXPUNGE with each message number (RFC 3501 §7.4.1), or with QRESYNC one VANISHED
+        with the UIDs (RFC 7162 §3.2.10), only of messages this session had announced.
+        """
+        if not self.qresync:
+            return [b"* %d EXPUNGE\r\n" % n for n in self.remove_uids(gone)]
+        known = [uid for uid in gone if self.seq_of(uid) is not None]
+        self.remove_uids(known)
+        return r.vanished_response(SequenceSet.from_numbers(known).ranges, earlier=False)
+
+    def not_in_view(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The parts of UID ``ranges`` (sorted) that hold no message of the view.
+
+        A VANISHED (EARLIER) must not name a message the session still shows: that one is
+        told by a plain VANISHED when the view drops it, which also lowers EXISTS.
+        """
+        out: list[tuple[int, int]] = []
+        for lo, hi in ranges:
+            cursor = lo
+            start = bisect.bisect_left(self.uids, lo)
+            end = bisect.bisect_right(self.uids, hi)
+            for i in range(start, end):
+                if self.uids[i] > cursor:
+                    out.append((cursor, self.uids[i] - 1))
+                cursor = self.uids[i] + 1
+            if cursor <= hi:
+                out.append((cursor, hi))
+        return out
+
     def apply(self, changes: ChangeSet, *, allow_expunge: bool) -> list[bytes]:
         """Untagged responses for ``changes`` (see the module docstring)."""
         out: list[bytes] = []
         if allow_expunge and changes.present is not None:
             present = changes.present
-            gone = _missing(self.uids, present)
-            out += [b"* %d EXPUNGE\r\n" % n for n in self.remove_uids(gone)]
+            out += self.expunge_lines(_missing(self.uids, present))
         out += self.announce(flags for _, flags, _ in changes.flag_updates)
         for uid, flags, modseq in changes.flag_updates:
             position = self.seq_of(uid)

@@ -54,10 +54,11 @@ AUTH_CAPS: Final = (
     "ESEARCH",
     "SEARCHRES",
     "CONDSTORE",
+    "QRESYNC",
     "STATUS=SIZE",
     "COMPRESS=DEFLATE",
 )
-ENABLEABLE: Final = frozenset({"UTF8=ACCEPT", "IMAP4REV2", "CONDSTORE"})
+ENABLEABLE: Final = frozenset({"UTF8=ACCEPT", "IMAP4REV2", "CONDSTORE", "QRESYNC"})
 
 
 class No(Exception):
@@ -118,6 +119,7 @@ class Session:
         self.utf8 = False
         self.rev2 = False
         self.condstore = False
+        self.qresync = False  # RFC 7162 §3.2.3: VANISHED instead of EXPUNGE, SELECT (QRESYNC)
         self.saved: Any = None  # RFC 5182 search result (a SequenceSet of UIDs)
         self._out = bytearray()
         # Set by the change hub when the selected mailbox changed elsewhere.
@@ -388,9 +390,12 @@ class Session:
                 self.rev2 = True
             elif cap == "CONDSTORE":
                 self.condstore = True
+            elif cap == "QRESYNC":
+                self.qresync = self.condstore = True  # RFC 7162 §3.2.3: implies CONDSTORE
         if self.selected is not None:
             self.selected.rev2 = self.rev2
             self.selected.condstore = self.condstore
+            self.selected.qresync = self.qresync
         names = ["IMAP4rev2" if x == "IMAP4REV2" else x for x in enabled]
         self.send(b"* ENABLED" + b"".join(b" " + n.encode() for n in names) + b"\r\n")
         return ""

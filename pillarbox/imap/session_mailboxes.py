@@ -1,17 +1,20 @@
-"""Authenticated-state commands: SELECT/EXAMINE, CREATE, DELETE, RENAME, (UN)SUBSCRIBE,
-LIST (RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE, RFC 5819 LIST-STATUS), LSUB, STATUS,
-APPEND (RFC 4315 APPENDUID), NAMESPACE."""
+"""Authenticated-state commands: SELECT/EXAMINE (RFC 7162 CONDSTORE and QRESYNC), CREATE,
+DELETE, RENAME, (UN)SUBSCRIBE, LIST (RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE, RFC 5819
+LIST-STATUS), LSUB, STATUS, APPEND (RFC 4315 APPENDUID), NAMESPACE."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, Final
 
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
+from pillarbox.imap.fetch import plan, run_fetch
+from pillarbox.imap.fetchatts import Simple
 from pillarbox.imap.grammar import SequenceSet
 from pillarbox.imap.selected import SelectedMailbox
-from pillarbox.imap.session import No, Result, Session, UserMail, handles
+from pillarbox.imap.session import Bad, No, Result, Session, UserMail, handles
 
 SEPARATOR: Final = "/"
 
@@ -28,6 +31,8 @@ def _check_name(name: str) -> None:
 
 # --- SELECT / EXAMINE ---------------------------------------------------------------------------
 async def do_select(s: Session, cmd: c.Select) -> Result:
+    if cmd.qresync is not None and not s.qresync:
+        raise Bad("QRESYNC parameter without ENABLE QRESYNC")  # RFC 7162 §3.2.5
     if s.selected is not None:
         s.selected = None
         s.state = c.State.AUTHENTICATED
@@ -38,6 +43,7 @@ async def do_select(s: Session, cmd: c.Select) -> Result:
     if cmd.condstore:
         s.condstore = True
     view.condstore = s.condstore
+    view.qresync = s.qresync
     for line in view.flags_lines():
         s.send(line)
     s.send(b"* %d EXISTS\r\n" % view.exists)
@@ -56,11 +62,67 @@ async def do_select(s: Session, cmd: c.Select) -> Result:
         boxes = {b.name: b for b in await _mail(s).list_mailboxes()}
         attrs = _attributes(cmd.mailbox, boxes.get(cmd.mailbox), sorted(boxes), True)
         s.send(r.list_response("LIST", attrs, SEPARATOR, cmd.mailbox, utf8=s.utf8))
+    if cmd.qresync is not None and cmd.qresync.uidvalidity == info.uidvalidity:
+        # A different UIDVALIDITY: the client's cache is void, a plain SELECT (§3.2.5).
+        await _resync(s, view, cmd.qresync)
     s.selected = view
     s.state = c.State.SELECTED
     s.changed.clear()
     code = "READ-ONLY" if readonly else "READ-WRITE"
     return f"{cmd.name} completed", r.Code(code)
+
+
+async def _resync(s: Session, view: SelectedMailbox, q: c.Qresync) -> None:
+    """RFC 7162 §3.2.5.1: what changed since the client's modseq, among the UIDs it knows.
+
+    First ``VANISHED (EARLIER)`` with the expunged UIDs, then FETCH (UID FLAGS MODSEQ) for
+    every message changed since, as ``UID FETCH known (FLAGS) (CHANGEDSINCE m)`` would.
+    """
+    if q.modseq == view.known_modseq:
+        return  # every change and expunge raises HIGHESTMODSEQ: nothing happened since
+    # A modseq from beyond ours is from another history (an index rebuilt from the
+    # Maildir starts again low): then the client learns everything, as if it said 0.
+    since = q.modseq if q.modseq < view.known_modseq else 0
+    mail = _mail(s)
+    largest = view.uidnext - 1  # no known-uids: "1:<maxuid>", maxuid = UIDNEXT - 1
+    if q.known_uids is not None:
+        known = q.known_uids.resolve(largest, clip=True)
+    else:
+        known = [(1, largest)] if largest >= 1 else []
+    floor = _unchanged_up_to(view, q.seq_match)
+    candidates = [(max(lo, floor + 1), hi) for lo, hi in known if hi > floor]
+    if candidates:
+        gone = view.not_in_view(await mail.vanished(view.name, since, candidates))
+        for line in r.vanished_response(gone, earlier=True):
+            s.send(line)
+    if known and view.exists:
+        p = plan((Simple.UID, Simple.FLAGS), uid=True, condstore=True, changed_since=True)
+        await run_fetch(mail, view, known, p, s.write, utf8=s.utf8, changed_since=since)
+
+
+def _unchanged_up_to(
+    view: SelectedMailbox, seq_match: tuple[SequenceSet, SequenceSet] | None
+) -> int:
+    """The UID up to which seq-match-data shows nothing expunged (RFC 7162 §3.2.5.2), or 0.
+
+    UIDs only grow, so if message number n is still the UID the client had there, no
+    message with a lower UID went away since. The client's pairs are read in order up to
+    the first one that no longer holds.
+    """
+    if seq_match is None:
+        return 0
+    matched = 0
+    for seq, uid in zip(_in_order(seq_match[0]), _in_order(seq_match[1]), strict=False):
+        if seq < 1 or seq > view.exists or view.uids[seq - 1] != uid:
+            break
+        matched = uid
+    return matched
+
+
+def _in_order(numbers: SequenceSet) -> Iterator[int]:
+    """The numbers of a set in the order the client wrote them (seq-match-data pairs them)."""
+    for lo, hi in numbers.ranges:
+        yield from (range(lo, hi + 1) if lo <= hi else range(lo, hi - 1, -1))
 
 
 # --- CREATE / DELETE / RENAME / SUBSCRIBE ---------------------------------------------------------

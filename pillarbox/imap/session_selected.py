@@ -1,5 +1,6 @@
-"""Selected-state commands: FETCH, STORE, SEARCH, COPY, MOVE (RFC 6851), EXPUNGE and
-UID EXPUNGE (RFC 4315), CLOSE, UNSELECT (RFC 3691), and IDLE (RFC 2177)."""
+"""Selected-state commands: FETCH (with RFC 7162 CHANGEDSINCE and VANISHED), STORE, SEARCH,
+COPY, MOVE (RFC 6851), EXPUNGE and UID EXPUNGE (RFC 4315), CLOSE, UNSELECT (RFC 3691), and
+IDLE (RFC 2177)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ async def do_fetch(s: Session, cmd: c.Fetch) -> Result:
     ranges = _ranges(s, view, cmd.sequence, cmd.uid)
     if cmd.changed_since is not None:
         view.condstore = s.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
+    if cmd.vanished:
+        if not s.qresync:
+            raise Bad("VANISHED needs ENABLE QRESYNC")  # RFC 7162 §3.2.6
+        assert cmd.changed_since is not None  # the parser insists on it
+        await _send_vanished(s, mail, view, cmd.sequence, cmd.changed_since)
     p = plan(
         cmd.attributes,
         uid=cmd.uid,
@@ -78,6 +84,21 @@ async def do_fetch(s: Session, cmd: c.Fetch) -> Result:
     except FetchError as exc:
         raise No(exc.text, exc.code) from None
     return ""
+
+
+async def _send_vanished(
+    s: Session, mail: UserMail, view: SelectedMailbox, numbers: SequenceSet, since: int
+) -> None:
+    """``VANISHED (EARLIER)``: the UIDs of the set expunged after ``since`` (RFC 7162 §3.2.6).
+
+    ``*`` here reaches UIDNEXT - 1: a UID the session never saw may have come and gone.
+    """
+    uids = (s.saved or SequenceSet(())) if numbers.saved else numbers
+    wanted = uids.resolve(max(view.uidnext - 1, view.max_uid, 1), clip=True)
+    if wanted:
+        gone = view.not_in_view(await mail.vanished(view.name, since, wanted))
+        for line in r.vanished_response(gone, earlier=True):
+            await s.write(line)
 
 
 # --- STORE ------------------------------------------------------------------------------------
@@ -169,8 +190,8 @@ async def do_copy(s: Session, cmd: c.Copy) -> Result:
         return "COPY completed", code
     # RFC 6851 §4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
     s.send(r.untagged_status("OK", "moved", code))
-    for seq in view.remove_uids(sorted(src_uids)):
-        s.send(b"* %d EXPUNGE\r\n" % seq)
+    for line in view.expunge_lines(sorted(src_uids)):  # VANISHED with QRESYNC (§4.4)
+        s.send(line)
     return "MOVE completed"
 
 
@@ -185,8 +206,13 @@ async def do_expunge(s: Session, cmd: c.Expunge) -> Result:
         if not ranges:
             return ""
     uids = await mail.expunge(view.name, ranges)
-    for seq in view.remove_uids(sorted(uids)):
-        s.send(b"* %d EXPUNGE\r\n" % seq)
+    for line in view.expunge_lines(sorted(uids)):
+        s.send(line)
+    if view.qresync and uids:
+        # RFC 7162 §3.2.7: the tagged OK carries the new HIGHESTMODSEQ. Everything up to it
+        # is sent first (other sessions' changes too), so the value is one the client may keep.
+        await s.send_updates(cmd, force=True)
+        return "EXPUNGE completed", r.Code("HIGHESTMODSEQ", view.known_modseq)
     return ""
 
 

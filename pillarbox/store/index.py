@@ -36,6 +36,7 @@ from typing import Any, Final
 from pillarbox import mime
 from pillarbox.store import db, uidlist, writes
 from pillarbox.store import flags as fl
+from pillarbox.store import vanished as tombstones
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 from pillarbox.store.reads import FlagBatch, IndexReader
@@ -129,6 +130,7 @@ class UserIndex:
         # a power cut is repaired by the next sync, so WAL's NORMAL durability is enough.
         self.conn.execute("PRAGMA synchronous=NORMAL")
         db.migrate(self.conn, "mailindex", _MIGRATIONS)
+        tombstones.migrate(self.conn)  # its own component: see store.vanished
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
@@ -187,11 +189,14 @@ class UserIndex:
         known = uidlist.read(path)
         uidvalidity = known.uidvalidity if known else self._new_uidvalidity()
         with db.Transaction(self.conn):
-            self.conn.execute(
+            cursor = self.conn.execute(
                 "INSERT INTO mailboxes (name, uidvalidity, uidnext, highestmodseq, special_use)"
                 " VALUES (?, ?, ?, 1, ?)",
                 (name, uidvalidity, known.next_uid if known else 1, special_use),
             )
+            if known is not None and known.next_uid > 1:
+                # A Maildir with a past (a rebuilt index, Dovecot's): its expunges are unknown.
+                tombstones.history_unknown(self.conn, int(cursor.lastrowid or 0), 1)
         if known is None:
             uidlist.write(path, uidvalidity, 1, [])
 
@@ -206,6 +211,7 @@ class UserIndex:
             self.conn.execute("DELETE FROM message_data WHERE mailbox_id = ?", (mailbox_id,))
             self.conn.execute("DELETE FROM message_search WHERE mailbox_id = ?", (mailbox_id,))
             self.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+            tombstones.forget(self.conn, mailbox_id)
         self._keywords.pop(mailbox_id, None)
 
     def mailbox(self, name: str) -> Mailbox:
@@ -435,6 +441,8 @@ class UserIndex:
                         f"DELETE FROM {table} WHERE mailbox_id = ? AND uid IN ({marks})",
                         (box.id, *chunk),
                     )
+            # RFC 7162 §3.2.7: remember each expunged UID with the modseq of its expunge.
+            tombstones.record(self.conn, box.id, modseq, uids)
             self.conn.execute(
                 "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
             )
@@ -695,11 +703,30 @@ class UserIndex:
             self._claim_recent(box, new[-1] + 1)
         return ChangeSet(present, new, updates, box.highestmodseq, box.uidnext, recent_from)
 
+    def vanished(
+        self, name: str, since_modseq: int, ranges: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """UID ranges within ``ranges`` expunged after ``since_modseq`` (QRESYNC).
+
+        Exact while the tombstones reach back that far, else a superset (see store.vanished).
+        """
+        box = self.mailbox(name)
+        present = self._cached_uids(box)
+        return tombstones.since(self.conn, box.id, since_modseq, ranges, present, box.uidnext)
+
     # --- reading (pillarbox.store.reads, on this index's own connection) -------------------
     def fetch(
-        self, name: str, ranges: list[tuple[int, int]], *, data: bool, limit: int = CHUNK
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        *,
+        data: bool,
+        limit: int = CHUNK,
+        changed_since: int = 0,
     ) -> list[tuple[Any, ...]]:
-        return self.own_reader.fetch(name, ranges, data=data, limit=limit)
+        return self.own_reader.fetch(
+            name, ranges, data=data, limit=limit, changed_since=changed_since
+        )
 
     def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
         return self.own_reader.search_uids(name, where)

@@ -142,11 +142,21 @@ class UserMailboxes:
             claim_recent,
         )
 
+    async def vanished(
+        self, name: str, since_modseq: int, ranges: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        return await self._run(self._index.vanished, name, since_modseq, ranges)
+
     async def fetch(
-        self, name: str, ranges: list[tuple[int, int]], data: bool, limit: int
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        data: bool,
+        limit: int,
+        changed_since: int = 0,
     ) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = await self._read(
-            "fetch", name, ranges, data=data, limit=limit
+            "fetch", name, ranges, data=data, limit=limit, changed_since=changed_since
         )
         return rows
 

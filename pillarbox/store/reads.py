@@ -44,10 +44,17 @@ class IndexReader:
         return row[0], (self.root / directory if directory else self.root)
 
     def fetch(
-        self, name: str, ranges: list[tuple[int, int]], *, data: bool, limit: int = CHUNK
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        *,
+        data: bool,
+        limit: int = CHUNK,
+        changed_since: int = 0,
     ) -> list[tuple[Any, ...]]:
         """Rows ``(uid, flags text, internal date, size, modseq[, envelope, structure,
-        header])`` for UIDs in ``ranges`` (sorted, disjoint), at most ``limit``."""
+        header])`` for UIDs in ``ranges`` (sorted, disjoint), at most ``limit``; only rows
+        with a modseq above ``changed_since`` (CHANGEDSINCE, RFC 7162 §3.1.4.1)."""
         box_id = self._box(name)[0]
         out: list[tuple[Any, ...]] = []
         if data:
@@ -55,16 +62,18 @@ class IndexReader:
                 "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq,"
                 " d.envelope, d.structure, d.header FROM messages m JOIN message_data d"
                 " ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
-                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid LIMIT ?"
+                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? AND m.modseq > ?"
+                " ORDER BY m.uid LIMIT ?"
             )
         else:
             sql = (
                 "SELECT uid, flags, keywords, internal_date, size, modseq FROM messages"
-                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?"
+                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? AND modseq > ?"
+                " ORDER BY uid LIMIT ?"
             )
         text = fl.flags_text
         for lo, hi in ranges:
-            for r in self.conn.execute(sql, (box_id, lo, hi, limit - len(out))):
+            for r in self.conn.execute(sql, (box_id, lo, hi, changed_since, limit - len(out))):
                 if data:
                     out.append(
                         (
