@@ -530,7 +530,7 @@ class Status(Command):
 
 @dataclass(frozen=True, slots=True)
 class AppendMessage:
-    """One message of APPEND (RFC 9051 §6.3.12; MULTIAPPEND, RFC 3502, is not offered)."""
+    """One message of APPEND (RFC 9051 §6.3.12); MULTIAPPEND (RFC 3502) sends several."""
 
     flags: tuple[str, ...]
     internal_date: dt.datetime | None
@@ -550,8 +550,12 @@ class Append(Command):
     def parse(cls, r: Reader, tag: str) -> Command:
         r.sp()
         mailbox = r.mailbox()
-        messages = []
+        messages: list[AppendMessage] = []
         while r.maybe_sp():
+            if messages:
+                # imapclient's multiappend() puts two spaces between messages; being
+                # lenient here costs nothing and keeps a widely used client working.
+                r.maybe_sp()
             messages.append(cls._message(r))
         if not messages:
             r.fail("APPEND needs a message literal")

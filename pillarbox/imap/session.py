@@ -57,6 +57,7 @@ AUTH_CAPS: Final = (
     "QRESYNC",
     "STATUS=SIZE",
     "COMPRESS=DEFLATE",
+    "MULTIAPPEND",
 )
 ENABLEABLE: Final = frozenset({"UTF8=ACCEPT", "IMAP4REV2", "CONDSTORE", "QRESYNC"})
 

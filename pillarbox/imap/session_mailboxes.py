@@ -269,20 +269,34 @@ async def do_status(s: Session, cmd: c.Status) -> Result:
 
 # --- APPEND -------------------------------------------------------------------------------------
 async def do_append(s: Session, cmd: c.Append) -> Result:
+    """APPEND, and MULTIAPPEND (RFC 3502) when it carries several messages: all of them are
+    stored or, if one fails, none (§6.3.11), so the ones already written are withdrawn."""
     mail = _mail(s)
-    uids: list[int] = []
+    if any(not message.data for message in cmd.messages):
+        raise No("cannot store an empty message")
+    appended: list[int] = []
     uidvalidity = 0
-    for message in cmd.messages:
-        if not message.data:
-            raise No("cannot store an empty message")
-        when = message.internal_date.timestamp() if message.internal_date else None
-        flags = tuple(f for f in message.flags if f != "\\Recent")
-        uidvalidity, uid = await mail.append(cmd.mailbox, message.data, flags, when)
-        uids.append(uid)
+    try:
+        for message in cmd.messages:
+            when = message.internal_date.timestamp() if message.internal_date else None
+            flags = tuple(f for f in message.flags if f != "\\Recent")
+            uidvalidity, uid = await mail.append(cmd.mailbox, message.data, flags, when)
+            appended.append(uid)
+    except Exception:
+        if appended:
+            await _withdraw(mail, cmd.mailbox, appended)
+        raise
     await s.send_updates(cmd, force=s.selected is not None and s.selected.name == cmd.mailbox)
     return "APPEND completed", r.Code(
-        "APPENDUID", uidvalidity, r.Seq(SequenceSet.from_numbers(uids))
+        "APPENDUID", uidvalidity, r.Seq(SequenceSet.from_numbers(appended))
     )
+
+
+async def _withdraw(mail: UserMail, mailbox: str, uids: list[int]) -> None:
+    """Remove the messages of a MULTIAPPEND that failed part-way (their UIDs stay used)."""
+    ranges = [(uid, uid) for uid in uids]
+    await mail.store(mailbox, ranges, "+", ("\\Deleted",), None)
+    await mail.expunge(mailbox, ranges)
 
 
 async def do_namespace(s: Session, cmd: c.Namespace) -> Result:
