@@ -449,6 +449,14 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    # Keep a full-text index (SQLite FTS5, trigram) of every message's decoded text, so
+    # SEARCH BODY/TEXT need not read each message; about the text's size again on disk.
+    # Off: body searches read the messages, as before.
+    full_text_index: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     hostname: str = field(metadata=_check(_domain, "EHLO name, certificate name, MX target"))
     domains: tuple[str, ...] = field(metadata=_check(_domain, "domains we receive mail for"))
@@ -467,6 +475,7 @@ class Settings:
     check: CheckSettings = field(default_factory=CheckSettings)
     web: WebSettings = field(default_factory=WebSettings)
     spam: SpamSettings = field(default_factory=SpamSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     # Where the settings came from; not a key in the file.
     source: Path | None = field(default=None, metadata={"internal": True})
 
