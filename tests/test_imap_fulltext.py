@@ -338,10 +338,10 @@ def test_a_copied_in_maildir_is_backfilled_and_exact_before_and_after(
     settings = _server_settings(tmp_path / "data", dns_server, True)
     cur = user_maildir(settings.mail_dir, ALICE) / "cur"
     cur.mkdir(parents=True)
-    copies = 40
+    copies = 150
     for i in range(copies):
         for j, data in enumerate(CORPUS):
-            (cur / f"{1700000000 + i}.M{j}P1.old:2,S").write_bytes(data)
+            (cur / f"{1700000000 + i:010d}.M{j}P1.old:2,S").write_bytes(data)
     total = copies * len(CORPUS)
     with pbserver.RunningServer(settings) as server:
         client = _client(server)
@@ -353,11 +353,13 @@ def test_a_copied_in_maildir_is_backfilled_and_exact_before_and_after(
         # Files sort by name: i-th copy, j-th message; UIDs follow that order.
         expected = [uid for n, uid in enumerate(every) if n % len(CORPUS) == 1]
         assert first == expected
+        client.logout()  # the backfill goes on without a session
         deadline = time.monotonic() + 60
         while _index_counts(settings) != (total, 0):
             assert time.monotonic() < deadline, _index_counts(settings)
-            client.noop()
             time.sleep(0.2)
+        client = _client(server)
+        client.select_folder("INBOX")
         assert sorted(client.search(["BODY", "münchen"], charset="UTF-8")) == expected
         assert sorted(client.search(["TEXT", "überweisung"], charset="UTF-8")) == [
             uid for n, uid in enumerate(every) if n % len(CORPUS) == 5

@@ -21,8 +21,9 @@ or failing filter never delays or fails the user's command.
 
 Full-text backfill: messages the index took in bulk (see ``store.fulltext``) are indexed by
 one background task per open user, a chunk of ``BACKFILL_CHUNK`` messages per turn of the
-index lock, so a session's commands wait at most one chunk; it stops when the last session
-of the user closes the index and carries on at the next open.
+index lock, so a session's commands wait at most one chunk. It holds a reference on the index,
+so it finishes even if every session of the user logs out; a server stop interrupts it
+after its chunk, and the next open carries on.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class UserMailboxes:
         docstring); one task per user at a time."""
         if self._index.backfill_wanted and not self._backfilling:
             self._backfilling = True
+            self.refs += 1  # the index stays open until it is done, sessions or not
             self._store.spawn(self._backfill(), what="full-text backfill")
 
     async def _backfill(self) -> None:
@@ -97,6 +99,7 @@ class UserMailboxes:
                     cursor = await self._run(index.backfill_full_text, cursor, BACKFILL_CHUNK)
         finally:
             self._backfilling = False
+            await self.release()
 
     async def full_text_pending(self, name: str, max_uid: int) -> int | None:
         """Messages up to ``max_uid`` the full-text index does not cover yet; None when
