@@ -3,9 +3,8 @@
 The filter is a tree of tuples (see ``backend.SEARCH_FILTER``): flags, keywords, sizes,
 dates, modseqs, UID ranges, header substrings and full-text needles (``store.fulltext``),
 combined with and/or/not. Columns refer to ``messages m`` and, for header terms,
-``message_search d``; SQLite then returns only the
-candidate rows, so ``SEARCH UNSEEN`` or ``SEARCH FROM x`` on 100,000 messages never builds
-100,000 Python rows.
+``message_search d``; SQLite then returns only the candidate rows, so ``SEARCH UNSEEN`` or
+``SEARCH FROM x`` on 100,000 messages never builds 100,000 Python rows.
 """
 
 from __future__ import annotations
@@ -91,6 +90,8 @@ def _compile(node: Any, params: list[Any], counter: list[int], text: list[bool])
         # Matches in the full-text index, or not indexed yet (the caller scans those):
         # both sides are uncorrelated subqueries, so SQLite runs each once.
         _, scope, needle = node
+        if not fulltext.searchable(needle):
+            raise FilterError("full-text needle shorter than the index can look up")
         params.append(fulltext.match_expression(scope, needle))
         return (
             f"({fulltext.ROWID_SQL} IN (SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
