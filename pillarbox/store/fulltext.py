@@ -2,14 +2,18 @@
 
 IMAP SEARCH BODY/TEXT is a case-insensitive *substring* match (RFC 9051 §6.4.4), not a
 word match, so the index is FTS5's trigram tokenizer: every three-character window of the
-text is a token with its position, and a quoted phrase query of a needle of three or more
-characters matches exactly the documents that contain the needle (consecutive trigrams at
-consecutive positions). We store the text already case-folded with Python's
-``str.casefold`` (``mime.text.search_texts``, the same function the scan uses) and create
-the tokenizer ``case_sensitive 1``: SQLite's own folding is simpler than Unicode full case
-folding (``ß`` stays ``ß``), and the index must answer exactly what the scan answers.
-An indexed answer is therefore exact and never re-checked against the file; only needles
-shorter than three characters and messages not yet indexed are scanned.
+text is a token. A search is ``body GLOB '*needle*'`` (wildcards in the needle escaped):
+FTS5 looks the needle's trigrams up to find candidate rows and SQLite then checks the GLOB
+against the stored text, so the answer is exact. We store the text already case-folded with
+Python's ``str.casefold`` (``mime.text.search_texts``, the same function the scan uses) and
+create the tokenizer ``case_sensitive 1`` (GLOB is case-sensitive): SQLite's own folding is
+simpler than Unicode full case folding (``ß`` stays ``ß``), and the index must answer
+exactly what the scan answers. An indexed answer is never re-checked against the message
+file; only needles shorter than three characters and messages not yet indexed are scanned.
+
+Size: ``detail=column`` keeps which column a trigram is in but not its positions (the GLOB
+check on the stored text makes positions unnecessary): measured on 4 KB messages with
+about 3 KB of text, 5.4 KB per message, against 9.9 KB with full positions.
 
 Layout (component ``mailindex.fts`` of the index database, its own migration list so that
 other features' steps never collide with it):
@@ -61,7 +65,7 @@ def _create(conn: sqlite3.Connection) -> None:
     marked pending for the backfill."""
     conn.execute(
         "CREATE VIRTUAL TABLE message_fts USING fts5("
-        "body, header, tokenize = 'trigram case_sensitive 1')"
+        "body, header, tokenize = 'trigram case_sensitive 1', detail = column)"
     )
     conn.execute(
         "CREATE TABLE fts_pending (mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL,"
@@ -82,11 +86,9 @@ def _create(conn: sqlite3.Connection) -> None:
 MIGRATIONS: Final = [_create]
 
 
-def match_expression(scope: str, needle: str) -> str:
-    """The FTS5 query for a case-folded needle: one quoted phrase (a ``"`` inside is
-    doubled, FTS5's only escape), in the body column, or body and header for TEXT."""
-    columns = "body" if scope == "body" else "{body header}"
-    return f'{columns} : "{needle.replace(chr(34), chr(34) * 2)}"'
+def glob_pattern(needle: str) -> str:
+    """``*needle*`` for GLOB, the needle's own ``*``, ``?`` and ``[`` made literal (``[*]``)."""
+    return "*" + "".join(f"[{ch}]" if ch in "*?[" else ch for ch in needle) + "*"
 
 
 def searchable(needle: str) -> bool:

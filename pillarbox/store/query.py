@@ -88,15 +88,19 @@ def _compile(node: Any, params: list[Any], counter: list[int], text: list[bool])
         return "instr(d.text, ?) > 0"
     if kind == "text":
         # Matches in the full-text index, or not indexed yet (the caller scans those):
-        # both sides are uncorrelated subqueries, so SQLite runs each once.
+        # uncorrelated subqueries, so SQLite runs each once.
         _, scope, needle = node
         if not fulltext.searchable(needle):
             raise FilterError("full-text needle shorter than the index can look up")
-        params.append(fulltext.match_expression(scope, needle))
-        return (
-            f"({fulltext.ROWID_SQL} IN (SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
-            " OR (m.mailbox_id, m.uid) IN (SELECT mailbox_id, uid FROM fts_pending))"
-        )
+        columns = ["body"] if scope == "body" else ["body", "header"]
+        found = []
+        for column in columns:
+            params.append(fulltext.glob_pattern(needle))
+            found.append(
+                f"{fulltext.ROWID_SQL} IN (SELECT rowid FROM message_fts WHERE {column} GLOB ?)"
+            )
+        pending = "(m.mailbox_id, m.uid) IN (SELECT mailbox_id, uid FROM fts_pending)"
+        return "(" + " OR ".join([*found, pending]) + ")"
     if kind == "and":
         items = [_compile(n, params, counter, text) for n in node[1]]
         return "(" + " AND ".join(items) + ")" if items else "1"
