@@ -417,3 +417,31 @@ def test_a_complete_index_answers_without_reading_files(tmp_path: Path) -> None:
     assert _search(index, view, BodyKey("ab")) == []  # short needle: scanned, files gone
     index.full_text = False
     assert _search(index, view, BodyKey("münchen")) == []
+
+
+def test_an_index_from_before_full_text_is_migrated_and_backfilled(tmp_path: Path) -> None:
+    """An index written by a release without full text gets the tables on open, with every
+    message pending; searches are exact before and after the backfill."""
+    index = UserIndex(tmp_path / "u")
+    _fill(index)
+    with index.conn:
+        for statement in (
+            "DROP TRIGGER fts_message_added",
+            "DROP TRIGGER fts_message_removed",
+            "DROP TABLE message_fts",
+            "DROP TABLE fts_pending",
+            "DELETE FROM schema_versions WHERE component = 'mailindex.fts'",
+        ):
+            index.conn.execute(statement)
+    index.close()
+    index = UserIndex(tmp_path / "u")
+    assert index.backfill_wanted and _pending(index) == len(CORPUS)
+    view = SelectedMailbox("INBOX", False, index.select("INBOX", False))
+    key = OrKey(BodyKey("münchen"), TextKey("überweisung"))
+    assert _search(index, view, key) == [2, 6]
+    cursor: tuple[int, int] | None = (0, 0)
+    while cursor is not None:
+        cursor = index.backfill_full_text(cursor, 3)
+    assert _pending(index) == 0
+    assert _search(index, view, key) == [2, 6]
+    index.close()

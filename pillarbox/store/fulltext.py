@@ -55,8 +55,14 @@ def rowid(mailbox_id: int, uid: int) -> int:
     return (mailbox_id << UID_BITS) | uid
 
 
+TRIGRAM_SINCE: Final = (3, 34, 0)  # the first SQLite with FTS5's trigram tokenizer
+
+
 def available(conn: sqlite3.Connection) -> bool:
-    """Whether this SQLite was built with FTS5 (Debian's is; a custom build may not be)."""
+    """Whether this SQLite has FTS5 and its trigram tokenizer (Debian 12's 3.40 has both;
+    a custom build may have neither): without them there is no index and SEARCH scans."""
+    if sqlite3.sqlite_version_info < TRIGRAM_SINCE:
+        return False
     return bool(conn.execute("SELECT sqlite_compileoption_used('ENABLE_FTS5')").fetchone()[0])
 
 
