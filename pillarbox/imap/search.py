@@ -5,8 +5,9 @@ case-folded header text (``name:value`` lines, RFC 2047 words decoded), so heade
 opens a file, and a header substring the program requires is pushed down to SQLite as a
 prefilter. BODY and TEXT go to the store's full-text index when it covers the mailbox and the
 needle has at least three characters (its answer is exact: see ``store/fulltext.py``); while
-the index is still being built, it narrows the candidates to its matches and the messages it
-lacks, and those are checked here by reading the file. Shorter needles, or no index, read
+the index is still being built, the search first has the store index the rest of the
+mailbox, and whatever it could not take (a file renamed behind its back) is checked here by
+reading the file. Shorter needles, or no index, read
 every message, as the scan always did.
 """
 
@@ -278,6 +279,11 @@ async def run_search(
         # Asked after the view's UIDs were known: every one of them that is indexed now
         # stays indexed until expunged, so "0 pending" makes the index's answer exact.
         pending = await mail.full_text_pending(view.name, view.max_uid)
+        if pending:
+            # Indexing a message costs about what reading it for this search would (and
+            # only once): bring the index up to date, then scan only what it could not take.
+            await mail.full_text_catch_up(view.name)
+            pending = await mail.full_text_pending(view.name, view.max_uid)
     where, exact = to_filter(key, view, saved, ctx.now, pending)
     header = not exact and _needs_header(key)
     body = not exact and _needs_body(key)

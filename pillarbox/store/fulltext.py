@@ -146,19 +146,25 @@ def texts_of_file(path: Path) -> tuple[str, str] | None:
 
 
 def backfill(
-    conn: sqlite3.Connection, root: Path, after: tuple[int, int], limit: int
+    conn: sqlite3.Connection,
+    root: Path,
+    after: tuple[int, int],
+    limit: int,
+    mailbox_id: int | None = None,
 ) -> tuple[int, int] | None:
-    """Index up to ``limit`` pending messages after the cursor ``(mailbox_id, uid)``, in one
-    transaction; returns the new cursor, or None when nothing is left after it.
+    """Index up to ``limit`` pending messages after the cursor ``(mailbox_id, uid)`` (of one
+    mailbox if given), in one transaction; returns the new cursor, or None when nothing is
+    left after it.
 
     A message whose file cannot be read (renamed or removed by another program since the
     last sync) stays pending and is passed over; the cursor keeps one run from looping on it.
     """
+    only = "" if mailbox_id is None else f" AND p.mailbox_id = {int(mailbox_id)}"
     rows = conn.execute(
         "SELECT p.mailbox_id, p.uid, m.fname, b.name FROM fts_pending p"
         " JOIN messages m ON m.mailbox_id = p.mailbox_id AND m.uid = p.uid"
         " JOIN mailboxes b ON b.id = p.mailbox_id"
-        " WHERE (p.mailbox_id, p.uid) > (?, ?) ORDER BY p.mailbox_id, p.uid LIMIT ?",
+        f" WHERE (p.mailbox_id, p.uid) > (?, ?){only} ORDER BY p.mailbox_id, p.uid LIMIT ?",
         (*after, limit),
     ).fetchall()
     if not rows:

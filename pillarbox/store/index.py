@@ -597,6 +597,15 @@ class UserIndex:
             return None
         return fulltext.backfill(self.conn, self.root, after, limit)
 
+    def catch_up_full_text(self, name: str, after: int, limit: int) -> int | None:
+        """Index one chunk of the pending messages of mailbox ``name`` with UIDs above
+        ``after``; the last UID done, or None when none is left."""
+        if self.closed or not self.full_text:
+            return None
+        box = self.mailbox(name)
+        cursor = fulltext.backfill(self.conn, self.root, (box.id, after), limit, box.id)
+        return None if cursor is None else cursor[1]
+
     # --- reading -------------------------------------------------------------------------
     def status(self, name: str) -> StatusInfo:
         box = self.sync(self.mailbox(name))

@@ -109,6 +109,14 @@ class UserMailboxes:
         count: int = await self._read("full_text_pending", name, max_uid)
         return count
 
+    async def full_text_catch_up(self, name: str) -> None:
+        """Index what the full-text index lacks of mailbox ``name`` now, a chunk per turn
+        of the index lock: a body search would otherwise read those messages itself, which
+        costs as much as indexing them and leaves nothing for the next search."""
+        after: int | None = 0
+        while after is not None and not self._store.closing:
+            after = await self._run(self._index.catch_up_full_text, name, after, BACKFILL_CHUNK)
+
     async def _read(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run a read-only query on a pooled reader connection, outside the write lock."""
         index = self._index
