@@ -27,8 +27,11 @@ other features' steps never collide with it):
 New mail (delivery picked up by a sync, APPEND, COPY/MOVE) is indexed in the transaction that
 adds it; a large batch (a Maildir copied in, a rebuilt index, an index from before this
 migration) is left pending for :func:`backfill`, which the store runs in the background,
-a chunk at a time. A search while messages are pending narrows to "matches in the index
-or not yet indexed" and the IMAP side scans the pending ones, so its answer stays exact.
+a chunk at a time. A body search of a mailbox with pending messages first indexes them
+(:func:`backfill` restricted to that mailbox: reading them for the search would cost as
+much); anything still pending then (a file renamed behind the index's back, a server
+stopping) passes the filter as "matches in the index or not yet indexed" and the IMAP side
+reads and checks it, so the answer stays exact.
 """
 
 from __future__ import annotations
