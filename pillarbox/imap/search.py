@@ -7,8 +7,7 @@ prefilter. BODY and TEXT go to the store's full-text index when it covers the ma
 needle has at least three characters (its answer is exact: see ``store/fulltext.py``); while
 the index is still being built, the search first has the store index the rest of the
 mailbox, and whatever it could not take (a file renamed behind its back) is checked here by
-reading the file. Shorter needles, or no index, read
-every message, as the scan always did.
+reading the file. Shorter needles, or no index, read every message, as the scan always did.
 """
 
 from __future__ import annotations

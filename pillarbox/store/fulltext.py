@@ -162,13 +162,15 @@ def backfill(
     A message whose file cannot be read (renamed or removed by another program since the
     last sync) stays pending and is passed over; the cursor keeps one run from looping on it.
     """
-    only = "" if mailbox_id is None else f" AND p.mailbox_id = {int(mailbox_id)}"
+    # One mailbox: its own primary-key range, so the scan never runs into the next ones.
+    upto = (mailbox_id, 0xFFFFFFFF) if mailbox_id is not None else (1 << 62, 0)
     rows = conn.execute(
         "SELECT p.mailbox_id, p.uid, m.fname, b.name FROM fts_pending p"
         " JOIN messages m ON m.mailbox_id = p.mailbox_id AND m.uid = p.uid"
         " JOIN mailboxes b ON b.id = p.mailbox_id"
-        f" WHERE (p.mailbox_id, p.uid) > (?, ?){only} ORDER BY p.mailbox_id, p.uid LIMIT ?",
-        (*after, limit),
+        " WHERE (p.mailbox_id, p.uid) > (?, ?) AND (p.mailbox_id, p.uid) <= (?, ?)"
+        " ORDER BY p.mailbox_id, p.uid LIMIT ?",
+        (*after, *upto, limit),
     ).fetchall()
     if not rows:
         return None
