@@ -419,7 +419,9 @@ def prepare_dovecot(args: argparse.Namespace, source: Path) -> Target:
 
 def prepare_pillarbox(args: argparse.Namespace, source: Path) -> tuple[Target, benchlib.Pillarbox]:
     pb = benchlib.Pillarbox(
-        benchlib.BENCH_ROOT / "bench-pillarbox" / "imap-data", users=(benchlib.USER, MIXED_USER)
+        benchlib.BENCH_ROOT / "bench-pillarbox" / "imap-data",
+        users=(benchlib.USER, MIXED_USER),
+        extra={} if args.full_text else {"store": {"full_text_index": "false"}},
     )
     copy_maildir(source, pb.user_maildir("bench"), None)
     copy_maildir(mixed_source(args), pb.user_maildir("mixed"), None)
@@ -579,6 +581,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20.0, help="mixed load; 0 skips it")
     parser.add_argument("--tls", choices=["auto", "yes", "no"], default="auto")
+    parser.add_argument(
+        "--no-full-text",
+        dest="full_text",
+        action="store_false",
+        help="Pillarbox with [store] full_text_index = false (body searches read every message)",
+    )
     parser.add_argument(
         "--nice", type=int, default=-10, help="priority of servers and load generator (0: leave)"
     )
