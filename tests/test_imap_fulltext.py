@@ -465,3 +465,24 @@ def test_an_index_from_before_full_text_is_migrated_and_backfilled(tmp_path: Pat
     index.full_text = False
     assert _search(index, view, key) == [2, 6]
     index.close()
+
+
+def test_rename_keeps_and_delete_drops_the_indexed_text(tmp_path: Path) -> None:
+    index = UserIndex(tmp_path / "u")
+    _fill(index)
+    index.create("Old")
+    index.copy("INBOX", [(1, 8)], "Old", move=False)
+    index.rename("Old", "New")
+    view = SelectedMailbox("New", False, index.select("New", False))
+    assert _search(index, view, BodyKey("münchen")) == [2]
+    assert _pending(index) == 0
+    fts_rows = "SELECT count(*) FROM message_fts"
+    assert index.conn.execute(fts_rows).fetchone()[0] == 2 * len(CORPUS)
+    index.delete("New")
+    assert index.conn.execute(fts_rows).fetchone()[0] == len(CORPUS)
+    index.rename("INBOX", "Moved")  # RFC 9051 §6.3.6: INBOX's mail moves, INBOX stays
+    view = SelectedMailbox("Moved", False, index.select("Moved", False))
+    assert _search(index, view, TextKey("überweisung")) == [6]
+    assert index.conn.execute(fts_rows).fetchone()[0] == len(CORPUS)
+    assert _pending(index) == 0
+    index.close()
