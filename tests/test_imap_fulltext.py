@@ -486,3 +486,34 @@ def test_rename_keeps_and_delete_drops_the_indexed_text(tmp_path: Path) -> None:
     assert index.conn.execute(fts_rows).fetchone()[0] == len(CORPUS)
     assert _pending(index) == 0
     index.close()
+
+
+def test_the_backfill_finishes_after_the_last_session_is_gone(tmp_path: Path) -> None:
+    """The store's background backfill keeps the index open: a user who logs out at once
+    still gets the whole mailbox indexed, and the index closes when it is done."""
+    from pillarbox.store.mailbox import MailStore
+
+    root = user_maildir(tmp_path / "mail", ALICE)
+    before = UserIndex(root, full_text=False)
+    for _ in range(30):
+        _fill(before)
+    before.close()
+
+    async def scenario() -> tuple[bool, bool]:
+        store = MailStore(tmp_path / "mail")
+        handle = await store.open(ALICE)  # starts the backfill (every message pending)
+        index = handle._index
+        await handle.release()  # the only session leaves before the backfill's first chunk
+        closed_at_logout = index.closed
+        if store._tasks:
+            await asyncio.wait(list(store._tasks), timeout=60)
+        closed_after = index.closed
+        await store.close()
+        return closed_at_logout, closed_after
+
+    closed_at_logout, closed_after = asyncio.run(scenario())
+    assert not closed_at_logout and closed_after
+    after = UserIndex(root)
+    assert _pending(after) == 0
+    assert after.conn.execute("SELECT count(*) FROM message_fts").fetchone()[0] == 30 * 8
+    after.close()
