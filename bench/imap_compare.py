@@ -12,7 +12,11 @@
    - first open: server start (Pillarbox) and the first SELECT, then the first UID FETCH and
      SEARCHes (index and cache building);
    - warm: on fresh logged-in connections, median of ``--samples``: SELECT INBOX,
-     ``UID FETCH 1:* (FLAGS)``, ``UID SEARCH HEADER Subject xyz``, ``UID SEARCH FROM "..."``;
+     ``UID FETCH 1:* (FLAGS)``, ``UID SEARCH HEADER Subject xyz``, ``UID SEARCH FROM "..."``,
+     body searches ``UID SEARCH BODY "budget lunch schedule"`` and ``UID SEARCH TEXT xyz``
+     (Pillarbox: after its full-text backfill of the copied-in Maildir has finished, which
+     is timed from the end of the first-open commands; Debian's Dovecot has no fts plugin,
+     so it reads every message);
    - idle connections: memory (PSS and RSS summed over the server's processes) before and
      after ``--idle`` logged-in connections, then after each also SELECTs INBOX and IDLEs;
      reported per connection;
@@ -41,6 +45,7 @@ import os
 import random
 import re
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -97,6 +102,7 @@ WORDS = [
 ]
 SEARCH_SUBJECT = "xyz"
 SEARCH_FROM = "heidi.walker"
+SEARCH_BODY = "budget lunch schedule"  # three body words in a row: in a few % of messages
 MIXED_USER = f"mixed@{benchlib.DOMAIN}"
 VMAIL = "benchmail"
 
@@ -186,6 +192,7 @@ class Target:
     port: int
     pids: Callable[[], list[int]]
     start_seconds: float | None = None  # Pillarbox: serve start -> greeting
+    index_ready: Callable[[], bool] | None = None  # Pillarbox: full-text backfill done
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -210,6 +217,8 @@ OPS = {
     "fetch_flags": "UID FETCH 1:* (FLAGS)",
     "search_subject": f"UID SEARCH HEADER Subject {SEARCH_SUBJECT}",
     "search_from": f'UID SEARCH FROM "{SEARCH_FROM}"',
+    "search_body": f'UID SEARCH BODY "{SEARCH_BODY}"',
+    "search_text": f"UID SEARCH TEXT {SEARCH_SUBJECT}",
 }
 
 
@@ -232,6 +241,10 @@ async def first_and_warm(target: Target, args: argparse.Namespace, tls: Any) -> 
     client = await open_session(target.port, benchlib.USER, benchlib.PASSWORD, tls=tls)
     target.results["first"] = await run_ops(client)
     await client.logout()
+    if target.index_ready is not None:
+        waited = time.perf_counter()
+        await asyncio.to_thread(wait_until, target.index_ready)
+        target.results["backfill"] = time.perf_counter() - waited
     samples: list[dict[str, tuple[float, int]]] = []
     # Fresh connections, logged in before the timing (and the profile) starts.
     clients = [
@@ -406,14 +419,36 @@ def prepare_dovecot(args: argparse.Namespace, source: Path) -> Target:
 
 def prepare_pillarbox(args: argparse.Namespace, source: Path) -> tuple[Target, benchlib.Pillarbox]:
     pb = benchlib.Pillarbox(
-        benchlib.BENCH_ROOT / "bench-pillarbox" / "imap-data", users=(benchlib.USER, MIXED_USER)
+        benchlib.BENCH_ROOT / "bench-pillarbox" / "imap-data",
+        users=(benchlib.USER, MIXED_USER),
+        extra={} if args.full_text else {"store": {"full_text_index": "false"}},
     )
     copy_maildir(source, pb.user_maildir("bench"), None)
     copy_maildir(mixed_source(args), pb.user_maildir("mixed"), None)
     start = time.perf_counter()
     pb.start("imap", timeout=600)
     pid = pb.pid
-    return Target("pillarbox", pb.ports["imap"], lambda: [pid], time.perf_counter() - start), pb
+    index = pb.user_maildir("bench") / "pillarbox-index.sqlite"
+    target = Target("pillarbox", pb.ports["imap"], lambda: [pid], time.perf_counter() - start)
+    if args.full_text:  # switched off, the pending list only grows: nothing to wait for
+        target.index_ready = lambda: full_text_pending(index) == 0
+    return target, pb
+
+
+def wait_until(ready: Callable[[], bool], poll: float = 0.5) -> None:
+    while not ready():
+        time.sleep(poll)
+
+
+def full_text_pending(index: Path) -> int:
+    """Messages the server's full-text index has still to take (read from outside)."""
+    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT count(*) FROM fts_pending").fetchone()[0])
+    except sqlite3.OperationalError:  # no full-text index in this build: nothing to wait for
+        return 0
+    finally:
+        conn.close()
 
 
 async def needs_tls(port: int) -> bool:
@@ -427,9 +462,12 @@ def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
     benchlib.renice(target.pids(), args.nice)
     print(f"{target.name}: first open and warm timings", file=sys.stderr)
     asyncio.run(first_and_warm(target, args, tls))
-    print(f"{target.name}: {args.idle} idle connections", file=sys.stderr)
-    asyncio.run(idle_memory(target, args, tls))
-    if tls is not None and target.name == "dovecot":
+    if args.idle <= 0:
+        pass
+    else:
+        print(f"{target.name}: {args.idle} idle connections", file=sys.stderr)
+        asyncio.run(idle_memory(target, args, tls))
+    if args.idle > 0 and tls is not None and target.name == "dovecot":
         # For reference: without TLS Dovecot needs no imap-login proxy per connection.
         asyncio.run(idle_memory(target, args, None, key="idle_plain"))
     if args.seconds > 0:
@@ -473,12 +511,17 @@ def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> s
         if t.start_seconds is not None:
             values = [t.start_seconds if n == t.name else None for n in names]
             measures.append((f"{t.name} serve start to greeting (s)", values, True))
+        if "backfill" in t.results:
+            values = [t.results["backfill"] if n == t.name else None for n in names]
+            measures.append((f"{t.name} full-text backfill after first open (s)", values, True))
     for label, key in (
         ("idle logged-in, PSS KB/conn", "auth_pss"),
         ("idle logged-in, RSS KB/conn", "auth_rss"),
         ("SELECT+IDLE, PSS KB/conn", "idle_pss"),
         ("SELECT+IDLE, RSS KB/conn", "idle_rss"),
     ):
+        if not all("idle" in by_name[n].results for n in names):
+            break
         values = [by_name[n].results["idle"][key] / 1024 for n in names]
         measures.append((label, values, True))
     for t in targets:
@@ -521,6 +564,8 @@ def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> s
         + str({n: w["fetch_flags"][1] for n, w in warm.items()})
         + ", subject/from hits "
         + str({n: (w["search_subject"][1], w["search_from"][1]) for n, w in warm.items()})
+        + ", body/text hits "
+        + str({n: (w["search_body"][1], w["search_text"][1]) for n, w in warm.items()})
     )
     return "\n".join(lines)
 
@@ -537,6 +582,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20.0, help="mixed load; 0 skips it")
     parser.add_argument("--tls", choices=["auto", "yes", "no"], default="auto")
+    parser.add_argument(
+        "--no-full-text",
+        dest="full_text",
+        action="store_false",
+        help="Pillarbox with [store] full_text_index = false (body searches read every message)",
+    )
     parser.add_argument(
         "--nice", type=int, default=-10, help="priority of servers and load generator (0: leave)"
     )

@@ -55,6 +55,16 @@ class AsyncIndex:
     async def read_message(self, name: str, uid: int) -> bytes | None:
         return self.index.read_message(name, uid)
 
+    async def full_text_catch_up(self, name: str) -> None:
+        after: int | None = 0
+        while after is not None:
+            after = self.index.catch_up_full_text(name, after, 50)
+
+    async def full_text_pending(self, name: str, max_uid: int) -> int | None:
+        if not self.index.full_text:
+            return None
+        return self.index.own_reader.full_text_pending(name, max_uid)
+
 
 SUBJECTS = ["Invoice March", "lunch?", "Re: invoice", "Ünïcode straße", "report"]
 FLAGS = [(), ("\\Seen",), ("\\Seen", "\\Flagged"), ("\\Deleted", "$Work"), ("$work", "\\Draft")]

@@ -31,6 +31,9 @@ ROW_UID, ROW_FLAGS, ROW_DATE, ROW_SIZE, ROW_MODSEQ, ROW_ENVELOPE, ROW_STRUCTURE,
 #   ("smaller", n)  ("date", "before"|"on"|"since", ordinal)  (internal date, UTC day)
 #   ("sent", op, ordinal)  ("idate", ">"|"<=", epoch)  ("modseq", n)  ("uids", [(lo, hi)])
 #   ("header", field, value)  (case-folded substring of the header text)
+#   ("text", "body"|"text", needle)  (case-folded needle of >= 3 characters, in the full-text
+#       index's body text, or body or header text for "text"; messages not indexed yet pass
+#       too, so this is exact only when full_text_pending() said 0)
 #   ("and", [nodes])  ("or", a, b)  ("not", a)
 MASK_SEEN, MASK_ANSWERED, MASK_FLAGGED, MASK_DELETED, MASK_DRAFT = 1, 2, 4, 8, 16
 _MASK_NAMES = (
@@ -160,6 +163,8 @@ class UserMail(Protocol):
         self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
     ) -> list[tuple[Any, ...]]: ...
     async def read_message(self, name: str, uid: int) -> bytes | None: ...
+    async def full_text_pending(self, name: str, max_uid: int) -> int | None: ...
+    async def full_text_catch_up(self, name: str) -> None: ...
     async def store(
         self,
         name: str,

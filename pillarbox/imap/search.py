@@ -3,7 +3,11 @@
 Flags, dates, sizes, UIDs and modseqs come from the index row; header keys from the index's
 case-folded header text (``name:value`` lines, RFC 2047 words decoded), so header SEARCH never
 opens a file, and a header substring the program requires is pushed down to SQLite as a
-prefilter. Only BODY and TEXT read message files.
+prefilter. BODY and TEXT go to the store's full-text index when it covers the mailbox and the
+needle has at least three characters (its answer is exact: see ``store/fulltext.py``); while
+the index is still being built, the search first has the store index the rest of the
+mailbox, and whatever it could not take (a file renamed behind its back) is checked here by
+reading the file. Shorter needles, or no index, read every message, as the scan always did.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pillarbox.imap.searchkeys import (
     WithinKey,
 )
 from pillarbox.imap.selected import SelectedMailbox
-from pillarbox.mime.text import body_text, header_text
+from pillarbox.mime.text import search_texts
 
 BATCH: Final = 10000
 _MASKS: Final = {"\\SEEN": 1, "\\ANSWERED": 2, "\\FLAGGED": 4, "\\DELETED": 8, "\\DRAFT": 16}
@@ -79,13 +83,21 @@ def _any(key: SearchKey, pred: Callable[[SearchKey], bool]) -> bool:
     return False
 
 
+MIN_FULL_TEXT: Final = 3  # the store's trigram index cannot look up shorter needles
+
+
 def to_filter(
-    key: SearchKey, view: SelectedMailbox, saved: SequenceSet | None, now: float
+    key: SearchKey,
+    view: SelectedMailbox,
+    saved: SequenceSet | None,
+    now: float,
+    pending: int | None = None,
 ) -> tuple[Any, bool]:
     """The store filter for ``key`` (see ``backend``) and whether it is exact.
 
     An inexact filter lets a superset through (header substrings, \\Recent, BODY), and the
-    rows are then checked here with :func:`matches`.
+    rows are then checked here with :func:`matches`. ``pending`` is what the store's
+    ``full_text_pending`` said (None: no full-text index).
     """
     if isinstance(key, AllKey):
         return ("all",), True
@@ -99,7 +111,11 @@ def to_filter(
     if isinstance(key, HeaderKey):
         return ("header", key.field.casefold(), key.value.casefold()), False
     if isinstance(key, BodyKey | TextKey):
-        return ("all",), False
+        needle = key.value.casefold()
+        if pending is None or len(needle) < MIN_FULL_TEXT:
+            return ("all",), False
+        scope = "text" if isinstance(key, TextKey) else "body"
+        return ("text", scope, needle), pending == 0
     if isinstance(key, DateKey):
         kind = "date" if key.field is DateField.INTERNAL else "sent"
         return (kind, key.op.value, key.date.toordinal()), True
@@ -118,14 +134,14 @@ def to_filter(
         ranges = key.set.resolve(count, clip=True) if count else []
         return ("uids", [(view.uids[lo - 1], view.uids[hi - 1]) for lo, hi in ranges]), True
     if isinstance(key, NotKey):
-        inner, exact = to_filter(key.key, view, saved, now)
+        inner, exact = to_filter(key.key, view, saved, now, pending)
         return (("not", inner), True) if exact else (("all",), False)
     if isinstance(key, OrKey):
-        left, exact_left = to_filter(key.left, view, saved, now)
-        right, exact_right = to_filter(key.right, view, saved, now)
+        left, exact_left = to_filter(key.left, view, saved, now, pending)
+        right, exact_right = to_filter(key.right, view, saved, now, pending)
         return ("or", left, right), exact_left and exact_right
     if isinstance(key, AndKey):
-        parts = [to_filter(k, view, saved, now) for k in key.keys]
+        parts = [to_filter(k, view, saved, now, pending) for k in key.keys]
         return ("and", [p for p, _ in parts]), all(e for _, e in parts)
     raise AssertionError(key)
 
@@ -199,10 +215,7 @@ def _texts(ctx: Context) -> tuple[str, str]:
     if ctx.texts is None:
         content = ctx.content or b""
         parsed = mime.parse(content)
-        ctx.texts = (
-            body_text(content, parsed.structure).casefold(),
-            header_text(content[: parsed.header_end]).casefold(),
-        )
+        ctx.texts = search_texts(content, parsed.structure, parsed.header_end)
     return ctx.texts
 
 
@@ -258,14 +271,24 @@ async def run_search(
 ) -> tuple[list[int], list[int], int]:
     """(matching UIDs, their sequence numbers, highest modseq among them), ascending."""
     ctx = Context(view, saved, time.time())
-    where, exact = to_filter(key, view, saved, ctx.now)
+    if not view.exists:
+        return [], [], 0
+    pending = None
+    if _needs_body(key):
+        # Asked after the view's UIDs were known: every one of them that is indexed now
+        # stays indexed until expunged, so "0 pending" makes the index's answer exact.
+        pending = await mail.full_text_pending(view.name, view.max_uid)
+        if pending:
+            # Indexing a message costs about what reading it for this search would (and
+            # only once): bring the index up to date, then scan only what it could not take.
+            await mail.full_text_catch_up(view.name)
+            pending = await mail.full_text_pending(view.name, view.max_uid)
+    where, exact = to_filter(key, view, saved, ctx.now, pending)
     header = not exact and _needs_header(key)
     body = not exact and _needs_body(key)
     uids: list[int] = []
     seqs: list[int] = []
     top_modseq = 0
-    if not view.exists:
-        return uids, seqs, top_modseq
     if exact:
         return await _exact(mail, view, where)
     lo, hi = view.uids[0], view.max_uid

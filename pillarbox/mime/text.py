@@ -71,3 +71,10 @@ def body_text(data: bytes, structure: dict[str, Any]) -> str:
 def header_text(block: bytes) -> str:
     """Header fields with encoded words decoded, one per line."""
     return "\n".join(f"{n}: {decode_words(unfold(v))}" for n, v in iter_fields(block))
+
+
+def search_texts(data: bytes, structure: dict[str, Any], header_end: int) -> tuple[str, str]:
+    """(body text, header text) case-folded: exactly what SEARCH BODY and TEXT compare a
+    needle against (RFC 9051 §6.4.4: substring, case-insensitive). The full-text index
+    stores these same strings, so an indexed answer and a scan cannot disagree."""
+    return body_text(data, structure).casefold(), header_text(data[:header_end]).casefold()

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from pillarbox import mime
-from pillarbox.store import db, uidlist, writes
+from pillarbox.mime.text import search_texts
+from pillarbox.store import db, fulltext, uidlist, writes
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
@@ -59,6 +60,7 @@ SPECIAL_USE: Final = {
 }
 CHUNK: Final = 2000  # rows per batch for bulk work
 READERS: Final = 2  # read-only connections per open user index
+IndexRow = tuple[tuple[Any, ...], tuple[Any, ...], tuple[str, str] | None]
 
 _MIGRATIONS: Final[list[db.Migration]] = [
     """
@@ -121,7 +123,7 @@ class Mailbox:
 class UserIndex:
     """See the module docstring. Every public method expects ``lock`` to be held."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, full_text: bool = True):
         self.root = root
         self.lock = threading.Lock()
         ensure_maildir(root)
@@ -131,6 +133,15 @@ class UserIndex:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         db.migrate(self.conn, "mailindex", _MIGRATIONS)
         tombstones.migrate(self.conn)  # its own component: see store.vanished
+        # The full-text index (store.fulltext) is migrated whenever SQLite has FTS5, so its
+        # triggers track every message even while searching with it is switched off.
+        has_fts = fulltext.available(self.conn)
+        if has_fts:
+            db.migrate(self.conn, fulltext.COMPONENT, fulltext.MIGRATIONS)
+        self.full_text = full_text and has_fts
+        self.closed = False
+        # Set when messages were left for the background backfill (see store.mailbox).
+        self.backfill_wanted = self.full_text and self._any_pending()
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
@@ -146,6 +157,7 @@ class UserIndex:
             self.readers.put(IndexReader(conn, root))
 
     def close(self) -> None:
+        self.closed = True
         for conn in self._reader_conns:
             conn.close()
         self.conn.close()
@@ -478,7 +490,7 @@ class UserIndex:
             }
             box.uidnext = max(box.uidnext, known.next_uid)
         names = self.keyword_names(box)
-        assigned: list[tuple[int, str]] = []
+        assigned: list[tuple[int, str]] = []  # (UID, file name)
         pending: list[tuple[str, str]] = []
         for fname in fnames:
             base = fl.split_filename(fname)[0]
@@ -492,11 +504,16 @@ class UserIndex:
             assigned.append((box.uidnext, fname))
             box.uidnext += 1
         modseq = self._next_modseq(box)
+        # New mail is searchable at once; a big batch (a Maildir copied in) must not make
+        # the first SELECT wait for its full-text index: the backfill does it later.
+        texts = self.full_text and len(assigned) <= fulltext.INLINE_MAX
+        if self.full_text and not texts and assigned:
+            self.backfill_wanted = True
         added: list[int] = []
         for start in range(0, len(assigned), 500):
             rows = []
             for uid, fname in assigned[start : start + 500]:
-                row = self._index_row(box, uid, fname, names, modseq)
+                row = self._index_row(box, uid, fname, names, modseq, texts=texts)
                 if row is not None:
                     rows.append(row)
             self._insert(box, rows)
@@ -518,8 +535,8 @@ class UserIndex:
         return added
 
     def _index_row(
-        self, box: Mailbox, uid: int, fname: str, names: list[str], modseq: int
-    ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+        self, box: Mailbox, uid: int, fname: str, names: list[str], modseq: int, *, texts: bool
+    ) -> IndexRow | None:
         path = box.path / "cur" / fname
         try:
             with open(path, "rb") as f:
@@ -551,9 +568,10 @@ class UserIndex:
             header,
             mime.header_search_text(parsed.fields),
         )
-        return message, extra
+        body_header = search_texts(data, parsed.structure, parsed.header_end) if texts else None
+        return message, extra, body_header
 
-    def _insert(self, box: Mailbox, rows: list[tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+    def _insert(self, box: Mailbox, rows: list[IndexRow]) -> None:
         with db.Transaction(self.conn):
             self.conn.executemany(
                 "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -568,12 +586,33 @@ class UserIndex:
                 "INSERT OR REPLACE INTO message_search VALUES (?, ?, ?)",
                 [(r[1][0], r[1][1], r[1][5]) for r in rows],
             )
+            fulltext.add(self.conn, ((box.id, r[0][1], *r[2]) for r in rows if r[2] is not None))
 
     def _rewrite_uidlist(self, box: Mailbox) -> None:
         rows = self.conn.execute(
             "SELECT uid, base FROM messages WHERE mailbox_id = ? ORDER BY uid", (box.id,)
         )
         uidlist.write(box.path, box.uidvalidity, box.uidnext, ((r[0], r[1]) for r in rows))
+
+    # --- full-text index (store.fulltext) ------------------------------------------------
+    def _any_pending(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone() is not None
+
+    def backfill_full_text(self, after: tuple[int, int], limit: int) -> tuple[int, int] | None:
+        """Index one chunk of pending messages (see ``fulltext.backfill``); None: done, or
+        the index was closed or switched off meanwhile."""
+        if self.closed or not self.full_text:
+            return None
+        return fulltext.backfill(self.conn, self.root, after, limit)
+
+    def catch_up_full_text(self, name: str, after: int, limit: int) -> int | None:
+        """Index one chunk of the pending messages of mailbox ``name`` with UIDs above
+        ``after``; the last UID done, or None when none is left."""
+        if self.closed or not self.full_text:
+            return None
+        box = self.mailbox(name)
+        cursor = fulltext.backfill(self.conn, self.root, (box.id, after), limit, box.id)
+        return None if cursor is None else cursor[1]
 
     # --- reading -------------------------------------------------------------------------
     def status(self, name: str) -> StatusInfo:

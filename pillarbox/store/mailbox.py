@@ -18,6 +18,12 @@ a COPY/MOVE out of Junk (not into Trash: deleting spam is not calling it ham) or
 :meth:`MailStore.set_learner` (app wiring gives it ``pillarbox.spam``'s; the store imports
 no filter). It runs as a background task after the IMAP command has been answered: a slow
 or failing filter never delays or fails the user's command.
+
+Full-text backfill: messages the index took in bulk (see ``store.fulltext``) are indexed by
+one background task per open user, a chunk of ``BACKFILL_CHUNK`` messages per turn of the
+index lock, so a session's commands wait at most one chunk. It holds a reference on the index,
+so it finishes even if every session of the user logs out; a server stop interrupts it
+after its chunk, and the next open carries on.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncio
 from array import array
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -50,6 +57,7 @@ T = TypeVar("T")
 Learner = Callable[[str, list[bytes], bool], Awaitable[None]]
 LEARN_MAX = 100  # messages read for learning per command
 JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
+BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
 
 __all__ = ["MailStore", "MailboxError", "UserMailboxes"]
 
@@ -62,6 +70,7 @@ class UserMailboxes:
         self.user = user
         self._index = index
         self.refs = 0
+        self._backfilling = False
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         index = self._index
@@ -72,6 +81,42 @@ class UserMailboxes:
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._store.executor, locked)
+
+    def _backfill_soon(self) -> None:
+        """Start the full-text backfill if the index left messages for it (see the module
+        docstring); one task per user at a time."""
+        if self._index.backfill_wanted and not self._backfilling:
+            self._backfilling = True
+            self.refs += 1  # the index stays open until it is done, sessions or not
+            self._store.spawn(self._backfill(), what="full-text backfill")
+
+    async def _backfill(self) -> None:
+        index = self._index
+        try:
+            while index.backfill_wanted and not index.closed and not self._store.closing:
+                index.backfill_wanted = False  # set again by any bulk add meanwhile
+                cursor: tuple[int, int] | None = (0, 0)
+                while cursor is not None and not self._store.closing:
+                    cursor = await self._run(index.backfill_full_text, cursor, BACKFILL_CHUNK)
+        finally:
+            self._backfilling = False
+            await self.release()
+
+    async def full_text_pending(self, name: str, max_uid: int) -> int | None:
+        """Messages up to ``max_uid`` the full-text index does not cover yet; None when
+        there is no full-text index (switched off, or SQLite without FTS5)."""
+        if not self._index.full_text:
+            return None
+        count: int = await self._read("full_text_pending", name, max_uid)
+        return count
+
+    async def full_text_catch_up(self, name: str) -> None:
+        """Index what the full-text index lacks of mailbox ``name`` now, a chunk per turn
+        of the index lock: a body search would otherwise read those messages itself, which
+        costs as much as indexing them and leaves nothing for the next search."""
+        after: int | None = 0
+        while after is not None and not self._store.closing:
+            after = await self._run(self._index.catch_up_full_text, name, after, BACKFILL_CHUNK)
 
     async def _read(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run a read-only query on a pooled reader connection, outside the write lock."""
@@ -121,7 +166,9 @@ class UserMailboxes:
 
     # --- selected mailbox
     async def select(self, name: str, readonly: bool) -> SelectInfo:
-        return await self._run(self._index.select, name, readonly)
+        info = await self._run(self._index.select, name, readonly)
+        self._backfill_soon()
+        return info
 
     async def changes(
         self,
@@ -132,7 +179,7 @@ class UserMailboxes:
         with_expunges: bool,
         claim_recent: bool,
     ) -> ChangeSet:
-        return await self._run(
+        changes = await self._run(
             self._index.changes,
             name,
             known_max,
@@ -141,6 +188,8 @@ class UserMailboxes:
             with_expunges,
             claim_recent,
         )
+        self._backfill_soon()
+        return changes
 
     async def vanished(
         self, name: str, since_modseq: int, ranges: list[tuple[int, int]]
@@ -280,8 +329,10 @@ class UserMailboxes:
 class MailStore:
     """All users' mail under ``mail_dir``; see the module docstring."""
 
-    def __init__(self, mail_dir: Path, *, workers: int = 4):
+    def __init__(self, mail_dir: Path, *, workers: int = 4, full_text: bool = True):
         self.mail_dir = mail_dir
+        self.full_text = full_text
+        self.closing = False
         self.hub = ChangesHub()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
         self._users: dict[str, UserMailboxes] = {}
@@ -292,14 +343,14 @@ class MailStore:
     def set_learner(self, learner: Learner | None) -> None:
         self.learner = learner
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run learning in the background; its failure is logged, never the user's."""
+    def spawn(self, work: Coroutine[Any, Any, None], what: str = "learning hook") -> None:
+        """Run ``work`` in the background; its failure is logged, never the user's."""
 
         async def guarded() -> None:
             try:
                 await work
             except Exception:
-                _log.error("learning hook failed", exc_info=True)
+                _log.error(f"{what} failed", exc_info=True)
 
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
@@ -314,9 +365,12 @@ class MailStore:
             if handle is None:
                 root = user_maildir(self.mail_dir, user)
                 loop = asyncio.get_running_loop()
-                index = await loop.run_in_executor(self.executor, UserIndex, root)
+                index = await loop.run_in_executor(
+                    self.executor, partial(UserIndex, root, full_text=self.full_text)
+                )
                 handle = self._users[user] = UserMailboxes(self, user, index)
             handle.refs += 1
+            handle._backfill_soon()
             return handle
 
     async def release(self, handle: UserMailboxes) -> None:
@@ -335,6 +389,7 @@ class MailStore:
         self.hub.notify_new_mail(user_address, mailbox)
 
     async def close(self) -> None:
+        self.closing = True  # a backfill stops after its chunk; the next start resumes it
         if self._tasks:  # lessons in flight finish before the indexes close
             await asyncio.wait(list(self._tasks), timeout=5)
         for handle in list(self._users.values()):
@@ -369,7 +424,7 @@ class StoreComponent:
     name = "store"
 
     def __init__(self, ctx: StoreContext):
-        self.store = MailStore(ctx.settings.mail_dir)
+        self.store = MailStore(ctx.settings.mail_dir, full_text=ctx.settings.store.full_text_index)
         ctx.services.mail_store = self.store
         ctx.services.mailbox_events = self.store
 

@@ -1,15 +1,17 @@
 """Compile the neutral SEARCH filter of ``pillarbox.imap.backend`` into SQL.
 
 The filter is a tree of tuples (see ``backend.SEARCH_FILTER``): flags, keywords, sizes,
-dates, modseqs, UID ranges and header substrings, combined with and/or/not. Columns refer
-to ``messages m`` and, for header terms, ``message_search d``; SQLite then returns only the
-candidate rows, so ``SEARCH UNSEEN`` or ``SEARCH FROM x`` on 100,000 messages never builds
-100,000 Python rows.
+dates, modseqs, UID ranges, header substrings and full-text needles (``store.fulltext``),
+combined with and/or/not. Columns refer to ``messages m`` and, for header terms,
+``message_search d``; SQLite then returns only the candidate rows, so ``SEARCH UNSEEN`` or
+``SEARCH FROM x`` on 100,000 messages never builds 100,000 Python rows.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
+
+from pillarbox.store import fulltext
 
 EPOCH_ORDINAL: Final = 719163  # date(1970, 1, 1).toordinal()
 DAY: Final = 86400
@@ -84,6 +86,21 @@ def _compile(node: Any, params: list[Any], counter: list[int], text: list[bool])
         text[0] = True
         params.append(value or (field + ":"))
         return "instr(d.text, ?) > 0"
+    if kind == "text":
+        # Matches in the full-text index, or not indexed yet (the caller scans those):
+        # uncorrelated subqueries, so SQLite runs each once.
+        _, scope, needle = node
+        if not fulltext.searchable(needle):
+            raise FilterError("full-text needle shorter than the index can look up")
+        columns = ["body"] if scope == "body" else ["body", "header"]
+        found = []
+        for column in columns:
+            params.append(fulltext.glob_pattern(needle))
+            found.append(
+                f"{fulltext.ROWID_SQL} IN (SELECT rowid FROM message_fts WHERE {column} GLOB ?)"
+            )
+        pending = "(m.mailbox_id, m.uid) IN (SELECT mailbox_id, uid FROM fts_pending)"
+        return "(" + " OR ".join([*found, pending]) + ")"
     if kind == "and":
         items = [_compile(n, params, counter, text) for n in node[1]]
         return "(" + " AND ".join(items) + ")" if items else "1"

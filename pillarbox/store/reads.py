@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from pillarbox import mime
 from pillarbox.store import flags as fl
+from pillarbox.store import fulltext
 from pillarbox.store.names import BadMailboxName, folder_dir
 from pillarbox.store.query import compile_filter
 from pillarbox.store.types import MailboxError
@@ -160,6 +161,10 @@ class IndexReader:
             f" AND {condition} ORDER BY m.uid LIMIT ?"
         )
         return self.conn.execute(sql, (box_id, lo, hi, *params, limit)).fetchall()
+
+    def full_text_pending(self, name: str, max_uid: int) -> int:
+        """Messages up to ``max_uid`` not in the full-text index yet (see store.fulltext)."""
+        return fulltext.pending_count(self.conn, self._box(name)[0], max_uid)
 
     def message_path(self, name: str, uid: int) -> Path | None:
         box_id, path = self._box(name)

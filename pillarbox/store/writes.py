@@ -11,7 +11,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from pillarbox.store import db, uidlist
+from pillarbox.store import db, fulltext, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store.maildir import deliver, unique_name
 from pillarbox.store.types import MailboxError, StoreResult
@@ -226,3 +226,5 @@ def _copy_rows(
                 f" FROM {table} WHERE mailbox_id = ? AND uid = ?",
                 [(dst_id, new, src_id, uid) for uid, new, _, _ in batch],
             )
+        if ix.full_text:
+            fulltext.copy(ix.conn, [(src_id, uid, dst_id, new) for uid, new, _, _ in batch])
