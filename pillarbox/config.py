@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pillarbox.core.address import AddressError, normalize_domain, parse_address
+from pillarbox.core.sizes import parse_size
 
 CONFIG_ENV = "PILLARBOX_CONFIG"
 DEFAULT_LOCATIONS = (Path("pillarbox.toml"), Path("/etc/pillarbox/pillarbox.toml"))
@@ -40,6 +41,10 @@ class ConfigError(Exception):
 
 class Duration(int):
     """Seconds, written in the file as an integer or as "90s", "30m", "4h", "5d"."""
+
+
+class ByteSize(int):
+    """Bytes, written in the file as an integer or as "2G", "500M", "64K" (binary units)."""
 
 
 class HostPort(str):
@@ -449,6 +454,15 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    # The storage quota of a user without one of their own (`pillarbox user quota`):
+    # bytes of mail across all of the user's folders, "2G", "500M"; "0" = no limit.
+    # Enforced at SMTP delivery (452 4.2.2, a temporary failure) and at IMAP
+    # APPEND/COPY/MOVE (NO [OVERQUOTA]); shown by IMAP GETQUOTAROOT (RFC 9208).
+    quota: ByteSize = ByteSize(0)  # noqa: RUF009 - an int, immutable
+
+
+@dataclass(frozen=True)
 class Settings:
     hostname: str = field(metadata=_check(_domain, "EHLO name, certificate name, MX target"))
     domains: tuple[str, ...] = field(metadata=_check(_domain, "domains we receive mail for"))
@@ -467,6 +481,7 @@ class Settings:
     check: CheckSettings = field(default_factory=CheckSettings)
     web: WebSettings = field(default_factory=WebSettings)
     spam: SpamSettings = field(default_factory=SpamSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     # Where the settings came from; not a key in the file.
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -594,6 +609,8 @@ def _coerce(hint: Any, value: Any, base_dir: Path) -> Any:
         return tuple(_coerce(item, v, base_dir) for v in value)
     if hint is Duration:
         return parse_duration(value)
+    if hint is ByteSize:
+        return ByteSize(parse_size(value))
     if hint is HostPort:
         return parse_host_port(value)
     if hint is ListenAddresses:

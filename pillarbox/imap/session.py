@@ -56,6 +56,8 @@ AUTH_CAPS: Final = (
     "SEARCHRES",
     "CONDSTORE",
     "STATUS=SIZE",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
 )
 ENABLEABLE: Final = frozenset({"UTF8=ACCEPT", "IMAP4REV2", "CONDSTORE"})
 
