@@ -5,6 +5,7 @@ COPY (MOVE adds no bytes and stays allowed)."""
 
 from __future__ import annotations
 
+import smtplib
 import sqlite3
 from pathlib import Path
 
@@ -193,3 +194,25 @@ def test_imap_quota_transcript(tmp_path: Path) -> None:
             assert _append(raw, b"a4", b"INBOX", BODY)[-1].startswith(b"a4 OK")
         finally:
             raw.close()
+
+
+def test_smtp_full_mailbox_is_a_temporary_failure(tmp_path: Path) -> None:
+    settings = pbserver.make_settings(tmp_path / "data", {"store": {"quota": "8K"}})
+    pbserver.add_user(settings, ALICE)
+    with pbserver.RunningServer(settings) as server:
+        with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=30) as smtp:
+            for _ in range(2):  # about 6.5 KiB stored with the trace fields
+                smtp.sendmail("bob@example.org", [ALICE], BODY)
+            # smtplib announces SIZE= (RFC 1870): the RCPT is refused, temporarily.
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                smtp.sendmail("bob@example.org", [ALICE], BODY)
+            assert refused.value.recipients[ALICE][0] == 452
+            assert refused.value.recipients[ALICE][1].startswith(b"4.2.2")
+            # Without SIZE= the RCPT passes and the end of DATA says it.
+            smtp.rset()
+            assert smtp.mail("bob@example.org")[0] == 250
+            assert smtp.rcpt(ALICE)[0] == 250
+            code, text = smtp.data(BODY)
+            assert (code, text[:5]) == (452, b"4.2.2")
+        inbox = tmp_path / "data" / "mail" / "example.test" / "alice" / "new"
+        assert len(list(inbox.iterdir())) == 2  # nothing more was written
