@@ -146,6 +146,12 @@ def test_cli_user_quota(tmp_path: Path) -> None:
     accounts = Accounts(settings.database_path, settings.domains)
     assert accounts.own_quota(ALICE) == 2 << 30
     accounts.close()
+    ix = UserIndex(settings.mail_dir / "example.test" / "alice")
+    with ix.lock:
+        ix.append("INBOX", BODY, (), None)
+    ix.close()
+    shown = pillarbox("--config", cfg, "user", "quota", ALICE)
+    assert shown.stdout.rstrip().endswith(f"({len(BODY)} bytes)"), shown.stdout
 
 
 def _append(raw: Raw, tag: bytes, box: bytes, msg: bytes) -> list[bytes]:

@@ -17,7 +17,9 @@ from pillarbox.cli.common import CliError, Command, load_settings, read_password
 from pillarbox.config import Settings
 from pillarbox.core.sizes import SizeError, format_size, parse_size
 from pillarbox.store.accounts import AccountError, Accounts
+from pillarbox.store.index import INDEX_FILE
 from pillarbox.store.maildir import user_maildir
+from pillarbox.store.quota import read_usage
 
 
 @contextlib.contextmanager
@@ -101,7 +103,9 @@ def user_quota(args: argparse.Namespace) -> int:
         own = accounts.own_quota(address)
     limit = default if own is None else own
     source = f"the default, [store] quota = {_quota_text(default)}" if own is None else "own"
-    print(f"{address}\tquota {_quota_text(limit)} ({source})")
+    used = read_usage(user_maildir(settings.mail_dir, address), INDEX_FILE)
+    usage = "unknown (not counted yet)" if used is None else f"{format_size(used)} ({used} bytes)"
+    print(f"{address}\tquota {_quota_text(limit)} ({source})\tused {usage}")
     return 0
 
 

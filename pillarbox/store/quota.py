@@ -115,3 +115,21 @@ def over_quota(usage: int, adding: int, limit: int) -> bool:
     RFC 9208 §4.3 (OVERQUOTA): refuse what would take the usage over the limit, so a
     message that fits exactly is taken and the limit is never passed."""
     return limit > 0 and usage + adding > limit
+
+
+def read_usage(root: Path, index_file: str) -> int | None:
+    """The usage of the Maildir at ``root`` read without opening it for writing (the CLI,
+    beside a running server); None when its index has no usage table yet (never opened
+    by this release: the next IMAP/POP3 login or delivery counts it)."""
+    path = root / index_file
+    if not path.exists():
+        return None
+    conn = db.connect(path, readonly=True)
+    try:
+        indexed = indexed_bytes(conn)
+        folders = [root] + [p for p in root.iterdir() if p.name.startswith(".") and p.is_dir()]
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+    return indexed + pending_bytes(folders)
