@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pillarbox.core.address import AddressError, normalize_domain, parse_address
+from pillarbox.core.sizes import parse_size
 
 CONFIG_ENV = "PILLARBOX_CONFIG"
 DEFAULT_LOCATIONS = (Path("pillarbox.toml"), Path("/etc/pillarbox/pillarbox.toml"))
@@ -40,6 +41,10 @@ class ConfigError(Exception):
 
 class Duration(int):
     """Seconds, written in the file as an integer or as "90s", "30m", "4h", "5d"."""
+
+
+class ByteSize(int):
+    """Bytes, written in the file as an integer or as "2G", "500M", "64K" (binary units)."""
 
 
 class HostPort(str):
@@ -473,6 +478,11 @@ class StoreSettings:
     # little more than the text itself (3.6 KB per 4 KB message measured). Off: body
     # searches read every message, as before.
     full_text_index: bool = True
+    # The storage quota of a user without one of their own (`pillarbox user quota`):
+    # bytes of mail across all of the user's folders, "2G", "500M"; "0" = no limit.
+    # Enforced at SMTP delivery (452 4.2.2, a temporary failure) and at IMAP
+    # APPEND/COPY/MOVE (NO [OVERQUOTA]); shown by IMAP GETQUOTAROOT (RFC 9208).
+    quota: ByteSize = ByteSize(0)  # noqa: RUF009 - an int, immutable
 
 
 @dataclass(frozen=True)
@@ -622,6 +632,8 @@ def _coerce(hint: Any, value: Any, base_dir: Path) -> Any:
         return tuple(_coerce(item, v, base_dir) for v in value)
     if hint is Duration:
         return parse_duration(value)
+    if hint is ByteSize:
+        return ByteSize(parse_size(value))
     if hint is HostPort:
         return parse_host_port(value)
     if hint is ListenAddresses:

@@ -343,3 +343,19 @@ def _left(element: Any) -> bool:
             return True
         raise
     return False
+
+
+def test_a_quota_set_on_the_users_page_is_what_imap_reports(world: World) -> None:
+    world.login(ADMIN)
+    world.open("/admin/users")
+    box = world.find(f'tr[data-user="{ADMIN}"] td.quota input[name="quota"]')
+    box.clear()
+    box.send_keys("3M")
+    world.click(f'tr[data-user="{ADMIN}"] td.quota button')
+    world.wait(lambda: f"Quota of {ADMIN}: 3M." in world.text(), "the quota to be set")
+    assert world.text(f'tr[data-user="{ADMIN}"] td.quota .limit') == "3.0 MiB"
+    port = world.server.port("imaps")
+    with imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_context(world.settings)) as imap:
+        imap.login(ADMIN, pbserver.PASSWORD)
+        typ, data = imap.getquotaroot("INBOX")
+    assert typ == "OK" and data[1] == [b'"" (STORAGE 0 3072)']

@@ -429,3 +429,22 @@ def test_a_reload_applies_the_web_keys(server: pbserver.RunningServer) -> None:
     assert server.call(server.server.reload())  # as SIGHUP does
     assert client.get("/admin/users").status == 404
     assert client.get("/account/").status == 200  # the session survived the reload
+
+
+def test_quota_set_on_the_admin_page_is_the_imap_quota(server: pbserver.RunningServer) -> None:
+    client = signed_in(server)
+    reply = client.post("/admin/users", "/admin/users/quota", {"address": USER, "quota": "lots"})
+    assert "Quota: expected a size" in client.get("/admin/users").body
+    reply = client.post("/admin/users", "/admin/users/quota", {"address": USER, "quota": "2M"})
+    assert reply.status == 303
+    row = re.search(
+        f'<tr data-user="{re.escape(USER)}">.*?</tr>', client.get("/admin/users").body, re.S
+    )
+    assert row is not None and "2.0 MiB" in row.group(0)
+    assert "Quota: 2.0 MiB" in signed_in(server, USER).get("/account/").body
+    context = ssl.create_default_context(cafile=str(server.settings.tls.ca))
+    with imaplib.IMAP4_SSL("127.0.0.1", server.port("imaps"), ssl_context=context) as imap:
+        imap.login(USER, pbserver.PASSWORD)
+        typ, data = imap.getquotaroot("INBOX")
+        assert typ == "OK"
+        assert data == [[b'"INBOX" ""'], [b'"" (STORAGE 0 2048)']]

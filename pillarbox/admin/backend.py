@@ -35,6 +35,7 @@ from pillarbox.check.records import PublicAddresses, build_records, zone_text
 from pillarbox.check.runner import run_check
 from pillarbox.config import Settings
 from pillarbox.control import ControlError, ControlServer
+from pillarbox.core.sizes import SizeError, parse_size
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 from pillarbox.mailauth import keys as dkim
 from pillarbox.managesieve.backend import ScriptError, SieveBackend, UserScripts
@@ -100,16 +101,21 @@ class AdminBackend:
     # -- users and aliases -----------------------------------------------------------
 
     async def users(self) -> list[UserRow]:
-        # Quota: this build keeps none (the `user quota` support comes with the IMAP
-        # extensions); UserRow.quota None shows "n/a", never a made-up number.
         details = self.accounts.user_details()
         mail_dir = self._settings.mail_dir
         used = await asyncio.to_thread(
             lambda: {u.address: _tree_size(user_maildir(mail_dir, u.address)) for u in details}
         )
         sieve = {u.address: await self._active_script(u.address) for u in details}
+        default = self._settings.store.quota
         return [
-            UserRow(u.address, u.admin, used=used[u.address], sieve=sieve[u.address])
+            UserRow(
+                u.address,
+                u.admin,
+                quota=default if u.quota is None else u.quota,
+                used=used[u.address],
+                sieve=sieve[u.address],
+            )
             for u in details
         ]
 
@@ -120,6 +126,7 @@ class AdminBackend:
         return UserRow(
             address,
             self.accounts.is_admin(address),
+            quota=self.accounts.quota_of(address, self._settings.store.quota),
             used=size,
             sieve=await self._active_script(address),
         )
@@ -143,6 +150,17 @@ class AdminBackend:
 
     async def set_admin(self, address: str, admin: bool) -> None:
         await self._write(lambda a: a.set_admin(address, admin))
+
+    async def set_quota(self, address: str, size: str) -> int:
+        canonical = self._parse_local(address)
+        own: int | None = None
+        if size.strip().lower() != "default":
+            try:
+                own = parse_size(size)
+            except SizeError as exc:
+                raise WebError(f"Quota: {exc}.") from None
+        await self._write(lambda a: a.set_quota(canonical, own))
+        return self.accounts.quota_of(canonical, self._settings.store.quota)
 
     def aliases(self) -> dict[str, list[str]]:
         return self.accounts.list_aliases()

@@ -15,8 +15,11 @@ from pillarbox import control
 from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.cli.common import CliError, Command, load_settings, read_password
 from pillarbox.config import Settings
+from pillarbox.core.sizes import SizeError, format_size, parse_size
 from pillarbox.store.accounts import AccountError, Accounts
+from pillarbox.store.index import INDEX_FILE
 from pillarbox.store.maildir import user_maildir
+from pillarbox.store.quota import read_usage
 
 
 @contextlib.contextmanager
@@ -75,6 +78,34 @@ def user_admin(args: argparse.Namespace) -> int:
         address = str(accounts.parse_local(args.address))
         accounts.set_admin(address, on)
     print(f"{address} is {'now' if on else 'no longer'} an admin of the web admin (/admin/)")
+    return 0
+
+
+def _quota_text(limit: int) -> str:
+    return format_size(limit) if limit else "no limit"
+
+
+def user_quota(args: argparse.Namespace) -> int:
+    """Show (no SIZE) or set a user's storage quota; ``default`` follows [store] quota."""
+    with _accounts(args) as (accounts, settings):
+        address = str(accounts.parse_local(args.address))
+        if not accounts.user_exists(address):
+            raise CliError(f"no such user: {address}")
+        default = settings.store.quota
+        if args.size is not None:
+            own: int | None = None
+            if args.size.strip().lower() != "default":
+                try:
+                    own = parse_size(args.size)
+                except SizeError as exc:
+                    raise CliError(f"SIZE: {exc} (or 0/none for no limit, default)") from None
+            accounts.set_quota(address, own)
+        own = accounts.own_quota(address)
+    limit = default if own is None else own
+    source = f"the default, [store] quota = {_quota_text(default)}" if own is None else "own"
+    used = read_usage(user_maildir(settings.mail_dir, address), INDEX_FILE)
+    usage = "unknown (not counted yet)" if used is None else f"{format_size(used)} ({used} bytes)"
+    print(f"{address}\tquota {_quota_text(limit)} ({source})\tused {usage}")
     return 0
 
 
@@ -186,6 +217,17 @@ def _user_admin_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("state", choices=("on", "off"), help="grant or withdraw the admin flag")
 
 
+def _user_quota_args(parser: argparse.ArgumentParser) -> None:
+    _address_arg(parser)
+    parser.add_argument(
+        "size",
+        metavar="SIZE",
+        nargs="?",
+        help='bytes of mail allowed: "2G", "500M", "0" or "none" for no limit, '
+        '"default" for [store] quota; without SIZE: show the quota',
+    )
+
+
 def _alias_add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("alias", metavar="ALIAS", help="alias address, or @domain for a catch-all")
     parser.add_argument(
@@ -212,6 +254,12 @@ COMMANDS = [
         "grant (on) or withdraw (off) the web admin flag",
         user_admin,
         _user_admin_args,
+    ),
+    Command(
+        ("user", "quota"),
+        "show or set a user's storage quota (RFC 9208 STORAGE)",
+        user_quota,
+        _user_quota_args,
     ),
     Command(("user", "passwd"), "change a user's password", user_passwd, _password_args),
     Command(("user", "del"), "delete a user (its mail stays on disk)", user_del, _address_arg),

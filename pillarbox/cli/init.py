@@ -146,6 +146,10 @@ def render_config(opts: InitOptions) -> str:
         "[dns]",
         'nameservers = []          # e.g. ["127.0.0.12:53"]; empty: the system resolver',
         "",
+        "[store]",
+        'quota = "0"               # mail per user: "2G", "500M"; "0" = no limit'
+        " (`pillarbox user quota`)",
+        "",
     ]
     return "\n".join(lines)
 

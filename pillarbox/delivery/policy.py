@@ -30,6 +30,7 @@ import asyncio
 import errno
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,7 @@ from pillarbox.smtp.dataread import SpooledMessage, remove_later
 from pillarbox.smtp.parse import RcptCommand
 from pillarbox.smtp.session import Envelope, ListenerKind, Recipient, SessionInfo
 from pillarbox.store.accounts import Accounts, Resolution
+from pillarbox.store.quota import over_quota
 
 if TYPE_CHECKING:
     from pillarbox.mailauth.inbound import AuthVerdict
@@ -154,8 +156,28 @@ class SmtpBackend:
             return codes.MAILBOX_UNKNOWN
         if resolution.remote and self.delivery.queue is None:
             return codes.OUTBOUND_UNAVAILABLE  # an alias forwarding elsewhere
+        # At RCPT the size is the one MAIL announced (RFC 1870 SIZE=), else unknown (0):
+        # a mailbox already full is refused now, one that the message would fill at DATA.
+        full = await self._full_mailbox(resolution.local_users, envelope.mail.size or 0)
+        if full is not None:
+            return codes.MAILBOX_FULL.with_text(f"Mailbox full: {address}")
         self._remember(envelope.queue_id, address, resolution)
         return Recipient(address, rcpt.notify, rcpt.orcpt)
+
+    async def _full_mailbox(self, users: Sequence[str], size: int) -> str | None:
+        """The first of ``users`` whose quota ``size`` more bytes would pass, or None.
+
+        RFC 9208 quota, answered 452 4.2.2 (a temporary failure: the sending server keeps
+        the message and retries, so mail is never bounced at once for a full mailbox)."""
+        store = self.services.mail_store
+        if store is None:
+            return None
+        for user in users:
+            limit = store.quota_limit(user)
+            if limit > 0 and over_quota(await store.usage(user), size, limit):
+                _log.info("mailbox full", user=user, size=size, quota=limit)
+                return str(user)
+        return None
 
     def _remember(self, queue_id: str, address: str, resolution: Resolution) -> None:
         self._resolved[(queue_id, address)] = resolution
@@ -362,6 +384,11 @@ class SmtpBackend:
         route: Route,
         targets: dict[str, LocalTarget] | None = None,
     ) -> Reply:
+        # The size is known now: a recipient the message would take over quota makes the
+        # whole message wait (one DATA reply for all; the sender retries, nothing bounces).
+        full = await self._full_mailbox(list(route.local), sum(_part_size(p) for p in message))
+        if full is not None:
+            return codes.MAILBOX_FULL.with_text(f"Mailbox full: {full}")
         if route.unknown:
             # Accepted at RCPT, gone since (user deleted meanwhile): the rest still goes.
             _log.warning("recipient vanished", queue_id=envelope.queue_id, to=route.unknown)
@@ -381,6 +408,10 @@ class SmtpBackend:
                 return codes.STORAGE_FULL
             return codes.LOCAL_ERROR
         return codes.MESSAGE_ACCEPTED.with_text(f"OK: queued as {envelope.queue_id}")
+
+
+def _part_size(part: bytes | Path) -> int:
+    return len(part) if isinstance(part, bytes) else part.stat().st_size
 
 
 def note_verdicts(envelope: Envelope, verdicts: list[Any], targets: dict[str, LocalTarget]) -> None:

@@ -42,6 +42,14 @@ class RoutingServices(Protocol):
     def queue(self) -> QueueService | None: ...
 
 
+class QuotaCheck(Protocol):
+    """The mail store as the quota check at RCPT and DATA sees it (RFC 9208)."""
+
+    def quota_limit(self, user: str) -> int: ...
+
+    async def usage(self, user: str) -> int: ...
+
+
 class InboundServices(Protocol):
     """What the SMTP backend uses to judge inbound mail."""
 
@@ -50,6 +58,9 @@ class InboundServices(Protocol):
 
     @property
     def spam(self) -> SpamFilter | None: ...
+
+    @property
+    def mail_store(self) -> QuotaCheck | None: ...
 
 
 @dataclass(frozen=True)

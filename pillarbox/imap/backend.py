@@ -73,6 +73,8 @@ class StatusInfo(Protocol):
     def size(self) -> int: ...
     @property
     def highestmodseq(self) -> int: ...
+    @property
+    def deleted_storage(self) -> int: ...  # bytes of the \\Deleted messages (RFC 9208)
 
 
 class SelectInfo(Protocol):
@@ -180,6 +182,9 @@ class UserMail(Protocol):
     async def copy(
         self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool
     ) -> tuple[int, list[int], list[int]]: ...
+    # append and copy raise a user error with code OVERQUOTA when the user's quota would
+    # be passed (RFC 9208 §4.3); nothing is then written.
+    async def quota(self) -> tuple[int, int]: ...  # (bytes used, bytes allowed; 0 = none)
 
 
 class MailBackend(Protocol):

@@ -385,6 +385,7 @@ STATUS_ITEMS: Final = frozenset(
         "HIGHESTMODSEQ",  # RFC 7162
         "APPENDLIMIT",  # RFC 7889
         "MAILBOXID",  # RFC 8474
+        "DELETED-STORAGE",  # RFC 9208 §4.2 (with QUOTA=RES-STORAGE)
     }
 )
 
@@ -798,6 +799,66 @@ class Move(Copy):
     name: ClassVar[str] = "MOVE"
 
 
+# --- QUOTA (RFC 9208 §4.1) ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class GetQuota(Command):
+    """``GETQUOTA quota-root`` (a quota root name is an astring, RFC 9208 §9)."""
+
+    root: str = ""
+    name: ClassVar[str] = "GETQUOTA"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        root = r.decode_utf8(r.astring())
+        r.end()
+        return cls(tag, root)
+
+
+@dataclass(frozen=True, slots=True)
+class GetQuotaRoot(Command):
+    mailbox: str = ""
+    name: ClassVar[str] = "GETQUOTAROOT"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        mailbox = r.mailbox()
+        r.end()
+        return cls(tag, mailbox)
+
+
+@dataclass(frozen=True, slots=True)
+class SetQuota(Command):
+    """``SETQUOTA quota-root (resource limit ...)``; parsed so that it can be refused
+    properly (no QUOTASET is advertised: limits are the administrator's)."""
+
+    root: str = ""
+    limits: tuple[tuple[str, int], ...] = ()
+    name: ClassVar[str] = "SETQUOTA"
+    states: ClassVar[frozenset[State]] = AUTHENTICATED
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        r.sp()
+        root = r.decode_utf8(r.astring())
+        r.sp()
+        r.open()
+        limits: list[tuple[str, int]] = []
+        if not r.maybe_close():
+            while True:
+                resource = r.keyword()
+                r.sp()
+                limits.append((resource, r.number(MAX_NUMBER64)))
+                if r.maybe_close():
+                    break
+                r.sp()
+        r.end()
+        return cls(tag, root, tuple(limits))
+
+
 @dataclass(frozen=True, slots=True)
 class Namespace(Command):
     name: ClassVar[str] = "NAMESPACE"
@@ -846,6 +907,9 @@ REGISTRY: Final[dict[str, type[Command]]] = {
         Move,
         Namespace,
         Idle,
+        GetQuota,
+        GetQuotaRoot,
+        SetQuota,
     )
 }
 

@@ -58,6 +58,8 @@ AUTH_CAPS: Final = (
     "STATUS=SIZE",
     "COMPRESS=DEFLATE",
     "MULTIAPPEND",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
 )
 ENABLEABLE: Final = frozenset({"UTF8=ACCEPT", "IMAP4REV2", "CONDSTORE", "QRESYNC"})
 

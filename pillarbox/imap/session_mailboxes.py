@@ -257,6 +257,7 @@ def _status_items(items: tuple[str, ...], st: Any, s: Session) -> list[tuple[str
         "DELETED": st.deleted,
         "SIZE": st.size,
         "HIGHESTMODSEQ": st.highestmodseq,
+        "DELETED-STORAGE": st.deleted_storage,
     }
     return [(item, values[item]) for item in items if item in values]
 

@@ -78,6 +78,8 @@ TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands, closing connection")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 OUTBOUND_UNAVAILABLE = Reply(451, "4.3.2", "Outbound delivery unavailable, try again later")
 STORAGE_FULL = Reply(452, "4.3.1", "Insufficient system storage")
+# RFC 3463 §3.3 X.2.2 "mailbox full": temporary (4xx), the sender retries; never a bounce.
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")

@@ -57,6 +57,11 @@ MIGRATIONS = [
 ADMIN_MIGRATIONS = [
     "ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",
 ]
+# The storage quota (RFC 9208 STORAGE, in bytes), its own migration line for the same
+# reason: NULL = the configured default (``[store] quota``), 0 = no limit.
+QUOTA_MIGRATIONS = [
+    "ALTER TABLE users ADD COLUMN quota INTEGER",
+]
 
 # Alias chains deeper than this are a loop or a mistake; Postfix stops at 1000 expansions.
 MAX_ALIAS_DEPTH = 10
@@ -72,6 +77,7 @@ class UserInfo:
     address: str
     admin: bool
     created: float
+    quota: int | None = None  # the user's own quota in bytes (0: none); None: the default
 
 
 class AccountError(Exception):
@@ -107,6 +113,7 @@ class Accounts:
         self.changed = False
         migrate(self.conn, "accounts", MIGRATIONS)
         migrate(self.conn, "accounts.admin", ADMIN_MIGRATIONS)
+        migrate(self.conn, "accounts.quota", QUOTA_MIGRATIONS)
         # The users' Sieve scripts live beside them; delete_user removes them too.
         migrate(self.conn, "sieve", SIEVE_MIGRATIONS)
         self.domains = frozenset(normalize_domain(d) for d in domains)
@@ -191,11 +198,32 @@ class Accounts:
         row = self.conn.execute("SELECT admin FROM users WHERE address = ?", (address,)).fetchone()
         return bool(row and row[0])
 
+    def set_quota(self, address: str, quota: int | None) -> None:
+        """The user's own storage quota in bytes (0: no limit); None: the configured
+        default (``[store] quota``) again."""
+        addr = self.parse_local(address)
+        if quota is not None and quota < 0:
+            raise AccountError("a quota cannot be negative")
+        with self._changing() as c:
+            cur = c.execute("UPDATE users SET quota = ? WHERE address = ?", (quota, str(addr)))
+        if cur.rowcount == 0:
+            raise AccountError(f"no such user: {addr}")
+
+    def own_quota(self, address: str) -> int | None:
+        """The quota set for ``address`` itself (None: none set, the default applies)."""
+        row = self.conn.execute("SELECT quota FROM users WHERE address = ?", (address,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def quota_of(self, address: str, default: int) -> int:
+        """The quota that applies to ``address``: its own, else ``default``; 0 = none."""
+        own = self.own_quota(address)
+        return default if own is None else own
+
     def user_details(self) -> list[UserInfo]:
         return [
-            UserInfo(r[0], bool(r[1]), r[2])
+            UserInfo(r[0], bool(r[1]), r[2], r[3])
             for r in self.conn.execute(
-                "SELECT address, admin, created FROM users ORDER BY domain, address"
+                "SELECT address, admin, created, quota FROM users ORDER BY domain, address"
             )
         ]
 

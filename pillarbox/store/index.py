@@ -20,6 +20,7 @@ operation at a time per user (``UserIndex.lock``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -35,7 +36,7 @@ from typing import Any, Final
 
 from pillarbox import mime
 from pillarbox.mime.text import search_texts
-from pillarbox.store import db, fulltext, uidlist, writes
+from pillarbox.store import db, fulltext, quota, uidlist, writes
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
@@ -142,6 +143,7 @@ class UserIndex:
         self.closed = False
         # Set when messages were left for the background backfill (see store.mailbox).
         self.backfill_wanted = self.full_text and self._any_pending()
+        quota.prepare(self.conn)  # the usage table and its triggers ("mailindex.quota")
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
@@ -619,7 +621,8 @@ class UserIndex:
         box = self.sync(self.mailbox(name))
         row = self.conn.execute(
             "SELECT count(*), coalesce(sum(flags & 1 = 0), 0), coalesce(sum(flags & 8 != 0), 0),"
-            " coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0)"
+            " coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0),"
+            " coalesce(sum(CASE WHEN flags & 8 != 0 THEN size END), 0)"
             " FROM messages WHERE mailbox_id = ?",
             (box.recent_uid, box.id),
         ).fetchone()
@@ -632,7 +635,17 @@ class UserIndex:
             deleted=row[2],
             size=row[3],
             highestmodseq=box.highestmodseq,
+            deleted_storage=row[5],
         )
+
+    def usage(self) -> int:
+        """Bytes of the user's mail in every folder, indexed or waiting in ``new/``
+        (see ``store/quota.py``): what a quota limits."""
+        folders = [self.root]
+        for (name,) in self.conn.execute("SELECT name FROM mailboxes WHERE name != ?", (INBOX,)):
+            with contextlib.suppress(BadMailboxName):
+                folders.append(self.root / folder_dir(name))
+        return quota.indexed_bytes(self.conn) + quota.pending_bytes(folders)
 
     def uids(self, box: Mailbox, max_uid: int | None = None) -> array[int]:
         """The mailbox's UIDs in order, as a compact array.
@@ -816,11 +829,22 @@ class UserIndex:
         return writes.expunge(self, name, ranges)
 
     def append(
-        self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
+        self,
+        name: str,
+        data: bytes,
+        flags: tuple[str, ...],
+        internal_date: float | None,
+        limit: int = 0,
     ) -> tuple[int, int]:
-        return writes.append(self, name, data, flags, internal_date)
+        return writes.append(self, name, data, flags, internal_date, limit=limit)
 
     def copy(
-        self, src_name: str, ranges: list[tuple[int, int]], dst_name: str, *, move: bool
+        self,
+        src_name: str,
+        ranges: list[tuple[int, int]],
+        dst_name: str,
+        *,
+        move: bool,
+        limit: int = 0,
     ) -> tuple[int, list[int], list[int]]:
-        return writes.copy(self, src_name, ranges, dst_name, move=move)
+        return writes.copy(self, src_name, ranges, dst_name, move=move, limit=limit)

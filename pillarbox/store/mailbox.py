@@ -56,10 +56,15 @@ T = TypeVar("T")
 # learner(user, messages, spam): see "Learning hook" in the module docstring.
 Learner = Callable[[str, list[bytes], bool], Awaitable[None]]
 LEARN_MAX = 100  # messages read for learning per command
+QuotaLookup = Callable[[str], int]
 JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
 BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
 
 __all__ = ["MailStore", "MailboxError", "UserMailboxes"]
+
+
+def _no_quota(user: str) -> int:
+    return 0
 
 
 class UserMailboxes:
@@ -264,20 +269,28 @@ class UserMailboxes:
     async def append(
         self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
     ) -> tuple[int, int]:
-        result = await self._run(self._index.append, name, data, flags, internal_date)
+        limit = self._store.quota_limit(self.user)
+        result = await self._run(self._index.append, name, data, flags, internal_date, limit)
         self._changed(name)
         return result
 
     async def copy(
         self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool
     ) -> tuple[int, list[int], list[int]]:
-        result = await self._run(self._index.copy, src, ranges, dst, move=move)
+        limit = self._store.quota_limit(self.user)
+        result = await self._run(self._index.copy, src, ranges, dst, move=move, limit=limit)
         self._changed(dst)
         if move:
             self._changed(src)
         if self._store.learner is not None and result[2]:
             self._spawn(self._learn_copy(src, dst, result[2]))
         return result
+
+    # --- quota (RFC 9208; see store/quota.py)
+    async def quota(self) -> tuple[int, int]:
+        """(bytes used, bytes allowed); 0 allowed = no limit."""
+        limit = self._store.quota_limit(self.user)
+        return await self._run(self._index.usage), limit
 
     # --- learning hook (see the module docstring)
     def _special_uses(self, *names: str) -> list[str | None]:
@@ -339,9 +352,27 @@ class MailStore:
         self._opening: dict[str, asyncio.Lock] = {}
         self.learner: Learner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._quota_of: QuotaLookup = _no_quota
 
     def set_learner(self, learner: Learner | None) -> None:
         self.learner = learner
+
+    def set_quota_lookup(self, lookup: QuotaLookup) -> None:
+        """``lookup(user)`` gives the user's quota in bytes (0: none); app wiring reads
+        the accounts and ``[store] quota``. A quick read, asked on the event loop."""
+        self._quota_of = lookup
+
+    def quota_limit(self, user: str) -> int:
+        return self._quota_of(user)
+
+    async def usage(self, user: str) -> int:
+        """Bytes of ``user``'s mail (for delivery's quota check); opens the index when no
+        session has it open."""
+        handle = await self.open(user)
+        try:
+            return await handle._run(handle._index.usage)
+        finally:
+            await handle.release()
 
     def spawn(self, work: Coroutine[Any, Any, None], what: str = "learning hook") -> None:
         """Run ``work`` in the background; its failure is logged, never the user's."""
@@ -405,9 +436,16 @@ class StoreServices(Protocol):
     mailbox_events: MailStore | None
 
 
+class QuotaSource(Protocol):
+    def quota_of(self, address: str, default: int) -> int: ...
+
+
 class StoreContext(Protocol):
     @property
     def settings(self) -> Settings: ...
+
+    @property
+    def accounts(self) -> QuotaSource: ...
 
     @property
     def services(self) -> StoreServices: ...
@@ -425,6 +463,11 @@ class StoreComponent:
 
     def __init__(self, ctx: StoreContext):
         self.store = MailStore(ctx.settings.mail_dir, full_text=ctx.settings.store.full_text_index)
+        # The quota of a user: its own (`pillarbox user quota`), else [store] quota; the
+        # settings are read at each call, so a reload applies at once.
+        self.store.set_quota_lookup(
+            lambda user: ctx.accounts.quota_of(user, ctx.settings.store.quota)
+        )
         ctx.services.mail_store = self.store
         ctx.services.mailbox_events = self.store
 

@@ -37,6 +37,7 @@ class StatusInfo:
     deleted: int
     size: int
     highestmodseq: int
+    deleted_storage: int = 0  # bytes of the \\Deleted messages (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from pillarbox.store import db, fulltext, uidlist
+from pillarbox.store import db, fulltext, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store.maildir import deliver, unique_name
 from pillarbox.store.types import MailboxError, StoreResult
@@ -115,13 +115,21 @@ def expunge_rows(ix: UserIndex, box: Mailbox, victims: list[tuple[int, str]]) ->
 
 
 def append(
-    ix: UserIndex, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
+    ix: UserIndex,
+    name: str,
+    data: bytes,
+    flags: tuple[str, ...],
+    internal_date: float | None,
+    *,
+    limit: int = 0,
 ) -> tuple[int, int]:
-    """Store a message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
+    """Store a message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315). ``limit`` is
+    the user's quota in bytes (0: none); a message that does not fit is refused."""
     try:
         box = ix.mailbox(name)
     except MailboxError:
         raise MailboxError("TRYCREATE", f"no mailbox {name}") from None
+    check_quota(ix, len(data), limit)
     box = ix.sync(box)  # index anything else first, so UIDs stay in arrival order
     mask, keywords = fl.split_flags(flags)
     names = ix.keyword_names(box)
@@ -141,17 +149,30 @@ def append(
 
 
 def copy(
-    ix: UserIndex, src_name: str, ranges: list[tuple[int, int]], dst_name: str, *, move: bool
+    ix: UserIndex,
+    src_name: str,
+    ranges: list[tuple[int, int]],
+    dst_name: str,
+    *,
+    move: bool,
+    limit: int = 0,
 ) -> tuple[int, list[int], list[int]]:
-    """COPY/MOVE; returns (destination UIDVALIDITY, source UIDs, destination UIDs)."""
+    """COPY/MOVE; returns (destination UIDVALIDITY, source UIDs, destination UIDs).
+
+    A COPY adds the copies' bytes to the usage and is refused whole when they do not fit
+    in ``limit`` (RFC 9208 §4.3: nothing is copied). A MOVE adds nothing, every folder of a
+    user being under one quota root, so it is never refused: a user over quota can still
+    move mail to Trash to delete it."""
     src = ix.mailbox(src_name)
     try:
         dst = ix.mailbox(dst_name)
     except MailboxError:
         raise MailboxError("TRYCREATE", f"no mailbox {dst_name}") from None
     dst = ix.sync(dst)
-    dst_names = ix.keyword_names(dst)
     rows = list(ix._rows_in(src, ranges, "uid, flags, keywords, fname, size"))
+    if not move:
+        check_quota(ix, sum(r[4] for r in rows), limit)
+    dst_names = ix.keyword_names(dst)
     all_kw = sorted({k for r in rows for k in r[2].split()})
     fl.ensure_keywords(dst.path, dst_names, all_kw)
     dst_cur = dst.path / "cur"
@@ -205,6 +226,18 @@ def copy(
         if src_before == src.cur_mtime:
             ix._set_cur_mtime(src, os.stat(src.path / "cur").st_mtime_ns)
     return dst.uidvalidity, src_uids, dst_uids
+
+
+def check_quota(ix: UserIndex, adding: int, limit: int) -> None:
+    """MailboxError OVERQUOTA (RFC 9208 §4.3) when ``adding`` bytes do not fit."""
+    if limit <= 0:
+        return
+    usage = ix.usage()
+    if quota.over_quota(usage, adding, limit):
+        raise MailboxError(
+            "OVERQUOTA",
+            f"over quota: {usage} of {limit} bytes used, {adding} more do not fit",
+        )
 
 
 def _copy_rows(

@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from pillarbox.check.findings import CATEGORIES, Status
+from pillarbox.core.sizes import format_size
 from pillarbox.web.backend import WebError
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def routes(web: WebPages) -> list[Route]:
         ("/admin/users/add", p.user_add, POST),
         ("/admin/users/password", p.user_password, POST),
         ("/admin/users/admin", p.user_admin, POST),
+        ("/admin/users/quota", p.user_quota, POST),
         ("/admin/users/delete", p.user_delete, POST),
         ("/admin/aliases", p.aliases, GET),
         ("/admin/aliases/add", p.alias_add, POST),
@@ -115,6 +117,15 @@ class AdminPages:
         await self.backend.set_admin(address, on)
         text = f"{address} is {'now' if on else 'no longer'} an admin."
         self.web.done(page, "user.admin", text, target=address, admin=on)
+        return RedirectResponse("/admin/users", status_code=303)
+
+    async def user_quota(self, page: Page) -> Response:
+        address = page.field("address")
+        size = page.form.get("quota", "").strip()
+        limit = await self.backend.set_quota(address, size)
+        shown = format_size(limit) if limit else "no limit"
+        self.web.done(page, "user.quota", f"Quota of {address}: {shown}.", target=address,
+                      quota=limit)  # fmt: skip
         return RedirectResponse("/admin/users", status_code=303)
 
     async def user_delete(self, page: Page) -> Response:

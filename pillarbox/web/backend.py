@@ -24,7 +24,8 @@ class WebError(Exception):
 class UserRow:
     address: str
     admin: bool
-    # Bytes allowed; 0 = no limit; None = this build keeps no quota (nothing to show).
+    # Bytes allowed (the user's own quota, else [store] quota); 0 = no limit; None = not
+    # known (nothing to show).
     quota: int | None = None
     used: int | None = None  # bytes in the user's mail, when known
     # The user's active Sieve script: its name, "" when none is active, None when this
@@ -104,6 +105,12 @@ class WebBackend(Protocol):
     async def delete_user(self, address: str) -> None: ...
 
     async def set_admin(self, address: str, admin: bool) -> None: ...
+
+    async def set_quota(self, address: str, size: str) -> int:
+        """Set the user's storage quota from ``size`` ("2G", "500M", "0"/"none" for no
+        limit, "default" for [store] quota), as ``pillarbox user quota``; returns the
+        quota that now applies (bytes, 0 = none). WebError for a bad size or user."""
+        ...
 
     def aliases(self) -> dict[str, list[str]]: ...
 
