@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from imapclient import IMAPClient
 
 from tests import pbserver
@@ -56,3 +58,30 @@ def test_one_bad_message_stores_none(server: pbserver.RunningServer) -> None:
         assert b"MESSAGES 0" in lines[0]
     finally:
         raw.close()
+
+
+def test_over_quota_part_way_stores_none(tmp_path: Path) -> None:
+    """The third message passes the quota after two were written: RFC 3502 §6.3.11 wants
+    none of them kept, so the two are withdrawn and the mailbox is as before."""
+    settings = pbserver.make_settings(tmp_path / "data", {"store": {"quota": "8K"}})
+    pbserver.add_user(settings, ALICE)
+    body = message("big", body="x" * 3000 + "\r\n")
+    with pbserver.RunningServer(settings) as server:
+        raw = Raw(server)
+        try:
+            raw.login()
+            raw.send(
+                b"a APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s {%d+}\r\n%s\r\n"
+                % (len(body), body, len(body), body, len(body), body)
+            )
+            assert raw.until(b"a")[-1].startswith(b"a NO [OVERQUOTA]")
+            status = raw.cmd(b"s", b"STATUS INBOX (MESSAGES SIZE)")[0]
+            assert status == b'* STATUS "INBOX" (MESSAGES 0 SIZE 0)\r\n', status
+            assert raw.cmd(b"q", b'GETQUOTA ""')[0] == b'* QUOTA "" (STORAGE 0 8)\r\n'
+            # Two fit, and are kept.
+            raw.send(
+                b"b APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s\r\n" % (len(body), body, len(body), body)
+            )
+            assert raw.until(b"b")[-1].startswith(b"b OK [APPENDUID ")
+        finally:
+            raw.close()
