@@ -81,6 +81,14 @@ def user_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_user(accounts: Accounts, address: str) -> str:
+    """``address`` normalised, or a clear error when it is not a user here."""
+    user = str(accounts.parse_local(address))
+    if not accounts.user_exists(user):
+        raise CliError(f"no such user: {user}")
+    return user
+
+
 def _quota_text(limit: int) -> str:
     return format_size(limit) if limit else "no limit"
 
@@ -88,9 +96,7 @@ def _quota_text(limit: int) -> str:
 def user_quota(args: argparse.Namespace) -> int:
     """Show (no SIZE) or set a user's storage quota; ``default`` follows [store] quota."""
     with _accounts(args) as (accounts, settings):
-        address = str(accounts.parse_local(args.address))
-        if not accounts.user_exists(address):
-            raise CliError(f"no such user: {address}")
+        address = _existing_user(accounts, args.address)
         default = settings.store.quota
         if args.size is not None:
             own: int | None = None
@@ -111,9 +117,7 @@ def user_quota(args: argparse.Namespace) -> int:
 
 def user_passwd(args: argparse.Namespace) -> int:
     with _accounts(args) as (accounts, _):
-        address = str(accounts.parse_local(args.address))
-        if not accounts.user_exists(address):
-            raise CliError(f"no such user: {address}")
+        address = _existing_user(accounts, args.address)
         accounts.set_password(address, _hash(read_password(args.password_stdin)))
     print(f"password changed for {address}")
     return 0
@@ -160,9 +164,7 @@ def sendas_add(args: argparse.Namespace) -> int:
 
 def sendas_list(args: argparse.Namespace) -> int:
     with _accounts(args) as (accounts, settings):
-        user = str(accounts.parse_local(args.address))
-        if not accounts.user_exists(user):
-            raise CliError(f"no such user: {user}")
+        user = _existing_user(accounts, args.address)
         owned = sorted(accounts.owned_addresses(user))
         grants = accounts.list_send_as(user)
     delimiter = settings.delivery.recipient_delimiter
