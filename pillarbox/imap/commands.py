@@ -24,8 +24,12 @@ from pillarbox.imap.grammar import LiteralSpec as LiteralSpec
 from pillarbox.imap.grammar import LiteralTooBig as LiteralTooBig
 from pillarbox.imap.grammar import ParseError as ParseError
 from pillarbox.imap.searchkeys import (
+    BADCHARSET_CODE,
+    SUPPORTED_CHARSETS,
+    AndKey,
     SearchKey,
     parse_return_options,
+    parse_search_key,
     parse_search_program,
 )
 
@@ -647,6 +651,98 @@ class Search(Command):
         return cls.parse(r, tag, uid=True)
 
 
+# RFC 5256 §3 sort keys plus RFC 5957 §3's DISPLAYFROM / DISPLAYTO.
+SORT_KEYS: Final = frozenset(
+    {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+)
+THREAD_ALGORITHMS: Final = ("ORDEREDSUBJECT", "REFERENCES")
+
+
+def _parse_charset_and_keys(r: Reader) -> SearchKey:
+    """``search-charset 1*(SP search-key)`` of SORT and THREAD (RFC 5256 §4): the charset is
+    required here; anything but US-ASCII and UTF-8 is ``NO [BADCHARSET]`` (§3)."""
+    charset = r.astring().decode("ascii", "replace").upper()
+    if charset not in SUPPORTED_CHARSETS:
+        raise ParseError(
+            f"unsupported charset {charset[:40]}", r.tag, code=BADCHARSET_CODE, status="NO"
+        )
+    keys = []
+    while r.maybe_sp():
+        keys.append(parse_search_key(r, 0))
+    if not keys:
+        r.fail("expected a search key")
+    return keys[0] if len(keys) == 1 else AndKey(tuple(keys))
+
+
+@dataclass(frozen=True, slots=True)
+class Sort(Command):
+    """SORT / UID SORT (RFC 5256 §3) with RFC 5957's DISPLAYFROM / DISPLAYTO keys.
+    ``criteria`` are (key, reverse) pairs, most significant first."""
+
+    criteria: tuple[tuple[str, bool], ...] = ()
+    key: SearchKey | None = None
+    uid: bool = False
+    name: ClassVar[str] = "SORT"
+    states: ClassVar[frozenset[State]] = SELECTED
+    uid_variant: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str, uid: bool = False) -> Command:
+        r.sp()
+        r.open()
+        criteria = [_sort_criterion(r)]
+        while r.maybe_sp():
+            criteria.append(_sort_criterion(r))
+        r.close()
+        r.sp()
+        key = _parse_charset_and_keys(r)
+        r.end()
+        return cls(tag, tuple(criteria), key, uid)
+
+    @classmethod
+    def parse_uid(cls, r: Reader, tag: str) -> Command:
+        return cls.parse(r, tag, uid=True)
+
+
+def _sort_criterion(r: Reader) -> tuple[str, bool]:
+    reverse = False
+    word = r.keyword()
+    if word == "REVERSE":
+        reverse = True
+        r.sp()
+        word = r.keyword()
+    if word not in SORT_KEYS:
+        r.fail(f"unknown sort key {word[:40]}")
+    return word, reverse
+
+
+@dataclass(frozen=True, slots=True)
+class Thread(Command):
+    """THREAD / UID THREAD (RFC 5256 §3): ORDEREDSUBJECT or REFERENCES."""
+
+    algorithm: str = "REFERENCES"
+    key: SearchKey | None = None
+    uid: bool = False
+    name: ClassVar[str] = "THREAD"
+    states: ClassVar[frozenset[State]] = SELECTED
+    uid_variant: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str, uid: bool = False) -> Command:
+        r.sp()
+        algorithm = r.keyword()
+        if algorithm not in THREAD_ALGORITHMS:
+            r.fail(f"unknown threading algorithm {algorithm[:40]}")
+        r.sp()
+        key = _parse_charset_and_keys(r)
+        r.end()
+        return cls(tag, algorithm, key, uid)
+
+    @classmethod
+    def parse_uid(cls, r: Reader, tag: str) -> Command:
+        return cls.parse(r, tag, uid=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Fetch(Command):
     """FETCH / UID FETCH with optional modifiers (CHANGEDSINCE, VANISHED: RFC 7162)."""
@@ -901,6 +997,8 @@ REGISTRY: Final[dict[str, type[Command]]] = {
         Unselect,
         Expunge,
         Search,
+        Sort,
+        Thread,
         Fetch,
         Store,
         Copy,

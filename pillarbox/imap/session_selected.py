@@ -25,6 +25,7 @@ from pillarbox.imap.session import (
     UserMail,
     handles,
 )
+from pillarbox.imap.sort import load_infos, ordered_subject, references, render, sort_infos
 
 STORE_CHUNK: Final = 1000
 _MODES: Final = {
@@ -167,6 +168,31 @@ async def do_search(s: Session, cmd: c.Search) -> Result:
     return ""
 
 
+# --- SORT / THREAD (RFC 5256) ----------------------------------------------------------------
+async def do_sort(s: Session, cmd: c.Sort) -> Result:
+    mail, view = _ctx(s)
+    assert cmd.key is not None
+    uids, seqs, _ = await run_search(mail, view, cmd.key, s.saved)
+    infos = await asyncio.to_thread(
+        sort_infos, await load_infos(mail, view, uids, seqs), cmd.criteria
+    )
+    numbers = " ".join(str(i.uid if cmd.uid else i.seq) for i in infos)
+    s.send(f"* SORT {numbers}\r\n".encode() if numbers else b"* SORT\r\n")
+    return ""
+
+
+async def do_thread(s: Session, cmd: c.Thread) -> Result:
+    mail, view = _ctx(s)
+    assert cmd.key is not None
+    uids, seqs, _ = await run_search(mail, view, cmd.key, s.saved)
+    infos = await load_infos(mail, view, uids, seqs)
+    algorithm = references if cmd.algorithm == "REFERENCES" else ordered_subject
+    roots = await asyncio.to_thread(algorithm, infos)  # off the event loop, as load_infos
+    body = render(roots, cmd.uid)
+    s.send(b"* THREAD " + body + b"\r\n" if body else b"* THREAD\r\n")
+    return ""
+
+
 # --- COPY / MOVE ------------------------------------------------------------------------------
 async def do_copy(s: Session, cmd: c.Copy) -> Result:
     mail, view = _ctx(s)
@@ -271,6 +297,8 @@ async def do_idle(s: Session, cmd: c.Idle) -> Result:
 handles(c.Fetch)(do_fetch)
 handles(c.Store)(do_store)
 handles(c.Search)(do_search)
+handles(c.Sort)(do_sort)
+handles(c.Thread)(do_thread)
 handles(c.Copy, c.Move)(do_copy)
 handles(c.Expunge)(do_expunge)
 handles(c.Close)(do_close)

@@ -1,0 +1,385 @@
+"""SORT and THREAD semantics (RFC 5256) and DISPLAY sort keys (RFC 5957).
+
+The messages come from the SEARCH evaluator (``run_search``); their header fields are read
+from the index's stored header bytes (``fetch(data=True)``), one small tuple per message, so
+the work is a Python ``sorted`` over key tuples.  Parsing of the command lives in
+``commands.py``; this module only computes orders and thread trees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.header
+import email.utils
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from typing import Any, Final
+
+from pillarbox.imap.backend import ROW_DATE, ROW_HEADER, ROW_SIZE, ROW_UID, UserMail
+from pillarbox.imap.selected import SelectedMailbox
+
+FETCH_BATCH: Final = 5000
+_MSGID_RE: Final = re.compile(r"<([^<>]+)>")
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """What SORT/THREAD need of one message (one tuple-like object per matching message)."""
+
+    seq: int
+    uid: int
+    arrival: int
+    size: int
+    date: int  # sent date, epoch seconds; INTERNALDATE when Date: is missing or bad (§2.2)
+    subject: str  # base subject (§2.1)
+    is_reply: bool  # the subject had Re:/Fwd: or a (fwd) trailer (§2.1 step 2, 4, 6)
+    from_: str
+    to: str
+    cc: str
+    display_from: str
+    display_to: str
+    message_id: str
+    references: tuple[str, ...]
+
+
+# --- base subject (RFC 5256 §2.1) ---------------------------------------------------------------
+_BLOB: Final = r"\[[^\[\]]*\]"
+_TRAILER_RE: Final = re.compile(r"(\s*\(fwd\))$", re.IGNORECASE)
+_LEADER_RE: Final = re.compile(rf"^(?:{_BLOB}\s*)*(?:re|fwd?)\s*(?:{_BLOB})?:\s*", re.IGNORECASE)
+_BLOB_RE: Final = re.compile(rf"^{_BLOB}\s*")
+_FWD_RE: Final = re.compile(r"^\[fwd:(.*)\]$", re.IGNORECASE)
+
+
+def base_subject(raw: str) -> tuple[str, bool]:
+    """(base subject, whether it looked like a reply/forward) per RFC 5256 §2.1."""
+    text = " ".join(_decode(raw).split())  # step 1: decode, collapse whitespace
+    reply = False
+    while True:
+        while True:  # step 2: remove (fwd) trailers and trailing whitespace
+            m = _TRAILER_RE.search(text)
+            if not m:
+                break
+            text, reply = text[: m.start()].rstrip(), True
+        text = text.rstrip()
+        while True:  # steps 3-5: remove subj-leader and subj-blob repeatedly
+            m = _LEADER_RE.match(text)
+            if m:
+                text, reply = text[m.end() :], True
+                continue
+            m = _BLOB_RE.match(text)
+            if m and text[m.end() :]:  # a blob is removed only if something remains
+                text = text[m.end() :]
+                continue
+            break
+        m = _FWD_RE.match(text)  # step 6: [fwd: ...] wrapper
+        if m:
+            text, reply = m.group(1).strip(), True
+            continue
+        if not _TRAILER_RE.search(text):
+            break
+    return text.upper(), reply  # i;unicode-casemap is approximated by upper-casing
+
+
+def _decode(raw: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(raw)))
+    except (ValueError, LookupError, UnicodeError):
+        return raw
+
+
+# --- addresses (RFC 5256 §3 "FROM", RFC 5957 §3 DISPLAYFROM) -------------------------------------
+def _first_address(raw: str | None) -> tuple[str, str]:
+    """(mailbox local-part, display name or addr-spec) of the first address, upper-cased."""
+    if not raw:
+        return "", ""
+    pairs = email.utils.getaddresses([_decode(raw)])
+    if not pairs:
+        return "", ""
+    name, addr = pairs[0]
+    local = addr.split("@", 1)[0]
+    return local.upper(), (name or addr).upper()
+
+
+def _sent_date(raw: str | None, internal: int) -> int:
+    if raw:
+        try:
+            parsed = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            parsed = None
+        if parsed is not None:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.UTC)
+            return int(parsed.timestamp())
+    return internal
+
+
+def _ids(raw: str | None) -> list[str]:
+    return _MSGID_RE.findall(raw or "")
+
+
+def message_info(seq: int, row: tuple[Any, ...]) -> Info:
+    """The sort/thread fields of one ``fetch(data=True)`` row."""
+    header = BytesHeaderParser().parsebytes(row[ROW_HEADER] or b"")
+
+    def get(name: str) -> str | None:
+        value = header.get(name)
+        return None if value is None else str(value)
+
+    subject, reply = base_subject(get("Subject") or "")
+    from_local, from_display = _first_address(get("From"))
+    to_local, to_display = _first_address(get("To"))
+    cc_local, _ = _first_address(get("Cc"))
+    own = _ids(get("Message-ID"))
+    refs = _ids(get("References"))
+    if not refs:
+        refs = _ids(get("In-Reply-To"))[:1]  # RFC 5256 §3 step 1A
+    return Info(
+        seq=seq,
+        uid=row[ROW_UID],
+        arrival=row[ROW_DATE],
+        size=row[ROW_SIZE],
+        date=_sent_date(get("Date"), row[ROW_DATE]),
+        subject=subject,
+        is_reply=reply,
+        from_=from_local,
+        to=to_local,
+        cc=cc_local,
+        display_from=from_display,
+        display_to=to_display,
+        message_id=own[0] if own else "",
+        references=tuple(refs),
+    )
+
+
+async def load_infos(
+    mail: UserMail, view: SelectedMailbox, uids: Sequence[int], seqs: Sequence[int]
+) -> list[Info]:
+    """Read the header fields of the matching messages from the store, batch by batch."""
+    wanted = dict(zip(uids, seqs, strict=True))
+    out: list[Info] = []
+    for start in range(0, len(uids), FETCH_BATCH):
+        chunk = uids[start : start + FETCH_BATCH]
+        rows = await mail.fetch(view.name, _runs(chunk), True, len(chunk))
+        # Parsing thousands of headers is pure Python: in a worker thread the event loop
+        # keeps serving the other sessions meanwhile.
+        out += await asyncio.to_thread(_infos_of, rows, wanted)
+    out.sort(key=lambda i: i.seq)
+    return out
+
+
+def _infos_of(rows: list[tuple[Any, ...]], wanted: dict[int, int]) -> list[Info]:
+    infos = []
+    for row in rows:
+        seq = wanted.get(row[ROW_UID])
+        if seq is not None:
+            infos.append(message_info(seq, row))
+    return infos
+
+
+def _runs(uids: Sequence[int]) -> list[tuple[int, int]]:
+    """Ascending UIDs as (lo, hi) runs of consecutive numbers, so fetch reads only those."""
+    runs: list[tuple[int, int]] = []
+    for uid in uids:
+        if runs and runs[-1][1] + 1 == uid:
+            runs[-1] = (runs[-1][0], uid)
+        else:
+            runs.append((uid, uid))
+    return runs
+
+
+# --- SORT (RFC 5256 §3) -------------------------------------------------------------------------
+def _key_value(info: Info, key: str) -> Any:
+    if key == "ARRIVAL":
+        return info.arrival
+    if key == "DATE":
+        return info.date
+    if key == "SIZE":
+        return info.size
+    if key == "SUBJECT":
+        return info.subject
+    if key == "FROM":
+        return info.from_
+    if key == "TO":
+        return info.to
+    if key == "CC":
+        return info.cc
+    if key == "DISPLAYFROM":
+        return info.display_from
+    return info.display_to
+
+
+def sort_infos(infos: list[Info], criteria: Sequence[tuple[str, bool]]) -> list[Info]:
+    """Order by ``criteria`` ((key, reverse) pairs); ties by sequence number (§3)."""
+    ordered = sorted(infos, key=lambda i: i.seq)
+    for key, reverse in reversed(criteria):  # stable sorts, least significant key first
+        ordered.sort(key=functools.partial(_key_value, key=key), reverse=reverse)
+    return ordered
+
+
+# --- THREAD (RFC 5256 §3) -----------------------------------------------------------------------
+@dataclass(eq=False)
+class _Container:
+    info: Info | None = None
+    parent: _Container | None = None
+    children: list[_Container] = field(default_factory=list)
+
+    def ancestors_include(self, other: _Container) -> bool:
+        node: _Container | None = self
+        while node is not None:
+            if node is other:
+                return True
+            node = node.parent
+        return False
+
+    def adopt(self, child: _Container) -> None:
+        if child.parent is not None:
+            child.parent.children.remove(child)
+        child.parent = self
+        self.children.append(child)
+
+
+def references(infos: list[Info]) -> list[_Container]:
+    """The REFERENCES algorithm (RFC 5256 §3, steps 1-5)."""
+    table: dict[str, _Container] = {}
+    for info in infos:
+        _link(table, info)
+    roots = [c for c in table.values() if c.parent is None]
+    roots = _prune(roots)  # step 3
+    roots = _group_by_subject(roots)  # step 5 (step 4 is the sort below)
+    return _sorted(roots)
+
+
+def ordered_subject(infos: list[Info]) -> list[_Container]:
+    """ORDEREDSUBJECT (RFC 5256 §3): group by base subject, each group's first message by
+    sent date is the parent of the others; threads ordered by their first message."""
+    groups: dict[str, list[Info]] = {}
+    for info in sorted(infos, key=lambda i: (i.date, i.seq)):
+        groups.setdefault(info.subject, []).append(info)
+    roots: list[_Container] = []
+    for group in groups.values():
+        root = _Container(group[0])
+        for info in group[1:]:
+            root.adopt(_Container(info))
+        roots.append(root)
+    return _sorted(roots)
+
+
+def _link(table: dict[str, _Container], info: Info) -> None:
+    # Step 1: a unique id per message; duplicates and missing ids get a private one.
+    own = info.message_id
+    if not own or (own in table and table[own].info is not None):
+        own = f"\0{info.seq}"
+    container = table.setdefault(own, _Container())
+    container.info = info
+    previous: _Container | None = None
+    for ref in info.references:  # step 1A: link the References chain
+        node = table.setdefault(ref, _Container())
+        linkable = previous is not None and node is not previous and node.parent is None
+        if linkable and previous is not None and not previous.ancestors_include(node):
+            previous.adopt(node)
+        previous = node
+    # step 1B: the last reference becomes the parent, unless that makes a loop
+    if container.parent is not None:
+        container.parent.children.remove(container)
+        container.parent = None
+    if (
+        previous is not None
+        and previous is not container
+        and not previous.ancestors_include(container)
+    ):
+        previous.adopt(container)
+
+
+def _prune(nodes: list[_Container]) -> list[_Container]:
+    out: list[_Container] = []
+    for node in nodes:
+        node.children = _prune(node.children)
+        for child in node.children:
+            child.parent = node
+        if node.info is not None:
+            out.append(node)
+        elif not node.children:
+            continue  # step 3A: dummy without children
+        elif node.parent is None and len(node.children) > 1:
+            out.append(node)  # step 3B: a root dummy with several children stays
+        else:
+            for child in node.children:  # promote the children
+                child.parent = node.parent
+            out.extend(node.children)
+    return out
+
+
+def _thread_date(node: _Container) -> tuple[int, int]:
+    # §3 step 4: a dummy sorts by its first child after the children are sorted
+    if node.info is not None:
+        return node.info.date, node.info.seq
+    return _thread_date(_sorted(node.children)[0])
+
+
+def _sorted(nodes: list[_Container]) -> list[_Container]:
+    return sorted(nodes, key=_thread_date)
+
+
+def _subject_of(node: _Container) -> Info:
+    return node.info if node.info is not None else _subject_of(_sorted(node.children)[0])
+
+
+def _group_by_subject(roots: list[_Container]) -> list[_Container]:
+    """Step 5: merge root threads that share a base subject."""
+    by_subject: dict[str, _Container] = {}
+    for root in _sorted(roots):
+        subject = _subject_of(root).subject
+        if not subject:
+            continue
+        old = by_subject.get(subject)
+        if old is None:
+            by_subject[subject] = root
+            continue
+        # 5C: prefer the non-reply / dummy as the thread root
+        old_info, new_info = old.info, root.info
+        if old_info is None and new_info is None:
+            for child in list(root.children):
+                old.adopt(child)
+            root.children = []
+            continue
+        if old_info is None:
+            old.adopt(root)
+        elif new_info is None:
+            root.adopt(old)
+            by_subject[subject] = root
+        elif new_info.is_reply and not old_info.is_reply:
+            old.adopt(root)
+        elif old_info.is_reply and not new_info.is_reply:
+            root.adopt(old)
+            by_subject[subject] = root
+        else:
+            dummy = _Container()
+            dummy.adopt(old)
+            dummy.adopt(root)
+            by_subject[subject] = dummy
+    kept = [r for r in roots if r.parent is None and (r.info is not None or r.children)]
+    for dummy in by_subject.values():
+        if dummy.parent is None and dummy not in kept:
+            kept.append(dummy)
+    return kept
+
+
+def _members(node: _Container, uid: bool) -> str:
+    """thread-members / thread-nested of RFC 5256 §4 for ``node`` and its descendants."""
+    children = _sorted(node.children)
+    nested = "".join(f"({_members(c, uid)})" for c in children)
+    if node.info is None:
+        return nested
+    number = str(node.info.uid if uid else node.info.seq)
+    if len(children) == 1:
+        return f"{number} {_members(children[0], uid)}"
+    return f"{number} {nested}" if children else number
+
+
+def render(roots: list[_Container], uid: bool) -> bytes:
+    """``(2)(3 6 (4 23)(44 7 96))`` (RFC 5256 §4)."""
+    return "".join(f"({_members(root, uid)})" for root in roots).encode()
