@@ -192,24 +192,22 @@ def _runs(uids: Sequence[int]) -> list[tuple[int, int]]:
 
 
 # --- SORT (RFC 5256 §3) -------------------------------------------------------------------------
+# The Info field each sort key (RFC 5256 §3, RFC 5957 §3) compares; the parser admits no other.
+_SORT_FIELD: Final = {
+    "ARRIVAL": "arrival",
+    "DATE": "date",
+    "SIZE": "size",
+    "SUBJECT": "subject",
+    "FROM": "from_",
+    "TO": "to",
+    "CC": "cc",
+    "DISPLAYFROM": "display_from",
+    "DISPLAYTO": "display_to",
+}
+
+
 def _key_value(info: Info, key: str) -> Any:
-    if key == "ARRIVAL":
-        return info.arrival
-    if key == "DATE":
-        return info.date
-    if key == "SIZE":
-        return info.size
-    if key == "SUBJECT":
-        return info.subject
-    if key == "FROM":
-        return info.from_
-    if key == "TO":
-        return info.to
-    if key == "CC":
-        return info.cc
-    if key == "DISPLAYFROM":
-        return info.display_from
-    return info.display_to
+    return getattr(info, _SORT_FIELD[key])
 
 
 def sort_infos(infos: list[Info], criteria: Sequence[tuple[str, bool]]) -> list[Info]:

@@ -38,11 +38,11 @@ class _Inflating(asyncio.Protocol):
     """The protocol the transport now talks to: inflates and forwards to the session's."""
 
     def __init__(self, app: asyncio.BaseProtocol, transport: asyncio.Transport):
-        self._app: Any = app  # a StreamReaderProtocol: data_received, eof_received, ...
+        self.app: Any = app  # a StreamReaderProtocol: data_received, eof_received, ...
         self._transport = transport
         self._inflater = zlib.decompressobj(-_RECEIVE_WINDOW_BITS)
         self._pending = b""
-        self._paused = False  # by the reader's flow control
+        self.paused = False  # by the reader's flow control
         self._eof = False
 
     # -- from the transport --------------------------------------------------------------
@@ -53,33 +53,33 @@ class _Inflating(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self._eof = True
         if not self._pending:
-            return self._app.eof_received()
+            return self.app.eof_received()
         return True  # keep the transport open until what is pending has been read
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._pending = b""
-        self._app.connection_lost(exc)
+        self.app.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self._app.pause_writing()
+        self.app.pause_writing()
 
     def resume_writing(self) -> None:
-        self._app.resume_writing()
+        self.app.resume_writing()
 
     # -- flow control, from the reader (through DeflateTransport) ------------------------
     def pause(self) -> None:
-        self._paused = True
+        self.paused = True
         self._transport.pause_reading()
 
     def resume(self) -> None:
-        self._paused = False
+        self.paused = False
         self._transport.resume_reading()
         if self._pending:
             asyncio.get_running_loop().call_soon(self._pump)
 
     # -- the work ------------------------------------------------------------------------
     def _pump(self) -> None:
-        while self._pending and not self._paused and not self._transport.is_closing():
+        while self._pending and not self.paused and not self._transport.is_closing():
             try:
                 out = self._inflater.decompress(self._pending, CHUNK)
             except zlib.error:
@@ -89,12 +89,12 @@ class _Inflating(asyncio.Protocol):
                 return
             self._pending = self._inflater.unconsumed_tail
             if out:
-                self._app.data_received(out)
+                self.app.data_received(out)
             elif not self._pending:
                 break
         if self._eof and not self._pending:
             self._eof = False
-            if not self._app.eof_received():
+            if not self.app.eof_received():
                 self._transport.close()
 
 
@@ -140,7 +140,7 @@ class DeflateTransport(asyncio.Transport):
         self._inflating.resume()
 
     def is_reading(self) -> bool:
-        return not self._inflating._paused and self._inner.is_reading()
+        return not self._inflating.paused and self._inner.is_reading()
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._inner.set_write_buffer_limits(high, low)
@@ -149,10 +149,10 @@ class DeflateTransport(asyncio.Transport):
         return self._inner.get_write_buffer_size()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._inflating._app = protocol
+        self._inflating.app = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        app: asyncio.BaseProtocol = self._inflating._app
+        app: asyncio.BaseProtocol = self._inflating.app
         return app
 
 
