@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pillarbox.config import Settings
-from tests import pbserver
+from tests import pbserver, pg
 from tests.dnsserver import DnsTestServer
 
 # -- DNS ------------------------------------------------------------------------------------
@@ -40,3 +40,24 @@ def server(settings: Settings) -> Iterator[pbserver.RunningServer]:
     pbserver.add_user(settings, "alice@example.test")
     with pbserver.RunningServer(settings) as running:
         yield running
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+# `pg_server`: a private PostgreSQL cluster per test process (tests/pg.py), skipped with the
+# reason when the server binaries or the driver are missing. `pg_dsn`: a fresh database on it
+# for one test, as a "postgresql://..." dsn for `[store] dsn`.
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pg.PgServer]:
+    reason = pg.available()
+    if reason is not None:
+        pytest.skip(reason)
+    with pg.running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(pg_server: pg.PgServer) -> Iterator[str]:
+    with pg_server.database() as dsn:
+        yield dsn
