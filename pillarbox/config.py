@@ -471,6 +471,20 @@ class WebSettings:
     session_idle: Duration = Duration(3600)
 
 
+def _postgres_dsn(value: str) -> str:
+    """Off ("") or a libpq connection URI (the only form: a URI says at a glance what it is)."""
+    scheme, sep, rest = value.partition("://")
+    if value and (scheme not in ("postgresql", "postgres") or not sep or not rest):
+        raise ValueError(f'expected "postgresql://user@host:5432/dbname", got {value!r}')
+    return value
+
+
+def _node_id(value: str) -> str:
+    if len(value) > 64 or any(not (c.isalnum() or c in "-_.:") for c in value):
+        raise ValueError("at most 64 letters, digits and - _ . :")
+    return value
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     # Keep a full-text index (SQLite FTS5, trigram) of every message's decoded text, so
@@ -483,6 +497,23 @@ class StoreSettings:
     # Enforced at SMTP delivery (452 4.2.2, a temporary failure) and at IMAP
     # APPEND/COPY/MOVE (NO [OVERQUOTA]); shown by IMAP GETQUOTAROOT (RFC 9208).
     quota: ByteSize = ByteSize(0)  # noqa: RUF009 - an int, immutable
+    # Where the state several nodes share lives: "sqlite" (files in data_dir, one node) or
+    # "postgresql": the accounts and the outbound queue in the database at `dsn`, so that
+    # several `pillarbox serve` nodes can share them (message files stay in data_dir's
+    # queue/ and mail/, which the nodes then share as one filesystem). The mailbox index
+    # stays in SQLite for now.
+    backend: str = field(default="sqlite", metadata=_check(_choice("sqlite", "postgresql")))
+    # "postgresql://user@host:5432/dbname"; a password is better kept in ~/.pgpass or
+    # $PGPASSFILE than here (libpq reads both).
+    dsn: str = field(default="", metadata=_check(_postgres_dsn))
+    # Connections each node keeps open to PostgreSQL, per store (queue, accounts).
+    pool_size: int = field(default=4, metadata=_check(_positive))
+    # This node's name on the queue entries it claims; "" = hostname and process id.
+    node_id: str = field(default="", metadata=_check(_node_id))
+    # A node claims the queue entries it is delivering for this long, renewing the claim
+    # every third of it while it works; a node that dies leaves its claims to the others
+    # once they expire. Longer than a network hiccup, short enough to retry soon.
+    queue_lease: Duration = Duration(60)
 
 
 @dataclass(frozen=True)
@@ -686,6 +717,7 @@ def _check_whole(settings: Settings, source: Path | None, check_files: bool) -> 
         raise ConfigError(
             "must be above spam.junk_threshold", key="spam.reject_threshold", path=source
         )
+    _check_store(settings.store, source)
     if not check_files:
         return
     if not settings.tls.acme:
@@ -705,3 +737,18 @@ def _check_whole(settings: Settings, source: Path | None, check_files: bool) -> 
             _ip(address.strip())
         except ValueError as exc:
             raise ConfigError(str(exc), key="delivery.bind_address", path=source) from None
+
+
+def _check_store(store: StoreSettings, source: Path | None) -> None:
+    if store.backend == "postgresql" and not store.dsn:
+        raise ConfigError(
+            'required when store.backend = "postgresql"', key="store.dsn", path=source
+        )
+    if store.backend == "sqlite" and store.dsn:
+        raise ConfigError(
+            'is set but store.backend is "sqlite": set backend = "postgresql" to use it',
+            key="store.dsn",
+            path=source,
+        )
+    if store.queue_lease < 3:
+        raise ConfigError("must be at least 3 seconds", key="store.queue_lease", path=source)

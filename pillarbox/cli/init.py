@@ -149,6 +149,8 @@ def render_config(opts: InitOptions) -> str:
         "[store]",
         'quota = "0"               # mail per user: "2G", "500M"; "0" = no limit'
         " (`pillarbox user quota`)",
+        'backend = "sqlite"        # or "postgresql", with dsn = "postgresql://user@host/db"'
+        " (several nodes)",
         "",
     ]
     return "\n".join(lines)
