@@ -18,13 +18,21 @@ from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.config import Settings
 from pillarbox.queue.control import list_entries, show_entry
-from pillarbox.queue.store import QueueStore
+from pillarbox.queue.store import QueueStoreBase, open_store
 
 
-def _offline(settings: Settings, fn: Callable[[QueueStore], Any], *, write: bool = False) -> Any:
-    if not (settings.queue_dir / "queue.db").exists():
-        return None
-    store = QueueStore(settings.queue_dir, readonly=not write)
+def _offline(
+    settings: Settings, fn: Callable[[QueueStoreBase], Any], *, write: bool = False
+) -> Any:
+    reader = open_store(settings, readonly=True)
+    if reader is None:
+        return None  # nothing was ever queued
+    if write:
+        reader.close()
+        store = open_store(settings)
+        assert store is not None
+    else:
+        store = reader
     try:
         return fn(store)
     finally:
@@ -35,7 +43,7 @@ def _call_or_offline(
     settings: Settings,
     method: str,
     params: dict[str, Any],
-    offline: Callable[[QueueStore], Any],
+    offline: Callable[[QueueStoreBase], Any],
     *,
     write: bool = False,
 ) -> Any:

@@ -61,11 +61,11 @@ def _queue_entries(settings: Settings, running: bool) -> list[dict[str, Any]]:
         except (control.ServerNotRunning, control.ControlError, OSError):
             pass
     from pillarbox.queue.control import list_entries
-    from pillarbox.queue.store import QueueStore
+    from pillarbox.queue.store import open_store
 
-    if not (settings.queue_dir / "queue.db").exists():
+    store = open_store(settings, readonly=True)
+    if store is None:
         return []
-    store = QueueStore(settings.queue_dir, readonly=True)
     try:
         return list_entries(store)
     finally:

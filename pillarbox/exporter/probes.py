@@ -57,11 +57,11 @@ class ServerMetrics:
         yield gauge("pillarbox_bans_active", "Clients banned right now", self._active_bans())
 
     def _queue(self) -> Iterator[Metric]:
-        from pillarbox.queue.store import QueueStore
+        from pillarbox.queue.store import open_store
 
-        if not (self.settings.queue_dir / "queue.db").exists():
+        store = open_store(self.settings, readonly=True)
+        if store is None:
             return
-        store = QueueStore(self.settings.queue_dir, readonly=True)
         try:
             messages = store.messages()
             recipients = sum(len(store.recipients(m.id)) for m in messages)

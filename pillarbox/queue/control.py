@@ -13,7 +13,7 @@ from pillarbox.control import ControlError, ControlServer
 from pillarbox.queue import dsn as dsnlib
 from pillarbox.queue.parts import read_limited
 from pillarbox.queue.reports import QueueDb
-from pillarbox.queue.store import QueueStore, Recipient, is_queue_id
+from pillarbox.queue.store import QueueStoreBase, Recipient, is_queue_id
 
 _log = log.get("queue")
 MAX_SHOW_HEADER = 8192
@@ -59,7 +59,7 @@ class QueueControl:
         return True
 
 
-def list_entries(store: QueueStore) -> list[dict[str, Any]]:
+def list_entries(store: QueueStoreBase) -> list[dict[str, Any]]:
     out = []
     for m in store.messages():
         recipients = store.recipients(m.id)
@@ -75,7 +75,7 @@ def list_entries(store: QueueStore) -> list[dict[str, Any]]:
     return out
 
 
-def show_entry(store: QueueStore, queue_id: str) -> dict[str, Any] | None:
+def show_entry(store: QueueStoreBase, queue_id: str) -> dict[str, Any] | None:
     m = store.message(queue_id) if is_queue_id(queue_id) else None
     if m is None:
         return None

@@ -27,7 +27,7 @@ from pillarbox.queue.store import (
     DSN_FAILED,
     DSN_RELAYED,
     Message,
-    QueueStore,
+    QueueStoreBase,
     Recipient,
 )
 from pillarbox.store.accounts import Accounts
@@ -41,7 +41,7 @@ T = TypeVar("T")
 class QueueDb(Protocol):
     """Runs ``fn(store)`` on the queue's database thread."""
 
-    async def __call__(self, fn: Callable[[QueueStore], T]) -> T: ...
+    async def __call__(self, fn: Callable[[QueueStoreBase], T]) -> T: ...
 
 
 class ReportDelivery(Protocol):
@@ -102,7 +102,13 @@ class Reports:
         Serialised: two jobs of one message (two domains) finishing together must not both
         send the same pending report."""
         async with self._lock:
-            await self._report_unlocked(queue_id)
+            # Shared store: one node at a time reports a message (no duplicate DSN).
+            if not await self.db(lambda s: s.claim_report(queue_id)):
+                return
+            try:
+                await self._report_unlocked(queue_id)
+            finally:
+                await self.db(lambda s: s.release_report(queue_id))
 
     async def _report_unlocked(self, queue_id: str) -> None:
         message = await self.db(lambda s: s.message(queue_id))
@@ -123,7 +129,7 @@ class Reports:
                 except Exception:
                     _log.error("dsn failed, will retry", queue_id=queue_id, exc_info=True)
                     continue
-            await self.db(functools.partial(QueueStore.clear_dsn, recipient_ids=ids))
+            await self.db(functools.partial(_clear_dsn, recipient_ids=ids))
         if await self.db(lambda s: s.retire_if_done(queue_id)):
             _log.info("removed", queue_id=queue_id)
 
@@ -188,6 +194,10 @@ class Reports:
             await self.queue.enqueue(
                 "", [OutboundRecipient(a) for a in targets], [report], queue_id=dsn_id
             )
+
+
+def _clear_dsn(store: QueueStoreBase, recipient_ids: list[int]) -> None:
+    store.clear_dsn(recipient_ids)
 
 
 def status(action: str, reply: str) -> str:

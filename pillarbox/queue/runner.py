@@ -158,6 +158,10 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def held(self) -> frozenset[tuple[str, str]]:
+        """The (queue id, domain) jobs scheduled or running here (their claims to renew)."""
+        return frozenset(self._in_flight)
+
     def in_flight(self, queue_id: str) -> bool:
         return any(key[0] == queue_id for key in self._in_flight)
 

@@ -18,6 +18,7 @@ with 4.4.7. A delay warning (RFC 3461 DELAY) goes out once per recipient after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import time
@@ -57,8 +58,9 @@ from pillarbox.queue.store import (
     QUEUED,
     Message,
     Outcome,
-    QueueStore,
+    QueueStoreBase,
     is_queue_id,
+    open_store,
 )
 from pillarbox.queue.store import FAILED as STATE_FAILED
 from pillarbox.queue.store import SENT as STATE_SENT
@@ -104,7 +106,7 @@ class OutboundQueue:
         self.ctx = ctx
         self.settings: Settings = ctx.settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
-        self.store: QueueStore | None = None
+        self.store: QueueStoreBase | None = None
         self.rng = random.SystemRandom()
         self.resolver: Resolver = ctx.services.resolver
         self.remote = self._make_remote(self.settings)
@@ -112,6 +114,7 @@ class OutboundQueue:
         self.reports = Reports(ctx, self.settings, self._db, self, self.runner.in_flight)
         self.control = QueueControl(self._db, self._flushed)
         self._last_orphan_sweep = time.monotonic()  # start() sweeps once itself
+        self._heartbeat: asyncio.Task[None] | None = None
 
     # -- component ------------------------------------------------------------------------
 
@@ -120,7 +123,11 @@ class OutboundQueue:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.store = await loop.run_in_executor(self._executor, QueueStore, self.settings.queue_dir)
+        self.store = await loop.run_in_executor(self._executor, self._open_store)
+        if self.store.shared:
+            # Claims a previous run under the same node_id left (killed): ours to redo.
+            await self._db(lambda s: s.release_claims())
+            self._heartbeat = asyncio.create_task(self._renew_claims(), name="queue-leases")
         interrupted = await self._db(lambda s: s.close_interrupted_attempts())
         orphans = await self._db(lambda s: s.remove_orphans(ORPHAN_AGE))
         if interrupted or orphans:
@@ -131,7 +138,14 @@ class OutboundQueue:
 
     async def stop(self) -> None:
         await self.runner.stop(grace=float(self.settings.limits.shutdown_grace))
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         if self.store is not None:
+            if self.store.shared:
+                # Another node may take what this one had claimed at once, not after the lease.
+                await self._db(lambda s: s.release_claims())
             await self._db(lambda s: s.close())
         self._executor.shutdown(wait=True)
 
@@ -146,6 +160,24 @@ class OutboundQueue:
         self.runner.per_destination = d.max_concurrency_per_destination
         self.runner.scan_interval = float(d.queue_scan_interval)
         self.runner.wake()
+
+    def _open_store(self) -> QueueStoreBase:
+        store = open_store(self.settings)
+        assert store is not None  # only a read-only open finds nothing
+        return store
+
+    async def _renew_claims(self) -> None:
+        """Shared store: keep the leases of the jobs this node holds alive, every third of
+        ``[store] queue_lease`` (so one missed renewal still leaves a third to spare)."""
+        while True:
+            await asyncio.sleep(float(self.settings.store.queue_lease) / 3)
+            held = self.runner.held()
+            try:
+                await self._db(_renew, held)
+            except Exception as exc:
+                # The database away: the next turn tries again; past the lease, other
+                # nodes may take the claims over (a duplicate at worst, never a loss).
+                _log.warning("claim renewal failed", error=str(exc))
 
     def _flushed(self) -> None:
         """An admin flushed the queue: paused destinations get their chance at once."""
@@ -258,6 +290,11 @@ class OutboundQueue:
             for r in await self._db(lambda s: s.recipients(job.queue_id))
             if r.id in wanted and r.state == QUEUED
         ]
+        if recipients and self.store is not None and self.store.shared:
+            # Our lease may have run out and another node taken the claim (the database
+            # unreachable meanwhile, a long pause): leave those recipients to it.
+            ours = set(await self._db(lambda s: s.still_claimed([r.id for r in recipients])))
+            recipients = [r for r in recipients if r.id in ours]
         if not recipients:
             return
         path = await self._db(lambda s: s.message_path(job.queue_id))
@@ -342,7 +379,16 @@ class OutboundQueue:
             removed = await self._db(lambda s: s.remove_orphans(ORPHAN_AGE))
             if removed:
                 _log.warning("orphan spool files removed", count=len(removed))
+        if self.store is not None and self.store.shared:
+            # A node that died mid-attempt never comes back under its name.
+            closed = await self._db(lambda s: s.close_interrupted_attempts())
+            if closed:
+                _log.warning("recovered", interrupted_attempts=closed)
         await self.reports.send_pending()
+
+
+def _renew(store: QueueStoreBase, held: frozenset[tuple[str, str]]) -> int:
+    return store.renew_claims(held)
 
 
 def _check_enqueue_args(

@@ -1,4 +1,8 @@
-"""The queue's durable state: one spool file per message, SQLite rows for everything else.
+"""The queue's durable state: one spool file per message, rows for everything else.
+
+The rows live in SQLite (``QueueStore``, here) or, for several nodes sharing one queue,
+in PostgreSQL (``pgstore.PgQueueStore``); ``open_store`` picks by ``[store] backend``.
+Both keep the spool files the same way (``QueueStoreBase``).
 
 Layout under ``settings.queue_dir``::
 
@@ -30,15 +34,17 @@ the CLI calls them directly when the server is not running.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import re
-import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pillarbox.config import Settings
 from pillarbox.queue.api import OutboundRecipient
 from pillarbox.store import db
 from pillarbox.store.maildir import fsync_dir
@@ -164,8 +170,14 @@ def needs_smtputf8(sender: str, recipients: Iterable[str]) -> bool:
     return any(not a.isascii() for a in [sender, *recipients])
 
 
-class QueueStore:
-    """See the module docstring. Not thread-safe: use it from one thread at a time."""
+class QueueStoreBase(abc.ABC):
+    """The queue's state: the spool files (here, the same for every backend) and the rows
+    (``QueueStore`` in SQLite, ``pgstore.PgQueueStore`` in PostgreSQL, shared by nodes).
+
+    The methods are blocking; one caller thread at a time."""
+
+    #: Several nodes work on these rows at once (claims and leases matter).
+    shared = False
 
     def __init__(self, queue_dir: Path, *, readonly: bool = False) -> None:
         self.dir = queue_dir
@@ -174,12 +186,6 @@ class QueueStore:
         if not readonly:
             for d in (self.msg_dir, self.tmp_dir):
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.conn = db.connect(queue_dir / "queue.db", readonly=readonly)
-        if not readonly:
-            db.migrate(self.conn, "queue", MIGRATIONS)
-
-    def close(self) -> None:
-        self.conn.close()
 
     def message_path(self, queue_id: str) -> Path:
         if not is_queue_id(queue_id):
@@ -217,6 +223,25 @@ class QueueStore:
         fsync_dir(self.msg_dir)
         return size, _has_8bit(final)
 
+    def remove_orphans(self, older_than: float = 0.0) -> list[str]:
+        """Spool files without rows (a crash during enqueue); returns the removed ids."""
+        removed = []
+        for d in (self.tmp_dir, self.msg_dir):
+            for path in d.iterdir():
+                if d is self.msg_dir and self.message(path.name) is not None:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime <= time.time() - older_than:
+                        path.unlink()
+                        removed.append(path.name)
+        return removed
+
+    # -- the rows -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
     def add_message(
         self,
         queue_id: str,
@@ -230,6 +255,114 @@ class QueueStore:
         now: float | None = None,
     ) -> None:
         """Commit the rows of a message whose spool file is already durable."""
+
+    @abc.abstractmethod
+    def message(self, queue_id: str) -> Message | None: ...
+
+    @abc.abstractmethod
+    def messages(self) -> list[Message]: ...
+
+    @abc.abstractmethod
+    def recipients(self, queue_id: str) -> list[Recipient]: ...
+
+    @abc.abstractmethod
+    def due(self, now: float, limit: int = 1000) -> list[Recipient]:
+        """Queued recipients due at ``now``, which this node may now work on (claimed)."""
+
+    @abc.abstractmethod
+    def next_due(self, after: float) -> float | None:
+        """The earliest retry time later than ``after`` (due ones are being handled)."""
+
+    @abc.abstractmethod
+    def attempts(self, queue_id: str) -> list[dict[str, object]]: ...
+
+    @abc.abstractmethod
+    def pending_reports(self) -> list[str]:
+        """Ids of messages with a DSN to send or nothing left to do (to retire)."""
+
+    @abc.abstractmethod
+    def begin_attempt(self, queue_id: str, domain: str, recipient_ids: Sequence[int]) -> int:
+        """Record an attempt before it is made (its end is recorded by finish_attempt)."""
+
+    @abc.abstractmethod
+    def finish_attempt(self, attempt_id: int, outcomes: Sequence[Outcome], detail: str) -> None:
+        """Commit the outcomes of an attempt (and end this node's claim on them)."""
+
+    @abc.abstractmethod
+    def close_interrupted_attempts(self) -> int:
+        """Attempts that never finished, of a node no longer running (their recipients
+        are still queued and will be tried again)."""
+
+    @abc.abstractmethod
+    def clear_dsn(self, recipient_ids: Sequence[int]) -> None: ...
+
+    @abc.abstractmethod
+    def flush(self, queue_id: str | None = None) -> int:
+        """Make queued recipients (of one message, or all) due now; returns how many."""
+
+    @abc.abstractmethod
+    def delete(self, queue_id: str) -> bool:
+        """Remove a message and its state (no DSN); True if it existed."""
+
+    @abc.abstractmethod
+    def retire_if_done(self, queue_id: str) -> bool:
+        """Delete a message once no recipient is queued and no DSN is pending."""
+
+    @abc.abstractmethod
+    def sts_get(self, domain: str) -> tuple[str, str, float, float] | None: ...
+
+    @abc.abstractmethod
+    def sts_put(self, domain: str, policy_id: str, policy: str, expires: float) -> None: ...
+
+    # -- claims: one node has all of them in SQLite, so these only matter when shared -----
+
+    def still_claimed(self, recipient_ids: Sequence[int]) -> list[int]:
+        """Those of ``recipient_ids`` this node still holds (just before an attempt)."""
+        return list(recipient_ids)
+
+    def renew_claims(self, held: Collection[tuple[str, str]] = ()) -> int:
+        """Extend this node's claims on the jobs ``held`` ((queue id, domain) pairs);
+        returns how many recipients that renewed."""
+        return 0
+
+    def release_claims(self) -> int:
+        """Give up every claim this node holds (stopping); returns how many."""
+        return 0
+
+    def claim_report(self, queue_id: str) -> bool:
+        """Take the right to send a message's pending reports (False: another node has it)."""
+        return True
+
+    def release_report(self, queue_id: str) -> None:
+        """Done with a message's reports (see claim_report)."""
+        return None
+
+
+class QueueStore(QueueStoreBase):
+    """The SQLite rows (see the module docstring). Not thread-safe: use it from one thread
+    at a time."""
+
+    def __init__(self, queue_dir: Path, *, readonly: bool = False) -> None:
+        super().__init__(queue_dir, readonly=readonly)
+        self.conn = db.connect(queue_dir / "queue.db", readonly=readonly)
+        if not readonly:
+            db.migrate(self.conn, "queue", MIGRATIONS)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def add_message(
+        self,
+        queue_id: str,
+        sender: str,
+        recipients: Sequence[OutboundRecipient],
+        *,
+        size: int,
+        eightbit: bool,
+        envid: str | None,
+        ret: str | None,
+        now: float | None = None,
+    ) -> None:
         now = time.time() if now is None else now
         smtputf8 = needs_smtputf8(sender, (r.address for r in recipients))
         with db.Transaction(self.conn) as conn:
@@ -259,17 +392,17 @@ class QueueStore:
 
     def message(self, queue_id: str) -> Message | None:
         row = self.conn.execute("SELECT * FROM messages WHERE id = ?", (queue_id,)).fetchone()
-        return _message(row) if row else None
+        return message_of_row(row) if row else None
 
     def messages(self) -> list[Message]:
         rows = self.conn.execute("SELECT * FROM messages ORDER BY created, id").fetchall()
-        return [_message(r) for r in rows]
+        return [message_of_row(r) for r in rows]
 
     def recipients(self, queue_id: str) -> list[Recipient]:
         rows = self.conn.execute(
             "SELECT * FROM recipients WHERE queue_id = ? ORDER BY id", (queue_id,)
         ).fetchall()
-        return [_recipient(r) for r in rows]
+        return [recipient_of_row(r) for r in rows]
 
     def due(self, now: float, limit: int = 1000) -> list[Recipient]:
         rows = self.conn.execute(
@@ -277,7 +410,7 @@ class QueueStore:
             " ORDER BY next_attempt, id LIMIT ?",
             (QUEUED, now, limit),
         ).fetchall()
-        return [_recipient(r) for r in rows]
+        return [recipient_of_row(r) for r in rows]
 
     def next_due(self, after: float) -> float | None:
         """The earliest retry time later than ``after`` (due ones are being handled)."""
@@ -396,19 +529,6 @@ class QueueStore:
             return False
         return self.delete(queue_id)
 
-    def remove_orphans(self, older_than: float = 0.0) -> list[str]:
-        """Spool files without rows (a crash during enqueue); returns the removed ids."""
-        removed = []
-        for d in (self.tmp_dir, self.msg_dir):
-            for path in d.iterdir():
-                if d is self.msg_dir and self.message(path.name) is not None:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if path.stat().st_mtime <= time.time() - older_than:
-                        path.unlink()
-                        removed.append(path.name)
-        return removed
-
     # -- MTA-STS policy cache -------------------------------------------------------------
 
     def sts_get(self, domain: str) -> tuple[str, str, float, float] | None:
@@ -452,7 +572,7 @@ def _has_8bit(path: Path) -> bool:
     return False
 
 
-def _message(row: sqlite3.Row) -> Message:
+def message_of_row(row: Mapping[str, Any]) -> Message:
     return Message(
         id=row["id"],
         sender=row["sender"],
@@ -465,7 +585,7 @@ def _message(row: sqlite3.Row) -> Message:
     )
 
 
-def _recipient(row: sqlite3.Row) -> Recipient:
+def recipient_of_row(row: Mapping[str, Any]) -> Recipient:
     return Recipient(
         id=row["id"],
         queue_id=row["queue_id"],
@@ -482,3 +602,15 @@ def _recipient(row: sqlite3.Row) -> Recipient:
         warned=bool(row["warned"]),
         updated=row["updated"],
     )
+
+
+def open_store(settings: Settings, *, readonly: bool = False) -> QueueStoreBase | None:
+    """The queue store ``settings`` name; None when ``readonly`` and there is no queue yet
+    (nothing was ever queued, so a reader has nothing to show)."""
+    if settings.store.backend == "postgresql":
+        from pillarbox.queue.pgstore import PgQueueStore
+
+        return PgQueueStore.open(settings, readonly=readonly)
+    if readonly and not (settings.queue_dir / "queue.db").exists():
+        return None
+    return QueueStore(settings.queue_dir, readonly=readonly)

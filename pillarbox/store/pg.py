@@ -1,0 +1,111 @@
+"""PostgreSQL connections and versioned schema migrations: db.py's counterpart for
+``[store] backend = "postgresql"``.
+
+Only the PostgreSQL stores import this module, so an SQLite install never loads the
+driver. The stores keep the blocking interface of their SQLite siblings (they are called
+from worker threads and from the CLI), so they use psycopg's synchronous API with a
+``psycopg_pool.ConnectionPool``: connections are checked before use, so a database
+restart costs a reconnection, not a failed call.
+
+Migrations mirror db.py's: each component (``queue``, ``accounts``) owns an append-only
+list of steps and a row in ``pillarbox_schema``. Several nodes may start at once, so
+``migrate`` runs under a transaction-scoped advisory lock, and since PostgreSQL's DDL is
+transactional, a node sees either no new step or all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool
+
+from pillarbox.config import Settings
+
+Connection = psycopg.Connection[DictRow]
+Pool = ConnectionPool[Connection]
+
+# The database's clock in Unix seconds, for leases: the nodes' clocks may disagree, the
+# database has one. (clock_timestamp, not now(): now() is frozen at the transaction start.)
+DB_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+
+# Any fixed key: pg_advisory_xact_lock(bigint) serialises the nodes' migrations.
+_MIGRATION_LOCK = 0x70696C6C6172  # "pillar"
+
+
+def node_name(settings: Settings) -> str:
+    """This node's name on what it claims: ``[store] node_id``, else host and process id
+    (a restarted node is a new node: its old claims simply expire)."""
+    return settings.store.node_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def open_pool(dsn: str, *, name: str, size: int) -> Pool:
+    """A pool of ``size`` connections to ``dsn`` (at least one opened now, so a wrong dsn
+    fails at start with libpq's own message, not at the first query)."""
+    pool: Pool = ConnectionPool(
+        dsn,
+        connection_class=psycopg.Connection[DictRow],
+        kwargs={"row_factory": dict_row, "application_name": f"pillarbox-{name}"},
+        min_size=1,
+        max_size=max(1, size),
+        name=name,
+        check=ConnectionPool.check_connection,
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=30.0)
+    except Exception:
+        pool.close()
+        raise
+    return pool
+
+
+def migrate(conn: Connection, component: str, steps: Sequence[str]) -> int:
+    """Apply the not yet applied ``steps`` of ``component``; returns the new version.
+
+    Steps are append-only: never edit a released step, add a new one."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS pillarbox_schema ("
+            " component text PRIMARY KEY, version integer NOT NULL)"
+        )
+        current = _version(conn, component)
+        if current > len(steps):
+            raise RuntimeError(
+                f"database schema for {component} is version {current}, newer than this "
+                f"release knows ({len(steps)}); upgrade Pillarbox"
+            )
+        for version, step in enumerate(steps[current:], start=current + 1):
+            conn.execute(step)  # several statements, no parameters
+            conn.execute(
+                "INSERT INTO pillarbox_schema(component, version) VALUES (%s, %s)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (component, version),
+            )
+    return len(steps)
+
+
+def schema_version(conn: Connection, component: str) -> int:
+    """The applied version of ``component`` (0: never migrated), without changing anything."""
+    row = conn.execute("SELECT to_regclass('pillarbox_schema') AS t").fetchone()
+    if row is None or row["t"] is None:
+        return 0
+    return _version(conn, component)
+
+
+def _version(conn: Connection, component: str) -> int:
+    row = conn.execute(
+        "SELECT version FROM pillarbox_schema WHERE component = %s", (component,)
+    ).fetchone()
+    return int(row["version"]) if row else 0
+
+
+def scalar(conn: Connection, query: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row (None without rows)."""
+    row = conn.execute(query, params).fetchone()
+    return next(iter(row.values())) if row else None
