@@ -61,3 +61,12 @@ def pg_server() -> Iterator[pg.PgServer]:
 def pg_dsn(pg_server: pg.PgServer) -> Iterator[str]:
     with pg_server.database() as dsn:
         yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The `[store]` table of a test that runs on both backends: SQLite's defaults, then a
+    fresh PostgreSQL database (skipped with the reason where there is no server)."""
+    if request.param == "sqlite":
+        return {}
+    return {"backend": "postgresql", "dsn": str(request.getfixturevalue("pg_dsn"))}

@@ -31,8 +31,15 @@ MESSAGE = (
 
 
 def queue_settings(
-    tmp_path: Path, dns_address: str, port: int, overrides: Mapping[str, Any] | None = None
+    tmp_path: Path,
+    dns_address: str,
+    port: int,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    store: Mapping[str, Any] | None = None,
 ) -> Settings:
+    """Settings for a queue test; ``store`` is the ``[store]`` table (the ``store_backend``
+    fixture's, for tests that run on SQLite and on PostgreSQL)."""
     delivery = {
         "remote_port": port,
         "retry_initial": 1,
@@ -45,6 +52,8 @@ def queue_settings(
     merged = {k: v for k, v in (overrides or {}).items() if k != "delivery"}
     merged["delivery"] = delivery
     merged.setdefault("dns", {"nameservers": [dns_address], "timeout": 1.0})
+    if store:
+        merged["store"] = {**merged.get("store", {}), **store}
     settings = pbserver.make_settings(tmp_path / "data", merged)
     pbserver.add_user(settings, SENDER)
     return settings

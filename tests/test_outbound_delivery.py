@@ -52,7 +52,11 @@ def remote_zone(dns: DnsTestServer, mx: list[str], hosts: dict[str, str]) -> Non
 
 
 def test_mx_preference_fallback_one_transaction_and_dkim(
-    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    port: int,
+    peers: dict[str, SmtpPeer],
+    store_backend: dict[str, str],
 ) -> None:
     # mx1 (preference 10) refuses connections: nothing listens on 127.0.0.2:port.
     peers["mx2"] = SmtpPeer("127.0.0.3", port, name="mx2.remote.test")
@@ -62,7 +66,7 @@ def test_mx_preference_fallback_one_transaction_and_dkim(
         ["10 mx1.remote.test.", "20 mx2.remote.test.", "30 mx3.remote.test."],
         {"mx1": "127.0.0.2", "mx2": "127.0.0.3", "mx3": "127.0.0.4"},
     )
-    settings = queue_settings(tmp_path, dns_server.address, port)
+    settings = queue_settings(tmp_path, dns_server.address, port, store=store_backend)
     with pbserver.RunningServer(settings) as running:
         qid = enqueue(running, ["bob@remote.test", "carol@remote.test"])
         wait_for(lambda: peers["mx2"].messages, what="delivery to mx2")
@@ -103,7 +107,11 @@ def test_dkim_signature_verifies(
 
 
 def test_temporary_failure_then_success(
-    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    port: int,
+    peers: dict[str, SmtpPeer],
+    store_backend: dict[str, str],
 ) -> None:
     peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
     tries: list[str] = []
@@ -114,7 +122,7 @@ def test_temporary_failure_then_success(
 
     peer.rcpt_reply = rcpt
     remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
-    settings = queue_settings(tmp_path, dns_server.address, port)
+    settings = queue_settings(tmp_path, dns_server.address, port, store=store_backend)
     with pbserver.RunningServer(settings) as running:
         qid = enqueue(running, ["bob@remote.test"])
         entry = wait_for(
@@ -128,14 +136,18 @@ def test_temporary_failure_then_success(
 
 
 def test_permanent_failure_bounces_to_local_inbox(
-    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    port: int,
+    peers: dict[str, SmtpPeer],
+    store_backend: dict[str, str],
 ) -> None:
     peer = peers["mx"] = SmtpPeer("127.0.0.2", port, name="mx.remote.test")
     peer.rcpt_reply = lambda a: (
         "550 5.1.1 <nobody@remote.test>: no such user" if "nobody" in a else None
     )
     remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
-    settings = queue_settings(tmp_path, dns_server.address, port)
+    settings = queue_settings(tmp_path, dns_server.address, port, store=store_backend)
     with pbserver.RunningServer(settings) as running:
         qid = enqueue(running, ["nobody@remote.test", "bob@remote.test"], envid="ENV123")
         (dsn,) = wait_for(lambda: inbox(settings), what="bounce in INBOX")
@@ -156,13 +168,17 @@ def test_permanent_failure_bounces_to_local_inbox(
 
 
 def test_expiry_bounces_with_last_reply(
-    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    port: int,
+    peers: dict[str, SmtpPeer],
+    store_backend: dict[str, str],
 ) -> None:
     peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
     peer.rcpt_reply = lambda a: "451 4.7.1 greylisted, come back later"
     remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
     settings = queue_settings(
-        tmp_path, dns_server.address, port, {"delivery": {"queue_lifetime": 3}}
+        tmp_path, dns_server.address, port, {"delivery": {"queue_lifetime": 3}}, store=store_backend
     )
     with pbserver.RunningServer(settings) as running:
         started = time.monotonic()
@@ -205,7 +221,11 @@ def test_notify_never_and_null_sender_get_no_bounce(
 
 
 def test_dsn_parameters_passed_on_and_relayed_report(
-    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    port: int,
+    peers: dict[str, SmtpPeer],
+    store_backend: dict[str, str],
 ) -> None:
     with_dsn = peers["mx"] = SmtpPeer("127.0.0.2", port)
     with_dsn.extensions.add("DSN")
@@ -214,7 +234,7 @@ def test_dsn_parameters_passed_on_and_relayed_report(
     dns_server.set_zone(
         "other.test", {"@": {"MX": ["10 mx.other.test."]}, "mx": {"A": "127.0.0.3"}}
     )
-    settings = queue_settings(tmp_path, dns_server.address, port)
+    settings = queue_settings(tmp_path, dns_server.address, port, store=store_backend)
     notify = frozenset({"SUCCESS", "FAILURE"})
     with pbserver.RunningServer(settings) as running:
         enqueue(
@@ -305,13 +325,21 @@ def test_slow_destination_does_not_starve_others(
 
 
 def test_connection_reused_for_several_messages(
-    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    port: int,
+    peers: dict[str, SmtpPeer],
+    store_backend: dict[str, str],
 ) -> None:
     peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
     peer.hold_data = threading.Event()
     remote_zone(dns_server, ["10 mx.remote.test."], {"mx": "127.0.0.2"})
     settings = queue_settings(
-        tmp_path, dns_server.address, port, {"delivery": {"max_concurrency_per_destination": 1}}
+        tmp_path,
+        dns_server.address,
+        port,
+        {"delivery": {"max_concurrency_per_destination": 1}},
+        store=store_backend,
     )
     with pbserver.RunningServer(settings) as running:
         enqueue(running, ["a@remote.test"])
@@ -422,7 +450,11 @@ def test_message_over_peer_size_limit_bounces(
 
 
 def test_delay_warning_sent_once(
-    tmp_path: Path, dns_server: DnsTestServer, port: int, peers: dict[str, SmtpPeer]
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    port: int,
+    peers: dict[str, SmtpPeer],
+    store_backend: dict[str, str],
 ) -> None:
     peer = peers["mx"] = SmtpPeer("127.0.0.2", port)
     peer.rcpt_reply = lambda a: "452 4.2.2 mailbox full"
@@ -432,6 +464,7 @@ def test_delay_warning_sent_once(
         dns_server.address,
         port,
         {"delivery": {"delay_warning": 1, "retry_initial": 1, "retry_max": 1}},
+        store=store_backend,
     )
     with pbserver.RunningServer(settings) as running:
         qid = enqueue(running, ["bob@remote.test"])

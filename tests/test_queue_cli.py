@@ -23,7 +23,10 @@ def run(settings: Settings, capsys: pytest.CaptureFixture[str], *args: str) -> t
 
 
 def test_queue_cli_online_and_offline(
-    tmp_path: Path, dns_server: DnsTestServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    dns_server: DnsTestServer,
+    capsys: pytest.CaptureFixture[str],
+    store_backend: dict[str, str],
 ) -> None:
     port = free_port_on("127.0.0.2")
     peer = SmtpPeer("127.0.0.2", port, name="mx.remote.test")
@@ -32,7 +35,11 @@ def test_queue_cli_online_and_offline(
         "remote.test", {"@": {"MX": ["10 mx.remote.test."]}, "mx": {"A": "127.0.0.2"}}
     )
     settings = queue_settings(
-        tmp_path, dns_server.address, port, {"delivery": {"retry_initial": 3600, "retry_max": 7200}}
+        tmp_path,
+        dns_server.address,
+        port,
+        {"delivery": {"retry_initial": 3600, "retry_max": 7200}},
+        store=store_backend,
     )
     try:
         with pbserver.RunningServer(settings) as running:

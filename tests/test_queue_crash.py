@@ -12,16 +12,23 @@ import signal
 import threading
 from pathlib import Path
 
+from pillarbox.config import Settings
 from pillarbox.queue.api import OutboundRecipient
-from pillarbox.queue.store import QueueStore
+from pillarbox.queue.store import QueueStore, QueueStoreBase, open_store
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 from tests.queuehelpers import MESSAGE, SENDER, queue_settings, wait_for
 from tests.smtppeer import Received, SmtpPeer, free_port_on
 
 
+def open_queue(settings: Settings) -> QueueStoreBase:
+    store = open_store(settings)
+    assert store is not None
+    return store
+
+
 def test_kill_9_mid_delivery_then_restart_delivers_once(
-    tmp_path: Path, dns_server: DnsTestServer
+    tmp_path: Path, dns_server: DnsTestServer, store_backend: dict[str, str]
 ) -> None:
     port = free_port_on("127.0.0.2")
     peer = SmtpPeer("127.0.0.2", port, name="mx.remote.test")
@@ -37,10 +44,14 @@ def test_kill_9_mid_delivery_then_restart_delivers_once(
     dns_server.set_zone(
         "remote.test", {"@": {"MX": ["10 mx.remote.test."]}, "mx": {"A": "127.0.0.2"}}
     )
-    settings = queue_settings(tmp_path, dns_server.address, port)
+    # On PostgreSQL the restarted process is a new node: it takes the dead one's claim
+    # over once its lease (3 s here) runs out.
+    settings = queue_settings(
+        tmp_path, dns_server.address, port, store={**store_backend, "queue_lease": "3s"}
+    )
 
     # Queue a message with the server stopped (as another process would), then start it.
-    store = QueueStore(settings.queue_dir)
+    store = open_queue(settings)
     qid = "TESTKILL9000001"
     size, eightbit = store.write_spool(qid, [MESSAGE])
     store.add_message(
@@ -60,7 +71,7 @@ def test_kill_9_mid_delivery_then_restart_delivers_once(
         first.stop(signal.SIGKILL)
         peer.hold_data.set()
 
-        store = QueueStore(settings.queue_dir)
+        store = open_queue(settings)
         (rcpt,) = store.recipients(qid)
         assert rcpt.state == "queued" and rcpt.attempts == 1
         assert store.attempts(qid)[0]["finished"] is None  # recorded before it was made

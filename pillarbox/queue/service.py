@@ -59,6 +59,7 @@ from pillarbox.queue.store import (
     Message,
     Outcome,
     QueueStoreBase,
+    Recipient,
     is_queue_id,
     open_store,
 )
@@ -200,7 +201,7 @@ class OutboundQueue:
     def _make_runner(self, settings: Settings) -> Runner:
         d = settings.delivery
         return Runner(
-            due=lambda now: self._db(lambda s: s.due(now)),
+            due=self._due,
             next_due=lambda now: self._db(lambda s: s.next_due(now)),
             run_job=self._run_job,
             housekeeping=self._housekeeping,
@@ -209,6 +210,15 @@ class OutboundQueue:
             per_destination=d.max_concurrency_per_destination,
             scan_interval=float(d.queue_scan_interval),
         )
+
+    async def _due(self, now: float) -> list[Recipient]:
+        if self.store is not None and self.store.shared:
+            # Before taking over a dead node's expired claims, close its open attempts
+            # (it never comes back under its name): cheap, only open attempts are looked at.
+            closed = await self._db(lambda s: s.close_interrupted_attempts())
+            if closed:
+                _log.warning("recovered", interrupted_attempts=closed)
+        return await self._db(lambda s: s.due(now))
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(store, *args)`` on the DB thread."""
@@ -379,11 +389,6 @@ class OutboundQueue:
             removed = await self._db(lambda s: s.remove_orphans(ORPHAN_AGE))
             if removed:
                 _log.warning("orphan spool files removed", count=len(removed))
-        if self.store is not None and self.store.shared:
-            # A node that died mid-attempt never comes back under its name.
-            closed = await self._db(lambda s: s.close_interrupted_attempts())
-            if closed:
-                _log.warning("recovered", interrupted_attempts=closed)
         await self.reports.send_pending()
 
 
