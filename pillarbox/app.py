@@ -41,7 +41,7 @@ from pillarbox.pop3.server import make_pop3
 from pillarbox.queue.service import OutboundQueue, make_queue
 from pillarbox.spam.component import make_spam
 from pillarbox.spam.engine import SpamFilter
-from pillarbox.store.accounts import Accounts
+from pillarbox.store.accounts import Accounts, open_accounts
 from pillarbox.store.layout import ensure_layout
 from pillarbox.store.mailbox import MailStore, make_store
 from pillarbox.store.sieve_scripts import SieveScripts
@@ -95,7 +95,7 @@ class AppContext:
 
     @classmethod
     def create(cls, settings: Settings) -> AppContext:
-        accounts = Accounts(settings.database_path, settings.domains)
+        accounts = open_accounts(settings, follow=True)
         ensure_bootstrap_certificate(settings)  # acme = true before the first issuance
         return cls(
             settings=settings,

@@ -32,7 +32,7 @@ from pillarbox import config
 from pillarbox.auth.passwords import hash_password
 from pillarbox.cli.init import PROD_LISTEN, InitOptions, initialize
 from pillarbox.config import Settings
-from pillarbox.store.accounts import Accounts
+from pillarbox.store.accounts import open_accounts
 
 DOMAIN = "example.test"
 HOSTNAME = "mail.example.test"
@@ -112,7 +112,7 @@ def make_settings(
 
 
 def add_user(settings: Settings, address: str, password: str = PASSWORD) -> str:
-    accounts = Accounts(settings.database_path, settings.domains)
+    accounts = open_accounts(settings)
     try:
         return accounts.add_user(address, hash_password(password))
     finally:
@@ -120,7 +120,7 @@ def add_user(settings: Settings, address: str, password: str = PASSWORD) -> str:
 
 
 def add_alias(settings: Settings, alias: str, *targets: str) -> None:
-    accounts = Accounts(settings.database_path, settings.domains)
+    accounts = open_accounts(settings)
     try:
         accounts.add_alias(alias, targets)
     finally:

@@ -40,7 +40,7 @@ from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 from pillarbox.mailauth import keys as dkim
 from pillarbox.managesieve.backend import ScriptError, SieveBackend, UserScripts
 from pillarbox.spam.reputation import ReputationStore
-from pillarbox.store.accounts import AccountError, Accounts
+from pillarbox.store.accounts import AccountError, Accounts, open_accounts
 from pillarbox.store.maildir import user_maildir
 from pillarbox.web.backend import (
     CheckResult,
@@ -243,7 +243,7 @@ class AdminBackend:
 
     def _apply(self, change: Callable[[Accounts], T]) -> T:
         if self._writes is None:
-            self._writes = Accounts(self._settings.database_path, self._settings.domains)
+            self._writes = open_accounts(self._settings)
         return change(self._writes)
 
     def _close_writes(self) -> None:

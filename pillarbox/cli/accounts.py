@@ -16,7 +16,7 @@ from pillarbox.auth.passwords import PasswordPolicyError, hash_password
 from pillarbox.cli.common import CliError, Command, load_settings, read_password
 from pillarbox.config import Settings
 from pillarbox.core.sizes import SizeError, format_size, parse_size
-from pillarbox.store.accounts import AccountError, Accounts
+from pillarbox.store.accounts import AccountError, Accounts, open_accounts
 from pillarbox.store.index import INDEX_FILE
 from pillarbox.store.maildir import user_maildir
 from pillarbox.store.quota import read_usage
@@ -26,7 +26,7 @@ from pillarbox.store.quota import read_usage
 def _accounts(args: argparse.Namespace) -> Iterator[tuple[Accounts, Settings]]:
     """The accounts store of the configured data dir; its errors become CLI errors."""
     settings = load_settings(args)
-    accounts = Accounts(settings.database_path, settings.domains)
+    accounts = open_accounts(settings)
     try:
         yield accounts, settings
     except AccountError as exc:

@@ -126,10 +126,10 @@ def judge_from(settings: Settings, message: bytes, sender: str) -> None:
     that account may send as; otherwise From must be the sender itself."""
     from pillarbox.delivery.sendas import judge_author
     from pillarbox.delivery.service import unquote_local_part
-    from pillarbox.store.accounts import Accounts
+    from pillarbox.store.accounts import open_accounts
 
     head = message[: message.find(b"\r\n\r\n") + 2]
-    accounts = Accounts(settings.database_path, settings.domains)
+    accounts = open_accounts(settings)
     try:
         delimiter = settings.delivery.recipient_delimiter
         owner = accounts.owner_of(sender, delimiter) if sender else None
@@ -168,9 +168,9 @@ def _deliver_offline(settings: Settings, queue_id: str) -> dict[str, str]:
     from pillarbox.delivery.pickup import Pickup
     from pillarbox.delivery.service import DeliveryService, QueueUnavailable
     from pillarbox.delivery.wiring import WithoutServer
-    from pillarbox.store.accounts import Accounts
+    from pillarbox.store.accounts import open_accounts
 
-    accounts = Accounts(settings.database_path, settings.domains)
+    accounts = open_accounts(settings)
     local = LocalStore(settings.mail_dir, WithoutServer(), settings.hostname)
     service = DeliveryService(
         accounts,

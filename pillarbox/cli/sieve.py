@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.sieve import SieveSyntaxError, check
-from pillarbox.store.accounts import AccountError, Accounts
+from pillarbox.store.accounts import AccountError, open_accounts
 from pillarbox.store.sieve_scripts import SieveScriptError, SieveScripts
 
 
@@ -24,7 +24,7 @@ from pillarbox.store.sieve_scripts import SieveScriptError, SieveScripts
 def _scripts(args: argparse.Namespace) -> Iterator[tuple[SieveScripts, str]]:
     """The script store and the user's canonical address (it must exist)."""
     settings = load_settings(args)
-    accounts = Accounts(settings.database_path, settings.domains)
+    accounts = open_accounts(settings)
     try:
         user = str(accounts.parse_local(args.address))
         if not accounts.user_exists(user):

@@ -14,12 +14,12 @@ import contextlib
 from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.spam.reputation import ReputationStore
-from pillarbox.store.accounts import AccountError, Accounts
+from pillarbox.store.accounts import AccountError, open_accounts
 
 
 def user_spam(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    accounts = Accounts(settings.database_path, settings.domains)
+    accounts = open_accounts(settings)
     try:
         address = str(accounts.parse_local(args.address))
         if not accounts.user_exists(address):

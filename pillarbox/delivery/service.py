@@ -173,11 +173,7 @@ class DeliveryService:
         return resolution
 
     def _first_user(self, domain: str) -> str | None:
-        row = self.accounts.conn.execute(
-            "SELECT address FROM users ORDER BY domain != ?, created, address LIMIT 1",
-            (domain,),
-        ).fetchone()
-        return str(row[0]) if row else None
+        return self.accounts.first_user(domain)
 
     def route(
         self,

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pillarbox.config import Settings
 from pillarbox.core.address import (
     Address,
     AddressError,
@@ -270,12 +271,15 @@ class Accounts:
             raise AccountError(f"alias {key} cannot point to itself")
         if not key.startswith("@") and self.user_exists(key):
             raise AccountError(f"{key} is a user; an alias cannot shadow it")
+        self._insert_aliases(key, normalised)
+        return key, normalised
+
+    def _insert_aliases(self, key: str, targets: list[str]) -> None:
         with self._changing() as c:
             c.executemany(
                 "INSERT OR IGNORE INTO aliases(alias, target) VALUES(?, ?)",
-                [(key, t) for t in normalised],
+                [(key, t) for t in targets],
             )
-        return key, normalised
 
     def delete_alias(self, alias: str) -> None:
         key = self._alias_key(alias)
@@ -382,13 +386,25 @@ class Accounts:
         frontier = [user]
         while frontier:
             target = frontier.pop()
-            for (alias,) in self.conn.execute(
-                "SELECT alias FROM aliases WHERE target = ?", (target,)
-            ):
+            for alias in self._aliases_of(target):
                 if alias not in owned and not alias.startswith("@"):
                     owned.add(alias)
                     frontier.append(alias)
         return owned
+
+    def _aliases_of(self, target: str) -> list[str]:
+        """The aliases (catch-alls included) with ``target`` among their targets."""
+        return [
+            r[0] for r in self.conn.execute("SELECT alias FROM aliases WHERE target = ?", (target,))
+        ]
+
+    def first_user(self, domain: str) -> str | None:
+        """The oldest user of ``domain``, else of any domain (postmaster's default)."""
+        row = self.conn.execute(
+            "SELECT address FROM users ORDER BY domain != ?, created, address LIMIT 1",
+            (domain,),
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def may_send_as(self, user: str, address: str, delimiter: str) -> bool:
         """RFC 6409 §6.1 lets a submission server check the sender against the user:
@@ -437,9 +453,12 @@ class Accounts:
         if not self.user_exists(address):
             raise AccountError(f"no such user: {address}")
         key = self._send_as_pattern(pattern)
-        with self._changing() as c:
-            c.execute("INSERT OR IGNORE INTO send_as(user, pattern) VALUES(?, ?)", (address, key))
+        self._insert_send_as(address, key)
         return key
+
+    def _insert_send_as(self, user: str, pattern: str) -> None:
+        with self._changing() as c:
+            c.execute("INSERT OR IGNORE INTO send_as(user, pattern) VALUES(?, ?)", (user, pattern))
 
     def delete_send_as(self, user: str, pattern: str) -> str:
         address = str(self.parse_local(user))
@@ -457,3 +476,13 @@ class Accounts:
                 "SELECT pattern FROM send_as WHERE user = ? ORDER BY pattern", (user,)
             )
         ]
+
+
+def open_accounts(settings: Settings, *, follow: bool = False) -> Accounts:
+    """The accounts store ``[store] backend`` names. ``follow``: a long-lived server's,
+    which, on PostgreSQL, keeps up with other nodes' changes (see pgaccounts.py)."""
+    if settings.store.backend == "postgresql":
+        from pillarbox.store.pgaccounts import PgAccounts
+
+        return PgAccounts(settings, follow=follow)
+    return Accounts(settings.database_path, settings.domains)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pillarbox import control
 from pillarbox.config import Settings
-from pillarbox.store.accounts import Accounts
+from pillarbox.store.accounts import open_accounts
 from pillarbox.store.imports import ImportedMessage, MailboxImporter, ensure_mailbox
 from pillarbox.store.index import UserIndex
 from pillarbox.store.maildir import user_maildir
@@ -40,7 +40,7 @@ def ensure_server_stopped(settings: Settings) -> None:
 
 def user_root(settings: Settings, address: str) -> tuple[str, Path]:
     """The normalised address of an existing user and its Maildir++ root."""
-    accounts = Accounts(settings.database_path, settings.domains)
+    accounts = open_accounts(settings)
     try:
         try:
             user = str(accounts.parse_local(address))
