@@ -256,8 +256,9 @@ class Server:
         }
 
     async def _accounts_changed(self, params: dict[str, Any]) -> bool:
-        """The CLI changed users or aliases: forget remembered recipients."""
-        self.ctx.accounts.forget_cached()
+        """The CLI changed users or aliases: forget remembered recipients (in a thread: on
+        PostgreSQL that reads the accounts again)."""
+        await asyncio.to_thread(self.ctx.accounts.forget_cached)
         return True
 
     async def _reload_method(self, params: dict[str, Any]) -> bool:

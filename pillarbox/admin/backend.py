@@ -238,7 +238,9 @@ class AdminBackend:
         except AccountError as exc:
             raise WebError(str(exc)) from None
         finally:
-            self.accounts.forget_cached()  # new aliases and deleted users count at once
+            # New aliases and deleted users count at once. In the writer thread: on
+            # PostgreSQL forgetting means reading the accounts again.
+            await loop.run_in_executor(self._writer, self.accounts.forget_cached)
         return result
 
     def _apply(self, change: Callable[[Accounts], T]) -> T:

@@ -153,6 +153,7 @@ class PgAccounts(Accounts):
         self._resolved.clear()
 
     def forget_cached(self) -> None:
+        """Another process changed the accounts: read them again (blocking: from a thread)."""
         self.reload()
 
     def _follow(self) -> None:
