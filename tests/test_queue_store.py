@@ -187,12 +187,12 @@ def test_renewal_keeps_a_held_job_and_lets_a_dropped_one_expire(
     two_nodes: tuple[QueueStoreBase, QueueStoreBase],
 ) -> None:
     a, b = two_nodes
-    a.lease = 1.0  # type: ignore[attr-defined]
+    a.lease = 2.0  # type: ignore[attr-defined]
     enqueue(a, "S3", "bob@remote.test")
     enqueue(a, "S4", "carol@remote.test")
     assert len(a.due(time.time())) == 2
-    for _ in range(3):
-        time.sleep(0.4)
+    for _ in range(5):  # renewed every 0.5 s, S3 never comes near its expiry
+        time.sleep(0.5)
         assert a.renew_claims({("S3", "remote.test")}) == 1
     # S4 was not renewed: B takes it; S3 is still A's.
     assert [r.queue_id for r in b.due(time.time())] == ["S4"]
