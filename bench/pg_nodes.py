@@ -29,6 +29,7 @@ import benchlib
 from imapclient_async import client_tls_context, open_session
 from smtp_load import run_load
 
+from pillarbox.store.accounts import AccountError
 from tests import pbserver, pg
 
 USER = "bench@example.test"  # smtp_load's messages go to it
@@ -47,7 +48,8 @@ def nodes(
     settings = [pbserver.make_settings(root / f"node{i}", overrides) for i in range(count)]
     for i, s in enumerate(settings):
         if i == 0 or store.get("backend") != "postgresql":
-            pbserver.add_user(s, USER, PASSWORD)  # once in a shared database
+            with contextlib.suppress(AccountError):  # already in the shared database
+                pbserver.add_user(s, USER, PASSWORD)
     running: list[pbserver.SubprocessServer] = []
     try:
         for s in settings:
@@ -116,6 +118,7 @@ def main() -> None:
     ):
         setups = [
             ("1 node, SQLite", 1, {}),
+            ("1 node, PostgreSQL", 1, {"backend": "postgresql", "dsn": dsn}),
             ("2 nodes, PostgreSQL", 2, {"backend": "postgresql", "dsn": dsn}),
         ]
         for label, count, store in setups:
