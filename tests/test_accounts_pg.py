@@ -18,6 +18,7 @@ from pillarbox import cli
 from pillarbox.config import Settings
 from pillarbox.store.accounts import AccountError, Accounts, open_accounts
 from tests import pbserver
+from tests.ports import free_port
 
 DOMAIN = pbserver.DOMAIN
 ALICE = f"alice@{DOMAIN}"
@@ -139,3 +140,17 @@ def test_changes_on_node_a_are_seen_by_node_b(
         while rcpt(node_b.port("smtp"), carol) != 550:
             assert time.monotonic() < deadline, "node B still takes mail for a deleted user"
             time.sleep(0.05)
+
+
+def test_an_unreachable_database_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()  # nothing listens there
+    dsn = f"postgresql://pillarbox@127.0.0.1:{port}/mail"
+    settings = node_settings(tmp_path, "a", {"backend": "postgresql", "dsn": dsn})
+    started = time.monotonic()
+    assert run_cli(settings, monkeypatch, "", "user", "list") == 1
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    assert "store.dsn" in err and "cannot connect to PostgreSQL" in err
+    assert "Connection refused" in err

@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from pillarbox.config import Settings
+from pillarbox.config import ConfigError, Settings
 
 Connection = psycopg.Connection[DictRow]
 Pool = ConnectionPool[Connection]
@@ -32,6 +32,8 @@ Pool = ConnectionPool[Connection]
 # The database's clock in Unix seconds, for leases: the nodes' clocks may disagree, the
 # database has one. (clock_timestamp, not now(): now() is frozen at the transaction start.)
 DB_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+
+CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout for the first connection
 
 # Any fixed key: pg_advisory_xact_lock(bigint) serialises the nodes' migrations.
 _MIGRATION_LOCK = 0x70696C6C6172  # "pillar"
@@ -44,8 +46,15 @@ def node_name(settings: Settings) -> str:
 
 
 def open_pool(dsn: str, *, name: str, size: int) -> Pool:
-    """A pool of ``size`` connections to ``dsn`` (at least one opened now, so a wrong dsn
-    fails at start with libpq's own message, not at the first query)."""
+    """A pool of ``size`` connections to ``dsn``. One connection is made first, so a
+    wrong or unreachable dsn fails at once with libpq's own message as a config error
+    naming ``store.dsn`` (the pool itself would retry for its timeout and then only say
+    that it got no connection)."""
+    try:
+        psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT).close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # libpq's lines, one line
+        raise ConfigError(f"cannot connect to PostgreSQL: {reason}", key="store.dsn") from None
     pool: Pool = ConnectionPool(
         dsn,
         connection_class=psycopg.Connection[DictRow],
