@@ -168,6 +168,24 @@ def test_a_claim_keeps_other_nodes_off_until_released(
     assert sorted(r.id for r in b.due(time.time())) == sorted(r.id for r in claimed)
 
 
+def test_siblings_of_a_held_job_wait_for_it_to_finish(
+    two_nodes: tuple[QueueStoreBase, QueueStoreBase],
+) -> None:
+    a, _ = two_nodes
+    enqueue(a, "S7", "bob@remote.test")
+    (bob,) = a.due(time.time())
+    attempt = a.begin_attempt("S7", "remote.test", [bob.id])
+    # A sibling recipient of the same message and domain becomes due meanwhile.
+    with a.pool.connection() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            "INSERT INTO queue_recipients(queue_id, address, domain, next_attempt, updated)"
+            " VALUES ('S7', 'carol@remote.test', 'remote.test', 0, 0)"
+        )
+    assert a.due(time.time()) == []
+    a.finish_attempt(attempt, [Outcome(bob.id, SENT, "250 ok")], "ok")
+    assert [r.address for r in a.due(time.time())] == ["carol@remote.test"]
+
+
 def test_an_expired_lease_is_taken_over_and_the_old_holder_sees_it(
     two_nodes: tuple[QueueStoreBase, QueueStoreBase],
 ) -> None:

@@ -235,9 +235,14 @@ class PgQueueStore(QueueStoreBase):
         with self.pool.connection() as conn:
             rows = conn.execute(
                 "WITH picked AS ("
-                " SELECT id FROM queue_recipients"
+                " SELECT id FROM queue_recipients c"
                 " WHERE state = %(queued)s AND next_attempt <= %(now)s"
                 f" AND (claimed_by IS NULL OR lease_until < {DB_NOW})"
+                # Not the siblings of a job this node runs: its runner would not schedule
+                # them beside it, and they would sit claimed until the lease ran out.
+                " AND NOT EXISTS (SELECT 1 FROM queue_recipients o"
+                " WHERE o.queue_id = c.queue_id AND o.domain = c.domain"
+                f" AND o.claimed_by = %(node)s AND o.lease_until >= {DB_NOW})"
                 " ORDER BY next_attempt, id LIMIT %(limit)s"
                 " FOR UPDATE SKIP LOCKED)"
                 " UPDATE queue_recipients r"
