@@ -1,0 +1,163 @@
+"""The ``MailStore`` / ``UserMail`` Protocols: the whole storage interface of IMAP and POP3.
+
+``pillarbox.store.mailbox.MailStore`` implements them on Maildir + SQLite (tests check the
+conformance with mypy); a PostgreSQL-backed store would implement the same. Mailbox names
+are wire names (Unicode, ``/`` separated, INBOX normalised). Flags travel as IMAP text
+(``\\Seen $Forwarded``) in FETCH rows and as masks plus keywords in SEARCH rows and flag
+batches. A method raises :class:`~pillarbox.mailstore.errors.MailboxError` for what the
+user asked wrongly; any other exception is an internal error.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from pillarbox.mailstore.filters import SearchFilter
+from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+
+
+class MailboxInfo(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def special_use(self) -> str | None: ...
+    @property
+    def subscribed(self) -> bool: ...
+
+
+class StatusInfo(Protocol):
+    @property
+    def messages(self) -> int: ...
+    @property
+    def recent(self) -> int: ...
+    @property
+    def uidnext(self) -> int: ...
+    @property
+    def uidvalidity(self) -> int: ...
+    @property
+    def unseen(self) -> int: ...
+    @property
+    def deleted(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def highestmodseq(self) -> int: ...
+    @property
+    def deleted_storage(self) -> int: ...  # bytes of the \\Deleted messages (RFC 9208)
+
+
+class SelectInfo(Protocol):
+    @property
+    def uidvalidity(self) -> int: ...
+    @property
+    def uidnext(self) -> int: ...
+    @property
+    def highestmodseq(self) -> int: ...
+    @property
+    def uids(self) -> array[int]: ...
+    @property
+    def recent_from_uid(self) -> int: ...
+    @property
+    def first_unseen_uid(self) -> int | None: ...
+    @property
+    def keywords(self) -> tuple[str, ...]: ...
+
+
+class ChangeSet(Protocol):
+    @property
+    def present(self) -> array[int] | None: ...  # set when some known UIDs vanished
+    @property
+    def new_uids(self) -> array[int]: ...
+    @property
+    def flag_updates(self) -> list[tuple[int, str, int]]: ...
+    @property
+    def highestmodseq(self) -> int: ...
+    @property
+    def uidnext(self) -> int: ...
+    @property
+    def recent_from_uid(self) -> int: ...
+
+
+class StoreResult(Protocol):
+    @property
+    def updated(self) -> list[tuple[int, str, int]]: ...
+    @property
+    def failed(self) -> list[int]: ...
+    @property
+    def highestmodseq(self) -> int: ...
+    @property
+    def previous_modseq(self) -> int: ...
+
+
+class UserMail(Protocol):
+    """One authenticated user's mailboxes."""
+
+    def watch(self, callback: Callable[[str], None]) -> Callable[[], None]: ...
+    async def release(self) -> None: ...
+    async def list_mailboxes(self) -> Sequence[MailboxInfo]: ...
+    async def subscriptions(self) -> set[str]: ...
+    async def create(self, name: str, special_use: str | None = None) -> None: ...
+    async def delete(self, name: str) -> None: ...
+    async def rename(self, old: str, new: str) -> None: ...
+    async def subscribe(self, name: str, on: bool) -> None: ...
+    async def status(self, name: str) -> StatusInfo: ...
+    async def select(self, name: str, readonly: bool) -> SelectInfo: ...
+    async def changes(
+        self,
+        name: str,
+        known_max: int,
+        known_count: int,
+        since_modseq: int,
+        with_expunges: bool,
+        claim_recent: bool,
+    ) -> ChangeSet: ...
+    async def vanished(
+        self, name: str, since_modseq: int, ranges: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]: ...
+    # vanished: UID ranges within ``ranges`` expunged after ``since_modseq`` (RFC 7162
+    # QRESYNC), sorted; may include UIDs expunged earlier (§3.2.5.1), never a present one.
+    async def fetch(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        data: bool,
+        limit: int,
+        changed_since: int = 0,
+    ) -> list[FetchRow]: ...  # only rows with modseq > changed_since
+    # fetch: data=False leaves envelope, structure and header None.
+    async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]: ...
+    async def fetch_flags(
+        self, name: str, ranges: list[tuple[int, int]], limit: int
+    ) -> FlagBatch: ...  # up to ``limit`` messages of the first non-empty range
+    async def search_rows(
+        self, name: str, lo: int, hi: int, header: bool, where: SearchFilter, limit: int
+    ) -> list[SearchRow]: ...
+    async def read_message(self, name: str, uid: int) -> bytes | None: ...
+    async def full_text_pending(self, name: str, max_uid: int) -> int | None: ...
+    async def full_text_catch_up(self, name: str) -> None: ...
+    async def store(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        mode: str,
+        flags: tuple[str, ...],
+        unchanged_since: int | None,
+    ) -> StoreResult: ...
+    async def expunge(self, name: str, ranges: list[tuple[int, int]] | None) -> list[int]: ...
+    async def append(
+        self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
+    ) -> tuple[int, int]: ...
+    async def copy(
+        self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool
+    ) -> tuple[int, list[int], list[int]]: ...
+    # append and copy raise MailboxError(OVERQUOTA) when the user's quota would
+    # be passed (RFC 9208 §4.3); nothing is then written.
+    async def quota(self) -> tuple[int, int]: ...  # (bytes used, bytes allowed; 0 = none)
+
+
+class MailStore(Protocol):
+    """The mail store service: a handle per user, shared by that user's sessions."""
+
+    async def open(self, user: str) -> UserMail: ...
