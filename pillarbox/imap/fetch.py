@@ -14,6 +14,7 @@ import datetime as dt
 import quopri
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Final
 
 from pillarbox.imap import response as r
@@ -351,7 +352,7 @@ async def run_fetch(
     template = _fast_template(p)
     pending = list(ranges)
     while pending and template is not None and changed_since is None:
-        batch = await mail.fetch_flags(view.name, pending, BATCH_FLAGS)
+        batch = await mail.fetch_flags(view.name, pending, BATCH_FLAGS, "{3}" in template)
         if not batch.last:
             return
         pending = _after(pending, batch.last)
@@ -436,7 +437,7 @@ def _render_fast(template: str, batch: FlagBatch, view: SelectedMailbox) -> byte
     append = out.append
     common = template == _UID_FLAGS and not keywords  # the big sync: printf-style, no lookups
     fmt = template.format
-    masks, modseqs = batch.masks, batch.modseqs
+    masks, modseqs = batch.masks, batch.modseqs or repeat(0, len(rows))
     for index, (uid, mask, modseq) in enumerate(zip(rows, masks, modseqs, strict=True), start):
         flags = text[mask]
         if keywords and uid in keywords:
@@ -458,7 +459,8 @@ def _render_walk(
     count = len(uids)
     recent_from = view.recent_from if not view.rev2 else 1 << 40
     out: list[str] = []
-    for uid, mask, modseq in zip(batch.uids, batch.masks, batch.modseqs, strict=True):
+    modseqs = batch.modseqs or repeat(0, len(batch.uids))  # not asked for: not in the template
+    for uid, mask, modseq in zip(batch.uids, batch.masks, modseqs, strict=True):
         while i < count and uids[i] < uid:
             i += 1
         if i >= count or uids[i] != uid:

@@ -129,8 +129,10 @@ class UserMail(Protocol):
     # fetch: data=False leaves envelope, structure and header None.
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]: ...
     async def fetch_flags(
-        self, name: str, ranges: list[tuple[int, int]], limit: int
-    ) -> FlagBatch: ...  # up to ``limit`` messages of the first non-empty range
+        self, name: str, ranges: list[tuple[int, int]], limit: int, modseqs: bool = True
+    ) -> FlagBatch: ...
+    # fetch_flags: up to ``limit`` messages of the first non-empty range; ``modseqs`` False
+    # leaves FlagBatch.modseqs empty (a FETCH without MODSEQ need not read them).
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: SearchFilter, limit: int
     ) -> list[SearchRow]: ...

@@ -6,7 +6,7 @@ messages builds that many), and lets a row be unpacked where speed matters.
 
 from __future__ import annotations
 
-from array import array
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 # pillarbox.mime's parsed envelope and body structure, decoded from the index's JSON.
@@ -31,18 +31,19 @@ class FetchRow(NamedTuple):
 class FlagBatch(NamedTuple):
     """The narrow FETCH FLAGS path: up to a limit of messages of one UID range, as columns.
 
-    ``masks`` holds one byte per message (system masks are below 32); ``keywords`` only the
-    messages that have any. ``last`` is the highest UID in the batch, 0 when it is empty.
+    ``uids``, ``masks`` (system flags, one byte per message) and ``modseqs`` (empty unless
+    asked for) are parallel, in UID order; ``keywords`` holds only the messages that have
+    any. ``last`` is the highest UID in the batch, 0 when it is empty.
     """
 
-    uids: array[int]
+    uids: Sequence[int]  # a range when there is no gap
     masks: bytes
-    modseqs: array[int]
+    modseqs: list[int]
     keywords: dict[int, tuple[str, ...]]
     last: int
 
 
-EMPTY_FLAGS = FlagBatch(array("I"), b"", array("Q"), {}, 0)
+EMPTY_FLAGS = FlagBatch([], b"", [], {}, 0)
 
 
 class SearchRow(NamedTuple):

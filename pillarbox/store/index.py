@@ -786,9 +786,13 @@ class UserIndex:
         return self.own_reader.search_uids(name, where)
 
     def fetch_flags(
-        self, name: str, ranges: list[tuple[int, int]], limit: int = CHUNK * 5
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        limit: int = CHUNK * 5,
+        modseqs: bool = True,
     ) -> FlagBatch:
-        return self.own_reader.fetch_flags(name, ranges, limit)
+        return self.own_reader.fetch_flags(name, ranges, limit, modseqs)
 
     def search_rows(
         self,

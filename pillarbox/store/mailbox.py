@@ -221,8 +221,10 @@ class UserMailboxes:
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
         return await self._read(lambda reader: reader.search_uids(name, where))
 
-    async def fetch_flags(self, name: str, ranges: list[tuple[int, int]], limit: int) -> FlagBatch:
-        return await self._read(lambda reader: reader.fetch_flags(name, ranges, limit))
+    async def fetch_flags(
+        self, name: str, ranges: list[tuple[int, int]], limit: int, modseqs: bool = True
+    ) -> FlagBatch:
+        return await self._read(lambda reader: reader.fetch_flags(name, ranges, limit, modseqs))
 
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: SearchFilter, limit: int
