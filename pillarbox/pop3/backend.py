@@ -10,6 +10,9 @@ handle already has these methods. POP3 uses only INBOX and only this subset:
 * ``read_message`` the message with CRLF line ends (None when it vanished);
 * ``store`` with mode ``add`` and ``expunge`` (which removes the ``\\Deleted`` messages among
   the given UID ranges) to apply the UPDATE state.
+
+POP3 names no mailbox, so a store's ``MailboxError`` is the server's trouble, answered like
+any failing store (``-ERR [SYS/TEMP]``, see ``session.Session._execute``).
 """
 
 from __future__ import annotations
