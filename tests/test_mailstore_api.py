@@ -71,3 +71,34 @@ def test_store_error_code_on_the_wire(quota_server: pbserver.RunningServer, code
         assert reply.startswith(b"x NO [%s] " % code.encode()), reply
     finally:
         raw.close()
+
+
+def test_fetch_flags_batch_with_a_gap_and_keywords(server: pbserver.RunningServer) -> None:
+    """The narrow FETCH FLAGS path: UIDs with a gap come as a list (without one, as a
+    range), keywords per UID, modseqs only when MODSEQ is asked for."""
+    raw = Raw(server)
+    try:
+        raw.login()
+        raw.cmd(b"c", b"CREATE Gaps")
+        for i in range(4):
+            body = message(f"gap {i}")
+            raw.send(b"a%d APPEND Gaps {%d+}\r\n%s\r\n" % (i, len(body), body))
+            assert raw.until(b"a%d" % i)[-1].startswith(b"a%d OK" % i)
+        raw.cmd(b"s", b"SELECT Gaps")
+        raw.cmd(b"d", b"UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+        raw.cmd(b"e", b"EXPUNGE")
+        raw.cmd(b"k", b"UID STORE 3 +FLAGS.SILENT ($Work \\Flagged)")
+        lines = raw.cmd(b"f", b"UID FETCH 1:* (FLAGS)")
+        assert lines[-1].startswith(b"f OK"), lines
+        fetched = [line for line in lines if line.startswith(b"* ") and b" FETCH (" in line]
+        assert fetched == [
+            b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n",
+            b"* 2 FETCH (UID 3 FLAGS (\\Recent \\Flagged $Work))\r\n",
+            b"* 3 FETCH (UID 4 FLAGS (\\Recent))\r\n",
+        ], lines
+        modseqs = [line for line in raw.cmd(b"m", b"UID FETCH 3:4 (MODSEQ)") if b"MODSEQ (" in line]
+        assert len(modseqs) == 2 and all(b"MODSEQ (" in line for line in modseqs), modseqs
+        top = [int(line.split(b"MODSEQ (")[1].split(b")")[0]) for line in modseqs]
+        assert top[0] > top[1], "UID 3 was changed after UID 4 was appended"
+    finally:
+        raw.close()
