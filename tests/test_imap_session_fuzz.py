@@ -16,6 +16,7 @@ from pillarbox.imap.grammar import STAR, SequenceSet
 from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.imap.server import session_config  # noqa: F401  (registers the handlers)
 from pillarbox.imap.session import Session, SessionConfig
+from pillarbox.mailstore.rows import FlagBatch
 from pillarbox.store.mailbox import MailStore
 
 
@@ -152,19 +153,18 @@ def test_fast_flags_rendering_matches_the_walk() -> None:
     )()  # fmt: skip
     view = SelectedMailbox("INBOX", False, info)
 
-    def batch(uids: list[int]) -> tuple[str, str, str, str, int]:
-        return (
-            ",".join(map(str, uids)),
-            ",".join(str(u % 4) for u in uids),
-            ",".join("7" for _ in uids),
-            "3 kw x" if 3 in uids else "",
+    def batch(uids: list[int]) -> FlagBatch:
+        return FlagBatch(
+            uids,
+            bytes(u % 4 for u in uids),
+            [7 for _ in uids],
+            {3: ("kw", "x")} if 3 in uids else {},
             uids[-1],
         )
 
     aligned = batch(list(range(1, 11)))
-    rows, masks, mods = (aligned[i].split(",") for i in range(3))
     fast = _render_fast(_UID_FLAGS, aligned, view)
-    assert fast == _render_walk(_UID_FLAGS, rows, masks, mods, {"3": "kw x"}, view, 0)
+    assert fast == _render_walk(_UID_FLAGS, aligned, {3: "kw x"}, view, 0)
     assert b"* 3 FETCH (UID 3 FLAGS (\\Seen \\Answered kw x))" in fast
     assert b"* 9 FETCH (UID 9 FLAGS (\\Recent \\Seen))" in fast
     # 5 expunged elsewhere (not announced) and 11 delivered (not announced): same count as

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pillarbox.mailstore.rows import FetchRow
 from pillarbox.net.listener import Listeners, ListenerSpec, TlsMode
 from pillarbox.pop3 import commands as c
 from pillarbox.pop3.maildrop import Maildrop, MaildropError, MaildropLocks
@@ -332,8 +333,8 @@ class FlakyMail:
 
         return SimpleNamespace(uidvalidity=7, uidnext=3)
 
-    async def fetch(self, name: str, ranges: Any, data: bool, limit: int) -> list[tuple[Any, ...]]:
-        return [(1, "", 0, 3, 1), (2, "", 0, 3, 1)]
+    async def fetch(self, name: str, ranges: Any, data: bool, limit: int) -> list[FetchRow]:
+        return [FetchRow(1, "", 0, 3, 1), FetchRow(2, "", 0, 3, 1)]
 
     async def read_message(self, name: str, uid: int) -> bytes:
         return b"x\r\n"

@@ -14,19 +14,14 @@ import datetime as dt
 import quopri
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Final
 
 from pillarbox.imap import response as r
 from pillarbox.imap.backend import (
     FLAG_TEXT,
-    ROW_DATE,
-    ROW_ENVELOPE,
-    ROW_FLAGS,
-    ROW_HEADER,
-    ROW_MODSEQ,
-    ROW_SIZE,
-    ROW_STRUCTURE,
-    ROW_UID,
+    FetchRow,
+    FlagBatch,
     UserMail,
 )
 from pillarbox.imap.fetchatts import (
@@ -218,16 +213,32 @@ def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
     return data[origin : origin + length]
 
 
-def _section_bytes(section: Section, row: tuple[Any, ...], content: bytes | None) -> bytes:
+# A plan with data items asks the store for rows with their data (FetchPlan.data).
+def _structure(row: FetchRow) -> dict[str, Any]:
+    assert row.structure is not None, "FETCH row without its data"
+    return row.structure
+
+
+def _envelope(row: FetchRow) -> list[Any]:
+    assert row.envelope is not None, "FETCH row without its data"
+    return row.envelope
+
+
+def _header(row: FetchRow) -> bytes:
+    assert row.header is not None, "FETCH row without its data"
+    return row.header
+
+
+def _section_bytes(section: Section, row: FetchRow, content: bytes | None) -> bytes:
     text = section.text
     if not section.part and text in _HEADER_TEXTS:
-        header: bytes = row[ROW_HEADER]
+        header = _header(row)
         if text is SectionText.HEADER:
             return header
         return filter_fields(header, section.fields, exclude=text is SectionText.HEADER_FIELDS_NOT)
     assert content is not None
     kind = None if text is None else text.value
-    span = section_range(row[ROW_STRUCTURE], section.part, kind)
+    span = section_range(_structure(row), section.part, kind)
     if span is None:
         return b""  # RFC 3501 §6.4.5: a non-existent section is returned empty
     data = content[span[0] : span[1]]
@@ -236,11 +247,11 @@ def _section_bytes(section: Section, row: tuple[Any, ...], content: bytes | None
     return data
 
 
-def _decoded_part(part: tuple[int, ...], row: tuple[Any, ...], content: bytes) -> bytes:
+def _decoded_part(part: tuple[int, ...], row: FetchRow, content: bytes) -> bytes:
     """The content of a part with its Content-Transfer-Encoding removed (RFC 3516 §4.2)."""
     if not part:
         return content
-    node = find_part(row[ROW_STRUCTURE], part)
+    node = find_part(_structure(row), part)
     if node is None:
         raise FetchError("NONEXISTENT", "no such body part")
     raw = content[node["bs"] : node["end"]]
@@ -259,7 +270,7 @@ def _decoded_part(part: tuple[int, ...], row: tuple[Any, ...], content: bytes) -
 
 def render(
     seq: int,
-    row: tuple[Any, ...],
+    row: FetchRow,
     content: bytes | None,
     p: FetchPlan,
     view: SelectedMailbox,
@@ -268,7 +279,7 @@ def render(
     flags_changed: bool = False,
 ) -> bytes:
     """One ``* seq FETCH (...)`` response."""
-    uid = row[ROW_UID]
+    uid = row.uid
     items: list[bytes] = []
     if p.with_uid:
         items.append(b"UID %d" % uid)
@@ -293,32 +304,32 @@ def render(
     if flags_changed and not flags_sent:
         items.append(_simple(Simple.FLAGS, row, view, utf8))
     if p.with_modseq:
-        items.append(b"MODSEQ (%d)" % row[ROW_MODSEQ])
+        items.append(b"MODSEQ (%d)" % row.modseq)
     return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
 
 
-def _simple(att: Simple, row: tuple[Any, ...], view: SelectedMailbox, utf8: bool) -> bytes:
+def _simple(att: Simple, row: FetchRow, view: SelectedMailbox, utf8: bool) -> bytes:
     if att is Simple.FLAGS:
-        text = row[ROW_FLAGS].encode("ascii", "replace")
-        if view.is_recent(row[ROW_UID]):
+        text = row.flags.encode("ascii", "replace")
+        if view.is_recent(row.uid):
             text = b"\\Recent " + text if text else b"\\Recent"
         return b"FLAGS (" + text + b")"
     if att is Simple.UID:
-        return b"UID %d" % row[ROW_UID]
+        return b"UID %d" % row.uid
     if att is Simple.RFC822_SIZE:
-        return b"RFC822.SIZE %d" % row[ROW_SIZE]
+        return b"RFC822.SIZE %d" % row.size
     if att is Simple.INTERNALDATE:
-        return b"INTERNALDATE " + internal_date(row[ROW_DATE])
+        return b"INTERNALDATE " + internal_date(row.internal_date)
     if att is Simple.MODSEQ:
-        return b"MODSEQ (%d)" % row[ROW_MODSEQ]
+        return b"MODSEQ (%d)" % row.modseq
     if att is Simple.ENVELOPE:
-        return b"ENVELOPE " + r.encode(envelope(row[ROW_ENVELOPE]), utf8=utf8)
+        return b"ENVELOPE " + r.encode(envelope(_envelope(row)), utf8=utf8)
     if att is Simple.BODY:
-        return b"BODY " + body_structure(row[ROW_STRUCTURE], False, utf8)
+        return b"BODY " + body_structure(_structure(row), False, utf8)
     if att is Simple.BODYSTRUCTURE:
-        return b"BODYSTRUCTURE " + body_structure(row[ROW_STRUCTURE], True, utf8)
+        return b"BODYSTRUCTURE " + body_structure(_structure(row), True, utf8)
     if att is Simple.RFC822_HEADER:
-        return b"RFC822.HEADER " + _literal(row[ROW_HEADER])
+        return b"RFC822.HEADER " + _literal(_header(row))
     raise AssertionError(att)  # RFC822 / RFC822.TEXT are handled with the file
 
 
@@ -341,12 +352,12 @@ async def run_fetch(
     template = _fast_template(p)
     pending = list(ranges)
     while pending and template is not None and changed_since is None:
-        batch = await mail.fetch_flags(view.name, pending, BATCH_FLAGS)
-        if not batch[4]:
+        batch = await mail.fetch_flags(view.name, pending, BATCH_FLAGS, "{3}" in template)
+        if not batch.last:
             return
-        pending = _after(pending, batch[4])
-        if batch[3]:  # only messages with keywords have a line: "uid kw kw"
-            for line in view.announce(k.partition(" ")[2] for k in batch[3].split("\n")):
+        pending = _after(pending, batch.last)
+        if batch.keywords:  # announce keywords new to the session (FLAGS, RFC 9051 §7.3.5)
+            for line in view.announce(" ".join(words) for words in batch.keywords.values()):
                 await write(line)
         await write(_render_fast(template, batch, view))
     while pending:
@@ -355,21 +366,21 @@ async def run_fetch(
         rows = await mail.fetch(view.name, pending, p.data, p.batch, changed_since or 0)
         if not rows:
             break
-        last = rows[-1][ROW_UID]
+        last = rows[-1].uid
         pending = _after(pending, last)
         changed: set[int] = set()
         if set_seen:
             rows, changed = await _mark_seen(mail, view, rows)
         if p.flags or changed:
-            for line in view.announce(row[ROW_FLAGS] for row in rows):
+            for line in view.announce(row.flags for row in rows):
                 await write(line)
         out = bytearray()
         for row in rows:
-            uid = row[ROW_UID]
+            uid = row.uid
             seq = view.seq_of(uid)
             if seq is None:
                 continue  # not announced to this session yet
-            if changed_since is not None and row[ROW_MODSEQ] <= changed_since:
+            if changed_since is not None and row.modseq <= changed_since:
                 continue
             content = None
             if p.file:
@@ -405,38 +416,28 @@ def _fast_template(p: FetchPlan) -> str | None:
 _UID_FLAGS: Final = "* {0} FETCH (UID {1} FLAGS ({2}))\r\n"
 
 
-# FLAGS text by the decimal mask as the store sends it, so no int() per message.
-_FLAG_TEXT_BY_DIGITS: Final = {str(mask): text for mask, text in enumerate(FLAG_TEXT)}
-
-
-def _render_fast(
-    template: str, batch: tuple[str, str, str, str, int], view: SelectedMailbox
-) -> bytes:
+def _render_fast(template: str, batch: FlagBatch, view: SelectedMailbox) -> bytes:
     """Render a ``fetch_flags`` batch with one format operation per message.
 
     Usually the batch is exactly the view's messages between its first and last UID, so the
     sequence number is a running index; otherwise (messages expunged or delivered elsewhere
     and not yet announced) a merge walk finds each message's position.
     """
-    uid_column, mask_column, modseq_column, keyword_lines, last = batch
     uids = view.uids
-    rows = uid_column.split(",")
-    masks = mask_column.split(",")
-    modseqs = modseq_column.split(",")
-    keywords = (
-        dict(line.split(" ", 1) for line in keyword_lines.split("\n")) if keyword_lines else {}
-    )
-    start = bisect.bisect_left(uids, int(rows[0]))
+    rows = batch.uids
+    keywords = {uid: " ".join(words) for uid, words in batch.keywords.items()}
+    start = bisect.bisect_left(uids, rows[0])
     # Below the view's highest UID the store has no message the view lacks (new ones get
     # higher UIDs), so equal counts mean equal sets; above it, new mail is not ours yet.
-    if last > view.max_uid or bisect.bisect_right(uids, last) - start != len(rows):
-        return _render_walk(template, rows, masks, modseqs, keywords, view, start)
+    if batch.last > view.max_uid or bisect.bisect_right(uids, batch.last) - start != len(rows):
+        return _render_walk(template, batch, keywords, view, start)
     recent_at = bisect.bisect_left(uids, view.recent_from) if not view.rev2 else 1 << 40
-    text = _FLAG_TEXT_BY_DIGITS
+    text = FLAG_TEXT
     out: list[str] = []
     append = out.append
     common = template == _UID_FLAGS and not keywords  # the big sync: printf-style, no lookups
     fmt = template.format
+    masks, modseqs = batch.masks, batch.modseqs or repeat(0, len(rows))
     for index, (uid, mask, modseq) in enumerate(zip(rows, masks, modseqs, strict=True), start):
         flags = text[mask]
         if keywords and uid in keywords:
@@ -444,35 +445,29 @@ def _render_fast(
         if index >= recent_at:
             flags = "\\Recent " + flags if flags else "\\Recent"
         if common:
-            append("* %d FETCH (UID %s FLAGS (%s))\r\n" % (index + 1, uid, flags))  # noqa: UP031
+            append("* %d FETCH (UID %d FLAGS (%s))\r\n" % (index + 1, uid, flags))  # noqa: UP031
         else:
             append(fmt(index + 1, uid, flags, modseq))
     return "".join(out).encode("ascii", "replace")
 
 
 def _render_walk(
-    template: str,
-    rows: list[str],
-    masks: list[str],
-    modseqs: list[str],
-    keywords: dict[str, str],
-    view: SelectedMailbox,
-    i: int,
+    template: str, batch: FlagBatch, keywords: dict[int, str], view: SelectedMailbox, i: int
 ) -> bytes:
     """The general case of :func:`_render_fast`: merge the batch with the view."""
     uids = view.uids
     count = len(uids)
     recent_from = view.recent_from if not view.rev2 else 1 << 40
     out: list[str] = []
-    for uid_text, mask, modseq in zip(rows, masks, modseqs, strict=True):
-        uid = int(uid_text)
+    modseqs = batch.modseqs or repeat(0, len(batch.uids))  # not asked for: not in the template
+    for uid, mask, modseq in zip(batch.uids, batch.masks, modseqs, strict=True):
         while i < count and uids[i] < uid:
             i += 1
         if i >= count or uids[i] != uid:
             continue  # not in this session's view
-        flags = _FLAG_TEXT_BY_DIGITS[mask]
-        if uid_text in keywords:
-            flags = f"{flags} {keywords[uid_text]}" if flags else keywords[uid_text]
+        flags = FLAG_TEXT[mask]
+        if uid in keywords:
+            flags = f"{flags} {keywords[uid]}" if flags else keywords[uid]
         if uid >= recent_from:
             flags = "\\Recent " + flags if flags else "\\Recent"
         out.append(template.format(i + 1, uid, flags, modseq))
@@ -489,9 +484,9 @@ def _after(ranges: list[tuple[int, int]], last: int) -> list[tuple[int, int]]:
 
 
 async def _mark_seen(
-    mail: UserMail, view: SelectedMailbox, rows: list[tuple[Any, ...]]
-) -> tuple[list[tuple[Any, ...]], set[int]]:
-    unseen = [row[ROW_UID] for row in rows if "\\Seen" not in row[ROW_FLAGS].split()]
+    mail: UserMail, view: SelectedMailbox, rows: list[FetchRow]
+) -> tuple[list[FetchRow], set[int]]:
+    unseen = [row.uid for row in rows if "\\Seen" not in row.flags.split()]
     if not unseen:
         return rows, set()
     result = await mail.store(view.name, [(u, u) for u in unseen], "add", ("\\Seen",), None)
@@ -500,15 +495,15 @@ async def _mark_seen(
     updated = {uid: (flags, modseq) for uid, flags, modseq in result.updated}
     new_rows = []
     for row in rows:
-        if row[ROW_UID] in updated:
-            flags, modseq = updated[row[ROW_UID]]
-            row = (row[0], flags, row[2], row[3], modseq, *row[5:])
+        if row.uid in updated:
+            flags, modseq = updated[row.uid]
+            row = row._replace(flags=flags, modseq=modseq)
         new_rows.append(row)
     return new_rows, set(updated)
 
 
-def _rfc822_item(att: Simple, content: bytes, row: tuple[Any, ...]) -> bytes:
+def _rfc822_item(att: Simple, content: bytes, row: FetchRow) -> bytes:
     if att is Simple.RFC822:
         return b"RFC822 " + _literal(content)
-    header_end = row[ROW_STRUCTURE]["bs"]
+    header_end = _structure(row)["bs"]
     return b"RFC822.TEXT " + _literal(content[header_end:])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pillarbox import mime
-from pillarbox.imap.backend import UserMail
+from pillarbox.imap.backend import SYSTEM_FLAGS, SearchFilter, SearchRow, UserMail
 from pillarbox.imap.grammar import SequenceSet
 from pillarbox.imap.searchkeys import (
     AllKey,
@@ -44,9 +44,7 @@ from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.mime.text import search_texts
 
 BATCH: Final = 10000
-_MASKS: Final = {"\\SEEN": 1, "\\ANSWERED": 2, "\\FLAGGED": 4, "\\DELETED": 8, "\\DRAFT": 16}
-# search_rows columns
-UID, MASK, KEYWORDS, DATE, SIZE, MODSEQ, SENT, HEADER = range(8)
+_MASKS: Final = {name.upper(): bit for name, bit in SYSTEM_FLAGS.items()}
 
 
 @dataclass(slots=True)
@@ -92,7 +90,7 @@ def to_filter(
     saved: SequenceSet | None,
     now: float,
     pending: int | None = None,
-) -> tuple[Any, bool]:
+) -> tuple[SearchFilter, bool]:
     """The store filter for ``key`` (see ``backend``) and whether it is exact.
 
     An inexact filter lets a superset through (header substrings, \\Recent, BODY), and the
@@ -169,7 +167,7 @@ def _date_match(op: DateOp, day: int | None, target: int) -> bool:
     return day >= target
 
 
-def matches(key: SearchKey, row: tuple[Any, ...], ctx: Context) -> bool:
+def matches(key: SearchKey, row: SearchRow, ctx: Context) -> bool:
     """Does the message of ``row`` (sequence number ``ctx.seq``) match ``key``?"""
     if isinstance(key, AllKey):
         return True
@@ -180,28 +178,28 @@ def matches(key: SearchKey, row: tuple[Any, ...], ctx: Context) -> bool:
     if isinstance(key, HeaderKey):
         if not key.value:
             return any(
-                line.startswith(key.field.casefold() + ":") for line in row[HEADER].split("\n")
+                line.startswith(key.field.casefold() + ":") for line in row.header.split("\n")
             )
-        return _header_match(row[HEADER], key.field, key.value)
+        return _header_match(row.header, key.field, key.value)
     if isinstance(key, NotKey):
         return not matches(key.key, row, ctx)
     if isinstance(key, OrKey):
         return matches(key.left, row, ctx) or matches(key.right, row, ctx)
     if isinstance(key, UidKey):
-        return row[UID] in _set(key.set, ctx, uid=True)
+        return row.uid in _set(key.set, ctx, uid=True)
     if isinstance(key, SeqKey):
         if key.set.saved:
-            return row[UID] in _set(key.set, ctx, uid=True)
+            return row.uid in _set(key.set, ctx, uid=True)
         return ctx.seq in _set(key.set, ctx, uid=False)
     if isinstance(key, SizeKey):
-        return row[SIZE] > key.size if key.larger else row[SIZE] < key.size
+        return row.size > key.size if key.larger else row.size < key.size
     if isinstance(key, DateKey):
-        day = _day(row[DATE]) if key.field is DateField.INTERNAL else row[SENT]
+        day = _day(row.internal_date) if key.field is DateField.INTERNAL else row.sent_date
         return _date_match(key.op, day, key.date.toordinal())
     if isinstance(key, ModSeqKey):
-        return bool(row[MODSEQ] >= key.modseq)
+        return bool(row.modseq >= key.modseq)
     if isinstance(key, WithinKey):
-        age = ctx.now - row[DATE]
+        age = ctx.now - row.internal_date
         return age <= key.seconds if key.younger else age > key.seconds
     if isinstance(key, BodyKey | TextKey):
         body, header = _texts(ctx)
@@ -219,15 +217,15 @@ def _texts(ctx: Context) -> tuple[str, str]:
     return ctx.texts
 
 
-def _flag(flag: str, row: tuple[Any, ...], ctx: Context) -> bool:
+def _flag(flag: str, row: SearchRow, ctx: Context) -> bool:
     upper = flag.upper()
     bit = _MASKS.get(upper)
     if bit is not None:
-        return bool(row[MASK] & bit)
+        return bool(row.mask & bit)
     if upper == "\\RECENT":
-        return ctx.view.is_recent(row[UID])
+        return ctx.view.is_recent(row.uid)
     folded = flag.casefold()
-    return any(k.casefold() == folded for k in row[KEYWORDS].split())
+    return any(k.casefold() == folded for k in row.keywords.split())
 
 
 _set_cache: dict[tuple[SequenceSet, int, bool], Any] = {}
@@ -248,7 +246,7 @@ def _set(numbers: SequenceSet, ctx: Context, *, uid: bool) -> Any:
 
 
 async def _exact(
-    mail: UserMail, view: SelectedMailbox, where: Any
+    mail: UserMail, view: SelectedMailbox, where: SearchFilter
 ) -> tuple[list[int], list[int], int]:
     """The database answered exactly: map its UIDs to this view's sequence numbers."""
     found, top_modseq = await mail.search_uids(view.name, where)
@@ -297,21 +295,21 @@ async def run_search(
         rows = await mail.search_rows(view.name, lo, hi, header, where, BATCH)
         if not rows:
             break
-        lo = rows[-1][UID] + 1
+        lo = rows[-1].uid + 1
         for row in rows:
-            seq = view.seq_of(row[UID])
+            seq = view.seq_of(row.uid)
             if seq is None:
                 continue
             if not exact:
                 ctx.seq = seq
                 if body:
-                    ctx.content = await mail.read_message(view.name, row[UID])
+                    ctx.content = await mail.read_message(view.name, row.uid)
                     ctx.texts = None
                 if not matches(key, row, ctx):
                     continue
-            uids.append(row[UID])
+            uids.append(row.uid)
             seqs.append(seq)
-            top_modseq = max(top_modseq, row[MODSEQ])
+            top_modseq = max(top_modseq, row.modseq)
         if len(rows) < BATCH:
             break
     return uids, seqs, top_modseq

@@ -5,7 +5,7 @@ read exactly (``+ go ahead`` for synchronising ones, nothing for LITERAL+). Each
 parsed into a typed object (``commands.parse``) before anything runs.
 
 Errors are mapped in one place (:meth:`Session.execute`): a ``ParseError`` is ``tag BAD
-reason``, a user error (``No``, store errors with ``user_error``) is ``tag NO [CODE] text``,
+reason``, a user error (``No``, a store ``MailboxError``) is ``tag NO [CODE] text``,
 anything else is logged with its traceback and answered ``tag NO internal error``. The
 session goes on in every case; only the connection's end stops it.
 
@@ -27,7 +27,7 @@ from pillarbox import log
 from pillarbox.auth.sasl import Credentials, SaslError, SaslExchange
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
-from pillarbox.imap.backend import MailBackend, UserMail, is_user_error
+from pillarbox.imap.backend import MailBackend, MailboxError, UserMail, response_code
 from pillarbox.imap.grammar import CommandAssembler, Limits, LiteralTooBig, ParseError
 from pillarbox.imap.selected import BadSequence, SelectedMailbox
 from pillarbox.metrics import registry as metrics
@@ -319,12 +319,11 @@ class Session:
             self.send(self._no(tag, exc.code, exc.text))
         except (ConnectionError, asyncio.IncompleteReadError):
             raise
-        except Exception as exc:
-            if is_user_error(exc):
-                self.send(self._no(tag, getattr(exc, "code", ""), getattr(exc, "text", str(exc))))
-            else:
-                _log.error("command failed", conn=self.conn.id, user=self.user, exc_info=True)
-                self.send(self._no(tag, "SERVERBUG", "internal error"))
+        except MailboxError as exc:
+            self.send(self._no(tag, response_code(exc), exc.text))
+        except Exception:
+            _log.error("command failed", conn=self.conn.id, user=self.user, exc_info=True)
+            self.send(self._no(tag, "SERVERBUG", "internal error"))
         finally:
             metrics.count(metrics.COMMANDS, "imap", metrics.command_label(name), status)
 
@@ -358,8 +357,8 @@ class Session:
                 not no_expunge,
                 not view.readonly,
             )
-        except Exception as exc:
-            if is_user_error(exc) and getattr(exc, "code", "") == "NONEXISTENT":
+        except MailboxError as exc:
+            if response_code(exc) == "NONEXISTENT":
                 # Deleted or renamed by another session: nothing left to show (RFC 3501 §7.1.5).
                 self.send(b"* BYE selected mailbox no longer exists\r\n")
                 raise Logout from None

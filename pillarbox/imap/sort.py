@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from typing import Any, Final
 
-from pillarbox.imap.backend import ROW_DATE, ROW_HEADER, ROW_SIZE, ROW_UID, UserMail
+from pillarbox.imap.backend import FetchRow, UserMail
 from pillarbox.imap.selected import SelectedMailbox
 
 FETCH_BATCH: Final = 5000
@@ -121,9 +121,9 @@ def _ids(raw: str | None) -> list[str]:
     return _MSGID_RE.findall(raw or "")
 
 
-def message_info(seq: int, row: tuple[Any, ...]) -> Info:
+def message_info(seq: int, row: FetchRow) -> Info:
     """The sort/thread fields of one ``fetch(data=True)`` row."""
-    header = BytesHeaderParser().parsebytes(row[ROW_HEADER] or b"")
+    header = BytesHeaderParser().parsebytes(row.header or b"")
 
     def get(name: str) -> str | None:
         value = header.get(name)
@@ -139,10 +139,10 @@ def message_info(seq: int, row: tuple[Any, ...]) -> Info:
         refs = _ids(get("In-Reply-To"))[:1]  # RFC 5256 §3 step 1A
     return Info(
         seq=seq,
-        uid=row[ROW_UID],
-        arrival=row[ROW_DATE],
-        size=row[ROW_SIZE],
-        date=_sent_date(get("Date"), row[ROW_DATE]),
+        uid=row.uid,
+        arrival=row.internal_date,
+        size=row.size,
+        date=_sent_date(get("Date"), row.internal_date),
         subject=subject,
         is_reply=reply,
         from_=from_local,
@@ -171,10 +171,10 @@ async def load_infos(
     return out
 
 
-def _infos_of(rows: list[tuple[Any, ...]], wanted: dict[int, int]) -> list[Info]:
+def _infos_of(rows: list[FetchRow], wanted: dict[int, int]) -> list[Info]:
     infos = []
     for row in rows:
-        seq = wanted.get(row[ROW_UID])
+        seq = wanted.get(row.uid)
         if seq is not None:
             infos.append(message_info(seq, row))
     return infos

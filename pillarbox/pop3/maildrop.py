@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from pillarbox.pop3.backend import INBOX, ROW_SIZE, ROW_UID, MailDrop
+from pillarbox.pop3.backend import INBOX, MailDrop
 
 FETCH_BATCH: Final = 5000  # rows per store call while taking the snapshot
 MAX_UID: Final = 0xFFFFFFFF
@@ -72,11 +72,11 @@ class Maildrop:
         while low <= last:
             rows = await mail.fetch(INBOX, [(low, last)], False, FETCH_BATCH)
             for row in rows:
-                uids.append(row[ROW_UID])
-                sizes.append(row[ROW_SIZE])
+                uids.append(row.uid)
+                sizes.append(row.size)
             if len(rows) < FETCH_BATCH:
                 break
-            low = rows[-1][ROW_UID] + 1
+            low = rows[-1].uid + 1
         return cls(mail, status.uidvalidity, uids, sizes)
 
     # --- numbers ---------------------------------------------------------------------------

@@ -13,28 +13,21 @@ import re
 from pathlib import Path
 from typing import Final
 
-SEEN: Final = 1
-ANSWERED: Final = 2
-FLAGGED: Final = 4
-DELETED: Final = 8
-DRAFT: Final = 16
+# The masks are the neutral API's (one definition for the store and the protocols).
+from pillarbox.mailstore.flags import (
+    ANSWERED,
+    DELETED,
+    DRAFT,
+    FLAG_TEXT,
+    FLAGGED,
+    SEEN,
+    SYSTEM_FLAGS,
+)
 
-SYSTEM_FLAGS: Final = {
-    "\\Seen": SEEN,
-    "\\Answered": ANSWERED,
-    "\\Flagged": FLAGGED,
-    "\\Deleted": DELETED,
-    "\\Draft": DRAFT,
-}
 _UPPER: Final = {name.upper(): bit for name, bit in SYSTEM_FLAGS.items()}
 # Maildir info letters (https://cr.yp.to/proto/maildir.html): R = replied, T = trashed.
 _LETTERS: Final = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _LETTER_OF: Final = {bit: letter for letter, bit in _LETTERS.items()}
-
-# FLAG_TEXT[mask] is the FLAGS text of the system flags in ``mask``.
-FLAG_TEXT: Final = tuple(
-    " ".join(name for name, bit in SYSTEM_FLAGS.items() if mask & bit) for mask in range(32)
-)
 
 KEYWORDS_FILE: Final = "dovecot-keywords"
 # A keyword is an IMAP atom (RFC 3501 §9 flag-keyword); anything else in a foreign file is

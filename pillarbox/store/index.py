@@ -35,13 +35,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from pillarbox import mime
+from pillarbox.mailstore.filters import SearchFilter
+from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
 from pillarbox.mime.text import search_texts
 from pillarbox.store import db, fulltext, quota, uidlist, writes
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
-from pillarbox.store.reads import FlagBatch, IndexReader
+from pillarbox.store.reads import IndexReader
 from pillarbox.store.types import (
     ChangeSet,
     MailboxError,
@@ -775,18 +777,22 @@ class UserIndex:
         data: bool,
         limit: int = CHUNK,
         changed_since: int = 0,
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[FetchRow]:
         return self.own_reader.fetch(
             name, ranges, data=data, limit=limit, changed_since=changed_since
         )
 
-    def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
+    def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
         return self.own_reader.search_uids(name, where)
 
     def fetch_flags(
-        self, name: str, ranges: list[tuple[int, int]], limit: int = CHUNK * 5
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        limit: int = CHUNK * 5,
+        modseqs: bool = True,
     ) -> FlagBatch:
-        return self.own_reader.fetch_flags(name, ranges, limit)
+        return self.own_reader.fetch_flags(name, ranges, limit, modseqs)
 
     def search_rows(
         self,
@@ -795,9 +801,9 @@ class UserIndex:
         hi: int,
         *,
         header: bool,
-        where: Any = None,
+        where: SearchFilter | None = None,  # None: every message
         limit: int = CHUNK * 5,
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[SearchRow]:
         return self.own_reader.search_rows(name, lo, hi, header=header, where=where, limit=limit)
 
     def read_message(self, name: str, uid: int) -> bytes | None:

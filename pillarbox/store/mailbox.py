@@ -7,9 +7,9 @@ the event loop never waits on SQLite or the disk. Every change is committed firs
 published on the :class:`~pillarbox.store.changes.ChangesHub`, which also carries SMTP
 delivery's ``notify_new_mail``.
 
-The methods of ``UserMailboxes`` are the whole storage interface IMAP needs (the Protocol in
-``pillarbox.imap.backend``): a PostgreSQL implementation for several front-end nodes would
-implement the same methods and publish through a shared hub.
+The methods of ``UserMailboxes`` are the whole storage interface IMAP and POP3 need (the
+``UserMail`` Protocol of ``pillarbox.mailstore.api``): a PostgreSQL implementation for
+several front-end nodes would implement the same methods and publish through a shared hub.
 
 Learning hook: what a user does with mail is what the spam filter learns from. After a
 COPY/MOVE into the Junk folder (special-use ``\\Junk``) or a STORE of ``$Junk``, and after
@@ -34,13 +34,17 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from pillarbox import log
 from pillarbox.config import Settings
+from pillarbox.mailstore import api
+from pillarbox.mailstore.filters import SearchFilter
+from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.index import UserIndex
 from pillarbox.store.maildir import user_maildir
+from pillarbox.store.reads import IndexReader
 from pillarbox.store.types import (
     ChangeSet,
     MailboxError,
@@ -112,8 +116,7 @@ class UserMailboxes:
         there is no full-text index (switched off, or SQLite without FTS5)."""
         if not self._index.full_text:
             return None
-        count: int = await self._read("full_text_pending", name, max_uid)
-        return count
+        return await self._read(lambda reader: reader.full_text_pending(name, max_uid))
 
     async def full_text_catch_up(self, name: str) -> None:
         """Index what the full-text index lacks of mailbox ``name`` now, a chunk per turn
@@ -123,14 +126,14 @@ class UserMailboxes:
         while after is not None and not self._store.closing:
             after = await self._run(self._index.catch_up_full_text, name, after, BACKFILL_CHUNK)
 
-    async def _read(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _read(self, query: Callable[[IndexReader], T]) -> T:
         """Run a read-only query on a pooled reader connection, outside the write lock."""
         index = self._index
 
-        def pooled() -> Any:
+        def pooled() -> T:
             reader = index.readers.get()
             try:
-                return getattr(reader, method)(*args, **kwargs)
+                return query(reader)
             finally:
                 index.readers.put(reader)
 
@@ -208,34 +211,30 @@ class UserMailboxes:
         data: bool,
         limit: int,
         changed_since: int = 0,
-    ) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = await self._read(
-            "fetch", name, ranges, data=data, limit=limit, changed_since=changed_since
+    ) -> list[FetchRow]:
+        return await self._read(
+            lambda reader: reader.fetch(
+                name, ranges, data=data, limit=limit, changed_since=changed_since
+            )
         )
-        return rows
 
-    async def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
-        result: tuple[array[int], int] = await self._read("search_uids", name, where)
-        return result
+    async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
+        return await self._read(lambda reader: reader.search_uids(name, where))
 
     async def fetch_flags(
-        self, name: str, ranges: list[tuple[int, int]], limit: int
-    ) -> tuple[str, str, str, str, int]:
-        result: tuple[str, str, str, str, int] = await self._read(
-            "fetch_flags", name, ranges, limit
-        )
-        return result
+        self, name: str, ranges: list[tuple[int, int]], limit: int, modseqs: bool = True
+    ) -> FlagBatch:
+        return await self._read(lambda reader: reader.fetch_flags(name, ranges, limit, modseqs))
 
     async def search_rows(
-        self, name: str, lo: int, hi: int, header: bool, where: Any, limit: int
-    ) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = await self._read(
-            "search_rows", name, lo, hi, header=header, where=where, limit=limit
+        self, name: str, lo: int, hi: int, header: bool, where: SearchFilter, limit: int
+    ) -> list[SearchRow]:
+        return await self._read(
+            lambda reader: reader.search_rows(name, lo, hi, header=header, where=where, limit=limit)
         )
-        return rows
 
     async def read_message(self, name: str, uid: int) -> bytes | None:
-        data: bytes | None = await self._read("read_message", name, uid)
+        data = await self._read(lambda reader: reader.read_message(name, uid))
         if data is None:
             # Maybe a flag change renamed the file and has not committed yet: ask the writer.
             data = await self._run(self._index.read_message, name, uid)
@@ -486,3 +485,10 @@ class StoreComponent:
 
 def make_store(ctx: StoreContext) -> StoreComponent:
     return StoreComponent(ctx)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: MailStore, handle: UserMailboxes) -> tuple[api.MailStore, api.UserMail]:
+        """Never called: here mypy checks that this store implements the neutral API."""
+        return store, handle

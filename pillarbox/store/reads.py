@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from pillarbox import mime
+from pillarbox.mailstore.filters import ALL, SearchFilter
+from pillarbox.mailstore.rows import EMPTY_FLAGS, FetchRow, FlagBatch, SearchRow
 from pillarbox.store import flags as fl
 from pillarbox.store import fulltext
 from pillarbox.store.names import BadMailboxName, folder_dir
@@ -23,8 +26,6 @@ from pillarbox.store.query import compile_filter
 from pillarbox.store.types import MailboxError
 
 CHUNK: Final = 2000
-# (UIDs "1,2,3", masks "1,0,5", modseqs "7,7,9", keyword lines "2 $Work\n3 a b", last UID)
-FlagBatch = tuple[str, str, str, str, int]
 
 
 class IndexReader:
@@ -52,12 +53,12 @@ class IndexReader:
         data: bool,
         limit: int = CHUNK,
         changed_since: int = 0,
-    ) -> list[tuple[Any, ...]]:
-        """Rows ``(uid, flags text, internal date, size, modseq[, envelope, structure,
-        header])`` for UIDs in ``ranges`` (sorted, disjoint), at most ``limit``; only rows
-        with a modseq above ``changed_since`` (CHANGEDSINCE, RFC 7162 §3.1.4.1)."""
+    ) -> list[FetchRow]:
+        """Rows for UIDs in ``ranges`` (sorted, disjoint), at most ``limit``, with envelope,
+        structure and header when ``data``; only rows with a modseq above ``changed_since``
+        (CHANGEDSINCE, RFC 7162 §3.1.4.1)."""
         box_id = self._box(name)[0]
-        out: list[tuple[Any, ...]] = []
+        out: list[FetchRow] = []
         if data:
             sql = (
                 "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq,"
@@ -73,28 +74,24 @@ class IndexReader:
                 " ORDER BY uid LIMIT ?"
             )
         text = fl.flags_text
+        loads = json.loads
         for lo, hi in ranges:
-            for r in self.conn.execute(sql, (box_id, lo, hi, changed_since, limit - len(out))):
-                if data:
-                    out.append(
-                        (
-                            r[0],
-                            text(r[1], r[2]),
-                            r[3],
-                            r[4],
-                            r[5],
-                            json.loads(r[6]),
-                            json.loads(r[7]),
-                            r[8],
-                        )
-                    )
-                else:
-                    out.append((r[0], text(r[1], r[2]), r[3], r[4], r[5]))
+            cursor = self.conn.execute(sql, (box_id, lo, hi, changed_since, limit - len(out)))
+            if data:
+                out += [
+                    FetchRow(uid, text(mask, kw), date, size, modseq, loads(e), loads(st), h)
+                    for uid, mask, kw, date, size, modseq, e, st, h in cursor
+                ]
+            else:
+                out += [
+                    FetchRow(uid, text(mask, kw), date, size, modseq)
+                    for uid, mask, kw, date, size, modseq in cursor
+                ]
             if len(out) >= limit:
                 break
         return out
 
-    def search_uids(self, name: str, where: Any) -> tuple[array[int], int]:
+    def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
         """UIDs matching an exact filter, and the highest modseq among them (one row)."""
         box_id = self._box(name)[0]
         condition, params, needs_text = compile_filter(where)
@@ -110,32 +107,55 @@ class IndexReader:
         return uids, row[1] or 0
 
     def fetch_flags(
-        self, name: str, ranges: list[tuple[int, int]], limit: int = CHUNK * 5
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        limit: int = CHUNK * 5,
+        modseqs: bool = True,
     ) -> FlagBatch:
         """The narrow FETCH FLAGS path for up to ``limit`` messages of the first non-empty
-        range: UIDs, flag masks and modseqs as comma-separated columns, keywords as
-        ``uid keywords`` lines (only messages that have any), and the last UID (0: none).
+        range, as columns (see :class:`FlagBatch`); the modseq column only if ``modseqs``.
 
-        Whole columns as single ``group_concat`` strings: turning 50,000 SQLite rows into
-        Python tuples costs more than the whole rest of ``UID FETCH 1:* (FLAGS)``.
+        SQLite hands each column over whole, as one JSON array the C JSON decoder turns into
+        a list (turning 50,000 SQLite rows into Python tuples costs more than the whole rest
+        of ``UID FETCH 1:* (FLAGS)``); UIDs without a gap (no expunge in the batch) need not
+        be sent at all: they are a ``range``.
         """
         box_id = self._box(name)[0]
+        modseq_column = "json_group_array(modseq)" if modseqs else "'[]'"
         for lo, hi in ranges:
-            uids, masks, modseqs, last = self.conn.execute(
-                "SELECT group_concat(uid), group_concat(flags), group_concat(modseq), max(uid)"
-                " FROM (SELECT uid, flags, modseq FROM messages"
+            first, last, count, masks, modseq_list = self.conn.execute(
+                "SELECT min(uid), max(uid), count(*), json_group_array(flags),"
+                f" {modseq_column} FROM (SELECT uid, flags, modseq FROM messages"
                 " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?)",
                 (box_id, lo, hi, limit),
             ).fetchone()
-            if uids is None:
+            if not count:
                 continue
             keywords = self.conn.execute(
-                "SELECT group_concat(uid || ' ' || keywords, char(10)) FROM messages"
+                "SELECT uid, keywords FROM messages"
                 " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? AND keywords != ''",
                 (box_id, lo, last),
-            ).fetchone()[0]
-            return uids, masks, modseqs, keywords or "", last
-        return "", "", "", "", 0
+            ).fetchall()
+            return FlagBatch(
+                self._batch_uids(box_id, first, last, count),
+                bytes(json.loads(masks)),
+                json.loads(modseq_list),
+                {uid: tuple(words.split()) for uid, words in keywords},
+                last,
+            )
+        return EMPTY_FLAGS
+
+    def _batch_uids(self, box_id: int, first: int, last: int, count: int) -> Sequence[int]:
+        if last - first + 1 == count:
+            return range(first, last + 1)
+        column = self.conn.execute(
+            "SELECT json_group_array(uid) FROM (SELECT uid FROM messages"
+            " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid)",
+            (box_id, first, last),
+        ).fetchone()[0]
+        uids: list[int] = json.loads(column)
+        return uids
 
     def search_rows(
         self,
@@ -144,23 +164,26 @@ class IndexReader:
         hi: int,
         *,
         header: bool,
-        where: Any = None,
+        where: SearchFilter | None = None,  # None: every message
         limit: int = CHUNK * 5,
-    ) -> list[tuple[Any, ...]]:
-        """``(uid, flags mask, keywords, internal date, size, modseq, sent date[, search
-        text])`` for UIDs lo..hi matching the filter ``where`` (see ``store.query``)."""
+    ) -> list[SearchRow]:
+        """The messages with UIDs lo..hi that pass the filter ``where`` (``store.query``);
+        ``header`` text only when asked for or the filter needed it, else ""."""
         box_id = self._box(name)[0]
-        condition, params, needs_text = compile_filter(where or ("all",))
+        condition, params, needs_text = compile_filter(where or ALL)
         columns = "m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq, m.sent_date"
         source = "messages m"
         if header or needs_text:
             columns += ", d.text"
             source += " JOIN message_search d ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
+        else:
+            columns += ", ''"
         sql = (
             f"SELECT {columns} FROM {source} WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
             f" AND {condition} ORDER BY m.uid LIMIT ?"
         )
-        return self.conn.execute(sql, (box_id, lo, hi, *params, limit)).fetchall()
+        cursor = self.conn.execute(sql, (box_id, lo, hi, *params, limit))
+        return list(map(SearchRow._make, cursor))
 
     def full_text_pending(self, name: str, max_uid: int) -> int:
         """Messages up to ``max_uid`` not in the full-text index yet (see store.fulltext)."""

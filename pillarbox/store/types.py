@@ -1,23 +1,14 @@
-"""Plain result types of the mail store (what ``pillarbox.imap.backend`` describes)."""
+"""Plain result types of the mail store (what the Protocols of ``pillarbox.mailstore.api``
+describe); ``MailboxError`` is the neutral API's, re-exported for the store's modules."""
 
 from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
 
+from pillarbox.mailstore.errors import MailboxError
 
-class MailboxError(Exception):
-    """An error the user caused; ``code`` is the IMAP response code to answer with.
-
-    ``user_error`` marks it for protocol layers, which must not import this module.
-    """
-
-    user_error = True
-
-    def __init__(self, code: str, text: str):
-        super().__init__(text)
-        self.code = code
-        self.text = text
+__all__ = ["ChangeSet", "MailboxError", "MailboxInfo", "SelectInfo", "StatusInfo", "StoreResult"]
 
 
 @dataclass(frozen=True, slots=True)

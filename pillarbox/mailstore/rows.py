@@ -1,0 +1,60 @@
+"""The rows the store returns: one typed shape per query, so no layer counts columns.
+
+``NamedTuple`` keeps rows as cheap as the plain tuples they replace (FETCH of 50,000
+messages builds that many), and lets a row be unpacked where speed matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+# pillarbox.mime's parsed envelope and body structure, decoded from the index's JSON.
+Envelope = list[Any]
+Structure = dict[str, Any]
+
+
+class FetchRow(NamedTuple):
+    """A message for FETCH: flags as IMAP text (``\\Seen $Work``), so FETCH FLAGS is a copy;
+    with ``data`` the parsed envelope, body structure and header bytes of pillarbox.mime."""
+
+    uid: int
+    flags: str
+    internal_date: int  # epoch seconds
+    size: int  # CRLF size (RFC822.SIZE, POP3 LIST)
+    modseq: int
+    envelope: Envelope | None = None
+    structure: Structure | None = None
+    header: bytes | None = None
+
+
+class FlagBatch(NamedTuple):
+    """The narrow FETCH FLAGS path: up to a limit of messages of one UID range, as columns.
+
+    ``uids``, ``masks`` (system flags, one byte per message) and ``modseqs`` (empty unless
+    asked for) are parallel, in UID order; ``keywords`` holds only the messages that have
+    any. ``last`` is the highest UID in the batch, 0 when it is empty.
+    """
+
+    uids: Sequence[int]  # a range when there is no gap
+    masks: bytes
+    modseqs: list[int]
+    keywords: dict[int, tuple[str, ...]]
+    last: int
+
+
+EMPTY_FLAGS = FlagBatch([], b"", [], {}, 0)
+
+
+class SearchRow(NamedTuple):
+    """A message as SEARCH tests it; ``header`` is the case-folded ``name:value`` lines of
+    its header (empty unless asked for or the filter needed it)."""
+
+    uid: int
+    mask: int
+    keywords: str  # space-separated
+    internal_date: int
+    size: int
+    modseq: int
+    sent_date: int | None  # proleptic ordinal of the Date: field
+    header: str
