@@ -7,10 +7,11 @@ Reading: lines are bounded by the StreamReader limit and :class:`grammar.Limits`
 read exactly (``+ go ahead`` for synchronising ones, nothing for LITERAL+). Each command is
 parsed into a typed object (``commands.parse``) before anything runs.
 
-Errors are mapped in one place (:meth:`Session.execute`): a ``ParseError`` is ``tag BAD
-reason``, a user error (``No``, store errors with ``user_error``) is ``tag NO [CODE] text``,
-anything else is logged with its traceback and answered ``tag NO internal error``. The
-session goes on in every case; only the connection's end stops it.
+Errors are mapped in one place (:meth:`Session._fail`, by :func:`outcome.failure`), in three
+kinds: the client's mistake (a ``ParseError``, a ``Bad``) is ``tag BAD reason``, a user
+error (``No``, the store's user errors) is ``tag NO [CODE] text``, anything else is ``tag NO
+[SERVERBUG] internal error`` and one log line with the traceback. The session goes on in
+every case; only the connection's end stops it.
 
 Updates from other sessions and deliveries (the store's change hub) are sent before the
 tagged response of a command, and while IDLE, at the points RFC 3501 §7 allows: no EXPUNGE
@@ -20,6 +21,7 @@ during FETCH, STORE or SEARCH (RFC 3501 §7.4.1), but EXISTS and FLAGS at any co
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -27,11 +29,11 @@ from typing import Any, Final
 from pillarbox import log
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
-from pillarbox.imap.backend import MailBackend, UserMail, is_user_error
+from pillarbox.imap.backend import MailBackend, UserMail
 from pillarbox.imap.dispatch import COMMANDS
 from pillarbox.imap.grammar import CommandAssembler, Limits, LiteralTooBig, ParseError
-from pillarbox.imap.outcome import Bad, Logout, No, Result, Silent
-from pillarbox.imap.selected import BadSequence, SelectedMailbox
+from pillarbox.imap.outcome import Bad, ErrorKind, Logout, No, Result, Silent, failure, user_error
+from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.metrics import registry as metrics
 
 __all__ = ["Bad", "Logout", "No", "Result", "Session", "SessionConfig"]
@@ -159,10 +161,10 @@ class Session:
                     return
                 try:
                     raw = await self._read_command()
-                except ParseError as exc:
-                    self.send(r.parse_error(exc))
+                except ParseError as exc:  # a line or literal the assembler refused
+                    self._fail(exc, exc.tag)
                     await self.flush()
-                    if self._count_bad():
+                    if self._bad >= MAX_BAD_COMMANDS:
                         return
                     continue
                 if raw is None:
@@ -179,10 +181,6 @@ class Session:
                     return
         finally:
             await self.close()
-
-    def _count_bad(self) -> bool:
-        self._bad += 1
-        return self._bad >= MAX_BAD_COMMANDS
 
     async def close(self) -> None:
         if self._unwatch is not None:
@@ -268,7 +266,8 @@ class Session:
 
     # --- dispatch ----------------------------------------------------------------------------
     async def execute(self, raw: bytes) -> None:
-        """Parse and run one command; the one place that maps errors to responses."""
+        """Parse and run one command. Whatever it raises, but for the ends of the session
+        and the connection, becomes a response in :meth:`_fail` (see outcome.py)."""
         tag: str | None = c.parse_tag(raw)
         name, status = "other", "NO"  # for the commands metric
         try:
@@ -287,28 +286,31 @@ class Session:
             raise
         except Silent:
             status = "OK"
-        except ParseError as exc:
-            self._bad, status = self._bad + 1, "BAD"
-            self.send(r.parse_error(exc.with_tag(tag)))
-        except (Bad, BadSequence) as exc:
-            self._bad, status = self._bad + 1, "BAD"
-            self.send(r.tagged(tag, "BAD", str(exc)))
-        except No as exc:
-            self.send(self._no(tag, exc.code, exc.text))
         except (ConnectionError, asyncio.IncompleteReadError):
-            raise
+            raise  # the client is gone: nothing to answer
         except Exception as exc:
-            if is_user_error(exc):
-                self.send(self._no(tag, getattr(exc, "code", ""), getattr(exc, "text", str(exc))))
-            else:
-                _log.error("command failed", conn=self.conn.id, user=self.user, exc_info=True)
-                self.send(self._no(tag, "SERVERBUG", "internal error"))
+            status = self._fail(exc, tag, name)
         finally:
             metrics.count(metrics.COMMANDS, "imap", metrics.command_label(name), status)
 
-    @staticmethod
-    def _no(tag: str | None, code: str, text: str) -> bytes:
-        return r.tagged(tag, "NO", text, r.Code(code) if code else None)
+    def _fail(self, exc: Exception, tag: str | None, command: str = "") -> str:
+        """Answer a failed command by its kind (outcome.py); its metric status."""
+        failed = failure(exc, tag)
+        if failed.kind is ErrorKind.PARSE:
+            self._bad += 1
+        elif failed.kind is ErrorKind.INTERNAL:
+            # One line, the traceback in a field (newlines escaped), so a grep finds it all.
+            trace = "".join(traceback.format_exception(exc)).rstrip()
+            _log.error(
+                "command failed",
+                conn=self.conn.id,
+                user=self.user,
+                command=command or None,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=trace,
+            )
+        self.send(failed.response)
+        return failed.status
 
     def logged_in(self, user: str, mail: UserMail) -> None:
         """Enter the authenticated state (RFC 3501 §3.2) with the user's mailboxes."""
@@ -345,7 +347,8 @@ class Session:
                 not view.readonly,
             )
         except Exception as exc:
-            if is_user_error(exc) and getattr(exc, "code", "") == "NONEXISTENT":
+            no = user_error(exc)
+            if no is not None and no.code == "NONEXISTENT":
                 # Deleted or renamed by another session: nothing left to show (RFC 3501 §7.1.5).
                 self.send(b"* BYE selected mailbox no longer exists\r\n")
                 raise Logout from None

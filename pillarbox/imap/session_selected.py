@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
 from pillarbox.imap.backend import UserMail
-from pillarbox.imap.fetch import FetchError, plan, run_fetch
+from pillarbox.imap.fetch import plan, run_fetch
 from pillarbox.imap.grammar import SequenceSet, is_idle_done
 from pillarbox.imap.outcome import Bad, Logout, No, Result
 from pillarbox.imap.search import run_search, uses_modseq
@@ -74,12 +74,8 @@ async def do_fetch(s: Session, cmd: c.Fetch) -> Result:
         condstore=view.condstore,
         changed_since=cmd.changed_since is not None,
     )
-    try:
-        await run_fetch(
-            mail, view, ranges, p, s.write, utf8=s.utf8, changed_since=cmd.changed_since
-        )
-    except FetchError as exc:
-        raise No(exc.text, exc.code) from None
+    # A FetchError (no such body part, an undecodable one) is a NO [code] (outcome.py).
+    await run_fetch(mail, view, ranges, p, s.write, utf8=s.utf8, changed_since=cmd.changed_since)
     return ""
 
 
