@@ -114,3 +114,20 @@ def test_two_thousand_idle_sessions_hear_of_new_mail_within_a_second(
     assert latest <= NOTIFY_WITHIN, (
         f"the last session heard of the mail {latest:.2f} s after the 250"
     )
+
+
+def test_serve_lifts_its_open_file_limit_for_max_connections(tmp_path: Path) -> None:
+    """`pillarbox serve` started with a soft RLIMIT_NOFILE of 256 (as a shell's 1024
+    would be for 2,000 sessions) raises it to max_connections plus spare files."""
+    settings = pbserver.make_settings(tmp_path / "data", {"limits": {"max_connections": 3000}})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # the child inherits it
+    try:
+        server = pbserver.SubprocessServer(settings)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with server:
+        limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+    [line] = [x for x in limits.splitlines() if x.startswith("Max open files")]
+    ceiling = 3000 + 512 if hard == resource.RLIM_INFINITY else min(hard, 3000 + 512)
+    assert int(line.split()[3]) >= ceiling, line
