@@ -21,6 +21,9 @@ A dialog file (``tests/data/dialogs/PROTOCOL/NAME.dialog``) reads like an RFC ex
 - ``@listener NAME`` picks the listener (implicit TLS for the ``*s`` ones); ``@user
   ADDRESS`` adds an account before the server starts (alice@example.test always exists);
   ``@config section.key = value`` (TOML value) changes the config.
+- ``@messages FOLDER FILE`` fills alice's FOLDER (created unless INBOX) with the messages
+  of the mbox ``tests/data/dialogs/fixtures/FILE`` before the dialog starts, in file
+  order, each APPENDed by imaplib with its Date header as the internal date.
 - In ``C:`` lines, ``{password}`` is the test password, ``{plain ADDRESS}`` the base64 of
   an AUTH PLAIN response for that address, ``{repeat N TEXT}`` TEXT repeated N times.
 - ``{$NAME}`` in an ``S:`` pattern captures a number the first time (a UIDVALIDITY, a
@@ -31,6 +34,9 @@ A dialog file (``tests/data/dialogs/PROTOCOL/NAME.dialog``) reads like an RFC ex
 from __future__ import annotations
 
 import base64
+import email.utils
+import imaplib
+import mailbox
 import re
 import socket
 import ssl
@@ -43,6 +49,8 @@ from tests import pbserver
 
 IMPLICIT_TLS = {"imaps", "pop3s", "submissions"}
 TIMEOUT = 10.0
+FIXTURES = Path(__file__).parent / "data" / "dialogs" / "fixtures"
+FIXTURE_USER = "alice@example.test"
 
 
 @dataclass
@@ -58,6 +66,7 @@ class Dialog:
     listener: str
     users: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    messages: list[tuple[str, Path]] = field(default_factory=list)  # (folder, mbox file)
     steps: list[Step] = field(default_factory=list)
 
 
@@ -86,6 +95,9 @@ def _directive(dialog: Dialog, text: str, number: int) -> None:
         dialog.listener = value.strip()
     elif name == "user":
         dialog.users.append(value.strip())
+    elif name == "messages":
+        folder, _, file = value.strip().partition(" ")
+        dialog.messages.append((folder, FIXTURES / file.strip()))
     elif name == "config":
         key, _, toml_value = value.partition("=")
         section, _, option = key.strip().partition(".")
@@ -121,6 +133,29 @@ def expand(text: str) -> str:
     text = text.replace("{password}", pbserver.PASSWORD)
     text = re.sub(r"\{plain (\S+)\}", plain, text)
     return re.sub(r"\{repeat (\d+) ([^}]*)\}", lambda m: m.group(2) * int(m.group(1)), text)
+
+
+def load_messages(dialog: Dialog, server: pbserver.RunningServer) -> None:
+    """The ``@messages`` fixtures, APPENDed over IMAPS by an independent client."""
+    if not dialog.messages:
+        return
+    context = ssl.create_default_context(cafile=str(server.settings.tls.ca))
+    client = imaplib.IMAP4_SSL(
+        "127.0.0.1", server.port("imaps"), ssl_context=context, timeout=TIMEOUT
+    )
+    try:
+        client.login(FIXTURE_USER, pbserver.PASSWORD)
+        for folder, path in dialog.messages:
+            if folder.upper() != "INBOX":
+                client.create(folder)
+            for message in mailbox.mbox(path, create=False):
+                when = email.utils.parsedate_to_datetime(message["Date"])
+                data = message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                typ, answer = client.append(folder, None, imaplib.Time2Internaldate(when), data)
+                if typ != "OK":
+                    raise AssertionError(f"{path}: APPEND failed: {answer!r}")
+    finally:
+        client.logout()
 
 
 class Replay:

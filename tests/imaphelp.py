@@ -56,7 +56,9 @@ def message(subject: str = "Hello", body: str = "Hi there.\r\n", **headers: str)
 class Raw:
     """A line-level IMAP client over TLS, for exact wire checks and hostile input."""
 
-    def __init__(self, server: pbserver.RunningServer, listener: str = "imaps"):
+    def __init__(
+        self, server: pbserver.RunningServer | pbserver.SubprocessServer, listener: str = "imaps"
+    ):
         import socket
 
         sock = socket.create_connection(("127.0.0.1", server.port(listener)), timeout=TIMEOUT)

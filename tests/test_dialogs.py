@@ -9,7 +9,7 @@ import pytest
 from tests import dialog, pbserver
 
 DIALOGS = Path(__file__).parent / "data" / "dialogs"
-FILES = sorted(DIALOGS.glob("*/*.dialog"))
+FILES = sorted(DIALOGS.glob("*/*.dialog"))  # fixtures/ holds the @messages mboxes
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])
@@ -19,6 +19,7 @@ def test_dialog(tmp_path: Path, path: Path) -> None:
     for user in ["alice@example.test", *script.users]:
         pbserver.add_user(settings, user)
     with pbserver.RunningServer(settings) as server:
+        dialog.load_messages(script, server)
         dialog.Replay(script, server).run()
 
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pillarbox.imap import commands as c
+from pillarbox.imap import dispatch
 from pillarbox.imap.fetchatts import Binary, BinarySize, BodySection, Section, SectionText, Simple
 from pillarbox.imap.grammar import STAR, ParseError, SequenceSet
 from pillarbox.imap.searchkeys import (
@@ -389,15 +390,24 @@ def test_utf8_accept_mailboxes() -> None:
 
 
 def test_states_are_data() -> None:
-    assert c.State.NOT_AUTHENTICATED in c.Login.states
-    assert c.State.AUTHENTICATED not in c.Login.states
-    assert c.Fetch.states == frozenset({c.State.SELECTED})
-    assert c.Select.states == frozenset({c.State.AUTHENTICATED, c.State.SELECTED})
-    assert c.State.NOT_AUTHENTICATED in c.Capability.states
+    """The command table (dispatch.py) says where each command may run (RFC 3501 §3)."""
+    assert dispatch.COMMANDS[c.Login][1] == dispatch.NOT_AUTHENTICATED
+    assert dispatch.COMMANDS[c.Fetch][1] == frozenset({c.State.SELECTED})
+    assert dispatch.COMMANDS[c.Select][1] == frozenset({c.State.AUTHENTICATED, c.State.SELECTED})
+    assert c.State.NOT_AUTHENTICATED in dispatch.COMMANDS[c.Capability][1]
     assert c.Examine.readonly and not c.Select.readonly
     for name, cls in c.REGISTRY.items():
         assert cls.name == name
-        assert cls.states <= c.ANY
+
+
+def test_every_command_has_a_route() -> None:
+    """Every command the parser knows has exactly one handler and a non-empty set of
+    states, and the table routes nothing the parser cannot produce."""
+    assert set(dispatch.COMMANDS) == set(c.REGISTRY.values())
+    for cls, (handler, states) in dispatch.COMMANDS.items():
+        assert callable(handler), cls
+        assert states and states <= dispatch.ANY, cls
+        assert c.State.LOGOUT not in states, cls
 
 
 def test_fetch_helpers() -> None:

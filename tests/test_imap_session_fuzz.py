@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from pillarbox.auth.sasl import Credentials
 from pillarbox.imap.grammar import STAR, SequenceSet
 from pillarbox.imap.selected import SelectedMailbox
-from pillarbox.imap.server import session_config  # noqa: F401  (registers the handlers)
 from pillarbox.imap.session import Session, SessionConfig
 from pillarbox.mailstore.rows import FlagBatch
 from pillarbox.store.mailbox import MailStore

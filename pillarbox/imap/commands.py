@@ -2,8 +2,8 @@
 
 :func:`parse` turns one assembled command (see :class:`grammar.CommandAssembler`) into one of
 the dataclasses below, or raises :class:`ParseError` (answer ``tag BAD reason``; ``* BAD`` when
-``tag`` is None).  Parsing knows nothing about state or storage: each class declares the
-connection states in which it is allowed (``states``) and the session checks them.  The UID
+``tag`` is None).  Parsing knows nothing about state or storage: the states in which each
+command is allowed, and its handler, are in the one command table (``dispatch.py``).  The UID
 variants (``UID FETCH`` ...) are the same classes with ``uid=True``.
 """
 
@@ -45,11 +45,6 @@ class State(Enum):
 
 _NO_SET: Final = SequenceSet(())  # placeholder default; parse always sets it
 
-ANY: Final = frozenset({State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED})
-NOT_AUTHENTICATED: Final = frozenset({State.NOT_AUTHENTICATED})
-AUTHENTICATED: Final = frozenset({State.AUTHENTICATED, State.SELECTED})
-SELECTED: Final = frozenset({State.SELECTED})
-
 InvalidCommand = ParseError  # the name the session may prefer; one class, one wire outcome
 
 
@@ -59,7 +54,6 @@ class Command:
 
     tag: str
     name: ClassVar[str] = ""
-    states: ClassVar[frozenset[State]] = ANY
     uid_variant: ClassVar[bool] = False  # may be prefixed by UID
 
     @classmethod
@@ -121,7 +115,6 @@ class Enable(Command):
 
     capabilities: tuple[str, ...] = ()
     name: ClassVar[str] = "ENABLE"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -140,7 +133,6 @@ class Compress(Command):
 
     mechanism: str = ""
     name: ClassVar[str] = "COMPRESS"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -154,7 +146,6 @@ class Compress(Command):
 @dataclass(frozen=True, slots=True)
 class StartTLS(Command):
     name: ClassVar[str] = "STARTTLS"
-    states: ClassVar[frozenset[State]] = NOT_AUTHENTICATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +155,6 @@ class Authenticate(Command):
     mechanism: str = ""
     initial_response: bytes | None = field(default=None, repr=False)  # holds credentials
     name: ClassVar[str] = "AUTHENTICATE"
-    states: ClassVar[frozenset[State]] = NOT_AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -189,7 +179,6 @@ class Login(Command):
     userid: str = ""
     password: str = field(default="", repr=False)  # never in logs
     name: ClassVar[str] = "LOGIN"
-    states: ClassVar[frozenset[State]] = NOT_AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -269,7 +258,6 @@ class Select(Command):
     params: tuple[tuple[str, object], ...] = ()  # other parameters, tolerated, name upper-case
     qresync: Qresync | None = None
     name: ClassVar[str] = "SELECT"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
     readonly: ClassVar[bool] = False
 
     @classmethod
@@ -312,7 +300,6 @@ class Create(Command):
     mailbox: str = ""
     use: tuple[str, ...] = ()
     name: ClassVar[str] = "CREATE"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -338,7 +325,6 @@ class Create(Command):
 class Delete(Command):
     mailbox: str = ""
     name: ClassVar[str] = "DELETE"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -363,7 +349,6 @@ class Rename(Command):
     old: str = ""
     new: str = ""
     name: ClassVar[str] = "RENAME"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -422,7 +407,6 @@ class List(Command):
     return_status: tuple[str, ...] | None = None
     extended: bool = False  # the client used any RFC 5258 syntax
     name: ClassVar[str] = "LIST"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -504,7 +488,6 @@ class Lsub(Command):
     reference: str = ""
     pattern: str = ""
     name: ClassVar[str] = "LSUB"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -521,7 +504,6 @@ class Status(Command):
     mailbox: str = ""
     items: tuple[str, ...] = ()
     name: ClassVar[str] = "STATUS"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -549,7 +531,6 @@ class Append(Command):
     mailbox: str = ""
     messages: tuple[AppendMessage, ...] = ()
     name: ClassVar[str] = "APPEND"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -590,19 +571,16 @@ class Append(Command):
 @dataclass(frozen=True, slots=True)
 class Check(Command):
     name: ClassVar[str] = "CHECK"
-    states: ClassVar[frozenset[State]] = SELECTED
 
 
 @dataclass(frozen=True, slots=True)
 class Close(Command):
     name: ClassVar[str] = "CLOSE"
-    states: ClassVar[frozenset[State]] = SELECTED
 
 
 @dataclass(frozen=True, slots=True)
 class Unselect(Command):
     name: ClassVar[str] = "UNSELECT"
-    states: ClassVar[frozenset[State]] = SELECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,7 +589,6 @@ class Expunge(Command):
 
     uids: SequenceSet | None = None
     name: ClassVar[str] = "EXPUNGE"
-    states: ClassVar[frozenset[State]] = SELECTED
     uid_variant: ClassVar[bool] = True
 
     @classmethod
@@ -632,7 +609,6 @@ class Search(Command):
     return_options: frozenset[str] | None = None
     uid: bool = False
     name: ClassVar[str] = "SEARCH"
-    states: ClassVar[frozenset[State]] = SELECTED
     uid_variant: ClassVar[bool] = True
 
     @classmethod
@@ -683,7 +659,6 @@ class Sort(Command):
     key: SearchKey | None = None
     uid: bool = False
     name: ClassVar[str] = "SORT"
-    states: ClassVar[frozenset[State]] = SELECTED
     uid_variant: ClassVar[bool] = True
 
     @classmethod
@@ -724,7 +699,6 @@ class Thread(Command):
     key: SearchKey | None = None
     uid: bool = False
     name: ClassVar[str] = "THREAD"
-    states: ClassVar[frozenset[State]] = SELECTED
     uid_variant: ClassVar[bool] = True
 
     @classmethod
@@ -753,7 +727,6 @@ class Fetch(Command):
     changed_since: int | None = None
     vanished: bool = False
     name: ClassVar[str] = "FETCH"
-    states: ClassVar[frozenset[State]] = SELECTED
     uid_variant: ClassVar[bool] = True
 
     @property
@@ -820,7 +793,6 @@ class Store(Command):
     uid: bool = False
     unchanged_since: int | None = None
     name: ClassVar[str] = "STORE"
-    states: ClassVar[frozenset[State]] = SELECTED
     uid_variant: ClassVar[bool] = True
 
     @classmethod
@@ -871,7 +843,6 @@ class Copy(Command):
     mailbox: str = ""
     uid: bool = False
     name: ClassVar[str] = "COPY"
-    states: ClassVar[frozenset[State]] = SELECTED
     uid_variant: ClassVar[bool] = True
 
     @classmethod
@@ -902,7 +873,6 @@ class GetQuota(Command):
 
     root: str = ""
     name: ClassVar[str] = "GETQUOTA"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -916,7 +886,6 @@ class GetQuota(Command):
 class GetQuotaRoot(Command):
     mailbox: str = ""
     name: ClassVar[str] = "GETQUOTAROOT"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -934,7 +903,6 @@ class SetQuota(Command):
     root: str = ""
     limits: tuple[tuple[str, int], ...] = ()
     name: ClassVar[str] = "SETQUOTA"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
     @classmethod
     def parse(cls, r: Reader, tag: str) -> Command:
@@ -958,7 +926,6 @@ class SetQuota(Command):
 @dataclass(frozen=True, slots=True)
 class Namespace(Command):
     name: ClassVar[str] = "NAMESPACE"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -966,7 +933,6 @@ class Idle(Command):
     """IDLE (RFC 2177); the session then waits for a ``DONE`` line (grammar.is_idle_done)."""
 
     name: ClassVar[str] = "IDLE"
-    states: ClassVar[frozenset[State]] = AUTHENTICATED
 
 
 REGISTRY: Final[dict[str, type[Command]]] = {

@@ -35,6 +35,7 @@ from pillarbox.imap.fetchatts import (
     response_name,
     sets_seen,
 )
+from pillarbox.imap.outcome import No
 from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.mime import filter_fields, section_range
 from pillarbox.mime.structure import find_part
@@ -49,13 +50,11 @@ _HEADER_TEXTS: Final = (
 )
 
 
-class FetchError(Exception):
+class FetchError(No):
     """A FETCH that cannot be answered (``NO [code] text``)."""
 
     def __init__(self, code: str, text: str):
-        super().__init__(text)
-        self.code = code
-        self.text = text
+        super().__init__(text, code)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,16 @@ from typing import Final
 from pillarbox.imap import response as r
 from pillarbox.imap.backend import ChangeSet, SelectInfo
 from pillarbox.imap.grammar import SequenceSet
+from pillarbox.imap.outcome import Bad
 
 SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Tokens of a FLAGS text that are never keywords (\Recent is the session's, RFC 3501 §2.3.2).
 _NOT_KEYWORDS: Final = frozenset((*SYSTEM_FLAGS, "\\Recent"))
 
 
-class BadSequence(Exception):
-    """A message sequence number beyond EXISTS (the session answers BAD)."""
+class BadSequence(Bad):
+    """A message sequence number beyond EXISTS: ``tag BAD`` (RFC 9051 §6.4.4 allows NO or
+    BAD; a number the client cannot have seen is a protocol error)."""
 
 
 class SelectedMailbox:

@@ -11,16 +11,12 @@ from typing import Any, Protocol
 from pillarbox import log
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
-
-# Importing these registers their command handlers with the session.
-from pillarbox.imap import session_mailboxes, session_quota, session_selected
 from pillarbox.imap.backend import MailBackend
 from pillarbox.imap.grammar import Limits
 from pillarbox.imap.session import Session, SessionConfig
 from pillarbox.net.listener import Connection, ListenerSpec, TlsMode
 
 _log = log.get("imap")
-_ = (session_mailboxes, session_quota, session_selected)
 
 LISTENERS = (("imap", TlsMode.STARTTLS), ("imaps", TlsMode.IMPLICIT))
 # Sent before closing a connection refused or cut for the connection caps.

@@ -1,13 +1,17 @@
 """One IMAP connection: read commands, dispatch by type, map errors, send updates.
 
+Dispatch: the command's class is looked up in the one command table
+(:data:`pillarbox.imap.dispatch.COMMANDS`: handler and allowed states).
+
 Reading: lines are bounded by the StreamReader limit and :class:`grammar.Limits`; literals are
 read exactly (``+ go ahead`` for synchronising ones, nothing for LITERAL+). Each command is
 parsed into a typed object (``commands.parse``) before anything runs.
 
-Errors are mapped in one place (:meth:`Session.execute`): a ``ParseError`` is ``tag BAD
-reason``, a user error (``No``, a store ``MailboxError``) is ``tag NO [CODE] text``,
-anything else is logged with its traceback and answered ``tag NO internal error``. The
-session goes on in every case; only the connection's end stops it.
+Errors are mapped in one place (:meth:`Session._fail`, by :func:`outcome.failure`), in three
+kinds: the client's mistake (a ``ParseError``, a ``Bad``) is ``tag BAD reason``, a user
+error (``No``, the store's user errors) is ``tag NO [CODE] text``, anything else is ``tag NO
+[SERVERBUG] internal error`` and one log line with the traceback. The session goes on in
+every case; only the connection's end stops it.
 
 Updates from other sessions and deliveries (the store's change hub) are sent before the
 tagged response of a command, and while IDLE, at the points RFC 3501 §7 allows: no EXPUNGE
@@ -17,25 +21,26 @@ during FETCH, STORE or SEARCH (RFC 3501 §7.4.1), but EXISTS and FLAGS at any co
 from __future__ import annotations
 
 import asyncio
-import base64
-import ssl
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pillarbox import log
-from pillarbox.auth.sasl import Credentials, SaslError, SaslExchange
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
-from pillarbox.imap.backend import MailBackend, MailboxError, UserMail, response_code
+from pillarbox.imap.backend import MailBackend, UserMail
+from pillarbox.imap.dispatch import COMMANDS
 from pillarbox.imap.grammar import CommandAssembler, Limits, LiteralTooBig, ParseError
-from pillarbox.imap.selected import BadSequence, SelectedMailbox
+from pillarbox.imap.outcome import Bad, ErrorKind, Logout, No, Result, Silent, failure, user_error
+from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.metrics import registry as metrics
+
+__all__ = ["Bad", "Logout", "No", "Result", "Session", "SessionConfig"]
 
 _log = log.get("imap")
 
 MAX_BAD_COMMANDS: Final = 20
-IDLE_SYNC_INTERVAL: Final = 30.0  # re-scan the Maildir for foreign changes while IDLE
 PREAUTH_MAX_LITERAL: Final = 8192  # a user name or password, never a message
 BASE_CAPS: Final = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ENABLE", "ID", "IDLE")
 AUTH_CAPS: Final = (
@@ -65,31 +70,6 @@ AUTH_CAPS: Final = (
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
 )
-ENABLEABLE: Final = frozenset({"UTF8=ACCEPT", "IMAP4REV2", "CONDSTORE", "QRESYNC"})
-
-
-class No(Exception):
-    """``tag NO [code] text``: the command was understood but cannot be done."""
-
-    def __init__(self, text: str, code: str = ""):
-        super().__init__(text)
-        self.code = code
-        self.text = text
-
-
-class Bad(Exception):
-    """``tag BAD text`` raised by semantics (e.g. sequence numbers out of range)."""
-
-
-class Logout(Exception):
-    """End the session after the current response."""
-
-
-class _Silent(Exception):
-    """The handler already sent its tagged response (STARTTLS)."""
-
-
-Result = str | tuple[str, r.Code]
 
 
 @dataclass(frozen=True)
@@ -181,10 +161,10 @@ class Session:
                     return
                 try:
                     raw = await self._read_command()
-                except ParseError as exc:
-                    self.send(r.parse_error(exc))
+                except ParseError as exc:  # a line or literal the assembler refused
+                    self._fail(exc, exc.tag)
                     await self.flush()
-                    if self._count_bad():
+                    if self._bad >= MAX_BAD_COMMANDS:
                         return
                     continue
                 if raw is None:
@@ -202,10 +182,6 @@ class Session:
         finally:
             await self.close()
 
-    def _count_bad(self) -> bool:
-        self._bad += 1
-        return self._bad >= MAX_BAD_COMMANDS
-
     async def close(self) -> None:
         if self._unwatch is not None:
             self._unwatch()
@@ -214,7 +190,7 @@ class Session:
             mail, self.mail = self.mail, None
             await mail.release()
 
-    async def _readline(self, seconds: float) -> bytes | None:
+    async def readline(self, seconds: float) -> bytes | None:
         """The next line, or None when the client left, timed out or the server stops."""
         try:
             return await self.conn.read_line(seconds)
@@ -257,7 +233,7 @@ class Session:
         asm = CommandAssembler(self._limits())
         self.conn.idle = self.state is c.State.NOT_AUTHENTICATED
         try:
-            line = await self._readline(self._timeout())
+            line = await self.readline(self._timeout())
         finally:
             self.conn.idle = False
         if line is None:
@@ -284,21 +260,22 @@ class Session:
             except (asyncio.IncompleteReadError, TimeoutError):
                 return None
             asm.add_literal(data)
-            line = await self._readline(self._timeout())
+            line = await self.readline(self._timeout())
             if line is None:
                 return None
 
     # --- dispatch ----------------------------------------------------------------------------
     async def execute(self, raw: bytes) -> None:
-        """Parse and run one command; the one place that maps errors to responses."""
+        """Parse and run one command. Whatever it raises, but for the ends of the session
+        and the connection, becomes a response in :meth:`_fail` (see outcome.py)."""
         tag: str | None = c.parse_tag(raw)
         name, status = "other", "NO"  # for the commands metric
         try:
             cmd = c.parse(raw, utf8=self.utf8)
             tag, name = cmd.tag, cmd.name
-            if self.state not in cmd.states:
+            handler, states = COMMANDS[type(cmd)]
+            if self.state not in states:
                 raise Bad(f"{cmd.name} not allowed now")
-            handler = _HANDLERS[type(cmd)]
             result = await handler(self, cmd)
             await self.send_updates(cmd)
             text, code = result if isinstance(result, tuple) else (result, None)
@@ -307,29 +284,41 @@ class Session:
         except Logout:
             status = "OK"
             raise
-        except _Silent:
+        except Silent:
             status = "OK"
-        except ParseError as exc:
-            self._bad, status = self._bad + 1, "BAD"
-            self.send(r.parse_error(exc.with_tag(tag)))
-        except (Bad, BadSequence) as exc:
-            self._bad, status = self._bad + 1, "BAD"
-            self.send(r.tagged(tag, "BAD", str(exc)))
-        except No as exc:
-            self.send(self._no(tag, exc.code, exc.text))
         except (ConnectionError, asyncio.IncompleteReadError):
-            raise
-        except MailboxError as exc:
-            self.send(self._no(tag, response_code(exc), exc.text))
-        except Exception:
-            _log.error("command failed", conn=self.conn.id, user=self.user, exc_info=True)
-            self.send(self._no(tag, "SERVERBUG", "internal error"))
+            raise  # the client is gone: nothing to answer
+        except Exception as exc:
+            status = self._fail(exc, tag, name)
         finally:
             metrics.count(metrics.COMMANDS, "imap", metrics.command_label(name), status)
 
-    @staticmethod
-    def _no(tag: str | None, code: str, text: str) -> bytes:
-        return r.tagged(tag, "NO", text, r.Code(code) if code else None)
+    def _fail(self, exc: Exception, tag: str | None, command: str = "") -> str:
+        """Answer a failed command by its kind (outcome.py); its metric status."""
+        failed = failure(exc, tag)
+        if failed.kind is ErrorKind.PARSE:
+            self._bad += 1
+        elif failed.kind is ErrorKind.INTERNAL:
+            # One line, the traceback in a field (newlines escaped), so a grep finds it all.
+            trace = "".join(traceback.format_exception(exc)).rstrip()
+            _log.error(
+                "command failed",
+                conn=self.conn.id,
+                user=self.user,
+                command=command or None,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=trace,
+            )
+        self.send(failed.response)
+        return failed.status
+
+    def logged_in(self, user: str, mail: UserMail) -> None:
+        """Enter the authenticated state (RFC 3501 §3.2) with the user's mailboxes."""
+        self.mail = mail
+        self.user = user
+        self.state = c.State.AUTHENTICATED
+        self.conn.mark_authenticated()
+        self._unwatch = mail.watch(self._on_change)
 
     # --- updates -------------------------------------------------------------------------------
     def _on_change(self, mailbox: str) -> None:
@@ -357,8 +346,9 @@ class Session:
                 not no_expunge,
                 not view.readonly,
             )
-        except MailboxError as exc:
-            if response_code(exc) == "NONEXISTENT":
+        except Exception as exc:
+            no = user_error(exc)
+            if no is not None and no.code == "NONEXISTENT":
                 # Deleted or renamed by another session: nothing left to show (RFC 3501 §7.1.5).
                 self.send(b"* BYE selected mailbox no longer exists\r\n")
                 raise Logout from None
@@ -367,141 +357,3 @@ class Session:
             self.send(line)
         if no_expunge and changes.present is not None:
             self.changed.set()  # expunges still owed: send them at the next allowed point
-
-    # --- any state -------------------------------------------------------------------------------
-    async def do_capability(self, cmd: c.Command) -> str:
-        self.send(r.capability(self.capabilities()))
-        return ""
-
-    async def do_noop(self, cmd: c.Command) -> str:
-        await self.send_updates(cmd, force=True)
-        return ""
-
-    async def do_logout(self, cmd: c.Command) -> str:
-        self.send(b"* BYE logging out\r\n")
-        self.send(r.tagged(cmd.tag, "OK", "LOGOUT completed"))
-        raise Logout
-
-    async def do_id(self, cmd: c.Command) -> str:
-        self.send(b'* ID ("name" "Pillarbox")\r\n')
-        return ""
-
-    async def do_enable(self, cmd: c.Command) -> str:
-        assert isinstance(cmd, c.Enable)
-        enabled = [cap for cap in cmd.capabilities if cap in ENABLEABLE]
-        for cap in enabled:
-            if cap == "UTF8=ACCEPT":
-                self.utf8 = True
-            elif cap == "IMAP4REV2":
-                self.rev2 = True
-            elif cap == "CONDSTORE":
-                self.condstore = True
-            elif cap == "QRESYNC":
-                self.qresync = self.condstore = True  # RFC 7162 §3.2.3: implies CONDSTORE
-        if self.selected is not None:
-            self.selected.rev2 = self.rev2
-            self.selected.condstore = self.condstore
-            self.selected.qresync = self.qresync
-        names = ["IMAP4rev2" if x == "IMAP4REV2" else x for x in enabled]
-        self.send(b"* ENABLED" + b"".join(b" " + n.encode() for n in names) + b"\r\n")
-        return ""
-
-    async def do_compress(self, cmd: c.Command) -> str:
-        assert isinstance(cmd, c.Compress)
-        # RFC 4978 §3: NO [COMPRESSIONACTIVE] when already on; BAD for an unknown mechanism.
-        if self.conn.compressed:
-            raise No("DEFLATE is already active", "COMPRESSIONACTIVE")
-        if cmd.mechanism != "DEFLATE":
-            raise Bad(f"unknown compression mechanism {cmd.mechanism}")
-        if self.conn.buffered_input():
-            # The client must wait for this reply before it sends anything (§3): what it
-            # sent meanwhile is neither plain nor known to be compressed.
-            raise Bad("nothing may be sent after COMPRESS before its reply")
-        self.send(r.tagged(cmd.tag, "OK", "DEFLATE active"))
-        await self.flush()
-        # §3: compression starts right after the CRLF of the tagged OK, both ways.
-        self.conn.start_deflate()
-        raise _Silent
-
-    # --- not authenticated ----------------------------------------------------------------------
-    async def do_starttls(self, cmd: c.Command) -> str:
-        if self.tls_ok:
-            raise Bad("TLS is already active")
-        if not self.conn.tls_available:
-            raise No("STARTTLS not available here")
-        # RFC 3501 §6.2.1 / RFC 2595 §3.1: discard anything pipelined before the handshake
-        # (see Connection.prepare_starttls for the order).
-        self.conn.prepare_starttls()
-        self.send(r.tagged(cmd.tag, "OK", "begin TLS negotiation now"))
-        await self.flush()
-        try:
-            await self.conn.start_tls()
-        except (OSError, ssl.SSLError) as exc:  # a failed handshake leaves nothing to talk to
-            raise ConnectionError(f"STARTTLS handshake failed: {exc}") from None
-        raise _Silent
-
-    async def do_login(self, cmd: c.Command) -> Result:
-        assert isinstance(cmd, c.Login)
-        if not self.tls_ok:
-            raise No("LOGIN needs TLS (use STARTTLS)", "PRIVACYREQUIRED")
-        return await self._authenticated(Credentials(cmd.userid, cmd.password))
-
-    async def do_authenticate(self, cmd: c.Command) -> Result:
-        assert isinstance(cmd, c.Authenticate)
-        if not self.tls_ok:
-            raise No("authentication needs TLS (use STARTTLS)", "PRIVACYREQUIRED")
-        initial = None
-        if cmd.initial_response is not None:
-            initial = base64.b64encode(cmd.initial_response) or b"="
-        try:
-            exchange = SaslExchange(cmd.mechanism, initial)
-            while exchange.credentials is None:
-                self.send(b"+ " + exchange.challenge_b64.encode() + b"\r\n")
-                await self.flush()
-                line = await self._readline(self.config.preauth_timeout)
-                if line is None:
-                    raise ConnectionError("connection closed during AUTHENTICATE")
-                exchange.feed(line.rstrip(b"\r\n"))
-        except SaslError as exc:
-            if exc.cancelled:
-                raise Bad("authentication cancelled") from None
-            raise No(str(exc), "CANNOT" if exc.unknown_mechanism else "") from None
-        return await self._authenticated(exchange.credentials)
-
-    async def _authenticated(self, credentials: Credentials) -> Result:
-        user = await self.authenticator.authenticate(credentials, self.conn.peer_ip)
-        if user is None:
-            _log.info("login failed", conn=self.conn.id, client=self.conn.peer_ip)
-            raise No("authentication failed", "AUTHENTICATIONFAILED")
-        self.mail = await self.backend.open(user)
-        self.user = user
-        self.state = c.State.AUTHENTICATED
-        self.conn.mark_authenticated()
-        self._unwatch = self.mail.watch(self._on_change)
-        _log.info("login", conn=self.conn.id, user=user, client=self.conn.peer_ip)
-        caps = (r.Atom(cap) for cap in self.capabilities())
-        return "logged in", r.Code("CAPABILITY", *caps)
-
-
-Handler = Callable[[Session, Any], Awaitable[Result]]
-_HANDLERS: dict[type, Handler] = {}
-
-
-def handles(*classes: type) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        for cls in classes:
-            _HANDLERS[cls] = fn
-        return fn
-
-    return register
-
-
-handles(c.Capability)(Session.do_capability)
-handles(c.Noop, c.Check)(Session.do_noop)
-handles(c.Logout)(Session.do_logout)
-handles(c.Id)(Session.do_id)
-handles(c.Enable)(Session.do_enable)
-handles(c.Compress)(Session.do_compress)
-handles(c.StartTLS)(Session.do_starttls)
-handles(c.Login)(Session.do_login)
-handles(c.Authenticate)(Session.do_authenticate)

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
+from pillarbox.imap.backend import UserMail
 from pillarbox.imap.fetch import plan, run_fetch
 from pillarbox.imap.fetchatts import Simple
 from pillarbox.imap.grammar import SequenceSet
+from pillarbox.imap.outcome import Bad, No, Result
 from pillarbox.imap.selected import SelectedMailbox
-from pillarbox.imap.session import Bad, No, Result, Session, UserMail, handles
+
+if TYPE_CHECKING:
+    from pillarbox.imap.session import Session
 
 SEPARATOR: Final = "/"
 
@@ -303,15 +307,3 @@ async def _withdraw(mail: UserMail, mailbox: str, uids: list[int]) -> None:
 async def do_namespace(s: Session, cmd: c.Namespace) -> Result:
     s.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
     return ""
-
-
-handles(c.Select, c.Examine)(do_select)
-handles(c.Create)(do_create)
-handles(c.Delete)(do_delete)
-handles(c.Rename)(do_rename)
-handles(c.Subscribe, c.Unsubscribe)(do_subscribe)
-handles(c.List)(do_list)
-handles(c.Lsub)(do_lsub)
-handles(c.Status)(do_status)
-handles(c.Append)(do_append)
-handles(c.Namespace)(do_namespace)

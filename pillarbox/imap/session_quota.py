@@ -9,11 +9,15 @@ so QUOTASET is not advertised and SETQUOTA is answered NO (§4.1.3).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
-from pillarbox.imap.session import No, Result, Session, UserMail, handles
+from pillarbox.imap.backend import UserMail
+from pillarbox.imap.outcome import No, Result
+
+if TYPE_CHECKING:
+    from pillarbox.imap.session import Session
 
 ROOT: Final = ""
 
@@ -55,8 +59,3 @@ async def do_getquota(s: Session, cmd: c.GetQuota) -> Result:
 
 async def do_setquota(s: Session, cmd: c.SetQuota) -> Result:
     raise No("quotas are set by the administrator", "NOPERM")
-
-
-handles(c.GetQuotaRoot)(do_getquotaroot)
-handles(c.GetQuota)(do_getquota)
-handles(c.SetQuota)(do_setquota)

@@ -6,27 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
-from pillarbox.imap.fetch import FetchError, plan, run_fetch
+from pillarbox.imap.backend import UserMail
+from pillarbox.imap.fetch import plan, run_fetch
 from pillarbox.imap.grammar import SequenceSet, is_idle_done
+from pillarbox.imap.outcome import Bad, Logout, No, Result
 from pillarbox.imap.search import run_search, uses_modseq
 from pillarbox.imap.searchkeys import uses_saved
 from pillarbox.imap.selected import SelectedMailbox
-from pillarbox.imap.session import (
-    IDLE_SYNC_INTERVAL,
-    Bad,
-    Logout,
-    No,
-    Result,
-    Session,
-    UserMail,
-    handles,
-)
 from pillarbox.imap.sort import load_infos, ordered_subject, references, render, sort_infos
 
+if TYPE_CHECKING:
+    from pillarbox.imap.session import Session
+
+IDLE_SYNC_INTERVAL: Final = 30.0  # re-scan the Maildir for foreign changes while IDLE
 STORE_CHUNK: Final = 1000
 _MODES: Final = {
     c.StoreMode.ADD: "add",
@@ -78,12 +74,8 @@ async def do_fetch(s: Session, cmd: c.Fetch) -> Result:
         condstore=view.condstore,
         changed_since=cmd.changed_since is not None,
     )
-    try:
-        await run_fetch(
-            mail, view, ranges, p, s.write, utf8=s.utf8, changed_since=cmd.changed_since
-        )
-    except FetchError as exc:
-        raise No(exc.text, exc.code) from None
+    # A FetchError (no such body part, an undecodable one) is a NO [code] (outcome.py).
+    await run_fetch(mail, view, ranges, p, s.write, utf8=s.utf8, changed_since=cmd.changed_since)
     return ""
 
 
@@ -292,15 +284,3 @@ async def do_idle(s: Session, cmd: c.Idle) -> Result:
             await s.flush()
     finally:
         s.idling = False
-
-
-handles(c.Fetch)(do_fetch)
-handles(c.Store)(do_store)
-handles(c.Search)(do_search)
-handles(c.Sort)(do_sort)
-handles(c.Thread)(do_thread)
-handles(c.Copy, c.Move)(do_copy)
-handles(c.Expunge)(do_expunge)
-handles(c.Close)(do_close)
-handles(c.Unselect)(do_unselect)
-handles(c.Idle)(do_idle)

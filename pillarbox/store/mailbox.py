@@ -41,6 +41,7 @@ from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.index import UserIndex
 from pillarbox.store.maildir import user_maildir
@@ -80,6 +81,7 @@ class UserMailboxes:
         self._index = index
         self.refs = 0
         self._backfilling = False
+        self._changes = ChangesBatcher(self._run, index)  # one sync per mailbox, not session
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         index = self._index
@@ -187,15 +189,9 @@ class UserMailboxes:
         with_expunges: bool,
         claim_recent: bool,
     ) -> ChangeSet:
-        changes = await self._run(
-            self._index.changes,
-            name,
-            known_max,
-            known_count,
-            since_modseq,
-            with_expunges,
-            claim_recent,
-        )
+        # Sessions woken by the same news ask together: see store/changebatch.py.
+        question = Question(known_max, known_count, since_modseq, with_expunges, claim_recent)
+        changes = await self._changes.ask(name, question)
         self._backfill_soon()
         return changes
 
