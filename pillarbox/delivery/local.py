@@ -3,7 +3,7 @@
 Each local recipient gets its own file with its own ``Return-Path`` and ``Delivered-To``
 (RFC 5321 §4.4: the final delivery adds Return-Path; Delivered-To is the Postfix/qmail
 loop-detection header and tells a user which of its addresses received the mail). Files are
-written by :class:`~pillarbox.delivery.maildirwriter.MaildirWriter` (invisible file, fsync,
+written by :class:`~pillarbox.store.maildir.MaildirWriter` (invisible file, fsync,
 atomic link into new/, fsync of new/, with group commit), so when :meth:`LocalStore.store`
 returns the mail survives a power cut, and only then does SMTP answer 250. A message for
 several users costs one kernel-side copy per user (``copy_file_range`` for spooled bodies).
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pillarbox import log
-from pillarbox.delivery.maildirwriter import MaildirWriter
 from pillarbox.delivery.wiring import LocalServices
 from pillarbox.store.flags import (
     ensure_keywords,
@@ -29,7 +28,7 @@ from pillarbox.store.flags import (
     read_keywords,
     split_flags,
 )
-from pillarbox.store.maildir import ensure_maildir, user_maildir
+from pillarbox.store.maildir import MaildirWriter, ensure_maildir, user_maildir
 from pillarbox.store.names import folder_dir
 
 _log = log.get("delivery")
@@ -113,11 +112,17 @@ class LocalStore:
             infos = await asyncio.to_thread(
                 lambda: [maildir_info(f, t.flags) for f, t in zip(folders, targets, strict=True)]
             )
-        paths = await self._writer.write(
-            folders,
-            [delivery_headers(sender, t.user) + t.headers for t in targets],
-            message,
-            infos,
+        infos = infos or [""] * len(targets)
+        paths = await asyncio.gather(
+            *(
+                self._writer.write(
+                    folder,
+                    message,
+                    prefix=delivery_headers(sender, t.user) + t.headers,
+                    info=info,
+                )
+                for folder, t, info in zip(folders, targets, infos, strict=True)
+            )
         )
         for target, path in zip(targets, paths, strict=True):
             _log.debug(

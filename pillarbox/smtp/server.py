@@ -27,7 +27,7 @@ The hot path per message is: one bounded ``readline`` per command from our own b
 replies joined into one write, DATA checked per 64 KiB chunk with C-speed bytes methods
 (no regex, no per-line Python), one primary-key SQLite read per recipient at RCPT (WAL: no
 writer blocks it; the result is reused at delivery), and the Maildir write in
-``delivery/maildirwriter.py``: ``O_TMPFILE`` + fsync + ``linkat`` into new/ in parallel
+``store/maildir.py``: ``O_TMPFILE`` + fsync + ``linkat`` into new/ in parallel
 worker threads, with the fsyncs of new/ group-committed across concurrent deliveries.
 Nothing on the delivery path writes to SQLite. Measured (bench/smtp_compare.py, 20
 sessions of 4 KB messages on the 2-core box, same run for both): 1.3-2.0x Postfix's

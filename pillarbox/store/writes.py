@@ -137,7 +137,7 @@ def append(
     info = fl.make_info("", mask, keywords, names)
     cur = box.path / "cur"
     before = os.stat(cur).st_mtime_ns
-    path = deliver(box.path, [data], subdir="cur", info=f":2,{info}")
+    path = deliver(box.path, [data], subdir="cur", info=info)
     if internal_date is not None:
         os.utime(path, (internal_date, internal_date))
     added = ix._add_files(box, [path.name], rebuild=False)
