@@ -589,6 +589,13 @@ class UserIndex:
                 [(r[1][0], r[1][1], r[1][5]) for r in rows],
             )
             fulltext.add(self.conn, ((box.id, r[0][1], *r[2]) for r in rows if r[2] is not None))
+            # UIDNEXT commits with the rows: were it a later transaction, a crash in between
+            # would leave rows at or above UIDNEXT, whose UIDs the next message would take.
+            self.conn.execute(
+                "UPDATE mailboxes SET uidnext = max(uidnext, ?),"
+                " highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                (box.uidnext, box.highestmodseq, box.id),
+            )
 
     def _rewrite_uidlist(self, box: Mailbox) -> None:
         rows = self.conn.execute(
@@ -837,6 +844,9 @@ class UserIndex:
         limit: int = 0,
     ) -> tuple[int, int]:
         return writes.append(self, name, data, flags, internal_date, limit=limit)
+
+    def take_delivered(self, names: list[str]) -> None:
+        writes.take_delivered(self, names)
 
     def copy(
         self,

@@ -34,12 +34,15 @@ import errno
 import itertools
 import os
 import queue
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pillarbox.store.flags import ensure_keywords, is_keyword, make_info, read_keywords, split_flags
 
 MAILDIR_SUBDIRS = ("cur", "new", "tmp")
 _counter = itertools.count(1)
@@ -81,12 +84,40 @@ def unique_name(size: int | None = None, hostname: str | None = None) -> str:
     return f"{name},S={size}" if size is not None else name
 
 
+def size_in_name(name: str) -> int | None:
+    """The ``S=`` size a file name carries (every file written here has one)."""
+    match = _SIZE_IN_NAME.search(name)
+    return int(match.group(1)) if match else None
+
+
+_SIZE_IN_NAME = re.compile(r",S=(\d+)")
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def flags_info(folder: Path, flags: Sequence[str]) -> str:
+    """The ``:2,`` info letters for ``flags`` in ``folder`` (blocking: keywords get their
+    letter from the folder's dovecot-keywords file, which is created or extended here)."""
+    mask, keywords = split_flags(list(flags))
+    # A script may name anything; only IMAP atoms can be keywords (the rest is dropped).
+    keywords = [k for k in keywords if is_keyword(k)]
+    names: list[str] = []
+    if keywords:
+        ensure_maildir(folder)
+        # Two deliveries adding different keywords at once must not both take letter "a".
+        with _KEYWORDS_LOCK:
+            names = read_keywords(folder)
+            ensure_keywords(folder, names, keywords)  # a keyword past the 26th is dropped
+    return make_info("", mask, keywords, names)
+
+
+_KEYWORDS_LOCK = threading.Lock()
 
 
 # -- writing one file --------------------------------------------------------------------------

@@ -148,6 +148,25 @@ def append(
     return box.uidvalidity, added[0]
 
 
+def take_delivered(ix: UserIndex, names: list[str]) -> None:
+    """Index the files delivery wrote into the ``new/`` of each mailbox in ``names``.
+
+    The sync does it as for any file found in ``new/``: it moves the file to ``cur/`` and
+    gives it its UID, MODSEQ and index rows. That is also why a crash cannot lose or
+    double a delivery: until the rename the file is only in ``new/``, which every sync
+    lists; after the rename and before the row's commit, ``cur/``'s mtime differs from the
+    one the index recorded, so the next sync lists ``cur/`` and adds the file it does not
+    know; once the row is committed the file is known by its base name and never added
+    again (a UID is never given twice: the rows and the mailbox's UIDNEXT commit together).
+    """
+    for name in names:
+        try:
+            box = ix.mailbox(name)
+        except MailboxError:
+            continue  # deleted meanwhile: nothing left to index
+        ix.sync(box)
+
+
 def copy(
     ix: UserIndex,
     src_name: str,
