@@ -361,8 +361,9 @@ class UserIndex:
         return names
 
     # --- sync --------------------------------------------------------------------------
-    def sync(self, box: Mailbox, *, full: bool = False) -> Mailbox:
-        """Pick up new and foreign changes (see the module docstring); returns fresh state."""
+    def sync(self, box: Mailbox, *, full: bool = False, full_text: bool = True) -> Mailbox:
+        """Pick up new and foreign changes (see the module docstring); returns fresh state.
+        ``full_text=False`` leaves the new messages' full-text rows to the backfill."""
         cur = box.path / "cur"
         try:
             before = os.stat(cur).st_mtime_ns
@@ -378,9 +379,9 @@ class UserIndex:
         # a change during the listing then shows as a new mtime and is scanned next time.
         current = os.stat(cur).st_mtime_ns if moved else before
         if full or before != box.cur_mtime:
-            self._scan_cur(box, current)
+            self._scan_cur(box, current)  # foreign changes: indexed in full, as always
         elif moved:
-            self._add_files(box, moved, rebuild=False)
+            self._add_files(box, moved, rebuild=False, full_text=full_text)
             self._set_cur_mtime(box, current)
         return self.mailbox(box.name)
 
@@ -476,7 +477,9 @@ class UserIndex:
                 "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
             )
 
-    def _add_files(self, box: Mailbox, fnames: list[str], *, rebuild: bool) -> list[int]:
+    def _add_files(
+        self, box: Mailbox, fnames: list[str], *, rebuild: bool, full_text: bool = True
+    ) -> list[int]:
         """Index files already in ``cur/``; ``rebuild`` reuses UIDs from dovecot-uidlist."""
         self._generation[box.id] = self._generation.get(box.id, 0) + 1
         known = uidlist.read(box.path) if rebuild else None
@@ -508,7 +511,7 @@ class UserIndex:
         modseq = self._next_modseq(box)
         # New mail is searchable at once; a big batch (a Maildir copied in) must not make
         # the first SELECT wait for its full-text index: the backfill does it later.
-        texts = self.full_text and len(assigned) <= fulltext.INLINE_MAX
+        texts = full_text and self.full_text and len(assigned) <= fulltext.INLINE_MAX
         if self.full_text and not texts and assigned:
             self.backfill_wanted = True
         added: list[int] = []

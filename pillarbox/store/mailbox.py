@@ -23,7 +23,8 @@ Delivery: :meth:`MailStore.deliver` is the one way mail arrives from outside IMA
 Sieve ``fileinto``, the queue's reports). It writes the file durably into the folder's
 ``new/`` (``store.maildir.MaildirWriter``: parallel file fsyncs, group-committed directory
 fsyncs), then indexes it under the user's index lock (the sync moves it to ``cur/`` and gives
-it its UID, MODSEQ, parsed envelope, header and full-text rows, and quota usage), then tells
+it its UID, MODSEQ, parsed envelope and header rows, and quota usage; the full-text row,
+the dearest part, is left to the backfill that the user's next session starts), then tells
 the watchers (IDLE sessions). Concurrent deliveries to one user share one turn of the lock
 (:meth:`UserMailboxes.index_delivered`), and the index of a user without sessions stays open
 ``DELIVERY_LINGER`` seconds, so a burst of mail opens it once. A message over
@@ -464,8 +465,9 @@ class MailStore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def open(self, user: str) -> UserMailboxes:
-        """The user's mailboxes (creating the Maildir and default folders the first time)."""
+    async def open(self, user: str, *, backfill: bool = True) -> UserMailboxes:
+        """The user's mailboxes (creating the Maildir and default folders the first time).
+        ``backfill=False`` (delivery) leaves the full-text backfill to the user's sessions."""
         self.hub.bind_loop(asyncio.get_running_loop())
         lock = self._opening.setdefault(user, asyncio.Lock())
         async with lock:
@@ -478,7 +480,8 @@ class MailStore:
                 )
                 handle = self._users[user] = UserMailboxes(self, user, index)
             handle.refs += 1
-            handle._backfill_soon()
+            if backfill:
+                handle._backfill_soon()
             return handle
 
     async def release(self, handle: UserMailboxes) -> None:
@@ -542,7 +545,7 @@ class MailStore:
     async def _index_delivered(self, user: str, folder: str) -> None:
         if self.closing:
             return  # the indexes are closed: the next start's sync indexes the file
-        handle = await self.open(user)
+        handle = await self.open(user, backfill=False)
         try:
             self._linger(handle)
             await handle.index_delivered(folder)
