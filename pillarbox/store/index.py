@@ -30,15 +30,15 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from pillarbox import mime
 from pillarbox.mime.text import search_texts
-from pillarbox.store import db, fulltext, quota, uidlist, writes
+from pillarbox.store import db, fulltext, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
+from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 from pillarbox.store.reads import FlagBatch, IndexReader
@@ -50,6 +50,7 @@ from pillarbox.store.types import (
     StatusInfo,
     StoreResult,
 )
+from pillarbox.store.writes import IndexWriter
 
 INDEX_FILE: Final = "pillarbox-index.sqlite"
 SPECIAL_USE: Final = {
@@ -108,19 +109,6 @@ _MIGRATIONS: Final[list[db.Migration]] = [
 ]
 
 
-@dataclass(slots=True)
-class Mailbox:
-    id: int
-    name: str
-    path: Path
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-    recent_uid: int
-    special_use: str | None
-    cur_mtime: int
-
-
 class UserIndex:
     """See the module docstring. Every public method expects ``lock`` to be held."""
 
@@ -151,6 +139,7 @@ class UserIndex:
         self._uid_cache: dict[int, tuple[tuple[int, int], array[int]]] = {}
         self._generation: dict[int, int] = {}  # bumped whenever a mailbox's UID set changes
         self.discover(initial=True)
+        self.writer = IndexWriter(self)  # STORE, EXPUNGE, APPEND, COPY/MOVE, deliveries
         self.own_reader = IndexReader(self.conn, root)
         # Read-only connections for FETCH/SEARCH outside the write lock (see store.reads).
         self.readers: queue.SimpleQueue[IndexReader] = queue.SimpleQueue()
@@ -824,6 +813,28 @@ class UserIndex:
                 (box.id, lo, hi),
             ).fetchall()
 
+    # --- the interface IndexWriter uses (store.writes.WritableIndex) ----------------------
+    def rows_in(
+        self, box: Mailbox, ranges: Iterable[tuple[int, int]], columns: str
+    ) -> Iterator[sqlite3.Row]:
+        return self._rows_in(box, ranges, columns)
+
+    def add_files(self, box: Mailbox, fnames: list[str]) -> list[int]:
+        """Index files already in ``cur/`` (APPEND's), with new UIDs."""
+        return self._add_files(box, fnames, rebuild=False)
+
+    def remove_rows(self, box: Mailbox, uids: list[int]) -> None:
+        self._remove_rows(box, uids)
+
+    def rewrite_uidlist(self, box: Mailbox) -> None:
+        self._rewrite_uidlist(box)
+
+    def set_cur_mtime(self, box: Mailbox, mtime: int) -> None:
+        self._set_cur_mtime(box, mtime)
+
+    def next_modseq(self, box: Mailbox) -> int:
+        return self._next_modseq(box)
+
     # --- writing (pillarbox.store.writes) ----------------------------------------------------
     def store(
         self,
@@ -833,10 +844,10 @@ class UserIndex:
         flags: tuple[str, ...],
         unchanged_since: int | None,
     ) -> StoreResult:
-        return writes.store_flags(self, name, ranges, mode, flags, unchanged_since)
+        return self.writer.store_flags(name, ranges, mode, flags, unchanged_since)
 
     def expunge(self, name: str, ranges: list[tuple[int, int]] | None) -> list[int]:
-        return writes.expunge(self, name, ranges)
+        return self.writer.expunge(name, ranges)
 
     def append(
         self,
@@ -846,10 +857,10 @@ class UserIndex:
         internal_date: float | None,
         limit: int = 0,
     ) -> tuple[int, int]:
-        return writes.append(self, name, data, flags, internal_date, limit=limit)
+        return self.writer.append(name, data, flags, internal_date, limit=limit)
 
     def take_delivered(self, names: list[str]) -> None:
-        writes.take_delivered(self, names)
+        self.writer.take_delivered(names)
 
     def copy(
         self,
@@ -860,4 +871,4 @@ class UserIndex:
         move: bool,
         limit: int = 0,
     ) -> tuple[int, list[int], list[int]]:
-        return writes.copy(self, src_name, ranges, dst_name, move=move, limit=limit)
+        return self.writer.copy(src_name, ranges, dst_name, move=move, limit=limit)

@@ -32,7 +32,7 @@ the watchers (IDLE sessions). Concurrent deliveries to one user share one turn o
 before delivery indexed), so SMTP's memory does not grow with the size of the mail. The
 Maildir write is the commit point: if indexing fails or the process dies before it, the
 file waits in ``new/`` and the next sync indexes it, exactly once (see
-``writes.take_delivered``).
+``IndexWriter.take_delivered`` in ``store.writes``).
 
 Full-text backfill: messages the index took in bulk (see ``store.fulltext``) are indexed by
 one background task per open user, a chunk of ``BACKFILL_CHUNK`` messages per turn of the
