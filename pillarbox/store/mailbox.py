@@ -51,6 +51,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -406,6 +407,15 @@ class UserMailboxes:
             await learner(self.user, messages, spam)
 
 
+@dataclass
+class _Lingering:
+    """A reference delivery holds on a user's index, until ``until`` (loop time)."""
+
+    handle: UserMailboxes
+    until: float
+    timer: asyncio.TimerHandle
+
+
 class MailStore:
     """All users' mail under ``mail_dir``; see the module docstring."""
 
@@ -422,7 +432,7 @@ class MailStore:
         self.hostname = hostname
         self._writer: MaildirWriter | None = None  # started by the first delivery
         # Users whose index delivery keeps open (a reference each), oldest first.
-        self._lingering: OrderedDict[str, tuple[UserMailboxes, asyncio.TimerHandle]] = OrderedDict()
+        self._lingering: OrderedDict[str, _Lingering] = OrderedDict()
         self.closing = False
         self.hub = ChangesHub()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
@@ -545,7 +555,12 @@ class MailStore:
     async def _index_delivered(self, user: str, folder: str) -> None:
         if self.closing:
             return  # the indexes are closed: the next start's sync indexes the file
-        handle = await self.open(user, backfill=False)
+        lingering = self._lingering.get(user)
+        if lingering is not None:  # the common case under load: no lock, no open
+            handle = lingering.handle
+            handle.refs += 1
+        else:
+            handle = await self.open(user, backfill=False)
         try:
             self._linger(handle)
             await handle.index_delivered(folder)
@@ -553,28 +568,41 @@ class MailStore:
             await handle.release()
 
     def _linger(self, handle: UserMailboxes) -> None:
-        """Keep ``handle``'s index open ``DELIVERY_LINGER`` seconds more (one reference)."""
+        """Keep ``handle``'s index open ``DELIVERY_LINGER`` seconds more (one reference).
+        One timer per user, moved on when it fires, not one per delivery."""
         loop = asyncio.get_running_loop()
-        held = self._lingering.pop(handle.user, None)
-        if held is not None:
-            held[1].cancel()
-        else:
-            handle.refs += 1
-        timer = loop.call_later(DELIVERY_LINGER, self._stop_lingering, handle.user)
-        self._lingering[handle.user] = (handle, timer)
+        until = loop.time() + DELIVERY_LINGER
+        lingering = self._lingering.get(handle.user)
+        if lingering is not None:
+            lingering.until = until
+            self._lingering.move_to_end(handle.user)
+            return
+        handle.refs += 1
+        timer = loop.call_later(DELIVERY_LINGER, self._linger_ended, handle.user)
+        self._lingering[handle.user] = _Lingering(handle, until, timer)
         while len(self._lingering) > MAX_LINGERING:
             self._stop_lingering(next(iter(self._lingering)))
 
+    def _linger_ended(self, user: str) -> None:
+        lingering = self._lingering.get(user)
+        if lingering is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < lingering.until:  # delivered to since: wait the rest
+            lingering.timer = loop.call_at(lingering.until, self._linger_ended, user)
+            return
+        self._stop_lingering(user)
+
     def _stop_lingering(self, user: str) -> None:
-        held = self._lingering.pop(user, None)
-        if held is not None:
-            held[1].cancel()
-            self.spawn(self.release(held[0]), what="closing an index")
+        lingering = self._lingering.pop(user, None)
+        if lingering is not None:
+            lingering.timer.cancel()
+            self.spawn(self.release(lingering.handle), what="closing an index")
 
     async def close(self) -> None:
         self.closing = True  # a backfill stops after its chunk; the next start resumes it
-        for _, timer in self._lingering.values():
-            timer.cancel()
+        for lingering in self._lingering.values():
+            lingering.timer.cancel()
         self._lingering.clear()  # the loop below releases every handle anyway
         if self._tasks:  # lessons in flight finish before the indexes close
             await asyncio.wait(list(self._tasks), timeout=5)
