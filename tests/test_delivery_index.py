@@ -78,6 +78,25 @@ def test_delivered_mail_has_its_index_row_before_any_imap_session(
     assert [r[1] for r in indexed(root)] == [fname]  # SELECT found nothing left to index
 
 
+def test_a_message_over_a_mebibyte_is_left_to_the_next_sync(mx: pbserver.RunningServer) -> None:
+    """Parsing reads the whole message: a big one is indexed by the first session's sync,
+    not by delivery, so SMTP's memory does not grow with the mail."""
+    big = message("big one", ("y" * 76 + "\r\n") * 15_000)  # about 1.1 MiB
+    send(mx, big)
+    root = maildir(mx.settings, ALICE)
+    assert len(list((root / "new").iterdir())) == 1
+    assert not (root / INDEX_FILE).exists() or indexed(root) == []
+    raw = Raw(mx)
+    try:
+        raw.login()
+        assert b"* 1 EXISTS\r\n" in raw.cmd(b"s", b"SELECT INBOX")
+    finally:
+        raw.close()
+    ((_, fname, envelope),) = indexed(root)
+    assert "big one" in json.dumps(envelope)
+    assert [p.name for p in (root / "cur").iterdir()] == [fname]
+
+
 def test_sieve_fileinto_an_odd_folder_name_reaches_the_idle_session_on_it(
     mx: pbserver.RunningServer,
 ) -> None:
