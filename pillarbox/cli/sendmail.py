@@ -179,7 +179,7 @@ def _deliver_offline(settings: Settings, queue_id: str) -> dict[str, str]:
     services = WithoutServer(mail_store=store)
     service = DeliveryService(
         accounts,
-        LocalStore(settings.mail_dir, services),
+        LocalStore(services),
         services,
         delimiter=settings.delivery.recipient_delimiter,
         domains=settings.domains,

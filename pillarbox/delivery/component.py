@@ -68,7 +68,7 @@ class SmtpComponent:
 
     def __init__(self, ctx: SmtpContext):
         settings = ctx.settings
-        self.local = LocalStore(settings.mail_dir, ctx.services)
+        self.local = LocalStore(ctx.services)
         # Users' Sieve scripts (shared with ManageSieve and the web pages through services).
         scripts = ctx.services.sieve_scripts
         if scripts is None:

@@ -39,8 +39,7 @@ class LocalTarget:
 class LocalStore:
     """Hands messages to the mail store (see the module docstring)."""
 
-    def __init__(self, mail_dir: Path, services: LocalServices):
-        self.mail_dir = mail_dir
+    def __init__(self, services: LocalServices):
         self.services = services
 
     def _store(self) -> MailDelivery:

@@ -67,7 +67,7 @@ from pillarbox.store.maildir import (
     size_in_name,
     user_maildir,
 )
-from pillarbox.store.names import folder_dir
+from pillarbox.store.names import folder_dir, normalise
 from pillarbox.store.types import (
     ChangeSet,
     MailboxError,
@@ -536,6 +536,7 @@ class MailStore:
             # Stopping (e.g. the queue delivering a DSN during shutdown): a clean failure
             # the caller retries later.
             raise OSError(errno.ESHUTDOWN, "the mail store is shut down")
+        folder = normalise(folder)  # "inbox" is INBOX: the index and the watchers know it so
         path = self.folder_path(user, folder)
         info = await asyncio.to_thread(flags_info, path, flags) if flags else ""
         if self._writer is None:
