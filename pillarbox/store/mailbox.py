@@ -90,7 +90,7 @@ BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
 # parsing reads the whole message, and SMTP's memory must not grow with the message size.
 INDEX_AT_DELIVERY_MAX = 1 << 20
 DELIVERY_LINGER = 30.0  # seconds a delivered-to index stays open without sessions
-MAX_LINGERING = 256  # such indexes at most (each holds three SQLite connections)
+MAX_LINGERING = 64  # such indexes at most (each holds three SQLite connections: fds)
 
 __all__ = ["MailStore", "MailboxError", "UserMailboxes"]
 
