@@ -6,7 +6,8 @@ path, comparable with a Postfix without milters), then runs ``--sessions`` concu
 clients (raw asyncio sockets, PIPELINING: MAIL+RCPT+DATA in one write) that each send
 ``--messages`` messages, ``--per-connection`` per connection. A message counts when its 250
 arrives (which we only send after the Maildir file and directory are fsync'd); the script
-checks at the end that every message is in new/.
+checks at the end that every message is in the Maildir (new/ or cur/: delivery indexes
+each message as it stores it, which moves it to cur/).
 
 Reports msg/s and the server's CPU time (user+system from /proc) per message.
 
@@ -137,13 +138,14 @@ def main() -> None:
             user1, sys1 = cpu_times(pid)
             user, system = user1 - user0, sys1 - sys0
             cpu = user + system
-        stored = len(list((settings.mail_dir / "example.test" / "bench" / "new").iterdir()))
+        maildir = settings.mail_dir / "example.test" / "bench"
+        stored = sum(len(list((maildir / sub).iterdir())) for sub in ("new", "cur"))
     print(
         f"{sent} messages of {args.size} bytes, {args.sessions} sessions, "
         f"{args.per_connection} per connection: {sent / elapsed:.0f} msg/s, "
         f"server CPU {cpu / sent * 1000:.3f} ms/msg (user {user / sent * 1000:.3f}, "
         f"system {system / sent * 1000:.3f}; {cpu / elapsed * 100:.0f}% of a core); "
-        f"{stored} files in new/ (incl. {4 * 5} warm-up)"
+        f"{stored} files in new/ and cur/ (incl. {4 * 5} warm-up)"
     )
 
 

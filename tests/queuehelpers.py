@@ -16,6 +16,7 @@ from pillarbox.config import Settings
 from pillarbox.queue.api import OutboundRecipient
 from pillarbox.tls.certs import make_server_cert
 from tests import pbserver
+from tests.mailfiles import delivered
 
 SENDER = "alice@example.test"
 MESSAGE = (
@@ -89,11 +90,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 
 
 def inbox(settings: Settings, user: str = SENDER) -> list[email.message.Message]:
-    local, _, domain = user.partition("@")
-    new = settings.mail_dir / domain / local / "new"
-    if not new.is_dir():
-        return []
-    return [email.message_from_bytes(p.read_bytes()) for p in sorted(new.iterdir())]
+    return [email.message_from_bytes(p.read_bytes()) for p in delivered(settings, user)]
 
 
 def server_cert(settings: Settings, tmp_path: Path, *names: str) -> ssl.SSLContext:

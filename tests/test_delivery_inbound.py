@@ -7,12 +7,12 @@ from __future__ import annotations
 import smtplib
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
+from tests.mailfiles import delivered
 
 TIMEOUT = 10
 
@@ -63,10 +63,8 @@ def send(
 
 
 def folder_files(server: pbserver.RunningServer, folder: str, mark: str) -> list[bytes]:
-    new = server.settings.mail_dir / "example.test" / "alice" / folder / "new"
-    if not new.is_dir():
-        return []
-    return [p.read_bytes() for p in Path(new).iterdir() if mark.encode() in p.read_bytes()]
+    files = delivered(server.settings, "alice", folder)
+    return [p.read_bytes() for p in files if mark.encode() in p.read_bytes()]
 
 
 def test_dmarc_reject_is_refused(mx: pbserver.RunningServer) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import smtplib
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,22 @@ import pytest
 from pillarbox import control
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
+from tests.mailfiles import delivered
 
 
 class Recorder:
-    """Stands in for the IMAP store's mailbox_events service."""
+    """Watches the mail store's change hub, as an IDLE session does."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Any, users: list[str]) -> None:
         self.events: list[tuple[str, str]] = []
+        self._unwatch = [store.hub.watch(u, partial(self._changed, u)) for u in users]
 
-    async def notify_new_mail(self, user: str, mailbox: str) -> None:
+    def _changed(self, user: str, mailbox: str) -> None:
         self.events.append((user, mailbox))
+
+    def close(self) -> None:
+        for unwatch in self._unwatch:
+            unwatch()
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +63,20 @@ def deliver(server: pbserver.RunningServer, recipients: list[str], body: bytes, 
 
 
 def inbox(server: pbserver.RunningServer, user: str) -> list[Path]:
-    return sorted((server.settings.mail_dir / "example.test" / user / "new").glob("*"))
+    return delivered(server.settings, user)
+
+
+async def _recorder(store: Any, users: list[str]) -> Recorder:
+    return Recorder(store, users)  # made on the server's loop, where the hub calls it
+
+
+async def _close(recorder: Recorder) -> None:
+    recorder.close()
 
 
 def test_routes_tags_catch_all_and_notifies(server: pbserver.RunningServer) -> None:
-    recorder = Recorder()
-    services = server.server.ctx.services
-    real = services.mailbox_events
-    services.mailbox_events = recorder
+    store = server.server.ctx.services.mail_store
+    recorder = server.call(_recorder(store, ["alice@example.test", "bob@example.test"]))
     try:
         results = deliver(
             server,
@@ -73,7 +86,7 @@ def test_routes_tags_catch_all_and_notifies(server: pbserver.RunningServer) -> N
             "0000000000001AAAAAA",
         )  # fmt: skip
     finally:
-        services.mailbox_events = real
+        server.call(_close(recorder))
     assert results == {
         "bob-lists@example.test": "delivered",
         "alice+x@example.test": "delivered",
@@ -85,7 +98,11 @@ def test_routes_tags_catch_all_and_notifies(server: pbserver.RunningServer) -> N
     assert len(alice) == 1 and alice[0].startswith(
         b"Return-Path: <sender@remote.test>\r\nDelivered-To: alice@example.test\r\n"
     )
-    assert recorder.events == [("bob@example.test", "INBOX"), ("alice@example.test", "INBOX")]
+    # Each user's watchers are told once its copy is stored and indexed.
+    assert sorted(recorder.events) == [
+        ("alice@example.test", "INBOX"),
+        ("bob@example.test", "INBOX"),
+    ]
     # Maildir file names carry the size (S=) of the stored file.
     name = inbox(server, "bob")[-1].name
     assert f",S={inbox(server, 'bob')[-1].stat().st_size}" in name

@@ -30,6 +30,7 @@ from pillarbox.net.proxyproto import (
     v2_header,
 )
 from tests import pbserver, ports
+from tests.mailfiles import delivered
 
 # -- the parser -------------------------------------------------------------------------------
 
@@ -265,7 +266,7 @@ def test_smtp_through_haproxy_sees_the_real_client(
         )
     log = server_log.text()
     assert "client=127.0.0.5 via=127.0.0.1" in log
-    stored = next((server.settings.mail_dir / "example.test" / "alice" / "new").iterdir())
+    stored = delivered(server.settings, "alice")[0]
     received = stored.read_bytes().split(b"\r\n\r\n", 1)[0]
     assert b"127.0.0.5" in received  # the Received trace names the real client
 

@@ -18,6 +18,7 @@ from pillarbox.store.index import INDEX_FILE, UserIndex
 from pillarbox.store.types import MailboxError
 from tests import pbserver
 from tests.imaphelp import ALICE, Raw, message
+from tests.mailfiles import delivered
 from tests.test_foundation_cli import pillarbox
 
 BODY = message("quota", "x" * 3000 + "\r\n")
@@ -220,5 +221,4 @@ def test_smtp_full_mailbox_is_a_temporary_failure(tmp_path: Path) -> None:
             assert smtp.rcpt(ALICE)[0] == 250
             code, text = smtp.data(BODY)
             assert (code, text[:5]) == (452, b"4.2.2")
-        inbox = tmp_path / "data" / "mail" / "example.test" / "alice" / "new"
-        assert len(list(inbox.iterdir())) == 2  # nothing more was written
+        assert len(delivered(settings, "alice")) == 2  # nothing more was written

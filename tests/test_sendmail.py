@@ -15,6 +15,7 @@ from pillarbox import control
 from pillarbox.config import Settings
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
+from tests.mailfiles import delivered
 
 
 def sendmail(
@@ -28,10 +29,7 @@ def sendmail(
 
 
 def inbox(settings: Settings, user: str, mark: str) -> list[bytes]:
-    new = settings.mail_dir / "example.test" / user / "new"
-    if not new.is_dir():
-        return []
-    return [p.read_bytes() for p in new.iterdir() if mark.encode() in p.read_bytes()]
+    return [p.read_bytes() for p in delivered(settings, user) if mark.encode() in p.read_bytes()]
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import pytest
 
 from pillarbox.config import Settings
 from tests import pbserver
+from tests.mailfiles import delivered
 
 TIMEOUT = 10
 
@@ -45,8 +46,7 @@ def mx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pbserver.RunningSer
 
 
 def new_files(settings: Settings, user: str, folder: str = "") -> list[Path]:
-    base = settings.mail_dir / "example.test" / user / folder / "new"
-    return sorted(base.iterdir()) if base.is_dir() else []
+    return delivered(settings, user, folder)
 
 
 def find_message(settings: Settings, user: str, marker: bytes) -> bytes:

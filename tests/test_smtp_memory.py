@@ -6,6 +6,7 @@ import smtplib
 from pathlib import Path
 
 from tests import pbserver
+from tests.mailfiles import delivered
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -27,5 +28,5 @@ def test_big_message_does_not_sit_in_memory(tmp_path: Path) -> None:
             client.sendmail("s@remote.test", ["alice@example.test"], message)
         growth = peak_rss_kib(server.proc.pid) - before
     assert growth < 16 * 1024, f"peak RSS grew by {growth} KiB for a 30 MB message"
-    (stored,) = (settings.mail_dir / "example.test" / "alice" / "new").iterdir()
+    (stored,) = delivered(settings, "alice")
     assert stored.stat().st_size > len(message)

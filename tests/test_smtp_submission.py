@@ -17,6 +17,7 @@ import pytest
 from pillarbox import control
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
+from tests.mailfiles import delivered
 
 TIMEOUT = 10
 ALICE = "alice@example.test"
@@ -60,8 +61,8 @@ def message(mark: str, sender: str = ALICE, to: str = "bob@example.test") -> byt
 
 
 def stored(server: pbserver.RunningServer, user: str, mark: str) -> bytes:
-    new = server.settings.mail_dir / "example.test" / user / "new"
-    found = [p.read_bytes() for p in new.iterdir() if mark.encode() in p.read_bytes()]
+    files = delivered(server.settings, user)
+    found = [p.read_bytes() for p in files if mark.encode() in p.read_bytes()]
     assert len(found) == 1
     return found[0]
 

@@ -21,6 +21,7 @@ from pillarbox.config import Settings
 from pillarbox.spam.rules import GTUBE
 from tests import imaphelp, pbserver
 from tests.dnsserver import DnsTestServer
+from tests.mailfiles import delivered
 from tests.spamcorpus import corpus
 
 RCPT = "alice@example.test"
@@ -414,7 +415,7 @@ def test_two_recipients_own_verdicts_and_no_partial_reject(
     assert refused == {}  # one reply after DATA for both: accepted, nothing lost
     assert list(stored(settings, "two@sender.example")) == ["Junk"]  # alice's
     bob = settings.mail_dir / "example.test" / "bob"
-    copies = [p for p in bob.rglob("*") if p.is_file() and b"two@sender" in p.read_bytes()]
+    copies = [p for p in delivered(settings, "bob@example.test") if b"two@sender" in p.read_bytes()]
     assert [p.parent.parent for p in copies] == [bob]  # bob's INBOX
     assert "verdict=inbox;" in spam_field(copies[0].read_bytes())
     line = message_line(caplog, "two@sender.example")

@@ -18,6 +18,7 @@ from imapclient import IMAPClient
 from pillarbox.config import Settings
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
+from tests.mailfiles import delivered
 
 TIMEOUT = 10
 ALICE = "alice@example.test"
@@ -89,8 +90,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def stored_count(settings: Settings, user: str, mark: str) -> int:
-    new = settings.mail_dir / "example.test" / user / "new"
-    return sum(mark.encode() in p.read_bytes() for p in new.iterdir()) if new.is_dir() else 0
+    return sum(mark.encode() in p.read_bytes() for p in delivered(settings, user))
 
 
 def envelope_from(server: pbserver.RunningServer, user: str, mark: str) -> list[str]:

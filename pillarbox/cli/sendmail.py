@@ -169,23 +169,34 @@ def _deliver_offline(settings: Settings, queue_id: str) -> dict[str, str]:
     from pillarbox.delivery.service import DeliveryService, QueueUnavailable
     from pillarbox.delivery.wiring import WithoutServer
     from pillarbox.store.accounts import open_accounts
+    from pillarbox.store.mailbox import MailStore
 
     accounts = open_accounts(settings)
-    local = LocalStore(settings.mail_dir, WithoutServer(), settings.hostname)
+    # Our own mail store, so the mail is indexed as the server would have (no server runs).
+    store = MailStore(
+        settings.mail_dir, full_text=settings.store.full_text_index, hostname=settings.hostname
+    )
+    services = WithoutServer(mail_store=store)
     service = DeliveryService(
         accounts,
-        local,
-        WithoutServer(),
+        LocalStore(services),
+        services,
         delimiter=settings.delivery.recipient_delimiter,
         domains=settings.domains,
         hostname=settings.hostname,
     )
+
+    async def process() -> dict[str, str]:
+        try:
+            return await Pickup(settings, service).process(queue_id)
+        finally:
+            await store.close()
+
     try:
-        return asyncio.run(Pickup(settings, service).process(queue_id))
+        return asyncio.run(process())
     except QueueUnavailable:
         return {"*": "deferred"}
     finally:
-        local.close()
         accounts.close()
 
 

@@ -16,12 +16,17 @@ from pillarbox import log
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.control import ControlServer
-from pillarbox.delivery.local import LocalStore, LocalTarget, folder_path
+from pillarbox.delivery.local import LocalStore, LocalTarget
 from pillarbox.delivery.pickup import Pickup
 from pillarbox.delivery.policy import SmtpBackend
 from pillarbox.delivery.service import DeliveryService
 from pillarbox.delivery.sieve import SieveFilter
-from pillarbox.delivery.wiring import InboundServices, LocalServices, RoutingServices
+from pillarbox.delivery.wiring import (
+    DeliveryStore,
+    InboundServices,
+    LocalServices,
+    RoutingServices,
+)
 from pillarbox.net.listener import ListenerSpec
 from pillarbox.smtp.server import SmtpServer
 from pillarbox.store.accounts import Accounts
@@ -36,6 +41,9 @@ class SmtpServices(InboundServices, RoutingServices, LocalServices, Protocol):
 
     delivery: DeliveryService | None
     sieve_scripts: SieveScripts | None
+
+    @property
+    def mail_store(self) -> DeliveryStore | None: ...
 
 
 class SmtpContext(Protocol):
@@ -60,7 +68,7 @@ class SmtpComponent:
 
     def __init__(self, ctx: SmtpContext):
         settings = ctx.settings
-        self.local = LocalStore(settings.mail_dir, ctx.services, settings.hostname)
+        self.local = LocalStore(ctx.services)
         # Users' Sieve scripts (shared with ManageSieve and the web pages through services).
         scripts = ctx.services.sieve_scripts
         if scripts is None:
@@ -86,8 +94,8 @@ class SmtpComponent:
     def _folder_exists(self, user: str, folder: str) -> bool:
         """RFC 5490 mailboxexists: the folder's Maildir is on disk (blocking, in a thread)."""
         try:
-            path = folder_path(self.local.mail_dir, LocalTarget(user, folder))
-        except (BadMailboxName, ValueError):
+            path = self.local.folder_path(LocalTarget(user, folder))
+        except (BadMailboxName, ValueError, OSError):
             return False
         return (path / "cur").is_dir()
 
@@ -101,7 +109,6 @@ class SmtpComponent:
     async def stop(self) -> None:
         await self.pickup.stop()
         await self.server.stop()
-        self.local.close()
 
     async def reload(self, ctx: SmtpContext) -> None:
         settings = ctx.settings

@@ -9,8 +9,9 @@ the next message sees. ``cli/sendmail`` delivers without a server through
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pillarbox.queue.api import QueueService
@@ -28,11 +29,29 @@ class MailboxEvents(Protocol):
     ) -> Awaitable[None] | None: ...
 
 
+class MailDelivery(Protocol):
+    """The mail store as local delivery sees it (``store.mailbox.MailStore``): it writes,
+    indexes and announces a message in one call."""
+
+    def folder_path(self, user: str, folder: str) -> Path: ...
+
+    async def deliver(
+        self,
+        user: str,
+        folder: str,
+        message: Sequence[bytes | Path],
+        *,
+        sender: str | None = None,
+        prefix: bytes = b"",
+        flags: Sequence[str] = (),
+    ) -> Path: ...
+
+
 class LocalServices(Protocol):
-    """What the local store (Maildir writer) uses."""
+    """What local delivery uses."""
 
     @property
-    def mailbox_events(self) -> MailboxEvents | None: ...
+    def mail_store(self) -> MailDelivery | None: ...
 
 
 class RoutingServices(Protocol):
@@ -63,10 +82,15 @@ class InboundServices(Protocol):
     def mail_store(self) -> QuotaCheck | None: ...
 
 
+class DeliveryStore(MailDelivery, QuotaCheck, Protocol):
+    """The mail store as the SMTP component uses it: deliveries and quota checks."""
+
+
 @dataclass(frozen=True)
 class WithoutServer:
     """No running server (``pillarbox sendmail`` delivering itself): no queue to hand
-    remote recipients to, no IMAP session to tell of new mail."""
+    remote recipients to, no IMAP session to tell of new mail; a mail store of its own."""
 
     queue: QueueService | None = None
     mailbox_events: MailboxEvents | None = None
+    mail_store: MailDelivery | None = None

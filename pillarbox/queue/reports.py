@@ -31,8 +31,6 @@ from pillarbox.queue.store import (
     Recipient,
 )
 from pillarbox.store.accounts import Accounts
-from pillarbox.store.maildir import deliver as maildir_deliver
-from pillarbox.store.maildir import user_maildir
 
 _log = log.get("queue")
 T = TypeVar("T")
@@ -58,9 +56,26 @@ class ReportDelivery(Protocol):
     ) -> dict[str, str]: ...
 
 
+class ReportStore(Protocol):
+    """The mail store (``store.mailbox.MailStore``), where a report goes when no delivery
+    service runs."""
+
+    async def deliver(
+        self,
+        user: str,
+        folder: str,
+        message: Sequence[bytes | Path],
+        *,
+        sender: str | None = None,
+    ) -> Path: ...
+
+
 class ReportServices(Protocol):
     @property
     def delivery(self) -> ReportDelivery | None: ...
+
+    @property
+    def mail_store(self) -> ReportStore | None: ...
 
 
 class ReportContext(Protocol):
@@ -181,12 +196,16 @@ class Reports:
                 # The local sender no longer exists: the report has nowhere to go.
                 _log.warning("dsn undeliverable", to=f"<{to}>", queue_id=dsn_id)
             return
-        # No delivery service wired (queue used alone): route it ourselves.
+        # No delivery service wired (queue used alone): route it ourselves, and store it as
+        # local delivery does (Return-Path: <>, Delivered-To, indexed, IDLE told).
         delimiter = self.settings.delivery.recipient_delimiter
         resolution = await asyncio.to_thread(self.ctx.accounts.resolve, to, delimiter)
-        for user in resolution.local_users:
-            maildir = user_maildir(self.settings.mail_dir, user)
-            await asyncio.to_thread(maildir_deliver, maildir, [report])
+        if resolution.local_users:
+            store = self.ctx.services.mail_store
+            if store is None:
+                raise OSError("no mail store to deliver the report into")
+            for user in resolution.local_users:
+                await store.deliver(user, "INBOX", [report], sender="")
         if not resolution.found:
             _log.warning("dsn recipient unknown, sending it out", to=f"<{to}>", queue_id=dsn_id)
         if resolution.remote or not resolution.found:

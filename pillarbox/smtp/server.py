@@ -27,9 +27,10 @@ The hot path per message is: one bounded ``readline`` per command from our own b
 replies joined into one write, DATA checked per 64 KiB chunk with C-speed bytes methods
 (no regex, no per-line Python), one primary-key SQLite read per recipient at RCPT (WAL: no
 writer blocks it; the result is reused at delivery), and the Maildir write in
-``delivery/maildirwriter.py``: ``O_TMPFILE`` + fsync + ``linkat`` into new/ in parallel
-worker threads, with the fsyncs of new/ group-committed across concurrent deliveries.
-Nothing on the delivery path writes to SQLite. Measured (bench/smtp_compare.py, 20
+``store/maildir.py``: ``O_TMPFILE`` + fsync + ``linkat`` into new/ in parallel
+worker threads, with the fsyncs of new/ group-committed across concurrent deliveries,
+then the index row (``MailStore.deliver``: one WAL commit, no fsync, per batch of
+concurrent deliveries to a user). Measured before the index row (bench/smtp_compare.py, 20
 sessions of 4 KB messages on the 2-core box, same run for both): 1.3-2.0x Postfix's
 throughput at 0.25-0.45x its CPU per message; a 50 MB message raises the server's RSS by
 about 2 MB.

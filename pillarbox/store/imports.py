@@ -1,7 +1,7 @@
 """Bulk import into one mailbox of a user's index: flags, keywords, INTERNALDATE, each once.
 
 Importers (``pillarbox.transfer``) copy mail from another server or from files. Two things
-differ from APPEND (``writes.append``):
+differ from APPEND (``IndexWriter.append`` in ``store.writes``):
 
 - many messages arrive together: they are written and linked one by one, then indexed in one
   batch (one directory fsync and a few transactions per batch, not per message);

@@ -30,7 +30,6 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,9 +37,10 @@ from pillarbox import mime
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
 from pillarbox.mime.text import search_texts
-from pillarbox.store import db, fulltext, quota, uidlist, writes
+from pillarbox.store import db, fulltext, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
+from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 from pillarbox.store.reads import IndexReader
@@ -52,6 +52,7 @@ from pillarbox.store.types import (
     StatusInfo,
     StoreResult,
 )
+from pillarbox.store.writes import IndexWriter
 
 INDEX_FILE: Final = "pillarbox-index.sqlite"
 SPECIAL_USE: Final = {
@@ -110,19 +111,6 @@ _MIGRATIONS: Final[list[db.Migration]] = [
 ]
 
 
-@dataclass(slots=True)
-class Mailbox:
-    id: int
-    name: str
-    path: Path
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-    recent_uid: int
-    special_use: str | None
-    cur_mtime: int
-
-
 class UserIndex:
     """See the module docstring. Every public method expects ``lock`` to be held."""
 
@@ -153,6 +141,7 @@ class UserIndex:
         self._uid_cache: dict[int, tuple[tuple[int, int], array[int]]] = {}
         self._generation: dict[int, int] = {}  # bumped whenever a mailbox's UID set changes
         self.discover(initial=True)
+        self.writer = IndexWriter(self)  # STORE, EXPUNGE, APPEND, COPY/MOVE, deliveries
         self.own_reader = IndexReader(self.conn, root)
         # Read-only connections for FETCH/SEARCH outside the write lock (see store.reads).
         self.readers: queue.SimpleQueue[IndexReader] = queue.SimpleQueue()
@@ -363,8 +352,9 @@ class UserIndex:
         return names
 
     # --- sync --------------------------------------------------------------------------
-    def sync(self, box: Mailbox, *, full: bool = False) -> Mailbox:
-        """Pick up new and foreign changes (see the module docstring); returns fresh state."""
+    def sync(self, box: Mailbox, *, full: bool = False, full_text: bool = True) -> Mailbox:
+        """Pick up new and foreign changes (see the module docstring); returns fresh state.
+        ``full_text=False`` leaves the new messages' full-text rows to the backfill."""
         cur = box.path / "cur"
         try:
             before = os.stat(cur).st_mtime_ns
@@ -380,9 +370,9 @@ class UserIndex:
         # a change during the listing then shows as a new mtime and is scanned next time.
         current = os.stat(cur).st_mtime_ns if moved else before
         if full or before != box.cur_mtime:
-            self._scan_cur(box, current)
+            self._scan_cur(box, current)  # foreign changes: indexed in full, as always
         elif moved:
-            self._add_files(box, moved, rebuild=False)
+            self._add_files(box, moved, rebuild=False, full_text=full_text)
             self._set_cur_mtime(box, current)
         return self.mailbox(box.name)
 
@@ -478,7 +468,9 @@ class UserIndex:
                 "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
             )
 
-    def _add_files(self, box: Mailbox, fnames: list[str], *, rebuild: bool) -> list[int]:
+    def _add_files(
+        self, box: Mailbox, fnames: list[str], *, rebuild: bool, full_text: bool = True
+    ) -> list[int]:
         """Index files already in ``cur/``; ``rebuild`` reuses UIDs from dovecot-uidlist."""
         self._generation[box.id] = self._generation.get(box.id, 0) + 1
         known = uidlist.read(box.path) if rebuild else None
@@ -510,7 +502,7 @@ class UserIndex:
         modseq = self._next_modseq(box)
         # New mail is searchable at once; a big batch (a Maildir copied in) must not make
         # the first SELECT wait for its full-text index: the backfill does it later.
-        texts = self.full_text and len(assigned) <= fulltext.INLINE_MAX
+        texts = full_text and self.full_text and len(assigned) <= fulltext.INLINE_MAX
         if self.full_text and not texts and assigned:
             self.backfill_wanted = True
         added: list[int] = []
@@ -591,6 +583,13 @@ class UserIndex:
                 [(r[1][0], r[1][1], r[1][5]) for r in rows],
             )
             fulltext.add(self.conn, ((box.id, r[0][1], *r[2]) for r in rows if r[2] is not None))
+            # UIDNEXT commits with the rows: were it a later transaction, a crash in between
+            # would leave rows at or above UIDNEXT, whose UIDs the next message would take.
+            self.conn.execute(
+                "UPDATE mailboxes SET uidnext = max(uidnext, ?),"
+                " highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                (box.uidnext, box.highestmodseq, box.id),
+            )
 
     def _rewrite_uidlist(self, box: Mailbox) -> None:
         rows = self.conn.execute(
@@ -820,6 +819,28 @@ class UserIndex:
                 (box.id, lo, hi),
             ).fetchall()
 
+    # --- the interface IndexWriter uses (store.writes.WritableIndex) ----------------------
+    def rows_in(
+        self, box: Mailbox, ranges: Iterable[tuple[int, int]], columns: str
+    ) -> Iterator[sqlite3.Row]:
+        return self._rows_in(box, ranges, columns)
+
+    def add_files(self, box: Mailbox, fnames: list[str]) -> list[int]:
+        """Index files already in ``cur/`` (APPEND's), with new UIDs."""
+        return self._add_files(box, fnames, rebuild=False)
+
+    def remove_rows(self, box: Mailbox, uids: list[int]) -> None:
+        self._remove_rows(box, uids)
+
+    def rewrite_uidlist(self, box: Mailbox) -> None:
+        self._rewrite_uidlist(box)
+
+    def set_cur_mtime(self, box: Mailbox, mtime: int) -> None:
+        self._set_cur_mtime(box, mtime)
+
+    def next_modseq(self, box: Mailbox) -> int:
+        return self._next_modseq(box)
+
     # --- writing (pillarbox.store.writes) ----------------------------------------------------
     def store(
         self,
@@ -829,10 +850,10 @@ class UserIndex:
         flags: tuple[str, ...],
         unchanged_since: int | None,
     ) -> StoreResult:
-        return writes.store_flags(self, name, ranges, mode, flags, unchanged_since)
+        return self.writer.store_flags(name, ranges, mode, flags, unchanged_since)
 
     def expunge(self, name: str, ranges: list[tuple[int, int]] | None) -> list[int]:
-        return writes.expunge(self, name, ranges)
+        return self.writer.expunge(name, ranges)
 
     def append(
         self,
@@ -842,7 +863,10 @@ class UserIndex:
         internal_date: float | None,
         limit: int = 0,
     ) -> tuple[int, int]:
-        return writes.append(self, name, data, flags, internal_date, limit=limit)
+        return self.writer.append(name, data, flags, internal_date, limit=limit)
+
+    def take_delivered(self, names: list[str]) -> None:
+        self.writer.take_delivered(names)
 
     def copy(
         self,
@@ -853,4 +877,4 @@ class UserIndex:
         move: bool,
         limit: int = 0,
     ) -> tuple[int, list[int], list[int]]:
-        return writes.copy(self, src_name, ranges, dst_name, move=move, limit=limit)
+        return self.writer.copy(src_name, ranges, dst_name, move=move, limit=limit)

@@ -19,6 +19,21 @@ a COPY/MOVE out of Junk (not into Trash: deleting spam is not calling it ham) or
 no filter). It runs as a background task after the IMAP command has been answered: a slow
 or failing filter never delays or fails the user's command.
 
+Delivery: :meth:`MailStore.deliver` is the one way mail arrives from outside IMAP (SMTP,
+Sieve ``fileinto``, the queue's reports). It writes the file durably into the folder's
+``new/`` (``store.maildir.MaildirWriter``: parallel file fsyncs, group-committed directory
+fsyncs), then indexes it under the user's index lock (the sync moves it to ``cur/`` and gives
+it its UID, MODSEQ, parsed envelope and header rows, and quota usage; the full-text row,
+the dearest part, is left to the backfill that the user's next session starts), then tells
+the watchers (IDLE sessions). Concurrent deliveries to one user share one turn of the lock
+(:meth:`UserMailboxes.index_delivered`), and the index of a user without sessions stays open
+``DELIVERY_LINGER`` seconds, so a burst of mail opens it once. A message over
+``INDEX_AT_DELIVERY_MAX`` is left in ``new/`` for the next sync, which parses it then (as
+before delivery indexed), so SMTP's memory does not grow with the size of the mail. The
+Maildir write is the commit point: if indexing fails or the process dies before it, the
+file waits in ``new/`` and the next sync indexes it, exactly once (see
+``IndexWriter.take_delivered`` in ``store.writes``).
+
 Full-text backfill: messages the index took in bulk (see ``store.fulltext``) are indexed by
 one background task per open user, a chunk of ``BACKFILL_CHUNK`` messages per turn of the
 index lock, so a session's commands wait at most one chunk. It holds a reference on the index,
@@ -29,9 +44,14 @@ after its chunk, and the next open carries on.
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import itertools
 from array import array
-from collections.abc import Awaitable, Callable, Coroutine
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
@@ -44,7 +64,14 @@ from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
 from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.index import UserIndex
-from pillarbox.store.maildir import user_maildir
+from pillarbox.store.maildir import (
+    MaildirWriter,
+    Part,
+    flags_info,
+    size_in_name,
+    user_maildir,
+)
+from pillarbox.store.names import folder_dir, normalise
 from pillarbox.store.reads import IndexReader
 from pillarbox.store.types import (
     ChangeSet,
@@ -64,6 +91,11 @@ LEARN_MAX = 100  # messages read for learning per command
 QuotaLookup = Callable[[str], int]
 JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
 BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
+# Bigger deliveries are indexed by the next sync (an IMAP or POP3 session's), not at once:
+# parsing reads the whole message, and SMTP's memory must not grow with the message size.
+INDEX_AT_DELIVERY_MAX = 1 << 20
+DELIVERY_LINGER = 30.0  # seconds a delivered-to index stays open without sessions
+MAX_LINGERING = 64  # such indexes at most (each holds three SQLite connections: fds)
 
 __all__ = ["MailStore", "MailboxError", "UserMailboxes"]
 
@@ -82,6 +114,9 @@ class UserMailboxes:
         self.refs = 0
         self._backfilling = False
         self._changes = ChangesBatcher(self._run, index)  # one sync per mailbox, not session
+        # Folders delivery wrote into, each with the deliveries waiting for their index row.
+        self._delivered: dict[str, list[asyncio.Future[None]]] = {}
+        self._indexer: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         index = self._index
@@ -140,6 +175,39 @@ class UserMailboxes:
                 index.readers.put(reader)
 
         return await asyncio.get_running_loop().run_in_executor(self._store.executor, pooled)
+
+    async def index_delivered(self, folder: str) -> None:
+        """Index what delivery wrote into ``folder``'s ``new/``; returns once it is indexed.
+
+        Group commit: the deliveries that arrive while the index is busy are indexed
+        together in its next turn, so N concurrent deliveries to one user take about two
+        turns of the index lock and one store worker, not N of each."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._delivered.setdefault(folder, []).append(done)
+        if self._indexer is None:
+            # A task of its own: a delivery whose caller gives up (an SMTP client gone) must
+            # not leave the others' futures unanswered.
+            self._indexer = asyncio.get_running_loop().create_task(self._index_deliveries())
+        await done
+
+    async def _index_deliveries(self) -> None:
+        try:
+            while self._delivered:
+                batch, self._delivered = self._delivered, {}
+                failure: Exception | None = None
+                try:
+                    await self._run(self._index.take_delivered, sorted(batch))
+                except Exception as exc:
+                    failure = exc
+                for done in itertools.chain.from_iterable(batch.values()):
+                    if done.done():
+                        continue
+                    if failure is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(failure)
+        finally:
+            self._indexer = None
 
     def _changed(self, mailbox: str) -> None:
         self._store.hub.publish(self.user, mailbox)
@@ -334,12 +402,32 @@ class UserMailboxes:
             await learner(self.user, messages, spam)
 
 
+@dataclass
+class _Lingering:
+    """A reference delivery holds on a user's index, until ``until`` (loop time)."""
+
+    handle: UserMailboxes
+    until: float
+    timer: asyncio.TimerHandle
+
+
 class MailStore:
     """All users' mail under ``mail_dir``; see the module docstring."""
 
-    def __init__(self, mail_dir: Path, *, workers: int = 4, full_text: bool = True):
+    def __init__(
+        self,
+        mail_dir: Path,
+        *,
+        workers: int = 4,
+        full_text: bool = True,
+        hostname: str | None = None,
+    ):
         self.mail_dir = mail_dir
         self.full_text = full_text
+        self.hostname = hostname
+        self._writer: MaildirWriter | None = None  # started by the first delivery
+        # Users whose index delivery keeps open (a reference each), oldest first.
+        self._lingering: OrderedDict[str, _Lingering] = OrderedDict()
         self.closing = False
         self.hub = ChangesHub()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
@@ -382,8 +470,9 @@ class MailStore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def open(self, user: str) -> UserMailboxes:
-        """The user's mailboxes (creating the Maildir and default folders the first time)."""
+    async def open(self, user: str, *, backfill: bool = True) -> UserMailboxes:
+        """The user's mailboxes (creating the Maildir and default folders the first time).
+        ``backfill=False`` (delivery) leaves the full-text backfill to the user's sessions."""
         self.hub.bind_loop(asyncio.get_running_loop())
         lock = self._opening.setdefault(user, asyncio.Lock())
         async with lock:
@@ -396,7 +485,8 @@ class MailStore:
                 )
                 handle = self._users[user] = UserMailboxes(self, user, index)
             handle.refs += 1
-            handle._backfill_soon()
+            if backfill:
+                handle._backfill_soon()
             return handle
 
     async def release(self, handle: UserMailboxes) -> None:
@@ -414,14 +504,124 @@ class MailStore:
     def notify_new_mail(self, user_address: str, mailbox: str = "INBOX") -> None:
         self.hub.notify_new_mail(user_address, mailbox)
 
+    # --- delivery (see "Delivery" in the module docstring)
+    def folder_path(self, user: str, folder: str) -> Path:
+        """The Maildir of ``user``'s ``folder`` (the directory IMAP uses for that name);
+        raises BadMailboxName for a name no folder can have, ValueError for a user."""
+        return _folder_path(self.mail_dir, user, folder)
+
+    async def deliver(
+        self,
+        user: str,
+        folder: str,
+        message: Sequence[Part],
+        *,
+        sender: str | None = None,
+        prefix: bytes = b"",
+        flags: Sequence[str] = (),
+    ) -> Path:
+        """Store ``message`` in ``user``'s ``folder`` with ``flags`` (a Sieve script's),
+        durably, and index it; returns the file. With ``sender`` (the envelope sender, ""
+        for the null sender) the file starts with Return-Path and Delivered-To (see
+        :func:`delivery_headers`), then ``prefix`` (header fields of the caller's).
+        Raises OSError when the message could not be written (nothing was stored),
+        BadMailboxName for a bad folder name. Once the file is written the delivery has
+        succeeded: a failure to index it is logged and left to the next sync."""
+        if self.closing:
+            # Stopping (e.g. the queue delivering a DSN during shutdown): a clean failure
+            # the caller retries later.
+            raise OSError(errno.ESHUTDOWN, "the mail store is shut down")
+        folder = normalise(folder)  # "inbox" is INBOX: the index and the watchers know it so
+        path = self.folder_path(user, folder)
+        info = await asyncio.to_thread(flags_info, path, flags) if flags else ""
+        if self._writer is None:
+            self._writer = MaildirWriter(self.hostname)
+        if sender is not None:
+            prefix = delivery_headers(sender, user) + prefix
+        stored = await self._writer.write(path, message, prefix=prefix, info=info)
+        try:
+            if (size_in_name(stored.name) or 0) <= INDEX_AT_DELIVERY_MAX:
+                await self._index_delivered(user, folder)
+        except Exception:
+            _log.error("indexing delivered mail failed, left to the next sync",
+                       user=user, folder=folder, file=stored.name, exc_info=True)  # fmt: skip
+        self.hub.publish(user, folder)
+        return stored
+
+    async def _index_delivered(self, user: str, folder: str) -> None:
+        if self.closing:
+            return  # the indexes are closed: the next start's sync indexes the file
+        lingering = self._lingering.get(user)
+        if lingering is not None:  # the common case under load: no lock, no open
+            handle = lingering.handle
+            handle.refs += 1
+        else:
+            handle = await self.open(user, backfill=False)
+        try:
+            self._linger(handle)
+            await handle.index_delivered(folder)
+        finally:
+            await handle.release()
+
+    def _linger(self, handle: UserMailboxes) -> None:
+        """Keep ``handle``'s index open ``DELIVERY_LINGER`` seconds more (one reference).
+        One timer per user, moved on when it fires, not one per delivery."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + DELIVERY_LINGER
+        lingering = self._lingering.get(handle.user)
+        if lingering is not None:
+            lingering.until = until
+            self._lingering.move_to_end(handle.user)
+            return
+        handle.refs += 1
+        timer = loop.call_later(DELIVERY_LINGER, self._linger_ended, handle.user)
+        self._lingering[handle.user] = _Lingering(handle, until, timer)
+        while len(self._lingering) > MAX_LINGERING:
+            self._stop_lingering(next(iter(self._lingering)))
+
+    def _linger_ended(self, user: str) -> None:
+        lingering = self._lingering.get(user)
+        if lingering is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < lingering.until:  # delivered to since: wait the rest
+            lingering.timer = loop.call_at(lingering.until, self._linger_ended, user)
+            return
+        self._stop_lingering(user)
+
+    def _stop_lingering(self, user: str) -> None:
+        lingering = self._lingering.pop(user, None)
+        if lingering is not None:
+            lingering.timer.cancel()
+            self.spawn(self.release(lingering.handle), what="closing an index")
+
     async def close(self) -> None:
         self.closing = True  # a backfill stops after its chunk; the next start resumes it
+        for lingering in self._lingering.values():
+            lingering.timer.cancel()
+        self._lingering.clear()  # the loop below releases every handle anyway
         if self._tasks:  # lessons in flight finish before the indexes close
             await asyncio.wait(list(self._tasks), timeout=5)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
         for handle in list(self._users.values()):
             handle.refs = 1
             await self.release(handle)
         self.executor.shutdown(wait=False)
+
+
+def delivery_headers(sender: str, user: str) -> bytes:
+    """The trace fields of a final delivery: Return-Path (RFC 5321 §4.4: the delivery into
+    the mailbox adds it) and Delivered-To (the Postfix/qmail loop-detection field, which
+    also tells a user which of its addresses received the mail)."""
+    return f"Return-Path: <{sender}>\r\nDelivered-To: {user}\r\n".encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_path(mail_dir: Path, user: str, folder: str) -> Path:
+    root = user_maildir(mail_dir, user)
+    directory = folder_dir(folder)  # Maildir++ folder (Dovecot layout, names escaped)
+    return root / directory if directory else root
 
 
 class StoreServices(Protocol):
@@ -449,15 +649,21 @@ class StoreContext(Protocol):
 class StoreComponent:
     """The mail store as an app component: no listeners, provides two services.
 
-    ``services.mail_store`` is the :class:`MailStore` (IMAP's and POP3's backend) and
+    ``services.mail_store`` is the :class:`MailStore` (IMAP's and POP3's backend, and
+    where local delivery stores mail: :meth:`MailStore.deliver`) and
     ``services.mailbox_events`` the same object, whose ``notify_new_mail(user, mailbox)``
-    SMTP delivery calls after writing into a Maildir.
+    tells IDLE sessions of a change made outside the store.
     """
 
     name = "store"
 
     def __init__(self, ctx: StoreContext):
-        self.store = MailStore(ctx.settings.mail_dir, full_text=ctx.settings.store.full_text_index)
+        settings = ctx.settings
+        self.store = MailStore(
+            settings.mail_dir,
+            full_text=settings.store.full_text_index,
+            hostname=settings.hostname,
+        )
         # The quota of a user: its own (`pillarbox user quota`), else [store] quota; the
         # settings are read at each call, so a reload applies at once.
         self.store.set_quota_lookup(
