@@ -41,6 +41,7 @@ from pillarbox.mailauth import keys as dkim
 from pillarbox.managesieve.backend import ScriptError, SieveBackend, UserScripts
 from pillarbox.spam.reputation import ReputationStore
 from pillarbox.store.accounts import AccountError, Accounts, open_accounts
+from pillarbox.store.index import INDEX_FILE
 from pillarbox.store.maildir import user_maildir
 from pillarbox.web.backend import (
     CheckResult,
@@ -384,10 +385,13 @@ class AdminBackend:
 
 
 def _tree_size(root: Path) -> int:
-    """Bytes under a user's Maildir, like ``du`` (what ``pillarbox status`` reports)."""
+    """Bytes of a user's mail: its Maildir like ``du``, without the mail index (a cache
+    that delivery creates and keeps open, whose write-ahead log comes and goes)."""
     total = 0
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
+            if name.startswith(INDEX_FILE):  # the index, its -wal and -shm
+                continue
             with contextlib.suppress(FileNotFoundError):  # expunged meanwhile
                 total += os.lstat(os.path.join(dirpath, name)).st_size
     return total
