@@ -68,3 +68,30 @@ def test_idle_notices_a_foreign_delivery_without_notification(
         assert raw.until(b"i")[-1].startswith(b"i OK")
     finally:
         raw.close()
+
+
+def test_new_mail_is_recent_for_one_session_only(tmp_path: Path) -> None:
+    # RFC 3501 §2.3.2: \Recent goes to the first session told about a message, not to every
+    # session that had the mailbox selected (both selected it while it was empty).
+    settings = pbserver.make_settings(tmp_path / "data", {"mailauth": {"verify_inbound": False}})
+    pbserver.add_user(settings, ALICE)
+    with pbserver.RunningServer(settings) as server:
+        first, second = Raw(server), Raw(server)
+        try:
+            for session in (first, second):
+                session.login()
+                assert b"* 0 RECENT\r\n" in session.cmd(b"s", b"SELECT INBOX")
+            with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=TIMEOUT) as smtp:
+                smtp.sendmail("bob@example.org", [ALICE], message("new", "body\r\n"))
+            told_first = first.cmd(b"n", b"NOOP")
+            told_second = second.cmd(b"n", b"NOOP")
+            assert told_first[:2] == [b"* 1 EXISTS\r\n", b"* 1 RECENT\r\n"]
+            assert told_second[:2] == [b"* 1 EXISTS\r\n", b"* 0 RECENT\r\n"]
+            assert b"\\Recent" in first.cmd(b"f", b"FETCH 1 (FLAGS)")[0]
+            assert b"\\Recent" not in second.cmd(b"f", b"FETCH 1 (FLAGS)")[0]
+            assert b"\\Recent" not in second.cmd(b"f", b"UID FETCH 1:* (FLAGS)")[0]
+            assert second.cmd(b"r", b"SEARCH RECENT")[0] == b"* SEARCH\r\n"
+            assert first.cmd(b"r", b"SEARCH RECENT")[0] == b"* SEARCH 1\r\n"
+        finally:
+            first.close()
+            second.close()

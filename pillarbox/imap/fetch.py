@@ -431,6 +431,7 @@ def _render_fast(template: str, batch: FlagBatch, view: SelectedMailbox) -> byte
     if batch.last > view.max_uid or bisect.bisect_right(uids, batch.last) - start != len(rows):
         return _render_walk(template, batch, keywords, view, start)
     recent_at = bisect.bisect_left(uids, view.recent_from) if not view.rev2 else 1 << 40
+    recent_end = bisect.bisect_left(uids, view.recent_to)
     text = FLAG_TEXT
     out: list[str] = []
     append = out.append
@@ -441,7 +442,7 @@ def _render_fast(template: str, batch: FlagBatch, view: SelectedMailbox) -> byte
         flags = text[mask]
         if keywords and uid in keywords:
             flags = f"{flags} {keywords[uid]}" if flags else keywords[uid]
-        if index >= recent_at:
+        if recent_at <= index < recent_end:
             flags = "\\Recent " + flags if flags else "\\Recent"
         if common:
             append("* %d FETCH (UID %d FLAGS (%s))\r\n" % (index + 1, uid, flags))  # noqa: UP031
@@ -457,6 +458,7 @@ def _render_walk(
     uids = view.uids
     count = len(uids)
     recent_from = view.recent_from if not view.rev2 else 1 << 40
+    recent_to = view.recent_to
     out: list[str] = []
     modseqs = batch.modseqs or repeat(0, len(batch.uids))  # not asked for: not in the template
     for uid, mask, modseq in zip(batch.uids, batch.masks, modseqs, strict=True):
@@ -467,7 +469,7 @@ def _render_walk(
         flags = FLAG_TEXT[mask]
         if uid in keywords:
             flags = f"{flags} {keywords[uid]}" if flags else keywords[uid]
-        if uid >= recent_from:
+        if recent_from <= uid < recent_to:
             flags = "\\Recent " + flags if flags else "\\Recent"
         out.append(template.format(i + 1, uid, flags, modseq))
     return "".join(out).encode("ascii", "replace")

@@ -40,6 +40,7 @@ class SelectedMailbox:
         "qresync",
         "readonly",
         "recent_from",
+        "recent_to",
         "rev2",
         "uidnext",
         "uids",
@@ -53,7 +54,12 @@ class SelectedMailbox:
         self.uidnext = info.uidnext
         self.uids: array[int] = info.uids
         self.known_modseq = info.highestmodseq
+        # \Recent for this session: the UIDs in [recent_from, recent_to). SELECT claimed
+        # the ones below UIDNEXT nobody had claimed; a message arriving later is recent only
+        # for the session that claims it first (RFC 3501 §2.3.2), not for every session
+        # that had the mailbox selected when it was empty.
         self.recent_from = info.recent_from_uid if not readonly else info.uidnext
+        self.recent_to = info.uidnext
         self.rev2 = rev2
         self.condstore = False
         self.qresync = False
@@ -77,11 +83,25 @@ class SelectedMailbox:
         return None
 
     def is_recent(self, uid: int) -> bool:
-        return uid >= self.recent_from and not self.rev2
+        return self.recent_from <= uid < self.recent_to and not self.rev2
 
     @property
     def recent_count(self) -> int:
-        return len(self.uids) - bisect.bisect_left(self.uids, self.recent_from)
+        upto = bisect.bisect_left(self.uids, self.recent_to)
+        return max(0, upto - bisect.bisect_left(self.uids, self.recent_from))
+
+    def _claimed(self, new: list[int], unclaimed_from: int) -> None:
+        """Count as recent the ``new`` UIDs this session's change query claimed (those at or
+        above ``unclaimed_from``, the mailbox's first unclaimed UID before the claim)."""
+        mine = [u for u in new if u >= unclaimed_from]
+        if self.readonly or not mine:
+            return
+        if self.recent_from >= self.recent_to:  # nothing recent yet: the claim is the range
+            self.recent_from, self.recent_to = mine[0], mine[-1] + 1
+        elif mine[0] <= self.recent_to:  # right after the range: it grows
+            self.recent_to = mine[-1] + 1
+        # else another session claimed the UIDs in between: one range cannot hold both, and
+        # reporting fewer \Recent is the safe side (never one message recent twice).
 
     def uid_ranges(self, numbers: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
         """The UID ranges a sequence set or UID set names (``$`` resolved by the caller)."""
@@ -199,9 +219,8 @@ class SelectedMailbox:
                 self.uids = self.uids + array("I", new)
                 out.append(b"* %d EXISTS\r\n" % len(self.uids))
                 if not self.rev2:
-                    # We claimed \Recent for them if nobody had (RFC 3501 §2.3.2).
-                    if not self.readonly and changes.recent_from_uid <= new[0]:
-                        self.recent_from = min(self.recent_from, new[0])
+                    # We claimed \Recent for those nobody had (RFC 3501 §2.3.2).
+                    self._claimed(new, changes.recent_from_uid)
                     out.append(b"* %d RECENT\r\n" % self.recent_count)
         self.uidnext = max(self.uidnext, changes.uidnext)
         self.known_modseq = max(self.known_modseq, changes.highestmodseq)
