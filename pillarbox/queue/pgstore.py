@@ -45,8 +45,8 @@ from pillarbox.queue.store import (
     is_queue_id,
     message_of_row,
     needs_smtputf8,
-    recipient_domain,
     recipient_of_row,
+    recipient_rows,
 )
 from pillarbox.store import pg
 from pillarbox.store.pg import DB_NOW
@@ -196,18 +196,7 @@ class PgQueueStore(QueueStoreBase):
             cur.executemany(
                 "INSERT INTO queue_recipients(queue_id, address, domain, notify, orcpt,"
                 " next_attempt, updated) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        queue_id,
-                        r.address,
-                        recipient_domain(r.address),
-                        ",".join(sorted(r.notify)),
-                        r.orcpt,
-                        now,
-                        now,
-                    )
-                    for r in recipients
-                ],
+                recipient_rows(queue_id, recipients, now),
             )
 
     # -- reading --------------------------------------------------------------------------

@@ -170,6 +170,25 @@ def needs_smtputf8(sender: str, recipients: Iterable[str]) -> bool:
     return any(not a.isascii() for a in [sender, *recipients])
 
 
+def recipient_rows(
+    queue_id: str, recipients: Sequence[OutboundRecipient], now: float
+) -> list[tuple[str, str, str, str, str | None, float, float]]:
+    """The recipients table's new rows, in its column order (queue_id, address, domain,
+    notify, orcpt, next_attempt, updated): one place for both stores' INSERT."""
+    return [
+        (
+            queue_id,
+            r.address,
+            recipient_domain(r.address),
+            ",".join(sorted(r.notify)),
+            r.orcpt,
+            now,
+            now,
+        )
+        for r in recipients
+    ]
+
+
 class QueueStoreBase(abc.ABC):
     """The queue's state: the spool files (here, the same for every backend) and the rows
     (``QueueStore`` in SQLite, ``pgstore.PgQueueStore`` in PostgreSQL, shared by nodes).
@@ -374,18 +393,7 @@ class QueueStore(QueueStoreBase):
             conn.executemany(
                 "INSERT INTO recipients(queue_id, address, domain, notify, orcpt,"
                 " next_attempt, updated) VALUES(?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        queue_id,
-                        r.address,
-                        recipient_domain(r.address),
-                        ",".join(sorted(r.notify)),
-                        r.orcpt,
-                        now,
-                        now,
-                    )
-                    for r in recipients
-                ],
+                recipient_rows(queue_id, recipients, now),
             )
 
     # -- reading --------------------------------------------------------------------------
