@@ -207,7 +207,7 @@ class SelectedMailbox:
         if allow_expunge and changes.present is not None:
             present = changes.present
             out += self.expunge_lines(_missing(self.uids, present))
-        out += self.announce(flags for _, flags, _ in changes.flag_updates)
+        out += self.announce(update.flags for update in changes.flag_updates)
         for uid, flags, modseq in changes.flag_updates:
             position = self.seq_of(uid)
             if position is not None:

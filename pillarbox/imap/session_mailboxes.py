@@ -285,8 +285,9 @@ async def do_append(s: Session, cmd: c.Append) -> Result:
         for message in cmd.messages:
             when = message.internal_date.timestamp() if message.internal_date else None
             flags = tuple(f for f in message.flags if f != "\\Recent")
-            uidvalidity, uid = await mail.append(cmd.mailbox, message.data, flags, when)
-            appended.append(uid)
+            placed = await mail.append(cmd.mailbox, message.data, flags, when)
+            uidvalidity = placed.uidvalidity
+            appended.append(placed.uid)
     except Exception:
         if appended:
             await _withdraw(mail, cmd.mailbox, appended)

@@ -109,7 +109,7 @@ async def do_store(s: Session, cmd: c.Store) -> Result:
         result = await mail.store(view.name, chunk, _MODES[cmd.mode], flags, cmd.unchanged_since)
         failed += result.failed
         if not cmd.silent or view.condstore:
-            for line in view.announce(text for _, text, _ in result.updated):
+            for line in view.announce(update.flags for update in result.updated):
                 s.send(line)
         for uid, text, modseq in result.updated:
             seq = view.seq_of(uid)
@@ -195,20 +195,20 @@ async def do_copy(s: Session, cmd: c.Copy) -> Result:
     in_view = [r_ for chunk in _chunks(view, ranges) for r_ in chunk]
     if not in_view:
         return f"{cmd.name} completed (no messages)"
-    uidvalidity, src_uids, dst_uids = await mail.copy(view.name, in_view, cmd.mailbox, move)
-    if not src_uids:
+    copied = await mail.copy(view.name, in_view, cmd.mailbox, move)
+    if not copied.src_uids:
         return f"{cmd.name} completed (no messages)"
     code = r.Code(
         "COPYUID",
-        uidvalidity,
-        r.Seq(SequenceSet.from_numbers(src_uids)),
-        r.Seq(SequenceSet.from_numbers(dst_uids)),
+        copied.uidvalidity,
+        r.Seq(SequenceSet.from_numbers(copied.src_uids)),
+        r.Seq(SequenceSet.from_numbers(copied.dst_uids)),
     )
     if not move:
         return "COPY completed", code
     # RFC 6851 §4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
     s.send(r.untagged_status("OK", "moved", code))
-    for line in view.expunge_lines(sorted(src_uids)):  # VANISHED with QRESYNC (§4.4)
+    for line in view.expunge_lines(sorted(copied.src_uids)):  # VANISHED with QRESYNC (§4.4)
         s.send(line)
     return "MOVE completed"
 

@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pillarbox.mailstore.filters import SearchFilter
-from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+from pillarbox.mailstore.rows import (
+    Appended,
+    Copied,
+    FetchRow,
+    FlagBatch,
+    FlagUpdate,
+    Quota,
+    SearchRow,
+)
 
 
 class MailboxInfo(Protocol):
@@ -71,7 +79,7 @@ class ChangeSet(Protocol):
     @property
     def new_uids(self) -> array[int]: ...
     @property
-    def flag_updates(self) -> list[tuple[int, str, int]]: ...
+    def flag_updates(self) -> list[FlagUpdate]: ...
     @property
     def highestmodseq(self) -> int: ...
     @property
@@ -82,7 +90,7 @@ class ChangeSet(Protocol):
 
 class StoreResult(Protocol):
     @property
-    def updated(self) -> list[tuple[int, str, int]]: ...
+    def updated(self) -> list[FlagUpdate]: ...  # every matched message
     @property
     def failed(self) -> list[int]: ...
     @property
@@ -150,13 +158,13 @@ class UserMail(Protocol):
     async def expunge(self, name: str, ranges: list[tuple[int, int]] | None) -> list[int]: ...
     async def append(
         self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
-    ) -> tuple[int, int]: ...
+    ) -> Appended: ...
     async def copy(
         self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool
-    ) -> tuple[int, list[int], list[int]]: ...
+    ) -> Copied: ...
     # append and copy raise MailboxError(OVERQUOTA) when the user's quota would
     # be passed (RFC 9208 §4.3); nothing is then written.
-    async def quota(self) -> tuple[int, int]: ...  # (bytes used, bytes allowed; 0 = none)
+    async def quota(self) -> Quota: ...
 
 
 class MailStore(Protocol):

@@ -58,3 +58,35 @@ class SearchRow(NamedTuple):
     modseq: int
     sent_date: int | None  # proleptic ordinal of the Date: field
     header: str
+
+
+class FlagUpdate(NamedTuple):
+    """A message whose flags a STORE or a change set reports: its FETCH FLAGS text and its
+    MODSEQ (RFC 7162 §3.1.4: what ``FETCH (FLAGS MODSEQ)`` answers)."""
+
+    uid: int
+    flags: str
+    modseq: int
+
+
+class Appended(NamedTuple):
+    """Where APPEND put a message: the APPENDUID response code (RFC 4315 §3)."""
+
+    uidvalidity: int
+    uid: int
+
+
+class Copied(NamedTuple):
+    """What COPY/MOVE did: the COPYUID response code (RFC 4315 §3), source and destination
+    UIDs pairwise in the same order (messages gone meanwhile are in neither)."""
+
+    uidvalidity: int  # the destination's
+    src_uids: list[int]
+    dst_uids: list[int]
+
+
+class Quota(NamedTuple):
+    """The user's storage (RFC 9208 STORAGE resource), in bytes; ``limit`` 0 is none."""
+
+    used: int
+    limit: int

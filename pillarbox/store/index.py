@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from pillarbox import mime
 from pillarbox.mailstore.filters import SearchFilter
-from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, FlagUpdate, SearchRow
 from pillarbox.mime.text import search_texts
 from pillarbox.store import db, fulltext, quota, uidlist
 from pillarbox.store import flags as fl
@@ -741,10 +741,10 @@ class UserIndex:
                 )
             ),
         )
-        updates: list[tuple[int, str, int]] = []
+        updates: list[FlagUpdate] = []
         if since_modseq < box.highestmodseq:
             updates = [
-                (r[0], fl.flags_text(r[1], r[2]), r[3])
+                FlagUpdate(r[0], fl.flags_text(r[1], r[2]), r[3])
                 for r in self.conn.execute(
                     "SELECT uid, flags, keywords, modseq FROM messages"
                     " WHERE mailbox_id = ? AND modseq > ? AND uid <= ? ORDER BY uid",
@@ -862,7 +862,7 @@ class UserIndex:
         flags: tuple[str, ...],
         internal_date: float | None,
         limit: int = 0,
-    ) -> tuple[int, int]:
+    ) -> Appended:
         return self.writer.append(name, data, flags, internal_date, limit=limit)
 
     def take_delivered(self, names: list[str]) -> None:
@@ -876,5 +876,5 @@ class UserIndex:
         *,
         move: bool,
         limit: int = 0,
-    ) -> tuple[int, list[int], list[int]]:
+    ) -> Copied:
         return self.writer.copy(src_name, ranges, dst_name, move=move, limit=limit)

@@ -60,7 +60,7 @@ from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.filters import SearchFilter
-from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, Quota, SearchRow
 from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.index import UserIndex
@@ -316,7 +316,7 @@ class UserMailboxes:
         self._changed(name)
         if self._store.learner is not None and mode != "remove":
             named = {f.lower() for f in flags}
-            uids = [uid for uid, _, _ in result.updated]
+            uids = [update.uid for update in result.updated]
             if "$junk" in named:
                 self._learn_later(name, uids, spam=True)
             elif "$notjunk" in named:
@@ -331,29 +331,26 @@ class UserMailboxes:
 
     async def append(
         self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
-    ) -> tuple[int, int]:
+    ) -> Appended:
         limit = self._store.quota_limit(self.user)
         result = await self._run(self._index.append, name, data, flags, internal_date, limit)
         self._changed(name)
         return result
 
-    async def copy(
-        self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool
-    ) -> tuple[int, list[int], list[int]]:
+    async def copy(self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool) -> Copied:
         limit = self._store.quota_limit(self.user)
         result = await self._run(self._index.copy, src, ranges, dst, move=move, limit=limit)
         self._changed(dst)
         if move:
             self._changed(src)
-        if self._store.learner is not None and result[2]:
-            self._spawn(self._learn_copy(src, dst, result[2]))
+        if self._store.learner is not None and result.dst_uids:
+            self._spawn(self._learn_copy(src, dst, result.dst_uids))
         return result
 
     # --- quota (RFC 9208; see store/quota.py)
-    async def quota(self) -> tuple[int, int]:
-        """(bytes used, bytes allowed); 0 allowed = no limit."""
+    async def quota(self) -> Quota:
         limit = self._store.quota_limit(self.user)
-        return await self._run(self._index.usage), limit
+        return Quota(await self._run(self._index.usage), limit)
 
     # --- learning hook (see the module docstring)
     def _special_uses(self, *names: str) -> list[str | None]:

@@ -16,16 +16,20 @@ import base64
 import re
 from typing import Final
 
-SEPARATOR: Final = "/"
-INBOX: Final = "INBOX"
+# The wire-name rules are the neutral API's (every store applies them); re-exported here.
+from pillarbox.mailstore.names import (
+    INBOX,
+    SEPARATOR,
+    BadMailboxName,
+    normalise,
+    parent_names,
+    validate,
+)
+
+__all__ = ["INBOX", "SEPARATOR", "BadMailboxName", "folder_dir", "name_of_dir", "normalise",
+           "parent_names", "validate"]  # fmt: skip
+
 MAX_NAME_BYTES: Final = 240  # a directory name must fit in NAME_MAX (255) with room to spare
-MAX_DEPTH: Final = 16
-
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class BadMailboxName(ValueError):
-    """The name cannot be a mailbox (the IMAP layer answers NO / BAD with the reason)."""
 
 
 def _utf7_encode(text: str) -> str:
@@ -59,28 +63,6 @@ def _utf7_decode(text: str) -> str:
         return base64.b64decode(raw + "=" * (-len(raw) % 4)).decode("utf-16-be")
 
     return re.sub(r"&([A-Za-z0-9+,]*)-", shift, text)
-
-
-def validate(name: str) -> list[str]:
-    """The components of a valid mailbox name, or BadMailboxName."""
-    if not name:
-        raise BadMailboxName("empty mailbox name")
-    if _CONTROL_RE.search(name):
-        raise BadMailboxName("mailbox name contains control characters")
-    parts = name.split(SEPARATOR)
-    if any(not p for p in parts):
-        raise BadMailboxName("empty hierarchy level in mailbox name")
-    if any(p in (".", "..") for p in parts):
-        raise BadMailboxName("'.' and '..' are not mailbox names")
-    if len(parts) > MAX_DEPTH:
-        raise BadMailboxName("mailbox hierarchy too deep")
-    return parts
-
-
-def normalise(name: str) -> str:
-    """INBOX is case-insensitive (RFC 3501 §5.1), also as the first level of a hierarchy."""
-    head, sep, rest = name.partition(SEPARATOR)
-    return INBOX + sep + rest if head.upper() == INBOX else name
 
 
 def _escape(component: str) -> str:
@@ -119,9 +101,3 @@ def name_of_dir(dirname: str) -> str | None:
     except BadMailboxName:
         return None
     return normalise(name)
-
-
-def parent_names(name: str) -> list[str]:
-    """``A/B/C`` -> ``["A", "A/B"]``."""
-    parts = name.split(SEPARATOR)
-    return [SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]

@@ -7,6 +7,7 @@ from array import array
 from dataclasses import dataclass
 
 from pillarbox.mailstore.errors import MailboxError
+from pillarbox.mailstore.rows import FlagUpdate
 
 __all__ = ["ChangeSet", "MailboxError", "MailboxInfo", "SelectInfo", "StatusInfo", "StoreResult"]
 
@@ -47,7 +48,7 @@ class SelectInfo:
 class ChangeSet:
     present: array[int] | None  # UIDs <= known max still there, if any vanished
     new_uids: array[int]
-    flag_updates: list[tuple[int, str, int]]  # (uid, flags text, modseq)
+    flag_updates: list[FlagUpdate]
     highestmodseq: int
     uidnext: int
     recent_from_uid: int
@@ -55,7 +56,7 @@ class ChangeSet:
 
 @dataclass(frozen=True, slots=True)
 class StoreResult:
-    updated: list[tuple[int, str, int]]  # every matched message: (uid, flags, modseq)
+    updated: list[FlagUpdate]  # every matched message
     failed: list[int]  # UNCHANGEDSINCE conflicts (RFC 7162 §3.1.3 MODIFIED)
     highestmodseq: int
     previous_modseq: int  # the mailbox's HIGHESTMODSEQ before this change

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
+from pillarbox.mailstore.rows import Appended, Copied, FlagUpdate
 from pillarbox.store import db, fulltext, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store.boxstate import Mailbox
@@ -77,7 +78,7 @@ class IndexWriter:
         cur = box.path / "cur"
         before = os.stat(cur).st_mtime_ns
         modseq = box.highestmodseq + 1
-        updated: list[tuple[int, str, int]] = []
+        updated: list[FlagUpdate] = []
         failed: list[int] = []
         changes: list[tuple[Any, ...]] = []
         for row in self.index.rows_in(box, ranges, "uid, flags, keywords, fname, modseq"):
@@ -99,7 +100,7 @@ class IndexWriter:
             else:
                 new_mask, new_kw = mask, list(keywords)
             if new_mask == old_mask and new_kw == old_kw:
-                updated.append((uid, fl.flags_text(old_mask, old_kw_text), old_modseq))
+                updated.append(FlagUpdate(uid, fl.flags_text(old_mask, old_kw_text), old_modseq))
                 continue
             base, info = fl.split_filename(fname)
             new_fname = f"{base}:2,{fl.make_info(info, new_mask, new_kw, names)}"
@@ -110,7 +111,7 @@ class IndexWriter:
                     continue  # gone under us: the next sync expunges it
             kw_text = " ".join(new_kw)
             changes.append((new_mask, kw_text, new_fname, modseq, box.id, uid))
-            updated.append((uid, fl.flags_text(new_mask, kw_text), modseq))
+            updated.append(FlagUpdate(uid, fl.flags_text(new_mask, kw_text), modseq))
         if changes:
             with db.Transaction(self.index.conn):
                 self.index.conn.executemany(
@@ -162,7 +163,7 @@ class IndexWriter:
         internal_date: float | None,
         *,
         limit: int = 0,
-    ) -> tuple[int, int]:
+    ) -> Appended:
         """Store a message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315). ``limit`` is
         the user's quota in bytes (0: none); a message that does not fit is refused."""
         try:
@@ -185,7 +186,7 @@ class IndexWriter:
             self.index.set_cur_mtime(box, os.stat(cur).st_mtime_ns)
         if not added:
             raise MailboxError("", "message vanished while being stored")
-        return box.uidvalidity, added[0]
+        return Appended(box.uidvalidity, added[0])
 
     def take_delivered(self, names: list[str]) -> None:
         """Index the files delivery wrote into the ``new/`` of each mailbox in ``names``.
@@ -219,7 +220,7 @@ class IndexWriter:
         *,
         move: bool,
         limit: int = 0,
-    ) -> tuple[int, list[int], list[int]]:
+    ) -> Copied:
         """COPY/MOVE; returns (destination UIDVALIDITY, source UIDs, destination UIDs).
 
         A COPY adds the copies' bytes to the usage and is refused whole when they do not fit
@@ -288,7 +289,7 @@ class IndexWriter:
             self.index.rewrite_uidlist(src)
             if src_before == src.cur_mtime:
                 self.index.set_cur_mtime(src, os.stat(src.path / "cur").st_mtime_ns)
-        return dst.uidvalidity, src_uids, dst_uids
+        return Copied(dst.uidvalidity, src_uids, dst_uids)
 
     def check_quota(self, adding: int, limit: int) -> None:
         """MailboxError OVERQUOTA (RFC 9208 §4.3) when ``adding`` bytes do not fit."""
