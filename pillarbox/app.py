@@ -30,6 +30,7 @@ from pillarbox.dns.resolver import Resolver
 from pillarbox.exporter.component import make_metrics
 from pillarbox.http.server import make_http
 from pillarbox.imap.server import make_imap
+from pillarbox.mailstore.api import MailService
 from pillarbox.net.listener import (
     ConnectionLimits,
     Listeners,
@@ -43,7 +44,7 @@ from pillarbox.spam.component import make_spam
 from pillarbox.spam.engine import SpamFilter
 from pillarbox.store.accounts import Accounts, open_accounts
 from pillarbox.store.layout import ensure_layout
-from pillarbox.store.mailbox import MailStore, make_store
+from pillarbox.store.mailbox import make_store
 from pillarbox.store.sieve_scripts import SieveScripts
 from pillarbox.tls.acme import ChallengeBoard
 from pillarbox.tls.context import TlsConfigError, TlsProvider, quiet_bad_server_names
@@ -70,8 +71,8 @@ class Services:
     """
 
     resolver: Resolver
-    mail_store: MailStore | None = None  # IMAP's and POP3's backend (store)
-    mailbox_events: MailStore | None = None  # told of new mail by local delivery (store)
+    mail_store: MailService | None = None  # IMAP's and POP3's backend (store)
+    mailbox_events: MailService | None = None  # told of new mail by local delivery (store)
     spam: SpamFilter | None = None  # spam
     queue: OutboundQueue | None = None  # queue
     delivery: DeliveryService | None = None  # smtp
@@ -145,8 +146,12 @@ COMPONENTS: tuple[ComponentFactory, ...] = (
 class Server:
     """A running Pillarbox: see the module docstring."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, store_factory: ComponentFactory = make_store):
+        """``store_factory`` replaces ``make_store`` (the Maildir + SQLite store): the
+        test harness passes ``memstore``'s to run the IMAP and POP3 suites on memory; no
+        configuration value can, so no server loses mail by a typo."""
         self.settings = settings
+        self._factories = tuple(store_factory if f is make_store else f for f in COMPONENTS)
         ensure_layout(settings.data_dir)  # before any database opens (and migrates)
         self.ctx = AppContext.create(settings)
         self.components: list[Component] = []
@@ -163,7 +168,7 @@ class Server:
 
     async def start(self) -> dict[str, tuple[str, int]]:
         """Build components, bind, drop privileges, start serving; returns bound addresses."""
-        for factory in COMPONENTS:
+        for factory in self._factories:
             component = factory(self.ctx)
             if component is not None:
                 self.components.append(component)

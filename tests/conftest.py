@@ -11,6 +11,28 @@ from pillarbox.config import Settings
 from tests import pbserver, pg
 from tests.dnsserver import DnsTestServer
 
+# -- mail store under test ------------------------------------------------------------------
+# PILLARBOX_TEST_MAILSTORE=memory runs every in-process server on the in-memory store (see
+# tests/pbserver.py). Tests that read or write the Maildir/SQLite files themselves, or run
+# `pillarbox serve` as a child process (which always has the real store), carry
+# @pytest.mark.on_disk and are skipped in that run.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "on_disk: needs the Maildir + SQLite store (skipped on the memory store)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not pbserver.on_memory():
+        return
+    skip = pytest.mark.skip(reason="uses the Maildir/SQLite files; this run is on memory")
+    for item in items:
+        if item.get_closest_marker("on_disk") is not None:
+            item.add_marker(skip)
+
+
 # -- DNS ------------------------------------------------------------------------------------
 # A real authoritative DNS server on 127.0.0.1 (UDP+TCP, free port), one per test; see
 # tests/dnsserver.py. Point the code under test at it with

@@ -34,6 +34,10 @@ from pillarbox.cli.init import PROD_LISTEN, InitOptions, initialize
 from pillarbox.config import Settings
 from pillarbox.store.accounts import open_accounts
 
+# PILLARBOX_TEST_MAILSTORE=memory: every RunningServer keeps mail in pillarbox.memstore
+# instead of Maildir + SQLite (issue 18: the IMAP and POP3 suites prove the store seam).
+# Read here only; tests that need the files on disk are marked ``on_disk`` and skipped then.
+MAILSTORE = os.environ.get("PILLARBOX_TEST_MAILSTORE", "maildir")
 DOMAIN = "example.test"
 HOSTNAME = "mail.example.test"
 PASSWORD = "correct horse battery"
@@ -133,12 +137,13 @@ def add_alias(settings: Settings, alias: str, *targets: str) -> None:
 class RunningServer:
     """The real server in a background thread; see the module docstring."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, mail_store: str = ""):
+        """``mail_store`` "maildir" or "memory"; by default ``MAILSTORE``."""
         from pillarbox.app import Server
 
         self.settings = settings
         self.loop = asyncio.new_event_loop()
-        self.server = Server(settings)
+        self.server = Server(settings, **_store_factory(mail_store or MAILSTORE))
         self.addresses: dict[str, tuple[str, int]] = {}
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -153,6 +158,13 @@ class RunningServer:
 
     def port(self, listener: str) -> int:
         return self.addresses[listener][1]
+
+    def deliver(self, user: str, folder: str, data: bytes) -> None:
+        """``data`` into ``user``'s ``folder`` through the store's own delivery (no trace
+        fields), as local delivery stores mail; works on either store."""
+        store = self.server.ctx.services.mail_store
+        assert store is not None, "no mail store running"
+        self.call(store.deliver(user, folder, [data]))
 
     def stop(self) -> None:
         if self.loop.is_running():
@@ -170,6 +182,21 @@ class RunningServer:
         self.stop()
 
 
+def on_memory() -> bool:
+    """Whether this run keeps mail in memory (see ``MAILSTORE``)."""
+    return MAILSTORE == "memory"
+
+
+def _store_factory(kind: str) -> dict[str, Any]:
+    if kind == "maildir":
+        return {}
+    if kind == "memory":
+        from pillarbox.memstore.store import make_memory_store
+
+        return {"store_factory": make_memory_store}
+    raise ValueError(f"mail store {kind!r}: maildir or memory (PILLARBOX_TEST_MAILSTORE)")
+
+
 # -- subprocess server -----------------------------------------------------------------------
 
 _LISTENING = re.compile(
@@ -182,6 +209,8 @@ class SubprocessServer:
 
     def __init__(self, settings: Settings, *, wait: float = 15.0):
         assert settings.source is not None
+        # A child process has the real store: a test using one must be marked on_disk.
+        assert not on_memory(), "SubprocessServer in the memory-store run: mark the test on_disk"
         self.settings = settings
         self.log_path = settings.data_dir / "serve.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)

@@ -146,6 +146,7 @@ def test_corrupt_stream_ends_only_that_session(server: pbserver.RunningServer) -
         assert client.noop()[0] == "OK"
 
 
+@pytest.mark.on_disk  # pillarbox serve in a child process
 def test_a_decompression_bomb_ends_the_session_not_the_server(settings: Settings) -> None:
     """256 MiB of one byte compress to ~250 KiB; the over-long line is refused or the
     session ended, and the server goes on (the bound on memory: test_inflation_*)."""

@@ -13,6 +13,7 @@ from tests.dnsserver import DnsTestServer
 from tests.imaphelp import ALICE, TIMEOUT, Raw, message
 
 
+@pytest.mark.on_disk  # reads the Maildir file
 def test_smtp_delivery_reaches_an_idle_session_byte_exact(
     tmp_path: Path, dns_server: DnsTestServer
 ) -> None:
@@ -49,6 +50,7 @@ def test_smtp_delivery_reaches_an_idle_session_byte_exact(
     assert b"RFC822.SIZE %d" % len(on_disk) in lines[0]
 
 
+@pytest.mark.on_disk  # a foreign Maildir writer
 def test_idle_notices_a_foreign_delivery_without_notification(
     server: pbserver.RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

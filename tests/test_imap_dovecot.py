@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from pillarbox.config import Settings
 from pillarbox.store.maildir import user_maildir
 from tests import pbserver
 from tests.imaphelp import ALICE, login
 from tests.test_store_index import dovecot_maildir
+
+pytestmark = pytest.mark.on_disk  # serves a Maildir Dovecot wrote
 
 
 def test_dovecot_maildir_over_imap(settings: Settings) -> None:

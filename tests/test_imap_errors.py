@@ -19,6 +19,9 @@ from pillarbox.store.maildir import user_maildir
 from tests import imaphelp, pbserver
 from tests.imaphelp import ALICE
 
+# pillarbox serve in a child process, and a Maildir file removed under it
+pytestmark = pytest.mark.on_disk
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[pbserver.SubprocessServer]:

@@ -48,6 +48,8 @@ HEAD = (
     "Date: Mon, 7 Feb 1994 21:52:25 -0800\r\n"
 )
 
+pytestmark = pytest.mark.on_disk  # the SQLite full-text index itself
+
 
 def _msg(subject: str, rest: str) -> bytes:
     return (HEAD + f"Subject: {subject}\r\nMIME-Version: 1.0\r\n" + rest).encode("latin-1")

@@ -16,9 +16,13 @@ import ssl
 import time
 from pathlib import Path
 
+import pytest
+
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 from tests.imaphelp import ALICE, TIMEOUT, message, tls_context
+
+pytestmark = pytest.mark.on_disk  # pillarbox serve in a child process
 
 SESSIONS = 2000
 OPENING_AT_ONCE = 100  # connections being set up at a time (the listen backlog is bounded)

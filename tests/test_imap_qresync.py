@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import imapclient
+import pytest
 
 from pillarbox.config import Settings
 from tests import pbserver
@@ -219,6 +220,7 @@ def _run(settings: Settings) -> pbserver.RunningServer:
     return pbserver.RunningServer(settings)
 
 
+@pytest.mark.on_disk  # a restart: memory keeps nothing
 def test_tombstones_survive_a_restart(settings: Settings) -> None:
     """Expunged UIDs and their modseqs are in the index on disk, not in the process."""
     pbserver.add_user(settings, ALICE)
@@ -246,6 +248,7 @@ def test_tombstones_survive_a_restart(settings: Settings) -> None:
             raw.close()
 
 
+@pytest.mark.on_disk  # rebuilds the SQLite index
 def test_a_rebuilt_index_still_resyncs_the_client(settings: Settings) -> None:
     """The index is lost (deleted, restored from an old backup) and rebuilt from the Maildir:
     UIDVALIDITY and UIDs come back from dovecot-uidlist but modseqs start again low. A

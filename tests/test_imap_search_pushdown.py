@@ -37,6 +37,8 @@ from pillarbox.imap.searchkeys import (
 from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.store.index import UserIndex
 
+pytestmark = pytest.mark.on_disk  # the SQL compilation of the filter, on UserIndex
+
 
 class AsyncIndex:
     """The store's async surface, run inline (no threads needed for this test)."""

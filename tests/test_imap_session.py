@@ -255,6 +255,7 @@ def test_changes_propagate_between_sessions(server: pbserver.RunningServer) -> N
         b.close()
 
 
+@pytest.mark.on_disk  # writes into the Maildir itself
 def test_idle_announces_delivery(server: pbserver.RunningServer) -> None:
     from pillarbox.store.maildir import deliver, user_maildir
 
@@ -394,6 +395,7 @@ def test_imapclient_flow(server: pbserver.RunningServer) -> None:
         client.logout()
 
 
+@pytest.mark.on_disk  # a restart and a deleted index
 def test_restart_keeps_uids_and_flags(settings: object) -> None:
     from pillarbox.config import Settings
 

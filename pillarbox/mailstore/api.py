@@ -11,7 +11,8 @@ user asked wrongly; any other exception is an internal error.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from pillarbox.mailstore.filters import SearchFilter
@@ -171,3 +172,29 @@ class MailStore(Protocol):
     """The mail store service: a handle per user, shared by that user's sessions."""
 
     async def open(self, user: str) -> UserMail: ...
+
+
+# learner(user, messages, spam): what the spam filter learns from a user's COPY to Junk.
+Learner = Callable[[str, list[bytes], bool], Awaitable[None]]
+
+
+class MailService(MailStore, Protocol):
+    """The mail store as the whole server uses it (``app.Services.mail_store``): IMAP's and
+    POP3's :meth:`open`, local delivery, the quota check at RCPT and DATA, the spam
+    component's learning hook, and the nudge for mail changed outside the store."""
+
+    def set_learner(self, learner: Learner | None) -> None: ...
+    def quota_limit(self, user: str) -> int: ...
+    async def usage(self, user: str) -> int: ...
+    def notify_new_mail(self, user_address: str, mailbox: str = "INBOX") -> None: ...
+    def folder_path(self, user: str, folder: str) -> Path: ...
+    async def deliver(
+        self,
+        user: str,
+        folder: str,
+        message: Sequence[bytes | Path],
+        *,
+        sender: str | None = None,
+        prefix: bytes = b"",
+        flags: Sequence[str] = (),
+    ) -> Path: ...

@@ -624,8 +624,8 @@ def _folder_path(mail_dir: Path, user: str, folder: str) -> Path:
 class StoreServices(Protocol):
     """The app's services this component provides (``app.Services`` has them)."""
 
-    mail_store: MailStore | None
-    mailbox_events: MailStore | None
+    mail_store: api.MailService | None
+    mailbox_events: api.MailService | None
 
 
 class QuotaSource(Protocol):
