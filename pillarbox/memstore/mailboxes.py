@@ -30,7 +30,7 @@ from pillarbox.mailstore.errors import (
 )
 from pillarbox.mailstore.flags import FLAG_TEXT, SYSTEM_FLAGS
 from pillarbox.mailstore.names import INBOX, BadMailboxName, parent_names, validate
-from pillarbox.mailstore.rows import Envelope, Structure
+from pillarbox.mailstore.rows import Copied, Envelope, Structure
 
 SPECIAL_USE: Final = {
     "Drafts": "\\Drafts",
@@ -262,8 +262,8 @@ class UserBoxes:
 
     def copy(
         self, src_name: str, ranges: Ranges, dst_name: str, *, move: bool, limit: int
-    ) -> tuple[int, list[int], list[int]]:
-        """COPY/MOVE: (destination UIDVALIDITY, source UIDs, destination UIDs). A COPY is
+    ) -> Copied:
+        """COPY/MOVE (COPYUID's UIDVALIDITY and UIDs, RFC 4315). A COPY is
         refused whole over quota; a MOVE adds nothing to the usage, so it never is."""
         src = self.mailbox(src_name)
         dst = self.target(dst_name)
@@ -277,7 +277,7 @@ class UserBoxes:
         src_uids = [m.uid for m in picked]
         if move:
             src.remove(src_uids)
-        return dst.uidvalidity, src_uids, dst_uids
+        return Copied(dst.uidvalidity, src_uids, dst_uids)
 
 
 def _copy_of(message: Message) -> Message:

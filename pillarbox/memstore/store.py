@@ -277,7 +277,7 @@ class MemoryUserMail:
 
     async def copy(self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool) -> Copied:
         limit = self._store.quota_limit(self.user)
-        copied = Copied(*self._boxes.copy(src, ranges, dst, move=move, limit=limit))
+        copied = self._boxes.copy(src, ranges, dst, move=move, limit=limit)
         self._changed(dst)
         if move:
             self._changed(src)
