@@ -65,3 +65,68 @@ def test_imap_append_smtp_delivery_and_pop3_share_the_memory_store(
         finally:
             pop.quit()
         assert _files(server.settings) == []  # nothing went to the Maildir
+
+
+SEARCHES = [
+    b"UID SEARCH ALL",
+    b"UID SEARCH UNSEEN",
+    b"UID SEARCH FLAGGED NOT DELETED",
+    b"UID SEARCH KEYWORD $work",
+    b"UID SEARCH UNKEYWORD $Work",
+    b"UID SEARCH LARGER 300",
+    b"UID SEARCH SMALLER 300",
+    b"UID SEARCH SINCE 2-Jan-2020",
+    b"UID SEARCH BEFORE 2-Jan-2020",
+    b"UID SEARCH ON 1-Jan-2020",
+    b"UID SEARCH SENTSINCE 7-Feb-1994",
+    b"UID SEARCH NOT SENTBEFORE 8-Feb-1994",
+    b"UID SEARCH NOT SENTON 8-Feb-1994",
+    b"UID SEARCH SUBJECT beta",
+    b"UID SEARCH FROM carol",
+    b"UID SEARCH HEADER X-Custom special",
+    b"UID SEARCH BODY needle",
+    b"UID SEARCH OR SEEN SUBJECT gamma",
+    b"UID SEARCH MODSEQ 3",
+    b"UID SEARCH 2:3 UNSEEN",
+    b"UID SORT (SUBJECT) UTF-8 ALL",
+]
+
+
+def _transcript(server: pbserver.RunningServer) -> list[bytes]:
+    """What one session sees of the same mail and the same commands."""
+    raw = Raw(server)
+    out: list[bytes] = []
+    try:
+        raw.login()
+        no_date = b"From: carol@example.org\r\n\r\nno date\r\n"
+        mails = [
+            (b"(\\Seen)", b"01-Jan-2020", message("alpha", body="x" * 400)),
+            (b"(\\Flagged $Work)", b"02-Jan-2020", message("beta", body="a needle")),
+            (b"()", b"03-Jan-2020", message("gamma", X_Custom="Special")),
+            (b"(\\Deleted \\Flagged)", b"04-Jan-2020", no_date),
+        ]
+        for i, (flags, day, data) in enumerate(mails):
+            when = b'"%s 10:00:00 +0000"' % day
+            raw.send(b"a%d APPEND INBOX %s %s {%d+}\r\n%s\r\n" % (i, flags, when, len(data), data))
+            raw.until(b"a%d" % i)
+        raw.cmd(b"e", b"ENABLE CONDSTORE")
+        raw.cmd(b"s", b"SELECT INBOX")
+        raw.cmd(b"t", b"UID STORE 1 +FLAGS.SILENT (\\Answered)")
+        for n, command in enumerate(SEARCHES):
+            out += raw.cmd(b"q%d" % n, command)
+    finally:
+        raw.close()
+    return out
+
+
+def test_search_answers_as_the_sqlite_store(
+    tmp_path: Path, memory_server: pbserver.RunningServer
+) -> None:
+    settings = pbserver.make_settings(tmp_path / "disk")
+    pbserver.add_user(settings, ALICE)
+    with pbserver.RunningServer(settings, mail_store="maildir") as disk:
+        expected = _transcript(disk)
+    with memory_server as memory:
+        got = _transcript(memory)
+    assert [line for line in expected if line.startswith(b"* ")] != []
+    assert got == expected

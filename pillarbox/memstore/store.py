@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.filters import ALL, SearchFilter
-from pillarbox.mailstore.names import normalise
+from pillarbox.mailstore.names import normalise, validate
 from pillarbox.mailstore.results import (
     ChangeSet,
     MailboxInfo,
@@ -400,13 +400,16 @@ class MemoryStore:
         ``folder`` with ``flags``, as ``store.mailbox.MailStore.deliver`` does; the Path
         returned only names it (``<folder>/<uid>``)."""
         folder = normalise(folder)
+        validate(folder)  # BadMailboxName, as the Maildir store's folder_path raises it
         parts = [
             p if isinstance(p, bytes) else await asyncio.to_thread(p.read_bytes) for p in message
         ]
         if sender is not None:
             prefix = trace_fields(sender, user) + prefix
         boxes = (await self.open(user))._boxes
-        box = boxes.target(folder)
+        if folder not in boxes.boxes:
+            boxes.create(folder)  # as the Maildir writer makes a missing folder's directory
+        box = boxes.mailbox(folder)
         uid = box.place(
             parse_message(prefix + b"".join(parts), list(flags), None), box.next_modseq()
         )
