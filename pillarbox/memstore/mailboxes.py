@@ -12,10 +12,9 @@ so each operation is atomic without a lock.
 from __future__ import annotations
 
 import time
-from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from pillarbox import mime
@@ -28,7 +27,7 @@ from pillarbox.mailstore.errors import (
     USEATTR,
     MailboxError,
 )
-from pillarbox.mailstore.flags import FLAG_TEXT, SYSTEM_FLAGS
+from pillarbox.mailstore.flags import DELETED, FLAG_TEXT, SYSTEM_FLAGS
 from pillarbox.mailstore.names import INBOX, BadMailboxName, parent_names, validate
 from pillarbox.mailstore.rows import Copied, Envelope, Structure
 
@@ -255,7 +254,7 @@ class UserBoxes:
         doomed = [
             m.uid
             for m in box.in_ranges(ranges if ranges is not None else [(1, 0xFFFFFFFF)])
-            if m.mask & _FLAG_BITS["\\DELETED"]
+            if m.mask & DELETED
         ]
         box.remove(doomed)
         return doomed
@@ -271,30 +270,12 @@ class UserBoxes:
         if not move:
             self.check_quota(sum(m.size for m in picked), limit)
         modseq = dst.next_modseq()
-        dst_uids = [
-            dst.place(_copy_of(m), modseq) for m in picked
-        ]  # before the removal: a MOVE into the same mailbox appends, then expunges
+        # Copies first, then the removal: a MOVE into the same mailbox appends, then expunges.
+        dst_uids = [dst.place(replace(m, keywords=list(m.keywords)), modseq) for m in picked]
         src_uids = [m.uid for m in picked]
         if move:
             src.remove(src_uids)
         return Copied(dst.uidvalidity, src_uids, dst_uids)
-
-
-def _copy_of(message: Message) -> Message:
-    return Message(
-        0,
-        message.mask,
-        list(message.keywords),
-        0,
-        message.internal_date,
-        message.size,
-        message.sent_date,
-        message.data,
-        message.envelope,
-        message.structure,
-        message.header,
-        message.search_text,
-    )
 
 
 def check_name(name: str) -> None:
@@ -323,7 +304,3 @@ def vanished_since(box: Mailbox, since_modseq: int, ranges: Ranges) -> Ranges:
         else:
             out.append((uid, uid))
     return out
-
-
-def uid_array(uids: list[int]) -> array[int]:
-    return array("I", uids)

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 from array import array
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
+from pillarbox.mailstore.api import Learner
 from pillarbox.mailstore.filters import ALL, SearchFilter
+from pillarbox.mailstore.flags import DELETED, SEEN
 from pillarbox.mailstore.names import normalise, validate
 from pillarbox.mailstore.results import (
     ChangeSet,
@@ -50,9 +52,7 @@ from pillarbox.memstore.mailboxes import (
     vanished_since,
 )
 
-Learner = Callable[[str, list[bytes], bool], Awaitable[None]]
 Watcher = Callable[[str], None]
-SEEN, DELETED = 1, 8
 
 
 class MemoryUserMail:
