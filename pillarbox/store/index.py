@@ -36,7 +36,7 @@ from typing import Final
 
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
-from pillarbox.store import db, fulltext, quota, uidlist
+from pillarbox.store import db, fulltext, lazyparse, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
@@ -133,6 +133,10 @@ class UserIndex:
         # Set when messages were left for the background backfill (see store.mailbox).
         self.backfill_wanted = self.full_text and self._any_pending()
         quota.prepare(self.conn)  # the usage table and its triggers ("mailindex.quota")
+        db.migrate(self.conn, lazyparse.COMPONENT, lazyparse.MIGRATIONS)
+        # Messages indexed before being parsed (see store.lazyparse): ``unparsed`` tells the
+        # readers to look (never False while one is pending), ``parse_wanted`` the background.
+        self.unparsed = self.parse_wanted = lazyparse.any_pending(self.conn)
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
@@ -377,6 +381,67 @@ class UserIndex:
         cursor = fulltext.backfill(self.conn, self.root, (box.id, after), limit, box.id)
         return None if cursor is None else cursor[1]
 
+    # --- messages not parsed yet (store.lazyparse) ----------------------------------------
+    def parse_pending(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        *,
+        sizes_only: bool = False,
+        changed_since: int = 0,
+        limit: int,
+    ) -> tuple[int, int] | None:
+        """Parse the first ``limit`` pending messages of mailbox ``name`` in ``ranges``
+        (modseq above ``changed_since``); with ``sizes_only`` give the unsized ones their
+        size only. Returns (the last UID looked at, how many), or None when none is left."""
+        if self.closed:
+            return None
+        box = self.mailbox(name)
+        found = lazyparse.pending_in(
+            self.conn, box.id, ranges, unsized_only=sizes_only, changed_since=changed_since,
+            limit=limit,
+        )  # fmt: skip
+        if not found:
+            return None
+        if sizes_only:
+            lazyparse.measure(self.conn, box.path, box.id, found)
+        else:
+            lazyparse.parse(self.conn, box.path, box.id, found, full_text=False)
+        return found[-1][0], len(found)
+
+    def parse_backlog(self, after: tuple[int, int], limit: int) -> tuple[int, int] | None:
+        """Parse one chunk of pending messages of any mailbox, with their full-text rows
+        (see ``lazyparse.backlog``); None: done, or the index was closed meanwhile."""
+        if self.closed:
+            return None
+        return lazyparse.backlog(self.conn, self.root, after, limit, full_text=self.full_text)
+
+    def settle_parse(self) -> None:
+        """After a background pass: the readers stop looking once nothing is pending."""
+        if not self.closed:
+            self.unparsed = lazyparse.any_pending(self.conn)
+
+    def unsized_mailboxes(self) -> list[str]:
+        """Names of the mailboxes with messages whose CRLF size is not known yet."""
+        rows = self.conn.execute(
+            "SELECT name FROM mailboxes WHERE id IN"
+            " (SELECT mailbox_id FROM parse_pending WHERE sized = 0)"
+        )
+        return [r[0] for r in rows]
+
+    def measure_sizes(self) -> None:
+        """Give every pending message its CRLF size (what the usage sums)."""
+        if not self.unparsed:
+            return
+        for name in self.unsized_mailboxes():
+            after = 0
+            while True:
+                done = self.parse_pending(name, [(after + 1, 0xFFFFFFFF)], sizes_only=True,
+                                          limit=CHUNK)  # fmt: skip
+                if done is None:
+                    break
+                after = done[0]
+
     # --- reading -------------------------------------------------------------------------
     def status(self, name: str) -> StatusInfo:
         box = self.sync(self.mailbox(name))
@@ -402,6 +467,7 @@ class UserIndex:
     def usage(self) -> int:
         """Bytes of the user's mail in every folder, indexed or waiting in ``new/``
         (see ``store/quota.py``): what a quota limits."""
+        self.measure_sizes()
         folders = [self.root]
         for (name,) in self.conn.execute("SELECT name FROM mailboxes WHERE name != ?", (INBOX,)):
             with contextlib.suppress(BadMailboxName):

@@ -59,11 +59,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
-from pillarbox.mailstore.filters import SearchFilter
+from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
 from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.index import UserIndex
+from pillarbox.store.lazyparse import needs_parsed
 from pillarbox.store.maildir import (
     MaildirWriter,
     Part,
@@ -91,6 +92,8 @@ LEARN_MAX = 100  # messages read for learning per command
 QuotaLookup = Callable[[str], int]
 JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
 BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
+PARSE_CHUNK = 200  # messages parsed per turn of the index lock (store.lazyparse)
+ALL_UIDS = 0xFFFFFFFF
 # Bigger deliveries are indexed by the next sync (an IMAP or POP3 session's), not at once:
 # parsing reads the whole message, and SMTP's memory must not grow with the message size.
 INDEX_AT_DELIVERY_MAX = 1 << 20
@@ -129,9 +132,11 @@ class UserMailboxes:
         return await loop.run_in_executor(self._store.executor, locked)
 
     def _backfill_soon(self) -> None:
-        """Start the full-text backfill if the index left messages for it (see the module
-        docstring); one task per user at a time."""
-        if self._index.backfill_wanted and not self._backfilling:
+        """Start the background parse and full-text backfill if the index left messages
+        for them (see the module docstring); one task per user at a time."""
+        index = self._index
+        parse = index.parse_wanted and self._store.parse_in_background
+        if (parse or index.backfill_wanted) and not self._backfilling:
             self._backfilling = True
             self.refs += 1  # the index stays open until it is done, sessions or not
             self._store.spawn(self._backfill(), what="full-text backfill")
@@ -139,7 +144,14 @@ class UserMailboxes:
     async def _backfill(self) -> None:
         index = self._index
         try:
-            while index.backfill_wanted and not index.closed and not self._store.closing:
+            # The parse first: it writes the full-text rows of what it parses as well.
+            while index.parse_wanted and self._store.parse_in_background and not self._stopping:
+                index.parse_wanted = False  # set again by any bulk add meanwhile
+                parsed: tuple[int, int] | None = (0, 0)
+                while parsed is not None and not self._stopping:
+                    parsed = await self._run(index.parse_backlog, parsed, PARSE_CHUNK)
+                await self._run(index.settle_parse)
+            while index.backfill_wanted and not self._stopping:
                 index.backfill_wanted = False  # set again by any bulk add meanwhile
                 cursor: tuple[int, int] | None = (0, 0)
                 while cursor is not None and not self._store.closing:
@@ -147,6 +159,42 @@ class UserMailboxes:
         finally:
             self._backfilling = False
             await self.release()
+
+    @property
+    def _stopping(self) -> bool:
+        return self._index.closed or self._store.closing
+
+    async def _parse_first(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        *,
+        sizes_only: bool = False,
+        changed_since: int = 0,
+        limit: int | None = None,
+    ) -> bool:
+        """Parse the pending messages a read of (the first ``limit`` messages of) ``ranges``
+        is about to see, a chunk per turn of the index lock (see store.lazyparse); with
+        ``sizes_only`` just their CRLF sizes. Whether there were any."""
+        if not self._index.unparsed or not ranges:
+            return False
+        if not await self._read(lambda r: r.unparsed_in(name, ranges, sizes_only=sizes_only)):
+            return False
+        left = limit
+        todo = ranges
+        while todo and (left is None or left > 0) and not self._stopping:
+            chunk = PARSE_CHUNK if left is None else min(PARSE_CHUNK, left)
+            done = await self._run(
+                self._index.parse_pending, name, todo, sizes_only=sizes_only,
+                changed_since=changed_since, limit=chunk,
+            )  # fmt: skip
+            if done is None:
+                break
+            last, count = done
+            todo = [(max(lo, last + 1), hi) for lo, hi in todo if hi > last]
+            if left is not None:
+                left -= count
+        return True
 
     async def full_text_pending(self, name: str, max_uid: int) -> int | None:
         """Messages up to ``max_uid`` the full-text index does not cover yet; None when
@@ -240,7 +288,10 @@ class UserMailboxes:
         await self._run(self._index.subscribe, name, on)
 
     async def status(self, name: str) -> StatusInfo:
-        return await self._run(self._index.status, name)
+        info = await self._run(self._index.status, name)
+        if await self._parse_first(name, [(1, ALL_UIDS)], sizes_only=True):
+            info = await self._run(self._index.status, name)  # SIZE counts CRLF sizes
+        return info
 
     # --- selected mailbox
     async def select(self, name: str, readonly: bool) -> SelectInfo:
@@ -276,6 +327,9 @@ class UserMailboxes:
         limit: int,
         changed_since: int = 0,
     ) -> list[FetchRow]:
+        await self._parse_first(
+            name, ranges, sizes_only=not data, changed_since=changed_since, limit=limit
+        )
         return await self._read(
             lambda reader: reader.fetch(
                 name, ranges, data=data, limit=limit, changed_since=changed_since
@@ -283,6 +337,8 @@ class UserMailboxes:
         )
 
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
+        if needs_parsed(where):
+            await self._parse_first(name, [(1, ALL_UIDS)])
         return await self._read(lambda reader: reader.search_uids(name, where))
 
     async def fetch_flags(
@@ -293,6 +349,10 @@ class UserMailboxes:
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: SearchFilter, limit: int
     ) -> list[SearchRow]:
+        # The caller checks these rows against the whole program, whatever ``where`` says:
+        # every row it can get must be parsed (the first ``limit`` if nothing filters).
+        everything = where is None or where == ALL
+        await self._parse_first(name, [(lo, hi)], limit=limit if everything else None)
         return await self._read(
             lambda reader: reader.search_rows(name, lo, hi, header=header, where=where, limit=limit)
         )
@@ -353,7 +413,15 @@ class UserMailboxes:
     async def quota(self) -> tuple[int, int]:
         """(bytes used, bytes allowed); 0 allowed = no limit."""
         limit = self._store.quota_limit(self.user)
-        return await self._run(self._index.usage), limit
+        return await self.usage(), limit
+
+    async def usage(self) -> int:
+        """Bytes of the user's mail; sizes not known yet are measured first, a chunk per
+        turn of the index lock, so that the usage step itself has none left to do."""
+        if self._index.unparsed:
+            for name in await self._run(self._index.unsized_mailboxes):
+                await self._parse_first(name, [(1, ALL_UIDS)], sizes_only=True)
+        return await self._run(self._index.usage)
 
     # --- learning hook (see the module docstring)
     def _special_uses(self, *names: str) -> list[str | None]:
@@ -434,6 +502,9 @@ class MailStore:
         self._users: dict[str, UserMailboxes] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self.learner: Learner | None = None
+        # Parse what the index took unparsed in the background (store.lazyparse); off, the
+        # readers still parse whatever they read first (a test sees them do it).
+        self.parse_in_background = True
         self._tasks: set[asyncio.Task[None]] = set()
         self._quota_of: QuotaLookup = _no_quota
 
@@ -453,7 +524,7 @@ class MailStore:
         session has it open."""
         handle = await self.open(user)
         try:
-            return await handle._run(handle._index.usage)
+            return await handle.usage()
         finally:
             await handle.release()
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
+from functools import partial
 from typing import Final, Protocol
 
-from pillarbox.store import db, fulltext, uidlist
+from pillarbox.store import db, fulltext, lazyparse, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
@@ -35,6 +37,8 @@ class SyncedIndex(Protocol):
     conn: sqlite3.Connection
     full_text: bool
     backfill_wanted: bool
+    unparsed: bool  # there may be messages not parsed yet (store.lazyparse)
+    parse_wanted: bool  # the background parse has work
 
     def mailbox(self, name: str) -> Mailbox: ...
 
@@ -189,14 +193,23 @@ class MaildirSync:
         if self.index.full_text and not texts and assigned:
             self.index.backfill_wanted = True
         names = self.index.keyword_names(box)
+        # A big batch (a Maildir copied in, a rebuilt index) gets its small rows now and is
+        # parsed later, so that the SELECT that found it answers at once (store.lazyparse).
+        lazy = len(assigned) > lazyparse.INLINE_MAX
+        if lazy:
+            self.index.unparsed = self.index.parse_wanted = True
         added: list[int] = []
         for start in range(0, len(assigned), ROWS_PER_TRANSACTION):
+            batch = assigned[start : start + ROWS_PER_TRANSACTION]
+            if lazy:
+                added += self._insert_small(box, batch, names, modseq)
+                continue
             rows: list[IndexRow] = []
-            for uid, fname in assigned[start : start + ROWS_PER_TRANSACTION]:
+            for uid, fname in batch:
                 row = parsed_row(box, uid, fname, names, modseq, texts=texts)
                 if row is not None:
                     rows.append(row)
-            self._insert(box, rows)
+            self._insert(box, partial(insert_rows, self.conn, rows))
             added += [r.message[1] for r in rows]
         with db.Transaction(self.conn):
             self.conn.execute(
@@ -243,9 +256,16 @@ class MaildirSync:
             box.uidnext += 1
         return assigned
 
-    def _insert(self, box: Mailbox, rows: list[IndexRow]) -> None:
+    def _insert_small(
+        self, box: Mailbox, batch: list[tuple[int, str]], names: list[str], modseq: int
+    ) -> list[int]:
+        rows = lazyparse.small_rows(box, batch, names, modseq)
+        self._insert(box, partial(lazyparse.insert_small, self.conn, rows))
+        return [r.message[1] for r in rows]
+
+    def _insert(self, box: Mailbox, write: Callable[[], None]) -> None:
         with db.Transaction(self.conn):
-            insert_rows(self.conn, rows)
+            write()
             # UIDNEXT commits with the rows: were it a later transaction, a crash in between
             # would leave rows at or above UIDNEXT, whose UIDs the next message would take.
             self.conn.execute(

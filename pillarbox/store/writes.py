@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from pillarbox.store import db, fulltext, quota, uidlist
+from pillarbox.store import db, fulltext, lazyparse, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.maildir import deliver, unique_name
@@ -50,6 +50,8 @@ class WritableIndex(Protocol):
     def next_modseq(self, box: Mailbox) -> int: ...
 
     def usage(self) -> int: ...
+
+    def measure_sizes(self) -> None: ...
 
 
 class IndexWriter:
@@ -232,6 +234,8 @@ class IndexWriter:
         except MailboxError:
             raise MailboxError("TRYCREATE", f"no mailbox {dst_name}") from None
         dst = self.index.sync(dst)
+        if not move and limit > 0:
+            self.index.measure_sizes()  # the sizes a quota adds up are CRLF sizes
         rows = list(self.index.rows_in(src, ranges, "uid, flags, keywords, fname, size"))
         if not move:
             self.check_quota(sum(r[4] for r in rows), limit)
@@ -323,6 +327,10 @@ class IndexWriter:
                     f" FROM {table} WHERE mailbox_id = ? AND uid = ?",
                     [(dst_id, new, src_id, uid) for uid, new, _, _ in batch],
                 )
+            # A copy of a message not parsed yet is not parsed either (store.lazyparse).
+            lazyparse.copy_pending(
+                self.index.conn, [(src_id, uid, dst_id, new) for uid, new, _, _ in batch]
+            )
             if self.index.full_text:
                 fulltext.copy(
                     self.index.conn, [(src_id, uid, dst_id, new) for uid, new, _, _ in batch]
