@@ -5,6 +5,7 @@ uses for that name, and the queue's own fallback delivers like local delivery.""
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import sqlite3
 from collections.abc import Iterator
@@ -76,6 +77,51 @@ def test_delivered_mail_has_its_index_row_before_any_imap_session(
     finally:
         raw.close()
     assert [r[1] for r in indexed(root)] == [fname]  # SELECT found nothing left to index
+
+
+def _pending(root: Path) -> list[tuple[int, int, int]]:
+    """(uid, sized, size) of the messages indexed but not parsed yet (store.lazyparse)."""
+    conn = sqlite3.connect(f"file:{root / INDEX_FILE}?mode=ro", uri=True)
+    try:
+        return conn.execute(
+            "SELECT p.uid, p.sized, m.size FROM parse_pending p JOIN messages m"
+            " USING (mailbox_id, uid) ORDER BY p.uid"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_delivery_writes_the_small_row_and_the_first_session_parses_it(
+    mx: pbserver.RunningServer,
+) -> None:
+    """At delivery only the small row is written (UID, flags, the CRLF size delivery
+    knew): the 250 waits for no parse. What reads parsed columns parses first; the user's
+    session parses the rest in the background, full-text rows included."""
+    send(mx, message("first, into a new index"))  # a new mailbox: cur/ is listed
+    for n in range(3):
+        send(mx, message(f"burst {n}", f"line {n}\r\n" * (n + 1)))
+    root = maildir(mx.settings, ALICE)
+    files = {p.name: p.read_bytes() for p in (root / "cur").iterdir()}
+    pending = _pending(root)
+    assert [uid for uid, _, _ in pending] == [2, 3, 4]
+    by_size = sorted(len(data) for name, data in files.items() if "first" not in data.decode())
+    assert all(sized == 1 for _, sized, _ in pending)
+    assert sorted(size for _, _, size in pending) == by_size  # the exact CRLF sizes
+    raw = Raw(mx)
+    try:
+        raw.login()
+        assert b"* 4 EXISTS\r\n" in raw.cmd(b"s", b"SELECT INBOX")
+        fetched = b"".join(raw.cmd(b"f", b"FETCH 2:4 (ENVELOPE RFC822.SIZE)"))
+        for n in range(3):
+            assert b'"burst %d"' % n in fetched
+        sizes = [int(s) for s in re.findall(rb"RFC822.SIZE (\d+)", fetched)]
+        assert sorted(sizes) == by_size
+        wait_for(lambda: _pending(root) == [], what="the background parse")
+        found = raw.cmd(b"b", b'SEARCH BODY "line 2"')
+        assert found[0] == b"* SEARCH 4\r\n"
+    finally:
+        raw.close()
+    assert len(indexed(root)) == 4
 
 
 def test_a_message_over_a_mebibyte_is_left_to_the_next_sync(mx: pbserver.RunningServer) -> None:

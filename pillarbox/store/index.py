@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -356,10 +356,16 @@ class UserIndex:
         return names
 
     # --- sync (pillarbox.store.sync) -------------------------------------------------------
-    def sync(self, box: Mailbox, *, full: bool = False, full_text: bool = True) -> Mailbox:
-        """Pick up new and foreign changes (see store.sync); returns fresh state.
-        ``full_text=False`` leaves the new messages' full-text rows to the backfill."""
-        return self.syncer.sync(box, full=full, full_text=full_text)
+    def sync(
+        self,
+        box: Mailbox,
+        *,
+        full: bool = False,
+        full_text: bool = True,
+        delivered: Mapping[str, int] | None = None,
+    ) -> Mailbox:
+        """Pick up new and foreign changes (see store.sync); returns fresh state."""
+        return self.syncer.sync(box, full=full, full_text=full_text, delivered=delivered)
 
     # --- full-text index (store.fulltext) ------------------------------------------------
     def _any_pending(self) -> bool:
@@ -700,8 +706,8 @@ class UserIndex:
     ) -> tuple[int, int]:
         return self.writer.append(name, data, flags, internal_date, limit=limit)
 
-    def take_delivered(self, names: list[str]) -> None:
-        self.writer.take_delivered(names)
+    def take_delivered(self, names: list[str], sizes: Mapping[str, int]) -> None:
+        self.writer.take_delivered(names, sizes)
 
     def copy(
         self,

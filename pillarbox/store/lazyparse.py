@@ -28,7 +28,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -68,11 +68,17 @@ class SmallRow(NamedTuple):
 
 
 def small_rows(
-    box: Mailbox, files: Iterable[tuple[int, str]], names: list[str], modseq: int
+    box: Mailbox,
+    files: Iterable[tuple[int, str]],
+    names: list[str],
+    modseq: int,
+    sizes: Mapping[str, int] | None = None,
 ) -> list[SmallRow]:
     """The ``messages`` rows of ``(uid, file name)`` files of ``cur/``, from their names and
     a stat each (relative to ``cur/``'s descriptor: a path walk per file costs more than
-    the stat); a file gone meanwhile is left out."""
+    the stat); a file gone meanwhile is left out. ``sizes`` holds the CRLF sizes of the
+    base names whose bytes the caller had in hand (delivery's)."""
+    sizes = sizes or {}
     rows: list[SmallRow] = []
     split, parse_info, stat = fl.split_filename, fl.parse_info, os.stat
     cur = os.open(box.path / "cur", os.O_RDONLY | os.O_DIRECTORY)
@@ -84,11 +90,13 @@ def small_rows(
                 continue
             base, info = split(fname)
             mask, keywords = parse_info(info, names)
-            virtual = _VIRTUAL_SIZE.search(base) if ",W=" in base else None
-            size = int(virtual.group(1)) if virtual else st.st_size
-            message = (box.id, uid, mask, " ".join(keywords), modseq, int(st.st_mtime), size,
-                       None, base, fname)  # fmt: skip
-            rows.append(SmallRow(message, virtual is not None))
+            size = sizes.get(base)
+            if size is None:
+                virtual = _VIRTUAL_SIZE.search(base) if ",W=" in base else None
+                size = int(virtual.group(1)) if virtual else None
+            message = (box.id, uid, mask, " ".join(keywords), modseq, int(st.st_mtime),
+                       st.st_size if size is None else size, None, base, fname)  # fmt: skip
+            rows.append(SmallRow(message, size is not None))
     finally:
         os.close(cur)
     return rows

@@ -61,8 +61,10 @@ from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+from pillarbox.mime import to_crlf
 from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
+from pillarbox.store.flags import split_filename
 from pillarbox.store.index import UserIndex
 from pillarbox.store.lazyparse import needs_parsed
 from pillarbox.store.maildir import (
@@ -117,8 +119,10 @@ class UserMailboxes:
         self.refs = 0
         self._backfilling = False
         self._changes = ChangesBatcher(self._run, index)  # one sync per mailbox, not session
-        # Folders delivery wrote into, each with the deliveries waiting for their index row.
+        # Folders delivery wrote into, each with the deliveries waiting for their index row,
+        # and the CRLF sizes of the files by base name.
         self._delivered: dict[str, list[asyncio.Future[None]]] = {}
+        self._delivered_sizes: dict[str, int] = {}
         self._indexer: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -224,14 +228,16 @@ class UserMailboxes:
 
         return await asyncio.get_running_loop().run_in_executor(self._store.executor, pooled)
 
-    async def index_delivered(self, folder: str) -> None:
-        """Index what delivery wrote into ``folder``'s ``new/``; returns once it is indexed.
+    async def index_delivered(self, folder: str, sizes: dict[str, int]) -> None:
+        """Index what delivery wrote into ``folder``'s ``new/`` (``sizes``: the CRLF sizes
+        of the files it knows, by base name); returns once it is indexed.
 
         Group commit: the deliveries that arrive while the index is busy are indexed
         together in its next turn, so N concurrent deliveries to one user take about two
         turns of the index lock and one store worker, not N of each."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._delivered.setdefault(folder, []).append(done)
+        self._delivered_sizes.update(sizes)
         if self._indexer is None:
             # A task of its own: a delivery whose caller gives up (an SMTP client gone) must
             # not leave the others' futures unanswered.
@@ -242,9 +248,10 @@ class UserMailboxes:
         try:
             while self._delivered:
                 batch, self._delivered = self._delivered, {}
+                sizes, self._delivered_sizes = self._delivered_sizes, {}
                 failure: Exception | None = None
                 try:
-                    await self._run(self._index.take_delivered, sorted(batch))
+                    await self._run(self._index.take_delivered, sorted(batch), sizes)
                 except Exception as exc:
                     failure = exc
                 for done in itertools.chain.from_iterable(batch.values()):
@@ -612,14 +619,14 @@ class MailStore:
         stored = await self._writer.write(path, message, prefix=prefix, info=info)
         try:
             if (size_in_name(stored.name) or 0) <= INDEX_AT_DELIVERY_MAX:
-                await self._index_delivered(user, folder)
+                await self._index_delivered(user, folder, _crlf_sizes(stored, prefix, message))
         except Exception:
             _log.error("indexing delivered mail failed, left to the next sync",
                        user=user, folder=folder, file=stored.name, exc_info=True)  # fmt: skip
         self.hub.publish(user, folder)
         return stored
 
-    async def _index_delivered(self, user: str, folder: str) -> None:
+    async def _index_delivered(self, user: str, folder: str, sizes: dict[str, int]) -> None:
         if self.closing:
             return  # the indexes are closed: the next start's sync indexes the file
         lingering = self._lingering.get(user)
@@ -630,7 +637,7 @@ class MailStore:
             handle = await self.open(user, backfill=False)
         try:
             self._linger(handle)
-            await handle.index_delivered(folder)
+            await handle.index_delivered(folder, sizes)
         finally:
             await handle.release()
 
@@ -679,6 +686,15 @@ class MailStore:
             handle.refs = 1
             await self.release(handle)
         self.executor.shutdown(wait=False)
+
+
+def _crlf_sizes(stored: Path, prefix: bytes, message: Sequence[Part]) -> dict[str, int]:
+    """{base name: RFC822.SIZE} of a delivered file whose bytes are all in memory (the
+    index then needs no read to know it), else {} (a spooled part: measured later)."""
+    if not all(isinstance(part, bytes) for part in message):
+        return {}
+    data = b"".join([prefix, *message])  # type: ignore[list-item]
+    return {split_filename(stored.name)[0]: len(to_crlf(data))}
 
 
 def delivery_headers(sender: str, user: str) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from pillarbox.store import db, fulltext, lazyparse, quota, uidlist
@@ -31,7 +31,14 @@ class WritableIndex(Protocol):
 
     def mailbox(self, name: str) -> Mailbox: ...
 
-    def sync(self, box: Mailbox, *, full: bool = False, full_text: bool = True) -> Mailbox: ...
+    def sync(
+        self,
+        box: Mailbox,
+        *,
+        full: bool = False,
+        full_text: bool = True,
+        delivered: Mapping[str, int] | None = None,
+    ) -> Mailbox: ...
 
     def keyword_names(self, box: Mailbox) -> list[str]: ...
 
@@ -189,8 +196,9 @@ class IndexWriter:
             raise MailboxError("", "message vanished while being stored")
         return box.uidvalidity, added[0]
 
-    def take_delivered(self, names: list[str]) -> None:
-        """Index the files delivery wrote into the ``new/`` of each mailbox in ``names``.
+    def take_delivered(self, names: list[str], sizes: Mapping[str, int]) -> None:
+        """Index the files delivery wrote into the ``new/`` of each mailbox in ``names``;
+        ``sizes`` maps their base names to their CRLF sizes (delivery had the bytes).
 
         The sync does it as for any file found in ``new/``: it moves the file to ``cur/`` and
         gives it its UID, MODSEQ and index rows. That is also why a crash cannot lose or
@@ -208,10 +216,10 @@ class IndexWriter:
                     box = self.index.mailbox(name)
                 except MailboxError:
                     continue  # deleted meanwhile: nothing left to index
-                # The full-text rows are the dearest part (FTS5 tokenising the whole text): they
-                # are left to the backfill of the user's next session (and a body SEARCH
-                # catches up first), off SMTP's path, as before delivery indexed.
-                self.index.sync(box, full_text=False)
+                # Small rows (store.lazyparse): the parse and the full-text rows are the
+                # dearest part, and SMTP's CPU; the user's next session does them in the
+                # background, and whatever reads a column they fill does them first.
+                self.index.sync(box, full_text=False, delivered=sizes)
 
     def copy(
         self,
