@@ -396,6 +396,7 @@ class UserIndex:
         sizes_only: bool = False,
         changed_since: int = 0,
         limit: int,
+        full_text: bool = False,
     ) -> tuple[int, int] | None:
         """Parse the first ``limit`` pending messages of mailbox ``name`` in ``ranges``
         (modseq above ``changed_since``); with ``sizes_only`` give the unsized ones their
@@ -412,7 +413,9 @@ class UserIndex:
         if sizes_only:
             lazyparse.measure(self.conn, box.path, box.id, found)
         else:
-            lazyparse.parse(self.conn, box.path, box.id, found, full_text=False)
+            lazyparse.parse(
+                self.conn, box.path, box.id, found, full_text=full_text and self.full_text
+            )
         return found[-1][0], len(found)
 
     def parse_backlog(self, after: tuple[int, int], limit: int) -> tuple[int, int] | None:

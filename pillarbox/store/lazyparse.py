@@ -44,8 +44,9 @@ COMPONENT: Final = "mailindex.parse"
 INLINE_MAX: Final = 200  # a batch of new files up to this size is parsed at once
 # Dovecot's virtual size: the size of the message with CRLF line ends (RFC822.SIZE).
 _VIRTUAL_SIZE: Final = re.compile(r",W=(\d+)")
-# Filter terms that read columns only the parse fills (see store.query).
-_PARSED_TERMS: Final = frozenset({"larger", "smaller", "sent", "header", "text"})
+# Filter terms that read columns only the parse fills (see store.query; "text" reads the
+# full-text index, which has its own pending list).
+_PARSED_TERMS: Final = frozenset({"larger", "smaller", "sent", "header"})
 
 
 def _create(conn: sqlite3.Connection) -> None:

@@ -95,6 +95,7 @@ QuotaLookup = Callable[[str], int]
 JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
 BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
 PARSE_CHUNK = 200  # messages parsed per turn of the index lock (store.lazyparse)
+DEMAND_CHUNK = 500  # the same for a command waiting for them (fewer turns, same waits)
 ALL_UIDS = 0xFFFFFFFF
 # Bigger deliveries are indexed by the next sync (an IMAP or POP3 session's), not at once:
 # parsing reads the whole message, and SMTP's memory must not grow with the message size.
@@ -124,6 +125,10 @@ class UserMailboxes:
         self._delivered: dict[str, list[asyncio.Future[None]]] = {}
         self._delivered_sizes: dict[str, int] = {}
         self._indexer: asyncio.Task[None] | None = None
+        # Commands waiting for a parse (_parse_first); the background waits for none.
+        self._demand = 0
+        self._no_demand = asyncio.Event()
+        self._no_demand.set()
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         index = self._index
@@ -153,12 +158,14 @@ class UserMailboxes:
                 index.parse_wanted = False  # set again by any bulk add meanwhile
                 parsed: tuple[int, int] | None = (0, 0)
                 while parsed is not None and not self._stopping:
+                    await self._no_demand.wait()  # a command waiting for a parse goes first
                     parsed = await self._run(index.parse_backlog, parsed, PARSE_CHUNK)
                 await self._run(index.settle_parse)
             while index.backfill_wanted and not self._stopping:
                 index.backfill_wanted = False  # set again by any bulk add meanwhile
                 cursor: tuple[int, int] | None = (0, 0)
                 while cursor is not None and not self._store.closing:
+                    await self._no_demand.wait()
                     cursor = await self._run(index.backfill_full_text, cursor, BACKFILL_CHUNK)
         finally:
             self._backfilling = False
@@ -176,28 +183,38 @@ class UserMailboxes:
         sizes_only: bool = False,
         changed_since: int = 0,
         limit: int | None = None,
+        full_text: bool = False,
     ) -> bool:
         """Parse the pending messages a read of (the first ``limit`` messages of) ``ranges``
         is about to see, a chunk per turn of the index lock (see store.lazyparse); with
-        ``sizes_only`` just their CRLF sizes. Whether there were any."""
+        ``sizes_only`` just their CRLF sizes, with ``full_text`` their full-text rows too.
+        Whether there were any. The background parse waits meanwhile: its chunks would
+        only make the command wait longer."""
         if not self._index.unparsed or not ranges:
             return False
         if not await self._read(lambda r: r.unparsed_in(name, ranges, sizes_only=sizes_only)):
             return False
         left = limit
         todo = ranges
-        while todo and (left is None or left > 0) and not self._stopping:
-            chunk = PARSE_CHUNK if left is None else min(PARSE_CHUNK, left)
-            done = await self._run(
-                self._index.parse_pending, name, todo, sizes_only=sizes_only,
-                changed_since=changed_since, limit=chunk,
-            )  # fmt: skip
-            if done is None:
-                break
-            last, count = done
-            todo = [(max(lo, last + 1), hi) for lo, hi in todo if hi > last]
-            if left is not None:
-                left -= count
+        self._demand += 1
+        self._no_demand.clear()
+        try:
+            while todo and (left is None or left > 0) and not self._stopping:
+                chunk = DEMAND_CHUNK if left is None else min(DEMAND_CHUNK, left)
+                done = await self._run(
+                    self._index.parse_pending, name, todo, sizes_only=sizes_only,
+                    changed_since=changed_since, limit=chunk, full_text=full_text,
+                )  # fmt: skip
+                if done is None:
+                    break
+                last, count = done
+                todo = [(max(lo, last + 1), hi) for lo, hi in todo if hi > last]
+                if left is not None:
+                    left -= count
+        finally:
+            self._demand -= 1
+            if not self._demand:
+                self._no_demand.set()
         return True
 
     async def full_text_pending(self, name: str, max_uid: int) -> int | None:
@@ -211,6 +228,8 @@ class UserMailboxes:
         """Index what the full-text index lacks of mailbox ``name`` now, a chunk per turn
         of the index lock: a body search would otherwise read those messages itself, which
         costs as much as indexing them and leaves nothing for the next search."""
+        # Messages not parsed yet get both from one read of their file (store.lazyparse).
+        await self._parse_first(name, [(1, ALL_UIDS)], full_text=True)
         after: int | None = 0
         while after is not None and not self._store.closing:
             after = await self._run(self._index.catch_up_full_text, name, after, BACKFILL_CHUNK)
