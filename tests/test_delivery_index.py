@@ -4,10 +4,13 @@ uses for that name, and the queue's own fallback delivers like local delivery.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import smtplib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +39,7 @@ def mx(tmp_path: Path, dns_server: DnsTestServer) -> Iterator[pbserver.RunningSe
         yield server
 
 
-def send(server: pbserver.RunningServer, data: bytes) -> None:
+def send(server: pbserver.RunningServer | pbserver.SubprocessServer, data: bytes) -> None:
     with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=TIMEOUT) as smtp:
         smtp.sendmail("bob@example.org", [ALICE], data)
 
@@ -200,3 +203,90 @@ def test_queue_fallback_delivers_with_trace_fields_and_imap_sees_it(
     head = fetched.split(b"}\r\n", 1)[1]
     assert head.startswith(b"Return-Path: <>\r\nDelivered-To: alice@example.test\r\n")
     assert b"multipart/report" in head
+
+
+def test_kill_9_between_the_file_and_its_row_indexes_it_once_with_a_fresh_uid(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    """The Maildir file is the commit point (see ``IndexWriter.take_delivered``): a server
+    killed after the file is durable and before its row commits leaves the file in ``new/``,
+    and the next start indexes it exactly once, with a UID no message had before."""
+    settings = pbserver.make_settings(
+        tmp_path / "data",
+        {
+            "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
+            "mailauth": {"verify_inbound": False},
+        },
+    )
+    pbserver.add_user(settings, ALICE)
+    root = maildir(settings, ALICE)
+    server = pbserver.SubprocessServer(settings)
+    lock: sqlite3.Connection | None = None
+    try:
+        for n in range(2):
+            send(server, message(f"before {n}"))
+        raw = Raw(server)
+        try:
+            raw.login()
+            raw.cmd(b"s", b"SELECT INBOX")
+            raw.cmd(b"d", b"UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+            assert raw.cmd(b"e", b"EXPUNGE")[-1].startswith(b"e OK")  # UID 2 is spent
+        finally:
+            raw.close()
+        # The controlled point: the index's write lock is ours, so the delivery's file is
+        # durable in new/ while its row waits for the lock; then the server dies.
+        lock = sqlite3.connect(root / INDEX_FILE, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        sender = threading.Thread(target=_send_quietly, args=(server, message("in between")))
+        sender.start()
+        wait_for(lambda: _in_new(root, b"Subject: in between"), what="the file in new/")
+        assert [subject for _, _, subject in _subjects(root, lock)] == ["before 0"]
+    finally:
+        server.stop(signal.SIGKILL)
+        if lock is not None:
+            lock.rollback()
+            lock.close()
+    sender.join(TIMEOUT)
+    server = _restart(settings)
+    try:
+        raw = Raw(server)
+        try:
+            raw.login()
+            for _ in range(2):  # a second sync finds nothing more to index
+                assert b"* 2 EXISTS\r\n" in raw.cmd(b"s", b"SELECT INBOX")
+            fetched = b"".join(raw.cmd(b"f", b"UID FETCH 1:* (ENVELOPE)"))
+        finally:
+            raw.close()
+    finally:
+        server.stop()
+    assert re.findall(rb"UID (\d+) ENVELOPE", fetched) == [b"1", b"3"]
+    assert fetched.count(b'"in between"') == 1
+    assert [p.name for p in (root / "new").iterdir()] == []
+    uidlist = (root / "dovecot-uidlist").read_text().splitlines()[1:]
+    assert [line.split()[0] for line in uidlist] == ["1", "3"]
+
+
+def _send_quietly(server: pbserver.SubprocessServer, data: bytes) -> None:
+    with contextlib.suppress(OSError, smtplib.SMTPException):  # killed under us
+        send(server, data)
+
+
+def _in_new(root: Path, needle: bytes) -> bool:
+    return any(needle in p.read_bytes() for p in (root / "new").iterdir())
+
+
+def _subjects(root: Path, conn: sqlite3.Connection) -> list[tuple[str, int, str]]:
+    rows = conn.execute(
+        "SELECT b.name, m.uid, d.envelope FROM messages m JOIN message_data d"
+        " USING (mailbox_id, uid) JOIN mailboxes b ON b.id = m.mailbox_id ORDER BY m.uid"
+    ).fetchall()
+    return [(name, uid, json.loads(envelope)[1]) for name, uid, envelope in rows]
+
+
+def _restart(settings: pbserver.Settings) -> pbserver.SubprocessServer:
+    """A new ``pillarbox serve`` on the same data dir (the old log moved aside: the new
+    server's ports are read from its own log)."""
+    log = settings.data_dir / "serve.log"
+    if log.exists():
+        log.rename(settings.data_dir / "serve.killed.log")
+    return pbserver.SubprocessServer(settings)

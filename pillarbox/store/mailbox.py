@@ -23,9 +23,10 @@ Delivery: :meth:`MailStore.deliver` is the one way mail arrives from outside IMA
 Sieve ``fileinto``, the queue's reports). It writes the file durably into the folder's
 ``new/`` (``store.maildir.MaildirWriter``: parallel file fsyncs, group-committed directory
 fsyncs), then indexes it under the user's index lock (the sync moves it to ``cur/`` and gives
-it its UID, MODSEQ, parsed envelope and header rows, and quota usage; the full-text row,
-the dearest part, is left to the backfill that the user's next session starts), then tells
-the watchers (IDLE sessions). Concurrent deliveries to one user share one turn of the lock
+it its UID, MODSEQ, small row with the CRLF size of the bytes in hand, and quota usage; the
+parse and the full-text row, the dearest parts, are left to the background job that the
+user's next session starts, see ``store.lazyparse``), then tells the watchers (IDLE
+sessions). Concurrent deliveries to one user share one turn of the lock
 (:meth:`UserMailboxes.index_delivered`), and the index of a user without sessions stays open
 ``DELIVERY_LINGER`` seconds, so a burst of mail opens it once. A message over
 ``INDEX_AT_DELIVERY_MAX`` is left in ``new/`` for the next sync, which parses it then (as
@@ -33,6 +34,10 @@ before delivery indexed), so SMTP's memory does not grow with the size of the ma
 Maildir write is the commit point: if indexing fails or the process dies before it, the
 file waits in ``new/`` and the next sync indexes it, exactly once (see
 ``IndexWriter.take_delivered`` in ``store.writes``).
+
+Lazy parsing (``store.lazyparse``): a read that needs columns of messages not parsed yet
+parses those first (``_parse_first``), and the background task below parses the rest with
+their full-text rows, pausing while a command waits for a parse.
 
 Full-text backfill: messages the index took in bulk (see ``store.fulltext``) are indexed by
 one background task per open user, a chunk of ``BACKFILL_CHUNK`` messages per turn of the
