@@ -70,7 +70,8 @@ class ImapComponent:
     def listeners(self) -> list[ListenerSpec]:
         listen = self.ctx.settings.listen
         return [
-            ListenerSpec(name, host, port, mode, self.handle, BUSY_REPLY)
+            # TLS on the socket itself: what an idle IMAP connection costs is mostly TLS.
+            ListenerSpec(name, host, port, mode, self.handle, BUSY_REPLY, own_transport=True)
             for name, mode in LISTENERS
             for host, port in listen.addresses(name)
         ]

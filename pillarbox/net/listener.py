@@ -39,6 +39,7 @@ from pillarbox.net.proxyproto import (
     header_length,
     parse_header,
 )
+from pillarbox.net.transport import SocketTransport
 from pillarbox.tls.context import TlsInfo, TlsProvider
 
 _log = log.get("net")
@@ -156,7 +157,17 @@ class Connection:
         Call ``prepare_starttls`` before answering the command, then this after."""
         if self._tls is None:
             raise RuntimeError("TLS is not configured for this listener")
-        await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
+        transport = self.writer.transport
+        if isinstance(transport, SocketTransport):
+            # The same socket, in place; reading was paused by prepare_starttls.
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await transport.start_tls(self._tls.current())
+            # StreamReaderProtocol learns that it is over TLS (an EOF then closes) the way
+            # StreamWriter.start_tls tells it; the stdlib has no public way.
+            self.writer._protocol._replace_writer(self.writer)  # type: ignore[attr-defined]
+            transport.resume_reading()
+        else:
+            await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
         self.tls = TlsInfo.of(self.writer.get_extra_info("ssl_object"))
 
     async def read_line(self, seconds: float) -> bytes:
@@ -249,6 +260,9 @@ class ListenerSpec:
     # refused client on an implicit-TLS listener gets no text: it is refused before the
     # handshake, which is the point.
     busy_reply: bytes = b""
+    # Pillarbox's own SocketTransport (net/transport.py: TLS on the socket, a few KiB less
+    # per idle connection) instead of asyncio's socket and SSL transports.
+    own_transport: bool = False
 
 
 @dataclass
@@ -579,13 +593,18 @@ class Listeners:
         writers: list[asyncio.StreamWriter] = []
         protocol = asyncio.StreamReaderProtocol(reader, lambda _, writer: writers.append(writer))
         implicit = spec.tls is TlsMode.IMPLICIT and self.tls is not None
+        context = self.tls.front() if implicit and self.tls else None
+        transport: asyncio.BaseTransport
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
-                client,
-                ssl=self.tls.front() if implicit and self.tls else None,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
-            )
+            if spec.own_transport:
+                transport = await _own_transport(client, protocol, context)
+            else:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    client,
+                    ssl=context,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
+                )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             peer = proxied.client if proxied and proxied.client else ("", 0)
             _log.info(
@@ -647,6 +666,22 @@ class Listeners:
     @property
     def active_connections(self) -> int:
         return len(self._open)
+
+
+async def _own_transport(
+    client: socket.socket, protocol: asyncio.BaseProtocol, context: ssl.SSLContext | None
+) -> SocketTransport:
+    """``client`` on a :class:`SocketTransport`, after the TLS handshake if ``context``."""
+    transport = SocketTransport(asyncio.get_running_loop(), client)
+    if context is not None:
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await transport.start_tls(context)
+        except BaseException:
+            transport.abort()
+            raise
+    transport.attach(protocol)
+    return transport
 
 
 def format_address(host: str, port: int) -> str:
