@@ -599,8 +599,14 @@ class Listeners:
         if entry is not None:
             entry.conn = conn
             conn.on_authenticated = functools.partial(self._on_authenticated, entry)
+        # The handler is awaited here, not in a helper coroutine: every frame on the chain
+        # of an idle session is kept for its whole life (2,000 IDLE sessions).
         try:
-            await self._run(spec, conn)
+            await spec.handler(conn)
+        except (Exception, asyncio.CancelledError) as exc:
+            # A cancelled session (shutdown) must end normally, so that nothing prints a
+            # cancellation traceback; any other failure ends this session only.
+            self._log_end(spec, conn, exc)
         finally:
             await conn.close()
 
@@ -611,7 +617,9 @@ class Listeners:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT)
         # The callback marks the protocol as server side (StreamWriter.start_tls asks) and
-        # hands over the writer the protocol makes for itself.
+        # hands over the writer the protocol makes for itself; the protocol keeps that
+        # writer alive, which must outlive a Connection.writer replaced by COMPRESS (a
+        # StreamWriter closes its transport when it is collected).
         writers: list[asyncio.StreamWriter] = []
         protocol = _StreamProtocol(reader, lambda _, writer: writers.append(writer))
         implicit = spec.tls is TlsMode.IMPLICIT and self.tls is not None
@@ -642,28 +650,20 @@ class Listeners:
         tls = self.tls if spec.tls is not TlsMode.NONE else None
         return Connection(reader, writer, spec.name, tls, self.closing, proxied)
 
-    async def _run(self, spec: ListenerSpec, conn: Connection) -> None:
-        try:
-            await spec.handler(conn)
-        except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
+    @staticmethod
+    def _log_end(spec: ListenerSpec, conn: Connection, exc: BaseException) -> None:
+        """Log why a session's handler ended with ``exc`` (call in the except clause)."""
+        if isinstance(exc, asyncio.CancelledError):  # only ``stop`` cancels, after its grace
             _log.info(
-                "connection ended",
-                listener=spec.name,
-                conn=conn.id,
-                client=conn.peer_ip,
-                reason=type(exc).__name__,
-            )
-        except asyncio.CancelledError:
-            # Only ``stop`` cancels sessions (after the grace period). The task must end
-            # normally so that nothing prints a cancellation traceback.
-            _log.info(
-                "session cut off",
-                listener=spec.name,
-                conn=conn.id,
-                client=conn.peer_ip,
+                "session cut off", listener=spec.name, conn=conn.id, client=conn.peer_ip,
                 reason="shutdown grace period over",
-            )
-        except Exception:
+            )  # fmt: skip
+        elif isinstance(exc, TimeoutError | ssl.SSLError | ConnectionError):
+            _log.info(
+                "connection ended", listener=spec.name, conn=conn.id, client=conn.peer_ip,
+                reason=type(exc).__name__,
+            )  # fmt: skip
+        else:
             _log.error("session crashed", listener=spec.name, conn=conn.id, exc_info=True)
 
     async def stop(self, grace: float) -> None:
