@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +204,46 @@ def test_starttls_and_a_key_update_with_openssl_s_client(server: pbserver.Runnin
     finally:
         proc.kill()
         proc.wait()
+
+
+def _server_side_state(server_port: int, client_port: int) -> str | None:
+    """The TCP state (``/proc/net/tcp``, hex: 01 is ESTABLISHED) of the server's end of
+    the loopback connection from ``client_port``, None when it is gone."""
+    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return fields[3]
+    return None
+
+
+def test_a_client_that_never_reads_is_dropped_and_its_socket_closed(tmp_path: Path) -> None:
+    """Output queued for a client that never reads must not hold the session, its queue
+    or its socket for ever: after ``data_timeout`` the session ends, and the close that
+    cannot flush is cut off."""
+    settings = pbserver.make_settings(tmp_path / "data", {"limits": {"data_timeout": 1}})
+    pbserver.add_user(settings, ALICE)
+    with pbserver.RunningServer(settings) as running:
+        with login(running) as client:
+            client.append("INBOX", None, None, _big_message())
+        raw = Raw(running)
+        try:
+            raw.login()
+            raw.cmd(b"s", b"SELECT INBOX")
+            raw.send(b"f FETCH 1:* (BODY.PEEK[])\r\n" * 4)
+
+            async def open_connections() -> int:
+                return running.server.listeners.active_connections
+
+            deadline = time.monotonic() + 15
+            while running.call(open_connections()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert running.call(open_connections()) == 0
+            # The server's end of the connection is closed although its output could not be
+            # sent: it is no longer ESTABLISHED (the kernel finishes or resets it).
+            time.sleep(0.5)
+            client_port = raw.sock.getsockname()[1]
+            assert _server_side_state(running.port("imaps"), client_port) != "01"
+        finally:
+            raw.close()

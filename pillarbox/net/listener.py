@@ -262,9 +262,14 @@ class Connection:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
-            # asyncio.timeout, not wait_for: no extra task per connection closed.
-            async with asyncio.timeout(2):
-                await self.writer.wait_closed()
+            try:
+                # asyncio.timeout, not wait_for: no extra task per connection closed.
+                async with asyncio.timeout(2):
+                    await self.writer.wait_closed()
+            except TimeoutError:
+                # A client that does not read keeps the output (and the socket) queued
+                # for ever: drop them.
+                self.writer.transport.abort()
 
 
 Handler = Callable[[Connection], Awaitable[None]]

@@ -417,7 +417,10 @@ class SocketTransport(asyncio.Transport):
             self._reader_added = False
 
     def _update_writer(self) -> None:
-        wanted = not self._lost and (bool(self._out) or self._read_wants_write)
+        # A TLS write that wants the peer's data first waits for readability, not here
+        # (the socket is writable, so waiting here would spin).
+        queued = bool(self._out) and not self._write_wants_read
+        wanted = not self._lost and (queued or self._read_wants_write)
         if wanted and not self._writer_added:
             self._loop.add_writer(self._fd, self._on_writable)
             self._writer_added = True
