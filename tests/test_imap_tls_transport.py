@@ -7,6 +7,7 @@ for STARTTLS and a TLS 1.3 KeyUpdate (a read that must write: RFC 8446 §4.6.3).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from pillarbox.config import Settings
 from pillarbox.net.transport import SocketTransport
+from pillarbox.tls.context import server_context
 from tests import pbserver
 from tests.imaphelp import ALICE, TIMEOUT, Raw, login, message, tls_context
 
@@ -247,3 +250,32 @@ def test_a_client_that_never_reads_is_dropped_and_its_socket_closed(tmp_path: Pa
             assert _server_side_state(running.port("imaps"), client_port) != "01"
         finally:
             raw.close()
+
+
+def test_an_abort_during_the_handshake_ends_it_and_frees_the_descriptor(
+    settings: Settings,
+) -> None:
+    """A connection cut while its TLS handshake waits for the client: the handshake ends
+    at once, and the loop no longer watches a descriptor about to be closed and reused."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        fd = ours.fileno()
+        transport = SocketTransport(loop, ours)
+        context = server_context(settings.tls.cert, settings.tls.key)
+        handshake = asyncio.ensure_future(transport.start_tls(context))
+        await asyncio.sleep(0.05)  # waiting for a ClientHello that does not come
+        tls_socket = transport.get_extra_info("socket")
+        assert fd in loop._selector.get_map()  # type: ignore[attr-defined]
+        transport.abort()
+        with pytest.raises(ConnectionAbortedError):
+            await asyncio.wait_for(handshake, 1)
+        selector = loop._selector  # type: ignore[attr-defined]
+        assert fd not in selector.get_map()
+        await asyncio.sleep(0)  # connection_lost runs and closes the socket
+        assert tls_socket.fileno() == -1
+        theirs.close()
+
+    asyncio.run(scenario())

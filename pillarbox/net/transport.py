@@ -48,6 +48,11 @@ SEND_CHUNK: Final = 256 * 1024
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantWriteError)
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class SocketTransport(asyncio.Transport):
     """See the module docstring. Made with the accepted socket; :meth:`start_tls` (optional),
     then :meth:`attach` hands it to its protocol and starts reading."""
@@ -70,6 +75,7 @@ class SocketTransport(asyncio.Transport):
         "_reading",
         "_sock",
         "_tls",
+        "_waiter",
         "_write_wants_read",
         "_writer_added",
     )
@@ -96,6 +102,8 @@ class SocketTransport(asyncio.Transport):
         self._high = HIGH_WATER
         self._low = LOW_WATER
         self._flushed: asyncio.Future[None] | None = None
+        # The handshake's wait for the socket, with the loop watching the socket for it.
+        self._waiter: asyncio.Future[None] | None = None
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -138,24 +146,26 @@ class SocketTransport(asyncio.Transport):
             await asyncio.shield(self._flushed)
 
     async def _ready(self, readable: bool) -> None:
-        """Wait until the socket is readable (or writable)."""
+        """Wait until the socket is readable (or writable), during the handshake."""
         waiter = self._loop.create_future()
-
-        def wake() -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
+        self._waiter = waiter
         if readable:
-            self._loop.add_reader(self._fd, wake)
+            self._loop.add_reader(self._fd, _wake, waiter)
         else:
-            self._loop.add_writer(self._fd, wake)
+            self._loop.add_writer(self._fd, _wake, waiter)
         try:
             await waiter
         finally:
-            if readable:
-                self._loop.remove_reader(self._fd)
-            else:
-                self._loop.remove_writer(self._fd)
+            self._end_wait(readable)
+
+    def _end_wait(self, readable: bool) -> None:
+        if self._waiter is None:
+            return  # already ended by _force_close
+        self._waiter = None
+        if readable:
+            self._loop.remove_reader(self._fd)
+        else:
+            self._loop.remove_writer(self._fd)
 
     # -- asyncio.Transport -----------------------------------------------------------------
 
@@ -451,6 +461,14 @@ class SocketTransport(asyncio.Transport):
         self._remove_reader()
         self._read_wants_write = self._write_wants_read = False
         self._update_writer()
+        if self._waiter is not None:
+            # A handshake waits: the loop must stop watching the descriptor now, before
+            # it is closed and perhaps reused, and the handshake must end.
+            waiter, self._waiter = self._waiter, None
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+            if not waiter.done():
+                waiter.set_exception(ConnectionAbortedError("connection closed in the handshake"))
         if self._flushed is not None and not self._flushed.done():
             self._flushed.set_result(None)
         self._loop.call_soon(self._connection_lost, exc)
