@@ -8,6 +8,7 @@ for STARTTLS and a TLS 1.3 KeyUpdate (a read that must write: RFC 8446 §4.6.3).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import imapclient  # type: ignore[import-untyped]
 import pytest
 
 from pillarbox.config import Settings
@@ -279,3 +281,22 @@ def test_an_abort_during_the_handshake_ends_it_and_frees_the_descriptor(
         theirs.close()
 
     asyncio.run(scenario())
+
+
+def test_starttls_then_a_big_literal_with_imapclient(server: pbserver.RunningServer) -> None:
+    """The plaintext port upgraded in place (imapclient's STARTTLS), then big literals
+    both ways on the same socket, now under TLS."""
+    body = message("starttls", body=(os.urandom(38).hex() * 2 + "\r\n") * 8000)  # 1.2 MB
+    client = imapclient.IMAPClient("127.0.0.1", port=server.port("imap"), ssl=False, timeout=30)
+    try:
+        client.starttls(tls_context(server.settings))
+        client.login(ALICE, pbserver.PASSWORD)
+        client.append("INBOX", body)
+        client.select_folder("INBOX")
+        uids = client.search("ALL")
+        fetched = client.fetch(uids, ["BODY.PEEK[]"])[uids[-1]][b"BODY[]"]
+        assert fetched == body
+        client.logout()
+    finally:
+        with contextlib.suppress(Exception):
+            client.shutdown()
