@@ -7,6 +7,9 @@ delivered it."""
 from __future__ import annotations
 
 import smtplib
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 
 from pillarbox.config import Settings
 from tests import imaphelp, pbserver
+from tests.dnsserver import DnsTestServer
 
 ALICE = f"alice@{pbserver.DOMAIN}"
 FILEINTO = (
@@ -93,3 +97,75 @@ def test_a_script_uploaded_on_node_a_files_mail_delivered_by_node_b(
     assert "sieve " in log_b and "fileinto" in log_b
     # Nothing of it went to the nodes' own SQLite files.
     assert not (b.database_path.exists() and b"filters" in b.database_path.read_bytes())
+
+
+def move_to_junk(server: pbserver.SubprocessServer, subject: str) -> None:
+    with imaphelp.login(server) as client:  # type: ignore[arg-type]
+        client.select("INBOX")
+        typ, data = client.uid("SEARCH", "SUBJECT", subject)
+        assert typ == "OK" and data[0], (subject, data)
+        typ, _ = client.uid("MOVE", data[0].decode().split()[-1], "Junk")
+        assert typ == "OK"
+
+
+def learnt(settings: Settings) -> str:
+    """What `pillarbox user spam` says alice taught (read from the shared database)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pillarbox", "--config", str(settings.source), "user", "spam",
+         ALICE], capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return done.stdout.rsplit("learnt ", 1)[1].strip()
+
+
+def spam_field(server: pbserver.SubprocessServer, mailbox: str, subject: str) -> str:
+    with imaphelp.login(server) as client:  # type: ignore[arg-type]
+        client.select(f'"{mailbox}"', readonly=True)
+        typ, data = client.uid("SEARCH", "SUBJECT", subject)
+        assert typ == "OK" and data[0], (mailbox, subject, data)
+        uid = data[0].decode().split()[-1]
+        typ, parts = client.uid("FETCH", uid, "(BODY.PEEK[HEADER.FIELDS (X-Pillarbox-Spam)])")
+        assert typ == "OK" and isinstance(parts[0], tuple)
+        return " ".join(parts[0][1].decode().split())
+
+
+def test_moves_to_junk_on_two_nodes_at_once_teach_one_shared_reputation(
+    tmp_path: Path, pg_dsn: str, dns_server: DnsTestServer
+) -> None:
+    dns_server.set_zone("promo.example", {"@": {"TXT": "v=spf1 ip4:127.0.0.1 -all"}})
+    overrides: dict[str, object] = {
+        "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
+        "spam": {"junk_threshold": 5.0, "reject_threshold": 15.0},
+    }
+    a, b = node(tmp_path, "a", pg_dsn, overrides), node(tmp_path, "b", pg_dsn, overrides)
+    pbserver.add_user(a, ALICE)
+    per_node = 4
+    with pbserver.SubprocessServer(a) as node_a, pbserver.SubprocessServer(b) as node_b:
+        nodes = {"a": node_a, "b": node_b}
+        for name, running in nodes.items():
+            for n in range(per_node):
+                send(running.port("smtp"), f"deal-{name}{n}", sender="deals@promo.example")
+            wait_for_mail(running, "INBOX", f"deal-{name}{per_node - 1}")
+        # Every move in its own IMAP session, all at once, half on each node.
+        moves = [
+            threading.Thread(target=move_to_junk, args=(running, f"deal-{name}{n}"))
+            for name, running in nodes.items()
+            for n in range(per_node)
+        ]
+        for thread in moves:
+            thread.start()
+        for thread in moves:
+            thread.join()
+        assert sorted(subjects(node_a, "Junk") + subjects(node_b, "Junk")) == sorted(
+            f"deal-{name}{n}" for name in nodes for n in range(per_node)
+        )
+        deadline = time.monotonic() + 10
+        while (taught := learnt(a)) != f"{2 * per_node} spam, 0 ham":
+            assert time.monotonic() < deadline, f"learnt {taught}"
+            time.sleep(0.2)
+        # Node B scores by what was taught through both nodes: the sender's reputation
+        # (2 x per_node lessons) files the next one in Junk.
+        time.sleep(5.5)  # the engine re-reads totals every SETTINGS_TTL (5 s)
+        send(node_b.port("smtp"), "deal-next", sender="deals@promo.example")
+        wait_for_mail(node_b, "Junk", "deal-next")
+        field = spam_field(node_b, "Junk", "deal-next")
+    assert "REPUTATION_SENDER" in field and "verdict=junk" in field, field
