@@ -67,6 +67,11 @@ class Column:
     convert: Convert = _text
     default: Any = None  # when the source has no such column
 
+    @property
+    def read(self) -> str:
+        """The source column's name."""
+        return self.source or self.target
+
 
 @dataclass(frozen=True)
 class Table:
@@ -315,13 +320,12 @@ def source_columns(conn: sqlite3.Connection, table: str) -> set[str] | None:
 def source_rows(
     conn: sqlite3.Connection, table: Table, have: set[str]
 ) -> Iterator[tuple[Any, ...]]:
-    picked = [c.source or c.target for c in table.columns if (c.source or c.target) in have]
-    cursor = conn.execute(f"SELECT {', '.join(picked)} FROM {table.source}")
-    for row in cursor:
+    """The rows of ``table`` in the target's column order; a column the source's (older)
+    schema lacks gets its default."""
+    picked = [c.read for c in table.columns if c.read in have]
+    for row in conn.execute(f"SELECT {', '.join(picked)} FROM {table.source}"):
         yield tuple(
-            column.convert(row[column.source or column.target])
-            if (column.source or column.target) in have
-            else column.default
+            column.convert(row[column.read]) if column.read in have else column.default
             for column in table.columns
         )
 
@@ -368,9 +372,16 @@ def rows_present(conn: pg.Connection) -> list[str]:
     return full
 
 
-def copy_table(
-    conn: pg.Connection, table: Table, source: sqlite3.Connection, say: Callable[[str], None]
-) -> int:
+def say(line: str) -> None:
+    """A progress line, shown as it happens."""
+    print(line, flush=True)
+
+
+def summary(totals: dict[str, int]) -> str:
+    return ", ".join(f"{count} {table}" for table, count in totals.items())
+
+
+def copy_table(conn: pg.Connection, table: Table, source: sqlite3.Connection) -> int:
     have = source_columns(source, table.source)
     if have is None:
         say(f"  {table.label}: no such table, nothing to copy")
@@ -416,7 +427,6 @@ def store_migrate(args: argparse.Namespace) -> int:
     if settings.store.backend != "sqlite":
         raise CliError('this install already uses [store] backend = "postgresql"')
     refuse_while_running(settings)
-    say = lambda line: print(line, flush=True)  # noqa: E731 - progress as it happens
     source_label = str(settings.data_dir)
     with contextlib.closing(connect_target(args.dsn)) as conn, open_sources(settings) as sources:
         done = previous_import(conn)
@@ -434,9 +444,8 @@ def store_migrate(args: argparse.Namespace) -> int:
             )
         say(f"Copying {source_label} into PostgreSQL, in one transaction (if this is "
             "interrupted, nothing is written: run it again).")  # fmt: skip
-        totals = copy_all(conn, sources, source_label, force=bool(full), say=say)
-        summary = ", ".join(f"{n} {what}" for what, n in totals.items())
-        say(f"Done: {summary}.")
+        totals = copy_all(conn, sources, source_label, force=bool(full))
+        say(f"Done: {summary(totals)}.")
     print_next_steps(settings, args.dsn)
     return 0
 
@@ -447,8 +456,8 @@ def copy_all(
     source_label: str,
     *,
     force: bool,
-    say: Callable[[str], None],
 ) -> dict[str, int]:
+    """Schema, rows and the record of this import, in one transaction; rows per table."""
     totals: dict[str, int] = {}
     with conn.transaction():
         make_schema(conn)
@@ -461,13 +470,12 @@ def copy_all(
             if source is None:
                 say(f"  {table.label}: no {table.source_file} database, nothing to copy")
                 continue
-            count = copy_table(conn, table, source, say)
+            count = copy_table(conn, table, source)
             totals[table.target] = totals.get(table.target, 0) + count
         continue_identities(conn)
-        summary = ", ".join(f"{n} {what}" for what, n in totals.items())
         conn.execute(
             "INSERT INTO pillarbox_imports(source, finished, summary) VALUES (%s, %s, %s)",
-            (source_label, time.time(), summary),
+            (source_label, time.time(), summary(totals)),
         )
     return totals
 
