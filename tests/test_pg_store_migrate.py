@@ -248,21 +248,23 @@ def test_a_run_killed_mid_way_leaves_nothing_and_a_second_run_finishes(
         store.close()
     command = [sys.executable, "-m", "pillarbox", "--config", str(settings.source),
                "store", "migrate", "--to", "postgresql", "--dsn", pg_dsn]  # fmt: skip
+    seen: list[str] = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as running:
         assert running.stdout is not None
         for line in running.stdout:
+            seen.append(line)
             if "spam_tokens: 50000 rows ..." in line:
                 running.send_signal(signal.SIGKILL)
                 break
-        assert running.wait(30) == -signal.SIGKILL, "the copy finished before the kill"
+        assert running.wait(30) == -signal.SIGKILL, f"not killed mid-copy: {seen}"
     # Nothing was committed: not even the schema.
     with psycopg.connect(pg_dsn) as conn:
         deadline = time.monotonic() + 10
-        while conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid()"
-        ).fetchone() != (0,):
-            assert time.monotonic() < deadline, "the killed run's session is still there"
+        while others := conn.execute(
+            "SELECT pid, backend_type, state, query FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall():
+            assert time.monotonic() < deadline, f"the killed run's session stays: {others}"
             time.sleep(0.05)
         assert conn.execute("SELECT to_regclass('account_users')").fetchone() == (None,)
     finished = migrate(settings, pg_dsn)
