@@ -202,6 +202,9 @@ class Server:
         await self.ctx.control.stop()
         await self.ctx.authenticator.saved()  # a ban made in the last moment survives
         self.ctx.accounts.close()
+        scripts = self.ctx.services.sieve_scripts  # shared by delivery and ManageSieve
+        if scripts is not None:
+            scripts.close()  # on PostgreSQL: its pool and its listener
         _log.info("stopped")
 
     async def reload(self) -> bool:
