@@ -216,7 +216,7 @@ class PgReputationStore:
         if not tokens:
             return []
         rows = conn.execute(
-            "SELECT spam, ham FROM spam_tokens WHERE user_address = %s AND token = ANY(%s)",
+            "SELECT spam, ham FROM spam_tokens WHERE user_address = %s AND token = ANY(%s::text[])",
             (user, [_text(t) for t in tokens]),
         ).fetchall()
         return [(int(r["spam"]), int(r["ham"])) for r in rows]
