@@ -218,13 +218,16 @@ def test_an_sqlite_install_moves_to_postgresql_and_keeps_working(
         peer.close()
 
 
-def test_a_non_empty_target_is_refused_without_force(tmp_path: Path, pg_dsn: str) -> None:
+def test_a_running_server_and_a_non_empty_target_are_refused(tmp_path: Path, pg_dsn: str) -> None:
     settings = pbserver.make_settings(tmp_path / "data")
     pbserver.add_user(settings, ALICE)
     other = pbserver.make_settings(
         tmp_path / "other", {"store": {"backend": "postgresql", "dsn": pg_dsn}}
     )
     pbserver.add_user(other, BOB)  # someone else's state in the target
+    with pbserver.SubprocessServer(settings):
+        running = migrate(settings, pg_dsn)
+    assert running.returncode == 1 and "the server is running" in running.stderr
     refused = migrate(settings, pg_dsn)
     assert refused.returncode == 1
     assert "not empty" in refused.stderr and "account_users" in refused.stderr
