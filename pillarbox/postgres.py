@@ -43,6 +43,7 @@ RECONNECT_DELAY = 1.0
 
 # Any fixed key: pg_advisory_xact_lock(bigint) serialises the nodes' migrations.
 _MIGRATION_LOCK = 0x70696C6C6172  # "pillar"
+_IMPORT_LOCK = 0x1A9047  # advisory_lock's namespace for import_once
 
 
 def node_name(settings: Settings) -> str:
@@ -103,6 +104,51 @@ def migrate(conn: Connection, component: str, steps: Sequence[str]) -> int:
                 (component, version),
             )
     return len(steps)
+
+
+# What was imported from SQLite files (``pillarbox store migrate``, and the per-node
+# files of an install that ran on PostgreSQL before its Sieve scripts and spam learning
+# moved there), so that nothing is imported twice.
+IMPORTS_COMPONENT = "imports"
+IMPORTS_MIGRATIONS = [
+    """
+    CREATE TABLE pillarbox_imports (
+        source text NOT NULL,
+        finished double precision NOT NULL,
+        summary text NOT NULL
+    );
+    CREATE INDEX pillarbox_imports_source ON pillarbox_imports(source);
+    """,
+]
+
+
+def imported(conn: Connection, source: str) -> bool:
+    """Whether ``source`` was imported before (``record_import``)."""
+    return (
+        conn.execute("SELECT 1 FROM pillarbox_imports WHERE source = %s", (source,)).fetchone()
+        is not None
+    )
+
+
+def record_import(conn: Connection, source: str, summary: str) -> None:
+    conn.execute(
+        "INSERT INTO pillarbox_imports(source, finished, summary)"
+        " VALUES (%s, extract(epoch FROM now()), %s)",
+        (source, summary),
+    )
+
+
+def import_once(conn: Connection, source: str, work: Callable[[Connection], str]) -> bool:
+    """Run ``work`` (which copies ``source`` in and returns a summary) and record it, in
+    one transaction, unless ``source`` was imported before; True if it ran. Under a lock
+    on ``source``, so two nodes starting at once import it once."""
+    with conn.transaction():
+        migrate(conn, IMPORTS_COMPONENT, IMPORTS_MIGRATIONS)
+        advisory_lock(conn, _IMPORT_LOCK, source)
+        if imported(conn, source):
+            return False
+        record_import(conn, source, work(conn))
+    return True
 
 
 def schema_version(conn: Connection, component: str) -> int:

@@ -24,7 +24,8 @@ import pytest
 
 from pillarbox import config
 from pillarbox.config import Settings
-from pillarbox.spam.reputation import Lesson, ReputationStore
+from pillarbox.spam.reputation import Lesson, ReputationStore, open_reputation
+from pillarbox.store.sieve_scripts import SieveScripts, open_sieve_scripts
 from tests import imaphelp, pbserver
 from tests.dnsserver import DnsTestServer
 from tests.queuehelpers import wait_for
@@ -277,3 +278,36 @@ def test_a_run_killed_mid_way_leaves_nothing_and_a_second_run_finishes(
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM spam_tokens").fetchone() == (400_000,)
         assert conn.execute("SELECT address FROM account_users").fetchall() == [(ALICE,)]
+
+
+def test_a_node_on_postgresql_from_before_imports_its_own_scripts_and_learning_once(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    # A node that ran on PostgreSQL when Sieve scripts and spam learning were still kept
+    # in its own SQLite files (pillarbox.db, spam.db): after the upgrade they are in the
+    # database, once, however often the stores are opened.
+    settings = pbserver.make_settings(tmp_path / "data")
+    pbserver.add_user(settings, ALICE)
+    local = SieveScripts(settings.database_path)
+    local.put(ALICE, "main", "keep;")
+    local.set_active(ALICE, "main")
+    local.close()
+    learning = ReputationStore(settings.data_dir / "spam.db")
+    learning.learn_message(ALICE, "<m@x>", Lesson("a@b.example", "b.example", (), ["w"]), True)
+    learning.set_thresholds(ALICE, 3.0, None)
+    learning.close()
+    settings = switch_to_postgresql(settings, pg_dsn)
+    for _ in range(2):
+        scripts = open_sieve_scripts(settings)
+        try:
+            assert scripts.list(ALICE) == [("main", True)] and scripts.has_active(ALICE)
+        finally:
+            scripts.close()
+        reputation = open_reputation(settings)
+        try:
+            assert reputation.trained_users() == {ALICE: (1, 0)}
+            assert reputation.thresholds() == {ALICE: (3.0, None)}
+            lesson = Lesson("a@b.example", "b.example", (), ["w"])
+            assert not reputation.learn_message(ALICE, "<m@x>", lesson, True)  # learnt once
+        finally:
+            reputation.close()

@@ -275,14 +275,6 @@ TABLES: tuple[Table, ...] = (
 # Identity columns whose sequences must continue after the copied ids.
 IDENTITIES = (("queue_recipients", "id"), ("queue_attempts", "id"), ("sieve_scripts", "id"))
 
-MARKER = """
-CREATE TABLE IF NOT EXISTS pillarbox_imports (
-    source text NOT NULL,
-    finished double precision NOT NULL,
-    summary text NOT NULL
-)
-"""
-
 
 def source_paths(settings: Settings) -> dict[str, Path]:
     return {
@@ -350,14 +342,16 @@ def make_schema(conn: pg.Connection) -> None:
     pg.migrate(conn, pgsieve.COMPONENT, pgsieve.MIGRATIONS)
     pg.migrate(conn, pgreputation.COMPONENT, pgreputation.MIGRATIONS)
     pg.migrate(conn, pgstore.COMPONENT, pgstore.MIGRATIONS)
-    conn.execute(MARKER)
+    pg.migrate(conn, pg.IMPORTS_COMPONENT, pg.IMPORTS_MIGRATIONS)
 
 
 def previous_import(conn: pg.Connection) -> dict[str, Any] | None:
     if pg.scalar(conn, "SELECT to_regclass('pillarbox_imports')") is None:
         return None
     return conn.execute(
-        "SELECT source, finished, summary FROM pillarbox_imports ORDER BY finished DESC LIMIT 1"
+        "SELECT source, finished, summary FROM pillarbox_imports WHERE source LIKE %s"
+        " ORDER BY finished DESC LIMIT 1",
+        ("install:%",),
     ).fetchone()
 
 
@@ -427,13 +421,13 @@ def store_migrate(args: argparse.Namespace) -> int:
     if settings.store.backend != "sqlite":
         raise CliError('this install already uses [store] backend = "postgresql"')
     refuse_while_running(settings)
-    source_label = str(settings.data_dir)
+    source_label = f"install:{settings.data_dir.resolve()}"
     with contextlib.closing(connect_target(args.dsn)) as conn, open_sources(settings) as sources:
         done = previous_import(conn)
         full = rows_present(conn)
         if full and not args.force:
             if done is not None and done["source"] == source_label:
-                say(f"Already migrated from {source_label} at "
+                say(f"Already migrated from {settings.data_dir} at "
                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(done['finished']))} "
                     f"({done['summary']}); nothing to do.")  # fmt: skip
                 print_next_steps(settings, args.dsn)
@@ -442,9 +436,10 @@ def store_migrate(args: argparse.Namespace) -> int:
                 f"the target database is not empty ({', '.join(full)} hold rows); use "
                 "--force to replace Pillarbox's tables there with this install's state"
             )
-        say(f"Copying {source_label} into PostgreSQL, in one transaction (if this is "
+        say(f"Copying {settings.data_dir} into PostgreSQL, in one transaction (if this is "
             "interrupted, nothing is written: run it again).")  # fmt: skip
-        totals = copy_all(conn, sources, source_label, force=bool(full))
+        node_sources = [pgsieve.sqlite_source(settings), pgreputation.sqlite_source(settings)]
+        totals = copy_all(conn, sources, source_label, node_sources, force=bool(full))
         say(f"Done: {summary(totals)}.")
     print_next_steps(settings, args.dsn)
     return 0
@@ -454,6 +449,7 @@ def copy_all(
     conn: pg.Connection,
     sources: dict[str, sqlite3.Connection],
     source_label: str,
+    sqlite_sources: list[str],
     *,
     force: bool,
 ) -> dict[str, int]:
@@ -473,10 +469,11 @@ def copy_all(
             count = copy_table(conn, table, source)
             totals[table.target] = totals.get(table.target, 0) + count
         continue_identities(conn)
-        conn.execute(
-            "INSERT INTO pillarbox_imports(source, finished, summary) VALUES (%s, %s, %s)",
-            (source_label, time.time(), summary(totals)),
-        )
+        pg.record_import(conn, source_label, summary(totals))
+        # The server imports a node's own Sieve scripts and spam learning once (installs
+        # on PostgreSQL from before they moved there); these are in now.
+        for node_source in sqlite_sources:
+            pg.record_import(conn, node_source, "by pillarbox store migrate")
     return totals
 
 

@@ -13,6 +13,10 @@ sharing changes:
   only a recorded verdict that flips takes the old lesson back, all in one transaction.
 - **Greylisting**: a first sighting is an insert that only one node wins; a known triplet
   is examined under its row lock.
+- **A node's own ``spam.db``** (an install that ran on PostgreSQL before the learning
+  moved there) is imported once, at the first open (``postgres.import_once``): its counts
+  are added (each node had learnt other moves), thresholds and learnt messages kept
+  where the database has them already.
 
 Blocking methods (the engine calls them in threads), a connection pool, versioned
 migrations (``postgres.migrate``, component ``spam``).
@@ -20,7 +24,9 @@ migrations (``postgres.migrate``, component ``spam``).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 from pillarbox import postgres as pg
 from pillarbox.config import Settings
@@ -72,6 +78,48 @@ MIGRATIONS = [
 
 # GREATEST(..., 0): a lesson taken back never drives a count below zero (as in SQLite).
 _BUMP = "spam = GREATEST({t}.spam + %(s)s, 0), ham = GREATEST({t}.ham + %(h)s, 0)"
+_BUMP_EXCLUDED = "spam = {t}.spam + excluded.spam, ham = {t}.ham + excluded.ham"
+
+
+# A node's spam.db: each table, its columns, and how a row already in the database is
+# met (counts add up; the rest keeps the database's).
+_SQLITE_IMPORT = (
+    ("totals", "spam_totals", "user, spam, ham", "%s, %s, %s",
+     "(user_address) DO UPDATE SET " + _BUMP_EXCLUDED.format(t="spam_totals")),
+    ("reputation", "spam_reputation", "user, kind, key, spam, ham", "%s, %s, %s, %s, %s",
+     "(user_address, kind, key) DO UPDATE SET " + _BUMP_EXCLUDED.format(t="spam_reputation")),
+    ("tokens", "spam_tokens", "user, token, spam, ham", "%s, %s, %s, %s",
+     "(user_address, token) DO UPDATE SET " + _BUMP_EXCLUDED.format(t="spam_tokens")),
+    ("thresholds", "spam_thresholds", "user, junk, reject", "%s, %s, %s", "DO NOTHING"),
+    ("greylist", "spam_greylist", "triplet, first_seen, passed", "%s, %s, %s", "DO NOTHING"),
+    ("learned", "spam_learned", "user, message, spam", "%s, %s, %s::int <> 0", "DO NOTHING"),
+)  # fmt: skip
+
+
+def sqlite_source(settings: Settings) -> str:
+    """The name ``postgres.import_once`` records for this node's spam.db."""
+    return f"spam:{(settings.data_dir / 'spam.db').resolve()}"
+
+
+def import_sqlite(conn: pg.Connection, path: Path) -> str:
+    """Add the learning in the SQLite file at ``path`` to the database's."""
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    counts = []
+    try:
+        for table, target, columns, values, on_conflict in _SQLITE_IMPORT:
+            known = "SELECT 1 FROM sqlite_master WHERE name = ?"
+            if not source.execute(known, (table,)).fetchone():
+                continue
+            rows = [tuple(_text(v) if isinstance(v, str) else v for v in row)
+                    for row in source.execute(f"SELECT {columns} FROM {table}")]  # fmt: skip
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {target} VALUES ({values}) ON CONFLICT {on_conflict}", rows
+                )
+            counts.append(f"{len(rows)} {target}")
+    finally:
+        source.close()
+    return ", ".join(counts) or "nothing"
 
 
 def _text(value: str) -> str:
@@ -87,6 +135,10 @@ class PgReputationStore:
         try:
             with self.pool.connection() as conn:
                 pg.migrate(conn, COMPONENT, MIGRATIONS)
+                path = settings.data_dir / "spam.db"
+                if path.exists():
+                    source = sqlite_source(settings)
+                    pg.import_once(conn, source, lambda c: import_sqlite(c, path))
         except BaseException:
             self.pool.close()
             raise

@@ -19,16 +19,22 @@ sharing changes:
   read in delivery's thread) always comes from the database.
 - **Vacation memory** (RFC 5230 §4.2) is one UPSERT that only overwrites an expired
   record, so two nodes delivering to one user at once send one reply.
+- **Scripts a node kept in SQLite** (an install that ran on PostgreSQL before the
+  scripts moved there) are imported once, at the first open (``postgres.import_once``),
+  without replacing a script of the same name already in the database.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from pillarbox import postgres as pg
 from pillarbox.config import Settings
+from pillarbox.store import db
 from pillarbox.store.sieve_scripts import (
     StoredScript,
     active_not_deletable,
@@ -66,6 +72,44 @@ MIGRATIONS = [
 ]
 
 
+def sqlite_source(settings: Settings) -> str:
+    """The name ``postgres.import_once`` records for this node's SQLite scripts."""
+    return f"sieve:{settings.database_path.resolve()}"
+
+
+def import_sqlite(conn: pg.Connection, path: Path) -> str:
+    """Copy the scripts and vacation memory of the SQLite file at ``path`` in, keeping
+    what the database has (``ON CONFLICT DO NOTHING`` also keeps its active script)."""
+    source = db.connect(path, readonly=True)
+    try:
+        if source_table_missing(source, "sieve_scripts"):
+            return "no scripts"
+        scripts = source.execute(
+            "SELECT user, name, text, active, modified FROM sieve_scripts ORDER BY id"
+        ).fetchall()
+        vacation = source.execute(
+            "SELECT user, sender, handle, until FROM sieve_vacation"
+        ).fetchall()
+    finally:
+        source.close()
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO sieve_scripts(user_address, name, text, active, modified)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(r["user"], r["name"], r["text"], bool(r["active"]), r["modified"]) for r in scripts],
+        )
+        cur.executemany(
+            "INSERT INTO sieve_vacation VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [tuple(r) for r in vacation],
+        )
+    return f"{len(scripts)} scripts, {len(vacation)} vacation records"
+
+
+def source_table_missing(conn: sqlite3.Connection, table: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    return found is None
+
+
 def delete_user_rows(conn: pg.Connection, user: str) -> None:
     """Every script and vacation record of ``user``, in the caller's transaction (the
     accounts delete a user's filters with the user; see Accounts.delete_user)."""
@@ -82,6 +126,10 @@ class PgSieveScripts:
         try:
             with self.pool.connection() as conn:
                 pg.migrate(conn, COMPONENT, MIGRATIONS)
+                path = settings.database_path
+                if path.exists():
+                    source = sqlite_source(settings)
+                    pg.import_once(conn, source, lambda c: import_sqlite(c, path))
             self._active_users = self._load_active_users()
         except BaseException:
             self.pool.close()
