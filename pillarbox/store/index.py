@@ -30,13 +30,13 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, FlagUpdate, SearchRow
-from pillarbox.store import db, fulltext, quota, uidlist
+from pillarbox.store import db, fulltext, lazyparse, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
@@ -133,6 +133,10 @@ class UserIndex:
         # Set when messages were left for the background backfill (see store.mailbox).
         self.backfill_wanted = self.full_text and self._any_pending()
         quota.prepare(self.conn)  # the usage table and its triggers ("mailindex.quota")
+        db.migrate(self.conn, lazyparse.COMPONENT, lazyparse.MIGRATIONS)
+        # Messages indexed before being parsed (see store.lazyparse): ``unparsed`` tells the
+        # readers to look (never False while one is pending), ``parse_wanted`` the background.
+        self.unparsed = self.parse_wanted = lazyparse.any_pending(self.conn)
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
@@ -352,10 +356,16 @@ class UserIndex:
         return names
 
     # --- sync (pillarbox.store.sync) -------------------------------------------------------
-    def sync(self, box: Mailbox, *, full: bool = False, full_text: bool = True) -> Mailbox:
-        """Pick up new and foreign changes (see store.sync); returns fresh state.
-        ``full_text=False`` leaves the new messages' full-text rows to the backfill."""
-        return self.syncer.sync(box, full=full, full_text=full_text)
+    def sync(
+        self,
+        box: Mailbox,
+        *,
+        full: bool = False,
+        full_text: bool = True,
+        delivered: Mapping[str, int] | None = None,
+    ) -> Mailbox:
+        """Pick up new and foreign changes (see store.sync); returns fresh state."""
+        return self.syncer.sync(box, full=full, full_text=full_text, delivered=delivered)
 
     # --- full-text index (store.fulltext) ------------------------------------------------
     def _any_pending(self) -> bool:
@@ -376,6 +386,70 @@ class UserIndex:
         box = self.mailbox(name)
         cursor = fulltext.backfill(self.conn, self.root, (box.id, after), limit, box.id)
         return None if cursor is None else cursor[1]
+
+    # --- messages not parsed yet (store.lazyparse) ----------------------------------------
+    def parse_pending(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        *,
+        sizes_only: bool = False,
+        changed_since: int = 0,
+        limit: int,
+        full_text: bool = False,
+    ) -> tuple[int, int] | None:
+        """Parse the first ``limit`` pending messages of mailbox ``name`` in ``ranges``
+        (modseq above ``changed_since``); with ``sizes_only`` give the unsized ones their
+        size only. Returns (the last UID looked at, how many), or None when none is left."""
+        if self.closed:
+            return None
+        box = self.mailbox(name)
+        found = lazyparse.pending_in(
+            self.conn, box.id, ranges, unsized_only=sizes_only, changed_since=changed_since,
+            limit=limit,
+        )  # fmt: skip
+        if not found:
+            return None
+        if sizes_only:
+            lazyparse.measure(self.conn, box.path, box.id, found)
+        else:
+            lazyparse.parse(
+                self.conn, box.path, box.id, found, full_text=full_text and self.full_text
+            )
+        return found[-1][0], len(found)
+
+    def parse_backlog(self, after: tuple[int, int], limit: int) -> tuple[int, int] | None:
+        """Parse one chunk of pending messages of any mailbox, with their full-text rows
+        (see ``lazyparse.backlog``); None: done, or the index was closed meanwhile."""
+        if self.closed:
+            return None
+        return lazyparse.backlog(self.conn, self.root, after, limit, full_text=self.full_text)
+
+    def settle_parse(self) -> None:
+        """After a background pass: the readers stop looking once nothing is pending."""
+        if not self.closed:
+            self.unparsed = lazyparse.any_pending(self.conn)
+
+    def unsized_mailboxes(self) -> list[str]:
+        """Names of the mailboxes with messages whose CRLF size is not known yet."""
+        rows = self.conn.execute(
+            "SELECT name FROM mailboxes WHERE id IN"
+            " (SELECT mailbox_id FROM parse_pending WHERE sized = 0)"
+        )
+        return [r[0] for r in rows]
+
+    def measure_sizes(self) -> None:
+        """Give every pending message its CRLF size (what the usage sums)."""
+        if not self.unparsed:
+            return
+        for name in self.unsized_mailboxes():
+            after = 0
+            while True:
+                done = self.parse_pending(name, [(after + 1, 0xFFFFFFFF)], sizes_only=True,
+                                          limit=CHUNK)  # fmt: skip
+                if done is None:
+                    break
+                after = done[0]
 
     # --- reading -------------------------------------------------------------------------
     def status(self, name: str) -> StatusInfo:
@@ -402,6 +476,7 @@ class UserIndex:
     def usage(self) -> int:
         """Bytes of the user's mail in every folder, indexed or waiting in ``new/``
         (see ``store/quota.py``): what a quota limits."""
+        self.measure_sizes()
         folders = [self.root]
         for (name,) in self.conn.execute("SELECT name FROM mailboxes WHERE name != ?", (INBOX,)):
             with contextlib.suppress(BadMailboxName):
@@ -637,8 +712,8 @@ class UserIndex:
     ) -> Appended:
         return self.writer.append(name, data, flags, internal_date, limit=limit)
 
-    def take_delivered(self, names: list[str]) -> None:
-        self.writer.take_delivered(names)
+    def take_delivered(self, names: list[str], sizes: Mapping[str, int]) -> None:
+        self.writer.take_delivered(names, sizes)
 
     def copy(
         self,

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Final, Protocol
 
-from pillarbox.store import db, fulltext, uidlist
+from pillarbox.store import db, fulltext, lazyparse, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
@@ -35,6 +37,8 @@ class SyncedIndex(Protocol):
     conn: sqlite3.Connection
     full_text: bool
     backfill_wanted: bool
+    unparsed: bool  # there may be messages not parsed yet (store.lazyparse)
+    parse_wanted: bool  # the background parse has work
 
     def mailbox(self, name: str) -> Mailbox: ...
 
@@ -52,9 +56,18 @@ class MaildirSync:
         self.index = index
         self.conn = index.conn
 
-    def sync(self, box: Mailbox, *, full: bool = False, full_text: bool = True) -> Mailbox:
+    def sync(
+        self,
+        box: Mailbox,
+        *,
+        full: bool = False,
+        full_text: bool = True,
+        delivered: Mapping[str, int] | None = None,
+    ) -> Mailbox:
         """Pick up new and foreign changes; returns the mailbox's fresh state.
-        ``full_text=False`` leaves the new messages' full-text rows to the backfill."""
+        ``full_text=False`` leaves the new messages' full-text rows to the backfill.
+        ``delivered`` (base name -> CRLF size, from delivery) makes the new files' rows
+        small ones, parsed later (see ``add_files``)."""
         cur = box.path / "cur"
         try:
             before = os.stat(cur).st_mtime_ns
@@ -72,7 +85,7 @@ class MaildirSync:
         if full or before != box.cur_mtime:
             self.scan_cur(box, current)  # foreign changes: indexed in full, as always
         elif moved:
-            self.add_files(box, moved, rebuild=False, full_text=full_text)
+            self.add_files(box, moved, rebuild=False, full_text=full_text, delivered=delivered)
             self.set_cur_mtime(box, current)
         return self.index.mailbox(box.name)
 
@@ -84,14 +97,26 @@ class MaildirSync:
             names = sorted(n for n in os.listdir(new_dir) if not n.startswith("."))
         except FileNotFoundError:
             return moved
-        for fname in names:
-            base, info = fl.split_filename(fname)
-            target = f"{base}:2,{info}"
+        if not names:
+            return moved
+        # Relative to the two directories' descriptors: no path walk per file (delivery
+        # runs this for every message).
+        new_fd = os.open(new_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            cur_fd = os.open(cur_dir, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.rename(new_dir / fname, cur_dir / target)
-            except FileNotFoundError:
-                continue
-            moved.append(target)
+                for fname in names:
+                    base, info = fl.split_filename(fname)
+                    target = f"{base}:2,{info}"
+                    try:
+                        os.rename(fname, target, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
+                    except FileNotFoundError:
+                        continue
+                    moved.append(target)
+            finally:
+                os.close(cur_fd)
+        finally:
+            os.close(new_fd)
         return moved
 
     def set_cur_mtime(self, box: Mailbox, mtime: int) -> None:
@@ -173,10 +198,21 @@ class MaildirSync:
             )
 
     def add_files(
-        self, box: Mailbox, fnames: list[str], *, rebuild: bool, full_text: bool = True
+        self,
+        box: Mailbox,
+        fnames: list[str],
+        *,
+        rebuild: bool,
+        full_text: bool = True,
+        delivered: Mapping[str, int] | None = None,
     ) -> list[int]:
         """Index files already in ``cur/``; ``rebuild`` reuses UIDs from dovecot-uidlist.
-        Returns the UIDs of the files indexed (a file gone meanwhile is left out)."""
+        Returns the UIDs of the files indexed (a file gone meanwhile is left out).
+
+        Files that came with ``delivered`` (SMTP's, whose sizes delivery knew) get small
+        rows: on delivery's path the parse would be most of the cost of indexing (it is
+        SMTP's CPU, per message), and the user's next session parses them in the
+        background, with their full-text rows, from one read of each file."""
         self.index.uids_changed(box)
         known = uidlist.read(box.path) if rebuild else None
         if known is not None and known.uidvalidity != box.uidvalidity:
@@ -189,14 +225,23 @@ class MaildirSync:
         if self.index.full_text and not texts and assigned:
             self.index.backfill_wanted = True
         names = self.index.keyword_names(box)
+        # A big batch (a Maildir copied in, a rebuilt index) gets its small rows now and is
+        # parsed later, so that the SELECT that found it answers at once (store.lazyparse).
+        lazy = len(assigned) > lazyparse.INLINE_MAX or delivered is not None
+        if lazy:
+            self.index.unparsed = self.index.parse_wanted = True
         added: list[int] = []
         for start in range(0, len(assigned), ROWS_PER_TRANSACTION):
+            batch = assigned[start : start + ROWS_PER_TRANSACTION]
+            if lazy:
+                added += self._insert_small(box, batch, names, modseq, delivered)
+                continue
             rows: list[IndexRow] = []
-            for uid, fname in assigned[start : start + ROWS_PER_TRANSACTION]:
+            for uid, fname in batch:
                 row = parsed_row(box, uid, fname, names, modseq, texts=texts)
                 if row is not None:
                     rows.append(row)
-            self._insert(box, rows)
+            self._insert(box, partial(insert_rows, self.conn, rows))
             added += [r.message[1] for r in rows]
         with db.Transaction(self.conn):
             self.conn.execute(
@@ -243,9 +288,21 @@ class MaildirSync:
             box.uidnext += 1
         return assigned
 
-    def _insert(self, box: Mailbox, rows: list[IndexRow]) -> None:
+    def _insert_small(
+        self,
+        box: Mailbox,
+        batch: list[tuple[int, str]],
+        names: list[str],
+        modseq: int,
+        sizes: Mapping[str, int] | None,
+    ) -> list[int]:
+        rows = lazyparse.small_rows(box, batch, names, modseq, sizes)
+        self._insert(box, partial(lazyparse.insert_small, self.conn, rows))
+        return [r.message[1] for r in rows]
+
+    def _insert(self, box: Mailbox, write: Callable[[], None]) -> None:
         with db.Transaction(self.conn):
-            insert_rows(self.conn, rows)
+            write()
             # UIDNEXT commits with the rows: were it a later transaction, a crash in between
             # would leave rows at or above UIDNEXT, whose UIDs the next message would take.
             self.conn.execute(
