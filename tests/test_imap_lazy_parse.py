@@ -27,6 +27,9 @@ from tests.imaphelp import ALICE, BOB, TIMEOUT, Raw, tls_context
 from tests.mailfiles import maildir
 from tests.queuehelpers import wait_for
 
+# Maildir files copied in and the SQLite index read directly
+pytestmark = pytest.mark.on_disk
+
 COUNT = 3000
 REUSED = 300  # files dovecot-uidlist gives UIDs (a Maildir with a past): kept on rebuild
 UIDVALIDITY = 1234567
