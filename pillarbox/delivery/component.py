@@ -16,6 +16,7 @@ from pillarbox import log
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.control import ControlServer
+from pillarbox.delivery.intake import IntakeServices, IntakeWorkers
 from pillarbox.delivery.local import LocalStore, LocalTarget
 from pillarbox.delivery.pickup import Pickup
 from pillarbox.delivery.policy import SmtpBackend
@@ -36,7 +37,7 @@ from pillarbox.store.sieve_scripts import SieveScripts
 _log = log.get("delivery")
 
 
-class SmtpServices(InboundServices, RoutingServices, LocalServices, Protocol):
+class SmtpServices(InboundServices, RoutingServices, LocalServices, IntakeServices, Protocol):
     """The app's services this component reads and provides (``app.Services`` has them)."""
 
     delivery: DeliveryService | None
@@ -87,7 +88,16 @@ class SmtpComponent:
         )
         ctx.services.delivery = self.delivery
         self.backend = SmtpBackend(settings, ctx.accounts, self.delivery, ctx.services)
-        self.server = SmtpServer(settings, self.backend, ctx.authenticator)
+        # Port 25 in worker processes (intake.py), from 2 of them on.
+        self.intake = (
+            IntakeWorkers(settings, self.backend, ctx.services)
+            if settings.smtp.intake_workers >= 2
+            else None
+        )
+        self.server = SmtpServer(
+            settings, self.backend, ctx.authenticator,
+            handoff=self.intake.handoff if self.intake is not None else None,
+        )  # fmt: skip
         self.pickup = Pickup(settings, self.delivery)
         ctx.control.register("sendmail.pickup", self.pickup.control_method)
 
@@ -105,6 +115,19 @@ class SmtpComponent:
     async def start(self) -> None:
         await self.server.start()
         await self.pickup.start()
+        if self.intake is not None:
+            await self.intake.start()
+
+    async def stop_processes(self, grace: float) -> None:
+        """Shut the intake workers down; the app calls it beside its own listeners' stop,
+        while this component still commits what the workers accept meanwhile."""
+        if self.intake is not None:
+            await self.intake.stop(grace)
+
+    def accounts_changed(self) -> None:
+        """The CLI changed users or aliases: the workers forget what they remembered."""
+        if self.intake is not None:
+            self.intake.tell_all("accounts_changed")
 
     async def stop(self) -> None:
         await self.pickup.stop()
@@ -112,6 +135,8 @@ class SmtpComponent:
 
     async def reload(self, ctx: SmtpContext) -> None:
         settings = ctx.settings
+        if self.intake is not None:
+            self.intake.reload(settings)
         self.backend.settings = settings
         self.delivery.delimiter = settings.delivery.recipient_delimiter
         self.sieve.delimiter = settings.delivery.recipient_delimiter

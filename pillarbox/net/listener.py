@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from pillarbox import log
 from pillarbox.core.clientaddr import client_key, in_networks
@@ -43,6 +43,15 @@ from pillarbox.tls.context import TlsInfo, TlsProvider
 
 _log = log.get("net")
 _conn_ids = itertools.count(1)
+_conn_prefix = ""
+
+
+def name_connections(prefix: str) -> None:
+    """Connection ids of this process begin with ``prefix`` (an SMTP intake worker's
+    number), so that the log lines of several processes never share a ``conn=``."""
+    global _conn_prefix
+    _conn_prefix = prefix
+
 
 # Seconds a client has to finish the TLS handshake; slow-loris protection.
 HANDSHAKE_TIMEOUT = 30.0
@@ -115,7 +124,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.listener = listener
-        self.id = f"{next(_conn_ids):x}"
+        self.id = f"{_conn_prefix}{next(_conn_ids):x}"
         # Behind a proxy, the client and the address it reached are the ones the PROXY
         # header names; the socket's own peer is the proxy (kept in ``via``).
         own_peer = writer.get_extra_info("peername") or ("", 0)
@@ -249,6 +258,30 @@ class ListenerSpec:
     # refused client on an implicit-TLS listener gets no text: it is refused before the
     # handshake, which is the point.
     busy_reply: bytes = b""
+    # Accepted by other processes (SMTP intake workers): bind that many sockets and hand
+    # them over instead of accepting here. See :class:`SocketHandoff`.
+    handoff: SocketHandoff | None = None
+
+
+@dataclass(frozen=True)
+class SocketHandoff:
+    """A listener served by ``count`` other processes, each accepting on a socket of its
+    own bound to the same address with ``SO_REUSEPORT``: the kernel spreads connections
+    over them, with no thundering herd and no lock. The sockets are bound here (before
+    privileges are dropped: port 25) and given to ``adopt``; this process keeps them open,
+    so a worker that dies leaves its queued connections waiting for its successor."""
+
+    count: int
+    adopt: Callable[[list[socket.socket]], None]
+
+
+class Admission(Protocol):
+    """Who admits an intake worker's clients: the main process, over its channel, so the
+    caps and bans hold for the server as a whole (see ``Listeners.admit_remote``)."""
+
+    async def admit(self, listener: str, ip: str) -> str | None: ...
+
+    def release(self, listener: str, ip: str) -> None: ...
 
 
 @dataclass
@@ -277,6 +310,7 @@ class _Entry:
     client: str
     task: asyncio.Task[None]
     conn: Connection | None = None
+    ip: str = ""  # what an intake worker tells the main process when the client is gone
 
     @property
     def authenticated(self) -> bool:
@@ -301,6 +335,8 @@ class _Bound:
     sock: socket.socket
     address: tuple[str, int] = ("", 0)
     accepting: asyncio.Task[None] | None = None
+    handed_off: bool = False  # accepted on by another process (``SocketHandoff``)
+    adopted: bool = False  # bound by another process (this is an intake worker)
 
 
 @dataclass(frozen=True)
@@ -325,6 +361,8 @@ class Listeners:
     # Whether a client address is banned (the authenticator's bans); checked per accept.
     is_banned: Callable[[str], bool] = _never_banned
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    # In an intake worker: the main process admits every client instead of the caps here.
+    admission: Admission | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     _bound: list[_Bound] = field(default_factory=list)
     # Connections from a proxy whose PROXY header is still being read: not yet admitted.
@@ -334,14 +372,37 @@ class Listeners:
     _per_client: Counter[str] = field(default_factory=Counter)
     _per_listener: Counter[str] = field(default_factory=Counter)
     _unauthenticated: int = 0
+    # Connections open in intake workers, which the caps count with this process's own.
+    _remote: int = 0
 
     async def bind(self, specs: list[ListenerSpec]) -> dict[str, tuple[str, int]]:
         """Bind every listener (before privileges are dropped); returns the real addresses."""
         for spec in specs:
+            if spec.handoff is not None:
+                self._bind_handoff(spec, spec.handoff)
+                continue
             sock = _make_socket(spec.host, spec.port)
             address = sock.getsockname()[:2]
             self._bound.append(_Bound(spec, sock, (address[0], address[1])))
         return self.addresses()
+
+    def _bind_handoff(self, spec: ListenerSpec, handoff: SocketHandoff) -> None:
+        """``handoff.count`` sockets on one address (the first fixes the port when the
+        config says 0); kept in ``_bound`` for the addresses and for ``stop``."""
+        socks = [_make_socket(spec.host, spec.port, reuse_port=True)]
+        address = socks[0].getsockname()[:2]
+        for _ in range(handoff.count - 1):
+            socks.append(_make_socket(spec.host, address[1], reuse_port=True))
+        for sock in socks:
+            self._bound.append(_Bound(spec, sock, (address[0], address[1]), handed_off=True))
+        handoff.adopt(socks)
+
+    def adopt(self, spec: ListenerSpec, sock: socket.socket) -> None:
+        """Serve ``spec`` on a socket bound elsewhere (an intake worker's, by the main
+        process); ``start`` accepts on it like on one of ours."""
+        sock.setblocking(False)
+        address = sock.getsockname()[:2]
+        self._bound.append(_Bound(spec, sock, (address[0], address[1]), adopted=True))
 
     def addresses(self) -> dict[str, tuple[str, int]]:
         """Listener name -> its first bound address (see :meth:`all_addresses`)."""
@@ -354,21 +415,33 @@ class Listeners:
         """Listener name -> every address it is bound to, in config order."""
         every: dict[str, list[tuple[str, int]]] = {}
         for bound in self._bound:
-            every.setdefault(bound.spec.name, []).append(bound.address)
+            addresses = every.setdefault(bound.spec.name, [])
+            if bound.address not in addresses:  # intake workers' sockets share one
+                addresses.append(bound.address)
         return every
 
     async def start(self) -> None:
+        announced: set[tuple[str, int]] = set()
         for bound in self._bound:
-            self._start_accepting(bound)
+            if not bound.handed_off:
+                self._start_accepting(bound)
+            elif bound.address not in announced:  # one line for the workers' sockets
+                announced.add(bound.address)
+                self._announce(bound, workers=bound.spec.handoff.count if bound.spec.handoff else 0)
 
     def _start_accepting(self, bound: _Bound) -> None:
         bound.accepting = asyncio.get_running_loop().create_task(self._accept_loop(bound))
+        if not bound.adopted:  # the main process announced it
+            self._announce(bound)
+
+    def _announce(self, bound: _Bound, workers: int = 0) -> None:
         _log.info(
             "listening",
             listener=bound.spec.name,
             address=format_address(*bound.address),
             tls=bound.spec.tls.value,
             proxy_protocol="yes" if bound.spec.name in self.proxy.listeners else None,
+            intake_workers=workers or None,
         )
 
     async def rebind(self, specs: list[ListenerSpec]) -> list[str]:
@@ -388,6 +461,12 @@ class Listeners:
             kept.append(bound)
         errors = []
         for spec in wanted.values():
+            if spec.handoff is not None:
+                where = format_address(spec.host, spec.port)
+                errors.append(f"{spec.name} on {where}: its intake workers need a restart")
+                _log.error("cannot listen", listener=spec.name, address=where,
+                           reason="served by intake workers: restart to move it")  # fmt: skip
+                continue
             try:
                 sock = _make_socket(spec.host, spec.port)
             except OSError as exc:
@@ -435,12 +514,39 @@ class Listeners:
         if spec.name in self.proxy.listeners:
             self._accept_from_proxy(spec, client, ip)
             return
-        refusal = self._admit(spec, ip)
+        if self.admission is not None:
+            task = asyncio.get_running_loop().create_task(self._serve_admitted(spec, client, ip))
+            self._unheard.add(task)
+            task.add_done_callback(self._unheard.discard)
+            return
+        refusal = self._admit(spec.name, ip)
         if refusal is not None:
             self._refuse(spec, client, ip, refusal)
             return
         task = asyncio.get_running_loop().create_task(self._serve(spec, client))
         self._register(_Entry(spec, client_key(ip), task))
+
+    async def _serve_admitted(
+        self, spec: ListenerSpec, client: socket.socket, ip: str,
+        proxied: ProxiedAddress | None = None,
+    ) -> None:  # fmt: skip
+        """An intake worker's client: served once the main process admitted it."""
+        assert self.admission is not None
+        try:
+            refusal = await self.admission.admit(spec.name, ip)
+        except (ConnectionError, EOFError) as exc:  # the main process is gone
+            refusal = f"no main process to admit it: {type(exc).__name__}"
+        except asyncio.CancelledError:
+            client.close()
+            return
+        if refusal is not None:
+            self._refuse(spec, client, ip, refusal)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._unheard.discard(task)
+        self._register(_Entry(spec, client_key(ip), task, ip=ip))
+        await self._serve(spec, client, proxied)
 
     # -- behind a proxy ----------------------------------------------------------------
 
@@ -466,7 +572,10 @@ class Listeners:
             client.close()  # shutdown while the header was awaited
             return
         ip = proxied.client[0] if proxied.client else proxy
-        refusal = self._admit(spec, ip)
+        if self.admission is not None:
+            await self._serve_admitted(spec, client, ip, proxied)
+            return
+        refusal = self._admit(spec.name, ip)
         if refusal is not None:
             self._refuse(spec, client, ip, refusal)
             return
@@ -478,8 +587,8 @@ class Listeners:
 
     # -- admission ---------------------------------------------------------------------
 
-    def _admit(self, spec: ListenerSpec, ip: str) -> str | None:
-        """None to accept a new client from ``ip`` on ``spec``, else why it is refused.
+    def _admit(self, listener: str, ip: str) -> str | None:
+        """None to accept a new client from ``ip`` on ``listener``, else why it is refused.
 
         Before refusing for a full listener or a full server, cut the oldest idle
         connection that has not logged in (on the same listener for the listener cap)."""
@@ -488,12 +597,12 @@ class Listeners:
         limits = self.limits
         if self._per_client[client_key(ip)] >= limits.max_per_ip:
             return "too many connections from this address"
-        listener_full = self._per_listener[spec.name] >= limits.max_per_listener
-        if listener_full and not self._cut_oldest_idle(spec.name):
+        listener_full = self._per_listener[listener] >= limits.max_per_listener
+        if listener_full and not self._cut_oldest_idle(listener):
             return "too many connections on this listener"
         server_full = (
             self._unauthenticated >= limits.max_unauthenticated
-            or len(self._open) >= limits.max_total
+            or len(self._open) + self._remote >= limits.max_total
         )
         if server_full and not self._cut_oldest_idle(None):
             return "too many connections"
@@ -520,6 +629,34 @@ class Listeners:
         self._unauthenticated += 1
         entry.task.add_done_callback(self._forget)
 
+    # -- clients of intake workers (the main process's side) -----------------------------
+
+    def admit_remote(self, listener: str, ip: str) -> str | None:
+        """An intake worker asks to serve a new client: the same decision as for one of
+        ours (bans, the per-client, per-listener and total caps), counted here until
+        :meth:`release_remote`. A worker's connections cannot be cut from here; a full
+        server still cuts one of this process's idle ones to make room."""
+        refusal = self._admit(listener, ip)
+        if refusal is None:
+            self._remote += 1
+            self._unauthenticated += 1  # port 25 has no login (the MX listener only)
+            self._per_client[client_key(ip)] += 1
+            self._per_listener[listener] += 1
+        return refusal
+
+    def release_remote(self, listener: str, ip: str) -> None:
+        """A client :meth:`admit_remote` admitted is gone (or its worker is)."""
+        self._remote -= 1
+        self._unauthenticated -= 1
+        self._uncount(self._per_client, client_key(ip))
+        self._uncount(self._per_listener, listener)
+
+    @staticmethod
+    def _uncount(counter: Counter[str], key: str) -> None:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
+
     def _on_authenticated(self, entry: _Entry, conn: Connection) -> None:
         if self._open.get(entry.task) is entry:
             self._unauthenticated -= 1
@@ -532,13 +669,10 @@ class Listeners:
             entry.conn.on_authenticated = None
         if not entry.authenticated:
             self._unauthenticated -= 1
-        for counter, key in (
-            (self._per_client, entry.client),
-            (self._per_listener, entry.spec.name),
-        ):
-            counter[key] -= 1
-            if counter[key] <= 0:
-                del counter[key]
+        self._uncount(self._per_client, entry.client)
+        self._uncount(self._per_listener, entry.spec.name)
+        if self.admission is not None:
+            self.admission.release(entry.spec.name, entry.ip)
 
     def _refuse(self, spec: ListenerSpec, client: socket.socket, ip: str, reason: str) -> None:
         _log.warning("connection refused", listener=spec.name, client=ip, reason=reason)
@@ -646,7 +780,7 @@ class Listeners:
 
     @property
     def active_connections(self) -> int:
-        return len(self._open)
+        return len(self._open) + self._remote
 
 
 def format_address(host: str, port: int) -> str:
@@ -700,10 +834,12 @@ async def _readable(sock: socket.socket) -> None:
         loop.remove_reader(fd)
 
 
-def _make_socket(host: str, port: int) -> socket.socket:
+def _make_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # Linux: only sockets of the same user may share the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:

@@ -51,12 +51,13 @@ import asyncio
 import ipaddress
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from pillarbox import log
 from pillarbox.config import Settings
-from pillarbox.net.listener import Connection, ListenerSpec, TlsMode
+from pillarbox.net.listener import Connection, ListenerSpec, SocketHandoff, TlsMode
 from pillarbox.smtp.session import (
     Authenticator,
     ListenerKind,
@@ -114,10 +115,19 @@ class SmtpServer:
 
     name = "smtp"
 
-    def __init__(self, settings: Settings, backend: MailBackend, authenticator: Authenticator):
+    def __init__(
+        self,
+        settings: Settings,
+        backend: MailBackend,
+        authenticator: Authenticator,
+        handoff: Callable[[str], SocketHandoff] | None = None,
+    ):
         self.settings = settings
         self.backend = backend
         self.authenticator = authenticator
+        # The MX listener served by intake worker processes (pillarbox.delivery.intake):
+        # bound here, accepted there.
+        self.handoff = handoff
         self._configs = self._build_configs(settings)
         self._sessions: set[SmtpSession] = set()
         self._closing_watch: asyncio.Task[None] | None = None
@@ -129,10 +139,17 @@ class SmtpServer:
     def listeners(self) -> list[ListenerSpec]:
         listen = self.settings.listen
         return [
-            ListenerSpec(name, host, port, tls, self.handle, BUSY_REPLY)
+            ListenerSpec(name, host, port, tls, self.handle, BUSY_REPLY, self._handoff(name))
             for name, (_, tls) in LISTENERS.items()
             for host, port in listen.addresses(name)
         ]
+
+    def _handoff(self, listener: str) -> SocketHandoff | None:
+        """Only port 25 goes to the workers: it has no AUTH, so no login state to share;
+        submission stays here with the authenticator."""
+        if self.handoff is None or LISTENERS[listener][0] is not ListenerKind.MX:
+            return None
+        return self.handoff(listener)
 
     async def handle(self, conn: Connection) -> None:
         config = self._configs[conn.listener]
