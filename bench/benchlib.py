@@ -490,6 +490,7 @@ class Profiler:
                     "raw",
                     "--threads",
                     "--idle",
+                    "--subprocesses",  # SMTP intake workers
                     "--rate",
                     "200",
                     "--output",

@@ -70,6 +70,8 @@ class RemoteAdmission(Protocol):
 
     def release_remote(self, listener: str, ip: str) -> None: ...
 
+    def replace_remote(self, listener: str, ip: str, new_listener: str, new_ip: str) -> None: ...
+
 
 class IntakeServices(Protocol):
     """What the main side reads from the app's services."""
@@ -192,6 +194,9 @@ class IntakeWorkers:
         if kind == "release":
             self._release(worker, *payload)
             return None
+        if kind == "replace":
+            self._replace(worker, *payload)
+            return None
         if kind == "usage":
             store = self.services.mail_store
             return 0 if store is None else await store.usage(payload)
@@ -216,6 +221,18 @@ class IntakeWorkers:
         connections = self.services.connections
         if connections is not None:
             connections.release_remote(listener, ip)
+
+    def _replace(self, worker: _Worker, listener: str, ip: str, new_listener: str,
+                 new_ip: str) -> None:  # fmt: skip
+        key = (listener, ip)
+        connections = self.services.connections
+        if worker.admitted[key] <= 0 or connections is None:
+            return
+        worker.admitted[key] -= 1
+        if worker.admitted[key] == 0:
+            del worker.admitted[key]
+        worker.admitted[(new_listener, new_ip)] += 1
+        connections.replace_remote(listener, ip, new_listener, new_ip)
 
     def _release_all(self, worker: _Worker) -> None:
         connections = self.services.connections

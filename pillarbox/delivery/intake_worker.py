@@ -113,6 +113,9 @@ class ChannelAdmission:
     def release(self, listener: str, ip: str) -> None:
         self.channel.tell("release", (listener, ip))
 
+    def replace(self, listener: str, ip: str, new_listener: str, new_ip: str) -> None:
+        self.channel.tell("replace", (listener, ip, new_listener, new_ip))
+
 
 class NoLogins:
     """Port 25 offers no AUTH (the submission ports stay in the main process)."""

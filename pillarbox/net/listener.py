@@ -59,6 +59,10 @@ HANDSHAKE_TIMEOUT = 30.0
 PROXY_HEADER_TIMEOUT = 5.0
 # asyncio's StreamReader buffer limit: protocol readers read bounded lines themselves.
 STREAM_LIMIT = 1 << 16
+# Why a new client is refused for the caps (``Listeners._admit``); told to those who are.
+CLIENT_FULL = "too many connections from this address"
+LISTENER_FULL = "too many connections on this listener"
+SERVER_FULL = "too many connections"
 # Connections taken in one go after a wait in accept (asyncio's own servers take up to
 # their backlog): bounded, so a flood of connects cannot keep the loop from the sessions.
 ACCEPT_BURST = 32
@@ -282,6 +286,10 @@ class Admission(Protocol):
     async def admit(self, listener: str, ip: str) -> str | None: ...
 
     def release(self, listener: str, ip: str) -> None: ...
+
+    def replace(self, listener: str, ip: str, new_listener: str, new_ip: str) -> None:
+        """A connection was cut to make room: the newcomer takes its counted place."""
+        ...
 
 
 @dataclass
@@ -540,6 +548,8 @@ class Listeners:
             client.close()
             return
         if refusal is not None:
+            refusal = self._make_room(spec.name, refusal, ip)
+        if refusal is not None:
             self._refuse(spec, client, ip, refusal)
             return
         task = asyncio.current_task()
@@ -596,19 +606,22 @@ class Listeners:
             return "banned"
         limits = self.limits
         if self._per_client[client_key(ip)] >= limits.max_per_ip:
-            return "too many connections from this address"
+            return CLIENT_FULL
         listener_full = self._per_listener[listener] >= limits.max_per_listener
         if listener_full and not self._cut_oldest_idle(listener):
-            return "too many connections on this listener"
+            return LISTENER_FULL
         server_full = (
             self._unauthenticated >= limits.max_unauthenticated
             or len(self._open) + self._remote >= limits.max_total
         )
         if server_full and not self._cut_oldest_idle(None):
-            return "too many connections"
+            return SERVER_FULL
         return None
 
-    def _cut_oldest_idle(self, listener: str | None) -> bool:
+    def _cut_oldest_idle(self, listener: str | None, *, release: bool = True) -> _Entry | None:
+        """Cut the oldest connection that may be cut (on ``listener`` if one is named);
+        ``release=False`` (an intake worker) keeps its slot in the main process's count
+        for the newcomer instead of giving it back."""
         for entry in self._open.values():
             if entry.may_be_cut(listener):
                 conn = entry.conn
@@ -617,10 +630,25 @@ class Listeners:
                     client=conn.peer_ip if conn else entry.client,
                     reason="idle before login, room needed",
                 )  # fmt: skip
-                self._forget(entry.task)
+                self._forget(entry.task, release=release)
                 entry.cut()
-                return True
-        return False
+                return entry
+        return None
+
+    def _make_room(self, listener: str, refusal: str, ip: str) -> str | None:
+        """An intake worker's client the main process refused for a full listener or
+        server: cut this worker's oldest idle connection, and the newcomer takes its
+        place in the main process's count (``Admission.replace``). Other workers' idle
+        connections are not cut for it: only this process knows which of its are idle."""
+        assert self.admission is not None
+        if refusal not in (LISTENER_FULL, SERVER_FULL):
+            return refusal
+        victim = self._cut_oldest_idle(listener if refusal == LISTENER_FULL else None,
+                                       release=False)  # fmt: skip
+        if victim is None:
+            return refusal
+        self.admission.replace(victim.spec.name, victim.ip, listener, ip)
+        return None
 
     def _register(self, entry: _Entry) -> None:
         self._open[entry.task] = entry
@@ -644,6 +672,14 @@ class Listeners:
             self._per_listener[listener] += 1
         return refusal
 
+    def replace_remote(self, listener: str, ip: str, new_listener: str, new_ip: str) -> None:
+        """A worker cut one of its clients to make room for a newcomer the caps refused:
+        the newcomer is counted in its place (bans and the per-client cap were passed)."""
+        self._uncount(self._per_client, client_key(ip))
+        self._uncount(self._per_listener, listener)
+        self._per_client[client_key(new_ip)] += 1
+        self._per_listener[new_listener] += 1
+
     def release_remote(self, listener: str, ip: str) -> None:
         """A client :meth:`admit_remote` admitted is gone (or its worker is)."""
         self._remote -= 1
@@ -661,7 +697,7 @@ class Listeners:
         if self._open.get(entry.task) is entry:
             self._unauthenticated -= 1
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
+    def _forget(self, task: asyncio.Task[None], *, release: bool = True) -> None:
         entry = self._open.pop(task, None)
         if entry is None:
             return
@@ -671,7 +707,7 @@ class Listeners:
             self._unauthenticated -= 1
         self._uncount(self._per_client, entry.client)
         self._uncount(self._per_listener, entry.spec.name)
-        if self.admission is not None:
+        if self.admission is not None and release:
             self.admission.release(entry.spec.name, entry.ip)
 
     def _refuse(self, spec: ListenerSpec, client: socket.socket, ip: str, reason: str) -> None:
