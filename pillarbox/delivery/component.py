@@ -10,7 +10,8 @@ and returns the ``smtp`` component: the SMTP listeners plus the sendmail pickup 
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 
 from pillarbox import log
 from pillarbox.auth.service import Authenticator
@@ -45,6 +46,18 @@ class SmtpServices(InboundServices, RoutingServices, LocalServices, IntakeServic
 
     @property
     def mail_store(self) -> DeliveryStore | None: ...
+
+
+Learner = Callable[[str, list[bytes], bool], Awaitable[None]]
+
+
+@runtime_checkable
+class LearningStore(Protocol):
+    """The mail store's learning hook (set by the spam component)."""
+
+    learner: Learner | None
+
+    def set_learner(self, learner: Learner | None) -> None: ...
 
 
 class SmtpContext(Protocol):
@@ -100,6 +113,33 @@ class SmtpComponent:
         )  # fmt: skip
         self.pickup = Pickup(settings, self.delivery)
         ctx.control.register("sendmail.pickup", self.pickup.control_method)
+        if self.intake is not None:
+            self._tell_workers_of_spam_changes(ctx, self.intake)
+
+    @staticmethod
+    def _tell_workers_of_spam_changes(ctx: SmtpContext, intake: IntakeWorkers) -> None:
+        """The workers' spam filters re-read thresholds and lessons when told: after the
+        CLI's or the web pages' ``spam.changed``, and after an IMAP move taught the
+        filter (the learning itself is the main process's)."""
+        changed = ctx.control.registered("spam.changed")
+        if changed is not None:
+            previous = changed
+
+            async def spam_changed(params: dict[str, Any]) -> Any:
+                result = await previous(params)
+                intake.tell_all("spam_changed")
+                return result
+
+            ctx.control.register("spam.changed", spam_changed)
+        store = ctx.services.mail_store
+        if isinstance(store, LearningStore) and store.learner is not None:
+            learn = store.learner
+
+            async def learned(user: str, messages: list[bytes], spam: bool) -> None:
+                await learn(user, messages, spam)
+                intake.tell_all("spam_changed")
+
+            store.set_learner(learned)
 
     def _folder_exists(self, user: str, folder: str) -> bool:
         """RFC 5490 mailboxexists: the folder's Maildir is on disk (blocking, in a thread)."""
