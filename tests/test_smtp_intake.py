@@ -253,3 +253,21 @@ def test_workers_end_when_the_main_process_is_killed(server: pbserver.Subprocess
     server.proc.kill()
     server.proc.wait(5)
     wait_for(lambda: not any(alive(pid) for pid in pids), "the workers to end")
+
+
+def test_a_reload_reaches_every_worker(
+    settings: pbserver.Settings, server: pbserver.SubprocessServer
+) -> None:
+    """SIGHUP: the main process re-reads the config and sends it on; port 25 refuses
+    MAIL before STARTTLS on every connection once ``require_tls`` is on."""
+    assert settings.source is not None
+    text = settings.source.read_text()
+    assert "[smtp]" in text
+    settings.source.write_text(text.replace("[smtp]", "[smtp]\nrequire_tls = true", 1))
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=reloaded" in server.log(), "the reload")
+    for _ in range(6):  # several connections: both workers answer
+        with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=TIMEOUT) as c:
+            c.ehlo("client.test")
+            code, text_ = c.mail("a@client.test")
+            assert (code, text_[:5]) == (530, b"5.7.0")

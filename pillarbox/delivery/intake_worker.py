@@ -145,7 +145,7 @@ class Worker:
             if self.services.spam is not None:
                 self.services.spam.forget_cached()
         elif kind == "settings":
-            self._reconfigure(payload)
+            await self._reconfigure(payload)
         return None
 
     async def run(self, channel: Channel) -> None:
@@ -182,20 +182,28 @@ class Worker:
         self.accounts.close()
         reading.cancel()
 
-    def _reconfigure(self, settings: Settings) -> None:
-        if None in (self.backend, self.services, self.server, self.listeners):
-            return
-        assert self.backend and self.services and self.server and self.listeners
-        self.backend.settings = settings
+    async def _reconfigure(self, settings: Settings) -> None:
+        """The main process reloaded: what ``Server.reload`` changes, for port 25 (a
+        changed count of workers or listen address needs a restart)."""
+        backend, services, server, listeners = (
+            self.backend, self.services, self.server, self.listeners
+        )  # fmt: skip
+        if backend is None or services is None or server is None or listeners is None:
+            return  # still starting: it runs with the settings it was started with
+        backend.settings = settings
         resolver = Resolver.from_settings(settings.dns)
-        self.services.resolver = resolver
-        if self.services.spam is not None:
-            self.services.spam.reconfigure(settings.spam, resolver)
-        self.listeners.proxy = _proxy(settings)
-        if self.listeners.tls is not None:
-            self.listeners.tls.reload(settings.tls.cert, settings.tls.key)
-        self.server.settings = settings
-        self.server._configs = self.server._build_configs(settings)
+        services.resolver = resolver
+        if services.spam is not None:
+            services.spam.reconfigure(settings.spam, resolver)
+        listeners.proxy = _proxy(settings)
+        if listeners.tls is not None:
+            listeners.tls.reload(settings.tls.cert, settings.tls.key)
+        await server.reload(_Reloaded(settings))
+
+
+@dataclass(frozen=True)
+class _Reloaded:
+    settings: Settings
 
 
 def _proxy(settings: Settings) -> ProxySettings:

@@ -36,13 +36,12 @@ throughput at 0.25-0.45x its CPU per message; a 50 MB message raises the server'
 about 2 MB.
 
 Several processes: every piece of per-message state is either in the session or on disk
-under names that embed the queue id (time + random, unique across processes), so the
-listeners can be bound with ``SO_REUSEPORT`` in N worker processes (one per core) sharing
-the data dir: Maildir delivery is safe with concurrent writers by design (unique names carry
-the pid), SQLite in WAL mode takes concurrent readers, and spool clean-up only removes files
-older than an hour. What would have to move: the auth failure delays (per process today)
-into SQLite, and the queue runner, IMAP and the control socket into one primary process
-(the SMTP workers reach the queue through its store or the control socket).
+under names that embed the queue id (time + random, unique across processes), so the MX
+listener runs in N intake worker processes (``[smtp] intake_workers``, one per core by
+default) on ``SO_REUSEPORT`` sockets: ``handoff`` makes its ``ListenerSpec`` one the main
+process binds and hands over instead of accepting on it. The workers' backend hands
+accepted messages to the main process, which stores them; see
+``pillarbox/delivery/intake.py``.
 """
 
 from __future__ import annotations
