@@ -44,7 +44,7 @@ from pillarbox.spam.engine import SpamFilter
 from pillarbox.store.accounts import Accounts, open_accounts
 from pillarbox.store.layout import ensure_layout
 from pillarbox.store.mailbox import MailStore, make_store
-from pillarbox.store.sieve_scripts import SieveScripts
+from pillarbox.store.sieve_scripts import SieveStore
 from pillarbox.tls.acme import ChallengeBoard
 from pillarbox.tls.context import TlsConfigError, TlsProvider, quiet_bad_server_names
 from pillarbox.tls.manager import (
@@ -75,7 +75,7 @@ class Services:
     spam: SpamFilter | None = None  # spam
     queue: OutboundQueue | None = None  # queue
     delivery: DeliveryService | None = None  # smtp
-    sieve_scripts: SieveScripts | None = None  # smtp, or the Sieve pages without it
+    sieve_scripts: SieveStore | None = None  # smtp, or the Sieve pages without it
     sieve: SieveAccess | None = None  # ManageSieve and the web pages (admin)
     challenges: ChallengeBoard | None = None  # ACME challenges http answers (certificates)
     certificates: CertificateManager | None = None  # certificates
@@ -226,6 +226,9 @@ class Server:
         await self.ctx.control.stop()
         await self.ctx.authenticator.saved()  # a ban made in the last moment survives
         self.ctx.accounts.close()
+        scripts = self.ctx.services.sieve_scripts  # shared by delivery and ManageSieve
+        if scripts is not None:
+            scripts.close()  # on PostgreSQL: its pool and its listener
         _log.info("stopped")
 
     async def reload(self) -> bool:

@@ -512,15 +512,17 @@ class StoreSettings:
     # APPEND/COPY/MOVE (NO [OVERQUOTA]); shown by IMAP GETQUOTAROOT (RFC 9208).
     quota: ByteSize = ByteSize(0)  # noqa: RUF009 - an int, immutable
     # Where the state several nodes share lives: "sqlite" (files in data_dir, one node) or
-    # "postgresql": the accounts and the outbound queue in the database at `dsn`, so that
-    # several `pillarbox serve` nodes can share them (message files stay in data_dir's
-    # queue/ and mail/, which the nodes then share as one filesystem). The mailbox index
-    # stays in SQLite for now.
+    # "postgresql": the accounts, the outbound queue, the Sieve scripts and the spam
+    # filter's learning in the database at `dsn`, so that several `pillarbox serve` nodes
+    # can share them (message files stay in data_dir's queue/ and mail/, which the nodes
+    # then share as one filesystem). The mailbox index stays in SQLite for now.
+    # `pillarbox store migrate --to postgresql --dsn ...` moves an SQLite install over.
     backend: str = field(default="sqlite", metadata=_check(_choice("sqlite", "postgresql")))
     # "postgresql://user@host:5432/dbname"; a password is better kept in ~/.pgpass or
     # $PGPASSFILE than here (libpq reads both).
     dsn: str = field(default="", metadata=_check(_postgres_dsn))
-    # Connections each node keeps open to PostgreSQL, per store (queue, accounts).
+    # Connections each node keeps open to PostgreSQL, per store (queue, accounts, sieve,
+    # spam).
     pool_size: int = field(default=4, metadata=_check(_positive))
     # This node's name on the queue entries it claims; "" = hostname and process id.
     node_id: str = field(default="", metadata=_check(_node_id))

@@ -4,9 +4,13 @@ uses for that name, and the queue's own fallback delivers like local delivery.""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import signal
 import smtplib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +39,7 @@ def mx(tmp_path: Path, dns_server: DnsTestServer) -> Iterator[pbserver.RunningSe
         yield server
 
 
-def send(server: pbserver.RunningServer, data: bytes) -> None:
+def send(server: pbserver.RunningServer | pbserver.SubprocessServer, data: bytes) -> None:
     with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=TIMEOUT) as smtp:
         smtp.sendmail("bob@example.org", [ALICE], data)
 
@@ -76,6 +80,51 @@ def test_delivered_mail_has_its_index_row_before_any_imap_session(
     finally:
         raw.close()
     assert [r[1] for r in indexed(root)] == [fname]  # SELECT found nothing left to index
+
+
+def _pending(root: Path) -> list[tuple[int, int, int]]:
+    """(uid, sized, size) of the messages indexed but not parsed yet (store.lazyparse)."""
+    conn = sqlite3.connect(f"file:{root / INDEX_FILE}?mode=ro", uri=True)
+    try:
+        return conn.execute(
+            "SELECT p.uid, p.sized, m.size FROM parse_pending p JOIN messages m"
+            " USING (mailbox_id, uid) ORDER BY p.uid"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_delivery_writes_the_small_row_and_the_first_session_parses_it(
+    mx: pbserver.RunningServer,
+) -> None:
+    """At delivery only the small row is written (UID, flags, the CRLF size delivery
+    knew): the 250 waits for no parse. What reads parsed columns parses first; the user's
+    session parses the rest in the background, full-text rows included."""
+    send(mx, message("first, into a new index"))  # a new mailbox: cur/ is listed
+    for n in range(3):
+        send(mx, message(f"burst {n}", f"line {n}\r\n" * (n + 1)))
+    root = maildir(mx.settings, ALICE)
+    files = {p.name: p.read_bytes() for p in (root / "cur").iterdir()}
+    pending = _pending(root)
+    assert [uid for uid, _, _ in pending] == [2, 3, 4]
+    by_size = sorted(len(data) for name, data in files.items() if "first" not in data.decode())
+    assert all(sized == 1 for _, sized, _ in pending)
+    assert sorted(size for _, _, size in pending) == by_size  # the exact CRLF sizes
+    raw = Raw(mx)
+    try:
+        raw.login()
+        assert b"* 4 EXISTS\r\n" in raw.cmd(b"s", b"SELECT INBOX")
+        fetched = b"".join(raw.cmd(b"f", b"FETCH 2:4 (ENVELOPE RFC822.SIZE)"))
+        for n in range(3):
+            assert b'"burst %d"' % n in fetched
+        sizes = [int(s) for s in re.findall(rb"RFC822.SIZE (\d+)", fetched)]
+        assert sorted(sizes) == by_size
+        wait_for(lambda: _pending(root) == [], what="the background parse")
+        found = raw.cmd(b"b", b'SEARCH BODY "line 2"')
+        assert found[0] == b"* SEARCH 4\r\n"
+    finally:
+        raw.close()
+    assert len(indexed(root)) == 4
 
 
 def test_a_message_over_a_mebibyte_is_left_to_the_next_sync(mx: pbserver.RunningServer) -> None:
@@ -143,7 +192,7 @@ def test_queue_fallback_delivers_with_trace_fields_and_imap_sees_it(
         running.server.ctx.services.delivery = None
         enqueue(running, ["bob@remote.test"])
         root = maildir(settings, ALICE)
-        wait_for(lambda: (root / INDEX_FILE).exists() and indexed(root), what="indexed bounce")
+        wait_for(lambda: _indexed_once_ready(root), what="indexed bounce")
         raw = Raw(running)
         try:
             raw.login()
@@ -154,3 +203,103 @@ def test_queue_fallback_delivers_with_trace_fields_and_imap_sees_it(
     head = fetched.split(b"}\r\n", 1)[1]
     assert head.startswith(b"Return-Path: <>\r\nDelivered-To: alice@example.test\r\n")
     assert b"multipart/report" in head
+
+
+def test_kill_9_between_the_file_and_its_row_indexes_it_once_with_a_fresh_uid(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    """The Maildir file is the commit point (see ``IndexWriter.take_delivered``): a server
+    killed after the file is durable and before its row commits leaves the file in ``new/``,
+    and the next start indexes it exactly once, with a UID no message had before."""
+    settings = pbserver.make_settings(
+        tmp_path / "data",
+        {
+            "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
+            "mailauth": {"verify_inbound": False},
+        },
+    )
+    pbserver.add_user(settings, ALICE)
+    root = maildir(settings, ALICE)
+    server = pbserver.SubprocessServer(settings)
+    lock: sqlite3.Connection | None = None
+    try:
+        for n in range(2):
+            send(server, message(f"before {n}"))
+        raw = Raw(server)
+        try:
+            raw.login()
+            raw.cmd(b"s", b"SELECT INBOX")
+            raw.cmd(b"d", b"UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+            assert raw.cmd(b"e", b"EXPUNGE")[-1].startswith(b"e OK")  # UID 2 is spent
+        finally:
+            raw.close()
+        # The controlled point: the index's write lock is ours, so the delivery's file is
+        # durable in new/ while its row waits for the lock; then the server dies.
+        lock = sqlite3.connect(root / INDEX_FILE, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        sender = threading.Thread(target=_send_quietly, args=(server, message("in between")))
+        sender.start()
+        wait_for(lambda: _in_new(root, b"Subject: in between"), what="the file in new/")
+        assert [subject for _, _, subject in _subjects(root, lock)] == ["before 0"]
+    finally:
+        server.stop(signal.SIGKILL)
+        if lock is not None:
+            lock.rollback()
+            lock.close()
+    sender.join(TIMEOUT)
+    server = _restart(settings)
+    try:
+        raw = Raw(server)
+        try:
+            raw.login()
+            for _ in range(2):  # a second sync finds nothing more to index
+                assert b"* 2 EXISTS\r\n" in raw.cmd(b"s", b"SELECT INBOX")
+            fetched = b"".join(raw.cmd(b"f", b"UID FETCH 1:* (ENVELOPE)"))
+        finally:
+            raw.close()
+    finally:
+        server.stop()
+    assert re.findall(rb"UID (\d+) ENVELOPE", fetched) == [b"1", b"3"]
+    assert fetched.count(b'"in between"') == 1
+    assert [p.name for p in (root / "new").iterdir()] == []
+    uidlist = (root / "dovecot-uidlist").read_text().splitlines()[1:]
+    assert [line.split()[0] for line in uidlist] == ["1", "3"]
+
+
+def _indexed_once_ready(root: Path) -> list[tuple[str, str, dict[str, object]]]:
+    """``indexed(root)``, or [] while the index file is missing or still being created (the
+    server makes the file, then its tables: a reader in between finds no tables)."""
+    if not (root / INDEX_FILE).exists():
+        return []
+    try:
+        return indexed(root)
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        return []
+
+
+def _send_quietly(server: pbserver.SubprocessServer, data: bytes) -> None:
+    with contextlib.suppress(OSError, smtplib.SMTPException):  # killed under us
+        send(server, data)
+
+
+def _in_new(root: Path, needle: bytes) -> bool:
+    return any(needle in p.read_bytes() for p in (root / "new").iterdir())
+
+
+def _subjects(root: Path, conn: sqlite3.Connection) -> list[tuple[str, int, str]]:
+    rows = conn.execute(
+        "SELECT b.name, m.uid, d.envelope FROM messages m JOIN message_data d"
+        " USING (mailbox_id, uid) JOIN mailboxes b ON b.id = m.mailbox_id ORDER BY m.uid"
+    ).fetchall()
+    return [(name, uid, json.loads(envelope)[1]) for name, uid, envelope in rows]
+
+
+def _restart(settings: pbserver.Settings) -> pbserver.SubprocessServer:
+    """A new ``pillarbox serve`` on the same data dir (the old log moved aside: the new
+    server's ports are read from its own log)."""
+    log = settings.data_dir / "serve.log"
+    if log.exists():
+        log.rename(settings.data_dir / "serve.killed.log")
+    return pbserver.SubprocessServer(settings)

@@ -142,3 +142,27 @@ def test_read_only_session_gets_empty_permanentflags(server: pbserver.RunningSer
     finally:
         a.close()
         b.close()
+
+
+def test_silent_store_still_announces_a_new_keyword(server: pbserver.RunningServer) -> None:
+    """RFC 9051 §7.3.5: ``.SILENT`` drops the FETCH responses, not the FLAGS announcement."""
+    a = Raw(server)
+    seen = Announced()
+    try:
+        a.login()
+        _append(a, b"ap", message("one"))
+        _append(a, b"aq", message("two"))
+        _select(a, seen, login=False)
+        lines = a.cmd(b"t", b"STORE 1:2 +FLAGS.SILENT ($Quiet)")
+        assert lines[-1].startswith(b"t OK"), lines
+        assert not any(b" FETCH " in line for line in lines), lines
+        seen.read(lines)
+        assert b"$Quiet" in seen.flags and b"$Quiet" in seen.permanent
+        flags_at = next(i for i, line in enumerate(lines) if line.startswith(b"* FLAGS"))
+        assert flags_at < len(lines) - 1
+        assert seen.read(a.cmd(b"f", b"FETCH 1:2 (FLAGS)")) == [b"$Quiet", b"$Quiet"]
+        # Known now: a second silent STORE of it says nothing at all.
+        lines = a.cmd(b"u", b"UID STORE 1:* +FLAGS.SILENT ($Quiet \\Flagged)")
+        assert lines == [lines[-1]] and lines[-1].startswith(b"u OK"), lines
+    finally:
+        a.close()

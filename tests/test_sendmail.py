@@ -3,6 +3,7 @@ without one (local delivery by the command, remote mail left for the server's st
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -149,3 +150,67 @@ def test_own_from_passes(settings: Settings, sender: str, author: str, shown: by
     assert result.returncode == 0, result.stderr
     (stored,) = inbox(settings, "alice", mark)
     assert shown in stored
+
+
+# -- quota (RFC 9208): a full mailbox holds the entry, as SMTP answers 452 4.2.2 -------------
+
+
+def set_quota(settings: Settings, address: str, size: str) -> None:
+    assert settings.source is not None
+    done = subprocess.run(
+        [sys.executable, "-m", "pillarbox", "--config", str(settings.source), "user", "quota",
+         address, size],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def pickup_entries(settings: Settings) -> list[Path]:
+    return sorted((settings.data_dir / "spool" / "pickup").glob("*.env"))
+
+
+def test_full_mailbox_is_held_and_delivered_once_there_is_room(settings: Settings) -> None:
+    set_quota(settings, "alice@example.test", "100")  # smaller than any message
+    mark = uuid.uuid4().hex
+    message = f"Subject: {mark}\n\nbackup report\n".encode()
+    with pbserver.RunningServer(settings):
+        result = sendmail(settings, ["alice@example.test", "bob@example.test"], message)
+        # Accepted (durable in the pickup directory), not bounced: exit 0 with a note.
+        assert result.returncode == 0, result.stderr
+        assert b"alice@example.test: mailbox full; kept" in result.stderr
+        assert len(inbox(settings, "bob", mark)) == 1 and not inbox(settings, "alice", mark)
+        (entry,) = pickup_entries(settings)
+        assert b'"recipients": ["alice@example.test"]' in entry.read_bytes()
+        # Still full: another try holds it again and writes nothing.
+        again = control.call(settings.control_socket, "sendmail.pickup", {"id": entry.stem})
+        assert again == {"alice@example.test": "mailbox full"} and entry.exists()
+        set_quota(settings, "alice@example.test", "1M")
+        done = control.call(settings.control_socket, "sendmail.pickup", {"id": entry.stem})
+        assert done == {"alice@example.test": "delivered"}
+    assert len(inbox(settings, "alice", mark)) == 1
+    assert len(inbox(settings, "bob", mark)) == 1  # the held retry did not copy bob again
+    assert not list((settings.data_dir / "spool" / "pickup").iterdir())
+
+
+def test_full_mailbox_past_the_queue_lifetime_bounces_to_the_sender(settings: Settings) -> None:
+    set_quota(settings, "alice@example.test", "100")
+    mark = uuid.uuid4().hex
+    # No server: the command itself holds alice's copy (the same rule as the server's).
+    result = sendmail(
+        settings,
+        ["-f", "bob@example.test", "alice@example.test"],
+        f"Subject: {mark}\n\nx\n".encode(),
+    )
+    assert result.returncode == 0 and b"mailbox full" in result.stderr
+    (entry,) = pickup_entries(settings)
+    old = time.time() - settings.delivery.queue_lifetime - 60
+    os.utime(entry.with_suffix(".msg"), (old, old))  # written before the queue lifetime
+    with pbserver.RunningServer(settings):  # the start-up scan gives up on it
+        deadline = time.monotonic() + 5
+        while entry.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert not entry.exists() and not inbox(settings, "alice", mark)
+    (report,) = inbox(settings, "bob", mark)
+    assert b"Return-Path: <>" in report
+    assert b"Final-Recipient: rfc822; alice@example.test" in report
+    assert b"Status: 5.2.2" in report and b"Action: failed" in report

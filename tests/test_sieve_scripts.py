@@ -1,29 +1,44 @@
-"""Script storage (store/sieve_scripts.py): RFC 5804 semantics and limits, on a real
-SQLite database in the same file the accounts use."""
+"""Script storage (store/sieve_scripts.py, store/pgsieve.py): RFC 5804 semantics and
+limits, on both backends (a real SQLite database in the same file the accounts use, and
+the real PostgreSQL of tests/pg.py), and on PostgreSQL shared by two stores as two nodes
+would."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pillarbox.store.accounts import Accounts
+from pillarbox.config import Settings
+from pillarbox.store.accounts import open_accounts
 from pillarbox.store.sieve_scripts import (
     MAX_SCRIPT_BYTES,
     MAX_SCRIPTS,
     SieveScriptError,
-    SieveScripts,
+    SieveStore,
+    open_sieve_scripts,
 )
+from tests import pbserver
 
 USER = "alice@example.com"
 
 
 @pytest.fixture
-def scripts(tmp_path: Path) -> SieveScripts:
+def settings(tmp_path: Path, store_backend: dict[str, str]) -> Settings:
+    settings = pbserver.make_settings(
+        tmp_path / "data", {"store": store_backend}, domains=("example.com",)
+    )
     # The accounts database exists first, as on a real server.
-    Accounts(tmp_path / "pillarbox.db", ["example.com"]).close()
-    store = SieveScripts(tmp_path / "pillarbox.db")
+    open_accounts(settings).close()
+    return settings
+
+
+@pytest.fixture
+def scripts(settings: Settings) -> Iterator[SieveStore]:
+    store = open_sieve_scripts(settings)
     yield store
     store.close()
 
@@ -35,7 +50,7 @@ def code_of(call: object, *args: object) -> tuple[str | None, str | None]:
     return info.value.code, info.value.subcode
 
 
-def test_put_get_list_activate(scripts: SieveScripts) -> None:
+def test_put_get_list_activate(scripts: SieveStore) -> None:
     assert scripts.list(USER) == [] and scripts.active(USER) is None
     scripts.put(USER, "b", "keep;")
     scripts.put(USER, "a", "discard;")
@@ -52,7 +67,7 @@ def test_put_get_list_activate(scripts: SieveScripts) -> None:
 
 
 def test_replacing_the_active_script_keeps_it_active_with_a_new_version(
-    scripts: SieveScripts,
+    scripts: SieveStore,
 ) -> None:
     scripts.put(USER, "main", "keep;")
     scripts.set_active(USER, "main")
@@ -63,7 +78,7 @@ def test_replacing_the_active_script_keeps_it_active_with_a_new_version(
     assert second.text == "discard;" and second.version != first.version
 
 
-def test_rfc5804_codes(scripts: SieveScripts) -> None:
+def test_rfc5804_codes(scripts: SieveStore) -> None:
     scripts.put(USER, "a", "keep;")
     scripts.put(USER, "b", "keep;")
     scripts.set_active(USER, "a")
@@ -78,7 +93,7 @@ def test_rfc5804_codes(scripts: SieveScripts) -> None:
     assert scripts.list(USER) == [("c", True)]
 
 
-def test_limits(scripts: SieveScripts) -> None:
+def test_limits(scripts: SieveStore) -> None:
     too_big = "#" * (MAX_SCRIPT_BYTES + 1)
     assert code_of(scripts.put, USER, "big", too_big) == ("QUOTA", "MAXSIZE")
     # Bytes, not characters: 2-byte characters count twice.
@@ -96,27 +111,27 @@ def test_limits(scripts: SieveScripts) -> None:
 
 
 @pytest.mark.parametrize("name", ["", "a\x00b", "tab\there", "x\u2028y", "del\x7f", "n" * 129])
-def test_bad_names_are_refused(scripts: SieveScripts, name: str) -> None:
+def test_bad_names_are_refused(scripts: SieveStore, name: str) -> None:
     assert code_of(scripts.put, USER, name, "keep;") == (None, None)
 
 
-def test_names_are_nfc_normalised(scripts: SieveScripts) -> None:
+def test_names_are_nfc_normalised(scripts: SieveStore) -> None:
     scripts.put(USER, "cafe\u0301", "keep;")  # e + combining acute
     assert scripts.get(USER, "caf\u00e9") == "keep;"
     assert scripts.list(USER) == [("caf\u00e9", False)]
 
 
-def test_scripts_survive_reopen(tmp_path: Path) -> None:
-    store = SieveScripts(tmp_path / "pillarbox.db")
+def test_scripts_survive_reopen(settings: Settings) -> None:
+    store = open_sieve_scripts(settings)
     store.put(USER, "main", "keep;")
     store.set_active(USER, "main")
     store.close()
-    again = SieveScripts(tmp_path / "pillarbox.db")
+    again = open_sieve_scripts(settings)
     assert again.active(USER) == ("main", "keep;")
     again.close()
 
 
-def test_vacation_memory_is_once_per_sender_and_handle(scripts: SieveScripts) -> None:
+def test_vacation_memory_is_once_per_sender_and_handle(scripts: SieveStore) -> None:
     assert scripts.vacation_due(USER, "Bob@Example.org", "h", 86400)
     assert not scripts.vacation_due(USER, "bob@example.org", "h", 86400)
     assert scripts.vacation_due(USER, "bob@example.org", "other", 86400)
@@ -126,7 +141,7 @@ def test_vacation_memory_is_once_per_sender_and_handle(scripts: SieveScripts) ->
     assert scripts.vacation_due(USER, "dave@example.org", "h", 86400)
 
 
-def test_threads_share_one_store(scripts: SieveScripts) -> None:
+def test_threads_share_one_store(scripts: SieveStore) -> None:
     errors: list[BaseException] = []
 
     def work(n: int) -> None:
@@ -147,10 +162,10 @@ def test_threads_share_one_store(scripts: SieveScripts) -> None:
     assert all(scripts.active(f"u{n}@example.com") is not None for n in range(4))
 
 
-def test_deleting_a_user_deletes_its_scripts_and_vacation_memory(tmp_path: Path) -> None:
-    accounts = Accounts(tmp_path / "pillarbox.db", ["example.com"])
+def test_deleting_a_user_deletes_its_scripts_and_vacation_memory(settings: Settings) -> None:
+    accounts = open_accounts(settings)
     accounts.add_user(USER, "x")
-    scripts = SieveScripts(tmp_path / "pillarbox.db")
+    scripts = open_sieve_scripts(settings)
     try:
         scripts.put(USER, "main", 'redirect "elsewhere@example.org";')
         scripts.set_active(USER, "main")
@@ -162,3 +177,66 @@ def test_deleting_a_user_deletes_its_scripts_and_vacation_memory(tmp_path: Path)
     finally:
         scripts.close()
         accounts.close()
+
+
+# -- PostgreSQL: two stores on one database, as two nodes ---------------------------------
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path, pg_dsn: str) -> Iterator[tuple[SieveStore, SieveStore]]:
+    settings = pbserver.make_settings(
+        tmp_path / "data", {"store": {"backend": "postgresql", "dsn": pg_dsn}},
+        domains=("example.com",),
+    )  # fmt: skip
+    first, second = open_sieve_scripts(settings, follow=True), open_sieve_scripts(settings)
+    yield first, second
+    first.close()
+    second.close()
+
+
+def test_an_activation_on_one_node_reaches_the_others_snapshot(
+    two_nodes: tuple[SieveStore, SieveStore],
+) -> None:
+    follower, writer = two_nodes
+    writer.put(USER, "main", "keep;")
+    assert not follower.has_active(USER)
+    writer.set_active(USER, "main")
+    assert writer.has_active(USER)  # its own write, at once
+    deadline = time.monotonic() + 1.0
+    while not follower.has_active(USER):  # the other node's, by NOTIFY
+        assert time.monotonic() < deadline, "the activation did not reach the follower in 1 s"
+        time.sleep(0.01)
+    assert follower.active(USER) == ("main", "keep;")
+    writer.set_active(USER, None)
+    deadline = time.monotonic() + 1.0
+    while follower.has_active(USER):
+        assert time.monotonic() < deadline, "the deactivation did not reach the follower"
+        time.sleep(0.01)
+
+
+def test_limits_and_vacation_hold_when_two_nodes_write_at_once(
+    two_nodes: tuple[SieveStore, SieveStore],
+) -> None:
+    stores = two_nodes
+    stored: list[str] = []
+    due: list[bool] = []
+    start = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        store = stores[n % 2]
+        start.wait()
+        for i in range(MAX_SCRIPTS):
+            try:
+                store.put(USER, f"n{n}-{i}", "keep;")
+                stored.append(f"n{n}-{i}")
+            except SieveScriptError as exc:
+                assert exc.subcode == "MAXSCRIPTS"
+        due.append(store.vacation_due(USER, "bob@example.org", "h", 86400))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(stored) == MAX_SCRIPTS == len(stores[0].list(USER))
+    assert due.count(True) == 1 and len(due) == 8  # one vacation reply, not one per node

@@ -1,6 +1,6 @@
 """The spam filter's parts on their own: rules, the header field, the classifier, the
-reputation store, greylist state, rspamd's answer, and the DNS lookups against the tests'
-own DNS server."""
+reputation store and greylist state (on both backends: SQLite, and the real PostgreSQL of
+tests/pg.py), rspamd's answer, and the DNS lookups against the tests' own DNS server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import asyncio
 import base64
 import random
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,11 @@ from pillarbox.spam.engine import learned_hits, rspamd_hits
 from pillarbox.spam.greylist import triplet
 from pillarbox.spam.lesson import lesson_from_stored
 from pillarbox.spam.lookups import ClientLookups
-from pillarbox.spam.reputation import Lesson, ReputationStore
+from pillarbox.spam.reputation import Lesson, Reputation, ReputationStore, open_reputation
 from pillarbox.spam.rspamd import RspamdError, parse_result
 from pillarbox.spam.rules import AuthFacts, ClientFacts, Hit
 from pillarbox.spam.tokens import MAX_TOKENS, tokenize
+from tests import pbserver
 from tests.dnsserver import DnsTestServer
 from tests.spamcorpus import corpus
 
@@ -169,9 +172,20 @@ def lesson(sender: str = "a@spam.example", words: tuple[str, ...] = ("cheap", "p
     return Lesson(sender, sender.rpartition("@")[2], ("spam.example",), list(words))
 
 
-def test_reputation_learn_once_take_back_and_score(tmp_path: Path) -> None:
-    store = ReputationStore(tmp_path / "spam.db")
+@pytest.fixture
+def store(tmp_path: Path, store_backend: dict[str, str]) -> Iterator[Reputation]:
+    config = pbserver.make_settings(tmp_path / "data", {"store": store_backend})
+    opened = open_reputation(config)
+    yield opened
+    opened.close()
+
+
+def test_the_sqlite_store_is_private(tmp_path: Path) -> None:
+    ReputationStore(tmp_path / "spam.db").close()
     assert oct((tmp_path / "spam.db").stat().st_mode & 0o777) == "0o600"
+
+
+def test_reputation_learn_once_take_back_and_score(store: Reputation) -> None:
     assert store.learn_message("u", "<1@x>", lesson(), spam=True)
     assert not store.learn_message("u", "<1@x>", lesson(), spam=True)  # the same move again
     assert store.trained_users() == {"u": (1, 0)}
@@ -184,11 +198,9 @@ def test_reputation_learn_once_take_back_and_score(tmp_path: Path) -> None:
     hits = {h.name: h.points for h in learned_hits(store.knowledge("u", lesson()), lesson())}
     assert hits["REPUTATION_SENDER"] == -3.0
     assert store.knowledge("other", lesson()).reputation == {}  # per user
-    store.close()
 
 
-def test_bayes_hit_after_training(tmp_path: Path) -> None:
-    store = ReputationStore(tmp_path / "spam.db")
+def test_bayes_hit_after_training(store: Reputation) -> None:
     for i in range(3):
         store.learn_message("u", f"s{i}", lesson(f"s{i}@a.example", ("cheap", "pills")), True)
         store.learn_message("u", f"h{i}", lesson(f"h{i}@b.example", ("garden", "lunch")), False)
@@ -197,16 +209,13 @@ def test_bayes_hit_after_training(tmp_path: Path) -> None:
     assert [h.name for h in hits] == ["BAYES_SPAM"] and hits[0].points > 4
     probe = lesson("new@c.example", ("garden", "lunch"))
     assert [h.name for h in learned_hits(store.knowledge("u", probe), probe)] == ["BAYES_HAM"]
-    store.close()
 
 
-def test_thresholds_per_user(tmp_path: Path) -> None:
-    store = ReputationStore(tmp_path / "spam.db")
+def test_thresholds_per_user(store: Reputation) -> None:
     store.set_thresholds("u", 2.0, None)
     assert store.thresholds() == {"u": (2.0, None)}
     store.set_thresholds("u", None, None)
     assert store.thresholds() == {}
-    store.close()
 
 
 def test_lesson_from_stored_reads_our_dkim_result_only() -> None:
@@ -224,8 +233,7 @@ def test_lesson_from_stored_reads_our_dkim_result_only() -> None:
     assert key2.startswith("sha256:")
 
 
-def test_greylist_state(tmp_path: Path) -> None:
-    store = ReputationStore(tmp_path / "spam.db")
+def test_greylist_state(store: Reputation) -> None:
     key = triplet("192.0.2.9", "a@b.example", "c@example.test")
     assert key == "192.0.2.0/24|a@b.example|c@example.test"
     assert not store.greylist_check(key, 1000.0, 60, 86400)  # first sighting
@@ -238,7 +246,41 @@ def test_greylist_state(tmp_path: Path) -> None:
     assert store.greylist_prune(5000.0 + 2 * 86400, 86400) == 0  # just seen again
     assert store.greylist_prune(5000.0 + 4 * 86400, 86400) == 1
     assert not store.greylist_domain_known("b.example", 86400, 5001.0)
-    store.close()
+
+
+def test_concurrent_learning_adds_up_on_postgresql(tmp_path: Path, pg_dsn: str) -> None:
+    # Two stores on one database stand for two nodes; 4 threads each learn 10 messages of
+    # one user at once, sharing the sender domain and words: no increment is lost.
+    config = pbserver.make_settings(
+        tmp_path / "data", {"store": {"backend": "postgresql", "dsn": pg_dsn}}
+    )
+    nodes = [open_reputation(config), open_reputation(config)]
+    start = threading.Barrier(4)
+    results: list[bool] = []
+
+    def work(n: int) -> None:
+        start.wait()
+        for i in range(10):
+            sender = f"s{n}-{i}@bulk.example"
+            learnt = nodes[n % 2].learn_message("u", f"<{n}-{i}@x>", lesson(sender), True)
+            results.append(learnt)
+        # The same message again, from the other node: counted once.
+        results.append(nodes[(n + 1) % 2].learn_message("u", f"<{n}-0@x>", lesson(), True))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert results.count(True) == 40 and len(results) == 44
+        assert nodes[0].trained_users() == {"u": (40, 0)}
+        known = nodes[1].knowledge("u", lesson("x@bulk.example"))
+        assert known.reputation[("domain", "bulk.example")] == (40, 0)
+        assert known.tokens == [(40, 0), (40, 0)]  # "cheap", "pills"
+    finally:
+        for node in nodes:
+            node.close()
 
 
 # -- rspamd's answer -------------------------------------------------------------------------

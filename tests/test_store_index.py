@@ -241,9 +241,9 @@ def test_sync_lists_cur_only_after_foreign_changes(
     index.select("INBOX", False)
     index.store("INBOX", [(1, 1)], "add", ("\\Seen",), None)
     scans: list[int] = []
-    original = index._scan_cur
+    original = index.syncer.scan_cur
     monkeypatch.setattr(
-        index, "_scan_cur", lambda box, mtime: scans.append(1) or original(box, mtime)
+        index.syncer, "scan_cur", lambda box, mtime: scans.append(1) or original(box, mtime)
     )
     for _ in range(3):
         index.select("INBOX", False)  # our own moves and renames never force a rescan

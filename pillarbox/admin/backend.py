@@ -39,7 +39,7 @@ from pillarbox.core.sizes import SizeError, parse_size
 from pillarbox.dns.resolver import DnsNotFound, DnsTempError, Resolver
 from pillarbox.mailauth import keys as dkim
 from pillarbox.managesieve.backend import ScriptError, SieveBackend, UserScripts
-from pillarbox.spam.reputation import ReputationStore
+from pillarbox.spam.reputation import open_reputation
 from pillarbox.store.accounts import AccountError, Accounts, open_accounts
 from pillarbox.store.index import INDEX_FILE
 from pillarbox.store.maildir import user_maildir
@@ -351,7 +351,7 @@ class AdminBackend:
             )
 
         def write() -> None:
-            store = ReputationStore(self._settings.data_dir / "spam.db")
+            store = open_reputation(self._settings)
             try:
                 store.set_thresholds(address, junk, reject)
             finally:
@@ -366,7 +366,7 @@ class AdminBackend:
     def _spam_state(
         self,
     ) -> tuple[dict[str, tuple[float | None, float | None]], dict[str, tuple[int, int]]]:
-        store = ReputationStore(self._settings.data_dir / "spam.db")
+        store = open_reputation(self._settings)
         try:
             return store.thresholds(), store.trained_users()
         finally:

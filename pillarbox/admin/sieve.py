@@ -3,9 +3,9 @@ the script storage, and the ManageSieve component's factory.
 
 :class:`SieveAccess` implements :class:`pillarbox.managesieve.backend.SieveBackend` over
 :mod:`pillarbox.sieve` (``check``, ``EXTENSIONS``) and
-:class:`pillarbox.store.sieve_scripts.SieveScripts`. The storage is blocking file and
-database work, so every call runs in a worker thread; the checker parses a script of up
-to :data:`MAX_SCRIPT_SIZE` octets, which also goes to a thread. The storage's
+:class:`pillarbox.store.sieve_scripts.SieveStore` (SQLite or PostgreSQL). The storage is
+blocking database work, so every call runs in a worker thread; the checker parses a
+script of up to :data:`MAX_SCRIPT_SIZE` octets, which also goes to a thread. The storage's
 ``SieveScriptError`` codes are RFC 5804's already (NONEXISTENT, ALREADYEXISTS, ACTIVE,
 QUOTA); they become :class:`~pillarbox.managesieve.backend.ScriptError`, which the
 protocol package knows.
@@ -22,7 +22,7 @@ from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.managesieve.backend import NONEXISTENT, ScriptError, ScriptInfo, ScriptProblem
 from pillarbox.managesieve.server import LISTENER, ManageSieveComponent
-from pillarbox.store.sieve_scripts import SieveScriptError, SieveScripts
+from pillarbox.store.sieve_scripts import SieveScriptError, SieveStore, open_sieve_scripts
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ MAX_SCRIPT_SIZE: Final = 1 << 20
 class UserScriptsAccess:
     """One user's scripts (managesieve.backend.UserScripts)."""
 
-    def __init__(self, store: SieveScripts, user: str):
+    def __init__(self, store: SieveStore, user: str):
         self.store = store
         self.user = user
 
@@ -77,7 +77,7 @@ class UserScriptsAccess:
 class SieveAccess:
     """managesieve.backend.SieveBackend over the language and the storage."""
 
-    def __init__(self, store: SieveScripts):
+    def __init__(self, store: SieveStore):
         self.store = store
 
     @property
@@ -106,7 +106,7 @@ def _problem(content: str) -> ScriptProblem | None:
 class SieveServices(Protocol):
     """The app's services the Sieve access reads and provides (``app.Services`` has them)."""
 
-    sieve_scripts: SieveScripts | None  # local delivery's, or made here without it
+    sieve_scripts: SieveStore | None  # local delivery's, or made here without it
     sieve: SieveAccess | None
 
 
@@ -129,7 +129,7 @@ def sieve_access(ctx: SieveContext) -> SieveAccess:
     if access is None:
         store = ctx.services.sieve_scripts
         if store is None:  # no SMTP component: ours, for the pages and ManageSieve
-            store = ctx.services.sieve_scripts = SieveScripts(ctx.settings.database_path)
+            store = ctx.services.sieve_scripts = open_sieve_scripts(ctx.settings, follow=True)
         access = ctx.services.sieve = SieveAccess(store)
     return access
 

@@ -27,6 +27,7 @@ from pillarbox.cli import (
     service,
     sieve,
     status,
+    storemigrate,
     transfer,
     verify,
 )
@@ -53,6 +54,7 @@ COMMANDS: list[Command] = [
     *backup.COMMANDS,
     *spam_cli.COMMANDS,
     *sieve.COMMANDS,
+    *storemigrate.COMMANDS,
 ]
 
 
@@ -67,6 +69,7 @@ GROUP_HELP = {
     "service": "run under systemd: install a sandboxed unit",
     "import": "move mail in: imap, maildir, mbox",
     "sieve": "users' Sieve filters: put, get, list, activate, delete",
+    "store": "the state's backend: migrate (SQLite to PostgreSQL)",
 }
 
 

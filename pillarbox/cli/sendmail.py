@@ -176,6 +176,7 @@ def _deliver_offline(settings: Settings, queue_id: str) -> dict[str, str]:
     store = MailStore(
         settings.mail_dir, full_text=settings.store.full_text_index, hostname=settings.hostname
     )
+    store.set_quota_lookup(lambda user: accounts.quota_of(user, settings.store.quota))
     services = WithoutServer(mail_store=store)
     service = DeliveryService(
         accounts,
@@ -239,12 +240,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(queue_id: str, results: dict[str, Any]) -> int:
+    from pillarbox.delivery.service import MAILBOX_FULL
+
     status = 0
     for recipient, outcome in results.items():
         if outcome == "deferred":
             print(
                 f"pillarbox: {queue_id}: queued; remote recipients are delivered when "
                 "pillarbox serve runs",
+                file=sys.stderr,
+            )
+        elif outcome == MAILBOX_FULL:
+            # Accepted all the same (durable in the pickup directory, tried every minute),
+            # as Postfix's sendmail exits 0 for mail its queue defers.
+            print(
+                f"pillarbox: {queue_id}: {recipient}: mailbox full; kept and delivered "
+                "when there is room",
                 file=sys.stderr,
             )
         elif outcome not in ("delivered", "queued"):

@@ -17,11 +17,11 @@ from pathlib import Path
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.sieve import SieveSyntaxError, check
 from pillarbox.store.accounts import AccountError, open_accounts
-from pillarbox.store.sieve_scripts import SieveScriptError, SieveScripts
+from pillarbox.store.sieve_scripts import SieveScriptError, SieveStore, open_sieve_scripts
 
 
 @contextlib.contextmanager
-def _scripts(args: argparse.Namespace) -> Iterator[tuple[SieveScripts, str]]:
+def _scripts(args: argparse.Namespace) -> Iterator[tuple[SieveStore, str]]:
     """The script store and the user's canonical address (it must exist)."""
     settings = load_settings(args)
     accounts = open_accounts(settings)
@@ -33,7 +33,7 @@ def _scripts(args: argparse.Namespace) -> Iterator[tuple[SieveScripts, str]]:
         raise CliError(str(exc)) from None
     finally:
         accounts.close()
-    scripts = SieveScripts(settings.database_path)
+    scripts = open_sieve_scripts(settings)
     try:
         yield scripts, user
     except SieveScriptError as exc:

@@ -3,7 +3,8 @@
 Without options it shows the user's thresholds and what the user has taught the filter;
 with them it sets the user's own thresholds (over ``[spam] junk_threshold`` and
 ``reject_threshold``), ``--default`` goes back to the configured ones. The values live in
-``DATA_DIR/spam.db`` beside the user's lessons; a running server is told at once.
+``DATA_DIR/spam.db`` (or PostgreSQL, ``[store] backend``) beside the user's lessons; a
+running server is told at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 
 from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
-from pillarbox.spam.reputation import ReputationStore
+from pillarbox.spam.reputation import open_reputation
 from pillarbox.store.accounts import AccountError, open_accounts
 
 
@@ -28,7 +29,7 @@ def user_spam(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     finally:
         accounts.close()
-    store = ReputationStore(settings.data_dir / "spam.db")
+    store = open_reputation(settings)
     try:
         own_junk, own_reject = store.thresholds().get(address, (None, None))
         if args.default:

@@ -33,7 +33,7 @@ from pillarbox.net.listener import ListenerSpec
 from pillarbox.smtp.server import SmtpServer
 from pillarbox.store.accounts import Accounts
 from pillarbox.store.names import BadMailboxName
-from pillarbox.store.sieve_scripts import SieveScripts
+from pillarbox.store.sieve_scripts import SieveStore, open_sieve_scripts
 
 _log = log.get("delivery")
 
@@ -42,7 +42,7 @@ class SmtpServices(InboundServices, RoutingServices, LocalServices, IntakeServic
     """The app's services this component reads and provides (``app.Services`` has them)."""
 
     delivery: DeliveryService | None
-    sieve_scripts: SieveScripts | None
+    sieve_scripts: SieveStore | None
 
     @property
     def mail_store(self) -> DeliveryStore | None: ...
@@ -86,7 +86,7 @@ class SmtpComponent:
         # Users' Sieve scripts (shared with ManageSieve and the web pages through services).
         scripts = ctx.services.sieve_scripts
         if scripts is None:
-            scripts = ctx.services.sieve_scripts = SieveScripts(settings.database_path)
+            scripts = ctx.services.sieve_scripts = open_sieve_scripts(settings, follow=True)
         self.sieve = SieveFilter(
             scripts, settings.delivery.recipient_delimiter, self._folder_exists
         )

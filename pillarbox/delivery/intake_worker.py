@@ -216,9 +216,10 @@ def _spam_filter(settings: Settings, resolver: Resolver) -> Any:
     if not settings.spam.enabled:
         return None
     from pillarbox.spam.engine import SpamFilter
+    from pillarbox.spam.reputation import open_reputation
 
     return SpamFilter(
-        settings.spam, settings.data_dir, resolver,
+        settings.spam, open_reputation(settings), resolver,
         authserv_id=settings.hostname,
         our_names=frozenset({settings.hostname.lower(), *settings.domains}),
         dns_timeout=float(settings.dns.timeout),

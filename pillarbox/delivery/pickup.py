@@ -15,15 +15,18 @@ runs, and never loses a message:
 
 Delivery of an entry prepends ``Received: by HOST (Pillarbox, from userid UID) id ID; DATE``
 (as Postfix's pickup does), then routes the recipients through the delivery service and
-removes the files only after the Maildir copies and the queue are durable.
+removes the files only after the Maildir copies and the queue are durable. A local user
+over quota is held in the entry and tried again (see :meth:`Pickup.process`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -32,7 +35,9 @@ from typing import Any
 
 from pillarbox import log
 from pillarbox.config import Settings
+from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.service import DeliveryError, DeliveryService, QueueUnavailable
+from pillarbox.queue import dsn
 from pillarbox.store.maildir import fsync_dir
 
 _log = log.get("pickup")
@@ -92,6 +97,11 @@ def write_entry(directory: Path, envelope: PickupEnvelope, message: bytes) -> No
     fsync_dir(directory)
 
 
+def _read_head(path: Path, limit: int = 64 * 1024) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
 def pickup_received(hostname: str, envelope: PickupEnvelope) -> bytes:
     now = format_datetime(datetime.now(UTC))
     return (
@@ -106,6 +116,7 @@ class Pickup:
     def __init__(self, settings: Settings, delivery: DeliveryService):
         self.directory = pickup_dir(settings)
         self.hostname = settings.hostname
+        self.lifetime = float(settings.delivery.queue_lifetime)
         self.delivery = delivery
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -142,7 +153,12 @@ class Pickup:
                 _log.error("pickup entry failed", queue_id=queue_id, exc_info=True)
 
     async def process(self, queue_id: str) -> dict[str, str]:
-        """Deliver one entry and remove it; raises DeliveryError (entry kept) on failure."""
+        """Deliver one entry and remove it; raises DeliveryError (entry kept) on failure.
+
+        A local user whose quota the message would pass is held (RFC 9208: a full mailbox
+        is a temporary failure, as SMTP's 452 4.2.2): the entry stays, naming only the held
+        users, and the rescan tries again every minute; after ``[delivery] queue_lifetime``
+        the sender gets a failure report instead, as the outbound queue would send."""
         if not queue_id.isalnum():
             raise FileNotFoundError(queue_id)
         async with self._lock:  # the rescan and a control call must not deliver twice
@@ -155,20 +171,60 @@ class Pickup:
                 envelope = PickupEnvelope.from_json(queue_id, raw)
             except (ValueError, KeyError, TypeError) as exc:
                 raise DeliveryError(f"malformed pickup envelope {queue_id}") from exc
-            results = await self.delivery.deliver(
+            results, held = await self.delivery.deliver_within_quota(
                 envelope.sender,
                 envelope.recipients,
                 [pickup_received(self.hostname, envelope), msg_path],
                 queue_id=queue_id,
             )
-            env_path.unlink(missing_ok=True)  # first: the entry is no longer pending
-            await asyncio.to_thread(msg_path.unlink, missing_ok=True)
+            if held and not await self._expired(msg_path):
+                await asyncio.to_thread(self._keep_for, env_path, envelope, held)
+            else:
+                if held:
+                    await self._bounce_held(envelope, held, msg_path)
+                env_path.unlink(missing_ok=True)  # first: the entry is no longer pending
+                await asyncio.to_thread(msg_path.unlink, missing_ok=True)
         _log.info(
             "message", queue_id=queue_id, source="sendmail", uid=envelope.uid,
             **{"from": f"<{envelope.sender}>"}, to=",".join(envelope.recipients),
             result=",".join(f"{k}={v}" for k, v in results.items()),
         )  # fmt: skip
         return results
+
+    async def _expired(self, msg_path: Path) -> bool:
+        written = (await asyncio.to_thread(msg_path.stat)).st_mtime
+        return time.time() - written > self.lifetime
+
+    def _keep_for(self, env_path: Path, envelope: PickupEnvelope, users: list[str]) -> None:
+        """Rewrite the entry's envelope to name only ``users`` (blocking). A crash before
+        the rename leaves the old envelope: the others get a second copy, never none."""
+        kept = dataclasses.replace(envelope, recipients=tuple(users))
+        _write_durably(env_path, kept.to_json(), None)
+        fsync_dir(self.directory)
+
+    async def _bounce_held(
+        self, envelope: PickupEnvelope, users: list[str], msg_path: Path
+    ) -> None:
+        """RFC 3464 failure report to the sender for users still full at the end of the
+        queue lifetime (none to the null sender, RFC 3461 §6.2)."""
+        _log.info("mailbox full, giving up", queue_id=envelope.queue_id, to=",".join(users))
+        if not envelope.sender:
+            return
+        head = await asyncio.to_thread(_read_head, msg_path)
+        reports = [
+            dsn.RecipientReport(
+                address=user,
+                action="failed",
+                status="5.2.2",
+                explanation="mailbox full for longer than the queue lifetime",
+            )
+            for user in users
+        ]
+        report = dsn.build_dsn(
+            hostname=self.hostname, queue_id=envelope.queue_id, sender=envelope.sender,
+            reports=reports, original=head, arrival=time.time(), ret="HDRS",
+        )  # fmt: skip
+        await self.delivery.deliver("", [envelope.sender], [report], queue_id=new_queue_id())
 
     async def control_method(self, params: dict[str, Any]) -> dict[str, str]:
         queue_id = str(params.get("id", ""))

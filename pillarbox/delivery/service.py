@@ -35,13 +35,14 @@ from pillarbox.core.address import AddressError, parse_address, strip_subaddress
 from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
 from pillarbox.delivery.sieve import Plan, SieveFilter, vacation_refusal, vacation_reply
-from pillarbox.delivery.wiring import RoutingServices
+from pillarbox.delivery.wiring import QuotaCheck, RoutingServices
 from pillarbox.metrics import registry as metrics
 from pillarbox.queue import dsn
 from pillarbox.queue.api import OutboundRecipient, QueueError, QueueService
 from pillarbox.sieve.interpreter import Vacation
 from pillarbox.sieve.message import SieveMessage
 from pillarbox.store.accounts import Accounts, Resolution
+from pillarbox.store.quota import over_quota
 
 _log = log.get("delivery")
 
@@ -91,6 +92,13 @@ def _head_of(message: Sequence[bytes | Path], limit: int = 64 * 1024) -> bytes:
             with open(part, "rb") as f:
                 out += f.read(limit - len(out))
     return bytes(out)
+
+
+def _size_of(message: Sequence[bytes | Path]) -> int:
+    return sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p in message)
+
+
+MAILBOX_FULL = "mailbox full"  # the outcome of a user held by ``deliver_within_quota``
 
 
 class DeliveryError(Exception):
@@ -428,3 +436,39 @@ class DeliveryService:
         # a Sieve reject of these is a bounce (never to the null sender), not an error.
         await self.store(route, sender, message, queue_id=queue_id, reject_at_protocol=False)
         return dict(route.outcome)
+
+    async def deliver_within_quota(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: Sequence[bytes | Path],
+        *,
+        queue_id: str,
+    ) -> tuple[dict[str, str], list[str]]:
+        """``deliver`` for a caller that keeps the message and tries again later (the
+        sendmail pickup): a local user whose quota (RFC 9208) the message would pass is
+        left out, reported as ``{user: "mailbox full"}`` and returned, the way SMTP answers
+        452 4.2.2 instead of bouncing. DSNs, vacation replies and Sieve redirects go through
+        ``deliver`` and are written even past a quota: nobody could keep them for a retry,
+        and losing a bounce is worse than a few KiB over a limit."""
+        route = self.route([OutboundRecipient(r) for r in recipients])
+        size = await asyncio.to_thread(_size_of, message)
+        held = await self.full_mailboxes(list(route.local), size)
+        for user in held:
+            del route.local[user]
+            route.outcome[user] = MAILBOX_FULL  # overrides "delivered" for a direct address
+            _log.info("mailbox full, held", queue_id=queue_id, user=user, size=size)
+        await self.store(route, sender, message, queue_id=queue_id, reject_at_protocol=False)
+        return dict(route.outcome), held
+
+    async def full_mailboxes(self, users: Sequence[str], size: int) -> list[str]:
+        """The ``users`` whose quota ``size`` more bytes would pass (none without a store)."""
+        store: QuotaCheck | None = self.services.mail_store
+        if store is None:
+            return []
+        full = []
+        for user in users:
+            limit = store.quota_limit(user)
+            if limit > 0 and over_quota(await store.usage(user), size, limit):
+                full.append(user)
+        return full

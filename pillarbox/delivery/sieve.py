@@ -50,7 +50,7 @@ from pillarbox.sieve.interpreter import (
 )
 from pillarbox.sieve.message import SieveMessage
 from pillarbox.store.names import BadMailboxName, folder_dir, normalise
-from pillarbox.store.sieve_scripts import SieveScripts
+from pillarbox.store.sieve_scripts import SieveStore
 
 _log = log.get("sieve")
 CACHE_SIZE = 1024
@@ -71,7 +71,7 @@ class SieveFilter:
 
     def __init__(
         self,
-        scripts: SieveScripts,
+        scripts: SieveStore,
         delimiter: str,
         folder_exists: Callable[[str, str], bool] | None = None,
     ):

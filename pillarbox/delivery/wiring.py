@@ -55,10 +55,14 @@ class LocalServices(Protocol):
 
 
 class RoutingServices(Protocol):
-    """What the delivery service uses: the queue takes the remote recipients."""
+    """What the delivery service uses: the queue takes the remote recipients; the mail
+    store answers quota questions."""
 
     @property
     def queue(self) -> QueueService | None: ...
+
+    @property
+    def mail_store(self) -> QuotaCheck | None: ...
 
 
 class QuotaCheck(Protocol):
@@ -93,4 +97,4 @@ class WithoutServer:
 
     queue: QueueService | None = None
     mailbox_events: MailboxEvents | None = None
-    mail_store: MailDelivery | None = None
+    mail_store: DeliveryStore | None = None

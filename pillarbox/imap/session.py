@@ -87,6 +87,25 @@ class SessionConfig:
     limits: Limits = field(default_factory=Limits)
 
 
+class Flag:
+    """A set/clear flag with asyncio.Event's names, for a flag nobody awaits: an Event
+    carries a deque of waiters (760 bytes) for each of 2,000 idle sessions."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class Session:
     def __init__(
         self,
@@ -110,7 +129,7 @@ class Session:
         self.saved: Any = None  # RFC 5182 search result (a SequenceSet of UIDs)
         self._out = bytearray()
         # Set by the change hub when the selected mailbox changed elsewhere.
-        self.changed = asyncio.Event()
+        self.changed = Flag()
         self.idling = False  # in IDLE: a change interrupts the wait for DONE
         self._unwatch: Callable[[], None] | None = None
         self._bad = 0

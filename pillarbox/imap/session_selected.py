@@ -108,9 +108,10 @@ async def do_store(s: Session, cmd: c.Store) -> Result:
         before = view.known_modseq
         result = await mail.store(view.name, chunk, _MODES[cmd.mode], flags, cmd.unchanged_since)
         failed += result.failed
-        if not cmd.silent or view.condstore:
-            for line in view.announce(text for _, text, _ in result.updated):
-                s.send(line)
+        # Even .SILENT announces a keyword new to the session: the client learns of it
+        # in FLAGS / PERMANENTFLAGS before any later FETCH uses it (RFC 9051 §7.3.5).
+        for line in view.announce(text for _, text, _ in result.updated):
+            s.send(line)
         for uid, text, modseq in result.updated:
             seq = view.seq_of(uid)
             if seq is None:

@@ -12,9 +12,14 @@ and literals from the same ``StreamReader`` and writing through a ``StreamWriter
 - every write is compressed and ended with a sync flush (RFC 4978 §4: the peer must be
   able to decode each response without waiting for more).
 
-Memory: the compressor uses a 4 KiB window and a small hash (about 24 KiB of zlib state;
-RFC 4978 §4 lets the sender pick its window), the decompressor must accept whatever window
-the client uses (up to 32 KiB, allocated by zlib on first use).
+Memory: each write is compressed by a compressor of its own, with a 4 KiB window and a
+small hash (about 24 KiB of zlib state), made for the write and dropped after its sync
+flush: an idle session holds no compressor at all. That is valid DEFLATE (RFC 1951): the
+stream is a series of blocks, a sync flush ends on a byte boundary, and blocks may only
+refer back to data the decompressor has seen, which a fresh compressor never does; the
+cost is that one write's matches cannot point into an earlier one (RFC 4978 §4 lets the
+sender choose its window). The decompressor must keep whatever window the client uses
+(up to 32 KiB, allocated by zlib on first use) for the whole session.
 """
 
 from __future__ import annotations
@@ -106,14 +111,13 @@ class DeflateTransport(asyncio.Transport):
         super().__init__()
         self._inner = inner
         self._inflating = inflating
-        self._deflater = zlib.compressobj(
-            _LEVEL, zlib.DEFLATED, -_SEND_WINDOW_BITS, _SEND_MEM_LEVEL
-        )
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data or self._inner.is_closing():
             return
-        self._inner.write(self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH))
+        # A compressor per write (see the module docstring): none is kept while idle.
+        deflater = zlib.compressobj(_LEVEL, zlib.DEFLATED, -_SEND_WINDOW_BITS, _SEND_MEM_LEVEL)
+        self._inner.write(deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH))
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))

@@ -39,6 +39,7 @@ from pillarbox.net.proxyproto import (
     header_length,
     parse_header,
 )
+from pillarbox.net.transport import SocketTransport
 from pillarbox.tls.context import TlsInfo, TlsProvider
 
 _log = log.get("net")
@@ -116,6 +117,28 @@ class Connection:
     ``mark_authenticated()`` once a user has logged in (it then counts against the slots
     reserved for logged-in sessions, and is never cut)."""
 
+    # Slots: one of these lives as long as each connection (2,000 idle IMAP sessions).
+    __slots__ = (
+        "_tls",
+        "_wait",
+        "authenticated",
+        "client",
+        "closing",
+        "compressed",
+        "id",
+        "idle",
+        "listener",
+        "local_ip",
+        "local_port",
+        "on_authenticated",
+        "peer_ip",
+        "peer_port",
+        "reader",
+        "tls",
+        "via",
+        "writer",
+    )
+
     def __init__(
         self,
         reader: asyncio.StreamReader,
@@ -169,7 +192,17 @@ class Connection:
         Call ``prepare_starttls`` before answering the command, then this after."""
         if self._tls is None:
             raise RuntimeError("TLS is not configured for this listener")
-        await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
+        transport = self.writer.transport
+        if isinstance(transport, SocketTransport):
+            # The same socket, in place; reading was paused by prepare_starttls.
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await transport.start_tls(self._tls.current())
+            # StreamReaderProtocol learns that it is over TLS (an EOF then closes) the way
+            # StreamWriter.start_tls tells it; the stdlib has no public way.
+            self.writer._protocol._replace_writer(self.writer)  # type: ignore[attr-defined]
+            transport.resume_reading()
+        else:
+            await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
         self.tls = TlsInfo.of(self.writer.get_extra_info("ssl_object"))
 
     async def read_line(self, seconds: float) -> bytes:
@@ -242,9 +275,14 @@ class Connection:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
-            # asyncio.timeout, not wait_for: no extra task per connection closed.
-            async with asyncio.timeout(2):
-                await self.writer.wait_closed()
+            try:
+                # asyncio.timeout, not wait_for: no extra task per connection closed.
+                async with asyncio.timeout(2):
+                    await self.writer.wait_closed()
+            except TimeoutError:
+                # A client that does not read keeps the output (and the socket) queued
+                # for ever: drop them.
+                self.writer.transport.abort()
 
 
 Handler = Callable[[Connection], Awaitable[None]]
@@ -262,6 +300,9 @@ class ListenerSpec:
     # refused client on an implicit-TLS listener gets no text: it is refused before the
     # handshake, which is the point.
     busy_reply: bytes = b""
+    # Pillarbox's own SocketTransport (net/transport.py: TLS on the socket, a few KiB less
+    # per idle connection) instead of asyncio's socket and SSL transports.
+    own_transport: bool = False
     # Accepted by other processes (SMTP intake workers): bind that many sockets and hand
     # them over instead of accepting here. See :class:`SocketHandoff`.
     handoff: SocketHandoff | None = None
@@ -733,8 +774,14 @@ class Listeners:
         if entry is not None:
             entry.conn = conn
             conn.on_authenticated = functools.partial(self._on_authenticated, entry)
+        # The handler is awaited here, not in a helper coroutine: every frame on the chain
+        # of an idle session is kept for its whole life (2,000 IDLE sessions).
         try:
-            await self._run(spec, conn)
+            await spec.handler(conn)
+        except (Exception, asyncio.CancelledError) as exc:
+            # A cancelled session (shutdown) must end normally, so that nothing prints a
+            # cancellation traceback; any other failure ends this session only.
+            self._log_end(spec, conn, exc)
         finally:
             await conn.close()
 
@@ -745,17 +792,24 @@ class Listeners:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT)
         # The callback marks the protocol as server side (StreamWriter.start_tls asks) and
-        # hands over the writer the protocol makes for itself.
+        # hands over the writer the protocol makes for itself; the protocol keeps that
+        # writer alive, which must outlive a Connection.writer replaced by COMPRESS (a
+        # StreamWriter closes its transport when it is collected).
         writers: list[asyncio.StreamWriter] = []
-        protocol = asyncio.StreamReaderProtocol(reader, lambda _, writer: writers.append(writer))
+        protocol = _StreamProtocol(reader, lambda _, writer: writers.append(writer))
         implicit = spec.tls is TlsMode.IMPLICIT and self.tls is not None
+        context = self.tls.front() if implicit and self.tls else None
+        transport: asyncio.BaseTransport
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
-                client,
-                ssl=self.tls.front() if implicit and self.tls else None,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
-            )
+            if spec.own_transport:
+                transport = await _own_transport(client, protocol, context)
+            else:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    client,
+                    ssl=context,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
+                )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             peer = proxied.client if proxied and proxied.client else ("", 0)
             _log.info(
@@ -771,28 +825,20 @@ class Listeners:
         tls = self.tls if spec.tls is not TlsMode.NONE else None
         return Connection(reader, writer, spec.name, tls, self.closing, proxied)
 
-    async def _run(self, spec: ListenerSpec, conn: Connection) -> None:
-        try:
-            await spec.handler(conn)
-        except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
+    @staticmethod
+    def _log_end(spec: ListenerSpec, conn: Connection, exc: BaseException) -> None:
+        """Log why a session's handler ended with ``exc`` (call in the except clause)."""
+        if isinstance(exc, asyncio.CancelledError):  # only ``stop`` cancels, after its grace
             _log.info(
-                "connection ended",
-                listener=spec.name,
-                conn=conn.id,
-                client=conn.peer_ip,
-                reason=type(exc).__name__,
-            )
-        except asyncio.CancelledError:
-            # Only ``stop`` cancels sessions (after the grace period). The task must end
-            # normally so that nothing prints a cancellation traceback.
-            _log.info(
-                "session cut off",
-                listener=spec.name,
-                conn=conn.id,
-                client=conn.peer_ip,
+                "session cut off", listener=spec.name, conn=conn.id, client=conn.peer_ip,
                 reason="shutdown grace period over",
-            )
-        except Exception:
+            )  # fmt: skip
+        elif isinstance(exc, TimeoutError | ssl.SSLError | ConnectionError):
+            _log.info(
+                "connection ended", listener=spec.name, conn=conn.id, client=conn.peer_ip,
+                reason=type(exc).__name__,
+            )  # fmt: skip
+        else:
             _log.error("session crashed", listener=spec.name, conn=conn.id, exc_info=True)
 
     async def stop(self, grace: float) -> None:
@@ -817,6 +863,32 @@ class Listeners:
     @property
     def active_connections(self) -> int:
         return len(self._open) + self._remote
+
+
+class _StreamProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, with the list of tasks waiting in ``drain`` made a list:
+    asyncio makes it a deque (760 bytes, a 64-slot block) for every connection, and only
+    appends, removes and iterates over it, which a list does in 56 bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader, connected: Any) -> None:
+        super().__init__(reader, connected)
+        self._drain_waiters: Any = []
+
+
+async def _own_transport(
+    client: socket.socket, protocol: asyncio.BaseProtocol, context: ssl.SSLContext | None
+) -> SocketTransport:
+    """``client`` on a :class:`SocketTransport`, after the TLS handshake if ``context``."""
+    transport = SocketTransport(asyncio.get_running_loop(), client)
+    if context is not None:
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await transport.start_tls(context)
+        except BaseException:
+            transport.abort()
+            raise
+    transport.attach(protocol)
+    return transport
 
 
 def format_address(host: str, port: int) -> str:

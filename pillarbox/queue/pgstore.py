@@ -34,7 +34,9 @@ import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from pillarbox import postgres as pg
 from pillarbox.config import Settings
+from pillarbox.postgres import DB_NOW
 from pillarbox.queue.api import OutboundRecipient
 from pillarbox.queue.store import (
     QUEUED,
@@ -48,8 +50,6 @@ from pillarbox.queue.store import (
     recipient_of_row,
     recipient_rows,
 )
-from pillarbox.store import pg
-from pillarbox.store.pg import DB_NOW
 
 COMPONENT = "queue"
 

@@ -138,7 +138,9 @@ class SmtpServer:
     def listeners(self) -> list[ListenerSpec]:
         listen = self.settings.listen
         return [
-            ListenerSpec(name, host, port, tls, self.handle, BUSY_REPLY, self._handoff(name))
+            ListenerSpec(
+                name, host, port, tls, self.handle, BUSY_REPLY, handoff=self._handoff(name)
+            )
             for name, (_, tls) in LISTENERS.items()
             for host, port in listen.addresses(name)
         ]

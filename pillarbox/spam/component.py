@@ -6,7 +6,7 @@ its learning hook (``services.mail_store.set_learner``), so IMAP moves teach the
 without the store or IMAP importing this package. Its DNS questions (DNSBL, PTR) go through
 the server's one resolver, ``services.resolver``, which a reload rebuilds from ``[dns]``.
 ``[spam] enabled = false`` makes no component: no scoring, no learning, no ``spam.db``
-opened (a reload that enables it starts one).
+(or database pool) opened (a reload that enables it starts one).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pillarbox.config import Settings
 from pillarbox.control import ControlServer
 from pillarbox.dns.resolver import Resolver
 from pillarbox.spam.engine import SpamFilter
+from pillarbox.spam.reputation import open_reputation
 
 # What the mail store calls when a user files messages into Junk or out of it:
 # (user, messages, spam).
@@ -60,7 +61,7 @@ class SpamComponent:
         settings = ctx.settings
         self.filter = SpamFilter(
             settings.spam,
-            settings.data_dir,
+            open_reputation(settings),
             ctx.services.resolver,
             authserv_id=settings.hostname,
             our_names=frozenset({settings.hostname.lower(), *settings.domains}),

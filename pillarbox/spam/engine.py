@@ -33,7 +33,6 @@ import ipaddress
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from pillarbox import log
 from pillarbox.config import SpamSettings
@@ -42,7 +41,7 @@ from pillarbox.spam import bayes, header, rules
 from pillarbox.spam.greylist import triplet
 from pillarbox.spam.lesson import lesson_from_stored, lesson_of
 from pillarbox.spam.lookups import ClientLookups
-from pillarbox.spam.reputation import Knowledge, Lesson, ReputationStore
+from pillarbox.spam.reputation import Knowledge, Lesson, Reputation
 from pillarbox.spam.rspamd import RspamdClient, RspamdError, RspamdResult
 from pillarbox.spam.rules import AuthFacts, ClientFacts, Hit
 
@@ -86,12 +85,12 @@ class Verdict:
 
 
 class SpamFilter:
-    def __init__(self, settings: SpamSettings, data_dir: Path, resolver: Resolver,
+    def __init__(self, settings: SpamSettings, store: Reputation, resolver: Resolver,
                  *, authserv_id: str, our_names: frozenset[str], dns_timeout: float):  # fmt: skip
         self.settings = settings
         self.authserv_id = authserv_id
         self.our_names = our_names
-        self.store = ReputationStore(data_dir / "spam.db")
+        self.store = store  # reputation.open_reputation's
         self.lookups = ClientLookups(resolver, settings.dnsbls, dns_timeout)
         self.rspamd = RspamdClient(settings.rspamd) if settings.rspamd else None
         self._cached_at = -SETTINGS_TTL
@@ -147,7 +146,7 @@ class SpamFilter:
         return await asyncio.to_thread(check)
 
     async def judge(self, message: Message, users: Sequence[str]) -> dict[str, Verdict]:
-        self._refresh()
+        await self._refresh()
         engine = "pillarbox"
         body = message.sample[len(message.head) :]
         static: list[Hit] | None = None
@@ -187,15 +186,18 @@ class SpamFilter:
         """Thresholds or lessons changed: re-read them at the next verdict."""
         self._cached_at = -SETTINGS_TTL
 
-    def _refresh(self) -> None:
+    async def _refresh(self) -> None:
         """Per-user thresholds and training totals, re-read every few seconds (the CLI
-        writes thresholds into the same database; two small tables, indexed)."""
+        and, on PostgreSQL, the other nodes write them; two small tables), in a thread:
+        on PostgreSQL it is a network round trip."""
         now = time.monotonic()
         if now - self._cached_at < SETTINGS_TTL:
             return
         self._cached_at = now
-        self._thresholds = self.store.thresholds()
-        self._trained = self.store.trained_users()
+        store = self.store
+        self._thresholds, self._trained = await asyncio.to_thread(
+            lambda: (store.thresholds(), store.trained_users())
+        )
 
     async def _learned_hits(
         self, message: Message, body: bytes, users: list[str]

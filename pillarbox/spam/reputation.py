@@ -1,4 +1,6 @@
-"""The per-user learning store, ``DATA_DIR/spam.db`` (SQLite, WAL, 0600).
+"""The per-user learning store: ``DATA_DIR/spam.db`` (SQLite, WAL, 0600), or with
+``[store] backend = "postgresql"`` the database every node shares (``pgreputation.py``);
+``open_reputation`` picks, ``Reputation`` is the interface both keep.
 
 What each user taught by moving mail (mox's approach): counts of spam and ham per sender
 address, sender domain and DKIM signing domain, token counts for the classifier, and the
@@ -15,6 +17,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from pillarbox.config import Settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS totals (user TEXT PRIMARY KEY, spam INTEGER NOT NULL,
@@ -57,6 +62,31 @@ class Knowledge:
     ham_total: int
     reputation: dict[tuple[str, str], tuple[int, int]]  # (kind, key) -> (spam, ham)
     tokens: list[tuple[int, int]]  # (spam, ham) of each known token
+
+
+class Reputation(Protocol):
+    """The learning store, whichever database holds it (blocking methods)."""
+
+    def close(self) -> None: ...
+    def trained_users(self) -> dict[str, tuple[int, int]]: ...
+    def thresholds(self) -> dict[str, tuple[float | None, float | None]]: ...
+    def set_thresholds(self, user: str, junk: float | None, reject: float | None) -> None: ...
+    def learn(self, user: str, lesson: Lesson, spam: bool, weight: int = 1) -> None: ...
+    def learn_message(self, user: str, key: str, lesson: Lesson, spam: bool) -> bool: ...
+    def good_domain(self, domain: str) -> bool: ...
+    def knowledge(self, user: str, lesson: Lesson) -> Knowledge: ...
+    def greylist_check(self, triplet: str, now: float, delay: float, expire: float) -> bool: ...
+    def greylist_prune(self, now: float, expire: float) -> int: ...
+    def greylist_domain_known(self, domain: str, expire: float, now: float) -> bool: ...
+
+
+def open_reputation(settings: Settings) -> Reputation:
+    """The learning store ``[store] backend`` names."""
+    if settings.store.backend == "postgresql":
+        from pillarbox.spam.pgreputation import PgReputationStore
+
+        return PgReputationStore(settings)
+    return ReputationStore(settings.data_dir / "spam.db")
 
 
 class ReputationStore:

@@ -10,8 +10,8 @@ differ from APPEND (``IndexWriter.append`` in ``store.writes``):
   carries a digest of its content (CRLF form): ``SECS.I<digest>.import,S=SIZE``. A message
   whose digest is already in the mailbox is not stored again.
 
-UIDs are assigned by the index as for any new file (``UserIndex._add_files``), in the order
-of the batch, so UIDNEXT, the uidlist and MODSEQs stay right.
+UIDs are assigned by the index as for any new file (``store.sync.MaildirSync.add_files``),
+in the order of the batch, so UIDNEXT, the uidlist and MODSEQs stay right.
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ class MailboxImporter:
         if not fnames:
             return [None] * len(messages)
         fsync_dir(cur)
-        added = ix._add_files(box, fnames, rebuild=False)
+        added = ix.add_files(box, fnames)
         if before == box.cur_mtime:
-            ix._set_cur_mtime(box, os.stat(cur).st_mtime_ns)
+            ix.set_cur_mtime(box, os.stat(cur).st_mtime_ns)
         if len(added) != len(fnames):
             raise MailboxError("", f"{len(fnames) - len(added)} imported files vanished")
         uids = iter(added)

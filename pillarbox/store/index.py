@@ -10,9 +10,11 @@ The Maildir stays the truth about which messages exist and their flags (so mutt,
 backups keep working); the index adds what a Maildir cannot hold (UIDs, MODSEQs, the parsed
 ENVELOPE/BODYSTRUCTURE and header text for FETCH and SEARCH without reading files), and
 ``dovecot-uidlist`` / ``dovecot-keywords`` files keep UIDs and keyword letters across index
-loss. :meth:`UserIndex.sync` reconciles: files in ``new/`` are moved to ``cur/`` and get the
-next UIDs; ``cur/`` is listed only when its mtime moved (foreign changes), then vanished files
-are expunged, renamed ones update flags and unknown ones get new UIDs.
+loss. The sync (``store.sync.MaildirSync``, behind :meth:`UserIndex.sync`) reconciles: files in
+``new/`` are moved to ``cur/`` and get the next UIDs; ``cur/`` is listed only when its mtime
+moved (foreign changes), then vanished files are expunged, renamed ones update flags and
+unknown ones get new UIDs. UserIndex keeps the schema, the mailboxes (discovery, create,
+rename, delete) and the read queries, and hands sync, changes and reads to their classes.
 
 Everything here is blocking; ``pillarbox.store.mailbox`` runs it in worker threads, one
 operation at a time per user (``UserIndex.lock``).
@@ -21,7 +23,6 @@ operation at a time per user (``UserIndex.lock``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import shutil
@@ -29,21 +30,20 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from pillarbox import mime
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
-from pillarbox.mime.text import search_texts
-from pillarbox.store import db, fulltext, quota, uidlist
+from pillarbox.store import db, fulltext, lazyparse, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 from pillarbox.store.reads import IndexReader
+from pillarbox.store.sync import MaildirSync
 from pillarbox.store.types import (
     ChangeSet,
     MailboxError,
@@ -64,7 +64,6 @@ SPECIAL_USE: Final = {
 }
 CHUNK: Final = 2000  # rows per batch for bulk work
 READERS: Final = 2  # read-only connections per open user index
-IndexRow = tuple[tuple[Any, ...], tuple[Any, ...], tuple[str, str] | None]
 
 _MIGRATIONS: Final[list[db.Migration]] = [
     """
@@ -134,12 +133,17 @@ class UserIndex:
         # Set when messages were left for the background backfill (see store.mailbox).
         self.backfill_wanted = self.full_text and self._any_pending()
         quota.prepare(self.conn)  # the usage table and its triggers ("mailindex.quota")
+        db.migrate(self.conn, lazyparse.COMPONENT, lazyparse.MIGRATIONS)
+        # Messages indexed before being parsed (see store.lazyparse): ``unparsed`` tells the
+        # readers to look (never False while one is pending), ``parse_wanted`` the background.
+        self.unparsed = self.parse_wanted = lazyparse.any_pending(self.conn)
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
         # (sessions never mutate it): N clients on one big INBOX cost one array, not N.
         self._uid_cache: dict[int, tuple[tuple[int, int], array[int]]] = {}
         self._generation: dict[int, int] = {}  # bumped whenever a mailbox's UID set changes
+        self.syncer = MaildirSync(self)  # new/ and cur/ into the index (store.sync)
         self.discover(initial=True)
         self.writer = IndexWriter(self)  # STORE, EXPUNGE, APPEND, COPY/MOVE, deliveries
         self.own_reader = IndexReader(self.conn, root)
@@ -351,251 +355,17 @@ class UserIndex:
             names = self._keywords[box.id] = fl.read_keywords(box.path)
         return names
 
-    # --- sync --------------------------------------------------------------------------
-    def sync(self, box: Mailbox, *, full: bool = False, full_text: bool = True) -> Mailbox:
-        """Pick up new and foreign changes (see the module docstring); returns fresh state.
-        ``full_text=False`` leaves the new messages' full-text rows to the backfill."""
-        cur = box.path / "cur"
-        try:
-            before = os.stat(cur).st_mtime_ns
-        except FileNotFoundError:
-            ensure_maildir(box.path)
-            before = os.stat(cur).st_mtime_ns
-        moved = self._move_new(box)
-        if moved:
-            # Delivery may have given a new keyword a letter (a Sieve script's addflag):
-            # read dovecot-keywords again before the new files' letters are decoded.
-            self._keywords.pop(box.id, None)
-        # The mtime to remember is the one taken before cur/ is listed (after our own moves):
-        # a change during the listing then shows as a new mtime and is scanned next time.
-        current = os.stat(cur).st_mtime_ns if moved else before
-        if full or before != box.cur_mtime:
-            self._scan_cur(box, current)  # foreign changes: indexed in full, as always
-        elif moved:
-            self._add_files(box, moved, rebuild=False, full_text=full_text)
-            self._set_cur_mtime(box, current)
-        return self.mailbox(box.name)
-
-    def _move_new(self, box: Mailbox) -> list[str]:
-        """Move ``new/`` files to ``cur/`` (as Dovecot does once a client saw them)."""
-        moved: list[str] = []
-        new_dir, cur_dir = box.path / "new", box.path / "cur"
-        try:
-            names = sorted(n for n in os.listdir(new_dir) if not n.startswith("."))
-        except FileNotFoundError:
-            return moved
-        for fname in names:
-            base, info = fl.split_filename(fname)
-            target = f"{base}:2,{info}"
-            try:
-                os.rename(new_dir / fname, cur_dir / target)
-            except FileNotFoundError:
-                continue
-            moved.append(target)
-        return moved
-
-    def _set_cur_mtime(self, box: Mailbox, mtime: int) -> None:
-        with db.Transaction(self.conn):
-            self.conn.execute("UPDATE mailboxes SET cur_mtime = ? WHERE id = ?", (mtime, box.id))
-        box.cur_mtime = mtime
-
-    def _scan_cur(self, box: Mailbox, mtime: int) -> None:
-        on_disk: dict[str, str] = {}
-        for fname in os.listdir(box.path / "cur"):
-            if not fname.startswith("."):
-                on_disk[fl.split_filename(fname)[0]] = fname
-        gone: list[int] = []
-        renamed: list[tuple[int, str]] = []
-        for uid, base, fname in self.conn.execute(
-            "SELECT uid, base, fname FROM messages WHERE mailbox_id = ?", (box.id,)
-        ):
-            current = on_disk.pop(base, None)
-            if current is None:
-                gone.append(uid)
-            elif current != fname:
-                renamed.append((uid, current))
-        # Reuse dovecot-uidlist UIDs only for a mailbox the index has never seen change
-        # (a new or rebuilt index); later, unknown files always get new, higher UIDs.
-        rebuild = box.highestmodseq <= 1
-        if gone:
-            self._remove_rows(box, gone)
-        if renamed:
-            self._reflag(box, renamed)
-        if on_disk:
-            self._add_files(box, sorted(on_disk.values()), rebuild=rebuild)
-        if gone:
-            self._rewrite_uidlist(box)
-        self._set_cur_mtime(box, mtime)
-
-    def _next_modseq(self, box: Mailbox) -> int:
-        box.highestmodseq += 1
-        return box.highestmodseq
-
-    def _remove_rows(self, box: Mailbox, uids: list[int]) -> None:
-        self._generation[box.id] = self._generation.get(box.id, 0) + 1
-        modseq = self._next_modseq(box)
-        with db.Transaction(self.conn):
-            for i in range(0, len(uids), 500):
-                chunk = uids[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                self.conn.execute(
-                    f"DELETE FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",
-                    (box.id, *chunk),
-                )
-                for table in ("message_data", "message_search"):
-                    self.conn.execute(
-                        f"DELETE FROM {table} WHERE mailbox_id = ? AND uid IN ({marks})",
-                        (box.id, *chunk),
-                    )
-            # RFC 7162 §3.2.7: remember each expunged UID with the modseq of its expunge.
-            tombstones.record(self.conn, box.id, modseq, uids)
-            self.conn.execute(
-                "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
-            )
-
-    def _reflag(self, box: Mailbox, renamed: list[tuple[int, str]]) -> None:
-        names = self.keyword_names(box)
-        modseq = self._next_modseq(box)
-        with db.Transaction(self.conn):
-            for uid, fname in renamed:
-                mask, keywords = fl.parse_info(fl.split_filename(fname)[1], names)
-                self.conn.execute(
-                    "UPDATE messages SET flags = ?, keywords = ?, fname = ?, modseq = ?"
-                    " WHERE mailbox_id = ? AND uid = ?",
-                    (mask, " ".join(keywords), fname, modseq, box.id, uid),
-                )
-            self.conn.execute(
-                "UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id)
-            )
-
-    def _add_files(
-        self, box: Mailbox, fnames: list[str], *, rebuild: bool, full_text: bool = True
-    ) -> list[int]:
-        """Index files already in ``cur/``; ``rebuild`` reuses UIDs from dovecot-uidlist."""
-        self._generation[box.id] = self._generation.get(box.id, 0) + 1
-        known = uidlist.read(box.path) if rebuild else None
-        if known is not None and known.uidvalidity != box.uidvalidity:
-            known = None
-        used: set[int] = set()
-        if known is not None:
-            used = {
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT uid FROM messages WHERE mailbox_id = ?", (box.id,)
-                )
-            }
-            box.uidnext = max(box.uidnext, known.next_uid)
-        names = self.keyword_names(box)
-        assigned: list[tuple[int, str]] = []  # (UID, file name)
-        pending: list[tuple[str, str]] = []
-        for fname in fnames:
-            base = fl.split_filename(fname)[0]
-            uid = known.uids.get(base) if known is not None else None
-            if uid is not None and uid not in used:
-                used.add(uid)
-                assigned.append((uid, fname))
-            else:
-                pending.append((base, fname))
-        for _, fname in pending:
-            assigned.append((box.uidnext, fname))
-            box.uidnext += 1
-        modseq = self._next_modseq(box)
-        # New mail is searchable at once; a big batch (a Maildir copied in) must not make
-        # the first SELECT wait for its full-text index: the backfill does it later.
-        texts = full_text and self.full_text and len(assigned) <= fulltext.INLINE_MAX
-        if self.full_text and not texts and assigned:
-            self.backfill_wanted = True
-        added: list[int] = []
-        for start in range(0, len(assigned), 500):
-            rows = []
-            for uid, fname in assigned[start : start + 500]:
-                row = self._index_row(box, uid, fname, names, modseq, texts=texts)
-                if row is not None:
-                    rows.append(row)
-            self._insert(box, rows)
-            added += [r[0][1] for r in rows]
-        with db.Transaction(self.conn):
-            self.conn.execute(
-                "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
-                (box.uidnext, box.highestmodseq, box.id),
-            )
-        if known is None:
-            uidlist.append(
-                box.path,
-                box.uidvalidity,
-                box.uidnext,
-                [(uid, fl.split_filename(f)[0]) for uid, f in assigned],
-            )
-        else:
-            self._rewrite_uidlist(box)
-        return added
-
-    def _index_row(
-        self, box: Mailbox, uid: int, fname: str, names: list[str], modseq: int, *, texts: bool
-    ) -> IndexRow | None:
-        path = box.path / "cur" / fname
-        try:
-            with open(path, "rb") as f:
-                stat = os.fstat(f.fileno())
-                data = mime.to_crlf(f.read())
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            return None
-        base, info = fl.split_filename(fname)
-        mask, keywords = fl.parse_info(info, names)
-        parsed = mime.parse(data)
-        header = data[: parsed.header_end]
-        message = (
-            box.id,
-            uid,
-            mask,
-            " ".join(keywords),
-            modseq,
-            int(stat.st_mtime),
-            len(data),
-            parsed.sent_date,
-            base,
-            fname,
-        )
-        extra = (
-            box.id,
-            uid,
-            json.dumps(parsed.envelope, separators=(",", ":")),
-            json.dumps(parsed.structure, separators=(",", ":")),
-            header,
-            mime.header_search_text(parsed.fields),
-        )
-        body_header = search_texts(data, parsed.structure, parsed.header_end) if texts else None
-        return message, extra, body_header
-
-    def _insert(self, box: Mailbox, rows: list[IndexRow]) -> None:
-        with db.Transaction(self.conn):
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [r[0] for r in rows],
-            )
-            # The search text lives in its own narrow table so a header SEARCH scans only it.
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO message_data VALUES (?, ?, ?, ?, ?)",
-                [r[1][:5] for r in rows],
-            )
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO message_search VALUES (?, ?, ?)",
-                [(r[1][0], r[1][1], r[1][5]) for r in rows],
-            )
-            fulltext.add(self.conn, ((box.id, r[0][1], *r[2]) for r in rows if r[2] is not None))
-            # UIDNEXT commits with the rows: were it a later transaction, a crash in between
-            # would leave rows at or above UIDNEXT, whose UIDs the next message would take.
-            self.conn.execute(
-                "UPDATE mailboxes SET uidnext = max(uidnext, ?),"
-                " highestmodseq = max(highestmodseq, ?) WHERE id = ?",
-                (box.uidnext, box.highestmodseq, box.id),
-            )
-
-    def _rewrite_uidlist(self, box: Mailbox) -> None:
-        rows = self.conn.execute(
-            "SELECT uid, base FROM messages WHERE mailbox_id = ? ORDER BY uid", (box.id,)
-        )
-        uidlist.write(box.path, box.uidvalidity, box.uidnext, ((r[0], r[1]) for r in rows))
+    # --- sync (pillarbox.store.sync) -------------------------------------------------------
+    def sync(
+        self,
+        box: Mailbox,
+        *,
+        full: bool = False,
+        full_text: bool = True,
+        delivered: Mapping[str, int] | None = None,
+    ) -> Mailbox:
+        """Pick up new and foreign changes (see store.sync); returns fresh state."""
+        return self.syncer.sync(box, full=full, full_text=full_text, delivered=delivered)
 
     # --- full-text index (store.fulltext) ------------------------------------------------
     def _any_pending(self) -> bool:
@@ -616,6 +386,70 @@ class UserIndex:
         box = self.mailbox(name)
         cursor = fulltext.backfill(self.conn, self.root, (box.id, after), limit, box.id)
         return None if cursor is None else cursor[1]
+
+    # --- messages not parsed yet (store.lazyparse) ----------------------------------------
+    def parse_pending(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        *,
+        sizes_only: bool = False,
+        changed_since: int = 0,
+        limit: int,
+        full_text: bool = False,
+    ) -> tuple[int, int] | None:
+        """Parse the first ``limit`` pending messages of mailbox ``name`` in ``ranges``
+        (modseq above ``changed_since``); with ``sizes_only`` give the unsized ones their
+        size only. Returns (the last UID looked at, how many), or None when none is left."""
+        if self.closed:
+            return None
+        box = self.mailbox(name)
+        found = lazyparse.pending_in(
+            self.conn, box.id, ranges, unsized_only=sizes_only, changed_since=changed_since,
+            limit=limit,
+        )  # fmt: skip
+        if not found:
+            return None
+        if sizes_only:
+            lazyparse.measure(self.conn, box.path, box.id, found)
+        else:
+            lazyparse.parse(
+                self.conn, box.path, box.id, found, full_text=full_text and self.full_text
+            )
+        return found[-1][0], len(found)
+
+    def parse_backlog(self, after: tuple[int, int], limit: int) -> tuple[int, int] | None:
+        """Parse one chunk of pending messages of any mailbox, with their full-text rows
+        (see ``lazyparse.backlog``); None: done, or the index was closed meanwhile."""
+        if self.closed:
+            return None
+        return lazyparse.backlog(self.conn, self.root, after, limit, full_text=self.full_text)
+
+    def settle_parse(self) -> None:
+        """After a background pass: the readers stop looking once nothing is pending."""
+        if not self.closed:
+            self.unparsed = lazyparse.any_pending(self.conn)
+
+    def unsized_mailboxes(self) -> list[str]:
+        """Names of the mailboxes with messages whose CRLF size is not known yet."""
+        rows = self.conn.execute(
+            "SELECT name FROM mailboxes WHERE id IN"
+            " (SELECT mailbox_id FROM parse_pending WHERE sized = 0)"
+        )
+        return [r[0] for r in rows]
+
+    def measure_sizes(self) -> None:
+        """Give every pending message its CRLF size (what the usage sums)."""
+        if not self.unparsed:
+            return
+        for name in self.unsized_mailboxes():
+            after = 0
+            while True:
+                done = self.parse_pending(name, [(after + 1, 0xFFFFFFFF)], sizes_only=True,
+                                          limit=CHUNK)  # fmt: skip
+                if done is None:
+                    break
+                after = done[0]
 
     # --- reading -------------------------------------------------------------------------
     def status(self, name: str) -> StatusInfo:
@@ -642,6 +476,7 @@ class UserIndex:
     def usage(self) -> int:
         """Bytes of the user's mail in every folder, indexed or waiting in ``new/``
         (see ``store/quota.py``): what a quota limits."""
+        self.measure_sizes()
         folders = [self.root]
         for (name,) in self.conn.execute("SELECT name FROM mailboxes WHERE name != ?", (INBOX,)):
             with contextlib.suppress(BadMailboxName):
@@ -826,20 +661,29 @@ class UserIndex:
         return self._rows_in(box, ranges, columns)
 
     def add_files(self, box: Mailbox, fnames: list[str]) -> list[int]:
-        """Index files already in ``cur/`` (APPEND's), with new UIDs."""
-        return self._add_files(box, fnames, rebuild=False)
+        """Index files already in ``cur/`` (APPEND's, an import's), with new UIDs."""
+        return self.syncer.add_files(box, fnames, rebuild=False)
 
     def remove_rows(self, box: Mailbox, uids: list[int]) -> None:
-        self._remove_rows(box, uids)
+        self.syncer.remove_rows(box, uids)
 
     def rewrite_uidlist(self, box: Mailbox) -> None:
-        self._rewrite_uidlist(box)
+        self.syncer.rewrite_uidlist(box)
 
     def set_cur_mtime(self, box: Mailbox, mtime: int) -> None:
-        self._set_cur_mtime(box, mtime)
+        self.syncer.set_cur_mtime(box, mtime)
 
     def next_modseq(self, box: Mailbox) -> int:
-        return self._next_modseq(box)
+        return self.syncer.next_modseq(box)
+
+    # --- the interface MaildirSync uses (store.sync.SyncedIndex) --------------------------
+    def forget_keywords(self, box: Mailbox) -> None:
+        """Read ``dovecot-keywords`` again next time (another writer may have added one)."""
+        self._keywords.pop(box.id, None)
+
+    def uids_changed(self, box: Mailbox) -> None:
+        """The mailbox's UID set changes: a cached UID list of it is stale."""
+        self._generation[box.id] = self._generation.get(box.id, 0) + 1
 
     # --- writing (pillarbox.store.writes) ----------------------------------------------------
     def store(
@@ -865,8 +709,8 @@ class UserIndex:
     ) -> tuple[int, int]:
         return self.writer.append(name, data, flags, internal_date, limit=limit)
 
-    def take_delivered(self, names: list[str]) -> None:
-        self.writer.take_delivered(names)
+    def take_delivered(self, names: list[str], sizes: Mapping[str, int]) -> None:
+        self.writer.take_delivered(names, sizes)
 
     def copy(
         self,

@@ -23,9 +23,10 @@ Delivery: :meth:`MailStore.deliver` is the one way mail arrives from outside IMA
 Sieve ``fileinto``, the queue's reports). It writes the file durably into the folder's
 ``new/`` (``store.maildir.MaildirWriter``: parallel file fsyncs, group-committed directory
 fsyncs), then indexes it under the user's index lock (the sync moves it to ``cur/`` and gives
-it its UID, MODSEQ, parsed envelope and header rows, and quota usage; the full-text row,
-the dearest part, is left to the backfill that the user's next session starts), then tells
-the watchers (IDLE sessions). Concurrent deliveries to one user share one turn of the lock
+it its UID, MODSEQ, small row with the CRLF size of the bytes in hand, and quota usage; the
+parse and the full-text row, the dearest parts, are left to the background job that the
+user's next session starts, see ``store.lazyparse``), then tells the watchers (IDLE
+sessions). Concurrent deliveries to one user share one turn of the lock
 (:meth:`UserMailboxes.index_delivered`), and the index of a user without sessions stays open
 ``DELIVERY_LINGER`` seconds, so a burst of mail opens it once. A message over
 ``INDEX_AT_DELIVERY_MAX`` is left in ``new/`` for the next sync, which parses it then (as
@@ -33,6 +34,10 @@ before delivery indexed), so SMTP's memory does not grow with the size of the ma
 Maildir write is the commit point: if indexing fails or the process dies before it, the
 file waits in ``new/`` and the next sync indexes it, exactly once (see
 ``IndexWriter.take_delivered`` in ``store.writes``).
+
+Lazy parsing (``store.lazyparse``): a read that needs columns of messages not parsed yet
+parses those first (``_parse_first``), and the background task below parses the rest with
+their full-text rows, pausing while a command waits for a parse.
 
 Full-text backfill: messages the index took in bulk (see ``store.fulltext``) are indexed by
 one background task per open user, a chunk of ``BACKFILL_CHUNK`` messages per turn of the
@@ -59,11 +64,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
-from pillarbox.mailstore.filters import SearchFilter
+from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+from pillarbox.mime import to_crlf
 from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
+from pillarbox.store.flags import split_filename
 from pillarbox.store.index import UserIndex
+from pillarbox.store.lazyparse import needs_parsed
 from pillarbox.store.maildir import (
     MaildirWriter,
     Part,
@@ -91,6 +99,9 @@ LEARN_MAX = 100  # messages read for learning per command
 QuotaLookup = Callable[[str], int]
 JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
 BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
+PARSE_CHUNK = 200  # messages parsed per turn of the index lock (store.lazyparse)
+DEMAND_CHUNK = 500  # the same for a command waiting for them (fewer turns, same waits)
+ALL_UIDS = 0xFFFFFFFF
 # Bigger deliveries are indexed by the next sync (an IMAP or POP3 session's), not at once:
 # parsing reads the whole message, and SMTP's memory must not grow with the message size.
 INDEX_AT_DELIVERY_MAX = 1 << 20
@@ -114,9 +125,15 @@ class UserMailboxes:
         self.refs = 0
         self._backfilling = False
         self._changes = ChangesBatcher(self._run, index)  # one sync per mailbox, not session
-        # Folders delivery wrote into, each with the deliveries waiting for their index row.
+        # Folders delivery wrote into, each with the deliveries waiting for their index row,
+        # and the CRLF sizes of the files by base name.
         self._delivered: dict[str, list[asyncio.Future[None]]] = {}
+        self._delivered_sizes: dict[str, int] = {}
         self._indexer: asyncio.Task[None] | None = None
+        # Commands waiting for a parse (_parse_first); the background waits for none.
+        self._demand = 0
+        self._no_demand = asyncio.Event()
+        self._no_demand.set()
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         index = self._index
@@ -129,9 +146,11 @@ class UserMailboxes:
         return await loop.run_in_executor(self._store.executor, locked)
 
     def _backfill_soon(self) -> None:
-        """Start the full-text backfill if the index left messages for it (see the module
-        docstring); one task per user at a time."""
-        if self._index.backfill_wanted and not self._backfilling:
+        """Start the background parse and full-text backfill if the index left messages
+        for them (see the module docstring); one task per user at a time."""
+        index = self._index
+        parse = index.parse_wanted and self._store.parse_in_background
+        if (parse or index.backfill_wanted) and not self._backfilling:
             self._backfilling = True
             self.refs += 1  # the index stays open until it is done, sessions or not
             self._store.spawn(self._backfill(), what="full-text backfill")
@@ -139,14 +158,69 @@ class UserMailboxes:
     async def _backfill(self) -> None:
         index = self._index
         try:
-            while index.backfill_wanted and not index.closed and not self._store.closing:
+            # The parse first: it writes the full-text rows of what it parses as well.
+            while index.parse_wanted and self._store.parse_in_background and not self._stopping:
+                index.parse_wanted = False  # set again by any bulk add meanwhile
+                parsed: tuple[int, int] | None = (0, 0)
+                while parsed is not None and not self._stopping:
+                    await self._no_demand.wait()  # a command waiting for a parse goes first
+                    parsed = await self._run(index.parse_backlog, parsed, PARSE_CHUNK)
+                await self._run(index.settle_parse)
+            while index.backfill_wanted and not self._stopping:
                 index.backfill_wanted = False  # set again by any bulk add meanwhile
                 cursor: tuple[int, int] | None = (0, 0)
                 while cursor is not None and not self._store.closing:
+                    await self._no_demand.wait()
                     cursor = await self._run(index.backfill_full_text, cursor, BACKFILL_CHUNK)
         finally:
             self._backfilling = False
             await self.release()
+
+    @property
+    def _stopping(self) -> bool:
+        return self._index.closed or self._store.closing
+
+    async def _parse_first(
+        self,
+        name: str,
+        ranges: list[tuple[int, int]],
+        *,
+        sizes_only: bool = False,
+        changed_since: int = 0,
+        limit: int | None = None,
+        full_text: bool = False,
+    ) -> bool:
+        """Parse the pending messages a read of (the first ``limit`` messages of) ``ranges``
+        is about to see, a chunk per turn of the index lock (see store.lazyparse); with
+        ``sizes_only`` just their CRLF sizes, with ``full_text`` their full-text rows too.
+        Whether there were any. The background parse waits meanwhile: its chunks would
+        only make the command wait longer."""
+        if not self._index.unparsed or not ranges:
+            return False
+        if not await self._read(lambda r: r.unparsed_in(name, ranges, sizes_only=sizes_only)):
+            return False
+        left = limit
+        todo = ranges
+        self._demand += 1
+        self._no_demand.clear()
+        try:
+            while todo and (left is None or left > 0) and not self._stopping:
+                chunk = DEMAND_CHUNK if left is None else min(DEMAND_CHUNK, left)
+                done = await self._run(
+                    self._index.parse_pending, name, todo, sizes_only=sizes_only,
+                    changed_since=changed_since, limit=chunk, full_text=full_text,
+                )  # fmt: skip
+                if done is None:
+                    break
+                last, count = done
+                todo = [(max(lo, last + 1), hi) for lo, hi in todo if hi > last]
+                if left is not None:
+                    left -= count
+        finally:
+            self._demand -= 1
+            if not self._demand:
+                self._no_demand.set()
+        return True
 
     async def full_text_pending(self, name: str, max_uid: int) -> int | None:
         """Messages up to ``max_uid`` the full-text index does not cover yet; None when
@@ -159,6 +233,8 @@ class UserMailboxes:
         """Index what the full-text index lacks of mailbox ``name`` now, a chunk per turn
         of the index lock: a body search would otherwise read those messages itself, which
         costs as much as indexing them and leaves nothing for the next search."""
+        # Messages not parsed yet get both from one read of their file (store.lazyparse).
+        await self._parse_first(name, [(1, ALL_UIDS)], full_text=True)
         after: int | None = 0
         while after is not None and not self._store.closing:
             after = await self._run(self._index.catch_up_full_text, name, after, BACKFILL_CHUNK)
@@ -176,14 +252,16 @@ class UserMailboxes:
 
         return await asyncio.get_running_loop().run_in_executor(self._store.executor, pooled)
 
-    async def index_delivered(self, folder: str) -> None:
-        """Index what delivery wrote into ``folder``'s ``new/``; returns once it is indexed.
+    async def index_delivered(self, folder: str, sizes: dict[str, int]) -> None:
+        """Index what delivery wrote into ``folder``'s ``new/`` (``sizes``: the CRLF sizes
+        of the files it knows, by base name); returns once it is indexed.
 
         Group commit: the deliveries that arrive while the index is busy are indexed
         together in its next turn, so N concurrent deliveries to one user take about two
         turns of the index lock and one store worker, not N of each."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._delivered.setdefault(folder, []).append(done)
+        self._delivered_sizes.update(sizes)
         if self._indexer is None:
             # A task of its own: a delivery whose caller gives up (an SMTP client gone) must
             # not leave the others' futures unanswered.
@@ -194,9 +272,10 @@ class UserMailboxes:
         try:
             while self._delivered:
                 batch, self._delivered = self._delivered, {}
+                sizes, self._delivered_sizes = self._delivered_sizes, {}
                 failure: Exception | None = None
                 try:
-                    await self._run(self._index.take_delivered, sorted(batch))
+                    await self._run(self._index.take_delivered, sorted(batch), sizes)
                 except Exception as exc:
                     failure = exc
                 for done in itertools.chain.from_iterable(batch.values()):
@@ -240,7 +319,10 @@ class UserMailboxes:
         await self._run(self._index.subscribe, name, on)
 
     async def status(self, name: str) -> StatusInfo:
-        return await self._run(self._index.status, name)
+        info = await self._run(self._index.status, name)
+        if await self._parse_first(name, [(1, ALL_UIDS)], sizes_only=True):
+            info = await self._run(self._index.status, name)  # SIZE counts CRLF sizes
+        return info
 
     # --- selected mailbox
     async def select(self, name: str, readonly: bool) -> SelectInfo:
@@ -276,6 +358,9 @@ class UserMailboxes:
         limit: int,
         changed_since: int = 0,
     ) -> list[FetchRow]:
+        await self._parse_first(
+            name, ranges, sizes_only=not data, changed_since=changed_since, limit=limit
+        )
         return await self._read(
             lambda reader: reader.fetch(
                 name, ranges, data=data, limit=limit, changed_since=changed_since
@@ -283,6 +368,8 @@ class UserMailboxes:
         )
 
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
+        if needs_parsed(where):
+            await self._parse_first(name, [(1, ALL_UIDS)])
         return await self._read(lambda reader: reader.search_uids(name, where))
 
     async def fetch_flags(
@@ -293,6 +380,10 @@ class UserMailboxes:
     async def search_rows(
         self, name: str, lo: int, hi: int, header: bool, where: SearchFilter, limit: int
     ) -> list[SearchRow]:
+        # The caller checks these rows against the whole program, whatever ``where`` says:
+        # every row it can get must be parsed (the first ``limit`` if nothing filters).
+        everything = where is None or where == ALL
+        await self._parse_first(name, [(lo, hi)], limit=limit if everything else None)
         return await self._read(
             lambda reader: reader.search_rows(name, lo, hi, header=header, where=where, limit=limit)
         )
@@ -353,7 +444,15 @@ class UserMailboxes:
     async def quota(self) -> tuple[int, int]:
         """(bytes used, bytes allowed); 0 allowed = no limit."""
         limit = self._store.quota_limit(self.user)
-        return await self._run(self._index.usage), limit
+        return await self.usage(), limit
+
+    async def usage(self) -> int:
+        """Bytes of the user's mail; sizes not known yet are measured first, a chunk per
+        turn of the index lock, so that the usage step itself has none left to do."""
+        if self._index.unparsed:
+            for name in await self._run(self._index.unsized_mailboxes):
+                await self._parse_first(name, [(1, ALL_UIDS)], sizes_only=True)
+        return await self._run(self._index.usage)
 
     # --- learning hook (see the module docstring)
     def _special_uses(self, *names: str) -> list[str | None]:
@@ -434,6 +533,9 @@ class MailStore:
         self._users: dict[str, UserMailboxes] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self.learner: Learner | None = None
+        # Parse what the index took unparsed in the background (store.lazyparse); off, the
+        # readers still parse whatever they read first (a test sees them do it).
+        self.parse_in_background = True
         self._tasks: set[asyncio.Task[None]] = set()
         self._quota_of: QuotaLookup = _no_quota
 
@@ -453,7 +555,7 @@ class MailStore:
         session has it open."""
         handle = await self.open(user)
         try:
-            return await handle._run(handle._index.usage)
+            return await handle.usage()
         finally:
             await handle.release()
 
@@ -541,14 +643,14 @@ class MailStore:
         stored = await self._writer.write(path, message, prefix=prefix, info=info)
         try:
             if (size_in_name(stored.name) or 0) <= INDEX_AT_DELIVERY_MAX:
-                await self._index_delivered(user, folder)
+                await self._index_delivered(user, folder, _crlf_sizes(stored, prefix, message))
         except Exception:
             _log.error("indexing delivered mail failed, left to the next sync",
                        user=user, folder=folder, file=stored.name, exc_info=True)  # fmt: skip
         self.hub.publish(user, folder)
         return stored
 
-    async def _index_delivered(self, user: str, folder: str) -> None:
+    async def _index_delivered(self, user: str, folder: str, sizes: dict[str, int]) -> None:
         if self.closing:
             return  # the indexes are closed: the next start's sync indexes the file
         lingering = self._lingering.get(user)
@@ -559,7 +661,7 @@ class MailStore:
             handle = await self.open(user, backfill=False)
         try:
             self._linger(handle)
-            await handle.index_delivered(folder)
+            await handle.index_delivered(folder, sizes)
         finally:
             await handle.release()
 
@@ -608,6 +710,15 @@ class MailStore:
             handle.refs = 1
             await self.release(handle)
         self.executor.shutdown(wait=False)
+
+
+def _crlf_sizes(stored: Path, prefix: bytes, message: Sequence[Part]) -> dict[str, int]:
+    """{base name: RFC822.SIZE} of a delivered file whose bytes are all in memory (the
+    index then needs no read to know it), else {} (a spooled part: measured later)."""
+    if not all(isinstance(part, bytes) for part in message):
+        return {}
+    data = b"".join([prefix, *message])  # type: ignore[list-item]
+    return {split_filename(stored.name)[0]: len(to_crlf(data))}
 
 
 def delivery_headers(sender: str, user: str) -> bytes:

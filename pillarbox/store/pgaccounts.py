@@ -17,15 +17,14 @@ class only stores. Two constraints shaped it:
   reconnection (notifications sent while it was away are lost). A write through this
   object reloads at once, so the CLI and the web admin see their own changes.
 
-Domains stay in the config (each node's), not in the database. Sieve scripts still live
-in the node's SQLite database (not shared yet); deleting a user deletes its scripts there
-too, as the SQLite store does.
+Domains stay in the config (each node's), not in the database. Deleting a user deletes its
+Sieve scripts (``pgsieve``'s tables, in the same database) in the same transaction, as the
+SQLite store does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,9 +32,10 @@ from dataclasses import dataclass, field
 import psycopg
 
 from pillarbox import log
+from pillarbox import postgres as pg
 from pillarbox.config import Settings
 from pillarbox.core.address import normalize_domain
-from pillarbox.store import db, pg
+from pillarbox.store import pgsieve
 from pillarbox.store.accounts import AccountError, Accounts, UserInfo
 
 _log = log.get("store")
@@ -67,9 +67,6 @@ MIGRATIONS = [
     """,
 ]
 
-# How long the listener waits between reconnection attempts when the database is away.
-RECONNECT_DELAY = 1.0
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -91,27 +88,22 @@ class PgAccounts(Accounts):
         self.changed = False
         self.domains = frozenset(normalize_domain(d) for d in settings.domains)
         self._dsn = settings.store.dsn
-        self._sqlite_path = settings.database_path
         self.pool = pg.open_pool(self._dsn, name=COMPONENT, size=settings.store.pool_size)
         try:
             with self.pool.connection() as conn:
                 pg.migrate(conn, COMPONENT, MIGRATIONS)
+                # The users' Sieve scripts live beside them; delete_user removes them too.
+                pg.migrate(conn, pgsieve.COMPONENT, pgsieve.MIGRATIONS)
             self._snapshot = self._load()
         except BaseException:
             self.pool.close()
             raise
-        self._stopping = threading.Event()
-        self._listener: threading.Thread | None = None
-        if follow:
-            self._listener = threading.Thread(
-                target=self._follow, name="accounts-listen", daemon=True
-            )
-            self._listener.start()
+        # A server's store keeps up with the other nodes' writes (see the module docstring).
+        self._follower = pg.Follower(self._dsn, CHANNEL, self.reload) if follow else None
 
     def close(self) -> None:
-        self._stopping.set()
-        if self._listener is not None:
-            self._listener.join(5)
+        if self._follower is not None:
+            self._follower.stop()
         self.pool.close()
 
     # -- the snapshot -----------------------------------------------------------------
@@ -155,20 +147,6 @@ class PgAccounts(Accounts):
     def forget_cached(self) -> None:
         """Another process changed the accounts: read them again (blocking: from a thread)."""
         self.reload()
-
-    def _follow(self) -> None:
-        """The listener thread: reload on every notification, and after (re)connecting."""
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(self._dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.reload()  # whatever changed while we were not listening
-                    while not self._stopping.is_set():
-                        if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
-                            self.reload()
-            except psycopg.Error as exc:
-                _log.warning("accounts listener reconnecting", error=str(exc))
-                self._stopping.wait(RECONNECT_DELAY)
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[pg.Connection]:  # type: ignore[override]
@@ -223,23 +201,11 @@ class PgAccounts(Accounts):
             count = c.execute("DELETE FROM account_users WHERE address = %s", (addr,)).rowcount
             c.execute("DELETE FROM account_aliases WHERE target = %s", (addr,))
             c.execute("DELETE FROM account_send_as WHERE user_address = %s", (addr,))
+            # A user made again under this address must not inherit the old filters (a
+            # redirect would send the newcomer's mail to someone else) or vacation memory.
+            pgsieve.delete_user_rows(c, addr)
         if count == 0:
             raise AccountError(f"no such user: {addr}")
-        self._delete_local_sieve(addr)
-
-    def _delete_local_sieve(self, user: str) -> None:
-        """A user made again under this address must not inherit the old filters (see
-        Accounts.delete_user); the scripts are still in this node's SQLite database."""
-        if not self._sqlite_path.exists():
-            return
-        conn = db.connect(self._sqlite_path)
-        try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sieve_scripts'").fetchone():
-                with db.Transaction(conn) as c:
-                    c.execute("DELETE FROM sieve_scripts WHERE user = ?", (user,))
-                    c.execute("DELETE FROM sieve_vacation WHERE user = ?", (user,))
-        finally:
-            conn.close()
 
     def is_admin(self, address: str) -> bool:
         user = self._snapshot.users.get(address)

@@ -4,10 +4,12 @@ Kept in the accounts database (``pillarbox.db``, ``Settings.database_path``) as 
 of the "sieve" schema component (``store/db.py`` migrations), so a backup of the accounts
 carries the filters with them and the CLI, ManageSieve and delivery share one truth.
 
-Interface (synchronous and thread-safe: one connection, one lock; callers on the event
-loop run it in a thread like every other store call):
+Interface (``SieveStore``; synchronous and thread-safe; callers on the event loop run it
+in a thread like every other store call):
 
-- ``SieveScripts(db_path)``; ``close()``.
+- ``open_sieve_scripts(settings, follow=...)`` picks the store ``[store] backend`` names:
+  ``SieveScripts(db_path)`` here (one connection, one lock), or ``PgSieveScripts``
+  (``store/pgsieve.py``) in PostgreSQL, shared by every node; ``close()``.
 - ``list(user) -> list[tuple[str, bool]]``: (name, active), sorted by name.
 - ``get(user, name) -> str | None``.
 - ``put(user, name, text)``: create or replace. Callers run ``pillarbox.sieve.check``
@@ -40,7 +42,9 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from pillarbox.config import Settings
 from pillarbox.store.db import Transaction, connect, migrate
 
 MAX_SCRIPT_BYTES = 64 * 1024
@@ -101,6 +105,63 @@ def normalize_name(name: str) -> str:
         if code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029):
             raise SieveScriptError(None, f"a script name cannot contain U+{code:04X}")
     return name
+
+
+class SieveStore(Protocol):
+    """The scripts and vacation memory, whichever database holds them (see the module
+    docstring for the semantics every implementation keeps)."""
+
+    def close(self) -> None: ...
+    def has_active(self, user: str) -> bool: ...
+    def list(self, user: str) -> list[tuple[str, bool]]: ...
+    def get(self, user: str, name: str) -> str | None: ...
+    def put(self, user: str, name: str, text: str) -> None: ...
+    def delete(self, user: str, name: str) -> None: ...
+    def rename(self, user: str, old: str, new: str) -> None: ...
+    def set_active(self, user: str, name: str | None) -> None: ...
+    def active(self, user: str) -> tuple[str, str] | None: ...
+    def active_script(self, user: str) -> StoredScript | None: ...
+    def space_used(self, user: str) -> int: ...
+    def check_space(self, user: str, name: str, size: int) -> None: ...
+    def delete_user(self, user: str) -> None: ...
+    def vacation_due(self, user: str, sender: str, handle: str, days_seconds: float) -> bool: ...
+
+
+def open_sieve_scripts(settings: Settings, *, follow: bool = False) -> SieveStore:
+    """The script store ``[store] backend`` names. ``follow``: a long-lived server's,
+    which, on PostgreSQL, keeps up with other nodes' activations (see pgsieve.py)."""
+    if settings.store.backend == "postgresql":
+        from pillarbox.store.pgsieve import PgSieveScripts
+
+        return PgSieveScripts(settings, follow=follow)
+    return SieveScripts(settings.database_path)
+
+
+def quota_error(user_scripts: int, replacing: bool, size: int) -> SieveScriptError | None:
+    """The QUOTA refusal for storing a script of ``size`` bytes for a user who has
+    ``user_scripts`` scripts (``replacing``: one of them has this name), or None."""
+    if size > MAX_SCRIPT_BYTES:
+        return SieveScriptError(
+            "QUOTA", f"a script is at most {MAX_SCRIPT_BYTES} bytes (this one: {size})", "MAXSIZE"
+        )
+    if not replacing and user_scripts >= MAX_SCRIPTS:
+        return SieveScriptError(
+            "QUOTA", f"a user has at most {MAX_SCRIPTS} scripts; delete one first", "MAXSCRIPTS"
+        )
+    return None
+
+
+def no_such_script(name: str) -> SieveScriptError:
+    return SieveScriptError("NONEXISTENT", f'there is no script named "{name}"')
+
+
+def active_not_deletable(name: str) -> SieveScriptError:
+    # RFC 5804 §2.10: the active script cannot be deleted.
+    return SieveScriptError("ACTIVE", f'"{name}" is the active script; deactivate it first')
+
+
+def name_taken(name: str) -> SieveScriptError:
+    return SieveScriptError("ALREADYEXISTS", f'a script named "{name}" exists')
 
 
 class SieveScripts:
@@ -166,10 +227,7 @@ class SieveScripts:
         with self.lock, Transaction(self.conn) as c:
             row = self._row(c, user, name)
             if row["active"]:
-                # RFC 5804 §2.10: the active script cannot be deleted.
-                raise SieveScriptError(
-                    "ACTIVE", f'"{name}" is the active script; deactivate it first'
-                )
+                raise active_not_deletable(name)
             c.execute("DELETE FROM sieve_scripts WHERE id = ?", (row["id"],))
 
     def rename(self, user: str, old: str, new: str) -> None:
@@ -179,7 +237,7 @@ class SieveScripts:
             if old == new:
                 return
             if self._find(c, user, new) is not None:
-                raise SieveScriptError("ALREADYEXISTS", f'a script named "{new}" exists')
+                raise name_taken(new)
             c.execute("UPDATE sieve_scripts SET name = ? WHERE id = ?", (new, row["id"]))
 
     def set_active(self, user: str, name: str | None) -> None:
@@ -252,7 +310,7 @@ class SieveScripts:
     def _row(self, c: sqlite3.Connection, user: str, name: str) -> sqlite3.Row:
         row = self._find(c, user, name)
         if row is None:
-            raise SieveScriptError("NONEXISTENT", f'there is no script named "{name}"')
+            raise no_such_script(name)
         return row
 
     @staticmethod
@@ -264,14 +322,7 @@ class SieveScripts:
         return int(row[0])
 
     def _check_space(self, c: sqlite3.Connection, user: str, name: str, size: int) -> None:
-        if size > MAX_SCRIPT_BYTES:
-            raise SieveScriptError(
-                "QUOTA",
-                f"a script is at most {MAX_SCRIPT_BYTES} bytes (this one: {size})",
-                "MAXSIZE",
-            )
         count = c.execute("SELECT count(*) FROM sieve_scripts WHERE user = ?", (user,)).fetchone()
-        if self._find(c, user, name) is None and count[0] >= MAX_SCRIPTS:
-            raise SieveScriptError(
-                "QUOTA", f"a user has at most {MAX_SCRIPTS} scripts; delete one first", "MAXSCRIPTS"
-            )
+        error = quota_error(count[0], self._find(c, user, name) is not None, size)
+        if error is not None:
+            raise error

@@ -3,7 +3,7 @@
 QRESYNC (RFC 7162 §3.2.5, §3.2.6) lets a client that comes back with the HIGHESTMODSEQ it
 last saw ask which of its UIDs were expunged since then. Every expunge (an IMAP EXPUNGE,
 MOVE, CLOSE, or a file that vanished from the Maildir behind our back) bumps the mailbox's
-HIGHESTMODSEQ (``UserIndex._remove_rows``) and records here the UID ranges it removed under
+HIGHESTMODSEQ (``MaildirSync.remove_rows``) and records here the UID ranges it removed under
 that modseq, in the same transaction as the removal.
 
 Growth is bounded: a mailbox keeps at most :data:`MAX_ROWS` tombstone rows. Past that the

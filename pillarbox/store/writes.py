@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from pillarbox.store import db, fulltext, quota, uidlist
+from pillarbox.store import db, fulltext, lazyparse, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.maildir import deliver, unique_name
@@ -31,7 +31,14 @@ class WritableIndex(Protocol):
 
     def mailbox(self, name: str) -> Mailbox: ...
 
-    def sync(self, box: Mailbox, *, full: bool = False, full_text: bool = True) -> Mailbox: ...
+    def sync(
+        self,
+        box: Mailbox,
+        *,
+        full: bool = False,
+        full_text: bool = True,
+        delivered: Mapping[str, int] | None = None,
+    ) -> Mailbox: ...
 
     def keyword_names(self, box: Mailbox) -> list[str]: ...
 
@@ -50,6 +57,8 @@ class WritableIndex(Protocol):
     def next_modseq(self, box: Mailbox) -> int: ...
 
     def usage(self) -> int: ...
+
+    def measure_sizes(self) -> None: ...
 
 
 class IndexWriter:
@@ -187,8 +196,9 @@ class IndexWriter:
             raise MailboxError("", "message vanished while being stored")
         return box.uidvalidity, added[0]
 
-    def take_delivered(self, names: list[str]) -> None:
-        """Index the files delivery wrote into the ``new/`` of each mailbox in ``names``.
+    def take_delivered(self, names: list[str], sizes: Mapping[str, int]) -> None:
+        """Index the files delivery wrote into the ``new/`` of each mailbox in ``names``;
+        ``sizes`` maps their base names to their CRLF sizes (delivery had the bytes).
 
         The sync does it as for any file found in ``new/``: it moves the file to ``cur/`` and
         gives it its UID, MODSEQ and index rows. That is also why a crash cannot lose or
@@ -206,10 +216,10 @@ class IndexWriter:
                     box = self.index.mailbox(name)
                 except MailboxError:
                     continue  # deleted meanwhile: nothing left to index
-                # The full-text rows are the dearest part (FTS5 tokenising the whole text): they
-                # are left to the backfill of the user's next session (and a body SEARCH
-                # catches up first), off SMTP's path, as before delivery indexed.
-                self.index.sync(box, full_text=False)
+                # Small rows (store.lazyparse): the parse and the full-text rows are the
+                # dearest part, and SMTP's CPU; the user's next session does them in the
+                # background, and whatever reads a column they fill does them first.
+                self.index.sync(box, full_text=False, delivered=sizes)
 
     def copy(
         self,
@@ -232,6 +242,8 @@ class IndexWriter:
         except MailboxError:
             raise MailboxError("TRYCREATE", f"no mailbox {dst_name}") from None
         dst = self.index.sync(dst)
+        if not move and limit > 0:
+            self.index.measure_sizes()  # the sizes a quota adds up are CRLF sizes
         rows = list(self.index.rows_in(src, ranges, "uid, flags, keywords, fname, size"))
         if not move:
             self.check_quota(sum(r[4] for r in rows), limit)
@@ -323,6 +335,10 @@ class IndexWriter:
                     f" FROM {table} WHERE mailbox_id = ? AND uid = ?",
                     [(dst_id, new, src_id, uid) for uid, new, _, _ in batch],
                 )
+            # A copy of a message not parsed yet is not parsed either (store.lazyparse).
+            lazyparse.copy_pending(
+                self.index.conn, [(src_id, uid, dst_id, new) for uid, new, _, _ in batch]
+            )
             if self.index.full_text:
                 fulltext.copy(
                     self.index.conn, [(src_id, uid, dst_id, new) for uid, new, _, _ in batch]

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
+from pillarbox import log
 from pillarbox.config import ConfigError, Settings
+
+_log = log.get("store")
 
 Connection = psycopg.Connection[DictRow]
 Pool = ConnectionPool[Connection]
@@ -34,9 +38,12 @@ Pool = ConnectionPool[Connection]
 DB_NOW = "extract(epoch FROM clock_timestamp())::double precision"
 
 CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout for the first connection
+# How long a listener waits between reconnection attempts when the database is away.
+RECONNECT_DELAY = 1.0
 
 # Any fixed key: pg_advisory_xact_lock(bigint) serialises the nodes' migrations.
 _MIGRATION_LOCK = 0x70696C6C6172  # "pillar"
+_IMPORT_LOCK = 0x1A9047  # advisory_lock's namespace for import_once
 
 
 def node_name(settings: Settings) -> str:
@@ -99,6 +106,51 @@ def migrate(conn: Connection, component: str, steps: Sequence[str]) -> int:
     return len(steps)
 
 
+# What was imported from SQLite files (``pillarbox store migrate``, and the per-node
+# files of an install that ran on PostgreSQL before its Sieve scripts and spam learning
+# moved there), so that nothing is imported twice.
+IMPORTS_COMPONENT = "imports"
+IMPORTS_MIGRATIONS = [
+    """
+    CREATE TABLE pillarbox_imports (
+        source text NOT NULL,
+        finished double precision NOT NULL,
+        summary text NOT NULL
+    );
+    CREATE INDEX pillarbox_imports_source ON pillarbox_imports(source);
+    """,
+]
+
+
+def imported(conn: Connection, source: str) -> bool:
+    """Whether ``source`` was imported before (``record_import``)."""
+    return (
+        conn.execute("SELECT 1 FROM pillarbox_imports WHERE source = %s", (source,)).fetchone()
+        is not None
+    )
+
+
+def record_import(conn: Connection, source: str, summary: str) -> None:
+    conn.execute(
+        "INSERT INTO pillarbox_imports(source, finished, summary)"
+        " VALUES (%s, extract(epoch FROM now()), %s)",
+        (source, summary),
+    )
+
+
+def import_once(conn: Connection, source: str, work: Callable[[Connection], str]) -> bool:
+    """Run ``work`` (which copies ``source`` in and returns a summary) and record it, in
+    one transaction, unless ``source`` was imported before; True if it ran. Under a lock
+    on ``source``, so two nodes starting at once import it once."""
+    with conn.transaction():
+        migrate(conn, IMPORTS_COMPONENT, IMPORTS_MIGRATIONS)
+        advisory_lock(conn, _IMPORT_LOCK, source)
+        if imported(conn, source):
+            return False
+        record_import(conn, source, work(conn))
+    return True
+
+
 def schema_version(conn: Connection, component: str) -> int:
     """The applied version of ``component`` (0: never migrated), without changing anything."""
     row = conn.execute("SELECT to_regclass('pillarbox_schema') AS t").fetchone()
@@ -118,3 +170,41 @@ def scalar(conn: Connection, query: str, params: Sequence[Any] = ()) -> Any:
     """The first column of the first row (None without rows)."""
     row = conn.execute(query, params).fetchone()
     return next(iter(row.values())) if row else None
+
+
+def advisory_lock(conn: Connection, namespace: int, key: str) -> None:
+    """Serialise this transaction with every other one that locks (namespace, key), on
+    any node, until it ends (pg_advisory_xact_lock's two-int form; ``hashtext`` maps the
+    key, and a collision only serialises two unrelated keys)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (namespace, key))
+
+
+class Follower:
+    """Calls ``reload`` whenever another node NOTIFYs ``channel``, and after every
+    (re)connection (notifications sent while it was away are lost), from a daemon thread
+    with a connection of its own. A write's NOTIFY is delivered only if it commits."""
+
+    def __init__(self, dsn: str, channel: str, reload: Callable[[], None]) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._reload = reload
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{channel}-listen", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {self._channel}")
+                    self._reload()  # whatever changed while we were not listening
+                    while not self._stopping.is_set():
+                        if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
+                            self._reload()
+            except psycopg.Error as exc:
+                _log.warning("listener reconnecting", channel=self._channel, error=str(exc))
+                self._stopping.wait(RECONNECT_DELAY)

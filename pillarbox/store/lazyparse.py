@@ -1,0 +1,303 @@
+"""Messages indexed before they are parsed: the small row first, the parse later.
+
+The first SELECT of a Maildir copied in from elsewhere (50,000 files) must not wait for
+every file to be read and parsed (issue #17: Dovecot answers in 0.3 s, a full parse takes
+over 10 s). So a big batch of new files (more than :data:`INLINE_MAX`) gets only its small
+``messages`` row at once, built from the file name and one ``stat``: UID, MODSEQ, flags and
+keywords from the ``:2,`` info, internal date from the mtime (as the full row), the CRLF
+size from Dovecot's ``,W=`` field when the name has one; no ``message_data`` or
+``message_search`` row. Each such message is listed in ``parse_pending``; ``sized = 0``
+there says its ``size`` column is the file's size, a stand-in until the parse counts the
+CRLF form (a file with bare LF line ends is smaller on disk than RFC822.SIZE says).
+
+Readers never see a stand-in: whoever needs parsed columns parses the pending messages it
+is about to read first (:func:`pending_in` finds them, :func:`parse` writes the rows, under
+the index write lock, in chunks), and a background job (:func:`backlog`) parses the rest,
+a chunk per turn of the lock, with their full-text rows (one read of the file for both).
+The parse writes the same rows an eager index build writes (``store.messagerows``) and
+leaves MODSEQ alone: no client can have seen the message's parsed data change.
+
+Layout (component ``mailindex.parse`` of the index database):
+``parse_pending(mailbox_id, uid, sized)``; a trigger drops a message's row with the message
+(expunge, MOVE, mailbox deletion), so the table can only lag, never lie.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+from pillarbox import mime
+from pillarbox.mailstore.filters import SearchFilter
+from pillarbox.mime.text import search_texts
+from pillarbox.store import db, fulltext
+from pillarbox.store import flags as fl
+from pillarbox.store.boxstate import Mailbox
+from pillarbox.store.names import BadMailboxName, folder_dir
+
+COMPONENT: Final = "mailindex.parse"
+INLINE_MAX: Final = 200  # a batch of new files up to this size is parsed at once
+# Dovecot's virtual size: the size of the message with CRLF line ends (RFC822.SIZE).
+_VIRTUAL_SIZE: Final = re.compile(r",W=(\d+)")
+# Filter terms that read columns only the parse fills (see store.query; "text" reads the
+# full-text index, which has its own pending list).
+_PARSED_TERMS: Final = frozenset({"larger", "smaller", "sent", "header"})
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE parse_pending (mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL,"
+        " sized INTEGER NOT NULL, PRIMARY KEY (mailbox_id, uid)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TRIGGER parse_pending_removed AFTER DELETE ON messages BEGIN"
+        " DELETE FROM parse_pending WHERE mailbox_id = old.mailbox_id AND uid = old.uid; END"
+    )
+
+
+MIGRATIONS: Final[list[db.Migration]] = [_create]
+
+
+class SmallRow(NamedTuple):
+    message: tuple[Any, ...]  # the ``messages`` row, sent_date NULL
+    sized: bool  # the size column is the CRLF size (from ``,W=``)
+
+
+def small_rows(
+    box: Mailbox,
+    files: Iterable[tuple[int, str]],
+    names: list[str],
+    modseq: int,
+    sizes: Mapping[str, int] | None = None,
+) -> list[SmallRow]:
+    """The ``messages`` rows of ``(uid, file name)`` files of ``cur/``, from their names and
+    a stat each (relative to ``cur/``'s descriptor: a path walk per file costs more than
+    the stat); a file gone meanwhile is left out. ``sizes`` holds the CRLF sizes of the
+    base names whose bytes the caller had in hand (delivery's)."""
+    sizes = sizes or {}
+    rows: list[SmallRow] = []
+    split, parse_info, stat = fl.split_filename, fl.parse_info, os.stat
+    cur = os.open(box.path / "cur", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for uid, fname in files:
+            try:
+                st = stat(fname, dir_fd=cur)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                continue
+            base, info = split(fname)
+            mask, keywords = parse_info(info, names)
+            size = sizes.get(base)
+            if size is None:
+                virtual = _VIRTUAL_SIZE.search(base) if ",W=" in base else None
+                size = int(virtual.group(1)) if virtual else None
+            message = (box.id, uid, mask, " ".join(keywords), modseq, int(st.st_mtime),
+                       st.st_size if size is None else size, None, base, fname)  # fmt: skip
+            rows.append(SmallRow(message, size is not None))
+    finally:
+        os.close(cur)
+    return rows
+
+
+def insert_small(conn: sqlite3.Connection, rows: Sequence[SmallRow]) -> None:
+    """Write small rows of new UIDs and list them as pending (inside the caller's
+    transaction)."""
+    conn.executemany(
+        "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [r.message for r in rows],
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO parse_pending VALUES (?, ?, ?)",
+        [(r.message[0], r.message[1], int(r.sized)) for r in rows],
+    )
+
+
+def copy_pending(conn: sqlite3.Connection, pairs: Iterable[tuple[int, int, int, int]]) -> None:
+    """COPY/MOVE ``(source mailbox, source UID, destination mailbox, new UID)``: a copy of a
+    pending message is pending too (inside the caller's transaction, after its row)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO parse_pending SELECT ?, ?, sized FROM parse_pending"
+        " WHERE mailbox_id = ? AND uid = ?",
+        [(dst, new, src, uid) for src, uid, dst, new in pairs],
+    )
+
+
+def any_pending(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM parse_pending LIMIT 1").fetchone() is not None
+
+
+def needs_parsed(where: SearchFilter) -> bool:
+    """Whether the filter reads a column the parse fills (size, sent date, header text)."""
+    kind = where[0]
+    if kind in _PARSED_TERMS:
+        return True
+    if kind == "and":
+        return any(needs_parsed(n) for n in where[1])  # type: ignore[attr-defined]
+    if kind in ("or", "not"):
+        return any(needs_parsed(n) for n in where[1:])  # type: ignore[arg-type]
+    return False
+
+
+def pending_in(
+    conn: sqlite3.Connection,
+    mailbox_id: int,
+    ranges: Sequence[tuple[int, int]],
+    *,
+    unsized_only: bool = False,
+    changed_since: int = 0,
+    limit: int = 1 << 62,
+) -> list[tuple[int, str]]:
+    """``(uid, file name)`` of the first ``limit`` pending messages in ``ranges`` (with a
+    modseq above ``changed_since``; only those without their CRLF size if ``unsized_only``),
+    in UID order.
+
+    Parsing these is what a read of the first ``limit`` messages of ``ranges`` needs: the
+    pending ones among them are at most ``limit`` and come first in UID order."""
+    sized = " AND p.sized = 0" if unsized_only else ""
+    found: list[tuple[int, str]] = []
+    for lo, hi in ranges:
+        found += conn.execute(
+            "SELECT p.uid, m.fname FROM parse_pending p JOIN messages m"
+            " ON m.mailbox_id = p.mailbox_id AND m.uid = p.uid"
+            f" WHERE p.mailbox_id = ? AND p.uid BETWEEN ? AND ? AND m.modseq > ?{sized}"
+            " ORDER BY p.uid LIMIT ?",
+            (mailbox_id, lo, hi, changed_since, limit - len(found)),
+        ).fetchall()
+        if len(found) >= limit:
+            break
+    return found
+
+
+def any_pending_in(
+    conn: sqlite3.Connection,
+    mailbox_id: int,
+    ranges: Sequence[tuple[int, int]],
+    *,
+    unsized_only: bool = False,
+) -> bool:
+    """Whether ``ranges`` hold a pending message (a cheap look on a read connection)."""
+    sized = " AND sized = 0" if unsized_only else ""
+    for lo, hi in ranges:
+        row = conn.execute(
+            "SELECT 1 FROM parse_pending WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+            f"{sized} LIMIT 1",
+            (mailbox_id, lo, hi),
+        ).fetchone()
+        if row is not None:
+            return True
+    return False
+
+
+def parse(
+    conn: sqlite3.Connection,
+    folder: Path,
+    mailbox_id: int,
+    messages: Iterable[tuple[int, str]],
+    *,
+    full_text: bool,
+) -> None:
+    """Parse ``(uid, file name)`` messages of the folder and write their rows, in one
+    transaction; with ``full_text`` also the full-text row of those the index lacks.
+    A file that cannot be read (renamed or removed by another program since the sync)
+    stays pending: the next sync sees ``cur/`` changed and repairs the row."""
+    updates: list[tuple[object, ...]] = []
+    data_rows: list[tuple[object, ...]] = []
+    search_rows: list[tuple[object, ...]] = []
+    texts: list[tuple[int, int, str, str]] = []
+    for uid, fname in messages:
+        try:
+            data = mime.to_crlf((folder / "cur" / fname).read_bytes())
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            continue
+        parsed = mime.parse(data)
+        updates.append((len(data), parsed.sent_date, mailbox_id, uid))
+        data_rows.append((
+            mailbox_id,
+            uid,
+            json.dumps(parsed.envelope, separators=(",", ":")),
+            json.dumps(parsed.structure, separators=(",", ":")),
+            data[: parsed.header_end],
+        ))  # fmt: skip
+        search_rows.append((mailbox_id, uid, mime.header_search_text(parsed.fields)))
+        if full_text and _text_pending(conn, mailbox_id, uid):
+            texts.append(
+                (mailbox_id, uid, *search_texts(data, parsed.structure, parsed.header_end))
+            )
+    if not updates:
+        return
+    with db.Transaction(conn):
+        # The size UPDATE moves the quota usage by the difference (store.quota's trigger).
+        conn.executemany(
+            "UPDATE messages SET size = ?, sent_date = ? WHERE mailbox_id = ? AND uid = ?",
+            updates,
+        )
+        conn.executemany("INSERT OR REPLACE INTO message_data VALUES (?, ?, ?, ?, ?)", data_rows)
+        conn.executemany("INSERT OR REPLACE INTO message_search VALUES (?, ?, ?)", search_rows)
+        conn.executemany(
+            "DELETE FROM parse_pending WHERE mailbox_id = ? AND uid = ?",
+            [(u[2], u[3]) for u in updates],
+        )
+        fulltext.add(conn, texts)
+
+
+def backlog(
+    conn: sqlite3.Connection,
+    root: Path,
+    after: tuple[int, int],
+    limit: int,
+    *,
+    full_text: bool,
+) -> tuple[int, int] | None:
+    """Parse up to ``limit`` pending messages after the cursor ``(mailbox_id, uid)``, of
+    whatever mailbox; returns the new cursor, or None when nothing is left after it."""
+    rows = conn.execute(
+        "SELECT p.mailbox_id, p.uid, m.fname, b.name FROM parse_pending p"
+        " JOIN messages m ON m.mailbox_id = p.mailbox_id AND m.uid = p.uid"
+        " JOIN mailboxes b ON b.id = p.mailbox_id"
+        " WHERE (p.mailbox_id, p.uid) > (?, ?) ORDER BY p.mailbox_id, p.uid LIMIT ?",
+        (*after, limit),
+    ).fetchall()
+    if not rows:
+        return None
+    by_box: dict[tuple[int, str], list[tuple[int, str]]] = {}
+    for mailbox_id, uid, fname, name in rows:
+        by_box.setdefault((mailbox_id, name), []).append((uid, fname))
+    for (mailbox_id, name), messages in by_box.items():
+        try:
+            directory = folder_dir(name)
+        except BadMailboxName:
+            continue
+        parse(conn, root / directory if directory else root, mailbox_id, messages,
+              full_text=full_text)  # fmt: skip
+    return rows[-1][0], rows[-1][1]
+
+
+def _text_pending(conn: sqlite3.Connection, mailbox_id: int, uid: int) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM fts_pending WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
+    ).fetchone()
+    return row is not None
+
+
+def measure(
+    conn: sqlite3.Connection, folder: Path, mailbox_id: int, messages: Iterable[tuple[int, str]]
+) -> None:
+    """Give pending messages without a known size their CRLF size (a read, no parse: what
+    POP3 LIST, STATUS SIZE and the quota need); they stay pending for the rest."""
+    sizes: list[tuple[int, int, int]] = []
+    for uid, fname in messages:
+        try:
+            data = (folder / "cur" / fname).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            continue
+        sizes.append((len(mime.to_crlf(data)), mailbox_id, uid))
+    with db.Transaction(conn):
+        conn.executemany("UPDATE messages SET size = ? WHERE mailbox_id = ? AND uid = ?", sizes)
+        conn.executemany(
+            "UPDATE parse_pending SET sized = 1 WHERE mailbox_id = ? AND uid = ?",
+            [(m, u) for _, m, u in sizes],
+        )
