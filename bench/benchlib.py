@@ -490,7 +490,6 @@ class Profiler:
                     "raw",
                     "--threads",
                     "--idle",
-                    "--subprocesses",  # SMTP intake workers
                     "--rate",
                     "200",
                     "--output",
