@@ -306,6 +306,11 @@ PILLARBOX_VARIANTS = {
     "pillarbox": {"mailauth": {"verify_inbound": "false"}},
     "pillarbox-auth": {"mailauth": {"verify_inbound": "true"}},
     "pillarbox-nospam": {"mailauth": {"verify_inbound": "false"}, "spam": {"enabled": "false"}},
+    # Port 25 in the main process, as before intake workers (the default is one per core).
+    "pillarbox-auth-1proc": {
+        "mailauth": {"verify_inbound": "true"},
+        "smtp": {"intake_workers": "0"},
+    },
 }
 
 

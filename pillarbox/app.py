@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pillarbox import config, log
 from pillarbox.admin.component import make_web
@@ -81,6 +81,8 @@ class Services:
     challenges: ChallengeBoard | None = None  # ACME challenges http answers (certificates)
     certificates: CertificateManager | None = None  # certificates
     web: WebPages | None = None  # the /admin/ and /account/ pages http serves (web)
+    # The server's listeners, which count the SMTP intake workers' clients (smtp).
+    connections: Listeners | None = None
 
 
 @dataclass
@@ -127,6 +129,22 @@ class Component(Protocol):
 ComponentFactory = Callable[[AppContext], "Component | None"]
 
 
+@runtime_checkable
+class HasProcesses(Protocol):
+    """A component with processes of its own (SMTP intake workers), shut down together
+    with the listeners, before any component stops."""
+
+    async def stop_processes(self, grace: float) -> None: ...
+
+
+@runtime_checkable
+class HearsAccountChanges(Protocol):
+    """A component that remembers accounts elsewhere than in ``ctx.accounts`` (the
+    intake workers' own) and must be told when the CLI changed them."""
+
+    def accounts_changed(self) -> None: ...
+
+
 # Every component, in start order: providers of services before their users.
 COMPONENTS: tuple[ComponentFactory, ...] = (
     make_store,  # provides services.mail_store and .mailbox_events
@@ -164,6 +182,7 @@ class Server:
             is_banned=self.ctx.authenticator.is_banned,
             proxy=proxy_settings(settings),
         )
+        self.ctx.services.connections = self.listeners
         self._stop_requested = asyncio.Event()
 
     async def start(self) -> dict[str, tuple[str, int]]:
@@ -198,7 +217,12 @@ class Server:
     async def stop(self) -> None:
         grace = float(self.settings.limits.shutdown_grace)
         _log.info("stopping", grace=grace, connections=self.listeners.active_connections)
-        await self.listeners.stop(grace)
+        # Worker processes wind down beside our own sessions; the components that commit
+        # what they accept meanwhile stop after both.
+        await asyncio.gather(
+            self.listeners.stop(grace),
+            *(c.stop_processes(grace) for c in self.components if isinstance(c, HasProcesses)),
+        )
         for component in reversed(self.components):
             try:
                 await component.stop()
@@ -267,6 +291,9 @@ class Server:
         """The CLI changed users or aliases: forget remembered recipients (in a thread: on
         PostgreSQL that reads the accounts again)."""
         await asyncio.to_thread(self.ctx.accounts.forget_cached)
+        for component in self.components:
+            if isinstance(component, HearsAccountChanges):
+                component.accounts_changed()
         return True
 
     async def _reload_method(self, params: dict[str, Any]) -> bool:

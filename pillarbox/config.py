@@ -449,6 +449,20 @@ class SmtpSettings:
     # Port 25: refuse MAIL before STARTTLS (530 5.7.0). RFC 3207 §4 says a publicly
     # referenced server must not require TLS: senders without it cannot reach you.
     require_tls: bool = False
+    # Processes that run the port-25 sessions (and their SPF/DKIM/DMARC and spam checks)
+    # beside the main one, which stores what they accept: see pillarbox/delivery/intake.py.
+    # 0 or 1: the main process serves port 25 itself. Default: one per core (2 or more).
+    intake_workers: int = field(
+        default_factory=lambda: default_intake_workers(), metadata=_check(_non_negative)
+    )
+
+
+def default_intake_workers() -> int:
+    """One intake worker per core this process may run on, none on a single core (where a
+    second process only adds a hand-over per message); at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    return 0 if cores < 2 else min(cores, 8)
 
 
 def _admin_allow(value: str) -> str:

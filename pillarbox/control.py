@@ -46,6 +46,10 @@ class ControlServer:
     def register(self, name: str, method: ControlMethod) -> None:
         self._methods[name] = method
 
+    def registered(self, name: str) -> ControlMethod | None:
+        """The method registered as ``name`` (to extend it), or None."""
+        return self._methods.get(name)
+
     async def invoke(self, name: str, params: dict[str, Any]) -> Any:
         """Call a registered method in-process (the web admin): the very code a CLI
         command reaches over the socket. Raises ControlError as the socket would report."""

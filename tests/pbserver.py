@@ -96,6 +96,13 @@ def _template(domains: tuple[str, ...], hostname: str) -> Path:
     return root
 
 
+def intake_workers() -> int:
+    """Port 25 in the test process unless ``PILLARBOX_TEST_INTAKE_WORKERS=N`` says to run
+    it in N intake workers: a worker's log lines go to its stderr, not to the test's
+    handlers, and most tests read the log. tests/test_smtp_intake.py runs the workers."""
+    return int(os.environ.get("PILLARBOX_TEST_INTAKE_WORKERS", "0"))
+
+
 def make_settings(
     data_dir: Path,
     overrides: Mapping[str, Any] | None = None,
@@ -110,6 +117,7 @@ def make_settings(
     shutil.copytree(_template(domains, hostname), data_dir, dirs_exist_ok=True)
     config_path = data_dir / "pillarbox.toml"
     raw = tomllib.loads(config_path.read_text())
+    raw = merge(raw, {"smtp": {"intake_workers": intake_workers()}})
     raw = merge(raw, overrides or {})
     config_path.write_text(dump_toml(raw))
     return config.load(config_path)

@@ -10,12 +10,14 @@ and returns the ``smtp`` component: the SMTP listeners plus the sendmail pickup 
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 
 from pillarbox import log
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.control import ControlServer
+from pillarbox.delivery.intake import IntakeServices, IntakeWorkers
 from pillarbox.delivery.local import LocalStore, LocalTarget
 from pillarbox.delivery.pickup import Pickup
 from pillarbox.delivery.policy import SmtpBackend
@@ -36,7 +38,7 @@ from pillarbox.store.sieve_scripts import SieveStore, open_sieve_scripts
 _log = log.get("delivery")
 
 
-class SmtpServices(InboundServices, RoutingServices, LocalServices, Protocol):
+class SmtpServices(InboundServices, RoutingServices, LocalServices, IntakeServices, Protocol):
     """The app's services this component reads and provides (``app.Services`` has them)."""
 
     delivery: DeliveryService | None
@@ -44,6 +46,18 @@ class SmtpServices(InboundServices, RoutingServices, LocalServices, Protocol):
 
     @property
     def mail_store(self) -> DeliveryStore | None: ...
+
+
+Learner = Callable[[str, list[bytes], bool], Awaitable[None]]
+
+
+@runtime_checkable
+class LearningStore(Protocol):
+    """The mail store's learning hook (set by the spam component)."""
+
+    learner: Learner | None
+
+    def set_learner(self, learner: Learner | None) -> None: ...
 
 
 class SmtpContext(Protocol):
@@ -87,9 +101,45 @@ class SmtpComponent:
         )
         ctx.services.delivery = self.delivery
         self.backend = SmtpBackend(settings, ctx.accounts, self.delivery, ctx.services)
-        self.server = SmtpServer(settings, self.backend, ctx.authenticator)
+        # Port 25 in worker processes (intake.py), from 2 of them on.
+        self.intake = (
+            IntakeWorkers(settings, self.backend, ctx.services)
+            if settings.smtp.intake_workers >= 2
+            else None
+        )
+        self.server = SmtpServer(
+            settings, self.backend, ctx.authenticator,
+            handoff=self.intake.handoff if self.intake is not None else None,
+        )  # fmt: skip
         self.pickup = Pickup(settings, self.delivery)
         ctx.control.register("sendmail.pickup", self.pickup.control_method)
+        if self.intake is not None:
+            self._tell_workers_of_spam_changes(ctx, self.intake)
+
+    @staticmethod
+    def _tell_workers_of_spam_changes(ctx: SmtpContext, intake: IntakeWorkers) -> None:
+        """The workers' spam filters re-read thresholds and lessons when told: after the
+        CLI's or the web pages' ``spam.changed``, and after an IMAP move taught the
+        filter (the learning itself is the main process's)."""
+        changed = ctx.control.registered("spam.changed")
+        if changed is not None:
+            previous = changed
+
+            async def spam_changed(params: dict[str, Any]) -> Any:
+                result = await previous(params)
+                intake.tell_all("spam_changed")
+                return result
+
+            ctx.control.register("spam.changed", spam_changed)
+        store = ctx.services.mail_store
+        if isinstance(store, LearningStore) and store.learner is not None:
+            learn = store.learner
+
+            async def learned(user: str, messages: list[bytes], spam: bool) -> None:
+                await learn(user, messages, spam)
+                intake.tell_all("spam_changed")
+
+            store.set_learner(learned)
 
     def _folder_exists(self, user: str, folder: str) -> bool:
         """RFC 5490 mailboxexists: the folder's Maildir is on disk (blocking, in a thread)."""
@@ -105,6 +155,19 @@ class SmtpComponent:
     async def start(self) -> None:
         await self.server.start()
         await self.pickup.start()
+        if self.intake is not None:
+            await self.intake.start()
+
+    async def stop_processes(self, grace: float) -> None:
+        """Shut the intake workers down; the app calls it beside its own listeners' stop,
+        while this component still commits what the workers accept meanwhile."""
+        if self.intake is not None:
+            await self.intake.stop(grace)
+
+    def accounts_changed(self) -> None:
+        """The CLI changed users or aliases: the workers forget what they remembered."""
+        if self.intake is not None:
+            self.intake.tell_all("accounts_changed")
 
     async def stop(self) -> None:
         await self.pickup.stop()
@@ -112,6 +175,8 @@ class SmtpComponent:
 
     async def reload(self, ctx: SmtpContext) -> None:
         settings = ctx.settings
+        if self.intake is not None:
+            self.intake.reload(settings)
         self.backend.settings = settings
         self.delivery.delimiter = settings.delivery.recipient_delimiter
         self.sieve.delimiter = settings.delivery.recipient_delimiter

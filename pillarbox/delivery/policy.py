@@ -89,6 +89,21 @@ def may_relay(session: SessionInfo) -> bool:
 
 
 @dataclass(frozen=True)
+class Accepted:
+    """A message that passed every check after DATA, ready to be stored or queued: what
+    an intake worker hands to the main process (``SmtpBackend.commit``)."""
+
+    queue_id: str
+    sender: str
+    envid: str | None
+    ret: str | None
+    message: list[bytes | Path]  # our header fields first, then the message as received
+    folder: str
+    route: Route
+    targets: dict[str, LocalTarget] | None
+
+
+@dataclass(frozen=True)
 class InboundResult:
     reply: Reply | None  # a rejection, or None to deliver
     folder: str
@@ -116,6 +131,10 @@ class SmtpBackend:
     @property
     def delimiter(self) -> str:
         return self.settings.delivery.recipient_delimiter
+
+    def queue_available(self) -> bool:
+        """Whether remote recipients can be taken (the outbound queue runs)."""
+        return self.delivery.queue is not None
 
     # -- MAIL / RCPT -------------------------------------------------------------------
 
@@ -148,13 +167,13 @@ class SmtpBackend:
         if domain not in self.accounts.domains:
             if not may_relay(session):
                 return codes.RELAY_DENIED
-            if self.delivery.queue is None:
+            if not self.queue_available():
                 return codes.OUTBOUND_UNAVAILABLE
             return Recipient(address, rcpt.notify, rcpt.orcpt)
         resolution = self.delivery.resolve(address)
         if not resolution.found:
             return codes.MAILBOX_UNKNOWN
-        if resolution.remote and self.delivery.queue is None:
+        if resolution.remote and not self.queue_available():
             return codes.OUTBOUND_UNAVAILABLE  # an alias forwarding elsewhere
         # At RCPT the size is the one MAIL announced (RFC 1870 SIZE=), else unknown (0):
         # a mailbox already full is refused now, one that the message would fill at DATA.
@@ -221,10 +240,12 @@ class SmtpBackend:
         stripped = self._strip_forged_results(message.head)
         if stripped is not None:
             parts, rewritten = await replace_head(message, stripped)
+        accepted = Accepted(
+            envelope.queue_id, envelope.sender, envelope.mail.envid, envelope.mail.ret,
+            [inbound.headers + received, *parts], inbound.folder, route, targets,
+        )  # fmt: skip
         try:
-            return await self._store(
-                envelope, [inbound.headers + received, *parts], inbound.folder, route, targets
-            )
+            return await self.commit(accepted)
         finally:
             if rewritten is not None:
                 remove_later(rewritten)
@@ -376,26 +397,24 @@ class SmtpBackend:
             self._recall(envelope),
         )
 
-    async def _store(
-        self,
-        envelope: Envelope,
-        message: list[bytes | Path],
-        folder: str,
-        route: Route,
-        targets: dict[str, LocalTarget] | None = None,
-    ) -> Reply:
+    async def commit(self, accepted: Accepted) -> Reply:
+        """Store or queue a message that passed the checks; the reply to its DATA. An
+        intake worker's backend sends it to the main process, which runs this."""
+        route = accepted.route
         # The size is known now: a recipient the message would take over quota makes the
         # whole message wait (one DATA reply for all; the sender retries, nothing bounces).
-        full = await self._full_mailbox(list(route.local), sum(_part_size(p) for p in message))
+        size = sum(_part_size(p) for p in accepted.message)
+        full = await self._full_mailbox(list(route.local), size)
         if full is not None:
             return codes.MAILBOX_FULL.with_text(f"Mailbox full: {full}")
         if route.unknown:
             # Accepted at RCPT, gone since (user deleted meanwhile): the rest still goes.
-            _log.warning("recipient vanished", queue_id=envelope.queue_id, to=route.unknown)
+            _log.warning("recipient vanished", queue_id=accepted.queue_id, to=route.unknown)
         try:
             await self.delivery.store(
-                route, envelope.sender, message, queue_id=envelope.queue_id, folder=folder,
-                envid=envelope.mail.envid, ret=envelope.mail.ret, targets=targets,
+                route, accepted.sender, accepted.message, queue_id=accepted.queue_id,
+                folder=accepted.folder, envid=accepted.envid, ret=accepted.ret,
+                targets=accepted.targets,
             )  # fmt: skip
         except SieveRejected as exc:
             # RFC 5429 §2.1: the recipients' scripts refused it; say so at the protocol.
@@ -407,7 +426,7 @@ class SmtpBackend:
             if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
                 return codes.STORAGE_FULL
             return codes.LOCAL_ERROR
-        return codes.MESSAGE_ACCEPTED.with_text(f"OK: queued as {envelope.queue_id}")
+        return codes.MESSAGE_ACCEPTED.with_text(f"OK: queued as {accepted.queue_id}")
 
 
 def _part_size(part: bytes | Path) -> int:

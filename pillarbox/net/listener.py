@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from pillarbox import log
 from pillarbox.core.clientaddr import client_key, in_networks
@@ -44,6 +44,15 @@ from pillarbox.tls.context import TlsInfo, TlsProvider
 
 _log = log.get("net")
 _conn_ids = itertools.count(1)
+_conn_prefix = ""
+
+
+def name_connections(prefix: str) -> None:
+    """Connection ids of this process begin with ``prefix`` (an SMTP intake worker's
+    number), so that the log lines of several processes never share a ``conn=``."""
+    global _conn_prefix
+    _conn_prefix = prefix
+
 
 # Seconds a client has to finish the TLS handshake; slow-loris protection.
 HANDSHAKE_TIMEOUT = 30.0
@@ -51,6 +60,10 @@ HANDSHAKE_TIMEOUT = 30.0
 PROXY_HEADER_TIMEOUT = 5.0
 # asyncio's StreamReader buffer limit: protocol readers read bounded lines themselves.
 STREAM_LIMIT = 1 << 16
+# Why a new client is refused for the caps (``Listeners._admit``); told to those who are.
+CLIENT_FULL = "too many connections from this address"
+LISTENER_FULL = "too many connections on this listener"
+SERVER_FULL = "too many connections"
 # Connections taken in one go after a wait in accept (asyncio's own servers take up to
 # their backlog): bounded, so a flood of connects cannot keep the loop from the sessions.
 ACCEPT_BURST = 32
@@ -138,7 +151,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.listener = listener
-        self.id = f"{next(_conn_ids):x}"
+        self.id = f"{_conn_prefix}{next(_conn_ids):x}"
         # Behind a proxy, the client and the address it reached are the ones the PROXY
         # header names; the socket's own peer is the proxy (kept in ``via``).
         own_peer = writer.get_extra_info("peername") or ("", 0)
@@ -290,6 +303,34 @@ class ListenerSpec:
     # Pillarbox's own SocketTransport (net/transport.py: TLS on the socket, a few KiB less
     # per idle connection) instead of asyncio's socket and SSL transports.
     own_transport: bool = False
+    # Accepted by other processes (SMTP intake workers): bind that many sockets and hand
+    # them over instead of accepting here. See :class:`SocketHandoff`.
+    handoff: SocketHandoff | None = None
+
+
+@dataclass(frozen=True)
+class SocketHandoff:
+    """A listener served by ``count`` other processes, each accepting on a socket of its
+    own bound to the same address with ``SO_REUSEPORT``: the kernel spreads connections
+    over them, with no thundering herd and no lock. The sockets are bound here (before
+    privileges are dropped: port 25) and given to ``adopt``; this process keeps them open,
+    so a worker that dies leaves its queued connections waiting for its successor."""
+
+    count: int
+    adopt: Callable[[list[socket.socket]], None]
+
+
+class Admission(Protocol):
+    """Who admits an intake worker's clients: the main process, over its channel, so the
+    caps and bans hold for the server as a whole (see ``Listeners.admit_remote``)."""
+
+    async def admit(self, listener: str, ip: str) -> str | None: ...
+
+    def release(self, listener: str, ip: str) -> None: ...
+
+    def replace(self, listener: str, ip: str, new_listener: str, new_ip: str) -> None:
+        """A connection was cut to make room: the newcomer takes its counted place."""
+        ...
 
 
 @dataclass
@@ -318,6 +359,7 @@ class _Entry:
     client: str
     task: asyncio.Task[None]
     conn: Connection | None = None
+    ip: str = ""  # what an intake worker tells the main process when the client is gone
 
     @property
     def authenticated(self) -> bool:
@@ -342,6 +384,8 @@ class _Bound:
     sock: socket.socket
     address: tuple[str, int] = ("", 0)
     accepting: asyncio.Task[None] | None = None
+    handed_off: bool = False  # accepted on by another process (``SocketHandoff``)
+    adopted: bool = False  # bound by another process (this is an intake worker)
 
 
 @dataclass(frozen=True)
@@ -366,6 +410,8 @@ class Listeners:
     # Whether a client address is banned (the authenticator's bans); checked per accept.
     is_banned: Callable[[str], bool] = _never_banned
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    # In an intake worker: the main process admits every client instead of the caps here.
+    admission: Admission | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     _bound: list[_Bound] = field(default_factory=list)
     # Connections from a proxy whose PROXY header is still being read: not yet admitted.
@@ -375,14 +421,37 @@ class Listeners:
     _per_client: Counter[str] = field(default_factory=Counter)
     _per_listener: Counter[str] = field(default_factory=Counter)
     _unauthenticated: int = 0
+    # Connections open in intake workers, which the caps count with this process's own.
+    _remote: int = 0
 
     async def bind(self, specs: list[ListenerSpec]) -> dict[str, tuple[str, int]]:
         """Bind every listener (before privileges are dropped); returns the real addresses."""
         for spec in specs:
+            if spec.handoff is not None:
+                self._bind_handoff(spec, spec.handoff)
+                continue
             sock = _make_socket(spec.host, spec.port)
             address = sock.getsockname()[:2]
             self._bound.append(_Bound(spec, sock, (address[0], address[1])))
         return self.addresses()
+
+    def _bind_handoff(self, spec: ListenerSpec, handoff: SocketHandoff) -> None:
+        """``handoff.count`` sockets on one address (the first fixes the port when the
+        config says 0); kept in ``_bound`` for the addresses and for ``stop``."""
+        socks = [_make_socket(spec.host, spec.port, reuse_port=True)]
+        address = socks[0].getsockname()[:2]
+        for _ in range(handoff.count - 1):
+            socks.append(_make_socket(spec.host, address[1], reuse_port=True))
+        for sock in socks:
+            self._bound.append(_Bound(spec, sock, (address[0], address[1]), handed_off=True))
+        handoff.adopt(socks)
+
+    def adopt(self, spec: ListenerSpec, sock: socket.socket) -> None:
+        """Serve ``spec`` on a socket bound elsewhere (an intake worker's, by the main
+        process); ``start`` accepts on it like on one of ours."""
+        sock.setblocking(False)
+        address = sock.getsockname()[:2]
+        self._bound.append(_Bound(spec, sock, (address[0], address[1]), adopted=True))
 
     def addresses(self) -> dict[str, tuple[str, int]]:
         """Listener name -> its first bound address (see :meth:`all_addresses`)."""
@@ -395,21 +464,33 @@ class Listeners:
         """Listener name -> every address it is bound to, in config order."""
         every: dict[str, list[tuple[str, int]]] = {}
         for bound in self._bound:
-            every.setdefault(bound.spec.name, []).append(bound.address)
+            addresses = every.setdefault(bound.spec.name, [])
+            if bound.address not in addresses:  # intake workers' sockets share one
+                addresses.append(bound.address)
         return every
 
     async def start(self) -> None:
+        announced: set[tuple[str, int]] = set()
         for bound in self._bound:
-            self._start_accepting(bound)
+            if not bound.handed_off:
+                self._start_accepting(bound)
+            elif bound.address not in announced:  # one line for the workers' sockets
+                announced.add(bound.address)
+                self._announce(bound, workers=bound.spec.handoff.count if bound.spec.handoff else 0)
 
     def _start_accepting(self, bound: _Bound) -> None:
         bound.accepting = asyncio.get_running_loop().create_task(self._accept_loop(bound))
+        if not bound.adopted:  # the main process announced it
+            self._announce(bound)
+
+    def _announce(self, bound: _Bound, workers: int = 0) -> None:
         _log.info(
             "listening",
             listener=bound.spec.name,
             address=format_address(*bound.address),
             tls=bound.spec.tls.value,
             proxy_protocol="yes" if bound.spec.name in self.proxy.listeners else None,
+            intake_workers=workers or None,
         )
 
     async def rebind(self, specs: list[ListenerSpec]) -> list[str]:
@@ -429,6 +510,12 @@ class Listeners:
             kept.append(bound)
         errors = []
         for spec in wanted.values():
+            if spec.handoff is not None:
+                where = format_address(spec.host, spec.port)
+                errors.append(f"{spec.name} on {where}: its intake workers need a restart")
+                _log.error("cannot listen", listener=spec.name, address=where,
+                           reason="served by intake workers: restart to move it")  # fmt: skip
+                continue
             try:
                 sock = _make_socket(spec.host, spec.port)
             except OSError as exc:
@@ -476,12 +563,41 @@ class Listeners:
         if spec.name in self.proxy.listeners:
             self._accept_from_proxy(spec, client, ip)
             return
-        refusal = self._admit(spec, ip)
+        if self.admission is not None:
+            task = asyncio.get_running_loop().create_task(self._serve_admitted(spec, client, ip))
+            self._unheard.add(task)
+            task.add_done_callback(self._unheard.discard)
+            return
+        refusal = self._admit(spec.name, ip)
         if refusal is not None:
             self._refuse(spec, client, ip, refusal)
             return
         task = asyncio.get_running_loop().create_task(self._serve(spec, client))
         self._register(_Entry(spec, client_key(ip), task))
+
+    async def _serve_admitted(
+        self, spec: ListenerSpec, client: socket.socket, ip: str,
+        proxied: ProxiedAddress | None = None,
+    ) -> None:  # fmt: skip
+        """An intake worker's client: served once the main process admitted it."""
+        assert self.admission is not None
+        try:
+            refusal = await self.admission.admit(spec.name, ip)
+        except (ConnectionError, EOFError) as exc:  # the main process is gone
+            refusal = f"no main process to admit it: {type(exc).__name__}"
+        except asyncio.CancelledError:
+            client.close()
+            return
+        if refusal is not None:
+            refusal = self._make_room(spec.name, refusal, ip)
+        if refusal is not None:
+            self._refuse(spec, client, ip, refusal)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._unheard.discard(task)
+        self._register(_Entry(spec, client_key(ip), task, ip=ip))
+        await self._serve(spec, client, proxied)
 
     # -- behind a proxy ----------------------------------------------------------------
 
@@ -507,7 +623,10 @@ class Listeners:
             client.close()  # shutdown while the header was awaited
             return
         ip = proxied.client[0] if proxied.client else proxy
-        refusal = self._admit(spec, ip)
+        if self.admission is not None:
+            await self._serve_admitted(spec, client, ip, proxied)
+            return
+        refusal = self._admit(spec.name, ip)
         if refusal is not None:
             self._refuse(spec, client, ip, refusal)
             return
@@ -519,8 +638,8 @@ class Listeners:
 
     # -- admission ---------------------------------------------------------------------
 
-    def _admit(self, spec: ListenerSpec, ip: str) -> str | None:
-        """None to accept a new client from ``ip`` on ``spec``, else why it is refused.
+    def _admit(self, listener: str, ip: str) -> str | None:
+        """None to accept a new client from ``ip`` on ``listener``, else why it is refused.
 
         Before refusing for a full listener or a full server, cut the oldest idle
         connection that has not logged in (on the same listener for the listener cap)."""
@@ -528,19 +647,22 @@ class Listeners:
             return "banned"
         limits = self.limits
         if self._per_client[client_key(ip)] >= limits.max_per_ip:
-            return "too many connections from this address"
-        listener_full = self._per_listener[spec.name] >= limits.max_per_listener
-        if listener_full and not self._cut_oldest_idle(spec.name):
-            return "too many connections on this listener"
+            return CLIENT_FULL
+        listener_full = self._per_listener[listener] >= limits.max_per_listener
+        if listener_full and not self._cut_oldest_idle(listener):
+            return LISTENER_FULL
         server_full = (
             self._unauthenticated >= limits.max_unauthenticated
-            or len(self._open) >= limits.max_total
+            or len(self._open) + self._remote >= limits.max_total
         )
         if server_full and not self._cut_oldest_idle(None):
-            return "too many connections"
+            return SERVER_FULL
         return None
 
-    def _cut_oldest_idle(self, listener: str | None) -> bool:
+    def _cut_oldest_idle(self, listener: str | None, *, release: bool = True) -> _Entry | None:
+        """Cut the oldest connection that may be cut (on ``listener`` if one is named);
+        ``release=False`` (an intake worker) keeps its slot in the main process's count
+        for the newcomer instead of giving it back."""
         for entry in self._open.values():
             if entry.may_be_cut(listener):
                 conn = entry.conn
@@ -549,10 +671,25 @@ class Listeners:
                     client=conn.peer_ip if conn else entry.client,
                     reason="idle before login, room needed",
                 )  # fmt: skip
-                self._forget(entry.task)
+                self._forget(entry.task, release=release)
                 entry.cut()
-                return True
-        return False
+                return entry
+        return None
+
+    def _make_room(self, listener: str, refusal: str, ip: str) -> str | None:
+        """An intake worker's client the main process refused for a full listener or
+        server: cut this worker's oldest idle connection, and the newcomer takes its
+        place in the main process's count (``Admission.replace``). Other workers' idle
+        connections are not cut for it: only this process knows which of its are idle."""
+        assert self.admission is not None
+        if refusal not in (LISTENER_FULL, SERVER_FULL):
+            return refusal
+        victim = self._cut_oldest_idle(listener if refusal == LISTENER_FULL else None,
+                                       release=False)  # fmt: skip
+        if victim is None:
+            return refusal
+        self.admission.replace(victim.spec.name, victim.ip, listener, ip)
+        return None
 
     def _register(self, entry: _Entry) -> None:
         self._open[entry.task] = entry
@@ -561,11 +698,47 @@ class Listeners:
         self._unauthenticated += 1
         entry.task.add_done_callback(self._forget)
 
+    # -- clients of intake workers (the main process's side) -----------------------------
+
+    def admit_remote(self, listener: str, ip: str) -> str | None:
+        """An intake worker asks to serve a new client: the same decision as for one of
+        ours (bans, the per-client, per-listener and total caps), counted here until
+        :meth:`release_remote`. A worker's connections cannot be cut from here; a full
+        server still cuts one of this process's idle ones to make room."""
+        refusal = self._admit(listener, ip)
+        if refusal is None:
+            self._remote += 1
+            self._unauthenticated += 1  # port 25 has no login (the MX listener only)
+            self._per_client[client_key(ip)] += 1
+            self._per_listener[listener] += 1
+        return refusal
+
+    def replace_remote(self, listener: str, ip: str, new_listener: str, new_ip: str) -> None:
+        """A worker cut one of its clients to make room for a newcomer the caps refused:
+        the newcomer is counted in its place (bans and the per-client cap were passed)."""
+        self._uncount(self._per_client, client_key(ip))
+        self._uncount(self._per_listener, listener)
+        self._per_client[client_key(new_ip)] += 1
+        self._per_listener[new_listener] += 1
+
+    def release_remote(self, listener: str, ip: str) -> None:
+        """A client :meth:`admit_remote` admitted is gone (or its worker is)."""
+        self._remote -= 1
+        self._unauthenticated -= 1
+        self._uncount(self._per_client, client_key(ip))
+        self._uncount(self._per_listener, listener)
+
+    @staticmethod
+    def _uncount(counter: Counter[str], key: str) -> None:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
+
     def _on_authenticated(self, entry: _Entry, conn: Connection) -> None:
         if self._open.get(entry.task) is entry:
             self._unauthenticated -= 1
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
+    def _forget(self, task: asyncio.Task[None], *, release: bool = True) -> None:
         entry = self._open.pop(task, None)
         if entry is None:
             return
@@ -573,13 +746,10 @@ class Listeners:
             entry.conn.on_authenticated = None
         if not entry.authenticated:
             self._unauthenticated -= 1
-        for counter, key in (
-            (self._per_client, entry.client),
-            (self._per_listener, entry.spec.name),
-        ):
-            counter[key] -= 1
-            if counter[key] <= 0:
-                del counter[key]
+        self._uncount(self._per_client, entry.client)
+        self._uncount(self._per_listener, entry.spec.name)
+        if self.admission is not None and release:
+            self.admission.release(entry.spec.name, entry.ip)
 
     def _refuse(self, spec: ListenerSpec, client: socket.socket, ip: str, reason: str) -> None:
         _log.warning("connection refused", listener=spec.name, client=ip, reason=reason)
@@ -692,7 +862,7 @@ class Listeners:
 
     @property
     def active_connections(self) -> int:
-        return len(self._open)
+        return len(self._open) + self._remote
 
 
 class _StreamProtocol(asyncio.StreamReaderProtocol):
@@ -772,10 +942,12 @@ async def _readable(sock: socket.socket) -> None:
         loop.remove_reader(fd)
 
 
-def _make_socket(host: str, port: int) -> socket.socket:
+def _make_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # Linux: only sockets of the same user may share the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:

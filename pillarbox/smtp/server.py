@@ -36,13 +36,12 @@ throughput at 0.25-0.45x its CPU per message; a 50 MB message raises the server'
 about 2 MB.
 
 Several processes: every piece of per-message state is either in the session or on disk
-under names that embed the queue id (time + random, unique across processes), so the
-listeners can be bound with ``SO_REUSEPORT`` in N worker processes (one per core) sharing
-the data dir: Maildir delivery is safe with concurrent writers by design (unique names carry
-the pid), SQLite in WAL mode takes concurrent readers, and spool clean-up only removes files
-older than an hour. What would have to move: the auth failure delays (per process today)
-into SQLite, and the queue runner, IMAP and the control socket into one primary process
-(the SMTP workers reach the queue through its store or the control socket).
+under names that embed the queue id (time + random, unique across processes), so the MX
+listener runs in N intake worker processes (``[smtp] intake_workers``, one per core by
+default) on ``SO_REUSEPORT`` sockets: ``handoff`` makes its ``ListenerSpec`` one the main
+process binds and hands over instead of accepting on it. The workers' backend hands
+accepted messages to the main process, which stores them; see
+``pillarbox/delivery/intake.py``.
 """
 
 from __future__ import annotations
@@ -51,12 +50,13 @@ import asyncio
 import ipaddress
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from pillarbox import log
 from pillarbox.config import Settings
-from pillarbox.net.listener import Connection, ListenerSpec, TlsMode
+from pillarbox.net.listener import Connection, ListenerSpec, SocketHandoff, TlsMode
 from pillarbox.smtp.session import (
     Authenticator,
     ListenerKind,
@@ -114,10 +114,19 @@ class SmtpServer:
 
     name = "smtp"
 
-    def __init__(self, settings: Settings, backend: MailBackend, authenticator: Authenticator):
+    def __init__(
+        self,
+        settings: Settings,
+        backend: MailBackend,
+        authenticator: Authenticator,
+        handoff: Callable[[str], SocketHandoff] | None = None,
+    ):
         self.settings = settings
         self.backend = backend
         self.authenticator = authenticator
+        # The MX listener served by intake worker processes (pillarbox.delivery.intake):
+        # bound here, accepted there.
+        self.handoff = handoff
         self._configs = self._build_configs(settings)
         self._sessions: set[SmtpSession] = set()
         self._closing_watch: asyncio.Task[None] | None = None
@@ -129,10 +138,19 @@ class SmtpServer:
     def listeners(self) -> list[ListenerSpec]:
         listen = self.settings.listen
         return [
-            ListenerSpec(name, host, port, tls, self.handle, BUSY_REPLY)
+            ListenerSpec(
+                name, host, port, tls, self.handle, BUSY_REPLY, handoff=self._handoff(name)
+            )
             for name, (_, tls) in LISTENERS.items()
             for host, port in listen.addresses(name)
         ]
+
+    def _handoff(self, listener: str) -> SocketHandoff | None:
+        """Only port 25 goes to the workers: it has no AUTH, so no login state to share;
+        submission stays here with the authenticator."""
+        if self.handoff is None or LISTENERS[listener][0] is not ListenerKind.MX:
+            return None
+        return self.handoff(listener)
 
     async def handle(self, conn: Connection) -> None:
         config = self._configs[conn.listener]
