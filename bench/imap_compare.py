@@ -13,7 +13,10 @@
      SEARCHes (index and cache building);
    - warm: on fresh logged-in connections, median of ``--samples``: SELECT INBOX,
      ``UID FETCH 1:* (FLAGS)``, ``UID SEARCH HEADER Subject xyz``, ``UID SEARCH FROM "..."``,
-     body searches ``UID SEARCH BODY "budget lunch schedule"`` and ``UID SEARCH TEXT xyz``
+     body searches ``UID SEARCH BODY "budget lunch schedule"`` and ``UID SEARCH TEXT xyz``,
+     ``FETCH 1:* (ENVELOPE)``, ``UID SORT`` by DATE, ARRIVAL, FROM, SUBJECT and SIZE (the
+     UID order checked equal), and ``STORE 1:* +FLAGS (\\Seen)`` after an untimed
+     ``-FLAGS.SILENT (\\Seen)``, so that every sample renames every file
      (Pillarbox: after its full-text backfill of the copied-in Maildir has finished, which
      is timed from the end of the first-open commands; Debian's Dovecot has no fts plugin,
      so it reads every message);
@@ -50,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import format_datetime
@@ -212,6 +216,13 @@ def search_hits(data: bytes) -> int:
     return len(match.group(1).split()) if match else -1
 
 
+def sort_order(data: bytes) -> int:
+    """A checksum of the SORT answer's UID order: RFC 5256 §3 fixes the order, ties too
+    (by sequence number), so two servers that agree give the same number."""
+    match = re.search(rb"^\* SORT([^\r]*)", data, re.M)
+    return zlib.crc32(b" ".join(match.group(1).split())) if match else -1
+
+
 OPS = {
     "select": "SELECT INBOX",
     "fetch_flags": "UID FETCH 1:* (FLAGS)",
@@ -219,18 +230,33 @@ OPS = {
     "search_from": f'UID SEARCH FROM "{SEARCH_FROM}"',
     "search_body": f'UID SEARCH BODY "{SEARCH_BODY}"',
     "search_text": f"UID SEARCH TEXT {SEARCH_SUBJECT}",
+    "fetch_envelope": "FETCH 1:* (ENVELOPE)",
+    "sort_date": "UID SORT (DATE) UTF-8 ALL",
+    "sort_arrival": "UID SORT (ARRIVAL) UTF-8 ALL",
+    "sort_from": "UID SORT (FROM) UTF-8 ALL",
+    "sort_subject": "UID SORT (SUBJECT) UTF-8 ALL",
+    "sort_size": "UID SORT (SIZE) UTF-8 ALL",
+    # Last: it changes the mailbox. Every message is made unseen first (untimed), so each
+    # sample renames the files of all of them, as the first one does.
+    "store_seen": "STORE 1:* +FLAGS (\\Seen)",
 }
+# Untimed commands sent before an op, to give every sample the same starting state.
+BEFORE: dict[str, str] = {"store_seen": "STORE 1:* -FLAGS.SILENT (\\Seen)"}
 
 
 async def run_ops(client: ImapClient) -> dict[str, tuple[float, int]]:
     """Time each of OPS on one logged-in connection; (seconds, count check) per op."""
     out: dict[str, tuple[float, int]] = {}
     for name, command in OPS.items():
+        if name in BEFORE:
+            await client.command(BEFORE[name])
         seconds, data = await timed(client.command(command))
         if name == "select":
             check = exists_of(data)
-        elif name == "fetch_flags":
+        elif name in ("fetch_flags", "fetch_envelope", "store_seen"):
             check = data.count(b" FETCH (")
+        elif name.startswith("sort_"):
+            check = sort_order(data)
         else:
             check = search_hits(data)
         out[name] = (seconds, check)
@@ -566,6 +592,8 @@ def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> s
         + str({n: (w["search_subject"][1], w["search_from"][1]) for n, w in warm.items()})
         + ", body/text hits "
         + str({n: (w["search_body"][1], w["search_text"][1]) for n, w in warm.items()})
+        + ", ENVELOPE/STORE responses "
+        + str({n: (w["fetch_envelope"][1], w["store_seen"][1]) for n, w in warm.items()})
     )
     return "\n".join(lines)
 
