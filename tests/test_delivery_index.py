@@ -40,6 +40,19 @@ def send(server: pbserver.RunningServer, data: bytes) -> None:
         smtp.sendmail("bob@example.org", [ALICE], data)
 
 
+def _indexed_yet(root: Path) -> list[tuple[str, str, dict[str, object]]]:
+    """``indexed`` while the index may still be in the making: the file exists before its
+    first migration has created the tables, and a reader in between sees none."""
+    if not (root / INDEX_FILE).exists():
+        return []
+    try:
+        return indexed(root)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+
+
 def indexed(root: Path) -> list[tuple[str, str, dict[str, object]]]:
     """(mailbox, file name, envelope) of every message row, read straight from the user's
     index file, read-only, as another process would."""
@@ -143,7 +156,7 @@ def test_queue_fallback_delivers_with_trace_fields_and_imap_sees_it(
         running.server.ctx.services.delivery = None
         enqueue(running, ["bob@remote.test"])
         root = maildir(settings, ALICE)
-        wait_for(lambda: (root / INDEX_FILE).exists() and indexed(root), what="indexed bounce")
+        wait_for(lambda: _indexed_yet(root), what="indexed bounce")
         raw = Raw(running)
         try:
             raw.login()
