@@ -13,7 +13,11 @@
      SEARCHes (index and cache building);
    - warm: on fresh logged-in connections, median of ``--samples``: SELECT INBOX,
      ``UID FETCH 1:* (FLAGS)``, ``UID SEARCH HEADER Subject xyz``, ``UID SEARCH FROM "..."``,
-     body searches ``UID SEARCH BODY "budget lunch schedule"`` and ``UID SEARCH TEXT xyz``
+     body searches ``UID SEARCH BODY "budget lunch schedule"`` and ``UID SEARCH TEXT xyz``,
+     ``FETCH 1:* (ENVELOPE)``, ``UID SORT`` by DATE, ARRIVAL, FROM, SUBJECT and SIZE (the
+     UID order checked equal), and ``STORE 1:* +FLAGS (\\Seen)`` after an untimed
+     ``-FLAGS.SILENT (\\Seen)``, so that every sample renames every file (timed after all
+     the read samples: a change makes the next SELECT of either server colder)
      (Pillarbox: after its full-text backfill of the copied-in Maildir has finished, which
      is timed from the end of the first-open commands; Debian's Dovecot has no fts plugin,
      so it reads every message);
@@ -50,6 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import format_datetime
@@ -212,6 +217,13 @@ def search_hits(data: bytes) -> int:
     return len(match.group(1).split()) if match else -1
 
 
+def sort_order(data: bytes) -> int:
+    """A checksum of the SORT answer's UID order: RFC 5256 §3 fixes the order, ties too
+    (by sequence number), so two servers that agree give the same number."""
+    match = re.search(rb"^\* SORT([^\r]*)", data, re.M)
+    return zlib.crc32(b" ".join(match.group(1).split())) if match else -1
+
+
 OPS = {
     "select": "SELECT INBOX",
     "fetch_flags": "UID FETCH 1:* (FLAGS)",
@@ -219,18 +231,39 @@ OPS = {
     "search_from": f'UID SEARCH FROM "{SEARCH_FROM}"',
     "search_body": f'UID SEARCH BODY "{SEARCH_BODY}"',
     "search_text": f"UID SEARCH TEXT {SEARCH_SUBJECT}",
+    "fetch_envelope": "FETCH 1:* (ENVELOPE)",
+    "sort_date": "UID SORT (DATE) UTF-8 ALL",
+    "sort_arrival": "UID SORT (ARRIVAL) UTF-8 ALL",
+    "sort_from": "UID SORT (FROM) UTF-8 ALL",
+    "sort_subject": "UID SORT (SUBJECT) UTF-8 ALL",
+    "sort_size": "UID SORT (SIZE) UTF-8 ALL",
+    # Last: it changes the mailbox. Every message is made unseen first (untimed), so each
+    # sample renames the files of all of them, as the first one does.
+    "store_seen": "STORE 1:* +FLAGS (\\Seen)",
 }
+# Untimed commands sent before an op, to give every sample the same starting state.
+BEFORE: dict[str, str] = {"store_seen": "STORE 1:* -FLAGS.SILENT (\\Seen)"}
 
 
-async def run_ops(client: ImapClient) -> dict[str, tuple[float, int]]:
+WRITES = ("store_seen",)  # timed after every read sample: a change makes the next SELECT cold
+
+
+async def run_ops(
+    client: ImapClient, names: tuple[str, ...] = tuple(OPS)
+) -> dict[str, tuple[float, int]]:
     """Time each of OPS on one logged-in connection; (seconds, count check) per op."""
     out: dict[str, tuple[float, int]] = {}
-    for name, command in OPS.items():
+    for name in names:
+        command = OPS[name]
+        if name in BEFORE:
+            await client.command(BEFORE[name])
         seconds, data = await timed(client.command(command))
         if name == "select":
             check = exists_of(data)
-        elif name == "fetch_flags":
+        elif name in ("fetch_flags", "fetch_envelope", "store_seen"):
             check = data.count(b" FETCH (")
+        elif name.startswith("sort_"):
+            check = sort_order(data)
         else:
             check = search_hits(data)
         out[name] = (seconds, check)
@@ -251,9 +284,13 @@ async def first_and_warm(target: Target, args: argparse.Namespace, tls: Any) -> 
         await open_session(target.port, benchlib.USER, benchlib.PASSWORD, tls=tls)
         for _ in range(args.samples)
     ]
+    reads = tuple(n for n in OPS if n not in WRITES)
     with profiler(target, args, "warm"):
         for client in clients:
-            samples.append(await run_ops(client))
+            samples.append(await run_ops(client, reads))
+        for client, sample in zip(clients, samples, strict=True):
+            await client.command("SELECT INBOX")
+            sample.update(await run_ops(client, WRITES))
     for client in clients:
         await client.logout()
     target.results["warm"] = {
@@ -566,6 +603,8 @@ def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> s
         + str({n: (w["search_subject"][1], w["search_from"][1]) for n, w in warm.items()})
         + ", body/text hits "
         + str({n: (w["search_body"][1], w["search_text"][1]) for n, w in warm.items()})
+        + ", ENVELOPE/STORE responses "
+        + str({n: (w["fetch_envelope"][1], w["store_seen"][1]) for n, w in warm.items()})
     )
     return "\n".join(lines)
 

@@ -17,7 +17,14 @@ from pillarbox.imap.outcome import Bad, Logout, No, Result
 from pillarbox.imap.search import run_search, uses_modseq
 from pillarbox.imap.searchkeys import uses_saved
 from pillarbox.imap.selected import SelectedMailbox
-from pillarbox.imap.sort import load_infos, ordered_subject, references, render, sort_infos
+from pillarbox.imap.sort import (
+    load_infos,
+    ordered_subject,
+    references,
+    render,
+    sort_fields,
+    sort_infos,
+)
 
 if TYPE_CHECKING:
     from pillarbox.imap.session import Session
@@ -167,7 +174,9 @@ async def do_sort(s: Session, cmd: c.Sort) -> Result:
     assert cmd.key is not None
     uids, seqs, _ = await run_search(mail, view, cmd.key, s.saved)
     infos = await asyncio.to_thread(
-        sort_infos, await load_infos(mail, view, uids, seqs), cmd.criteria
+        sort_infos,
+        await load_infos(mail, view, uids, seqs, sort_fields(cmd.criteria)),
+        cmd.criteria,
     )
     numbers = " ".join(str(i.uid if cmd.uid else i.seq) for i in infos)
     s.send(f"* SORT {numbers}\r\n".encode() if numbers else b"* SORT\r\n")

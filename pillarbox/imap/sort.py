@@ -2,7 +2,11 @@
 
 The messages come from the SEARCH evaluator (``run_search``); their header fields are read
 from the index's stored header bytes (``fetch(data=True)``), one small tuple per message, so
-the work is a Python ``sorted`` over key tuples.  Parsing of the command lives in
+the work is a Python ``sorted`` over key tuples. Only what the criteria compare is computed
+(SORT (ARRIVAL) or (SIZE) reads no header at all), the fields are cut out of the stored
+header block without the ``email`` parser where it is plain ASCII, and the pure functions
+of a field's text (base subject, first address) are memoised, since senders and thread
+subjects repeat.  Parsing of the command lives in
 ``commands.py``; this module only computes orders and thread trees.
 """
 
@@ -17,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pillarbox.imap.backend import FetchRow, UserMail
 from pillarbox.imap.selected import SelectedMailbox
@@ -26,9 +30,10 @@ FETCH_BATCH: Final = 5000
 _MSGID_RE: Final = re.compile(r"<([^<>]+)>")
 
 
-@dataclass(frozen=True, slots=True)
-class Info:
-    """What SORT/THREAD need of one message (one tuple-like object per matching message)."""
+class Info(NamedTuple):
+    """What SORT/THREAD need of one message: a tuple, the cheapest immutable record to make
+    50,000 of (a frozen dataclass sets each field through ``object.__setattr__``), and one
+    the cyclic garbage collector stops tracking once it holds only strings and numbers."""
 
     seq: int
     uid: int
@@ -54,6 +59,7 @@ _BLOB_RE: Final = re.compile(rf"^{_BLOB}\s*")
 _FWD_RE: Final = re.compile(r"^\[fwd:(.*)\]$", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=8192)
 def base_subject(raw: str) -> tuple[str, bool]:
     """(base subject, whether it looked like a reply/forward) per RFC 5256 §2.1."""
     text = " ".join(_decode(raw).split())  # step 1: decode, collapse whitespace
@@ -85,6 +91,8 @@ def base_subject(raw: str) -> tuple[str, bool]:
 
 
 def _decode(raw: str) -> str:
+    if "=?" not in raw:
+        return raw  # no RFC 2047 encoded word: decoding would return it unchanged
     try:
         return str(email.header.make_header(email.header.decode_header(raw)))
     except (ValueError, LookupError, UnicodeError):
@@ -92,6 +100,7 @@ def _decode(raw: str) -> str:
 
 
 # --- addresses (RFC 5256 §3 "FROM", RFC 5957 §3 DISPLAYFROM) -------------------------------------
+@functools.lru_cache(maxsize=8192)
 def _first_address(raw: str | None) -> tuple[str, str]:
     """(mailbox local-part, display name or addr-spec) of the first address, upper-cased."""
     if not raw:
@@ -121,28 +130,82 @@ def _ids(raw: str | None) -> list[str]:
     return _MSGID_RE.findall(raw or "")
 
 
-def message_info(seq: int, row: FetchRow) -> Info:
-    """The sort/thread fields of one ``fetch(data=True)`` row."""
-    header = BytesHeaderParser().parsebytes(row.header or b"")
+# The header fields each Info field is computed from; ARRIVAL and SIZE need none.
+_FIELDS_OF: Final = {
+    "date": ("date",),
+    "subject": ("subject",),
+    "from_": ("from",),
+    "display_from": ("from",),
+    "to": ("to",),
+    "display_to": ("to",),
+    "cc": ("cc",),
+    "message_id": ("message-id", "references", "in-reply-to"),
+}
+ALL_INFO: Final = frozenset(_FIELDS_OF)  # THREAD: everything
+_HEADER_LINE_RE: Final = re.compile(r"([\041-\071\073-\176]+):")
 
-    def get(name: str) -> str | None:
-        value = header.get(name)
-        return None if value is None else str(value)
 
-    subject, reply = base_subject(get("Subject") or "")
-    from_local, from_display = _first_address(get("From"))
-    to_local, to_display = _first_address(get("To"))
-    cc_local, _ = _first_address(get("Cc"))
-    own = _ids(get("Message-ID"))
-    refs = _ids(get("References"))
+def header_fields(header: bytes, names: frozenset[str]) -> dict[str, str]:
+    """The first value of each header field in ``names`` (lower-case), as the ``email``
+    package's compat32 parser gives it: leading blanks after the colon dropped,
+    continuation lines kept with their line breaks, the final CRLF stripped.
+
+    Done by hand for a plain-ASCII header block (an 8-bit one goes to the parser, whose
+    ``get`` then has its own rules for undecodable bytes)."""
+    if not names:
+        return {}
+    if not header.isascii() or header.startswith(b"From "):
+        return _parsed_fields(header, names)
+    found: dict[str, list[str]] = {}  # the first occurrence's lines, per wanted field
+    current: list[str] | None = None
+    for line in header.decode("ascii").split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            if current is not None:
+                current.append(line)
+            continue
+        if not line:
+            break  # the empty line that ends the header
+        match = _HEADER_LINE_RE.match(line)
+        if match is None:
+            return _parsed_fields(header, names)  # not a field line: the parser's recovery
+        name = match.group(1).lower()
+        current = None
+        if name in names and name not in found:
+            current = found[name] = [line[match.end() :].lstrip(" \t")]
+    return {name: "\r\n".join(lines).rstrip("\r\n") for name, lines in found.items()}
+
+
+def _parsed_fields(header: bytes, names: frozenset[str]) -> dict[str, str]:
+    parsed = BytesHeaderParser().parsebytes(header)
+    out = {}
+    for name in names:
+        value = parsed.get(name)
+        if value is not None:
+            out[name] = str(value)
+    return out
+
+
+def message_info(seq: int, row: FetchRow, wanted: frozenset[str] = ALL_INFO) -> Info:
+    """The sort/thread fields of one ``fetch(data=True)`` row: those in ``wanted`` (names
+    of Info fields), the others left empty."""
+    names = frozenset(n for field_name in wanted for n in _FIELDS_OF.get(field_name, ()))
+    fields = header_fields(row.header or b"", names)
+    get = fields.get
+    subject, reply = base_subject(get("subject") or "") if "subject" in names else ("", False)
+    from_local, from_display = _first_address(get("from")) if "from" in names else ("", "")
+    to_local, to_display = _first_address(get("to")) if "to" in names else ("", "")
+    cc_local = _first_address(get("cc"))[0] if "cc" in names else ""
+    own = _ids(get("message-id"))
+    refs = _ids(get("references"))
     if not refs:
-        refs = _ids(get("In-Reply-To"))[:1]  # RFC 5256 §3 step 1A
+        refs = _ids(get("in-reply-to"))[:1]  # RFC 5256 §3 step 1A
+    date = _sent_date(get("date"), row.internal_date) if "date" in names else 0
     return Info(
         seq=seq,
         uid=row.uid,
         arrival=row.internal_date,
         size=row.size,
-        date=_sent_date(get("Date"), row.internal_date),
+        date=date,
         subject=subject,
         is_reply=reply,
         from_=from_local,
@@ -155,28 +218,38 @@ def message_info(seq: int, row: FetchRow) -> Info:
     )
 
 
+def sort_fields(criteria: Sequence[tuple[str, bool]]) -> frozenset[str]:
+    """The Info fields a SORT with ``criteria`` compares."""
+    return frozenset(_SORT_FIELD[key] for key, _ in criteria)
+
+
 async def load_infos(
-    mail: UserMail, view: SelectedMailbox, uids: Sequence[int], seqs: Sequence[int]
+    mail: UserMail,
+    view: SelectedMailbox,
+    uids: Sequence[int],
+    seqs: Sequence[int],
+    fields: frozenset[str] = ALL_INFO,
 ) -> list[Info]:
-    """Read the header fields of the matching messages from the store, batch by batch."""
+    """Read the ``fields`` of the matching messages from the store, batch by batch."""
     wanted = dict(zip(uids, seqs, strict=True))
+    header = any(f in _FIELDS_OF for f in fields)  # else the rows' columns are enough
     out: list[Info] = []
     for start in range(0, len(uids), FETCH_BATCH):
         chunk = uids[start : start + FETCH_BATCH]
-        rows = await mail.fetch(view.name, _runs(chunk), True, len(chunk))
+        rows = await mail.fetch(view.name, _runs(chunk), header, len(chunk))
         # Parsing thousands of headers is pure Python: in a worker thread the event loop
         # keeps serving the other sessions meanwhile.
-        out += await asyncio.to_thread(_infos_of, rows, wanted)
+        out += await asyncio.to_thread(_infos_of, rows, wanted, fields)
     out.sort(key=lambda i: i.seq)
     return out
 
 
-def _infos_of(rows: list[FetchRow], wanted: dict[int, int]) -> list[Info]:
+def _infos_of(rows: list[FetchRow], wanted: dict[int, int], fields: frozenset[str]) -> list[Info]:
     infos = []
     for row in rows:
         seq = wanted.get(row.uid)
         if seq is not None:
-            infos.append(message_info(seq, row))
+            infos.append(message_info(seq, row, fields))
     return infos
 
 

@@ -36,7 +36,7 @@ from typing import Final
 
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, FlagUpdate, SearchRow
-from pillarbox.store import db, fulltext, lazyparse, quota, uidlist
+from pillarbox.store import counts, db, fulltext, lazyparse, quota, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
@@ -137,6 +137,7 @@ class UserIndex:
         # Messages indexed before being parsed (see store.lazyparse): ``unparsed`` tells the
         # readers to look (never False while one is pending), ``parse_wanted`` the background.
         self.unparsed = self.parse_wanted = lazyparse.any_pending(self.conn)
+        counts.prepare(self.conn)  # unseen/deleted counters, first unseen ("mailindex.counts")
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
@@ -144,6 +145,9 @@ class UserIndex:
         self._uid_cache: dict[int, tuple[tuple[int, int], array[int]]] = {}
         self._generation: dict[int, int] = {}  # bumped whenever a mailbox's UID set changes
         self.syncer = MaildirSync(self)  # new/ and cur/ into the index (store.sync)
+        # Keywords in use per mailbox and the HIGHESTMODSEQ they were read at: every change
+        # of a row's keywords gives it a higher modseq, so SELECT reads only newer rows.
+        self._used_keywords: dict[int, tuple[int, dict[str, None]]] = {}
         self.discover(initial=True)
         self.writer = IndexWriter(self)  # STORE, EXPUNGE, APPEND, COPY/MOVE, deliveries
         self.own_reader = IndexReader(self.conn, root)
@@ -215,6 +219,7 @@ class UserIndex:
 
     def _drop_row(self, mailbox_id: int) -> None:
         self._uid_cache.pop(mailbox_id, None)
+        self._used_keywords.pop(mailbox_id, None)
         with db.Transaction(self.conn):
             self.conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox_id,))
             self.conn.execute("DELETE FROM message_data WHERE mailbox_id = ?", (mailbox_id,))
@@ -454,23 +459,18 @@ class UserIndex:
     # --- reading -------------------------------------------------------------------------
     def status(self, name: str) -> StatusInfo:
         box = self.sync(self.mailbox(name))
-        row = self.conn.execute(
-            "SELECT count(*), coalesce(sum(flags & 1 = 0), 0), coalesce(sum(flags & 8 != 0), 0),"
-            " coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0),"
-            " coalesce(sum(CASE WHEN flags & 8 != 0 THEN size END), 0)"
-            " FROM messages WHERE mailbox_id = ?",
-            (box.recent_uid, box.id),
-        ).fetchone()
+        # Counters kept by triggers (store/counts.py), not a scan of the mailbox's rows.
+        found = counts.of_mailbox(self.conn, box.id)
         return StatusInfo(
-            messages=row[0],
-            recent=row[4],
+            messages=found.messages,
+            recent=counts.recent(self.conn, box.id, box.recent_uid),
             uidnext=box.uidnext,
             uidvalidity=box.uidvalidity,
-            unseen=row[1],
-            deleted=row[2],
-            size=row[3],
+            unseen=found.unseen,
+            deleted=found.deleted,
+            size=found.size,
             highestmodseq=box.highestmodseq,
-            deleted_storage=row[5],
+            deleted_storage=found.deleted_bytes,
         )
 
     def usage(self) -> int:
@@ -514,9 +514,7 @@ class UserIndex:
     def select(self, name: str, readonly: bool) -> SelectInfo:
         box = self.sync(self.mailbox(name))
         uids = self._cached_uids(box)
-        unseen = self.conn.execute(
-            "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND flags & 1 = 0", (box.id,)
-        ).fetchone()[0]
+        unseen = counts.first_unseen(self.conn, box.id)
         recent_from = box.recent_uid
         if not readonly:
             self._claim_recent(box, box.uidnext)
@@ -533,6 +531,9 @@ class UserIndex:
 
     def _claim_recent(self, box: Mailbox, upto: int) -> None:
         """RFC 3501 §2.3.2: \\Recent goes to the first session told about a message."""
+        if box.recent_uid >= upto:
+            return  # all claimed already: a warm SELECT writes nothing
+        box.recent_uid = upto
         with db.Transaction(self.conn):
             self.conn.execute(
                 "UPDATE mailboxes SET recent_uid = max(recent_uid, ?) WHERE id = ?",
@@ -540,13 +541,35 @@ class UserIndex:
             )
 
     def mailbox_keywords(self, box: Mailbox) -> tuple[str, ...]:
+        """The keywords of dovecot-keywords, then any other keyword a message carries.
+
+        A keyword no message carries any more may stay listed (as in dovecot-keywords):
+        FLAGS may name keywords not in use (RFC 9051 §7.3.5)."""
         found = dict.fromkeys(n for n in self.keyword_names(box) if n)
-        for (text,) in self.conn.execute(
-            "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ? AND keywords != ''",
-            (box.id,),
-        ):
-            found.update(dict.fromkeys(text.split()))
+        found.update(self._keywords_in_use(box))
         return tuple(found)
+
+    def _keywords_in_use(self, box: Mailbox) -> dict[str, None]:
+        cached = self._used_keywords.get(box.id)
+        if cached is not None and cached[0] == box.highestmodseq:
+            return cached[1]
+        if cached is None:
+            used: dict[str, None] = {}
+            rows = self.conn.execute(
+                "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ? AND keywords != ''",
+                (box.id,),
+            )
+        else:  # only the rows changed since (the index on modseq)
+            used = dict(cached[1])
+            rows = self.conn.execute(
+                "SELECT DISTINCT keywords FROM messages"
+                " WHERE mailbox_id = ? AND modseq > ? AND keywords != ''",
+                (box.id, cached[0]),
+            )
+        for (text,) in rows:
+            used.update(dict.fromkeys(text.split()))
+        self._used_keywords[box.id] = (box.highestmodseq, used)
+        return used
 
     def changes(
         self,

@@ -90,37 +90,53 @@ class IndexWriter:
         updated: list[FlagUpdate] = []
         failed: list[int] = []
         changes: list[tuple[Any, ...]] = []
-        for row in self.index.rows_in(box, ranges, "uid, flags, keywords, fname, modseq"):
-            uid, old_mask, old_kw_text, fname, old_modseq = row
-            if unchanged_since is not None and old_modseq > unchanged_since:
-                failed.append(uid)
-                continue
-            old_kw = old_kw_text.split()
-            if mode == "add":
-                # Keywords compare case-insensitively (as Dovecot does): no "$Work" + "$work".
-                have = {k.lower() for k in old_kw}
-                new_mask, new_kw = (
-                    old_mask | mask,
-                    old_kw + [k for k in keywords if k.lower() not in have],
-                )
-            elif mode == "remove":
-                drop = {k.lower() for k in keywords}
-                new_mask, new_kw = old_mask & ~mask, [k for k in old_kw if k.lower() not in drop]
-            else:
-                new_mask, new_kw = mask, list(keywords)
-            if new_mask == old_mask and new_kw == old_kw:
-                updated.append(FlagUpdate(uid, fl.flags_text(old_mask, old_kw_text), old_modseq))
-                continue
-            base, info = fl.split_filename(fname)
-            new_fname = f"{base}:2,{fl.make_info(info, new_mask, new_kw, names)}"
-            if new_fname != fname:
-                try:
-                    os.rename(cur / fname, cur / new_fname)
-                except FileNotFoundError:
-                    continue  # gone under us: the next sync expunges it
-            kw_text = " ".join(new_kw)
-            changes.append((new_mask, kw_text, new_fname, modseq, box.id, uid))
-            updated.append(FlagUpdate(uid, fl.flags_text(new_mask, kw_text), modseq))
+        # Info letters per (old letters, new mask, new keywords): a STORE 1:* meets a few.
+        infos: dict[tuple[str, int, tuple[str, ...]], str] = {}
+        # Renames relative to cur/'s descriptor: no path built and resolved per message
+        # (a STORE 1:* renames every file of a 50,000-message mailbox, as Dovecot does).
+        cur_fd = os.open(cur, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for row in self.index.rows_in(box, ranges, "uid, flags, keywords, fname, modseq"):
+                uid, old_mask, old_kw_text, fname, old_modseq = row
+                if unchanged_since is not None and old_modseq > unchanged_since:
+                    failed.append(uid)
+                    continue
+                old_kw = old_kw_text.split() if old_kw_text else []
+                if mode == "add":
+                    # Keywords compare case-insensitively (as Dovecot does): no "$Work" and
+                    # "$work".
+                    have = {k.lower() for k in old_kw}
+                    new_mask, new_kw = (
+                        old_mask | mask,
+                        old_kw + [k for k in keywords if k.lower() not in have],
+                    )
+                elif mode == "remove":
+                    drop = {k.lower() for k in keywords}
+                    new_mask = old_mask & ~mask
+                    new_kw = [k for k in old_kw if k.lower() not in drop]
+                else:
+                    new_mask, new_kw = mask, list(keywords)
+                if new_mask == old_mask and new_kw == old_kw:
+                    updated.append(
+                        FlagUpdate(uid, fl.flags_text(old_mask, old_kw_text), old_modseq)
+                    )
+                    continue
+                base, info = fl.split_filename(fname)
+                key = (info, new_mask, tuple(new_kw))
+                new_info = infos.get(key)
+                if new_info is None:
+                    new_info = infos[key] = fl.make_info(info, new_mask, new_kw, names)
+                new_fname = f"{base}:2,{new_info}"
+                if new_fname != fname:
+                    try:
+                        os.rename(fname, new_fname, src_dir_fd=cur_fd, dst_dir_fd=cur_fd)
+                    except FileNotFoundError:
+                        continue  # gone under us: the next sync expunges it
+                kw_text = " ".join(new_kw)
+                changes.append((new_mask, kw_text, new_fname, modseq, box.id, uid))
+                updated.append(FlagUpdate(uid, fl.flags_text(new_mask, kw_text), modseq))
+        finally:
+            os.close(cur_fd)
         if changes:
             with db.Transaction(self.index.conn):
                 self.index.conn.executemany(
