@@ -21,8 +21,23 @@ SYSTEM_FLAGS: Final = {
     "\\Draft": DRAFT,
 }
 
+_UPPER: Final = {name.upper(): bit for name, bit in SYSTEM_FLAGS.items()}
+
 # FLAG_TEXT[mask] is the FLAGS text of the system flags in ``mask``.
 FLAG_TEXT: Final = tuple(
     " ".join(name for name, bit in SYSTEM_FLAGS.items() if mask & bit)
     for mask in range(ALL_SYSTEM + 1)
 )
+
+
+def split_flags(flags: tuple[str, ...] | list[str]) -> tuple[int, list[str]]:
+    """(system mask, keywords) from IMAP flag names; ``\\Recent`` and unknown ``\\X`` dropped."""
+    mask = 0
+    keywords: list[str] = []
+    for flag in flags:
+        bit = _UPPER.get(flag.upper())
+        if bit is not None:
+            mask |= bit
+        elif not flag.startswith("\\") and flag not in keywords:
+            keywords.append(flag)
+    return mask, keywords

@@ -27,7 +27,7 @@ from pillarbox.mailstore.errors import (
     USEATTR,
     MailboxError,
 )
-from pillarbox.mailstore.flags import DELETED, FLAG_TEXT, SYSTEM_FLAGS
+from pillarbox.mailstore.flags import DELETED, FLAG_TEXT, split_flags
 from pillarbox.mailstore.names import INBOX, BadMailboxName, parent_names, validate
 from pillarbox.mailstore.rows import Copied, Envelope, Structure
 
@@ -39,7 +39,6 @@ SPECIAL_USE: Final = {
     "Archive": "\\Archive",
 }
 MAX_NAME_BYTES: Final = 240  # as the Maildir store: a name must fit a directory name
-_FLAG_BITS: Final = {name.upper(): bit for name, bit in SYSTEM_FLAGS.items()}
 
 Ranges = list[tuple[int, int]]
 
@@ -90,19 +89,6 @@ def parse_message(data: bytes, flags: tuple[str, ...] | list[str], when: float |
         header=data[: parsed.header_end],
         search_text=mime.header_search_text(parsed.fields),
     )
-
-
-def split_flags(flags: tuple[str, ...] | list[str]) -> tuple[int, list[str]]:
-    """(system mask, keywords) from IMAP flag names; ``\\Recent`` and unknown ``\\X`` dropped."""
-    mask = 0
-    keywords: list[str] = []
-    for flag in flags:
-        bit = _FLAG_BITS.get(flag.upper())
-        if bit is not None:
-            mask |= bit
-        elif not flag.startswith("\\") and flag not in keywords:
-            keywords.append(flag)
-    return mask, keywords
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.api import Learner
 from pillarbox.mailstore.filters import ALL, SearchFilter
-from pillarbox.mailstore.flags import DELETED, SEEN
+from pillarbox.mailstore.flags import DELETED, SEEN, split_flags
 from pillarbox.mailstore.names import normalise, validate
 from pillarbox.mailstore.results import (
     ChangeSet,
@@ -48,7 +48,6 @@ from pillarbox.memstore.mailboxes import (
     Message,
     UserBoxes,
     parse_message,
-    split_flags,
     vanished_since,
 )
 

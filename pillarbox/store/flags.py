@@ -21,10 +21,9 @@ from pillarbox.mailstore.flags import (
     FLAG_TEXT,
     FLAGGED,
     SEEN,
-    SYSTEM_FLAGS,
 )
+from pillarbox.mailstore.flags import split_flags as split_flags  # re-exported for fl.split_flags
 
-_UPPER: Final = {name.upper(): bit for name, bit in SYSTEM_FLAGS.items()}
 # Maildir info letters (https://cr.yp.to/proto/maildir.html): R = replied, T = trashed.
 _LETTERS: Final = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _LETTER_OF: Final = {bit: letter for letter, bit in _LETTERS.items()}
@@ -39,19 +38,6 @@ MAX_FILE_KEYWORDS: Final = 26
 def is_keyword(name: str) -> bool:
     """Whether ``name`` can be an IMAP keyword (an atom, RFC 3501 §9 flag-keyword)."""
     return bool(_KEYWORD_RE.match(name))
-
-
-def split_flags(flags: tuple[str, ...] | list[str]) -> tuple[int, list[str]]:
-    """(system mask, keywords) from IMAP flag names; ``\\Recent`` and unknown ``\\X`` dropped."""
-    mask = 0
-    keywords: list[str] = []
-    for flag in flags:
-        bit = _UPPER.get(flag.upper())
-        if bit is not None:
-            mask |= bit
-        elif not flag.startswith("\\") and flag not in keywords:
-            keywords.append(flag)
-    return mask, keywords
 
 
 def flags_text(mask: int, keywords: str) -> str:
