@@ -36,7 +36,7 @@ from typing import Any
 from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.core.ids import new_queue_id
-from pillarbox.delivery.service import DeliveryError, DeliveryService, QueueUnavailable
+from pillarbox.delivery.service import DeliveryError, DeliveryService, QueueUnavailable, head_of
 from pillarbox.queue import dsn
 from pillarbox.store.maildir import fsync_dir
 
@@ -95,11 +95,6 @@ def write_entry(directory: Path, envelope: PickupEnvelope, message: bytes) -> No
     _write_durably(directory / f"{envelope.queue_id}.msg", message, owner)
     _write_durably(directory / f"{envelope.queue_id}.env", envelope.to_json(), owner)
     fsync_dir(directory)
-
-
-def _read_head(path: Path, limit: int = 64 * 1024) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(limit)
 
 
 def pickup_received(hostname: str, envelope: PickupEnvelope) -> bytes:
@@ -210,7 +205,7 @@ class Pickup:
         _log.info("mailbox full, giving up", queue_id=envelope.queue_id, to=",".join(users))
         if not envelope.sender:
             return
-        head = await asyncio.to_thread(_read_head, msg_path)
+        head = await asyncio.to_thread(head_of, [msg_path])
         reports = [
             dsn.RecipientReport(
                 address=user,

@@ -66,13 +66,13 @@ def unquote_local_part(address: str) -> str:
 
 def _sieve_message(message: Sequence[bytes | Path]) -> SieveMessage:
     """The message for Sieve (blocking): its header section now, the rest when asked."""
-    head = _head_of(message)
+    head = head_of(message)
     for end in (b"\r\n\r\n", b"\n\n"):
         cut = head.find(end)
         if cut >= 0:
             head = head[: cut + len(end)]
             break
-    size = sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p in message)
+    size = _size_of(message)
 
     def load() -> bytes:
         return b"".join(p if isinstance(p, bytes) else p.read_bytes() for p in message)
@@ -80,7 +80,7 @@ def _sieve_message(message: Sequence[bytes | Path]) -> SieveMessage:
     return SieveMessage(head, size, load)
 
 
-def _head_of(message: Sequence[bytes | Path], limit: int = 64 * 1024) -> bytes:
+def head_of(message: Sequence[bytes | Path], limit: int = 64 * 1024) -> bytes:
     """The first ``limit`` bytes of a message made of parts (enough for its header)."""
     out = bytearray()
     for part in message:
@@ -353,7 +353,7 @@ class DeliveryService:
         if not sender:
             _log.info("sieve rejected, no bounce to <>", queue_id=queue_id, user=user)
             return
-        head = await asyncio.to_thread(_head_of, message)
+        head = await asyncio.to_thread(head_of, message)
         report = dsn.build_dsn(
             hostname=self.hostname, queue_id=queue_id, sender=sender,
             reports=[dsn.RecipientReport(address=user, action="failed", status="5.7.1",
@@ -400,7 +400,7 @@ class DeliveryService:
         Best effort: the message itself is already stored, so a failure here is logged and
         never turns into an error for the client (which would make it send again)."""
         try:
-            head = await asyncio.to_thread(_head_of, message)
+            head = await asyncio.to_thread(head_of, message)
             reports = [
                 dsn.RecipientReport(
                     address=r.address,
