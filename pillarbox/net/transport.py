@@ -22,14 +22,23 @@ It is an ordinary ``asyncio.Transport`` for the stream objects above it
 - ``start_tls`` upgrades the same socket in place (STARTTLS, RFC 3501 §6.2.1), after the
   plaintext queued before it is sent, and runs the handshake before reading resumes;
 - ``close`` sends what is queued, then TLS close_notify (RFC 8446 §6.1) without waiting for
-  the peer's, then closes; ``abort`` closes at once. An EOF from the peer (its close_notify,
-  or a TCP FIN) goes to ``eof_received``; a plaintext connection may stay half-open for
-  writing when the protocol asks for it, as asyncio's does.
+  the peer's, then half-closes and lingers (below); ``abort`` closes at once. An EOF from
+  the peer (its close_notify, or a TCP FIN) goes to ``eof_received``; a plaintext
+  connection may stay half-open for writing when the protocol asks for it, as asyncio's
+  does.
+
+A lingering close: a socket closed with input still unread makes the kernel answer RST,
+and a client that receives the RST while it is still sending (a line far beyond the
+limit, a pipelined batch after the goodbye) may lose our last reply unread. So the close
+half-closes (FIN after our last bytes), then reads and drops what the client still sends
+until its own FIN, for at most ``LINGER`` seconds (Apache's lingering close, RFC 7230
+§6.6's advice for HTTP).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 from typing import Any, Final
@@ -44,6 +53,10 @@ LOW_WATER: Final = 16 * 1024
 # At most this much of the queue is handed to one send: a TLS write is retried with at
 # least the length it failed with, which this bounds.
 SEND_CHUNK: Final = 256 * 1024
+
+# The longest a closed connection keeps reading (and dropping) the client's input.
+LINGER: Final = 2.0
+LINGER_READ_SIZE: Final = 64 * 1024
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantWriteError)
 
@@ -64,6 +77,7 @@ class SocketTransport(asyncio.Transport):
         "_fd",
         "_flushed",
         "_high",
+        "_linger",
         "_loop",
         "_lost",
         "_low",
@@ -102,6 +116,7 @@ class SocketTransport(asyncio.Transport):
         self._high = HIGH_WATER
         self._low = LOW_WATER
         self._flushed: asyncio.Future[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
         # The handshake's wait for the socket, with the loop watching the socket for it.
         self._waiter: asyncio.Future[None] | None = None
 
@@ -441,7 +456,7 @@ class SocketTransport(asyncio.Transport):
     # -- the end ----------------------------------------------------------------------
 
     def _finish_close(self) -> None:
-        """Everything is sent: say close_notify (TLS), then close."""
+        """Everything is sent: say close_notify (TLS), half-close, then linger."""
         if self._tls is not None:
             try:
                 # Sends our close_notify; a second SSL_shutdown inside would wait for the
@@ -449,7 +464,28 @@ class SocketTransport(asyncio.Transport):
                 self._tls.unwrap()
             except (OSError, ValueError, AttributeError):
                 pass
-        self._force_close(None)
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._force_close(None)
+            return
+        self._remove_reader()
+        self._loop.add_reader(self._fd, self._drop_input)
+        self._reader_added = True  # removed by _force_close
+        self._linger = self._loop.call_later(LINGER, self._force_close, None)
+
+    def _drop_input(self) -> None:
+        """Lingering: read and drop the client's bytes (raw, TLS records too) until its EOF."""
+        while True:
+            try:
+                data = os.read(self._fd, LINGER_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._force_close(None)
+                return
 
     def _force_close(self, exc: BaseException | None) -> None:
         if self._lost:
@@ -458,6 +494,9 @@ class SocketTransport(asyncio.Transport):
         self._closing = True
         self._reading = False
         self._out = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self._remove_reader()
         self._read_wants_write = self._write_wants_read = False
         self._update_writer()

@@ -68,7 +68,7 @@ class Pop3Component:
     def listeners(self) -> list[ListenerSpec]:
         listen = self.ctx.settings.listen
         return [
-            ListenerSpec(name, host, port, mode, self.handle, BUSY_REPLY)
+            ListenerSpec(name, host, port, mode, self.handle, BUSY_REPLY, own_transport=True)
             for name, mode in LISTENERS
             for host, port in listen.addresses(name)
         ]

@@ -5,7 +5,9 @@ nodes share as one directory.
 The rows are those of the SQLite store (store.py) plus claims, which is what sharing
 needs:
 
-- **Claims with a lease.** ``due`` claims the due recipients nobody holds with
+- **Claims with a lease.** A new message's recipients are born claimed by the node
+  that accepted it (``add_message``), which tries them at once. ``due`` claims the due
+  recipients nobody holds with
   ``SELECT ... FOR UPDATE SKIP LOCKED`` (two nodes scanning at once each get other rows,
   neither waits for the other) and stamps them with this node's id and a lease expiry on
   the database's clock. The service renews the leases of the jobs it holds every third
@@ -184,7 +186,7 @@ class PgQueueStore(QueueStoreBase):
         envid: str | None,
         ret: str | None,
         now: float | None = None,
-    ) -> None:
+    ) -> list[Recipient]:
         now = time.time() if now is None else now
         smtputf8 = needs_smtputf8(sender, (r.address for r in recipients))
         with self.pool.connection() as conn, conn.cursor() as cur:
@@ -193,11 +195,21 @@ class PgQueueStore(QueueStoreBase):
                 " smtputf8) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (queue_id, sender, envid, ret, now, size, eightbit, smtputf8),
             )
+            # Born claimed by this node, which tries them at once: another node's scan
+            # between this commit and our own would otherwise take them first.
             cur.executemany(
                 "INSERT INTO queue_recipients(queue_id, address, domain, notify, orcpt,"
-                " next_attempt, updated) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                recipient_rows(queue_id, recipients, now),
+                " next_attempt, updated, claimed_by, lease_until) VALUES"
+                f" (%s, %s, %s, %s, %s, %s, %s, %s, {DB_NOW} + %s)",
+                [
+                    (*row, self.node, self.lease)
+                    for row in recipient_rows(queue_id, recipients, now)
+                ],
             )
+            rows = cur.execute(
+                "SELECT * FROM queue_recipients WHERE queue_id = %s ORDER BY id", (queue_id,)
+            ).fetchall()
+        return [recipient_of_row(r) for r in rows]
 
     # -- reading --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pillarbox import log
@@ -194,7 +194,14 @@ class Runner:
         return max(0.05, min(self.scan_interval, upcoming - now))
 
     async def _schedule(self) -> None:
-        recipients = await self._due(time.time())
+        self.take(await self._due(time.time()))
+
+    def take(self, recipients: Sequence[Recipient]) -> None:
+        """Schedule ``recipients`` (due and this node's to work on) as jobs, except those
+        of a job already here. Enqueue hands a new message's recipients over this way at
+        once, without a scan in between."""
+        if self._main is None or self._main.done():
+            return  # not running: the next start's scan finds them
         grouped: dict[tuple[str, str], list[int]] = {}
         for r in recipients:
             key = (r.queue_id, r.domain)

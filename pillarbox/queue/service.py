@@ -260,7 +260,7 @@ class OutboundQueue:
             _log.error("spool write failed", queue_id=qid, error=str(exc))
             raise QueueError(f"cannot write the queue file: {exc}") from exc
         try:
-            await self._db(
+            claimed = await self._db(
                 lambda s: s.add_message(
                     qid, sender, recipients, size=size, eightbit=eightbit, envid=envid, ret=ret
                 )
@@ -277,7 +277,7 @@ class OutboundQueue:
             size=size,
             signed=signed,
         )
-        self.runner.wake()
+        self.runner.take(claimed)
         return qid
 
     async def _downgraded(self, message: Message, path: Path) -> Path:

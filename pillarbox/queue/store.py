@@ -272,8 +272,10 @@ class QueueStoreBase(abc.ABC):
         envid: str | None,
         ret: str | None,
         now: float | None = None,
-    ) -> None:
-        """Commit the rows of a message whose spool file is already durable."""
+    ) -> list[Recipient]:
+        """Commit the rows of a message whose spool file is already durable; returns its
+        recipients, which this node may work on at once (on a shared store, claimed by it:
+        the node that accepted a message makes its first attempt)."""
 
     @abc.abstractmethod
     def message(self, queue_id: str) -> Message | None: ...
@@ -381,7 +383,7 @@ class QueueStore(QueueStoreBase):
         envid: str | None,
         ret: str | None,
         now: float | None = None,
-    ) -> None:
+    ) -> list[Recipient]:
         now = time.time() if now is None else now
         smtputf8 = needs_smtputf8(sender, (r.address for r in recipients))
         with db.Transaction(self.conn) as conn:
@@ -395,6 +397,7 @@ class QueueStore(QueueStoreBase):
                 " next_attempt, updated) VALUES(?, ?, ?, ?, ?, ?, ?)",
                 recipient_rows(queue_id, recipients, now),
             )
+        return self.recipients(queue_id)
 
     # -- reading --------------------------------------------------------------------------
 
