@@ -46,6 +46,7 @@ from pillarbox.delivery.service import (
     QueueUnavailable,
     Route,
     SieveRejected,
+    full_mailboxes,
     unquote_local_part,
 )
 from pillarbox.delivery.wiring import InboundServices
@@ -56,7 +57,6 @@ from pillarbox.smtp.dataread import SpooledMessage, remove_later
 from pillarbox.smtp.parse import RcptCommand
 from pillarbox.smtp.session import Envelope, ListenerKind, Recipient, SessionInfo
 from pillarbox.store.accounts import Accounts, Resolution
-from pillarbox.store.quota import over_quota
 
 if TYPE_CHECKING:
     from pillarbox.mailauth.inbound import AuthVerdict
@@ -188,15 +188,11 @@ class SmtpBackend:
 
         RFC 9208 quota, answered 452 4.2.2 (a temporary failure: the sending server keeps
         the message and retries, so mail is never bounced at once for a full mailbox)."""
-        store = self.services.mail_store
-        if store is None:
+        full = await full_mailboxes(self.services.mail_store, users, size)
+        if not full:
             return None
-        for user in users:
-            limit = store.quota_limit(user)
-            if limit > 0 and over_quota(await store.usage(user), size, limit):
-                _log.info("mailbox full", user=user, size=size, quota=limit)
-                return str(user)
-        return None
+        _log.info("mailbox full", user=full[0], size=size)
+        return full[0]
 
     def _remember(self, queue_id: str, address: str, resolution: Resolution) -> None:
         self._resolved[(queue_id, address)] = resolution

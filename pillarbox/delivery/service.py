@@ -453,7 +453,7 @@ class DeliveryService:
         and losing a bounce is worse than a few KiB over a limit."""
         route = self.route([OutboundRecipient(r) for r in recipients])
         size = await asyncio.to_thread(_size_of, message)
-        held = await self.full_mailboxes(list(route.local), size)
+        held = await full_mailboxes(self.services.mail_store, list(route.local), size)
         for user in held:
             del route.local[user]
             route.outcome[user] = MAILBOX_FULL  # overrides "delivered" for a direct address
@@ -461,14 +461,15 @@ class DeliveryService:
         await self.store(route, sender, message, queue_id=queue_id, reject_at_protocol=False)
         return dict(route.outcome), held
 
-    async def full_mailboxes(self, users: Sequence[str], size: int) -> list[str]:
-        """The ``users`` whose quota ``size`` more bytes would pass (none without a store)."""
-        store: QuotaCheck | None = self.services.mail_store
-        if store is None:
-            return []
-        full = []
-        for user in users:
-            limit = store.quota_limit(user)
-            if limit > 0 and over_quota(await store.usage(user), size, limit):
-                full.append(user)
-        return full
+
+async def full_mailboxes(store: QuotaCheck | None, users: Sequence[str], size: int) -> list[str]:
+    """The ``users`` whose quota ``size`` more bytes would pass (none without a store).
+    ``store`` is the main process's mail store, or an intake worker's remote quota check."""
+    if store is None:
+        return []
+    full = []
+    for user in users:
+        limit = store.quota_limit(user)
+        if limit > 0 and over_quota(await store.usage(user), size, limit):
+            full.append(user)
+    return full
