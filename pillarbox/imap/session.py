@@ -107,6 +107,28 @@ class Flag:
 
 
 class Session:
+    # Slots: one of these lives as long as each connection (2,000 idle IMAP sessions).
+    __slots__ = (
+        "_bad",
+        "_out",
+        "_unwatch",
+        "authenticator",
+        "backend",
+        "changed",
+        "condstore",
+        "config",
+        "conn",
+        "idling",
+        "mail",
+        "qresync",
+        "rev2",
+        "saved",
+        "selected",
+        "state",
+        "user",
+        "utf8",
+    )
+
     def __init__(
         self,
         conn: Any,
@@ -140,7 +162,7 @@ class Session:
 
     async def flush(self) -> None:
         if self._out:
-            self.conn.writer.write(bytes(self._out))
+            self.conn.write(bytes(self._out))
             self._out.clear()
         await self.conn.drain(self.config.data_timeout)
 
@@ -166,10 +188,14 @@ class Session:
             caps.append("LOGINDISABLED")
         return caps
 
+    def _greeting(self) -> bytes:
+        # Made here, not in run(): a local of run() would be kept for the whole session.
+        caps = " ".join(self.capabilities())
+        return f"* OK [CAPABILITY {caps}] {self.config.hostname} Pillarbox ready\r\n".encode()
+
     # --- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
-        caps = " ".join(self.capabilities())
-        self.send(f"* OK [CAPABILITY {caps}] {self.config.hostname} Pillarbox ready\r\n".encode())
+        self.send(self._greeting())
         metrics.count(metrics.SESSIONS, "imap", self.conn.listener)
         await self.flush()
         try:
@@ -273,9 +299,7 @@ class Session:
                 self.send(b"+ go ahead\r\n")
                 await self.flush()
             try:
-                data = await asyncio.wait_for(
-                    self.conn.reader.readexactly(spec.size), self._literal_timeout(spec.size)
-                )
+                data = await self.conn.read_exactly(spec.size, self._literal_timeout(spec.size))
             except (asyncio.IncompleteReadError, TimeoutError):
                 return None
             asm.add_literal(data)

@@ -3,8 +3,9 @@
 After ``COMPRESS DEFLATE`` is answered, everything the client sends is raw DEFLATE
 (RFC 1951, no zlib header) and everything the server sends must be too. The layer sits
 between the transport (the socket, or TLS when it is on: RFC 4978 §3 orders compression
-above TLS) and the session's ``StreamReaderProtocol``, so the session keeps reading lines
-and literals from the same ``StreamReader`` and writing through a ``StreamWriter``:
+above TLS) and the session's protocol (``net/stream.py``'s ``LineStream``, or asyncio's
+``StreamReaderProtocol``), so the session keeps reading lines and literals and writing as
+before:
 
 - incoming bytes are inflated in bounded chunks, and inflation stops while the reader is
   over its limit (its flow control pauses this layer, not only the socket), so a small
@@ -160,18 +161,24 @@ class DeflateTransport(asyncio.Transport):
         return app
 
 
-def start(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> asyncio.StreamWriter:
-    """Put the DEFLATE layer under ``reader`` and ``writer``; returns the writer to use
-    from now on (the old one would write uncompressed).
+def wrap(inner: asyncio.Transport) -> asyncio.Transport:
+    """Put the DEFLATE layer between ``inner`` and its protocol; returns the transport the
+    protocol writes to from now on (``inner`` itself would write uncompressed). The
+    protocol's ``pause_reading``/``resume_reading`` on it pause and resume inflation.
 
-    Call with nothing buffered in ``reader`` (the client may not send before the reply to
-    COMPRESS, RFC 4978 §3) and after the reply has been written."""
+    Call with nothing buffered above (the client may not send before the reply to COMPRESS,
+    RFC 4978 §3) and after the reply has been written."""
+    inflating = _Inflating(inner.get_protocol(), inner)
+    inner.set_protocol(inflating)
+    return DeflateTransport(inner, inflating)
+
+
+def start(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> asyncio.StreamWriter:
+    """:func:`wrap` for an asyncio stream pair; returns the writer to use from now on."""
     inner = writer.transport
     assert isinstance(inner, asyncio.Transport)  # a stream connection: reads and writes
     app = inner.get_protocol()
-    inflating = _Inflating(app, inner)
-    inner.set_protocol(inflating)
-    transport = DeflateTransport(inner, inflating)
+    transport = wrap(inner)
     # StreamReader pauses the transport it was given at connection_made when its buffer is
     # over the limit; it must now pause inflation, which the socket alone cannot do. The
     # stdlib offers no setter (StreamWriter.start_tls swaps its own transport the same way).

@@ -1,0 +1,282 @@
+"""One small object per connection for line protocols on :class:`SocketTransport`.
+
+asyncio's stream trio (``StreamReader``, ``StreamReaderProtocol``, ``StreamWriter``) costs an
+idle connection three objects with instance dicts, two futures that are made at once and
+kept (the protocol's "closed" future, the writer's completion future), the connect
+callback's closure and two coroutine frames on every waiting read (``readuntil`` and
+``_wait_for_data``), and a read with a deadline adds ``asyncio.timeout``'s object. With
+thousands of idle IMAP sessions (RFC 2177 IDLE keeps one open per folder a client watches)
+that was about a third of what a session's Python objects cost.
+
+:class:`LineStream` is the transport's protocol and the session's reader and writer in one
+slotted object:
+
+- :meth:`read_line` and :meth:`read_exactly` take a deadline of their own: one timer handle
+  while a read waits (none while data is there), which :meth:`interrupt` fires early (news
+  for an IDLE session, shutdown). A timed-out or interrupted line stays buffered;
+- a line longer than ``limit`` raises ``asyncio.LimitOverrunError`` and an EOF in the
+  middle of a line or literal ``asyncio.IncompleteReadError``, as ``StreamReader`` does, so
+  the sessions' error handling is the same on either kind of connection;
+- flow control: reading is paused while more than ``2 * limit`` bytes (or the literal
+  being read, if larger) are buffered and resumed when the session has taken them, so a
+  client can never make the server buffer more than that; writing follows the transport's
+  ``pause_writing``/``resume_writing`` (its high-water mark) and :meth:`drain` waits;
+- the buffer is dropped while empty, so an idle connection holds none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from pillarbox.net import deflate
+from pillarbox.net.transport import SocketTransport
+
+
+class LineStream(asyncio.Protocol):
+    """See the module docstring. Made before the transport; ``attach`` connects them."""
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_drainer",
+        "_eof",
+        "_error",
+        "_expired",
+        "_limit",
+        "_loop",
+        "_lost",
+        "_read_paused",
+        "_timer",
+        "_transport",
+        "_waiter",
+        "_want",
+        "_write_paused",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int):
+        self._loop = loop
+        self._limit = limit
+        self._transport: Any = None  # SocketTransport, or a DeflateTransport over one
+        self._buffer: bytearray | None = None  # None while empty
+        self._want = 0  # bytes the waiting read needs (a literal): buffered without pausing
+        self._waiter: asyncio.Future[None] | None = None  # a read waiting for data
+        self._timer: asyncio.TimerHandle | None = None  # that read's deadline
+        self._expired = False  # the deadline passed (or interrupt) while the read waited
+        self._eof = False
+        self._error: BaseException | None = None
+        self._lost = False
+        self._read_paused = False
+        self._write_paused = False
+        self._drainer: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+
+    # -- the transport's protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._buffer is None:
+            self._buffer = bytearray(data)
+        else:
+            self._buffer += data
+        self._wake()
+        if not self._read_paused and len(self._buffer) > max(2 * self._limit, self._want):
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # Stay open for writing: a plaintext client may half-close and still read the
+        # answers (TLS has no half-close; the transport closes it itself).
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._eof = True
+        if exc is not None:
+            self._error = exc
+        self._wake()
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.set_exception(ConnectionResetError("connection lost"))
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.set_result(None)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read_line(self, seconds: float) -> bytes:
+        """The next line with its LF; TimeoutError after ``seconds`` or at :meth:`interrupt`."""
+        scanned = 0  # the LF is searched for in the new bytes only
+        try:
+            while True:
+                buffer = self._buffer
+                if buffer is not None:
+                    end = buffer.find(b"\n", scanned)
+                    if end >= 0:
+                        return self._take(end + 1)
+                    if len(buffer) > self._limit:
+                        raise asyncio.LimitOverrunError(
+                            "Separator is not found, and chunk exceed the limit", len(buffer)
+                        )
+                    scanned = len(buffer)
+                self._raise_if_ended(None)
+                await self._data(seconds)
+        finally:
+            self._end_wait()
+
+    async def read_exactly(self, size: int, seconds: float) -> bytes:
+        """``size`` bytes (a literal); TimeoutError after ``seconds``."""
+        self._want = size
+        try:
+            while self._buffer is None or len(self._buffer) < size:
+                self._raise_if_ended(size)
+                await self._data(seconds)
+            return self._take(size)
+        finally:
+            self._want = 0
+            self._end_wait()
+
+    def interrupt(self) -> None:
+        """End the waiting read now with TimeoutError (what it read stays buffered)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._time_out()
+
+    def buffered(self) -> int:
+        return len(self._buffer) if self._buffer is not None else 0
+
+    def drop_buffered(self) -> int:
+        """Forget what was read and not taken (STARTTLS); how many bytes that was."""
+        dropped = self.buffered()
+        self._buffer = None
+        return dropped
+
+    def _take(self, size: int) -> bytes:
+        buffer = self._buffer
+        assert buffer is not None
+        if size == len(buffer):
+            self._buffer = None
+            data = bytes(buffer)
+        else:
+            data = bytes(buffer[:size])
+            del buffer[:size]
+        if self._read_paused and self.buffered() <= self._limit:
+            self._read_paused = False
+            self._transport.resume_reading()
+        return data
+
+    def _raise_if_ended(self, expected: int | None) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._eof:
+            partial = bytes(self._buffer or b"")
+            self._buffer = None
+            raise asyncio.IncompleteReadError(partial, expected)
+
+    def _data(self, seconds: float) -> asyncio.Future[None]:
+        """A future for more data, within the read's deadline (started by its first wait).
+        Awaited by the read itself: a helper coroutine would be one more frame kept by
+        every waiting session."""
+        if self._expired:
+            raise TimeoutError
+        if self._timer is None:
+            self._timer = self._loop.call_later(seconds, self._time_out)
+        if self._read_paused:
+            # The read needs more than is buffered: the client may send again.
+            self._read_paused = False
+            self._transport.resume_reading()
+        if self._waiter is None or self._waiter.done():
+            self._waiter = self._loop.create_future()
+        return self._waiter
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _time_out(self) -> None:
+        self._expired = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(TimeoutError())
+
+    def _end_wait(self) -> None:
+        self._waiter = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._expired = False
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def write_backlog(self) -> int:
+        size: int = self._transport.get_write_buffer_size()
+        return size
+
+    async def drain(self, seconds: float) -> None:
+        """Wait until the transport is below its high-water mark, for at most ``seconds``
+        (TimeoutError); ConnectionResetError once the connection is gone."""
+        if self._lost:
+            raise ConnectionResetError("connection lost")
+        if not self._write_paused:
+            return
+        drainer = self._loop.create_future()
+        self._drainer = drainer
+        try:
+            async with asyncio.timeout(seconds):
+                await drainer
+        finally:
+            self._drainer = None
+
+    # -- the connection ----------------------------------------------------------------------
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        transport: asyncio.Transport = self._transport
+        return transport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    async def start_tls(self, context: ssl.SSLContext, seconds: float) -> None:
+        """TLS on the same socket (STARTTLS); reading was paused by :meth:`pause_reading`."""
+        transport = self._transport
+        assert isinstance(transport, SocketTransport)  # never under COMPRESS (RFC 4978 §4)
+        async with asyncio.timeout(seconds):
+            await transport.start_tls(context)
+        transport.resume_reading()
+
+    def start_deflate(self) -> None:
+        """Inflate what the client sends and deflate what we send from now on (RFC 4978)."""
+        self._transport = deflate.wrap(self._transport)
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    async def close(self, seconds: float) -> None:
+        """Close (the transport sends what is queued first) and wait until it is closed, for
+        at most ``seconds``: then the output is dropped and the socket closed at once."""
+        if self._lost:
+            return
+        self._closed = self._loop.create_future()
+        self._transport.close()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._closed
+        except TimeoutError:
+            self._transport.abort()
