@@ -47,7 +47,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TlsInfo:
     """What a session records about its TLS layer (for Received headers and logs)."""
 
