@@ -22,6 +22,7 @@ import ipaddress
 import itertools
 import socket
 import ssl
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -251,11 +252,12 @@ class Connection:
         local = (proxied.server if proxied else None) or io.get_extra_info("sockname")
         local = local or ("", 0)
         self.via: str = own_peer[0] if proxied else ""
-        self.peer_ip: str = peer[0]
+        # Interned: the connections from one client, or to one address, share the string.
+        self.peer_ip: str = sys.intern(peer[0])
         self.peer_port: int = peer[1]
-        self.local_ip: str = local[0]
+        self.local_ip: str = sys.intern(local[0])
         self.local_port: int = local[1]
-        self.client = client_key(self.peer_ip)
+        self.client = sys.intern(client_key(self.peer_ip))
         self._tls = tls
         self.tls: TlsInfo | None = TlsInfo.of(io.get_extra_info("ssl_object"))
         # Set when the server shuts down: sessions say goodbye at the next command.
@@ -665,7 +667,7 @@ class Listeners:
             self._refuse(spec, client, ip, refusal)
             return
         task = asyncio.get_running_loop().create_task(self._serve(spec, client))
-        self._register(_Entry(self, spec, client_key(ip), task))
+        self._register(_Entry(self, spec, sys.intern(client_key(ip)), task))
 
     async def _serve_admitted(
         self, spec: ListenerSpec, client: socket.socket, ip: str,
@@ -688,7 +690,7 @@ class Listeners:
         task = asyncio.current_task()
         assert task is not None
         self._unheard.discard(task)
-        self._register(_Entry(self, spec, client_key(ip), task, ip=ip))
+        self._register(_Entry(self, spec, sys.intern(client_key(ip)), task, ip=ip))
         await self._serve(spec, client, proxied)
 
     # -- behind a proxy ----------------------------------------------------------------
@@ -725,7 +727,7 @@ class Listeners:
         task = asyncio.current_task()
         assert task is not None
         self._unheard.discard(task)
-        self._register(_Entry(self, spec, client_key(ip), task))
+        self._register(_Entry(self, spec, sys.intern(client_key(ip)), task))
         await self._serve(spec, client, proxied)
 
     # -- admission ---------------------------------------------------------------------

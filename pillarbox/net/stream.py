@@ -11,9 +11,10 @@ that was about a third of what a session's Python objects cost.
 :class:`LineStream` is the transport's protocol and the session's reader and writer in one
 slotted object:
 
-- :meth:`read_line` and :meth:`read_exactly` take a deadline of their own: one timer handle
-  while a read waits (none while data is there), which :meth:`interrupt` fires early (news
-  for an IDLE session, shutdown). A timed-out or interrupted line stays buffered;
+- :meth:`read_line` and :meth:`read_exactly` take a deadline of their own, kept by one
+  timer per stream (not one made and cancelled per read); :meth:`interrupt` ends the
+  waiting read early (news for an IDLE session, shutdown). A timed-out or interrupted
+  line stays buffered;
 - a line longer than ``limit`` raises ``asyncio.LimitOverrunError`` and an EOF in the
   middle of a line or literal ``asyncio.IncompleteReadError``, as ``StreamReader`` does, so
   the sessions' error handling is the same on either kind of connection;
@@ -40,6 +41,7 @@ class LineStream(asyncio.Protocol):
     __slots__ = (
         "_buffer",
         "_closed",
+        "_deadline",
         "_drainer",
         "_eof",
         "_error",
@@ -62,7 +64,8 @@ class LineStream(asyncio.Protocol):
         self._buffer: bytearray | None = None  # None while empty
         self._want = 0  # bytes the waiting read needs (a literal): buffered without pausing
         self._waiter: asyncio.Future[None] | None = None  # a read waiting for data
-        self._timer: asyncio.TimerHandle | None = None  # that read's deadline
+        self._deadline = 0.0  # when the waiting read times out (loop time); 0: none waits
+        self._timer: asyncio.TimerHandle | None = None  # see _schedule_timer
         self._expired = False  # the deadline passed (or interrupt) while the read waited
         self._eof = False
         self._error: BaseException | None = None
@@ -97,6 +100,7 @@ class LineStream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._eof = True
+        self._stop_timer()  # else the loop's heap would keep this object until it fires
         if exc is not None:
             self._error = exc
         self._wake()
@@ -149,8 +153,7 @@ class LineStream(asyncio.Protocol):
 
     def interrupt(self) -> None:
         """End the waiting read now with TimeoutError (what it read stays buffered)."""
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._deadline:
             self._time_out()
 
     def buffered(self) -> int:
@@ -185,13 +188,14 @@ class LineStream(asyncio.Protocol):
             raise asyncio.IncompleteReadError(partial, expected)
 
     def _data(self, seconds: float) -> asyncio.Future[None]:
-        """A future for more data, within the read's deadline (started by its first wait).
+        """A future for more data, within the read's deadline (set by its first wait).
         Awaited by the read itself: a helper coroutine would be one more frame kept by
         every waiting session."""
         if self._expired:
             raise TimeoutError
-        if self._timer is None:
-            self._timer = self._loop.call_later(seconds, self._time_out)
+        if not self._deadline:
+            self._deadline = self._loop.time() + seconds
+            self._schedule_timer()
         if self._read_paused:
             # The read needs more than is buffered: the client may send again.
             self._read_paused = False
@@ -199,6 +203,27 @@ class LineStream(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             self._waiter = self._loop.create_future()
         return self._waiter
+
+    def _schedule_timer(self) -> None:
+        """One timer per stream, left running when a read ends: the next read moves it
+        on when it fires. A timer made and cancelled per read would leave the cancelled
+        handles in the loop's heap (asyncio drops them only once they are half of it)."""
+        if self._timer is not None:
+            if self._timer.when() <= self._deadline:
+                return  # fires first; _on_timer then waits on until this deadline
+            self._timer.cancel()  # a shorter deadline than the last read's
+        self._timer = self._loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._deadline:
+            return  # no read waits: the next one starts a timer
+        # asyncio runs a timer up to its clock's resolution early: a deadline less than
+        # a millisecond away counts as reached.
+        if self._deadline > self._loop.time() + 0.001:
+            self._schedule_timer()  # a later read's deadline
+            return
+        self._time_out()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -211,10 +236,13 @@ class LineStream(asyncio.Protocol):
 
     def _end_wait(self) -> None:
         self._waiter = None
+        self._deadline = 0.0
+        self._expired = False
+
+    def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._expired = False
 
     # -- writing ---------------------------------------------------------------------------
 
