@@ -5,6 +5,7 @@ control both ways, deadlines, EOF, STARTTLS and COMPRESS."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import zlib
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from pillarbox.config import Settings
+from pillarbox.net import deflate
 from pillarbox.net.stream import LineStream
 from pillarbox.net.transport import SocketTransport
 from pillarbox.tls.context import server_context
@@ -299,5 +301,60 @@ def test_compress_inflates_reads_and_deflates_writes() -> None:
             while not text.endswith(b"\r\n"):
                 text += inflate.decompress(await reader.read(4096))
             assert text == b"* OK " + b"y" * 10000 + b"\r\n"
+
+    run(scenario)
+
+
+def test_compress_drops_the_idle_inflater_and_replays_it_exactly() -> None:
+    """Between commands the inflater is dropped and made again from the client's input;
+    the stream goes on intact across many such rests, with matches reaching back into
+    earlier commands (one compressor for the whole stream, as clients do), until the input
+    is too long to replay and the inflater stays."""
+
+    async def scenario() -> None:
+        async with pair(limit=64 * 1024) as (stream, (_, writer)):
+            stream.start_deflate()
+            inflating = stream._transport._inflating
+            out = zlib.compressobj(wbits=-15)
+            sent = 0
+            for i in range(300):
+                line = b"a%d UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO)])\r\n" % i
+                writer.write(out.compress(line) + out.flush(zlib.Z_SYNC_FLUSH))
+                assert await stream.read_line(5) == line
+                sent += len(line)
+                reading = asyncio.ensure_future(stream.read_line(5))
+                await asyncio.sleep(0)  # the read waits: the layer rests
+                replayable = sent <= deflate.REPLAY_LIMIT
+                assert (inflating._inflater is None) == replayable, (i, sent)
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+            assert sent > deflate.REPLAY_LIMIT  # both regimes were gone through
+            # A literal whose inflated form is far larger than a step (long matches).
+            literal = b"x" * 300_000
+            writer.write(out.compress(b"b {300000+}\r\n" + literal) + out.flush(zlib.Z_SYNC_FLUSH))
+            assert await stream.read_line(5) == b"b {300000+}\r\n"
+            assert await stream.read_exactly(len(literal), 5) == literal
+
+    run(scenario)
+
+
+def test_compress_replay_keeps_a_long_match_split_across_steps() -> None:
+    """Input whose inflation fills a step exactly while zlib still holds output: after a
+    rest, the replayed inflater is where the dropped one was (nothing lost, nothing twice)."""
+
+    async def scenario() -> None:
+        async with pair(limit=64 * 1024) as (stream, (_, writer)):
+            stream.start_deflate()
+            out = zlib.compressobj(wbits=-15)
+            first = b"c APPEND {%d+}\r\n" % deflate.CHUNK + b"y" * deflate.CHUNK
+            writer.write(out.compress(first) + out.flush(zlib.Z_SYNC_FLUSH))
+            assert await stream.read_line(5) == b"c APPEND {%d+}\r\n" % deflate.CHUNK
+            assert await stream.read_exactly(deflate.CHUNK, 5) == b"y" * deflate.CHUNK
+            reading = asyncio.ensure_future(stream.read_line(5))
+            await asyncio.sleep(0.05)
+            writer.write(out.compress(b"\r\nd NOOP\r\n") + out.flush(zlib.Z_SYNC_FLUSH))
+            assert await reading == b"\r\n"
+            assert await stream.read_line(5) == b"d NOOP\r\n"
 
     run(scenario)

@@ -42,6 +42,7 @@ class LineStream(asyncio.Protocol):
         "_buffer",
         "_closed",
         "_deadline",
+        "_deflate",
         "_drainer",
         "_eof",
         "_error",
@@ -74,6 +75,7 @@ class LineStream(asyncio.Protocol):
         self._write_paused = False
         self._drainer: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
+        self._deflate: deflate.DeflateTransport | None = None  # once COMPRESS is on
 
     # -- the transport's protocol ----------------------------------------------------------
 
@@ -196,6 +198,8 @@ class LineStream(asyncio.Protocol):
         if not self._deadline:
             self._deadline = self._loop.time() + seconds
             self._schedule_timer()
+            if self._deflate is not None:
+                self._deflate.rest()  # the inflater is not needed until the client sends
         if self._read_paused:
             # The read needs more than is buffered: the client may send again.
             self._read_paused = False
@@ -291,7 +295,7 @@ class LineStream(asyncio.Protocol):
 
     def start_deflate(self) -> None:
         """Inflate what the client sends and deflate what we send from now on (RFC 4978)."""
-        self._transport = deflate.wrap(self._transport)
+        self._transport = self._deflate = deflate.wrap(self._transport)
 
     def abort(self) -> None:
         self._transport.abort()
