@@ -358,3 +358,17 @@ def test_compress_replay_keeps_a_long_match_split_across_steps() -> None:
             assert await stream.read_line(5) == b"d NOOP\r\n"
 
     run(scenario)
+
+
+def test_a_read_cancelled_by_its_caller_loses_nothing() -> None:
+    async def scenario() -> None:
+        async with pair() as (stream, (_, writer)):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):  # the caller's deadline, not the stream's
+                    await stream.read_line(30)
+            writer.write(b"a NOOP\r\n")
+            await asyncio.sleep(0.05)  # arrives while no read waits
+            assert await stream.read_line(5) == b"a NOOP\r\n"
+            assert stream._deadline == 0.0  # the cancelled read's deadline is gone
+
+    run(scenario)

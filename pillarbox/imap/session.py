@@ -21,6 +21,7 @@ during FETCH, STORE or SEARCH (RFC 3501 §7.4.1), but EXISTS and FLAGS at any co
 from __future__ import annotations
 
 import asyncio
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ class Session:
         self.condstore = False
         self.qresync = False  # RFC 7162 §3.2.3: VANISHED instead of EXPUNGE, SELECT (QRESYNC)
         self.saved: Any = None  # RFC 5182 search result (a SequenceSet of UIDs)
-        self._out = bytearray()
+        self._out: bytearray | None = None  # what send() queued; None while empty (idle)
         # Set by the change hub when the selected mailbox changed elsewhere.
         self.changed = Flag()
         self.idling = False  # in IDLE: a change interrupts the wait for DONE
@@ -158,17 +159,21 @@ class Session:
 
     # --- output --------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        self._out += data
+        if self._out is None:
+            self._out = bytearray(data)
+        else:
+            self._out += data
 
     async def flush(self) -> None:
-        if self._out:
-            self.conn.write(bytes(self._out))
-            self._out.clear()
+        if self._out is not None:
+            # Handed over, not copied: the transport copies what it cannot send at once.
+            out, self._out = self._out, None
+            self.conn.write(out)
         await self.conn.drain(self.config.data_timeout)
 
     async def write(self, data: bytes) -> None:
         self.send(data)
-        if len(self._out) >= 65536:
+        if self._out is not None and len(self._out) >= 65536:
             await self.flush()
 
     # --- capabilities ----------------------------------------------------------------------
@@ -358,7 +363,7 @@ class Session:
     def logged_in(self, user: str, mail: UserMail) -> None:
         """Enter the authenticated state (RFC 3501 §3.2) with the user's mailboxes."""
         self.mail = mail
-        self.user = user
+        self.user = sys.intern(user)  # a user's sessions (one per folder in IDLE) share it
         self.state = c.State.AUTHENTICATED
         self.conn.mark_authenticated()
         self._unwatch = mail.watch(self._on_change)

@@ -24,7 +24,7 @@ import socket
 import ssl
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -161,7 +161,7 @@ class AsyncioStreams:
         buffer.clear()
         return dropped
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.writer.write(data)
 
     def write_backlog(self) -> int:
@@ -309,11 +309,11 @@ class Connection:
         await self._io.start_tls(self._tls.current(), HANDSHAKE_TIMEOUT)
         self.tls = TlsInfo.of(self._io.get_extra_info("ssl_object"))
 
-    def read_line(self, seconds: float) -> Coroutine[Any, Any, bytes]:
+    def read_line(self, seconds: float) -> Awaitable[bytes]:
         """Await it for the next line from the client; TimeoutError after ``seconds`` or
         at :meth:`interrupt`. The wait runs in the caller's task: an idle session holds no
         helper task and no future per thing it waits for (2,000 IDLE sessions add up),
-        and no frame of this method (it hands over the stream's coroutine).
+        and no frame of this method (it hands over the stream's future).
         ``asyncio.LimitOverrunError`` for a line beyond the stream's limit,
         ``asyncio.IncompleteReadError`` at the client's EOF."""
         if self.closing.is_set():
@@ -329,8 +329,9 @@ class Connection:
         What was already read of a line stays buffered for the next read."""
         self._io.interrupt()
 
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` for the client (sent at once if the socket takes it)."""
+    def write(self, data: bytes | bytearray) -> None:
+        """Queue ``data`` for the client (sent at once if the socket takes it; the caller
+        must not change a bytearray it handed over)."""
         self._io.write(data)
 
     def start_deflate(self) -> None:

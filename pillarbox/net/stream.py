@@ -48,9 +48,11 @@ class LineStream(asyncio.Protocol):
         "_error",
         "_expired",
         "_limit",
+        "_line",
         "_loop",
         "_lost",
         "_read_paused",
+        "_scanned",
         "_timer",
         "_transport",
         "_waiter",
@@ -64,7 +66,9 @@ class LineStream(asyncio.Protocol):
         self._transport: Any = None  # SocketTransport, or a DeflateTransport over one
         self._buffer: bytearray | None = None  # None while empty
         self._want = 0  # bytes the waiting read needs (a literal): buffered without pausing
-        self._waiter: asyncio.Future[None] | None = None  # a read waiting for data
+        self._line: asyncio.Future[bytes] | None = None  # the waiting read_line's result
+        self._scanned = 0  # how much of the buffer that read has searched for its LF
+        self._waiter: asyncio.Future[None] | None = None  # read_exactly waiting for data
         self._deadline = 0.0  # when the waiting read times out (loop time); 0: none waits
         self._timer: asyncio.TimerHandle | None = None  # see _schedule_timer
         self._expired = False  # the deadline passed (or interrupt) while the read waited
@@ -88,7 +92,7 @@ class LineStream(asyncio.Protocol):
         else:
             self._buffer += data
         self._wake()
-        if not self._read_paused and len(self._buffer) > max(2 * self._limit, self._want):
+        if not self._read_paused and self.buffered() > max(2 * self._limit, self._want):
             self._read_paused = True
             self._transport.pause_reading()
 
@@ -121,28 +125,21 @@ class LineStream(asyncio.Protocol):
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def read_line(self, seconds: float) -> bytes:
-        """The next line with its LF; TimeoutError after ``seconds`` or at :meth:`interrupt`."""
-        scanned = 0  # the LF is searched for in the new bytes only
-        try:
-            while True:
-                buffer = self._buffer
-                if buffer is not None:
-                    end = buffer.find(b"\n", scanned)
-                    if end >= 0:
-                        return self._take(end + 1)
-                    if len(buffer) > self._limit:
-                        raise asyncio.LimitOverrunError(
-                            "Separator is not found, and chunk exceed the limit", len(buffer)
-                        )
-                    scanned = len(buffer)
-                self._raise_if_ended(None)
-                await self._data(seconds)
-        finally:
-            self._end_wait()
+    def read_line(self, seconds: float) -> asyncio.Future[bytes]:
+        """A future of the next line with its LF; TimeoutError after ``seconds`` or at
+        :meth:`interrupt`. Not a coroutine: the line is made up as data arrives, so a
+        session waiting for its next command (or in IDLE) keeps no frame for the read."""
+        self._end_wait()  # a read cancelled by its caller leaves nothing behind
+        line: asyncio.Future[bytes] = self._loop.create_future()
+        self._line = line
+        self._scanned = 0
+        if not self._settle_line():
+            self._start_wait(seconds)
+        return line
 
     async def read_exactly(self, size: int, seconds: float) -> bytes:
         """``size`` bytes (a literal); TimeoutError after ``seconds``."""
+        self._end_wait()
         self._want = size
         try:
             while self._buffer is None or len(self._buffer) < size:
@@ -152,6 +149,43 @@ class LineStream(asyncio.Protocol):
         finally:
             self._want = 0
             self._end_wait()
+
+    def _settle_line(self) -> bool:
+        """Settle the waiting line read if what is buffered allows: True if it did."""
+        line = self._line
+        assert line is not None
+        if line.done():  # cancelled by its caller: the data stays for the next read
+            self._end_wait()
+            return True
+        try:
+            data = self._buffered_line()
+        except Exception as exc:
+            self._end_wait()
+            if not line.done():  # not cancelled meanwhile by its caller
+                line.set_exception(exc)
+            return True
+        if data is None:
+            return False
+        self._end_wait()
+        if not line.done():
+            line.set_result(data)
+        return True
+
+    def _buffered_line(self) -> bytes | None:
+        """The next whole line from the buffer, or None; raises for an overlong line and
+        at the end of the input (as StreamReader.readuntil does)."""
+        buffer = self._buffer
+        if buffer is not None:
+            end = buffer.find(b"\n", self._scanned)  # only the bytes not searched yet
+            if end >= 0:
+                return self._take(end + 1)
+            if len(buffer) > self._limit:
+                raise asyncio.LimitOverrunError(
+                    "Separator is not found, and chunk exceed the limit", len(buffer)
+                )
+            self._scanned = len(buffer)
+        self._raise_if_ended(None)
+        return None
 
     def interrupt(self) -> None:
         """End the waiting read now with TimeoutError (what it read stays buffered)."""
@@ -190,23 +224,26 @@ class LineStream(asyncio.Protocol):
             raise asyncio.IncompleteReadError(partial, expected)
 
     def _data(self, seconds: float) -> asyncio.Future[None]:
-        """A future for more data, within the read's deadline (set by its first wait).
-        Awaited by the read itself: a helper coroutine would be one more frame kept by
-        every waiting session."""
+        """A future for more data (read_exactly), within the read's deadline (set by its
+        first wait). Awaited by the read itself, not through a helper coroutine."""
         if self._expired:
             raise TimeoutError
         if not self._deadline:
-            self._deadline = self._loop.time() + seconds
-            self._schedule_timer()
-            if self._deflate is not None:
-                self._deflate.rest()  # the inflater is not needed until the client sends
+            self._start_wait(seconds)
+        if self._waiter is None or self._waiter.done():
+            self._waiter = self._loop.create_future()
+        return self._waiter
+
+    def _start_wait(self, seconds: float) -> None:
+        """A read waits for the client: start its deadline and let the client send."""
+        self._deadline = self._loop.time() + seconds
+        self._schedule_timer()
+        if self._deflate is not None:
+            self._deflate.rest()  # the inflater is not needed until the client sends
         if self._read_paused:
             # The read needs more than is buffered: the client may send again.
             self._read_paused = False
             self._transport.resume_reading()
-        if self._waiter is None or self._waiter.done():
-            self._waiter = self._loop.create_future()
-        return self._waiter
 
     def _schedule_timer(self) -> None:
         """One timer per stream, left running when a read ends: the next read moves it
@@ -230,15 +267,25 @@ class LineStream(asyncio.Protocol):
         self._time_out()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
+        """New data, or the end of the input: the waiting read may go on."""
+        if self._line is not None:
+            self._settle_line()
+        elif self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     def _time_out(self) -> None:
+        line = self._line
+        if line is not None:
+            self._end_wait()
+            if not line.done():
+                line.set_exception(TimeoutError())
+            return
         self._expired = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(TimeoutError())
 
     def _end_wait(self) -> None:
+        self._line = None
         self._waiter = None
         self._deadline = 0.0
         self._expired = False
@@ -250,7 +297,7 @@ class LineStream(asyncio.Protocol):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self._transport.write(data)
 
     def write_backlog(self) -> int:
