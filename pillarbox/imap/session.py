@@ -30,6 +30,7 @@ from typing import Any, Final
 from pillarbox import log
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
+from pillarbox.imap import session_selected as sel
 from pillarbox.imap.backend import MailBackend, UserMail
 from pillarbox.imap.dispatch import COMMANDS
 from pillarbox.imap.grammar import CommandAssembler, Limits, LiteralTooBig, ParseError
@@ -119,7 +120,8 @@ class Session:
         "condstore",
         "config",
         "conn",
-        "idling",
+        "idle_cmd",
+        "idle_until",
         "mail",
         "qresync",
         "rev2",
@@ -153,7 +155,10 @@ class Session:
         self._out: bytearray | None = None  # what send() queued; None while empty (idle)
         # Set by the change hub when the selected mailbox changed elsewhere.
         self.changed = Flag()
-        self.idling = False  # in IDLE: a change interrupts the wait for DONE
+        # In IDLE (RFC 2177): the command, and when the idle time ends (loop time). A
+        # change interrupts the wait for DONE.
+        self.idle_cmd: c.Idle | None = None
+        self.idle_until = 0.0
         self._unwatch: Callable[[], None] | None = None
         self._bad = 0
 
@@ -209,6 +214,24 @@ class Session:
                     self.send(b"* BYE server shutting down\r\n")
                     await self.flush()
                     return
+                if (idle := self.idle_cmd) is not None:
+                    # IDLE's wait is awaited here, in this frame (session_selected.py, IDLE).
+                    try:
+                        await sel.idle_catch_up(self)
+                        try:
+                            line: bytes | None = await sel.idle_wait(self)
+                        except TimeoutError:
+                            line = None
+                        await sel.idle_step(self, line)
+                    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                        return  # the client left, or sent a line beyond any limit
+                    except Logout:
+                        await self.flush()
+                        return
+                    except Bad as exc:  # a line other than DONE
+                        self._fail(exc, idle.tag)
+                    await self.flush()
+                    continue
                 try:
                     raw = await self._read_command()
                 except ParseError as exc:  # a line or literal the assembler refused
@@ -372,7 +395,7 @@ class Session:
     def _on_change(self, mailbox: str) -> None:
         if self.selected is not None and mailbox == self.selected.name:
             self.changed.set()
-            if self.idling:
+            if self.idle_cmd is not None:
                 self.conn.interrupt()  # IDLE reports it now (RFC 2177)
 
     async def send_updates(self, cmd: c.Command, *, force: bool = False) -> None:
