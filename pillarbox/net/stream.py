@@ -108,6 +108,12 @@ class LineStream(asyncio.Protocol):
         self._eof = True
         self._stop_timer()  # else the loop's heap would keep this object until it fires
         if exc is not None:
+            # For the session any failure of the socket or TLS (an SSLEOFError from a write
+            # to a client that left) means the client is gone: a ConnectionError.
+            if not isinstance(exc, ConnectionError):
+                lost = ConnectionResetError(f"connection lost: {exc!r}")
+                lost.__cause__ = exc
+                exc = lost
             self._error = exc
         self._wake()
         if self._drainer is not None and not self._drainer.done():
