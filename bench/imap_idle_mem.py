@@ -1,7 +1,9 @@
 """Memory per idle IMAP connection on a real ``pillarbox serve``: RSS and PSS of the server
 process (``/proc/PID/smaps_rollup``) before and after ``--sessions`` connections, divided
-by their number. Each variant runs on a freshly started server, so what one left behind
-in the allocator does not count for the next:
+by their number, and the growth from half of them to all of them (what one more idle
+connection costs, without the first session's one-time costs). Each variant runs on a
+freshly started server, so what one left behind in the allocator does not count for the
+next:
 
 - ``plain-greeting``: plaintext connections to the ``imap`` port that read the greeting
   and wait (the floor: a socket, a transport, a session not logged in);
@@ -29,8 +31,19 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
-from benchlib import BENCH_ROOT, DOMAIN, PASSWORD, USER, Pillarbox, free_port, table, tree_memory
+from benchlib import (
+    BENCH_ROOT,
+    DOMAIN,
+    PASSWORD,
+    USER,
+    Memory,
+    Pillarbox,
+    free_port,
+    table,
+    tree_memory,
+)
 
 HOSTNAME = f"mail.{DOMAIN}"
 OPENING_AT_ONCE = 100
@@ -130,8 +143,19 @@ def _fill_inbox(server: Pillarbox) -> None:
             smtp.sendmail("a@client.test", [USER], body)
 
 
-def measure(name: str, count: int, root: Path) -> tuple[float, float, float]:
-    """(RSS KiB, PSS KiB per connection, seconds to open them) on a fresh server."""
+class Figures(NamedTuple):
+    rss: float  # KiB per connection: (all open - none open) / count
+    pss: float
+    marginal_rss: float  # KiB per connection of the second half: (all - half) / (count / 2)
+    marginal_pss: float
+    seconds: float  # to open them all
+
+
+def measure(name: str, count: int, root: Path) -> Figures:
+    """Memory per connection on a fresh server, two ways: everything the server grew by
+    since before the first connection, divided by their number (one-time costs of the
+    first session included: module imports, caches), and the growth from the first half
+    of the connections to all of them (what one more idle connection costs)."""
     imaps_port = free_port()
     server = Pillarbox(
         root / f"idle-{name}",
@@ -148,26 +172,34 @@ def measure(name: str, count: int, root: Path) -> tuple[float, float, float]:
         time.sleep(SETTLE)
         before = tree_memory([server.pid])
         started = time.monotonic()
-        held = asyncio.run(_hold(target, VARIANTS[name], count, server.pid))
-        opened, after = held
-        return (
+        opened, half, after = asyncio.run(_hold(target, VARIANTS[name], count, server.pid))
+        second = count - count // 2
+        return Figures(
             (after.rss - before.rss) / count / 1024,
             (after.pss - before.pss) / count / 1024,
+            (after.rss - half.rss) / second / 1024,
+            (after.pss - half.pss) / second / 1024,
             opened - started,
         )
     finally:
         server.close()
 
 
-async def _hold(target: Target, opener: Opener, count: int, pid: int) -> tuple[float, object]:
-    connections = await _open(target, opener, count)
+async def _hold(
+    target: Target, opener: Opener, count: int, pid: int
+) -> tuple[float, Memory, Memory]:
+    """Open half the connections, measure, open the rest, measure; then close them all."""
+    connections = await _open(target, opener, count // 2)
+    await asyncio.sleep(SETTLE)
+    half = tree_memory([pid])
+    connections += await _open(target, opener, count - count // 2)
     opened = time.monotonic()
     await asyncio.sleep(SETTLE)
     after = tree_memory([pid])
     for connection in connections:
         writer = connection[0] if isinstance(connection, tuple) else connection
         writer.close()  # type: ignore[attr-defined]
-    return opened, after
+    return opened, half, after
 
 
 def main() -> None:
@@ -179,10 +211,14 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.sessions + 512)), hard))
     rows = []
     for name in args.variants:
-        rss, pss, seconds = measure(name, args.sessions, BENCH_ROOT / "bench-idle-mem")
-        rows.append((name, args.sessions, f"{rss:.1f}", f"{pss:.1f}", f"{seconds:.1f}"))
-        print(f"{name}: {rss:.1f} KiB RSS, {pss:.1f} KiB PSS per connection", flush=True)
-    print(table(("variant", "connections", "RSS KiB/conn", "PSS KiB/conn", "open s"), rows))
+        f = measure(name, args.sessions, BENCH_ROOT / "bench-idle-mem")
+        figures = (f.rss, f.pss, f.marginal_rss, f.marginal_pss, f.seconds)
+        rows.append((name, args.sessions, *(f"{x:.1f}" for x in figures)))
+        print(f"{name}: {f.rss:.1f} KiB RSS, {f.pss:.1f} KiB PSS per connection; "
+              f"second half {f.marginal_rss:.1f} / {f.marginal_pss:.1f}", flush=True)  # fmt: skip
+    columns = ("variant", "connections", "RSS KiB/conn", "PSS KiB/conn",
+               "2nd half RSS", "2nd half PSS", "open s")  # fmt: skip
+    print(table(columns, rows))
 
 
 if __name__ == "__main__":

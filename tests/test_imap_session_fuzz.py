@@ -52,6 +52,13 @@ class FakeConn:
         async with asyncio.timeout(seconds):
             return await self.reader.readuntil(b"\n")
 
+    async def read_exactly(self, size: int, seconds: float) -> bytes:
+        async with asyncio.timeout(seconds):
+            return await self.reader.readexactly(size)
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
     def interrupt(self) -> None:
         return None
 

@@ -42,7 +42,7 @@ def test_imap_listeners_run_on_the_own_transport(server: pbserver.RunningServer)
     async def transports() -> list[str]:
         listeners = server.server.listeners
         return [
-            type(entry.conn.writer.transport).__name__
+            type(entry.conn.transport).__name__
             for entry in listeners._open.values()
             if entry.conn is not None
         ]

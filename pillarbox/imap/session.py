@@ -21,6 +21,7 @@ during FETCH, STORE or SEARCH (RFC 3501 §7.4.1), but EXISTS and FLAGS at any co
 from __future__ import annotations
 
 import asyncio
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any, Final
 from pillarbox import log
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
+from pillarbox.imap import session_selected as sel
 from pillarbox.imap.backend import MailBackend, UserMail
 from pillarbox.imap.dispatch import COMMANDS
 from pillarbox.imap.grammar import CommandAssembler, Limits, LiteralTooBig, ParseError
@@ -107,6 +109,29 @@ class Flag:
 
 
 class Session:
+    # Slots: one of these lives as long as each connection (2,000 idle IMAP sessions).
+    __slots__ = (
+        "_bad",
+        "_out",
+        "_unwatch",
+        "authenticator",
+        "backend",
+        "changed",
+        "condstore",
+        "config",
+        "conn",
+        "idle_cmd",
+        "idle_until",
+        "mail",
+        "qresync",
+        "rev2",
+        "saved",
+        "selected",
+        "state",
+        "user",
+        "utf8",
+    )
+
     def __init__(
         self,
         conn: Any,
@@ -127,26 +152,33 @@ class Session:
         self.condstore = False
         self.qresync = False  # RFC 7162 §3.2.3: VANISHED instead of EXPUNGE, SELECT (QRESYNC)
         self.saved: Any = None  # RFC 5182 search result (a SequenceSet of UIDs)
-        self._out = bytearray()
+        self._out: bytearray | None = None  # what send() queued; None while empty (idle)
         # Set by the change hub when the selected mailbox changed elsewhere.
         self.changed = Flag()
-        self.idling = False  # in IDLE: a change interrupts the wait for DONE
+        # In IDLE (RFC 2177): the command, and when the idle time ends (loop time). A
+        # change interrupts the wait for DONE.
+        self.idle_cmd: c.Idle | None = None
+        self.idle_until = 0.0
         self._unwatch: Callable[[], None] | None = None
         self._bad = 0
 
     # --- output --------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        self._out += data
+        if self._out is None:
+            self._out = bytearray(data)
+        else:
+            self._out += data
 
     async def flush(self) -> None:
-        if self._out:
-            self.conn.writer.write(bytes(self._out))
-            self._out.clear()
+        if self._out is not None:
+            # Handed over, not copied: the transport copies what it cannot send at once.
+            out, self._out = self._out, None
+            self.conn.write(out)
         await self.conn.drain(self.config.data_timeout)
 
     async def write(self, data: bytes) -> None:
         self.send(data)
-        if len(self._out) >= 65536:
+        if self._out is not None and len(self._out) >= 65536:
             await self.flush()
 
     # --- capabilities ----------------------------------------------------------------------
@@ -166,10 +198,14 @@ class Session:
             caps.append("LOGINDISABLED")
         return caps
 
+    def _greeting(self) -> bytes:
+        # Made here, not in run(): a local of run() would be kept for the whole session.
+        caps = " ".join(self.capabilities())
+        return f"* OK [CAPABILITY {caps}] {self.config.hostname} Pillarbox ready\r\n".encode()
+
     # --- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
-        caps = " ".join(self.capabilities())
-        self.send(f"* OK [CAPABILITY {caps}] {self.config.hostname} Pillarbox ready\r\n".encode())
+        self.send(self._greeting())
         metrics.count(metrics.SESSIONS, "imap", self.conn.listener)
         await self.flush()
         try:
@@ -178,6 +214,24 @@ class Session:
                     self.send(b"* BYE server shutting down\r\n")
                     await self.flush()
                     return
+                if (idle := self.idle_cmd) is not None:
+                    # IDLE's wait is awaited here, in this frame (session_selected.py, IDLE).
+                    try:
+                        await sel.idle_catch_up(self)
+                        try:
+                            line: bytes | None = await sel.idle_wait(self)
+                        except TimeoutError:
+                            line = None
+                        await sel.idle_step(self, line)
+                    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                        return  # the client left, or sent a line beyond any limit
+                    except Logout:
+                        await self.flush()
+                        return
+                    except Bad as exc:  # a line other than DONE
+                        self._fail(exc, idle.tag)
+                    await self.flush()
+                    continue
                 try:
                     raw = await self._read_command()
                 except ParseError as exc:  # a line or literal the assembler refused
@@ -273,9 +327,7 @@ class Session:
                 self.send(b"+ go ahead\r\n")
                 await self.flush()
             try:
-                data = await asyncio.wait_for(
-                    self.conn.reader.readexactly(spec.size), self._literal_timeout(spec.size)
-                )
+                data = await self.conn.read_exactly(spec.size, self._literal_timeout(spec.size))
             except (asyncio.IncompleteReadError, TimeoutError):
                 return None
             asm.add_literal(data)
@@ -334,7 +386,7 @@ class Session:
     def logged_in(self, user: str, mail: UserMail) -> None:
         """Enter the authenticated state (RFC 3501 §3.2) with the user's mailboxes."""
         self.mail = mail
-        self.user = user
+        self.user = sys.intern(user)  # a user's sessions (one per folder in IDLE) share it
         self.state = c.State.AUTHENTICATED
         self.conn.mark_authenticated()
         self._unwatch = mail.watch(self._on_change)
@@ -343,7 +395,7 @@ class Session:
     def _on_change(self, mailbox: str) -> None:
         if self.selected is not None and mailbox == self.selected.name:
             self.changed.set()
-            if self.idling:
+            if self.idle_cmd is not None:
                 self.conn.interrupt()  # IDLE reports it now (RFC 2177)
 
     async def send_updates(self, cmd: c.Command, *, force: bool = False) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Final
 
 from pillarbox.imap import commands as c
@@ -13,7 +14,7 @@ from pillarbox.imap import response as r
 from pillarbox.imap.backend import UserMail
 from pillarbox.imap.fetch import plan, run_fetch
 from pillarbox.imap.grammar import SequenceSet, is_idle_done
-from pillarbox.imap.outcome import Bad, Logout, No, Result
+from pillarbox.imap.outcome import Bad, Logout, No, Result, Silent
 from pillarbox.imap.search import run_search, uses_modseq
 from pillarbox.imap.searchkeys import uses_saved
 from pillarbox.imap.selected import SelectedMailbox
@@ -260,37 +261,51 @@ async def do_unselect(s: Session, cmd: c.Unselect) -> Result:
 
 
 # --- IDLE -------------------------------------------------------------------------------------
+# IDLE (RFC 2177) is a state of the session's read loop (Session.run), not a handler that waits:
+# a session in IDLE keeps no frame of its own while it waits for DONE, which with thousands of
+# idle sessions adds up. do_idle starts it; the loop then alternates idle_wait and idle_step.
+
+
 async def do_idle(s: Session, cmd: c.Idle) -> Result:
     s.send(b"+ idling\r\n")
     await s.send_updates(cmd, force=True)
     await s.flush()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + s.config.idle_timeout
-    s.idling = True
-    try:
-        while True:
-            if s.changed.is_set():  # came while updates were being sent
-                await s.send_updates(cmd)
-                await s.flush()
-            timeout = max(0.0, min(IDLE_SYNC_INTERVAL, deadline - loop.time()))
-            try:
-                line = await s.conn.read_line(timeout)
-            except TimeoutError:
-                pass  # a change, shutdown, the periodic sync or the end of the idle time
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                raise Logout from None
-            else:
-                if is_idle_done(line):
-                    return "IDLE terminated"
-                raise Bad("expected DONE")
-            if s.conn.closing.is_set() or loop.time() >= deadline:
-                s.send(
-                    b"* BYE idle for too long\r\n"
-                    if not s.conn.closing.is_set()
-                    else b"* BYE server shutting down\r\n"
-                )
-                raise Logout
-            await s.send_updates(cmd, force=True)
-            await s.flush()
-    finally:
-        s.idling = False
+    s.idle_cmd = cmd
+    s.idle_until = asyncio.get_running_loop().time() + s.config.idle_timeout
+    raise Silent  # the tagged response comes with DONE (idle_step)
+
+
+async def idle_catch_up(s: Session) -> None:
+    """Before each wait: send what changed while updates were being sent (the change hub's
+    interrupt finds no wait to end then)."""
+    if s.changed.is_set() and s.idle_cmd is not None:
+        await s.send_updates(s.idle_cmd)
+        await s.flush()
+
+
+def idle_wait(s: Session) -> Awaitable[bytes]:
+    """The wait for DONE (a future, awaited by the read loop itself): TimeoutError at a
+    change, at shutdown, for the periodic sync or at the end of the idle time."""
+    remaining = s.idle_until - asyncio.get_running_loop().time()
+    return s.conn.read_line(max(0.0, min(IDLE_SYNC_INTERVAL, remaining)))
+
+
+async def idle_step(s: Session, line: bytes | None) -> None:
+    """After a wait: DONE ends IDLE with its tagged OK, any other line is ``Bad``; no line
+    (the wait timed out) sends the updates, or ends the session (``Logout``) at shutdown or
+    when the idle time is over."""
+    cmd = s.idle_cmd
+    assert cmd is not None
+    if line is not None:
+        s.idle_cmd = None
+        if not is_idle_done(line):
+            raise Bad("expected DONE")
+        await s.send_updates(cmd)
+        s.send(r.tagged(cmd.tag, "OK", "IDLE terminated"))
+        return
+    closing = s.conn.closing.is_set()
+    if closing or asyncio.get_running_loop().time() >= s.idle_until:
+        s.idle_cmd = None
+        s.send(b"* BYE server shutting down\r\n" if closing else b"* BYE idle for too long\r\n")
+        raise Logout
+    await s.send_updates(cmd, force=True)

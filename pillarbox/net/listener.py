@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
-import functools
 import ipaddress
 import itertools
 import socket
 import ssl
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +39,7 @@ from pillarbox.net.proxyproto import (
     header_length,
     parse_header,
 )
+from pillarbox.net.stream import LineStream
 from pillarbox.net.transport import SocketTransport
 from pillarbox.tls.context import TlsInfo, TlsProvider
 
@@ -68,6 +69,8 @@ SERVER_FULL = "too many connections"
 # their backlog): bounded, so a flood of connects cannot keep the loop from the sessions.
 ACCEPT_BURST = 32
 
+# Seconds a closing connection may take to send what is queued (then it is dropped).
+CLOSE_TIMEOUT = 2.0
 # Output a session may leave unsent before it waits for the client to read (asyncio's
 # default high-water mark is 64 KiB).
 WRITE_BACKLOG = 1 << 16
@@ -109,18 +112,112 @@ class TlsMode(Enum):
     IMPLICIT = "implicit"  # TLS from the first byte (465, 993, 995, 443)
 
 
+class AsyncioStreams:
+    """A connection's I/O through asyncio's streams (``StreamReader``/``StreamWriter``): the
+    listeners whose protocols read the streams themselves (SMTP, HTTP, ManageSieve)."""
+
+    __slots__ = ("_wait", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+        self._wait: asyncio.Timeout | None = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.writer.get_extra_info(name, default)
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.Transport)  # a stream socket: reads and writes
+        return transport
+
+    async def read_line(self, seconds: float) -> bytes:
+        async with asyncio.timeout(seconds) as wait:
+            self._wait = wait
+            try:
+                return await self.reader.readuntil(b"\n")
+            finally:
+                self._wait = None
+
+    async def read_exactly(self, size: int, seconds: float) -> bytes:
+        async with asyncio.timeout(seconds):
+            return await self.reader.readexactly(size)
+
+    def interrupt(self) -> None:
+        if self._wait is not None and not self._wait.expired():
+            self._wait.reschedule(asyncio.get_running_loop().time())
+
+    def buffered(self) -> int:
+        # StreamReader has no public way to look at its buffer; it is a bytearray.
+        return len(getattr(self.reader, "_buffer", b""))
+
+    def drop_buffered(self) -> int:
+        # StreamReader has no public way to drop its buffer; it is a bytearray.
+        buffer = getattr(self.reader, "_buffer", None)
+        if buffer is None:
+            return 0
+        dropped = len(buffer)
+        buffer.clear()
+        return dropped
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.writer.write(data)
+
+    def write_backlog(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    async def drain(self, seconds: float) -> None:
+        if self.write_backlog() <= WRITE_BACKLOG:
+            await self.writer.drain()  # nothing to wait for: no timer on the hot path
+            return
+        await asyncio.wait_for(self.writer.drain(), seconds)
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    async def start_tls(self, context: ssl.SSLContext, seconds: float) -> None:
+        await asyncio.wait_for(self.writer.start_tls(context), seconds)
+
+    def start_deflate(self) -> None:
+        self.writer = deflate.start(self.reader, self.writer)
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    async def close(self, seconds: float) -> None:
+        self.writer.close()
+        try:
+            # asyncio.timeout, not wait_for: no extra task per connection closed.
+            async with asyncio.timeout(seconds):
+                await self.writer.wait_closed()
+        except TimeoutError:
+            # A client that does not read keeps the output (and the socket) queued for
+            # ever: drop them.
+            self.transport.abort()
+
+
+# How a Connection reads and writes: LineStream (net/stream.py) on the listeners with the own
+# transport, asyncio's streams on the others; both have the methods Connection delegates to.
+ConnectionIO = LineStream | AsyncioStreams
+
+
 class Connection:
     """One accepted client connection, handed to a protocol handler.
 
     Sessions tell the listener two things about it: ``idle`` while they wait for a command
     before login (such a connection may be cut to make room, see :class:`Listeners`), and
     ``mark_authenticated()`` once a user has logged in (it then counts against the slots
-    reserved for logged-in sessions, and is never cut)."""
+    reserved for logged-in sessions, and is never cut).
+
+    Reading and writing: :meth:`read_line`, :meth:`read_exactly`, :meth:`write` and
+    :meth:`drain` work on every listener; ``reader``/``writer`` (asyncio's streams) only on
+    a listener without ``own_transport``, whose protocols use the streams themselves."""
 
     # Slots: one of these lives as long as each connection (2,000 idle IMAP sessions).
     __slots__ = (
+        "_io",
         "_tls",
-        "_wait",
         "authenticated",
         "client",
         "closing",
@@ -133,47 +230,64 @@ class Connection:
         "on_authenticated",
         "peer_ip",
         "peer_port",
-        "reader",
         "tls",
         "via",
-        "writer",
     )
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        io: ConnectionIO,
         listener: str,
         tls: TlsProvider | None,
         closing: asyncio.Event,
         proxied: ProxiedAddress | None = None,
     ):
-        self.reader = reader
-        self.writer = writer
+        self._io = io
         self.listener = listener
         self.id = f"{_conn_prefix}{next(_conn_ids):x}"
         # Behind a proxy, the client and the address it reached are the ones the PROXY
         # header names; the socket's own peer is the proxy (kept in ``via``).
-        own_peer = writer.get_extra_info("peername") or ("", 0)
+        own_peer = io.get_extra_info("peername") or ("", 0)
         peer = proxied.client if proxied and proxied.client else own_peer
-        local = (proxied.server if proxied else None) or writer.get_extra_info("sockname")
+        local = (proxied.server if proxied else None) or io.get_extra_info("sockname")
         local = local or ("", 0)
         self.via: str = own_peer[0] if proxied else ""
-        self.peer_ip: str = peer[0]
+        # Interned: the connections from one client, or to one address, share the string.
+        self.peer_ip: str = sys.intern(peer[0])
         self.peer_port: int = peer[1]
-        self.local_ip: str = local[0]
+        self.local_ip: str = sys.intern(local[0])
         self.local_port: int = local[1]
-        self.client = client_key(self.peer_ip)
+        self.client = sys.intern(client_key(self.peer_ip))
         self._tls = tls
-        self.tls: TlsInfo | None = TlsInfo.of(writer.get_extra_info("ssl_object"))
+        self.tls: TlsInfo | None = TlsInfo.of(io.get_extra_info("ssl_object"))
         # Set when the server shuts down: sessions say goodbye at the next command.
         self.closing = closing
         # Waiting for a command with nothing in progress, before login.
         self.idle = False
         self.authenticated = False
         self.compressed = False
-        self._wait: asyncio.Timeout | None = None
         self.on_authenticated: Callable[[Connection], None] | None = None
+
+    @property
+    def reader(self) -> asyncio.StreamReader:
+        return self._streams().reader
+
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        return self._streams().writer
+
+    def _streams(self) -> AsyncioStreams:
+        if not isinstance(self._io, AsyncioStreams):
+            raise TypeError(f"{self.listener}: no asyncio streams on the own transport")
+        return self._io
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The transport under the session (a DeflateTransport once COMPRESS is on)."""
+        return self._io.transport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._io.get_extra_info(name, default)
 
     @property
     def tls_available(self) -> bool:
@@ -192,48 +306,43 @@ class Connection:
         Call ``prepare_starttls`` before answering the command, then this after."""
         if self._tls is None:
             raise RuntimeError("TLS is not configured for this listener")
-        transport = self.writer.transport
-        if isinstance(transport, SocketTransport):
-            # The same socket, in place; reading was paused by prepare_starttls.
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                await transport.start_tls(self._tls.current())
-            # StreamReaderProtocol learns that it is over TLS (an EOF then closes) the way
-            # StreamWriter.start_tls tells it; the stdlib has no public way.
-            self.writer._protocol._replace_writer(self.writer)  # type: ignore[attr-defined]
-            transport.resume_reading()
-        else:
-            await asyncio.wait_for(self.writer.start_tls(self._tls.current()), HANDSHAKE_TIMEOUT)
-        self.tls = TlsInfo.of(self.writer.get_extra_info("ssl_object"))
+        await self._io.start_tls(self._tls.current(), HANDSHAKE_TIMEOUT)
+        self.tls = TlsInfo.of(self._io.get_extra_info("ssl_object"))
 
-    async def read_line(self, seconds: float) -> bytes:
-        """The next line from the client; TimeoutError after ``seconds`` or at
-        :meth:`interrupt`. The wait runs in the caller's task: an idle session holds no
-        helper task and no future per thing it waits for (2,000 IDLE sessions add up)."""
-        async with asyncio.timeout(seconds) as wait:
-            self._wait = wait
-            try:
-                if self.closing.is_set():
-                    raise TimeoutError
-                return await self.reader.readuntil(b"\n")
-            finally:
-                self._wait = None
+    def read_line(self, seconds: float) -> Awaitable[bytes]:
+        """Await it for the next line from the client; TimeoutError after ``seconds`` or
+        at :meth:`interrupt`. The wait runs in the caller's task: an idle session holds no
+        helper task and no future per thing it waits for (2,000 IDLE sessions add up),
+        and no frame of this method (it hands over the stream's future).
+        ``asyncio.LimitOverrunError`` for a line beyond the stream's limit,
+        ``asyncio.IncompleteReadError`` at the client's EOF."""
+        if self.closing.is_set():
+            raise TimeoutError
+        return self._io.read_line(seconds)
+
+    async def read_exactly(self, size: int, seconds: float) -> bytes:
+        """``size`` bytes (a literal); TimeoutError after ``seconds``."""
+        return await self._io.read_exactly(size, seconds)
 
     def interrupt(self) -> None:
         """End the current :meth:`read_line` now (shutdown; news for an IDLE session).
         What was already read of a line stays buffered for the next read."""
-        if self._wait is not None and not self._wait.expired():
-            self._wait.reschedule(asyncio.get_running_loop().time())
+        self._io.interrupt()
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Queue ``data`` for the client (sent at once if the socket takes it; the caller
+        must not change a bytearray it handed over)."""
+        self._io.write(data)
 
     def start_deflate(self) -> None:
         """From now on, inflate what the client sends and deflate what we send (IMAP
         COMPRESS, RFC 4978). Call after the OK has been written, with nothing buffered."""
-        self.writer = deflate.start(self.reader, self.writer)
+        self._io.start_deflate()
         self.compressed = True
 
     def buffered_input(self) -> int:
         """How many bytes the client sent that no one has read yet."""
-        # StreamReader has no public way to look at its buffer; it is a bytearray.
-        return len(getattr(self.reader, "_buffer", b""))
+        return self._io.buffered()
 
     def prepare_starttls(self) -> int:
         """Call before answering a STARTTLS/STLS command: stop reading, then drop what was
@@ -243,25 +352,14 @@ class Connection:
         sent under TLS (RFC 3207 §4.2, RFC 2595 §3.1: the 2011 command-injection bugs),
         and the ClientHello the client sends after our answer must stay in the socket for
         the TLS layer; dropping the buffer *after* answering races with it."""
-        transport = self.writer.transport
-        assert isinstance(transport, asyncio.Transport)  # a stream socket: reads and writes
-        transport.pause_reading()
-        # StreamReader has no public way to drop its buffer; it is a bytearray.
-        buffer = getattr(self.reader, "_buffer", None)
-        if buffer is None:
-            return 0
-        dropped = len(buffer)
-        buffer.clear()
-        return dropped
+        self._io.pause_reading()
+        return self._io.drop_buffered()
 
     async def drain(self, seconds: float) -> None:
         """Wait until the output is down to the stream's high-water mark, for at most
         ``seconds``: a client that stops reading must not hold a session (and its
         buffers) for ever. TimeoutError ends the session."""
-        if self.writer.transport.get_write_buffer_size() <= WRITE_BACKLOG:
-            await self.writer.drain()  # nothing to wait for: no timer on the hot path
-            return
-        await asyncio.wait_for(self.writer.drain(), seconds)
+        await self._io.drain(seconds)
 
     def cut(self, goodbye: bytes) -> None:
         """End the connection now (to make room for others): say ``goodbye`` if there is
@@ -269,20 +367,12 @@ class Connection:
         the connection end and finishes normally."""
         with contextlib.suppress(Exception):
             if goodbye:
-                self.writer.write(goodbye)
-            self.writer.transport.abort()
+                self._io.write(goodbye)
+            self._io.abort()
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.writer.close()
-            try:
-                # asyncio.timeout, not wait_for: no extra task per connection closed.
-                async with asyncio.timeout(2):
-                    await self.writer.wait_closed()
-            except TimeoutError:
-                # A client that does not read keeps the output (and the socket) queued
-                # for ever: drop them.
-                self.writer.transport.abort()
+            await self._io.close(CLOSE_TIMEOUT)
 
 
 Handler = Callable[[Connection], Awaitable[None]]
@@ -351,10 +441,12 @@ def _never_banned(ip: str) -> bool:
     return False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry:
-    """An open connection as the caps see it; ``conn`` is None during the TLS handshake."""
+    """An open connection as the caps see it; ``conn`` is None during the TLS handshake.
+    It is its connection's ``on_authenticated`` callback (no closure per connection)."""
 
+    owner: Listeners
     spec: ListenerSpec
     client: str
     task: asyncio.Task[None]
@@ -370,6 +462,9 @@ class _Entry:
         if listener is not None and self.spec.name != listener:
             return False
         return self.conn is None or (self.conn.idle and not self.conn.authenticated)
+
+    def __call__(self, conn: Connection) -> None:
+        self.owner._on_authenticated(self, conn)
 
     def cut(self) -> None:
         if self.conn is None:
@@ -573,7 +668,7 @@ class Listeners:
             self._refuse(spec, client, ip, refusal)
             return
         task = asyncio.get_running_loop().create_task(self._serve(spec, client))
-        self._register(_Entry(spec, client_key(ip), task))
+        self._register(_Entry(self, spec, sys.intern(client_key(ip)), task))
 
     async def _serve_admitted(
         self, spec: ListenerSpec, client: socket.socket, ip: str,
@@ -596,7 +691,7 @@ class Listeners:
         task = asyncio.current_task()
         assert task is not None
         self._unheard.discard(task)
-        self._register(_Entry(spec, client_key(ip), task, ip=ip))
+        self._register(_Entry(self, spec, sys.intern(client_key(ip)), task, ip=ip))
         await self._serve(spec, client, proxied)
 
     # -- behind a proxy ----------------------------------------------------------------
@@ -633,7 +728,7 @@ class Listeners:
         task = asyncio.current_task()
         assert task is not None
         self._unheard.discard(task)
-        self._register(_Entry(spec, client_key(ip), task))
+        self._register(_Entry(self, spec, sys.intern(client_key(ip)), task))
         await self._serve(spec, client, proxied)
 
     # -- admission ---------------------------------------------------------------------
@@ -773,7 +868,7 @@ class Listeners:
         entry = self._open.get(task) if task is not None else None
         if entry is not None:
             entry.conn = conn
-            conn.on_authenticated = functools.partial(self._on_authenticated, entry)
+            conn.on_authenticated = entry
         # The handler is awaited here, not in a helper coroutine: every frame on the chain
         # of an idle session is kept for its whole life (2,000 IDLE sessions).
         try:
@@ -788,28 +883,15 @@ class Listeners:
     async def _open_streams(
         self, spec: ListenerSpec, client: socket.socket, proxied: ProxiedAddress | None
     ) -> Connection | None:
-        """The client as streams, after the implicit-TLS handshake where there is one."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-        # The callback marks the protocol as server side (StreamWriter.start_tls asks) and
-        # hands over the writer the protocol makes for itself; the protocol keeps that
-        # writer alive, which must outlive a Connection.writer replaced by COMPRESS (a
-        # StreamWriter closes its transport when it is collected).
-        writers: list[asyncio.StreamWriter] = []
-        protocol = _StreamProtocol(reader, lambda _, writer: writers.append(writer))
+        """The client as a Connection, after the implicit-TLS handshake where there is one."""
         implicit = spec.tls is TlsMode.IMPLICIT and self.tls is not None
         context = self.tls.front() if implicit and self.tls else None
-        transport: asyncio.BaseTransport
+        io: ConnectionIO
         try:
             if spec.own_transport:
-                transport = await _own_transport(client, protocol, context)
+                io = await _line_stream(client, context)
             else:
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol,
-                    client,
-                    ssl=context,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
-                )
+                io = await _asyncio_streams(client, context)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             peer = proxied.client if proxied and proxied.client else ("", 0)
             _log.info(
@@ -821,9 +903,8 @@ class Listeners:
         except asyncio.CancelledError:
             client.close()  # cut to make room, or shutdown, during the handshake
             return None
-        writer = writers[0] if writers else asyncio.StreamWriter(transport, protocol, reader, loop)
         tls = self.tls if spec.tls is not TlsMode.NONE else None
-        return Connection(reader, writer, spec.name, tls, self.closing, proxied)
+        return Connection(io, spec.name, tls, self.closing, proxied)
 
     @staticmethod
     def _log_end(spec: ListenerSpec, conn: Connection, exc: BaseException) -> None:
@@ -875,11 +956,31 @@ class _StreamProtocol(asyncio.StreamReaderProtocol):
         self._drain_waiters: Any = []
 
 
-async def _own_transport(
-    client: socket.socket, protocol: asyncio.BaseProtocol, context: ssl.SSLContext | None
-) -> SocketTransport:
-    """``client`` on a :class:`SocketTransport`, after the TLS handshake if ``context``."""
-    transport = SocketTransport(asyncio.get_running_loop(), client)
+async def _asyncio_streams(client: socket.socket, context: ssl.SSLContext | None) -> AsyncioStreams:
+    """``client`` as asyncio's streams, on asyncio's transports (TLS by ``sslproto``)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    # The callback marks the protocol as server side (StreamWriter.start_tls asks) and
+    # hands over the writer the protocol makes for itself; the protocol keeps that writer
+    # alive, which must outlive a writer replaced by COMPRESS (a StreamWriter closes its
+    # transport when it is collected).
+    writers: list[asyncio.StreamWriter] = []
+    protocol = _StreamProtocol(reader, lambda _, writer: writers.append(writer))
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: protocol,
+        client,
+        ssl=context,
+        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if context is not None else None,
+    )
+    writer = writers[0] if writers else asyncio.StreamWriter(transport, protocol, reader, loop)
+    return AsyncioStreams(reader, writer)
+
+
+async def _line_stream(client: socket.socket, context: ssl.SSLContext | None) -> LineStream:
+    """``client`` as a :class:`LineStream` on a :class:`SocketTransport`, after the TLS
+    handshake if ``context``."""
+    loop = asyncio.get_running_loop()
+    transport = SocketTransport(loop, client)
     if context is not None:
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -887,8 +988,9 @@ async def _own_transport(
         except BaseException:
             transport.abort()
             raise
-    transport.attach(protocol)
-    return transport
+    stream = LineStream(loop, STREAM_LIMIT)
+    transport.attach(stream)
+    return stream
 
 
 def format_address(host: str, port: int) -> str:

@@ -66,11 +66,22 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def _ssl_connection(context: ssl.SSLContext, sock: socket.socket, owner: object) -> Any:
+    """OpenSSL's server-side connection on ``sock`` itself, without ``ssl.SSLSocket``.
+
+    ``SSLSocket`` is a Python object with an instance dict (eight attributes, ~400 bytes)
+    around this very object (``_ssl._SSLSocket``, made by the same ``_wrap_socket`` call in
+    ``SSLSocket._create``); the transport needs only its read, write, pending, shutdown,
+    cipher and version. ``owner`` is what the context's SNI callback is handed."""
+    return context._wrap_socket(sock, True, owner=owner)  # type: ignore[attr-defined]
+
+
 class SocketTransport(asyncio.Transport):
     """See the module docstring. Made with the accepted socket; :meth:`start_tls` (optional),
     then :meth:`attach` hands it to its protocol and starts reading."""
 
     __slots__ = (
+        "__weakref__",  # the TLS connection's owner is a weak reference to it
         "_attempt",
         "_closing",
         "_eof_sent",
@@ -101,7 +112,8 @@ class SocketTransport(asyncio.Transport):
         self._sock: socket.socket = sock
         self._fd = sock.fileno()
         self._protocol: Any = None  # a Protocol: data_received, eof_received, ...
-        self._tls: ssl.SSLSocket | None = None
+        # OpenSSL's connection (``_ssl._SSLSocket``, below): reads, writes, the handshake.
+        self._tls: Any = None
         self._out: bytearray | None = None  # queued output; None while empty (idle)
         self._attempt = 0  # length of the TLS write that last failed (must be retried)
         self._reading = False
@@ -139,9 +151,7 @@ class SocketTransport(asyncio.Transport):
             raise RuntimeError("TLS is already on")
         await self.wait_flushed()
         self._remove_reader()
-        # wrap_socket takes over the file descriptor (the plain socket object is detached).
-        tls = context.wrap_socket(self._sock, server_side=True, do_handshake_on_connect=False)
-        self._sock = self._tls = tls
+        self._tls = tls = _ssl_connection(context, self._sock, self)
         while True:
             try:
                 tls.do_handshake()
@@ -181,6 +191,17 @@ class SocketTransport(asyncio.Transport):
             self._loop.remove_reader(self._fd)
         else:
             self._loop.remove_writer(self._fd)
+
+    @property
+    def context(self) -> ssl.SSLContext | None:
+        """The TLS connection's context. This object stands for the connection in the
+        context's SNI callback (``sni_callback(ssl_object, name, context)``), which may move
+        the handshake to another context by setting it, as on an ``SSLSocket``."""
+        return self._tls.context if self._tls is not None else None
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        self._tls.context = context
 
     # -- asyncio.Transport -----------------------------------------------------------------
 
@@ -304,7 +325,7 @@ class SocketTransport(asyncio.Transport):
         size = TLS_READ_SIZE if self._tls is not None else PLAIN_READ_SIZE
         while True:
             try:
-                data = self._sock.recv(size)
+                data = self._recv(size)
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 return
             except ssl.SSLWantWriteError:
@@ -322,6 +343,15 @@ class SocketTransport(asyncio.Transport):
             # One recv per readiness, except for plaintext OpenSSL holds decrypted already.
             if self._tls is None or not self._tls.pending() or not self._reading:
                 return
+
+    def _recv(self, size: int) -> bytes:
+        if self._tls is None:
+            return self._sock.recv(size)
+        try:
+            data: bytes = self._tls.read(size)
+        except ssl.SSLEOFError:
+            return b""  # a TCP FIN without close_notify: an EOF all the same (as SSLSocket)
+        return data
 
     def _deliver(self, data: bytes) -> bool:
         try:
@@ -352,7 +382,7 @@ class SocketTransport(asyncio.Transport):
         """Bytes of ``data`` sent now; 0 when the socket is full; -1 if the connection
         failed (and is being closed)."""
         try:
-            return self._sock.send(data)
+            return self._sock.send(data) if self._tls is None else self._tls.write(data)
         except _WOULD_BLOCK:
             pass
         except ssl.SSLWantReadError:
@@ -461,7 +491,7 @@ class SocketTransport(asyncio.Transport):
             try:
                 # Sends our close_notify; a second SSL_shutdown inside would wait for the
                 # peer's (SSLWantReadError), which RFC 8446 §6.1 does not require.
-                self._tls.unwrap()
+                self._tls.shutdown()
             except (OSError, ValueError, AttributeError):
                 pass
         try:

@@ -115,7 +115,7 @@ class Session:
     async def flush(self) -> None:
         """Send the output; a client that stops reading is dropped after the idle timeout."""
         if self._out:
-            self.conn.writer.write(bytes(self._out))
+            self.conn.write(bytes(self._out))
             self._out.clear()
         await self.conn.drain(self.config.idle_timeout)
 
@@ -181,26 +181,20 @@ class Session:
         over ``limit``, _Goodbye when idle too long, at shutdown, or for a line longer than
         the stream can hold. The timeout is a deadline for the whole line (a byte now and
         then does not extend it): short before login, RFC 1939's 10 minutes after."""
-        read = asyncio.ensure_future(self.conn.reader.readuntil(b"\n"))
-        stop = asyncio.ensure_future(self.conn.closing.wait())
         timeout = (
             self.config.preauth_timeout
             if self.state is State.AUTHORIZATION
             else self.config.idle_timeout
         )
         try:
-            done, _ = await asyncio.wait(
-                (read, stop), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stop.cancel()
-            read.cancel()
-        if read not in done:
-            if stop in done:
-                raise _Goodbye(self._err_line("server shutting down", "SYS/TEMP"), "shutdown")
-            raise _Goodbye(self._err_line("autologout; idle for too long"), "idle timeout")
-        try:
-            line = read.result()
+            # In this task: shutdown ends the wait through Connection.interrupt.
+            line = await self.conn.read_line(timeout)
+        except TimeoutError:
+            if self.conn.closing.is_set():
+                bye = _Goodbye(self._err_line("server shutting down", "SYS/TEMP"), "shutdown")
+            else:
+                bye = _Goodbye(self._err_line("autologout; idle for too long"), "idle timeout")
+            raise bye from None
         except asyncio.IncompleteReadError:
             return None
         except asyncio.LimitOverrunError:

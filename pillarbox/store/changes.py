@@ -30,15 +30,14 @@ class ChangesHub:
     def watch(self, user: str, callback: Watcher) -> Callable[[], None]:
         """Call ``callback(mailbox)`` on changes to ``user``'s mail; returns the unsubscriber."""
         self._watchers.setdefault(user, set()).add(callback)
+        return _Unwatch(self, user, callback)
 
-        def unwatch() -> None:
-            watchers = self._watchers.get(user)
-            if watchers is not None:
-                watchers.discard(callback)
-                if not watchers:
-                    del self._watchers[user]
-
-        return unwatch
+    def _unwatch(self, user: str, callback: Watcher) -> None:
+        watchers = self._watchers.get(user)
+        if watchers is not None:
+            watchers.discard(callback)
+            if not watchers:
+                del self._watchers[user]
 
     def publish(self, user: str, mailbox: str) -> None:
         """Tell ``user``'s watchers that ``mailbox`` changed (from any thread)."""
@@ -63,3 +62,18 @@ class ChangesHub:
 
     def watcher_count(self, user: str) -> int:
         return len(self._watchers.get(user, ()))
+
+
+class _Unwatch:
+    """The unsubscriber :meth:`ChangesHub.watch` returns: a slotted object, not a closure
+    (a function and two cells), since every IDLE session keeps one."""
+
+    __slots__ = ("_callback", "_hub", "_user")
+
+    def __init__(self, hub: ChangesHub, user: str, callback: Watcher):
+        self._hub = hub
+        self._user = user
+        self._callback = callback
+
+    def __call__(self) -> None:
+        self._hub._unwatch(self._user, self._callback)

@@ -47,7 +47,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TlsInfo:
     """What a session records about its TLS layer (for Received headers and logs)."""
 
@@ -63,7 +63,9 @@ class TlsInfo:
         if cipher is None:
             return None
         name, version, bits = cipher
-        info = cls(version=ssl_object.version() or version, cipher=name, bits=bits)
+        # Interned: every connection would keep its own copy of the same two names.
+        version = sys.intern(ssl_object.version() or version)
+        info = cls(version=version, cipher=sys.intern(name), bits=bits)
         # Every inbound session takes its TlsInfo from here once, right after its handshake.
         metrics.count(metrics.TLS_SESSIONS, info.version)
         return info
