@@ -46,6 +46,7 @@ import signal
 import socket
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -167,7 +168,9 @@ class IntakeWorkers:
         finally:
             theirs.close()
         worker.process = process
-        channel = await Channel.open(ours, functools.partial(self._handle, worker))
+        channel = await Channel.open(
+            ours, functools.partial(self._handle, worker), self._immediate(worker)
+        )
         worker.channel = channel
         reading = asyncio.get_running_loop().create_task(channel.run())
         channel.tell("start", WorkerStart(worker.index, self.settings, self._queue_available()))
@@ -185,18 +188,18 @@ class IntakeWorkers:
 
     # -- the workers' requests -----------------------------------------------------------
 
+    def _immediate(self, worker: _Worker) -> dict[str, Callable[[Any], Any]]:
+        """The requests answered as they are read (no task): counting a client in or out."""
+        return {
+            "admit": lambda payload: self._admit(worker, *payload),
+            "release": lambda payload: self._release(worker, *payload),
+            "replace": lambda payload: self._replace(worker, *payload),
+        }
+
     async def _handle(self, worker: _Worker, kind: str, payload: Any) -> Any:
         if kind == "commit":
             reply = await self.backend.commit(payload)
             return (reply.code, reply.enhanced, reply.text)
-        if kind == "admit":
-            return self._admit(worker, *payload)
-        if kind == "release":
-            self._release(worker, *payload)
-            return None
-        if kind == "replace":
-            self._replace(worker, *payload)
-            return None
         if kind == "usage":
             store = self.services.mail_store
             return 0 if store is None else await store.usage(payload)
