@@ -164,10 +164,12 @@ class SmtpComponent:
         if self.intake is not None:
             await self.intake.stop(grace)
 
-    def accounts_changed(self) -> None:
-        """The CLI changed users or aliases: the workers forget what they remembered."""
+    async def accounts_changed(self) -> None:
+        """The CLI or the web admin changed users or aliases: the workers forget what
+        they remembered (before the change is reported done, so the next RCPT on any of
+        them sees it)."""
         if self.intake is not None:
-            self.intake.tell_all("accounts_changed")
+            await self.intake.ask_all("accounts_changed")
 
     async def stop(self) -> None:
         await self.pickup.stop()
