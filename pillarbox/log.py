@@ -115,17 +115,20 @@ class _Writer(logging.StreamHandler):
             self.handleError(records[-1])
 
 
-# How long the writer thread lets lines gather once one arrived: each wake-up of the
-# thread costs two GIL hand-overs with the event loop and a write; one per burst instead
-# of one per line took 0.4 ms of CPU off each message in an SMTP intake worker (three
-# lines a message). A line reaches stderr at most this much later.
+# How long the writer thread lets lines gather once one arrived, when the previous write
+# was less than BUSY_SECONDS ago (a busy server): each wake-up of the thread costs two GIL
+# hand-overs with the event loop and a write, and one per burst instead of one per line
+# takes CPU off every message (three lines each). A line after a quiet spell is written
+# at once; under load one reaches stderr at most BATCH_SECONDS later.
 BATCH_SECONDS = 0.005
+BUSY_SECONDS = 0.02
 _STOP = None
 
 
 class _BatchWriter:
     """The writer thread (``logging.handlers.QueueListener``, in batches): it waits for
-    a record, lets the ones of the next ``BATCH_SECONDS`` gather, and writes them all."""
+    a record, lets the ones of the next ``BATCH_SECONDS`` gather when it is busy, and
+    writes them all."""
 
     def __init__(self, queue: SimpleQueue[logging.LogRecord | None], writer: _Writer):
         self.queue = queue
@@ -141,9 +144,10 @@ class _BatchWriter:
         self._thread.join()
 
     def _run(self) -> None:
+        written = 0.0  # monotonic time of the last write
         while True:
             batch = [self.queue.get()]
-            if batch[0] is not _STOP:
+            if batch[0] is not _STOP and time.monotonic() - written < BUSY_SECONDS:
                 time.sleep(BATCH_SECONDS)
             while True:
                 try:
@@ -153,6 +157,7 @@ class _BatchWriter:
             records = [r for r in batch if r is not _STOP]
             if records:
                 self.writer.write_all(records)
+                written = time.monotonic()
             if len(records) < len(batch):
                 return
 

@@ -185,12 +185,16 @@ def test_kill_9_of_a_worker_mid_data_loses_nothing_accepted(
     port = server.port("smtp")
     for n in range(10):
         send(port, n)
+    # The log threads write a little after the fact: each count below is read once every
+    # connection before it has its line, so the next line tells which worker took it.
+    logged = 10
+    wait_for(lambda: sum(connects(server)) == logged, "the first connect lines")
     sessions: list[tuple[socket.socket, int]] = []  # (socket, the worker serving it)
     while {w for _, w in sessions} != {0, 1} or len(sessions) < 6:
         assert len(sessions) < 40, "the kernel gave every connection to one worker"
         before = connects(server)
         sock = start_data(port, len(sessions))
-        logged = sum(before) + 1
+        logged += 1
         wait_for(lambda: sum(connects(server)) == logged, "the connect line")  # noqa: B023
         after = connects(server)
         sessions.append((sock, 0 if after[0] > before[0] else 1))

@@ -127,7 +127,7 @@ class SmtpComponent:
 
             async def spam_changed(params: dict[str, Any]) -> Any:
                 result = await previous(params)
-                intake.tell_all("spam_changed")
+                await intake.ask_all("spam_changed")  # taken in before the change is done
                 return result
 
             ctx.control.register("spam.changed", spam_changed)
