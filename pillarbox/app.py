@@ -140,9 +140,10 @@ class HasProcesses(Protocol):
 @runtime_checkable
 class HearsAccountChanges(Protocol):
     """A component that remembers accounts elsewhere than in ``ctx.accounts`` (the
-    intake workers' own) and must be told when the CLI changed them."""
+    intake workers' own) and must be told when the CLI or the web admin changed them;
+    it returns once they forgot."""
 
-    def accounts_changed(self) -> None: ...
+    async def accounts_changed(self) -> None: ...
 
 
 # Every component, in start order: providers of services before their users.
@@ -293,7 +294,7 @@ class Server:
         await asyncio.to_thread(self.ctx.accounts.forget_cached)
         for component in self.components:
             if isinstance(component, HearsAccountChanges):
-                component.accounts_changed()
+                await component.accounts_changed()
         return True
 
     async def _reload_method(self, params: dict[str, Any]) -> bool:

@@ -190,10 +190,9 @@ def test_imap_quota_transcript(tmp_path: Path) -> None:
             assert raw.cmd(b"nr", b"GETQUOTAROOT Nowhere")[-1].startswith(b"nr NO")
         finally:
             raw.close()
-        # The user's own "no limit" beats the default: no quota root at all.
-        accounts = Accounts(settings.database_path, settings.domains)
-        accounts.set_quota(ALICE, 0)
-        accounts.close()
+        # The user's own "no limit" beats the default: no quota root at all. Set with the
+        # CLI, which tells the running server (it remembers quotas as it does recipients).
+        pillarbox("--config", str(settings.source), "user", "quota", ALICE, "0")
         raw = Raw(server)
         try:
             raw.login()

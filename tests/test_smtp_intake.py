@@ -15,14 +15,18 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import pbserver
+from tests.dnsserver import DnsTestServer
 from tests.mailfiles import delivered
+from tests.webclient import ADMIN, USER, add_users, client_for, web_settings
 
 BOB = "bob@example.test"
 WORKERS = 2
@@ -113,11 +117,16 @@ def test_mail_through_every_worker_arrives_exactly_once(
     assert not errors
     ids = message_ids(settings)
     assert sorted(ids) == sorted(f"<intake-{n}@client.test>" for n in range(120))
+    # A worker's log thread writes a message's line after its 250 has gone out (the line
+    # is queued before the reply is flushed, written when that thread next runs): wait
+    # for the last ones, then count them all.
+    accepted = 'result="250 2.0.0"'
+    wait_for(lambda: server.log().count(accepted) >= 120, "every message's log line")
     log = server.log()
     pattern = r"event=message queue_id=\w+ conn={}"
     served = {w for w in ("w0.", "w1.") if re.search(pattern.format(re.escape(w)), log)}
     assert served == {"w0.", "w1."}
-    assert log.count('result="250 2.0.0"') == 120  # one message line per message
+    assert log.count(accepted) == 120  # one message line per message
 
 
 def test_recipient_and_relay_rules_are_the_main_process_rules(
@@ -176,12 +185,16 @@ def test_kill_9_of_a_worker_mid_data_loses_nothing_accepted(
     port = server.port("smtp")
     for n in range(10):
         send(port, n)
+    # The log threads write a little after the fact: each count below is read once every
+    # connection before it has its line, so the next line tells which worker took it.
+    logged = 10
+    wait_for(lambda: sum(connects(server)) == logged, "the first connect lines")
     sessions: list[tuple[socket.socket, int]] = []  # (socket, the worker serving it)
     while {w for _, w in sessions} != {0, 1} or len(sessions) < 6:
         assert len(sessions) < 40, "the kernel gave every connection to one worker"
         before = connects(server)
         sock = start_data(port, len(sessions))
-        logged = sum(before) + 1
+        logged += 1
         wait_for(lambda: sum(connects(server)) == logged, "the connect line")  # noqa: B023
         after = connects(server)
         sessions.append((sock, 0 if after[0] > before[0] else 1))
@@ -271,3 +284,76 @@ def test_a_reload_reaches_every_worker(
             c.ehlo("client.test")
             code, text_ = c.mail("a@client.test")
             assert (code, text_[:5]) == (530, b"5.7.0")
+
+
+def scrape(server: pbserver.SubprocessServer) -> dict[tuple[str, tuple[str, ...]], float]:
+    """The main process's /metrics: (sample name, label values sorted by name) -> value."""
+    url = f"http://127.0.0.1:{server.port('metrics')}/metrics"
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(v for _, v in sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_the_workers_counters_are_in_the_main_process_metrics(
+    server: pbserver.SubprocessServer,
+) -> None:
+    """Port 25's sessions run in the workers, yet the main process's /metrics counts
+    them: each worker sends what its counters gained. Counted once each: after the
+    totals are reached, further reports add nothing."""
+    port = server.port("smtp")
+    sent = on_both_workers(server, lambda n: send(port, n))
+    accepted = ("pillarbox_messages_received_total", ("smtp", "accepted"))
+    sessions = ("pillarbox_sessions_total", ("smtp", "smtp"))
+    data = ("pillarbox_commands_total", ("DATA", "smtp", "2xx"))
+    wait_for(lambda: scrape(server).get(accepted) == sent, "the accepted messages in /metrics")
+    time.sleep(2.5)  # two more report intervals of the workers: nothing new to add
+    samples = scrape(server)
+    assert samples.get(accepted) == sent
+    assert samples.get(sessions) == sent
+    assert samples.get(data) == sent  # DATA and its message: 250, as the worker counted it
+
+
+def on_both_workers(server: pbserver.SubprocessServer, connection: Callable[[int], object]) -> int:
+    """``connection(n)`` (one connection each) for n = 0, 1, ... until each worker has
+    logged one since the start; how many were made."""
+    start = connects(server)
+    for n in range(40):
+        connection(n)
+        now = connects(server)
+        if now[0] > start[0] and now[1] > start[1]:
+            return n + 1
+    raise AssertionError("the kernel gave every connection to one worker")
+
+
+def rcpt_code(port: int, address: str) -> int:
+    with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as c:
+        c.ehlo("client.test")
+        assert c.mail("a@client.test")[0] == 250
+        return c.rcpt(address)[0]
+
+
+def test_a_user_deleted_on_the_web_is_refused_at_once_by_every_worker(tmp_path: Path) -> None:
+    """The workers remember found recipients for a few seconds; a deletion in the web
+    admin tells them (before its page answers), so no worker accepts mail for the
+    deleted user a moment later."""
+    with DnsTestServer() as dns:
+        settings = web_settings(tmp_path / "data", dns, OVERRIDES)
+        add_users(settings)
+        with pbserver.SubprocessServer(settings) as server:
+            wait_for(lambda: server.log().count("intake worker ready") >= WORKERS, "ready")
+            port = server.port("smtp")
+            codes: list[int] = []
+            on_both_workers(server, lambda _: codes.append(rcpt_code(port, USER)))
+            assert set(codes) == {250}  # both workers have found (and remember) USER
+            client = client_for(server)
+            assert client.login(ADMIN).status == 303
+            page = client.post("/admin/users", "/admin/users/delete",
+                               {"address": USER, "confirm": USER})  # fmt: skip
+            assert page.status == 303 and f"Deleted {USER}" in client.get("/admin/users").body
+            codes.clear()
+            on_both_workers(server, lambda _: codes.append(rcpt_code(port, USER)))
+            assert set(codes) == {550}

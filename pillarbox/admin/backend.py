@@ -239,10 +239,20 @@ class AdminBackend:
         except AccountError as exc:
             raise WebError(str(exc)) from None
         finally:
-            # New aliases and deleted users count at once. In the writer thread: on
-            # PostgreSQL forgetting means reading the accounts again.
-            await loop.run_in_executor(self._writer, self.accounts.forget_cached)
+            await self._accounts_changed()
         return result
+
+    async def _accounts_changed(self) -> None:
+        """New aliases and deleted users count at once, here and in the SMTP intake
+        workers: the server's ``accounts.changed``, which the CLI calls after its changes
+        (it forgets in a thread: on PostgreSQL forgetting means reading the accounts
+        again). Without that method (no app around this backend) only here."""
+        if self.control_server.registered("accounts.changed") is not None:
+            await self.control_server.invoke("accounts.changed", {})
+        else:
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, self.accounts.forget_cached
+            )
 
     def _apply(self, change: Callable[[Accounts], T]) -> T:
         if self._writes is None:

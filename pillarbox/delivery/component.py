@@ -127,7 +127,7 @@ class SmtpComponent:
 
             async def spam_changed(params: dict[str, Any]) -> Any:
                 result = await previous(params)
-                intake.tell_all("spam_changed")
+                await intake.ask_all("spam_changed")  # taken in before the change is done
                 return result
 
             ctx.control.register("spam.changed", spam_changed)
@@ -164,10 +164,12 @@ class SmtpComponent:
         if self.intake is not None:
             await self.intake.stop(grace)
 
-    def accounts_changed(self) -> None:
-        """The CLI changed users or aliases: the workers forget what they remembered."""
+    async def accounts_changed(self) -> None:
+        """The CLI or the web admin changed users or aliases: the workers forget what
+        they remembered (before the change is reported done, so the next RCPT on any of
+        them sees it)."""
         if self.intake is not None:
-            self.intake.tell_all("accounts_changed")
+            await self.intake.ask_all("accounts_changed")
 
     async def stop(self) -> None:
         await self.pickup.stop()

@@ -23,6 +23,13 @@ What runs where:
   count the workers' clients with its own, so the limits hold for the server as a whole
   and a ban made on IMAP shuts port 25 too), answers quota questions, and commits
   accepted messages with ``SmtpBackend.commit``.
+* **Metrics**: a worker counts its sessions, commands, messages and TLS versions in its
+  own registry and sends what the counters gained every ``COUNTS_INTERVAL`` seconds (and
+  when it stops); the main process adds them to its own, so its ``/metrics`` counts the
+  whole server (a worker killed with SIGKILL takes its last interval's counts with it).
+* **Changes**: the main process tells every worker when the accounts change (the CLI's
+  ``accounts.changed``, the web admin's writes), the spam settings or lessons change, and
+  when it reloads its settings; nothing waits for a cache's time-out.
 
 Durability: a worker answers 250 only after the main process answered, and the main
 process answers only after the message is durable (Maildir file and directory fsync'd, or
@@ -46,6 +53,7 @@ import signal
 import socket
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,6 +62,7 @@ from pillarbox.config import Settings
 from pillarbox.delivery.channel import Channel
 from pillarbox.delivery.policy import SmtpBackend
 from pillarbox.delivery.wiring import QuotaCheck
+from pillarbox.metrics import registry as metrics
 from pillarbox.net.listener import SocketHandoff
 
 _log = log.get("intake")
@@ -61,6 +70,7 @@ WORKER_MODULE = "pillarbox.delivery.intake_worker"
 RESTART_DELAY = 0.5  # first delay before a dead worker is started again; doubles
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 60.0  # seconds of life after which a worker's restart delay starts over
+ASK_ALL_TIMEOUT = 5.0  # the longest a change waits for the workers to take it in
 
 
 class RemoteAdmission(Protocol):
@@ -167,7 +177,9 @@ class IntakeWorkers:
         finally:
             theirs.close()
         worker.process = process
-        channel = await Channel.open(ours, functools.partial(self._handle, worker))
+        channel = await Channel.open(
+            ours, functools.partial(self._handle, worker), self._immediate(worker)
+        )
         worker.channel = channel
         reading = asyncio.get_running_loop().create_task(channel.run())
         channel.tell("start", WorkerStart(worker.index, self.settings, self._queue_available()))
@@ -185,18 +197,19 @@ class IntakeWorkers:
 
     # -- the workers' requests -----------------------------------------------------------
 
+    def _immediate(self, worker: _Worker) -> dict[str, Callable[[Any], Any]]:
+        """The requests answered as they are read (no task): counting a client in or out."""
+        return {
+            "admit": lambda payload: self._admit(worker, *payload),
+            "release": lambda payload: self._release(worker, *payload),
+            "replace": lambda payload: self._replace(worker, *payload),
+            "counts": metrics.add_counts,
+        }
+
     async def _handle(self, worker: _Worker, kind: str, payload: Any) -> Any:
         if kind == "commit":
             reply = await self.backend.commit(payload)
             return (reply.code, reply.enhanced, reply.text)
-        if kind == "admit":
-            return self._admit(worker, *payload)
-        if kind == "release":
-            self._release(worker, *payload)
-            return None
-        if kind == "replace":
-            self._replace(worker, *payload)
-            return None
         if kind == "usage":
             store = self.services.mail_store
             return 0 if store is None else await store.usage(payload)
@@ -249,6 +262,16 @@ class IntakeWorkers:
         for worker in self._workers:
             if worker.channel is not None:
                 worker.channel.tell(kind, payload)
+
+    async def ask_all(self, kind: str, payload: Any = None) -> None:
+        """A request to every running worker, returning once each answered (or failed,
+        or ``ASK_ALL_TIMEOUT`` passed: a worker that dies meanwhile starts again afresh)."""
+        asks = [w.channel.ask(kind, payload) for w in self._workers if w.channel is not None]
+        if not asks:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ASK_ALL_TIMEOUT):
+                await asyncio.gather(*asks, return_exceptions=True)
 
     def reload(self, settings: Settings) -> None:
         """New settings for the sessions to come (the socket count stays: restart for

@@ -27,6 +27,7 @@ from pillarbox.delivery.policy import Accepted, SmtpBackend
 from pillarbox.delivery.service import DeliveryService
 from pillarbox.delivery.wiring import WithoutServer
 from pillarbox.dns.resolver import Resolver
+from pillarbox.metrics import registry as metrics
 from pillarbox.net.listener import (
     ConnectionLimits,
     Listeners,
@@ -41,6 +42,7 @@ from pillarbox.store.accounts import Accounts, open_accounts
 from pillarbox.tls.context import TlsProvider, quiet_bad_server_names
 
 _log = log.get("intake")
+COUNTS_INTERVAL = 1.0  # seconds between two reports of the counters to the main process
 
 
 class IntakeBackend(SmtpBackend):
@@ -174,10 +176,14 @@ class Worker:
             self.listeners.adopt(spec, sock)
         quiet_bad_server_names()
         await self.listeners.start()
+        counts = metrics.CounterDeltas()
+        reporting = asyncio.get_running_loop().create_task(_report_counts(channel, counts))
         _log.info("intake worker ready", worker=start.index)
         await self.stop_requested.wait()
         await self.listeners.stop(float(settings.limits.shutdown_grace))
         await self.server.stop()
+        reporting.cancel()
+        _send_counts(channel, counts)  # the last sessions' too
         await channel.finish(2)
         self.accounts.close()
         reading.cancel()
@@ -199,6 +205,19 @@ class Worker:
         if listeners.tls is not None:
             listeners.tls.reload(settings.tls.cert, settings.tls.key)
         await server.reload(_Reloaded(settings))
+
+
+async def _report_counts(channel: Channel, counts: metrics.CounterDeltas) -> None:
+    """What this process's counters gained, to the main process, every interval."""
+    while not channel.closed:
+        await asyncio.sleep(COUNTS_INTERVAL)
+        _send_counts(channel, counts)
+
+
+def _send_counts(channel: Channel, counts: metrics.CounterDeltas) -> None:
+    deltas = counts.take()
+    if deltas:
+        channel.tell("counts", deltas)
 
 
 @dataclass(frozen=True)

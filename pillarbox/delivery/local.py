@@ -64,19 +64,13 @@ class LocalStore:
         if not targets:
             return []
         store = self._store()
-        paths = await asyncio.gather(
-            *(
-                store.deliver(
-                    t.user,
-                    t.folder,
-                    message,
-                    sender=sender,
-                    prefix=t.headers,
-                    flags=t.flags,
-                )
-                for t in targets
-            )
-        )
+        writes = [
+            store.deliver(t.user, t.folder, message, sender=sender, prefix=t.headers,
+                          flags=t.flags)
+            for t in targets
+        ]  # fmt: skip
+        # One recipient (the common case) needs no gather and its task per copy.
+        paths = [await writes[0]] if len(writes) == 1 else await asyncio.gather(*writes)
         for target, path in zip(targets, paths, strict=True):
             _log.debug(
                 "delivered", queue_id=queue_id, to=target.user, folder=target.folder,

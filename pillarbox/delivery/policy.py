@@ -371,10 +371,11 @@ class SmtpBackend:
             # A bug in a check must not lose mail: accept without a verdict, loudly.
             _log.error("mail authentication failed", queue_id=envelope.queue_id, exc_info=True)
             return InboundResult(None, INBOX, b"")
-        _log.info(
-            "mailauth", queue_id=envelope.queue_id, dmarc=verdict.dmarc.result,
-            disposition=verdict.disposition, temperror=verdict.temperror or None,
-        )  # fmt: skip
+        # In the message's own log line (``dmarc=pass disposition=none``), as the spam
+        # verdict is: a line of its own cost as much as the rules per message.
+        envelope.notes.update(dmarc=verdict.dmarc.result, disposition=verdict.disposition)
+        if verdict.temperror:
+            envelope.notes["temperror"] = "True"
         if verdict.disposition == "reject" and self.settings.mailauth.dmarc_reject:
             return InboundResult(codes.POLICY_REJECTED, INBOX, b"")
         refusal = (

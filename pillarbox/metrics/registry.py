@@ -128,6 +128,53 @@ def _child(metric: Counter, labels: tuple[str, ...]) -> Counter:
     return metric.labels(*labels)
 
 
+# The counters an SMTP intake worker process moves too. A worker's registry is its own;
+# it sends what these gained (:class:`CounterDeltas`) to the main process, which adds them
+# to its own (:func:`add_counts`), so the main process's /metrics counts the server.
+SHARED_COUNTERS = (
+    MESSAGES_RECEIVED, DELIVERIES, SESSIONS, COMMANDS, AUTH_FAILURES, AUTH_CACHE_HITS,
+    BANS, TLS_SESSIONS,
+)  # fmt: skip
+_SHARED_BY_NAME = {next(iter(c.describe())).name: c for c in SHARED_COUNTERS}  # collect()'s names
+CounterKey = tuple[str, tuple[str, ...]]  # (metric name, label values in label order)
+
+
+class CounterDeltas:
+    """What :data:`SHARED_COUNTERS` gained since the previous :meth:`take` (a worker's
+    side); only the labelled children that moved are in it."""
+
+    def __init__(self) -> None:
+        self._last: dict[CounterKey, float] = {}
+
+    def take(self) -> dict[CounterKey, float]:
+        deltas: dict[CounterKey, float] = {}
+        for counter in SHARED_COUNTERS:
+            for family in counter.collect():
+                for sample in family.samples:
+                    if not sample.name.endswith("_total"):
+                        continue  # _created: when the child appeared, not a count
+                    key = (family.name, tuple(sample.labels.values()))
+                    gained = sample.value - self._last.get(key, 0.0)
+                    if gained:
+                        deltas[key] = gained
+                        self._last[key] = sample.value
+        return deltas
+
+
+def add_counts(deltas: dict[CounterKey, float]) -> None:
+    """Add another process's :meth:`CounterDeltas.take` to this process's counters (a
+    name this version does not know is skipped: it cannot come from a newer worker,
+    but a bad frame must not stop the others)."""
+    for (name, labels), amount in deltas.items():
+        counter = _SHARED_BY_NAME.get(name)
+        if counter is None or amount <= 0:
+            continue
+        if labels:
+            count(counter, *labels, amount=amount)
+        else:
+            counter.inc(amount)
+
+
 def command_label(verb: str) -> str:
     verb = verb.upper()
     return verb if verb in KNOWN_COMMANDS else "other"
