@@ -83,7 +83,7 @@ def main() -> None:
             master = peers.dovecot_master_pid()
             ports = {"starttls": peers.dovecot_port, "implicit": peers.dovecot_imaps_port}
             targets.insert(0, ("dovecot", ports, lambda: [master]))
-        for name, _, pids in targets:
+        for _, _, pids in targets:
             benchlib.renice(pids(), args.nice)
         # One untimed cycle each first: Dovecot starts its auth process, Pillarbox its
         # credential cache and the user's index on the first login.
