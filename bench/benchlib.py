@@ -490,7 +490,7 @@ class Profiler:
                     "--format",
                     "raw",
                     "--threads",
-                    "--idle",
+                    *(["--gil"] if os.environ.get("BENCH_PY_SPY_GIL") else ["--idle"]),
                     "--rate",
                     "200",
                     "--output",
