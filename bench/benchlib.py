@@ -118,6 +118,7 @@ def tree_memory(roots: Sequence[int]) -> Memory:
 class Peers:
     postfix_port: int = int(os.environ.get("BENCH_POSTFIX_PORT", "12525"))
     dovecot_port: int = int(os.environ.get("BENCH_DOVECOT_PORT", "12143"))
+    dovecot_imaps_port: int = int(os.environ.get("BENCH_DOVECOT_IMAPS_PORT", "12993"))
     postfix_dir: Path = BENCH_ROOT / "bench-postfix"
     dovecot_dir: Path = BENCH_ROOT / "bench-dovecot"
 
@@ -265,7 +266,7 @@ class Pillarbox:
         users: tuple[str, ...] = (USER,),
     ):
         self.data_dir = data_dir
-        self.ports = {name: free_port() for name in ("smtp", "imap", "submission")}
+        self.ports = {name: free_port() for name in ("smtp", "imap", "imaps", "submission")}
         if fresh and data_dir.exists():
             shutil.rmtree(data_dir)
         self.dns = DnsServer(
@@ -489,7 +490,7 @@ class Profiler:
                     "--format",
                     "raw",
                     "--threads",
-                    "--idle",
+                    *(["--gil"] if os.environ.get("BENCH_PY_SPY_GIL") else ["--idle"]),
                     "--rate",
                     "200",
                     "--output",

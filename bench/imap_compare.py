@@ -196,6 +196,7 @@ class Target:
     name: str
     port: int
     pids: Callable[[], list[int]]
+    imaps_port: int = 0  # implicit TLS (the imaptest-like mixed load connects there)
     start_seconds: float | None = None  # Pillarbox: serve start -> greeting
     index_ready: Callable[[], bool] | None = None  # Pillarbox: full-text backfill done
     results: dict[str, Any] = field(default_factory=dict)
@@ -349,6 +350,223 @@ async def idle_memory(
 
 # -- mixed load (imaptest stand-in) ------------------------------------------------------------
 
+# imaptest's default profile (its src/client-state.c state table): each session runs the
+# states in this order, each with the given probability (%), some again with a second
+# probability; LOGOUT at 100% means every session logs out after one round and a new one
+# connects and logs in, so logins are part of the mix. COPY needs a destination mailbox
+# (imaptest's copybox=, unset by default: 0 here); SEARCH, SORT, NOOP are 0 by default,
+# IDLE is ours (imaptest has none). ``--state NAME=PERCENT`` changes one, as imaptest's
+# command line does.
+IMAPTEST_STATES: dict[str, tuple[int, int]] = {
+    "list": (50, 0),
+    "status": (50, 0),
+    "select": (100, 0),
+    "fetch": (100, 0),
+    "fetch2": (100, 30),
+    "search": (0, 0),
+    "store": (50, 0),
+    "delete": (100, 0),
+    "expunge": (100, 0),
+    "append": (100, 5),
+    "noop": (0, 0),
+    "idle": (0, 0),
+}
+# imaptest's FETCH picks 1-4 of these, a quarter of them a HEADER.FIELDS of 1-4 fields...
+FETCH_FIELDS = ("UID", "FLAGS", "ENVELOPE", "INTERNALDATE", "BODY", "BODYSTRUCTURE", "RFC822.SIZE")
+HEADER_FIELDS = ("From", "To", "Cc", "Subject", "References", "In-Reply-To", "Message-ID",
+                 "Delivered-To")  # fmt: skip
+# ...and its FETCH2 one message with one of these.
+FETCH2_ITEMS = ("BODY.PEEK[HEADER]", "RFC822.HEADER", "BODY.PEEK[]", "BODY.PEEK[1]",
+                "BODY.PEEK[TEXT]")  # fmt: skip
+# Flags its STORE sets and clears (imaptest draws from the system flags and keywords).
+STORE_FLAGS = ("\\Seen", "\\Flagged", "\\Answered", "\\Draft", "$Label1", "$Label2", "$Label3")
+MIXED_EVENTS = re.compile(rb"^\* (\d+) (EXISTS|EXPUNGE)\r$", re.M)
+
+
+@dataclass
+class MixedCounts:
+    ok: int = 0
+    no: int = 0
+    logins: int = 0
+    connect_seconds: float = 0.0  # TCP + TLS handshake + greeting
+    by_state: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # client wall time per state
+
+    def add(self, state: str, status: bytes, seconds: float = 0.0) -> None:
+        self.by_state[state] = self.by_state.get(state, 0) + 1
+        self.seconds[state] = self.seconds.get(state, 0.0) + seconds
+        if status == b"NO":  # a message another session expunged meanwhile, say
+            self.no += 1
+        else:
+            self.ok += 1
+
+
+def status_of(data: bytes) -> bytes:
+    """OK, NO or BAD: the word after the tag on a response's last line."""
+    return data.rsplit(b"\r\n", 2)[-2].split(b" ", 2)[1]
+
+
+@dataclass
+class MixedView:
+    """What one imaptest client knows of the selected mailbox: its message count, kept up
+    to date from the EXISTS and EXPUNGE responses (sequence numbers come from it)."""
+
+    client: ImapClient
+    messages: int = 0
+
+    async def run(self, counts: MixedCounts, state: str, line: str) -> bytes:
+        started = time.perf_counter()
+        data = await self.client.command(line, check=False)
+        status = status_of(data)
+        if status == b"BAD":
+            raise ImapError(f"{line[:60]!r}: {data[-300:]!r}")
+        self.track(data)
+        counts.add(state, status, time.perf_counter() - started)
+        return data
+
+    def track(self, data: bytes) -> None:
+        for match in MIXED_EVENTS.finditer(data):
+            if match.group(2) == b"EXISTS":
+                self.messages = int(match.group(1))
+            else:
+                self.messages -= 1
+
+
+def random_seqset(rng: random.Random, messages: int, count: int) -> str:
+    """``count`` random sequence numbers of 1..messages as a sequence set (imaptest's
+    client_get_random_seq_range: duplicates merge, runs become ranges)."""
+    seqs = sorted({rng.randint(1, messages) for _ in range(count)})
+    parts: list[str] = []
+    start = prev = seqs[0]
+    for seq in [*seqs[1:], 0]:
+        if seq == prev + 1:
+            prev = seq
+            continue
+        parts.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = seq
+    return ",".join(parts)
+
+
+def fetch_items(rng: random.Random) -> str:
+    items = []
+    for _ in range(rng.randint(1, 4)):
+        if rng.randrange(4):
+            items.append(rng.choice(FETCH_FIELDS))
+        else:
+            fields = " ".join(rng.choice(HEADER_FIELDS) for _ in range(rng.randint(1, 4)))
+            items.append(f"BODY.PEEK[HEADER.FIELDS ({fields})]")
+    return " ".join(items)
+
+
+def random_flags(rng: random.Random) -> str:
+    return " ".join(rng.sample(STORE_FLAGS, rng.randint(1, 3)))
+
+
+def chance(rng: random.Random, percent: int) -> bool:
+    return rng.randrange(100) < percent
+
+
+async def imaptest_round(
+    view: MixedView, rng: random.Random, counts: MixedCounts, states: dict[str, tuple[int, int]],
+    keep: int,
+) -> None:  # fmt: skip
+    """One session's round of imaptest's default state machine after LOGIN, up to LOGOUT."""
+
+    def wanted(state: str) -> bool:
+        return chance(rng, states[state][0])
+
+    def again(state: str) -> bool:
+        return chance(rng, states[state][1])
+
+    if wanted("list"):
+        await view.run(counts, "list", 'LIST "" *')
+    if wanted("status"):
+        await view.run(counts, "status", 'STATUS "INBOX" (MESSAGES UNSEEN RECENT)')
+    await view.run(counts, "select", 'SELECT "INBOX"')
+    n = view.messages
+    if n and wanted("fetch"):
+        seqs = random_seqset(rng, n, min(n, 100))
+        await view.run(counts, "fetch", f"FETCH {seqs} ({fetch_items(rng)})")
+    if n and wanted("fetch2"):
+        while True:
+            item = rng.choice(FETCH2_ITEMS)
+            await view.run(counts, "fetch2", f"FETCH {rng.randint(1, view.messages)} (UID {item})")
+            if not again("fetch2") or not view.messages:
+                break
+    if view.messages and wanted("search"):
+        await view.run(counts, "search", rng.choice(["SEARCH UNSEEN", 'SEARCH FROM "grace"']))
+    n = view.messages
+    if n and wanted("store"):
+        count = rng.randrange(n if n < 10 else min(n // 5, 50)) if n > 1 else 0
+        if count:
+            sign = rng.choice(["+", "-", ""])
+            silent = ".SILENT" if rng.randrange(2) else ""
+            seqs = random_seqset(rng, n, count)
+            line = f"STORE {seqs} {sign}FLAGS{silent} ({random_flags(rng)})"
+            await view.run(counts, "store", line)
+    n = view.messages
+    if n and wanted("delete"):
+        # imaptest keeps the mailbox near msgs= messages: it deletes a random share of
+        # what is above that, and a few when it is near.
+        count = rng.randrange(n - keep) if n > keep + 5 else rng.randrange(5)
+        if count:
+            silent = ".SILENT" if rng.randrange(2) else ""
+            seqs = random_seqset(rng, n, count)
+            await view.run(counts, "delete", f"STORE {seqs} +FLAGS{silent} (\\Deleted)")
+    if wanted("expunge"):
+        await view.run(counts, "expunge", "EXPUNGE")
+    if wanted("noop"):
+        await view.run(counts, "noop", "NOOP")
+    if wanted("idle"):
+        await idle_once(view, counts)
+    while view.messages < keep and wanted("append"):
+        message = make_message(rng.randint(0, 100_000), rng, 4096)
+        flags = random_flags(rng) if rng.randrange(2) else ""
+        started = time.perf_counter()
+        data = await view.client.append("INBOX", message, flags)
+        view.track(data)
+        counts.add("append", status_of(data), time.perf_counter() - started)
+        if not again("append"):
+            break
+    await view.run(counts, "logout", "LOGOUT")
+
+
+async def idle_once(view: MixedView, counts: MixedCounts, seconds: float = 0.05) -> None:
+    """IDLE (RFC 2177) for a moment, then DONE; the updates it brought are tracked."""
+    client = view.client
+    client.counter += 1
+    tag = b"I%06d" % client.counter
+    client.writer.write(tag + b" IDLE\r\n")
+    line = await asyncio.wait_for(client.reader.readline(), 30)
+    if not line.startswith(b"+"):
+        raise ImapError(f"IDLE refused: {line!r}")
+    await asyncio.sleep(seconds)
+    client.writer.write(b"DONE\r\n")
+    _, data = await client._read_until_tagged(tag)
+    view.track(data)
+    counts.add("idle", status_of(data))
+
+
+async def imaptest_client(
+    target: Target, tls: Any, stop_at: float, rng: random.Random, counts: MixedCounts,
+    states: dict[str, tuple[int, int]], keep: int,
+) -> None:  # fmt: skip
+    """imaptest's loop for one of its clients: connect over implicit TLS, LOGIN, one round,
+    LOGOUT; again until the time is up."""
+    while time.perf_counter() < stop_at:
+        port = target.imaps_port if tls is not None else target.port
+        started = time.perf_counter()
+        client = await ImapClient.connect(port, tls=tls)
+        counts.connect_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        await client.login(MIXED_USER, benchlib.PASSWORD)
+        counts.logins += 1
+        counts.add("login", b"OK", time.perf_counter() - started)
+        try:
+            await imaptest_round(MixedView(client), rng, counts, states, keep)
+        finally:
+            client.close()
+
 
 MIXED_WEIGHTS = {
     "fetch_env": 30,
@@ -377,6 +595,7 @@ async def mixed_client(
     rng: random.Random,
     counts: dict[str, int],
 ) -> None:
+    """The earlier stand-in (``--mix session``): one long session per client."""
     ops, weights = list(MIXED_WEIGHTS), list(MIXED_WEIGHTS.values())
     while time.perf_counter() < stop_at:
         op = rng.choices(ops, weights)[0]
@@ -406,28 +625,70 @@ async def mixed_client(
     await client.logout()
 
 
+def mixed_states(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
+    states = dict(IMAPTEST_STATES)
+    for item in args.state:
+        name, _, percent = item.partition("=")
+        if name not in states:
+            raise SystemExit(f"--state: no state {name!r} (states: {', '.join(states)})")
+        states[name] = (int(percent), states[name][1])
+    return states
+
+
 async def mixed_load(target: Target, args: argparse.Namespace, tls: Any) -> None:
-    counts = {"total": 0}
-    sessions = await asyncio.gather(*(mixed_session(target.port, tls) for _ in range(args.clients)))
     pids = target.pids()
-    cpu0 = benchlib.tree_cpu_seconds(pids)
-    client0 = sum(os.times()[:2])
-    with profiler(target, args, "mixed"):
-        start = time.perf_counter()
-        stop_at = start + args.seconds
-        await asyncio.gather(
-            *(
-                mixed_client(client, uids, stop_at, random.Random(i), counts)
-                for i, (client, uids) in enumerate(sessions)
-            )
+    start = time.perf_counter()
+    if args.mix == "imaptest":
+        counts = MixedCounts()
+        states = mixed_states(args)
+        # Untimed: the first open of the copied-in mailbox (both servers build an index).
+        first = await open_session(target.port, MIXED_USER, benchlib.PASSWORD, tls=tls)
+        await first.command("SELECT INBOX")
+        await first.command("FETCH 1:* (FLAGS ENVELOPE)")
+        await first.logout()
+        cpu0 = benchlib.tree_cpu_seconds(pids)
+        client0 = sum(os.times()[:2])
+        with profiler(target, args, "mixed"):
+            start = time.perf_counter()
+            stop_at = start + args.seconds
+            await asyncio.gather(*(
+                imaptest_client(target, tls, stop_at, random.Random(i), counts, states, args.msgs)
+                for i in range(args.clients)
+            ))  # fmt: skip
+            elapsed = time.perf_counter() - start
+        ops = counts.ok + counts.no
+        extra = {
+            "no": counts.no,
+            "logins": counts.logins,
+            "by_state": counts.by_state,
+            "ms_by_state": {k: counts.seconds[k] * 1000 / n for k, n in counts.by_state.items()},
+            "connect_ms": counts.connect_seconds * 1000 / max(counts.logins, 1),
+        }
+    else:
+        total = {"total": 0}
+        sessions = await asyncio.gather(
+            *(mixed_session(target.port, tls) for _ in range(args.clients))
         )
-        elapsed = time.perf_counter() - start
-    ops = counts["total"]
+        cpu0 = benchlib.tree_cpu_seconds(pids)
+        client0 = sum(os.times()[:2])
+        with profiler(target, args, "mixed"):
+            start = time.perf_counter()
+            stop_at = start + args.seconds
+            await asyncio.gather(
+                *(
+                    mixed_client(client, uids, stop_at, random.Random(i), total)
+                    for i, (client, uids) in enumerate(sessions)
+                )
+            )
+            elapsed = time.perf_counter() - start
+        ops = total["total"]
+        extra = {}
     target.results["mixed"] = {
         "ops": ops,
         "rate": ops / elapsed,
         "cpu_ms": (benchlib.tree_cpu_seconds(pids) - cpu0) * 1000 / max(ops, 1),
         "client_ms": (sum(os.times()[:2]) - client0) * 1000 / max(ops, 1),
+        **extra,
     }
 
 
@@ -451,7 +712,7 @@ def prepare_dovecot(args: argparse.Namespace, source: Path) -> Target:
     )
     copy_maildir(source, home / "bench" / "Maildir", VMAIL)
     copy_maildir(mixed_source(args), home / "mixed" / "Maildir", VMAIL)
-    return Target("dovecot", peers.dovecot_port, lambda: [master])
+    return Target("dovecot", peers.dovecot_port, lambda: [master], peers.dovecot_imaps_port)
 
 
 def prepare_pillarbox(args: argparse.Namespace, source: Path) -> tuple[Target, benchlib.Pillarbox]:
@@ -466,7 +727,8 @@ def prepare_pillarbox(args: argparse.Namespace, source: Path) -> tuple[Target, b
     pb.start("imap", timeout=600)
     pid = pb.pid
     index = pb.user_maildir("bench") / "pillarbox-index.sqlite"
-    target = Target("pillarbox", pb.ports["imap"], lambda: [pid], time.perf_counter() - start)
+    target = Target("pillarbox", pb.ports["imap"], lambda: [pid], pb.ports["imaps"])
+    target.start_seconds = time.perf_counter() - start
     if args.full_text:  # switched off, the pending list only grows: nothing to wait for
         target.index_ready = lambda: full_text_pending(index) == 0
     return target, pb
@@ -497,8 +759,9 @@ async def needs_tls(port: int) -> bool:
 
 def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
     benchlib.renice(target.pids(), args.nice)
-    print(f"{target.name}: first open and warm timings", file=sys.stderr)
-    asyncio.run(first_and_warm(target, args, tls))
+    if not args.skip_warm:
+        print(f"{target.name}: first open and warm timings", file=sys.stderr)
+        asyncio.run(first_and_warm(target, args, tls))
     if args.idle <= 0:
         pass
     else:
@@ -507,12 +770,32 @@ def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
     if args.idle > 0 and tls is not None and target.name == "dovecot":
         # For reference: without TLS Dovecot needs no imap-login proxy per connection.
         asyncio.run(idle_memory(target, args, None, key="idle_plain"))
-    if args.seconds > 0:
-        print(
-            f"{target.name}: mixed load, {args.clients} clients, {args.seconds}s", file=sys.stderr
-        )
-        asyncio.run(mixed_load(target, args, tls))
-    if args.py_spy and target.name == "pillarbox":
+
+
+def run_mixed(targets: list[Target], args: argparse.Namespace, tls: Any) -> None:
+    """``--mixed-rounds`` of the mixed load, the targets taking turns (background load then
+    hits them alike); the median round's figures, the spread kept for the report."""
+    runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    for round_no in range(args.mixed_rounds):
+        for target in targets:
+            print(
+                f"{target.name}: mixed load ({args.mix}) round {round_no + 1}, "
+                f"{args.clients} clients, {args.seconds}s",
+                file=sys.stderr,
+            )
+            asyncio.run(mixed_load(target, args, tls))
+            runs[target.name].append(target.results["mixed"])
+    for target in targets:
+        done = sorted(runs[target.name], key=lambda run: run["rate"])
+        median = dict(done[len(done) // 2])
+        median["cpu_ms"] = statistics.median(run["cpu_ms"] for run in done)
+        median["rates"] = [run["rate"] for run in runs[target.name]]
+        median["cpus"] = [run["cpu_ms"] for run in runs[target.name]]
+        target.results["mixed"] = median
+
+
+def print_profiles(args: argparse.Namespace) -> None:
+    if args.py_spy:
         for phase in ("warm", "mixed"):
             path = args.profile_dir / f"imap-{phase}.txt"
             if path.exists():
@@ -575,6 +858,8 @@ def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> s
         measures.append(("mixed client CPU ms/op", [m["client_ms"] for m in mixed if m], True))
     rows: list[list[object]] = []
     for label, values, lower in measures:
+        if all(v is None for v in values):
+            continue
         row: list[object] = [label, *["" if v is None else v for v in values]]
         if pair and "client" not in label and None not in values:
             row += _verdict(values[1], values[0], lower)
@@ -590,6 +875,27 @@ def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> s
             }
             if len(set(seen.values())) > 1:
                 checks.append(f"DISAGREE {phase} {op}: {seen}")
+    for t in targets:
+        mixed_run = t.results.get("mixed", {})
+        if "by_state" in mixed_run:
+            lines.append(
+                f"{t.name} mixed ({args.mix}): {mixed_run['ops']} commands, "
+                f"{mixed_run['logins']} logins, {mixed_run['no']} NO; by state "
+                + ", ".join(f"{k} {v}" for k, v in sorted(mixed_run["by_state"].items()))
+            )
+            lines.append(
+                f"{t.name} mixed rounds: ops/s "
+                + ", ".join(f"{x:.0f}" for x in mixed_run["rates"])
+                + "; server CPU ms/op "
+                + ", ".join(f"{x:.2f}" for x in mixed_run["cpus"])
+            )
+            lines.append(
+                f"{t.name} mixed, client ms per command: connect+TLS "
+                f"{mixed_run['connect_ms']:.1f}, "
+                + ", ".join(f"{k} {v:.1f}" for k, v in sorted(mixed_run["ms_by_state"].items()))
+            )
+    if any("warm" not in by_name[n].results for n in names):
+        return "\n".join(lines)
     warm = {n: by_name[n].results["warm"] for n in names}
     lines.append("")
     lines.append(
@@ -620,6 +926,23 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=100)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20.0, help="mixed load; 0 skips it")
+    parser.add_argument(
+        "--mix",
+        choices=["imaptest", "session"],
+        default="imaptest",
+        help="mixed load: imaptest's default profile (a login per round, over implicit TLS "
+        "when TLS is used) or the earlier one long session per client",
+    )
+    parser.add_argument("--mixed-rounds", type=int, default=3, help="interleaved mixed rounds")
+    parser.add_argument("--msgs", type=int, default=30, help="imaptest's msgs= (mailbox size kept)")
+    parser.add_argument(
+        "--state", action="append", default=[], metavar="NAME=PERCENT",
+        help="imaptest state probability, e.g. search=20 idle=10",
+    )  # fmt: skip
+    parser.add_argument(
+        "--skip-warm", action="store_true",
+        help="no first-open and warm timings on the big mailbox (idle and mixed only)",
+    )  # fmt: skip
     parser.add_argument("--tls", choices=["auto", "yes", "no"], default="auto")
     parser.add_argument(
         "--no-full-text",
@@ -653,6 +976,9 @@ def main() -> None:
         tls = client_tls_context() if use_tls else None
         for target in targets:
             run_target(target, args, tls)
+        if args.seconds > 0:
+            run_mixed(targets, args, tls)
+        print_profiles(args)
     finally:
         if pillarbox is not None:
             pillarbox.close()

@@ -29,9 +29,12 @@ class ImapClient:
         self.greeting = b""
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> ImapClient:
+    async def connect(
+        cls, port: int, host: str = "127.0.0.1", *, tls: ssl.SSLContext | None = None
+    ) -> ImapClient:
+        """Connect and read the greeting; with ``tls``, TLS from the first byte (IMAPS)."""
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=CHUNK), IO_TIMEOUT
+            asyncio.open_connection(host, port, limit=CHUNK, ssl=tls), IO_TIMEOUT
         )
         client = cls(reader, writer)
         client.greeting = await asyncio.wait_for(reader.readline(), IO_TIMEOUT)
@@ -115,11 +118,11 @@ class ImapClient:
 
 
 async def open_session(
-    port: int, user: str, password: str, *, tls: ssl.SSLContext | None
+    port: int, user: str, password: str, *, tls: ssl.SSLContext | None, implicit: bool = False
 ) -> ImapClient:
-    """Connect, STARTTLS when ``tls`` is given, LOGIN."""
-    client = await ImapClient.connect(port)
-    if tls is not None:
+    """Connect, STARTTLS when ``tls`` is given (TLS at once with ``implicit``), LOGIN."""
+    client = await ImapClient.connect(port, tls=tls if implicit else None)
+    if tls is not None and not implicit:
         await client.starttls(tls)
     await client.login(user, password)
     return client

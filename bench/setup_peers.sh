@@ -13,6 +13,7 @@
 #
 # Idempotent: run it as often as you like. Needs root (apt-get, postfix, dovecot).
 # Environment: BENCH_POSTFIX_PORT (default 12525), BENCH_DOVECOT_PORT (default 12143),
+# BENCH_DOVECOT_IMAPS_PORT (default 12993, implicit TLS),
 # BENCH_ROOT (default /tmp) -- configs go to $BENCH_ROOT/bench-postfix and bench-dovecot.
 # Both peers accept mail/logins for the domain bench.test; the user is bench@bench.test with
 # password "bench-secret" (Dovecot; also mixed@bench.test for the mixed IMAP load); mail lands in
@@ -21,6 +22,7 @@ set -euo pipefail
 
 POSTFIX_PORT=${BENCH_POSTFIX_PORT:-12525}
 DOVECOT_PORT=${BENCH_DOVECOT_PORT:-12143}
+DOVECOT_IMAPS_PORT=${BENCH_DOVECOT_IMAPS_PORT:-12993}
 ROOT=${BENCH_ROOT:-/tmp}
 PF=$ROOT/bench-postfix
 DC=$ROOT/bench-dovecot
@@ -255,7 +257,8 @@ service imap-login {
     port = $DOVECOT_PORT
   }
   inet_listener imaps {
-    port = 0
+    address = 127.0.0.1
+    port = $DOVECOT_IMAPS_PORT
   }
   process_limit = 2000
 }
@@ -287,7 +290,7 @@ start_dovecot() {
         tail -5 "$DC/start.log" "$DC/dovecot.log" >&2 2>/dev/null || true
         die "dovecot would not start"
     fi
-    log "dovecot listening on 127.0.0.1:$DOVECOT_PORT (config $DC/dovecot.conf, home $DC/home/$DOMAIN/$MAIL_USER)"
+    log "dovecot listening on 127.0.0.1:$DOVECOT_PORT and imaps :$DOVECOT_IMAPS_PORT (config $DC/dovecot.conf, home $DC/home/$DOMAIN/$MAIL_USER)"
 }
 
 stop_peers() {

@@ -23,7 +23,7 @@ from pillarbox.admin.sieve import SieveAccess, make_managesieve
 from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.control import ControlServer
-from pillarbox.core import privileges
+from pillarbox.core import gcpolicy, privileges
 from pillarbox.delivery.component import make_smtp
 from pillarbox.delivery.service import DeliveryService
 from pillarbox.dns.resolver import Resolver
@@ -352,4 +352,5 @@ def drop_privileges(settings: Settings) -> None:
 async def serve(settings: Settings) -> None:
     server = Server(settings)
     await server.start()
+    gcpolicy.settle_after_start()  # see core/gcpolicy.py: full collections after big commands
     await server.run_until_stopped()

@@ -28,7 +28,15 @@ parse and the full-text row, the dearest parts, are left to the background job t
 user's next session starts, see ``store.lazyparse``), then tells the watchers (IDLE
 sessions). Concurrent deliveries to one user share one turn of the lock
 (:meth:`UserMailboxes.index_delivered`), and the index of a user without sessions stays open
-``DELIVERY_LINGER`` seconds, so a burst of mail opens it once. A message over
+``DELIVERY_LINGER`` seconds, so a burst of mail opens it once.
+
+Open indexes outlive their sessions: when a user's last IMAP or POP3 session ends, the index
+stays open ``session_linger`` seconds (``SESSION_LINGER``), so the phone, laptop and webmail
+that log in all day find it open (no SQLite connections, migrations check, folder discovery
+or first sync to redo per login: what Dovecot's index cache keeps). Delivery's and the
+sessions' lingering indexes are one LRU of at most ``MAX_LINGERING``; the least recently
+used is closed first. Nothing in an open index belongs to a login: authentication is the
+accounts store's (a password changed meanwhile counts at the next LOGIN). A message over
 ``INDEX_AT_DELIVERY_MAX`` is left in ``new/`` for the next sync, which parses it then (as
 before delivery indexed), so SMTP's memory does not grow with the size of the mail. The
 Maildir write is the commit point: if indexing fails or the process dies before it, the
@@ -106,6 +114,7 @@ ALL_UIDS = 0xFFFFFFFF
 # parsing reads the whole message, and SMTP's memory must not grow with the message size.
 INDEX_AT_DELIVERY_MAX = 1 << 20
 DELIVERY_LINGER = 30.0  # seconds a delivered-to index stays open without sessions
+SESSION_LINGER = 600.0  # seconds an index stays open after its user's last session
 MAX_LINGERING = 64  # such indexes at most (each holds three SQLite connections: fds)
 
 __all__ = ["MailStore", "MailboxError", "UserMailboxes"]
@@ -295,7 +304,9 @@ class UserMailboxes:
         return self._store.hub.watch(self.user, callback)
 
     async def release(self) -> None:
-        await self._store.release(self)
+        """A session is done with the handle; the index stays open a while after the last
+        one (see "Open indexes outlive their sessions" in the module docstring)."""
+        await self._store.release(self, linger=self._store.session_linger)
 
     # --- mailboxes
     async def list_mailboxes(self) -> list[MailboxInfo]:
@@ -535,6 +546,7 @@ class MailStore:
         self.parse_in_background = True
         self._tasks: set[asyncio.Task[None]] = set()
         self._quota_of: QuotaLookup = _no_quota
+        self.session_linger = SESSION_LINGER  # 0: close with the last session
 
     def set_learner(self, learner: Learner | None) -> None:
         self.learner = learner
@@ -554,7 +566,7 @@ class MailStore:
         try:
             return await handle.usage()
         finally:
-            await handle.release()
+            await self.release(handle)
 
     def spawn(self, work: Coroutine[Any, Any, None], what: str = "learning hook") -> None:
         """Run ``work`` in the background; its failure is logged, never the user's."""
@@ -588,7 +600,11 @@ class MailStore:
                 handle._backfill_soon()
             return handle
 
-    async def release(self, handle: UserMailboxes) -> None:
+    async def release(self, handle: UserMailboxes, *, linger: float = 0.0) -> None:
+        """Drop a reference; with ``linger``, the last one keeps the index open that many
+        seconds more (a lingering reference, see ``_linger``)."""
+        if linger > 0 and not self.closing:
+            self._linger(handle, linger)
         handle.refs -= 1
         if handle.refs <= 0 and self._users.get(handle.user) is handle:
             del self._users[handle.user]
@@ -657,23 +673,24 @@ class MailStore:
         else:
             handle = await self.open(user, backfill=False)
         try:
-            self._linger(handle)
+            self._linger(handle, DELIVERY_LINGER)
             await handle.index_delivered(folder, sizes)
         finally:
             await handle.release()
 
-    def _linger(self, handle: UserMailboxes) -> None:
-        """Keep ``handle``'s index open ``DELIVERY_LINGER`` seconds more (one reference).
-        One timer per user, moved on when it fires, not one per delivery."""
+    def _linger(self, handle: UserMailboxes, seconds: float) -> None:
+        """Keep ``handle``'s index open at least ``seconds`` more (one reference), the most
+        recently used of the lingering ones. One timer per user, moved on when it fires,
+        not one per delivery or logout."""
         loop = asyncio.get_running_loop()
-        until = loop.time() + DELIVERY_LINGER
+        until = loop.time() + seconds
         lingering = self._lingering.get(handle.user)
         if lingering is not None:
-            lingering.until = until
+            lingering.until = max(lingering.until, until)  # a delivery never shortens it
             self._lingering.move_to_end(handle.user)
             return
         handle.refs += 1
-        timer = loop.call_later(DELIVERY_LINGER, self._linger_ended, handle.user)
+        timer = loop.call_later(seconds, self._linger_ended, handle.user)
         self._lingering[handle.user] = _Lingering(handle, until, timer)
         while len(self._lingering) > MAX_LINGERING:
             self._stop_lingering(next(iter(self._lingering)))
