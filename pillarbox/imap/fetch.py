@@ -246,9 +246,11 @@ def _structure(row: FetchRow) -> dict[str, Any]:
     return row.structure
 
 
-def _envelope(row: FetchRow) -> list[Any]:
-    assert row.envelope is not None, "FETCH row without its data"
-    return row.envelope
+def _envelope(row: FetchRow, utf8: bool) -> bytes:
+    env = row.envelope
+    assert env is not None, "FETCH row without its data"
+    # Kept rendered by the store when the bytes are the same for every session.
+    return env if isinstance(env, bytes) else envelope(env, utf8=utf8)
 
 
 def _header(row: FetchRow) -> bytes:
@@ -350,7 +352,7 @@ def _simple(att: Simple, row: FetchRow, view: SelectedMailbox, utf8: bool) -> by
     if att is Simple.MODSEQ:
         return b"MODSEQ (%d)" % row.modseq
     if att is Simple.ENVELOPE:
-        return b"ENVELOPE " + envelope(_envelope(row), utf8=utf8)
+        return b"ENVELOPE " + _envelope(row, utf8)
     if att is Simple.BODY:
         return b"BODY " + body_structure(_structure(row), False, utf8)
     if att is Simple.BODYSTRUCTURE:

@@ -23,7 +23,9 @@ class FetchRow(NamedTuple):
     internal_date: int  # epoch seconds
     size: int  # CRLF size (RFC822.SIZE, POP3 LIST)
     modseq: int
-    envelope: Envelope | None = None
+    # The parsed list, or its IMAP wire form when the store keeps that (bytes the same for
+    # every session: see pillarbox.mime.imapwire).
+    envelope: Envelope | bytes | None = None
     structure: Structure | None = None
     header: bytes | None = None
 

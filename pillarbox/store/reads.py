@@ -20,7 +20,7 @@ from pillarbox import mime
 from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.rows import EMPTY_FLAGS, FetchRow, FlagBatch, SearchRow
 from pillarbox.store import flags as fl
-from pillarbox.store import fulltext, lazyparse
+from pillarbox.store import fulltext, lazyparse, sortkeys
 from pillarbox.store.names import BadMailboxName, folder_dir
 from pillarbox.store.query import compile_filter
 from pillarbox.store.types import MailboxError
@@ -62,7 +62,8 @@ class IndexReader:
         if data:
             sql = (
                 "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq,"
-                " d.envelope, d.structure, d.header FROM messages m JOIN message_data d"
+                " coalesce(d.imap_envelope, d.envelope), d.structure, d.header"
+                " FROM messages m JOIN message_data d"
                 " ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
                 " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? AND m.modseq > ?"
                 " ORDER BY m.uid LIMIT ?"
@@ -78,10 +79,15 @@ class IndexReader:
         for lo, hi in ranges:
             cursor = self.conn.execute(sql, (box_id, lo, hi, changed_since, limit - len(out)))
             if data:
+                # The envelope comes in its wire form (bytes) unless it has to be rendered
+                # per session: then it is the JSON text (see pillarbox.mime.imapwire).
                 out += [
-                    FetchRow(uid, text(mask, kw), date, size, modseq, loads(e), loads(st), h)
+                    FetchRow(
+                        uid, text(mask, kw), date, size, modseq,
+                        e if type(e) is bytes else loads(e), loads(st), h,
+                    )
                     for uid, mask, kw, date, size, modseq, e, st, h in cursor
-                ]
+                ]  # fmt: skip
             else:
                 out += [
                     FetchRow(uid, text(mask, kw), date, size, modseq)
@@ -90,6 +96,12 @@ class IndexReader:
             if len(out) >= limit:
                 break
         return out
+
+    def sort_uids(
+        self, name: str, ranges: list[tuple[int, int]], criteria: Sequence[tuple[str, bool]]
+    ) -> array[int]:
+        """The UIDs in ``ranges`` in SORT order (see store.sortkeys)."""
+        return sortkeys.sort_uids(self.conn, self._box(name)[0], ranges, criteria)
 
     def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
         """UIDs matching an exact filter, and the highest modseq among them (one row)."""
