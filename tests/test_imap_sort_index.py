@@ -247,7 +247,10 @@ def _downgrade(index: Path) -> None:
     conn = sqlite3.connect(index)
     try:
         conn.execute("DROP TRIGGER message_sort_removed")
-        conn.execute("DROP TABLE message_sort")
+        conn.execute("DROP TABLE message_sort")  # with its indexes
+        for name in ("internal_date", "size"):
+            conn.execute(f"DROP INDEX messages_{name}")
+            conn.execute(f"DROP INDEX messages_{name}_desc")
         conn.execute("ALTER TABLE message_data DROP COLUMN imap_envelope")
         conn.execute(
             "DELETE FROM schema_versions"

@@ -124,20 +124,11 @@ def insert_rows(conn: sqlite3.Connection, rows: Iterable[IndexRow]) -> None:
 def _add_wire_envelope(conn: sqlite3.Connection) -> None:
     """An index made before the column: add it, and fill it from the JSON envelopes."""
     conn.execute("ALTER TABLE message_data ADD COLUMN imap_envelope BLOB")
-    after = (0, 0)
-    while True:
-        rows = conn.execute(
-            "SELECT mailbox_id, uid, envelope FROM message_data WHERE (mailbox_id, uid) > (?, ?)"
-            " ORDER BY mailbox_id, uid LIMIT ?",
-            (*after, FILL_CHUNK),
-        ).fetchall()
-        if not rows:
-            return
+    for rows in db.keyed_chunks(conn, "message_data", "uid, mailbox_id, envelope", FILL_CHUNK):
         conn.executemany(
             "UPDATE message_data SET imap_envelope = ? WHERE mailbox_id = ? AND uid = ?",
-            [(envelope_bytes(json.loads(env)), box, uid) for box, uid, env in rows],
+            [(envelope_bytes(json.loads(env)), box, uid) for uid, box, env in rows],
         )
-        after = rows[-1][0], rows[-1][1]
 
 
 MIGRATIONS: Final[list[db.Migration]] = [_add_wire_envelope]

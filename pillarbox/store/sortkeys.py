@@ -47,6 +47,16 @@ COLUMN: Final = {
     "DISPLAYTO": "k.display_to",
 }
 
+# What clients sort big mailboxes by (RFC 5256 keys DATE, SUBJECT, FROM, ARRIVAL, SIZE):
+# these have indexes (store.sortkeys._index); the other keys are sorted by SQLite.
+INDEXED: Final = (
+    ("message_sort", "date"),
+    ("message_sort", "subject"),
+    ("message_sort", "from_addr"),
+    ("messages", "internal_date"),
+    ("messages", "size"),
+)
+
 # The sent date falls back to the message's INTERNALDATE (RFC 5256 §2.2), read from its row.
 _INSERT: Final = (
     "INSERT OR REPLACE INTO message_sort VALUES (?1, ?2, coalesce(?3,"
@@ -74,20 +84,20 @@ def _create(conn: sqlite3.Connection) -> None:
 def _fill(conn: sqlite3.Connection) -> None:
     """The keys of every message parsed before this table existed, from the header block
     its ``message_data`` row keeps (no message file is read)."""
-    after = (0, 0)
-    while True:
-        rows = conn.execute(
-            "SELECT mailbox_id, uid, header FROM message_data WHERE (mailbox_id, uid) > (?, ?)"
-            " ORDER BY mailbox_id, uid LIMIT ?",
-            (*after, FILL_CHUNK),
-        ).fetchall()
-        if not rows:
-            return
-        insert(conn, (row(box_id, uid, header) for box_id, uid, header in rows))
-        after = rows[-1][0], rows[-1][1]
+    for rows in db.keyed_chunks(conn, "message_data", "uid, mailbox_id, header", FILL_CHUNK):
+        insert(conn, (row(box_id, uid, header) for uid, box_id, header in rows))
 
 
-MIGRATIONS: Final = [_create]
+def _index(conn: sqlite3.Connection) -> None:
+    """An index per direction of the common keys: ``ORDER BY key [DESC], uid`` then reads
+    one in order (the UID order within equal keys is the index's own) instead of sorting."""
+    for table, column in INDEXED:
+        for direction in ("", " DESC"):
+            name = f"{table}_{column}{'_desc' if direction else ''}"
+            conn.execute(f"CREATE INDEX {name} ON {table} (mailbox_id, {column}{direction}, uid)")
+
+
+MIGRATIONS: Final[list[db.Migration]] = [_create, _index]
 
 
 def prepare(conn: sqlite3.Connection) -> None:
