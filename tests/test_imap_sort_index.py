@@ -66,7 +66,7 @@ FIXTURE: list[tuple[list[str], str]] = [
 ]  # fmt: skip
 
 SEARCH_SORTS = [
-    b"SORT (DATE) UTF-8 UNSEEN",
+    b"SORT (DATE) UTF-8 NOT SUBJECT lunch",
     b"UID SORT (SUBJECT REVERSE ARRIVAL) UTF-8 OR FROM bob SUBJECT lunch",
     b"SORT (REVERSE SIZE) US-ASCII 3:9",
     b"SORT (FROM) UTF-8 SUBJECT nothing-matches",
@@ -115,6 +115,7 @@ FETCHES = [
     b"FETCH 1:* (ENVELOPE)",
     b"UID FETCH 1:* (UID ENVELOPE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])",
     b"FETCH 1:* (BODYSTRUCTURE ENVELOPE RFC822.SIZE)",
+    b"FETCH 2 (BODY.PEEK[1] BODY.PEEK[HEADER] RFC822.HEADER BODY)",
 ]
 
 
@@ -237,13 +238,35 @@ def test_sort_over_gaps_and_new_mail(disk_server: pbserver.RunningServer) -> Non
             raw.close()
 
 
+def test_rfc822_text_alone(
+    disk_server: pbserver.RunningServer, memory_server: pbserver.RunningServer
+) -> None:
+    """RFC822.TEXT needs where the body starts (the parsed structure) and nothing else."""
+    answers = []
+    for running in (disk_server, memory_server):
+        with running as server:
+            raw = Raw(server)
+            try:
+                raw.login()
+                _fill(raw)
+                raw.cmd(b"s", b"SELECT INBOX")
+                lines = raw.cmd(b"t", b"FETCH 2:3 (RFC822.TEXT)")
+                assert lines[-1].startswith(b"t OK"), lines
+                answers.append(lines)
+            finally:
+                raw.close()
+    assert answers[0] == answers[1]
+    assert answers[0][0].startswith(b"* 2 FETCH (RFC822.TEXT {") and b"xxxx" in answers[0][0]
+
+
 def _arrival(uid: int) -> dt.datetime:
     """The APPEND date-time UID ``uid`` of the repeated fixture got."""
     return dt.datetime.strptime(FIXTURE[(uid - 1) % len(FIXTURE)][1], "%d-%b-%Y %H:%M:%S %z")
 
 
 def _downgrade(index: Path) -> None:
-    """Make the index what the release before the key columns and wire envelopes wrote."""
+    """Make the index what the release before the key columns and wire envelopes wrote
+    (the schema of store/index.py's first migration)."""
     conn = sqlite3.connect(index)
     try:
         conn.execute("DROP TRIGGER message_sort_removed")
@@ -251,7 +274,18 @@ def _downgrade(index: Path) -> None:
         for name in ("internal_date", "size"):
             conn.execute(f"DROP INDEX messages_{name}")
             conn.execute(f"DROP INDEX messages_{name}_desc")
-        conn.execute("ALTER TABLE message_data DROP COLUMN imap_envelope")
+        # The old layout: a WITHOUT ROWID table without the wire envelope.
+        conn.execute(
+            "CREATE TABLE old_data (mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL,"
+            " envelope TEXT NOT NULL, structure TEXT NOT NULL, header BLOB NOT NULL,"
+            " PRIMARY KEY (mailbox_id, uid)) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO old_data SELECT mailbox_id, uid, envelope, structure, header"
+            " FROM message_data"
+        )
+        conn.execute("DROP TABLE message_data")
+        conn.execute("ALTER TABLE old_data RENAME TO message_data")
         conn.execute(
             "DELETE FROM schema_versions"
             " WHERE component IN ('mailindex.sortkeys', 'mailindex.rows')"

@@ -22,7 +22,7 @@ from pillarbox.mailstore.api import MailStore as MailBackend
 from pillarbox.mailstore.errors import MailboxError
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.flags import FLAG_TEXT, SYSTEM_FLAGS
-from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+from pillarbox.mailstore.rows import FetchRow, FlagBatch, Parts, SearchRow
 
 __all__ = [
     "FLAG_TEXT",
@@ -33,6 +33,7 @@ __all__ = [
     "MailBackend",
     "MailboxError",
     "MailboxInfo",
+    "Parts",
     "SearchFilter",
     "SearchRow",
     "SelectInfo",

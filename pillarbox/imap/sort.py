@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
-from pillarbox.imap.backend import FetchRow, SortingMail, UserMail
+from pillarbox.imap.backend import FetchRow, Parts, SortingMail, UserMail
 from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.mime.sortkeys import base_subject, first_address, header_fields, sent_date
 
@@ -122,7 +122,7 @@ async def load_infos(
     out: list[Info] = []
     for start in range(0, len(uids), FETCH_BATCH):
         chunk = uids[start : start + FETCH_BATCH]
-        rows = await mail.fetch(view.name, _runs(chunk), header, len(chunk))
+        rows = await mail.fetch(view.name, _runs(chunk), header, len(chunk), parts=Parts.HEADER)
         # Parsing thousands of headers is pure Python: in a worker thread the event loop
         # keeps serving the other sessions meanwhile.
         out += await asyncio.to_thread(_infos_of, rows, wanted, fields)

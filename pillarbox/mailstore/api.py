@@ -17,11 +17,13 @@ from typing import Protocol, runtime_checkable
 
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.rows import (
+    ALL_PARTS,
     Appended,
     Copied,
     FetchRow,
     FlagBatch,
     FlagUpdate,
+    Parts,
     Quota,
     SearchRow,
 )
@@ -134,8 +136,10 @@ class UserMail(Protocol):
         data: bool,
         limit: int,
         changed_since: int = 0,
+        parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]: ...  # only rows with modseq > changed_since
-    # fetch: data=False leaves envelope, structure and header None.
+    # fetch: data=False leaves envelope, structure and header None; with data, those not in
+    # ``parts`` may be None too.
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]: ...
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int, modseqs: bool = True

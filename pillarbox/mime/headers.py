@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import quopri
 import re
 from collections.abc import Iterable, Iterator
@@ -120,10 +121,33 @@ def header_search_text(block: bytes | FieldList) -> str:
 def filter_fields(block: bytes, names: Iterable[str], *, exclude: bool = False) -> bytes:
     """HEADER.FIELDS / HEADER.FIELDS.NOT (RFC 3501 §6.4.5): the chosen fields, as they are,
     followed by the blank line that ends a header."""
-    wanted = {n.lower() for n in names}
+    wanted = frozenset(n.lower() for n in names)
+    if not exclude and block.count(b"\n") < MAX_FIELDS:
+        return _chosen_fields(block, wanted)
     out = [
         block[start:end]
         for name, start, end in iter_field_spans(block)
         if (name in wanted) != exclude
     ]
     return b"".join(out) + b"\r\n"
+
+
+def _chosen_fields(block: bytes, wanted: frozenset[str]) -> bytes:
+    """HEADER.FIELDS of a block with fewer lines (so fewer fields) than MAX_FIELDS: the
+    same spans as :func:`iter_field_spans` gives, found by a search for the wanted names
+    only (``FETCH 1:* BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)]`` spent most of its time
+    splitting every field of 50,000 header blocks). A field runs from its name to the next
+    line that starts a field."""
+    block = _trim(block)
+    out = []
+    for match in _wanted_re(wanted).finditer(block):
+        following = _FIELD_START_RE.search(block, match.end())
+        out.append(block[match.start() : len(block) if following is None else following.start()])
+    return b"".join(out) + b"\r\n"
+
+
+@functools.lru_cache(maxsize=64)
+def _wanted_re(wanted: frozenset[str]) -> re.Pattern[bytes]:
+    """A field start (``_FIELD_START_RE``) whose name is one of ``wanted``, in any case."""
+    names = b"|".join(re.escape(n.encode("ascii", "replace")) for n in sorted(wanted))
+    return re.compile(rb"(?mi)^(?:" + (names or rb"(?!)") + rb")[ \t]*:")

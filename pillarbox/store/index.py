@@ -35,7 +35,16 @@ from pathlib import Path
 from typing import Final
 
 from pillarbox.mailstore.filters import SearchFilter
-from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, FlagUpdate, SearchRow
+from pillarbox.mailstore.rows import (
+    ALL_PARTS,
+    Appended,
+    Copied,
+    FetchRow,
+    FlagBatch,
+    FlagUpdate,
+    Parts,
+    SearchRow,
+)
 from pillarbox.store import counts, db, fulltext, lazyparse, messagerows, quota, sortkeys, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
@@ -639,9 +648,10 @@ class UserIndex:
         data: bool,
         limit: int = CHUNK,
         changed_since: int = 0,
+        parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]:
         return self.own_reader.fetch(
-            name, ranges, data=data, limit=limit, changed_since=changed_since
+            name, ranges, data=data, limit=limit, changed_since=changed_since, parts=parts
         )
 
     def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:

@@ -66,7 +66,16 @@ from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.api import SortCriterion
 from pillarbox.mailstore.filters import ALL, SearchFilter
-from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, Quota, SearchRow
+from pillarbox.mailstore.rows import (
+    ALL_PARTS,
+    Appended,
+    Copied,
+    FetchRow,
+    FlagBatch,
+    Parts,
+    Quota,
+    SearchRow,
+)
 from pillarbox.mime import to_crlf
 from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
@@ -359,13 +368,14 @@ class UserMailboxes:
         data: bool,
         limit: int,
         changed_since: int = 0,
+        parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]:
         await self._parse_first(
             name, ranges, sizes_only=not data, changed_since=changed_since, limit=limit
         )
         return await self._read(
             lambda reader: reader.fetch(
-                name, ranges, data=data, limit=limit, changed_since=changed_since
+                name, ranges, data=data, limit=limit, changed_since=changed_since, parts=parts
             )
         )
 

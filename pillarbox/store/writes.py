@@ -348,7 +348,7 @@ class IndexWriter:
             for table, columns in (("message_data", "envelope, structure, header, imap_envelope"),
                                    ("message_search", "text")):  # fmt: skip
                 self.index.conn.executemany(
-                    f"INSERT INTO {table} SELECT ?, ?, {columns}"
+                    f"INSERT INTO {table} (mailbox_id, uid, {columns}) SELECT ?, ?, {columns}"
                     f" FROM {table} WHERE mailbox_id = ? AND uid = ?",
                     [(dst_id, new, src_id, uid) for uid, new, _, _ in batch],
                 )
