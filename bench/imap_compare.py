@@ -233,6 +233,7 @@ OPS = {
     "search_body": f'UID SEARCH BODY "{SEARCH_BODY}"',
     "search_text": f"UID SEARCH TEXT {SEARCH_SUBJECT}",
     "fetch_envelope": "FETCH 1:* (ENVELOPE)",
+    "fetch_headers": "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])",
     "sort_date": "UID SORT (DATE) UTF-8 ALL",
     "sort_arrival": "UID SORT (ARRIVAL) UTF-8 ALL",
     "sort_from": "UID SORT (FROM) UTF-8 ALL",
@@ -261,7 +262,7 @@ async def run_ops(
         seconds, data = await timed(client.command(command))
         if name == "select":
             check = exists_of(data)
-        elif name in ("fetch_flags", "fetch_envelope", "store_seen"):
+        elif name in ("fetch_flags", "fetch_envelope", "fetch_headers", "store_seen"):
             check = data.count(b" FETCH (")
         elif name.startswith("sort_"):
             check = sort_order(data)

@@ -13,6 +13,7 @@ from pillarbox.mailstore.api import (
     ChangeSet,
     MailboxInfo,
     SelectInfo,
+    SortingMail,
     StatusInfo,
     StoreResult,
     UserMail,
@@ -21,7 +22,7 @@ from pillarbox.mailstore.api import MailStore as MailBackend
 from pillarbox.mailstore.errors import MailboxError
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.flags import FLAG_TEXT, SYSTEM_FLAGS
-from pillarbox.mailstore.rows import FetchRow, FlagBatch, SearchRow
+from pillarbox.mailstore.rows import FetchRow, FlagBatch, Parts, SearchRow
 
 __all__ = [
     "FLAG_TEXT",
@@ -32,9 +33,11 @@ __all__ = [
     "MailBackend",
     "MailboxError",
     "MailboxInfo",
+    "Parts",
     "SearchFilter",
     "SearchRow",
     "SelectInfo",
+    "SortingMail",
     "StatusInfo",
     "StoreResult",
     "UserMail",

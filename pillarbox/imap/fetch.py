@@ -22,6 +22,7 @@ from pillarbox.imap.backend import (
     FLAG_TEXT,
     FetchRow,
     FlagBatch,
+    Parts,
     UserMail,
 )
 from pillarbox.imap.fetchatts import (
@@ -61,6 +62,8 @@ class FetchError(No):
 class FetchPlan:
     atts: tuple[FetchAtt, ...]
     data: bool  # ENVELOPE, BODYSTRUCTURE or header sections: the parsed columns
+    parts: Parts  # which of them
+    names: tuple[bytes, ...]  # each att's name in the response, worked out once per FETCH
     file: bool  # some section needs the message file
     seen: bool  # fetching sets \Seen
     with_uid: bool
@@ -83,13 +86,22 @@ def _needs_file(att: FetchAtt) -> bool:
     return att in (Simple.RFC822, Simple.RFC822_TEXT)
 
 
-def _needs_data(att: FetchAtt) -> bool:
-    return not isinstance(att, Simple) or att in (
-        Simple.ENVELOPE,
-        Simple.BODY,
-        Simple.BODYSTRUCTURE,
-        Simple.RFC822_HEADER,
-    )
+_SIMPLE_PARTS: Final = {
+    Simple.ENVELOPE: Parts.ENVELOPE,
+    Simple.BODY: Parts.STRUCTURE,
+    Simple.BODYSTRUCTURE: Parts.STRUCTURE,
+    Simple.RFC822_HEADER: Parts.HEADER,
+    Simple.RFC822_TEXT: Parts.STRUCTURE,  # where the body starts
+}
+
+
+def _parts_of(att: FetchAtt) -> Parts:
+    """The parsed data ``att`` is rendered from (none: flags, sizes, dates, the file)."""
+    if isinstance(att, Simple):
+        return _SIMPLE_PARTS.get(att, Parts(0))
+    if isinstance(att, BodySection) and not att.section.part and att.section.text in _HEADER_TEXTS:
+        return Parts.HEADER  # the top-level header block is stored
+    return Parts.STRUCTURE  # a part's offsets in the file
 
 
 def plan(
@@ -97,9 +109,14 @@ def plan(
 ) -> FetchPlan:
     with_uid = uid and Simple.UID not in atts
     with_modseq = (condstore or changed_since) and Simple.MODSEQ not in atts
+    parts = Parts(0)
+    for att in atts:
+        parts |= _parts_of(att)
     return FetchPlan(
         atts=atts,
-        data=any(_needs_data(a) for a in atts),
+        data=bool(parts),
+        parts=parts,
+        names=tuple(response_name(a) for a in atts),
         file=any(_needs_file(a) for a in atts),
         seen=any(sets_seen(a) for a in atts),
         with_uid=with_uid,
@@ -246,9 +263,11 @@ def _structure(row: FetchRow) -> dict[str, Any]:
     return row.structure
 
 
-def _envelope(row: FetchRow) -> list[Any]:
-    assert row.envelope is not None, "FETCH row without its data"
-    return row.envelope
+def _envelope(row: FetchRow, utf8: bool) -> bytes:
+    env = row.envelope
+    assert env is not None, "FETCH row without its data"
+    # Kept rendered by the store when the bytes are the same for every session.
+    return env if isinstance(env, bytes) else envelope(env, utf8=utf8)
 
 
 def _header(row: FetchRow) -> bytes:
@@ -311,7 +330,7 @@ def render(
     if p.with_uid:
         items.append(b"UID %d" % uid)
     flags_sent = False
-    for att in p.atts:
+    for att, name in zip(p.atts, p.names, strict=True):
         if att is Simple.RFC822 or att is Simple.RFC822_TEXT:
             assert content is not None
             items.append(_rfc822_item(att, content, row))
@@ -320,14 +339,14 @@ def render(
             flags_sent = flags_sent or att is Simple.FLAGS
         elif isinstance(att, BodySection):
             data = _partial(_section_bytes(att.section, row, content), att.partial)
-            items.append(response_name(att) + b" " + _literal(data))
+            items.append(name + b" " + _literal(data))
         elif isinstance(att, Binary):
             assert content is not None
             data = _partial(_decoded_part(att.part, row, content), att.partial)
-            items.append(response_name(att) + b" " + _literal(data, binary=b"\0" in data))
+            items.append(name + b" " + _literal(data, binary=b"\0" in data))
         else:
             assert content is not None
-            items.append(response_name(att) + b" %d" % len(_decoded_part(att.part, row, content)))
+            items.append(name + b" %d" % len(_decoded_part(att.part, row, content)))
     if flags_changed and not flags_sent:
         items.append(_simple(Simple.FLAGS, row, view, utf8))
     if p.with_modseq:
@@ -350,7 +369,7 @@ def _simple(att: Simple, row: FetchRow, view: SelectedMailbox, utf8: bool) -> by
     if att is Simple.MODSEQ:
         return b"MODSEQ (%d)" % row.modseq
     if att is Simple.ENVELOPE:
-        return b"ENVELOPE " + envelope(_envelope(row), utf8=utf8)
+        return b"ENVELOPE " + _envelope(row, utf8)
     if att is Simple.BODY:
         return b"BODY " + body_structure(_structure(row), False, utf8)
     if att is Simple.BODYSTRUCTURE:
@@ -390,7 +409,9 @@ async def run_fetch(
     while pending:
         # CHANGEDSINCE goes to the database (an index on modseq): a resync of a big mailbox
         # reads the few changed rows, not all of them.
-        rows = await mail.fetch(view.name, pending, p.data, p.batch, changed_since or 0)
+        rows = await mail.fetch(
+            view.name, pending, p.data, p.batch, changed_since or 0, parts=p.parts
+        )
         if not rows:
             break
         last = rows[-1].uid

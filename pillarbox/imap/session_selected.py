@@ -18,14 +18,7 @@ from pillarbox.imap.outcome import Bad, Logout, No, Result, Silent
 from pillarbox.imap.search import run_search, uses_modseq
 from pillarbox.imap.searchkeys import uses_saved
 from pillarbox.imap.selected import SelectedMailbox
-from pillarbox.imap.sort import (
-    load_infos,
-    ordered_subject,
-    references,
-    render,
-    sort_fields,
-    sort_infos,
-)
+from pillarbox.imap.sort import load_infos, ordered_subject, references, render, sort_order
 
 if TYPE_CHECKING:
     from pillarbox.imap.session import Session
@@ -174,12 +167,8 @@ async def do_sort(s: Session, cmd: c.Sort) -> Result:
     mail, view = _ctx(s)
     assert cmd.key is not None
     uids, seqs, _ = await run_search(mail, view, cmd.key, s.saved)
-    infos = await asyncio.to_thread(
-        sort_infos,
-        await load_infos(mail, view, uids, seqs, sort_fields(cmd.criteria)),
-        cmd.criteria,
-    )
-    numbers = " ".join(str(i.uid if cmd.uid else i.seq) for i in infos)
+    ordered_uids, ordered_seqs = await sort_order(mail, view, uids, seqs, cmd.criteria)
+    numbers = " ".join(map(str, ordered_uids if cmd.uid else ordered_seqs))
     s.send(f"* SORT {numbers}\r\n".encode() if numbers else b"* SORT\r\n")
     return ""
 

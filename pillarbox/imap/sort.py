@@ -13,18 +13,17 @@ subjects repeat.  Parsing of the command lives in
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import email.header
-import email.utils
 import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
 from typing import Any, Final, NamedTuple
 
-from pillarbox.imap.backend import FetchRow, UserMail
+from pillarbox.imap.backend import FetchRow, Parts, SortingMail, UserMail
 from pillarbox.imap.selected import SelectedMailbox
+from pillarbox.mime.sortkeys import base_subject, first_address, header_fields, sent_date
+
+__all__ = ["ALL_INFO", "Info", "base_subject", "header_fields", "load_infos", "message_info"]
 
 FETCH_BATCH: Final = 5000
 _MSGID_RE: Final = re.compile(r"<([^<>]+)>")
@@ -51,81 +50,6 @@ class Info(NamedTuple):
     references: tuple[str, ...]
 
 
-# --- base subject (RFC 5256 §2.1) ---------------------------------------------------------------
-_BLOB: Final = r"\[[^\[\]]*\]"
-_TRAILER_RE: Final = re.compile(r"(\s*\(fwd\))$", re.IGNORECASE)
-_LEADER_RE: Final = re.compile(rf"^(?:{_BLOB}\s*)*(?:re|fwd?)\s*(?:{_BLOB})?:\s*", re.IGNORECASE)
-_BLOB_RE: Final = re.compile(rf"^{_BLOB}\s*")
-_FWD_RE: Final = re.compile(r"^\[fwd:(.*)\]$", re.IGNORECASE)
-
-
-@functools.lru_cache(maxsize=8192)
-def base_subject(raw: str) -> tuple[str, bool]:
-    """(base subject, whether it looked like a reply/forward) per RFC 5256 §2.1."""
-    text = " ".join(_decode(raw).split())  # step 1: decode, collapse whitespace
-    reply = False
-    while True:
-        while True:  # step 2: remove (fwd) trailers and trailing whitespace
-            m = _TRAILER_RE.search(text)
-            if not m:
-                break
-            text, reply = text[: m.start()].rstrip(), True
-        text = text.rstrip()
-        while True:  # steps 3-5: remove subj-leader and subj-blob repeatedly
-            m = _LEADER_RE.match(text)
-            if m:
-                text, reply = text[m.end() :], True
-                continue
-            m = _BLOB_RE.match(text)
-            if m and text[m.end() :]:  # a blob is removed only if something remains
-                text = text[m.end() :]
-                continue
-            break
-        m = _FWD_RE.match(text)  # step 6: [fwd: ...] wrapper
-        if m:
-            text, reply = m.group(1).strip(), True
-            continue
-        if not _TRAILER_RE.search(text):
-            break
-    return text.upper(), reply  # i;unicode-casemap is approximated by upper-casing
-
-
-def _decode(raw: str) -> str:
-    if "=?" not in raw:
-        return raw  # no RFC 2047 encoded word: decoding would return it unchanged
-    try:
-        return str(email.header.make_header(email.header.decode_header(raw)))
-    except (ValueError, LookupError, UnicodeError):
-        return raw
-
-
-# --- addresses (RFC 5256 §3 "FROM", RFC 5957 §3 DISPLAYFROM) -------------------------------------
-@functools.lru_cache(maxsize=8192)
-def _first_address(raw: str | None) -> tuple[str, str]:
-    """(mailbox local-part, display name or addr-spec) of the first address, upper-cased."""
-    if not raw:
-        return "", ""
-    pairs = email.utils.getaddresses([_decode(raw)])
-    if not pairs:
-        return "", ""
-    name, addr = pairs[0]
-    local = addr.split("@", 1)[0]
-    return local.upper(), (name or addr).upper()
-
-
-def _sent_date(raw: str | None, internal: int) -> int:
-    if raw:
-        try:
-            parsed = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            parsed = None
-        if parsed is not None:
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.UTC)
-            return int(parsed.timestamp())
-    return internal
-
-
 def _ids(raw: str | None) -> list[str]:
     return _MSGID_RE.findall(raw or "")
 
@@ -142,47 +66,6 @@ _FIELDS_OF: Final = {
     "message_id": ("message-id", "references", "in-reply-to"),
 }
 ALL_INFO: Final = frozenset(_FIELDS_OF)  # THREAD: everything
-_HEADER_LINE_RE: Final = re.compile(r"([\041-\071\073-\176]+):")
-
-
-def header_fields(header: bytes, names: frozenset[str]) -> dict[str, str]:
-    """The first value of each header field in ``names`` (lower-case), as the ``email``
-    package's compat32 parser gives it: leading blanks after the colon dropped,
-    continuation lines kept with their line breaks, the final CRLF stripped.
-
-    Done by hand for a plain-ASCII header block (an 8-bit one goes to the parser, whose
-    ``get`` then has its own rules for undecodable bytes)."""
-    if not names:
-        return {}
-    if not header.isascii() or header.startswith(b"From "):
-        return _parsed_fields(header, names)
-    found: dict[str, list[str]] = {}  # the first occurrence's lines, per wanted field
-    current: list[str] | None = None
-    for line in header.decode("ascii").split("\r\n"):
-        if line[:1] in (" ", "\t"):
-            if current is not None:
-                current.append(line)
-            continue
-        if not line:
-            break  # the empty line that ends the header
-        match = _HEADER_LINE_RE.match(line)
-        if match is None:
-            return _parsed_fields(header, names)  # not a field line: the parser's recovery
-        name = match.group(1).lower()
-        current = None
-        if name in names and name not in found:
-            current = found[name] = [line[match.end() :].lstrip(" \t")]
-    return {name: "\r\n".join(lines).rstrip("\r\n") for name, lines in found.items()}
-
-
-def _parsed_fields(header: bytes, names: frozenset[str]) -> dict[str, str]:
-    parsed = BytesHeaderParser().parsebytes(header)
-    out = {}
-    for name in names:
-        value = parsed.get(name)
-        if value is not None:
-            out[name] = str(value)
-    return out
 
 
 def message_info(seq: int, row: FetchRow, wanted: frozenset[str] = ALL_INFO) -> Info:
@@ -192,14 +75,17 @@ def message_info(seq: int, row: FetchRow, wanted: frozenset[str] = ALL_INFO) -> 
     fields = header_fields(row.header or b"", names)
     get = fields.get
     subject, reply = base_subject(get("subject") or "") if "subject" in names else ("", False)
-    from_local, from_display = _first_address(get("from")) if "from" in names else ("", "")
-    to_local, to_display = _first_address(get("to")) if "to" in names else ("", "")
-    cc_local = _first_address(get("cc"))[0] if "cc" in names else ""
+    from_local, from_display = first_address(get("from")) if "from" in names else ("", "")
+    to_local, to_display = first_address(get("to")) if "to" in names else ("", "")
+    cc_local = first_address(get("cc"))[0] if "cc" in names else ""
     own = _ids(get("message-id"))
     refs = _ids(get("references"))
     if not refs:
         refs = _ids(get("in-reply-to"))[:1]  # RFC 5256 §3 step 1A
-    date = _sent_date(get("date"), row.internal_date) if "date" in names else 0
+    date = 0
+    if "date" in names:  # RFC 5256 §2.2: INTERNALDATE when Date: is missing or bad
+        sent = sent_date(get("date"))
+        date = row.internal_date if sent is None else sent
     return Info(
         seq=seq,
         uid=row.uid,
@@ -236,12 +122,33 @@ async def load_infos(
     out: list[Info] = []
     for start in range(0, len(uids), FETCH_BATCH):
         chunk = uids[start : start + FETCH_BATCH]
-        rows = await mail.fetch(view.name, _runs(chunk), header, len(chunk))
+        rows = await mail.fetch(view.name, _runs(chunk), header, len(chunk), parts=Parts.HEADER)
         # Parsing thousands of headers is pure Python: in a worker thread the event loop
         # keeps serving the other sessions meanwhile.
         out += await asyncio.to_thread(_infos_of, rows, wanted, fields)
     out.sort(key=lambda i: i.seq)
     return out
+
+
+async def sort_order(
+    mail: UserMail,
+    view: SelectedMailbox,
+    uids: Sequence[int],
+    seqs: Sequence[int],
+    criteria: Sequence[tuple[str, bool]],
+) -> tuple[Sequence[int], Sequence[int]]:
+    """(UIDs, sequence numbers) of the matching messages in SORT order (RFC 5256 §3).
+
+    A store that keeps the sort keys in its index orders them itself (one query); for any
+    other the keys are computed here from the header blocks (the same functions)."""
+    if isinstance(mail, SortingMail):
+        ordered = await mail.sort(view.name, _runs(uids), criteria)
+        seq_of = dict(zip(uids, seqs, strict=True))
+        return ordered, [seq_of[uid] for uid in ordered]
+    infos = await asyncio.to_thread(
+        sort_infos, await load_infos(mail, view, uids, seqs, sort_fields(criteria)), criteria
+    )
+    return [i.uid for i in infos], [i.seq for i in infos]
 
 
 def _infos_of(rows: list[FetchRow], wanted: dict[int, int], fields: frozenset[str]) -> list[Info]:

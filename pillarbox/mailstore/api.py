@@ -13,15 +13,17 @@ from __future__ import annotations
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.rows import (
+    ALL_PARTS,
     Appended,
     Copied,
     FetchRow,
     FlagBatch,
     FlagUpdate,
+    Parts,
     Quota,
     SearchRow,
 )
@@ -134,8 +136,10 @@ class UserMail(Protocol):
         data: bool,
         limit: int,
         changed_since: int = 0,
+        parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]: ...  # only rows with modseq > changed_since
-    # fetch: data=False leaves envelope, structure and header None.
+    # fetch: data=False leaves envelope, structure and header None; with data, those not in
+    # ``parts`` may be None too.
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]: ...
     async def fetch_flags(
         self, name: str, ranges: list[tuple[int, int]], limit: int, modseqs: bool = True
@@ -166,6 +170,26 @@ class UserMail(Protocol):
     # append and copy raise MailboxError(OVERQUOTA) when the user's quota would
     # be passed (RFC 9208 §4.3); nothing is then written.
     async def quota(self) -> Quota: ...
+
+
+# One SORT criterion: an RFC 5256 §3 / RFC 5957 §3 sort key (ARRIVAL, CC, DATE, FROM, SIZE,
+# SUBJECT, TO, DISPLAYFROM, DISPLAYTO) and whether it is REVERSE.
+SortCriterion = tuple[str, bool]
+
+
+@runtime_checkable
+class SortingMail(Protocol):
+    """A :class:`UserMail` whose index keeps the sort keys: SORT asks it for the order
+    instead of reading every message's header. A store without it is sorted by the IMAP
+    layer from the header blocks ``fetch`` gives (the same keys: pillarbox.mime.sortkeys)."""
+
+    async def sort(
+        self, name: str, ranges: list[tuple[int, int]], criteria: Sequence[SortCriterion]
+    ) -> array[int]: ...
+
+    # sort: the UIDs of the messages in ``ranges`` (sorted, disjoint) in the order of
+    # ``criteria`` (most significant first), ties by UID (RFC 5256 §3); a message without
+    # parsed data is left out when a criterion needs its header, as the IMAP layer does.
 
 
 class MailStore(Protocol):

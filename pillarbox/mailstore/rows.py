@@ -6,12 +6,25 @@ messages builds that many), and lets a row be unpacked where speed matters.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 # pillarbox.mime's parsed envelope and body structure, decoded from the index's JSON.
 Envelope = list[Any]
 Structure = dict[str, Any]
+
+
+class Parts(enum.Flag):
+    """The parsed data a ``fetch(data=True)`` needs of each row: a store may leave the
+    others None (reading and decoding them cost most of ``FETCH 1:* (ENVELOPE)``)."""
+
+    ENVELOPE = enum.auto()
+    STRUCTURE = enum.auto()
+    HEADER = enum.auto()
+
+
+ALL_PARTS: Final = Parts.ENVELOPE | Parts.STRUCTURE | Parts.HEADER
 
 
 class FetchRow(NamedTuple):
@@ -23,7 +36,9 @@ class FetchRow(NamedTuple):
     internal_date: int  # epoch seconds
     size: int  # CRLF size (RFC822.SIZE, POP3 LIST)
     modseq: int
-    envelope: Envelope | None = None
+    # The parsed list, or its IMAP wire form when the store keeps that (bytes the same for
+    # every session: see pillarbox.mime.imapwire).
+    envelope: Envelope | bytes | None = None
     structure: Structure | None = None
     header: bytes | None = None
 

@@ -33,12 +33,14 @@ from pillarbox.mailstore.results import (
     StoreResult,
 )
 from pillarbox.mailstore.rows import (
+    ALL_PARTS,
     EMPTY_FLAGS,
     Appended,
     Copied,
     FetchRow,
     FlagBatch,
     FlagUpdate,
+    Parts,
     Quota,
     SearchRow,
 )
@@ -170,6 +172,7 @@ class MemoryUserMail:
         data: bool,
         limit: int,
         changed_since: int = 0,
+        parts: Parts = ALL_PARTS,  # all are at hand: nothing to save
     ) -> list[FetchRow]:
         rows: list[FetchRow] = []
         for m in self._boxes.mailbox(name).in_ranges(ranges):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 Migration = str | Callable[[sqlite3.Connection], None]
@@ -106,3 +106,25 @@ class Transaction:
         if exc_type is not None:
             self.conn.execute("ROLLBACK TO nested")
         self.conn.execute("RELEASE nested")
+
+
+def keyed_chunks(
+    conn: sqlite3.Connection, table: str, columns: str, chunk: int
+) -> Iterator[list[sqlite3.Row]]:
+    """Every row of a mailbox index table keyed ``(mailbox_id, uid)``, ``chunk`` rows at a
+    time in key order, for a migration that rewrites them all: each chunk is one range read
+    of the primary key (``(mailbox_id, uid) > (?, ?)`` would scan the table every time).
+    ``columns`` are the SELECT list and start with ``uid``."""
+    boxes = [row[0] for row in conn.execute(f"SELECT DISTINCT mailbox_id FROM {table}")]
+    for mailbox_id in boxes:
+        after = 0
+        while True:
+            rows = conn.execute(
+                f"SELECT {columns} FROM {table} WHERE mailbox_id = ? AND uid > ?"
+                " ORDER BY uid LIMIT ?",
+                (mailbox_id, after, chunk),
+            ).fetchall()
+            if not rows:
+                break
+            yield rows
+            after = rows[-1][0]

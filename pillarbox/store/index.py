@@ -35,8 +35,17 @@ from pathlib import Path
 from typing import Final
 
 from pillarbox.mailstore.filters import SearchFilter
-from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, FlagUpdate, SearchRow
-from pillarbox.store import counts, db, fulltext, lazyparse, quota, uidlist
+from pillarbox.mailstore.rows import (
+    ALL_PARTS,
+    Appended,
+    Copied,
+    FetchRow,
+    FlagBatch,
+    FlagUpdate,
+    Parts,
+    SearchRow,
+)
+from pillarbox.store import counts, db, fulltext, lazyparse, messagerows, quota, sortkeys, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
@@ -138,6 +147,8 @@ class UserIndex:
         # readers to look (never False while one is pending), ``parse_wanted`` the background.
         self.unparsed = self.parse_wanted = lazyparse.any_pending(self.conn)
         counts.prepare(self.conn)  # unseen/deleted counters, first unseen ("mailindex.counts")
+        messagerows.prepare(self.conn)  # the ENVELOPE's wire form ("mailindex.rows")
+        sortkeys.prepare(self.conn)  # SORT's key columns ("mailindex.sortkeys")
         self._keywords: dict[int, list[str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         # The last UID list per mailbox, shared by every session that selects it unchanged
@@ -637,9 +648,10 @@ class UserIndex:
         data: bool,
         limit: int = CHUNK,
         changed_since: int = 0,
+        parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]:
         return self.own_reader.fetch(
-            name, ranges, data=data, limit=limit, changed_since=changed_since
+            name, ranges, data=data, limit=limit, changed_since=changed_since, parts=parts
         )
 
     def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:

@@ -24,7 +24,6 @@ Layout (component ``mailindex.parse`` of the index database):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3
@@ -35,7 +34,7 @@ from typing import Any, Final, NamedTuple
 from pillarbox import mime
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mime.text import search_texts
-from pillarbox.store import db, fulltext
+from pillarbox.store import db, fulltext, messagerows
 from pillarbox.store import flags as fl
 from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.names import BadMailboxName, folder_dir
@@ -205,8 +204,7 @@ def parse(
     A file that cannot be read (renamed or removed by another program since the sync)
     stays pending: the next sync sees ``cur/`` changed and repairs the row."""
     updates: list[tuple[object, ...]] = []
-    data_rows: list[tuple[object, ...]] = []
-    search_rows: list[tuple[object, ...]] = []
+    parsed_rows: list[messagerows.ParsedRows] = []
     texts: list[tuple[int, int, str, str]] = []
     for uid, fname in messages:
         try:
@@ -215,14 +213,7 @@ def parse(
             continue
         parsed = mime.parse(data)
         updates.append((len(data), parsed.sent_date, mailbox_id, uid))
-        data_rows.append((
-            mailbox_id,
-            uid,
-            json.dumps(parsed.envelope, separators=(",", ":")),
-            json.dumps(parsed.structure, separators=(",", ":")),
-            data[: parsed.header_end],
-        ))  # fmt: skip
-        search_rows.append((mailbox_id, uid, mime.header_search_text(parsed.fields)))
+        parsed_rows.append(messagerows.parsed_rows(mailbox_id, uid, data, parsed))
         if full_text and _text_pending(conn, mailbox_id, uid):
             texts.append(
                 (mailbox_id, uid, *search_texts(data, parsed.structure, parsed.header_end))
@@ -235,8 +226,7 @@ def parse(
             "UPDATE messages SET size = ?, sent_date = ? WHERE mailbox_id = ? AND uid = ?",
             updates,
         )
-        conn.executemany("INSERT OR REPLACE INTO message_data VALUES (?, ?, ?, ?, ?)", data_rows)
-        conn.executemany("INSERT OR REPLACE INTO message_search VALUES (?, ?, ?)", search_rows)
+        messagerows.insert_parsed(conn, parsed_rows)
         conn.executemany(
             "DELETE FROM parse_pending WHERE mailbox_id = ? AND uid = ?",
             [(u[2], u[3]) for u in updates],

@@ -72,8 +72,18 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
+from pillarbox.mailstore.api import SortCriterion
 from pillarbox.mailstore.filters import ALL, SearchFilter
-from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, Quota, SearchRow
+from pillarbox.mailstore.rows import (
+    ALL_PARTS,
+    Appended,
+    Copied,
+    FetchRow,
+    FlagBatch,
+    Parts,
+    Quota,
+    SearchRow,
+)
 from pillarbox.mime import to_crlf
 from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
@@ -89,6 +99,7 @@ from pillarbox.store.maildir import (
 )
 from pillarbox.store.names import folder_dir, normalise
 from pillarbox.store.reads import IndexReader
+from pillarbox.store.sortkeys import COLUMN
 from pillarbox.store.types import (
     ChangeSet,
     MailboxError,
@@ -368,15 +379,25 @@ class UserMailboxes:
         data: bool,
         limit: int,
         changed_since: int = 0,
+        parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]:
         await self._parse_first(
             name, ranges, sizes_only=not data, changed_since=changed_since, limit=limit
         )
         return await self._read(
             lambda reader: reader.fetch(
-                name, ranges, data=data, limit=limit, changed_since=changed_since
+                name, ranges, data=data, limit=limit, changed_since=changed_since, parts=parts
             )
         )
+
+    async def sort(
+        self, name: str, ranges: list[tuple[int, int]], criteria: Sequence[SortCriterion]
+    ) -> array[int]:
+        # Keys of header fields exist once a message is parsed; ARRIVAL and SIZE need only
+        # the true CRLF size of a message not parsed yet (store.lazyparse).
+        header = any(COLUMN[key].startswith("k.") for key, _ in criteria)
+        await self._parse_first(name, ranges, sizes_only=not header)
+        return await self._read(lambda reader: reader.sort_uids(name, ranges, criteria))
 
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
         if needs_parsed(where):
@@ -816,6 +837,8 @@ def make_store(ctx: StoreContext) -> StoreComponent:
 
 if TYPE_CHECKING:
 
-    def _conforms(store: MailStore, handle: UserMailboxes) -> tuple[api.MailStore, api.UserMail]:
+    def _conforms(
+        store: MailStore, handle: UserMailboxes
+    ) -> tuple[api.MailStore, api.UserMail, api.SortingMail]:
         """Never called: here mypy checks that this store implements the neutral API."""
-        return store, handle
+        return store, handle, handle

@@ -18,14 +18,20 @@ from typing import Final
 
 from pillarbox import mime
 from pillarbox.mailstore.filters import ALL, SearchFilter
-from pillarbox.mailstore.rows import EMPTY_FLAGS, FetchRow, FlagBatch, SearchRow
+from pillarbox.mailstore.rows import ALL_PARTS, EMPTY_FLAGS, FetchRow, FlagBatch, Parts, SearchRow
 from pillarbox.store import flags as fl
-from pillarbox.store import fulltext, lazyparse
+from pillarbox.store import fulltext, lazyparse, sortkeys
 from pillarbox.store.names import BadMailboxName, folder_dir
 from pillarbox.store.query import compile_filter
 from pillarbox.store.types import MailboxError
 
 CHUNK: Final = 2000
+# The message_data columns of each part of a fetch(data=True) row.
+_PART_SQL: Final = (
+    (Parts.ENVELOPE, ", coalesce(d.imap_envelope, d.envelope)"),
+    (Parts.STRUCTURE, ", d.structure"),
+    (Parts.HEADER, ", d.header"),
+)
 
 
 class IndexReader:
@@ -53,35 +59,41 @@ class IndexReader:
         data: bool,
         limit: int = CHUNK,
         changed_since: int = 0,
+        parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]:
-        """Rows for UIDs in ``ranges`` (sorted, disjoint), at most ``limit``, with envelope,
-        structure and header when ``data``; only rows with a modseq above ``changed_since``
-        (CHANGEDSINCE, RFC 7162 §3.1.4.1)."""
+        """Rows for UIDs in ``ranges`` (sorted, disjoint), at most ``limit``, with the
+        ``parts`` of envelope, structure and header when ``data``; only rows with a modseq
+        above ``changed_since`` (CHANGEDSINCE, RFC 7162 §3.1.4.1)."""
         box_id = self._box(name)[0]
         out: list[FetchRow] = []
+        columns = "m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq"
+        source = "messages m"
         if data:
-            sql = (
-                "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq,"
-                " d.envelope, d.structure, d.header FROM messages m JOIN message_data d"
-                " ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
-                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? AND m.modseq > ?"
-                " ORDER BY m.uid LIMIT ?"
-            )
-        else:
-            sql = (
-                "SELECT uid, flags, keywords, internal_date, size, modseq FROM messages"
-                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? AND modseq > ?"
-                " ORDER BY uid LIMIT ?"
-            )
+            # Only what was asked for is read: a FETCH of ENVELOPE reads neither the
+            # structure's JSON nor the header block (most of the row).
+            columns += "".join(sql if part in parts else ", NULL" for part, sql in _PART_SQL)
+            source += " JOIN message_data d ON d.mailbox_id = m.mailbox_id AND d.uid = m.uid"
+        sql = (
+            f"SELECT {columns} FROM {source}"
+            " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? AND m.modseq > ?"
+            " ORDER BY m.uid LIMIT ?"
+        )
         text = fl.flags_text
         loads = json.loads
         for lo, hi in ranges:
             cursor = self.conn.execute(sql, (box_id, lo, hi, changed_since, limit - len(out)))
             if data:
+                # The envelope comes in its wire form (bytes) unless it has to be rendered
+                # per session: then it is the JSON text (see pillarbox.mime.imapwire).
                 out += [
-                    FetchRow(uid, text(mask, kw), date, size, modseq, loads(e), loads(st), h)
+                    FetchRow(
+                        uid, text(mask, kw), date, size, modseq,
+                        e if e is None or type(e) is bytes else loads(e),
+                        None if st is None else loads(st),
+                        h,
+                    )
                     for uid, mask, kw, date, size, modseq, e, st, h in cursor
-                ]
+                ]  # fmt: skip
             else:
                 out += [
                     FetchRow(uid, text(mask, kw), date, size, modseq)
@@ -90,6 +102,12 @@ class IndexReader:
             if len(out) >= limit:
                 break
         return out
+
+    def sort_uids(
+        self, name: str, ranges: list[tuple[int, int]], criteria: Sequence[tuple[str, bool]]
+    ) -> array[int]:
+        """The UIDs in ``ranges`` in SORT order (see store.sortkeys)."""
+        return sortkeys.sort_uids(self.conn, self._box(name)[0], ranges, criteria)
 
     def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
         """UIDs matching an exact filter, and the highest modseq among them (one row)."""

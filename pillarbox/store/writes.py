@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from pillarbox.mailstore.rows import Appended, Copied, FlagUpdate
-from pillarbox.store import db, fulltext, lazyparse, quota, uidlist
+from pillarbox.store import db, fulltext, lazyparse, quota, sortkeys, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.maildir import deliver, unique_name
@@ -345,13 +345,14 @@ class IndexWriter:
                     for uid, new, base, fname in batch
                 ],
             )
-            for table, columns in (("message_data", "envelope, structure, header"),
+            for table, columns in (("message_data", "envelope, structure, header, imap_envelope"),
                                    ("message_search", "text")):  # fmt: skip
                 self.index.conn.executemany(
-                    f"INSERT INTO {table} SELECT ?, ?, {columns}"
+                    f"INSERT INTO {table} (mailbox_id, uid, {columns}) SELECT ?, ?, {columns}"
                     f" FROM {table} WHERE mailbox_id = ? AND uid = ?",
                     [(dst_id, new, src_id, uid) for uid, new, _, _ in batch],
                 )
+            sortkeys.copy(self.index.conn, [(src_id, uid, dst_id, new) for uid, new, _, _ in batch])
             # A copy of a message not parsed yet is not parsed either (store.lazyparse).
             lazyparse.copy_pending(
                 self.index.conn, [(src_id, uid, dst_id, new) for uid, new, _, _ in batch]
