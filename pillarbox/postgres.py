@@ -208,3 +208,38 @@ class Follower:
             except psycopg.Error as exc:
                 _log.warning("listener reconnecting", channel=self._channel, error=str(exc))
                 self._stopping.wait(RECONNECT_DELAY)
+
+
+class Listener:
+    """Calls ``on_payload(payload)`` for every NOTIFY on ``channel``, from a daemon thread
+    with a connection of its own: :class:`Follower` for changes that say what changed
+    (the mail index names the user and mailbox), where reloading everything is no answer.
+    Notifications sent while it was reconnecting are lost; its users have another way to
+    learn of them (IMAP sessions poll while they idle)."""
+
+    def __init__(self, dsn: str, channel: str, on_payload: Callable[[str], None]) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._on_payload = on_payload
+        self._stopping = threading.Event()
+        self.listening = threading.Event()  # set once LISTEN is in place (tests wait for it)
+        self._thread = threading.Thread(target=self._run, name=f"{channel}-listen", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {self._channel}")
+                    self.listening.set()
+                    while not self._stopping.is_set():
+                        for notify in conn.notifies(timeout=0.5):
+                            self._on_payload(notify.payload)
+            except psycopg.Error as exc:
+                self.listening.clear()
+                _log.warning("listener reconnecting", channel=self._channel, error=str(exc))
+                self._stopping.wait(RECONNECT_DELAY)
