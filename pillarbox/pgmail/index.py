@@ -26,16 +26,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from psycopg.rows import tuple_row
 
-from pillarbox import mime
+from pillarbox import log
 from pillarbox import postgres as pg
 from pillarbox.mailstore.errors import (
     ALREADYEXISTS,
@@ -47,7 +46,7 @@ from pillarbox.mailstore.errors import (
     MailboxError,
 )
 from pillarbox.mailstore.filters import ALL, SearchFilter
-from pillarbox.mailstore.flags import DELETED, FLAG_TEXT, SEEN, split_flags
+from pillarbox.mailstore.flags import DELETED, SEEN, split_flags
 from pillarbox.mailstore.names import INBOX, SPECIAL_USE, check_name, parent_names
 from pillarbox.mailstore.results import (
     ChangeSet,
@@ -64,13 +63,22 @@ from pillarbox.mailstore.rows import (
     FlagUpdate,
     SearchRow,
 )
-from pillarbox.mime.text import search_texts
 from pillarbox.pgmail import schema
+from pillarbox.pgmail.importer import has_sqlite_index, import_user
 from pillarbox.pgmail.query import compile_filter, mentions_header
+from pillarbox.pgmail.rows import (
+    NewMessage,
+    Ranges,
+    changed_flags,
+    flags_text,
+    intersect,
+    merge_ranges,
+    merge_spans,
+)
 from pillarbox.store.maildir import fsync_dir, unique_name
 
-Ranges = list[tuple[int, int]]
 ALL_UIDS: Final = 0xFFFFFFFF
+_log = log.get("store")
 
 _BOX_COLUMNS: Final = (
     "id, name, special_use, uidvalidity, uidnext, highestmodseq, recent_uid, keywords"
@@ -95,81 +103,6 @@ class Box(NamedTuple):
     highestmodseq: int
     recent_uid: int
     keywords: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A message about to be indexed: what ``mime`` parsed of its CRLF bytes."""
-
-    mask: int
-    keywords: list[str]
-    internal_date: int
-    size: int
-    sent_date: int | None
-    path: str  # under the mail directory
-    envelope: str
-    structure: str
-    header: bytes
-    search_text: str
-    body_text: str
-    header_text: str
-
-
-def parse_new(data: bytes, flags: Sequence[str], when: float | None, path: str) -> NewMessage:
-    """The index row of a message file whose bytes are ``data``, parsed as the SQLite
-    index and the in-memory store parse (sizes are CRLF sizes, RFC822.SIZE)."""
-    data = mime.to_crlf(data)
-    parsed = mime.parse(data)
-    mask, keywords = split_flags(list(flags))
-    body, header = search_texts(data, parsed.structure, parsed.header_end)
-    return NewMessage(
-        mask=mask,
-        keywords=keywords,
-        internal_date=int(time.time() if when is None else when),
-        size=len(data),
-        sent_date=parsed.sent_date,
-        path=path,
-        envelope=json.dumps(parsed.envelope),
-        structure=json.dumps(parsed.structure),
-        header=data[: parsed.header_end],
-        search_text=mime.header_search_text(parsed.fields),
-        body_text=body,
-        header_text=header,
-    )
-
-
-def flags_text(mask: int, keywords: Sequence[str]) -> str:
-    """FETCH FLAGS text: system flags first, then keywords, as the other stores give it."""
-    base = FLAG_TEXT[mask & 31]
-    if not keywords:
-        return base
-    words = " ".join(keywords)
-    return f"{base} {words}" if base else words
-
-
-def changed_flags(
-    mode: str, mask: int, keywords: list[str], have_mask: int, have: list[str]
-) -> tuple[int, list[str]]:
-    """A message's flags after STORE ``mode`` (add / remove / replace) of ``mask`` and
-    ``keywords`` (RFC 3501 §6.4.6); keywords compare case-insensitively."""
-    if mode == "add":
-        known = {k.lower() for k in have}
-        return have_mask | mask, have + [k for k in keywords if k.lower() not in known]
-    if mode == "remove":
-        drop = {k.lower() for k in keywords}
-        return have_mask & ~mask, [k for k in have if k.lower() not in drop]
-    return mask, list(keywords)
-
-
-def merge_ranges(uids: Sequence[int]) -> Ranges:
-    """Sorted UIDs as sorted, merged ranges."""
-    out: Ranges = []
-    for uid in uids:
-        if out and uid <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], uid))
-        else:
-            out.append((uid, uid))
-    return out
 
 
 def _bounds(ranges: Ranges) -> tuple[list[int], list[int]]:
@@ -272,7 +205,9 @@ class MailIndex:
 
     def ensure_user(self, user: str) -> None:
         """The user's row and default mailboxes, the first time (on any node: the insert
-        of a second node waits for the first's commit and then does nothing)."""
+        of a second node waits for the first's commit and then does nothing); a user with
+        an SQLite index in the mail directory gets its mailboxes from there instead
+        (``pgmail.importer``), in the same transaction."""
         if user in self._known_users:
             return
         with self._transaction() as conn:
@@ -282,7 +217,10 @@ class MailIndex:
                 " ON CONFLICT DO NOTHING RETURNING user_address",
                 (user,),
             )
-            if created:
+            if created and has_sqlite_index(self.mail_dir, user):
+                done = import_user(conn, self.mail_dir, user)
+                _log.info("mailbox index imported from SQLite", user=user, moved=str(done))
+            elif created:
                 self._add_box(conn, user, INBOX, None)
                 for name, use in SPECIAL_USE.items():
                     self._add_box(conn, user, name, use)
@@ -380,11 +318,8 @@ class MailIndex:
         conn.execute(
             "UPDATE mail_messages SET mailbox_id = %s WHERE mailbox_id = %s", (dst_id, src.id)
         )
-        conn.execute(
-            "INSERT INTO mail_tombstones (mailbox_id, uid, modseq)"
-            " SELECT %s, uid, %s FROM mail_messages WHERE mailbox_id = %s",
-            (src.id, modseq, dst_id),
-        )
+        moved = [row[0] for row in self._uids(conn, dst_id)]
+        self._bury(conn, src.id, modseq, merge_ranges(moved))
         conn.execute(
             "UPDATE mail_mailboxes SET uidnext = %s, highestmodseq = %s WHERE id = %s",
             (src.uidnext, modseq, dst_id),
@@ -516,16 +451,17 @@ class MailIndex:
         return ChangeSet(present, new, updates, box.highestmodseq, box.uidnext, box.recent_uid)
 
     def vanished(self, user: str, name: str, since_modseq: int, ranges: Ranges) -> Ranges:
+        """UIDs of ``ranges`` expunged after ``since_modseq``, as sorted merged ranges
+        (UIDs are never reused, so no tombstone names a present message)."""
         with self._transaction() as conn:
             box = self._box(conn, user, name)
-            los, his = _bounds(ranges)
-            rows = self._rows(
+            gone = self._rows(
                 conn,
-                "SELECT m.uid FROM mail_tombstones m" + _IN_RANGES + " WHERE m.mailbox_id = %s"
-                " AND m.modseq > %s ORDER BY m.uid",
-                (los, his, box.id, since_modseq),
+                "SELECT uid_lo, uid_hi FROM mail_tombstones"
+                " WHERE mailbox_id = %s AND modseq > %s ORDER BY uid_lo",
+                (box.id, since_modseq),
             )
-        return merge_ranges([row[0] for row in rows])
+        return intersect(merge_spans(gone), ranges)
 
     def fetch(
         self, user: str, name: str, ranges: Ranges, data: bool, limit: int, changed_since: int
@@ -721,11 +657,16 @@ class MailIndex:
         conn.execute(
             "DELETE FROM mail_messages WHERE mailbox_id = %s AND uid = ANY(%s)", (box_id, uids)
         )
-        conn.execute(
-            "INSERT INTO mail_tombstones (mailbox_id, uid, modseq)"
-            " SELECT %s, u, %s FROM unnest(%s::bigint[]) AS u ON CONFLICT DO NOTHING",
-            (box_id, modseq, uids),
-        )
+        self._bury(conn, box_id, modseq, merge_ranges(sorted(uids)))
+
+    @staticmethod
+    def _bury(conn: pg.Connection, box_id: int, modseq: int, ranges: Ranges) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO mail_tombstones (mailbox_id, modseq, uid_lo, uid_hi)"
+                " VALUES (%s, %s, %s, %s)",
+                [(box_id, modseq, lo, hi) for lo, hi in ranges],
+            )
 
     def _check_quota(self, conn: pg.Connection, user: str, adding: int, limit: int) -> None:
         """RFC 9208 §4.3: refuse what would take the usage over ``limit`` (0: none). The

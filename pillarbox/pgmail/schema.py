@@ -10,8 +10,9 @@
   the mail directory), the parsed envelope and body structure (JSON text, as pillarbox.mime
   makes them: ``json`` keeps key order, ``jsonb`` would not), the header bytes, and the
   case-folded texts SEARCH compares (header lines, body text, header text).
-- ``mail_tombstones``: (mailbox, UID, MODSEQ) of expunged messages for QRESYNC's
-  VANISHED (RFC 7162 §3.2.5.1).
+- ``mail_tombstones``: the UID ranges each expunge removed, under its MODSEQ, for
+  QRESYNC's VANISHED (RFC 7162 §3.2.5.1): an expunge of 100,000 messages in a row is
+  one row.
 - ``mail_subscriptions``: LSUB / LIST (SUBSCRIBED), independent of the mailboxes (RFC 9051
   §6.3.7: a name can be subscribed without existing).
 """
@@ -62,11 +63,11 @@ MIGRATIONS: Final = [
     CREATE INDEX mail_messages_modseq ON mail_messages(mailbox_id, modseq);
     CREATE TABLE mail_tombstones (
         mailbox_id bigint NOT NULL REFERENCES mail_mailboxes ON DELETE CASCADE,
-        uid bigint NOT NULL,
         modseq bigint NOT NULL,
-        PRIMARY KEY (mailbox_id, uid)
+        uid_lo bigint NOT NULL,
+        uid_hi bigint NOT NULL,
+        PRIMARY KEY (mailbox_id, modseq, uid_lo)
     );
-    CREATE INDEX mail_tombstones_modseq ON mail_tombstones(mailbox_id, modseq);
     CREATE TABLE mail_subscriptions (
         user_address text NOT NULL,
         name text NOT NULL,

@@ -53,7 +53,8 @@ from pillarbox.mailstore.results import (
 from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, Quota, SearchRow
 from pillarbox.mime import to_crlf
 from pillarbox.pgmail import schema
-from pillarbox.pgmail.index import MailIndex, NewMessage, parse_new
+from pillarbox.pgmail.index import MailIndex
+from pillarbox.pgmail.rows import NewMessage, parse_new
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.mailbox import delivery_headers
 from pillarbox.store.maildir import MaildirWriter, Part, user_maildir
