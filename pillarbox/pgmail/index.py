@@ -105,14 +105,20 @@ class Box(NamedTuple):
     keywords: list[str]
 
 
-def _bounds(ranges: Ranges) -> tuple[list[int], list[int]]:
-    """The ranges as two arrays for ``unnest(lo, hi)`` (one parameter pair, any length)."""
-    return [lo for lo, _ in ranges], [hi for _, hi in ranges]
-
-
 _IN_RANGES: Final = (
     " JOIN unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi) ON m.uid BETWEEN r.lo AND r.hi"
 )
+
+
+def _within(ranges: Ranges) -> tuple[str, list[Any]]:
+    """What follows ``FROM mail_messages m`` to keep the UIDs in ``ranges``, up to and
+    including ``WHERE`` and room for one more condition, with its parameters. One range
+    (the common ``1:*``, ``n:*``) is a BETWEEN, which the primary key's index walks in UID
+    order, so ``LIMIT`` stops it early; more are a join with the ranges as two arrays
+    (one parameter pair, any number of ranges)."""
+    if len(ranges) == 1:
+        return " WHERE m.uid BETWEEN %s AND %s AND", [ranges[0][0], ranges[0][1]]
+    return _IN_RANGES + " WHERE", [[lo for lo, _ in ranges], [hi for _, hi in ranges]]
 
 
 def _fetch_row(
@@ -469,13 +475,13 @@ class MailIndex:
         extra = ", m.envelope, m.structure, m.header" if data else ""
         with self._transaction() as conn:
             box = self._box(conn, user, name)
-            los, his = _bounds(ranges)
+            within, bounds = _within(ranges)
             rows = self._rows(
                 conn,
                 "SELECT m.uid, m.mask, m.keywords, m.internal_date, m.size, m.modseq"
-                + extra + " FROM mail_messages m" + _IN_RANGES
-                + " WHERE m.mailbox_id = %s AND m.modseq > %s ORDER BY m.uid LIMIT %s",
-                (los, his, box.id, changed_since, limit),
+                + extra + " FROM mail_messages m" + within
+                + " m.mailbox_id = %s AND m.modseq > %s ORDER BY m.uid LIMIT %s",
+                (*bounds, box.id, changed_since, limit),
             )  # fmt: skip
         if not data:
             return [
@@ -502,17 +508,18 @@ class MailIndex:
     ) -> FlagBatch:
         with self._transaction() as conn:
             box = self._box(conn, user, name)
-            los, his = _bounds(ranges)
+            within, bounds = _within(ranges)
             rows = self._rows(
                 conn,
-                "SELECT m.uid, m.mask, m.keywords, m.modseq, r.lo FROM mail_messages m"
-                + _IN_RANGES + " WHERE m.mailbox_id = %s ORDER BY m.uid LIMIT %s",
-                (los, his, box.id, limit),
+                "SELECT m.uid, m.mask, m.keywords, m.modseq FROM mail_messages m"
+                + within + " m.mailbox_id = %s ORDER BY m.uid LIMIT %s",
+                (*bounds, box.id, limit),
             )  # fmt: skip
         if not rows:
             return EMPTY_FLAGS
-        first = rows[0][4]  # only the first range with messages (the ranges are sorted)
-        rows = [row for row in rows if row[4] == first]
+        # Only the first range with messages (the ranges are sorted and disjoint).
+        end = next(hi for lo, hi in ranges if lo <= rows[0][0] <= hi)
+        rows = [row for row in rows if row[0] <= end]
         return FlagBatch(
             [row[0] for row in rows],
             bytes(row[1] for row in rows),
@@ -588,12 +595,12 @@ class MailIndex:
         mask, keywords = split_flags(flags)
         with self._transaction() as conn:
             box = self._box(conn, user, name, lock="UPDATE")
-            los, his = _bounds(ranges)
+            within, bounds = _within(ranges)
             rows = self._rows(
                 conn,
-                "SELECT m.uid, m.mask, m.keywords, m.modseq FROM mail_messages m" + _IN_RANGES
-                + " WHERE m.mailbox_id = %s ORDER BY m.uid",
-                (los, his, box.id),
+                "SELECT m.uid, m.mask, m.keywords, m.modseq FROM mail_messages m" + within
+                + " m.mailbox_id = %s ORDER BY m.uid",
+                (*bounds, box.id),
             )  # fmt: skip
             modseq = box.highestmodseq + 1
             updated: list[FlagUpdate] = []
@@ -614,10 +621,10 @@ class MailIndex:
                 highest = self._next_modseq(conn, box.id)
                 with conn.cursor() as cur:
                     cur.executemany(
-                        "UPDATE mail_messages SET mask = %s, keywords = %s, modseq = "
-                        + str(highest) + " WHERE mailbox_id = " + str(box.id) + " AND uid = %s",
-                        writes,
-                    )  # fmt: skip
+                        "UPDATE mail_messages SET mask = %s, keywords = %s, modseq = %s"
+                        " WHERE mailbox_id = %s AND uid = %s",
+                        [(m, kw, highest, box.id, uid) for m, kw, uid in writes],
+                    )
                 self._notify(conn, user, name)
             if mode != "remove":
                 self._remember_keywords(conn, box, keywords)
@@ -636,12 +643,12 @@ class MailIndex:
         """The expunged UIDs and the files to unlink once committed."""
         with self._transaction() as conn:
             box = self._box(conn, user, name, lock="UPDATE")
-            los, his = _bounds(ranges if ranges is not None else [(1, ALL_UIDS)])
+            within, bounds = _within(ranges if ranges is not None else [(1, ALL_UIDS)])
             doomed = self._rows(
                 conn,
-                "SELECT m.uid, m.path FROM mail_messages m" + _IN_RANGES
-                + " WHERE m.mailbox_id = %s AND m.mask & %s <> 0 ORDER BY m.uid",
-                (los, his, box.id, DELETED),
+                "SELECT m.uid, m.path FROM mail_messages m" + within
+                + " m.mailbox_id = %s AND m.mask & %s <> 0 ORDER BY m.uid",
+                (*bounds, box.id, DELETED),
             )  # fmt: skip
             uids = [row[0] for row in doomed]
             self._remove(conn, box.id, uids)
@@ -740,12 +747,12 @@ class MailIndex:
                 self._lock_user(conn, user)
             boxes = self._lock_boxes(conn, user, src_name, dst_name)
             src, dst = boxes[src_name], boxes[dst_name]
-            los, his = _bounds(ranges)
+            within, bounds = _within(ranges)
             picked = self._rows(
                 conn,
-                "SELECT m.uid, m.path, m.size, m.keywords FROM mail_messages m" + _IN_RANGES
-                + " WHERE m.mailbox_id = %s ORDER BY m.uid",
-                (los, his, src.id),
+                "SELECT m.uid, m.path, m.size, m.keywords FROM mail_messages m" + within
+                + " m.mailbox_id = %s ORDER BY m.uid",
+                (*bounds, src.id),
             )  # fmt: skip
             if not picked:
                 return Copied(dst.uidvalidity, [], [])
