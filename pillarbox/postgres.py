@@ -52,11 +52,12 @@ def node_name(settings: Settings) -> str:
     return settings.store.node_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_pool(dsn: str, *, name: str, size: int) -> Pool:
+def open_pool(dsn: str, *, name: str, size: int, autocommit: bool = False) -> Pool:
     """A pool of ``size`` connections to ``dsn``. One connection is made first, so a
     wrong or unreachable dsn fails at once with libpq's own message as a config error
     naming ``store.dsn`` (the pool itself would retry for its timeout and then only say
-    that it got no connection)."""
+    that it got no connection). ``autocommit``: a statement outside ``transaction()``
+    is its own transaction, with no BEGIN and COMMIT round trips around it."""
     try:
         psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT).close()
     except psycopg.Error as exc:
@@ -65,7 +66,11 @@ def open_pool(dsn: str, *, name: str, size: int) -> Pool:
     pool: Pool = ConnectionPool(
         dsn,
         connection_class=psycopg.Connection[DictRow],
-        kwargs={"row_factory": dict_row, "application_name": f"pillarbox-{name}"},
+        kwargs={
+            "row_factory": dict_row,
+            "application_name": f"pillarbox-{name}",
+            "autocommit": autocommit,
+        },
         min_size=1,
         max_size=max(1, size),
         name=name,

@@ -144,7 +144,15 @@ class MailIndex:
     # --- plumbing -------------------------------------------------------------------------
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[pg.Connection]:
+        """A connection in a transaction (BEGIN ... COMMIT, or ROLLBACK on an exception)."""
         with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[pg.Connection]:
+        """A connection for reads that need no single picture (the pool's connections
+        autocommit: each statement is its own snapshot, without BEGIN/COMMIT trips)."""
+        with self.pool.connection() as conn:
             yield conn
 
     def _notify(self, conn: pg.Connection, user: str, *mailboxes: str) -> None:
@@ -209,6 +217,10 @@ class MailIndex:
             )
         )
 
+    def knows(self, user: str) -> bool:
+        """Whether ``ensure_user`` ran for ``user`` in this process (a quick set lookup)."""
+        return user in self._known_users
+
     def ensure_user(self, user: str) -> None:
         """The user's row and default mailboxes, the first time (on any node: the insert
         of a second node waits for the first's commit and then does nothing); a user with
@@ -240,7 +252,7 @@ class MailIndex:
 
     # --- mailboxes ------------------------------------------------------------------------
     def list_mailboxes(self, user: str) -> list[MailboxInfo]:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             rows = self._rows(
                 conn,
                 "SELECT b.name, b.special_use, s.name IS NOT NULL FROM mail_mailboxes b"
@@ -252,7 +264,7 @@ class MailIndex:
         return [MailboxInfo(*row) for row in sorted(rows)]
 
     def subscriptions(self, user: str) -> set[str]:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             rows = self._rows(
                 conn, "SELECT name FROM mail_subscriptions WHERE user_address = %s", (user,)
             )
@@ -337,7 +349,7 @@ class MailIndex:
                 check_name(name)
             except MailboxError as exc:
                 raise MailboxError(CANNOT, exc.text) from None
-        with self._transaction() as conn:
+        with self._reading() as conn:
             if on:
                 conn.execute(
                     "INSERT INTO mail_subscriptions (user_address, name) VALUES (%s, %s)"
@@ -459,7 +471,7 @@ class MailIndex:
     def vanished(self, user: str, name: str, since_modseq: int, ranges: Ranges) -> Ranges:
         """UIDs of ``ranges`` expunged after ``since_modseq``, as sorted merged ranges
         (UIDs are never reused, so no tombstone names a present message)."""
-        with self._transaction() as conn:
+        with self._reading() as conn:
             box = self._box(conn, user, name)
             gone = self._rows(
                 conn,
@@ -473,7 +485,7 @@ class MailIndex:
         self, user: str, name: str, ranges: Ranges, data: bool, limit: int, changed_since: int
     ) -> list[FetchRow]:
         extra = ", m.envelope, m.structure, m.header" if data else ""
-        with self._transaction() as conn:
+        with self._reading() as conn:
             box = self._box(conn, user, name)
             within, bounds = _within(ranges)
             rows = self._rows(
@@ -492,7 +504,7 @@ class MailIndex:
 
     def search_uids(self, user: str, name: str, where: SearchFilter) -> tuple[array[int], int]:
         condition, params = compile_filter(where)
-        with self._transaction() as conn:
+        with self._reading() as conn:
             box = self._box(conn, user, name)
             rows = self._rows(
                 conn,
@@ -506,7 +518,7 @@ class MailIndex:
     def fetch_flags(
         self, user: str, name: str, ranges: Ranges, limit: int, modseqs: bool
     ) -> FlagBatch:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             box = self._box(conn, user, name)
             within, bounds = _within(ranges)
             rows = self._rows(
@@ -534,7 +546,7 @@ class MailIndex:
     ) -> list[SearchRow]:  # fmt: skip
         condition, params = compile_filter(where or ALL)
         text = "m.search_text" if header or mentions_header(where or ALL) else "''"
-        with self._transaction() as conn:
+        with self._reading() as conn:
             box = self._box(conn, user, name)
             rows = self._rows(
                 conn,
@@ -549,7 +561,7 @@ class MailIndex:
         ]
 
     def message_path(self, user: str, name: str, uid: int) -> Path | None:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             box = self._box(conn, user, name)
             path = pg.scalar(
                 conn,
@@ -559,7 +571,7 @@ class MailIndex:
         return None if path is None else self.mail_dir / path
 
     def special_uses(self, user: str, *names: str) -> list[str | None]:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             rows = dict(
                 self._rows(
                     conn,
@@ -697,7 +709,7 @@ class MailIndex:
         )
 
     def usage(self, user: str) -> int:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             return self._usage(conn, user)
 
     def add(

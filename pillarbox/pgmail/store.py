@@ -201,10 +201,10 @@ class PgUserMail:
     async def append(
         self, name: str, data: bytes, flags: tuple[str, ...], internal_date: float | None
     ) -> Appended:
-        uidvalidity, uids, _ = await self._store.add_file(
-            self.user, name, [data], flags=flags, when=internal_date, missing=TRYCREATE,
-            limit=self._store.quota_limit(self.user),
-        )  # fmt: skip
+        limit = self._store.quota_limit(self.user)
+        uidvalidity, uids = await self._store.add_file(
+            self.user, name, data, flags=flags, when=internal_date, limit=limit
+        )
         self._changed(name)
         return Appended(uidvalidity, uids[0])
 
@@ -253,10 +253,12 @@ def _read_crlf(path: Path) -> bytes | None:
         return None
 
 
-def _join_parts(parts: Sequence[Part], prefix: bytes) -> bytes:
-    """A delivery's bytes: ``prefix`` then the parts (spooled files read here, in a
-    worker thread)."""
-    return prefix + b"".join(p if isinstance(p, bytes) else p.read_bytes() for p in parts)
+def _parse_file(
+    path: Path, mail_dir: Path, flags: tuple[str, ...], when: float | None
+) -> NewMessage:
+    """The index row of a written file (read back: a delivery's parts may be spooled
+    files, and the file is what every later read sees)."""
+    return parse_new(path.read_bytes(), flags, when, str(path.relative_to(mail_dir)))
 
 
 class PgMailStore:
@@ -288,6 +290,10 @@ class PgMailStore:
         self._listener: pg.Listener | None = None
         self._writer: MaildirWriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Group commit of deliveries (_index_delivered): what waits, per (user, folder),
+        # and the task indexing each folder's batches.
+        self._delivered: dict[tuple[str, str], list[tuple[NewMessage, asyncio.Future[None]]]] = {}
+        self._indexers: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     @property
     def index(self) -> MailIndex:
@@ -301,7 +307,9 @@ class PgMailStore:
         self.hub.bind_loop(loop)
         self._pool = await loop.run_in_executor(
             self.executor,
-            lambda: pg.open_pool(self.dsn, name=schema.COMPONENT, size=self.pool_size),
+            lambda: pg.open_pool(
+                self.dsn, name=schema.COMPONENT, size=self.pool_size, autocommit=True
+            ),
         )
         await loop.run_in_executor(self.executor, self._migrate, self._pool)
         self._index = MailIndex(self._pool, self.mail_dir, self.node)
@@ -328,7 +336,7 @@ class PgMailStore:
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
     async def open(self, user: str) -> PgUserMail:
-        await self.run(self.index.ensure_user, user)
+        await self.ensure_user(user)
         return PgUserMail(self, user)
 
     # --- change notification
@@ -374,59 +382,96 @@ class PgMailStore:
         self.folder_path(user, folder)  # BadMailboxName before anything is written
         if sender is not None:
             prefix = delivery_headers(sender, user) + prefix
-        await self.run(self.index.ensure_user, user)
+        await self.ensure_user(user)
+        stored = await self._write(user, folder, message, prefix)
         try:
-            _, _, stored = await self.add_file(
-                user, folder, message, prefix=prefix, flags=tuple(flags), create=True
-            )
-        except psycopg.Error as exc:
-            raise OSError(errno.EIO, f"indexing in PostgreSQL failed: {exc}") from exc
+            new = await self.run(_parse_file, stored, self.mail_dir, tuple(flags), None)
+            await self._index_delivered(user, folder, new)
+        except BaseException as exc:
+            await self.unlink([stored])
+            if isinstance(exc, psycopg.Error):
+                raise OSError(errno.EIO, f"indexing in PostgreSQL failed: {exc}") from exc
+            raise
         self.hub.publish(user, folder)
         return stored
+
+    async def ensure_user(self, user: str) -> None:
+        if not self.index.knows(user):  # once per user and process: no thread hop after
+            await self.run(self.index.ensure_user, user)
+
+    async def _write(self, user: str, folder: str, message: Sequence[Part], prefix: bytes) -> Path:
+        if self._writer is None:
+            raise OSError(errno.ESHUTDOWN, "the mail store is not started")
+        return await self._writer.write(self.folder_path(user, folder), message, prefix=prefix)
+
+    async def _index_delivered(self, user: str, folder: str, new: NewMessage) -> None:
+        """Index a delivered file; returns once its row is committed.
+
+        Group commit: the deliveries to one folder that arrive while its previous batch is
+        in the database go in together, in the next transaction (one mailbox lock, one
+        UID allocation, one commit for all), so concurrent deliveries to one user do not
+        queue up on the mailbox row one round trip after another."""
+        key = (user, folder)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._delivered.setdefault(key, []).append((new, done))
+        if key not in self._indexers:
+            # A task of its own: a delivery whose caller gives up (an SMTP client gone) must
+            # not leave the others' futures unanswered.
+            self._indexers[key] = asyncio.get_running_loop().create_task(self._drain(key))
+        await done
+
+    async def _drain(self, key: tuple[str, str]) -> None:
+        user, folder = key
+        try:
+            while batch := self._delivered.pop(key, None):
+                failure: BaseException | None = None
+                try:
+                    await self.run(self._index_batch, user, folder, [new for new, _ in batch])
+                except Exception as exc:
+                    failure = exc
+                for _, done in batch:
+                    if done.done():
+                        continue
+                    if failure is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(failure)
+        finally:
+            del self._indexers[key]
+
+    def _index_batch(self, user: str, folder: str, batch: list[NewMessage]) -> None:
+        try:
+            self.index.add(user, folder, batch, limit=0, missing=TRYCREATE)
+        except MailboxError as exc:
+            if exc.code != TRYCREATE:
+                raise
+            self.index.create_for_delivery(user, folder)  # as the Maildir writer makes it
+            self.index.add(user, folder, batch, limit=0, missing=TRYCREATE)
 
     async def add_file(
         self,
         user: str,
         folder: str,
-        message: Sequence[Part],
+        data: bytes,
         *,
-        prefix: bytes = b"",
-        flags: tuple[str, ...] = (),
-        when: float | None = None,
-        missing: str = TRYCREATE,
-        limit: int = 0,
-        create: bool = False,
-    ) -> tuple[int, list[int], Path]:
-        """Write one message file durably into ``folder``'s Maildir, then index it;
-        (UIDVALIDITY, [UID], the file). A file the index refused (over quota, no such
-        mailbox) is removed again."""
-        if self._writer is None:
-            raise OSError(errno.ESHUTDOWN, "the mail store is not started")
-        stored = await self._writer.write(self.folder_path(user, folder), message, prefix=prefix)
-        relative = str(stored.relative_to(self.mail_dir))
+        flags: tuple[str, ...],
+        when: float | None,
+        limit: int,
+    ) -> tuple[int, list[int]]:
+        """APPEND: write the message file durably into ``folder``'s Maildir, then index it
+        (TRYCREATE when the mailbox is missing, OVERQUOTA past ``limit``); (UIDVALIDITY,
+        [UID]). A file the index refused is removed again."""
+        stored = await self._write(user, folder, [data], b"")
 
         def index() -> tuple[int, list[int]]:
-            data = stored.read_bytes()
-            new = parse_new(data, flags, when, relative)
-            return self._index_new(user, folder, new, missing=missing, limit=limit, create=create)
+            new = _parse_file(stored, self.mail_dir, flags, when)
+            return self.index.add(user, folder, [new], limit=limit, missing=TRYCREATE)
 
         try:
-            uidvalidity, uids = await self.run(index)
+            return await self.run(index)
         except BaseException:
             await self.unlink([stored])
             raise
-        return uidvalidity, uids, stored
-
-    def _index_new(
-        self, user: str, folder: str, new: NewMessage, *, missing: str, limit: int, create: bool
-    ) -> tuple[int, list[int]]:
-        try:
-            return self.index.add(user, folder, [new], limit=limit, missing=missing)
-        except MailboxError as exc:
-            if not create or exc.code != TRYCREATE:
-                raise
-        self.index.create_for_delivery(user, folder)
-        return self.index.add(user, folder, [new], limit=limit, missing=missing)
 
     async def unlink(self, files: list[Path]) -> None:
         """Remove files whose rows are gone (committed); a missing file is no error."""
