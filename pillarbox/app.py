@@ -146,9 +146,20 @@ class HearsAccountChanges(Protocol):
     async def accounts_changed(self) -> None: ...
 
 
+def make_mail_store(ctx: AppContext) -> Component:
+    """The mail store ``[store] backend`` names: Maildir + SQLite indexes, or the index in
+    PostgreSQL (``pillarbox.pgmail``, imported only then: an SQLite node never loads the
+    driver) with the files in the same Maildir layout."""
+    if ctx.settings.store.backend == "postgresql":
+        from pillarbox.pgmail.store import make_pg_store
+
+        return make_pg_store(ctx)
+    return make_store(ctx)
+
+
 # Every component, in start order: providers of services before their users.
 COMPONENTS: tuple[ComponentFactory, ...] = (
-    make_store,  # provides services.mail_store and .mailbox_events
+    make_mail_store,  # provides services.mail_store and .mailbox_events
     make_spam,  # provides services.spam; gives the mail store its learning hook
     make_queue,  # provides services.queue
     make_smtp,  # 25/587/465 and local delivery; provides services.delivery, .sieve_scripts
@@ -165,12 +176,12 @@ COMPONENTS: tuple[ComponentFactory, ...] = (
 class Server:
     """A running Pillarbox: see the module docstring."""
 
-    def __init__(self, settings: Settings, *, store_factory: ComponentFactory = make_store):
-        """``store_factory`` replaces ``make_store`` (the Maildir + SQLite store): the
-        test harness passes ``memstore``'s to run the IMAP and POP3 suites on memory; no
-        configuration value can, so no server loses mail by a typo."""
+    def __init__(self, settings: Settings, *, store_factory: ComponentFactory = make_mail_store):
+        """``store_factory`` replaces ``make_mail_store`` (the store ``[store] backend``
+        names): the test harness passes ``memstore``'s to run the IMAP and POP3 suites on
+        memory; no configuration value can, so no server loses mail by a typo."""
         self.settings = settings
-        self._factories = tuple(store_factory if f is make_store else f for f in COMPONENTS)
+        self._factories = tuple(store_factory if f is make_mail_store else f for f in COMPONENTS)
         ensure_layout(settings.data_dir)  # before any database opens (and migrates)
         self.ctx = AppContext.create(settings)
         self.components: list[Component] = []

@@ -512,10 +512,10 @@ class StoreSettings:
     # APPEND/COPY/MOVE (NO [OVERQUOTA]); shown by IMAP GETQUOTAROOT (RFC 9208).
     quota: ByteSize = ByteSize(0)  # noqa: RUF009 - an int, immutable
     # Where the state several nodes share lives: "sqlite" (files in data_dir, one node) or
-    # "postgresql": the accounts, the outbound queue, the Sieve scripts and the spam
-    # filter's learning in the database at `dsn`, so that several `pillarbox serve` nodes
-    # can share them (message files stay in data_dir's queue/ and mail/, which the nodes
-    # then share as one filesystem). The mailbox index stays in SQLite for now.
+    # "postgresql": the accounts, the outbound queue, the Sieve scripts, the spam
+    # filter's learning and the mailbox index in the database at `dsn`, so that several
+    # `pillarbox serve` nodes can share them (message files stay in data_dir's queue/ and
+    # mail/, which the nodes then share as one filesystem).
     # `pillarbox store migrate --to postgresql --dsn ...` moves an SQLite install over.
     backend: str = field(default="sqlite", metadata=_check(_choice("sqlite", "postgresql")))
     # "postgresql://user@host:5432/dbname"; a password is better kept in ~/.pgpass or

@@ -52,11 +52,12 @@ def node_name(settings: Settings) -> str:
     return settings.store.node_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_pool(dsn: str, *, name: str, size: int) -> Pool:
+def open_pool(dsn: str, *, name: str, size: int, autocommit: bool = False) -> Pool:
     """A pool of ``size`` connections to ``dsn``. One connection is made first, so a
     wrong or unreachable dsn fails at once with libpq's own message as a config error
     naming ``store.dsn`` (the pool itself would retry for its timeout and then only say
-    that it got no connection)."""
+    that it got no connection). ``autocommit``: a statement outside ``transaction()``
+    is its own transaction, with no BEGIN and COMMIT round trips around it."""
     try:
         psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT).close()
     except psycopg.Error as exc:
@@ -65,7 +66,11 @@ def open_pool(dsn: str, *, name: str, size: int) -> Pool:
     pool: Pool = ConnectionPool(
         dsn,
         connection_class=psycopg.Connection[DictRow],
-        kwargs={"row_factory": dict_row, "application_name": f"pillarbox-{name}"},
+        kwargs={
+            "row_factory": dict_row,
+            "application_name": f"pillarbox-{name}",
+            "autocommit": autocommit,
+        },
         min_size=1,
         max_size=max(1, size),
         name=name,
@@ -206,5 +211,40 @@ class Follower:
                         if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
                             self._reload()
             except psycopg.Error as exc:
+                _log.warning("listener reconnecting", channel=self._channel, error=str(exc))
+                self._stopping.wait(RECONNECT_DELAY)
+
+
+class Listener:
+    """Calls ``on_payload(payload)`` for every NOTIFY on ``channel``, from a daemon thread
+    with a connection of its own: :class:`Follower` for changes that say what changed
+    (the mail index names the user and mailbox), where reloading everything is no answer.
+    Notifications sent while it was reconnecting are lost; its users have another way to
+    learn of them (IMAP sessions poll while they idle)."""
+
+    def __init__(self, dsn: str, channel: str, on_payload: Callable[[str], None]) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._on_payload = on_payload
+        self._stopping = threading.Event()
+        self.listening = threading.Event()  # set once LISTEN is in place (tests wait for it)
+        self._thread = threading.Thread(target=self._run, name=f"{channel}-listen", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {self._channel}")
+                    self.listening.set()
+                    while not self._stopping.is_set():
+                        for notify in conn.notifies(timeout=0.5):
+                            self._on_payload(notify.payload)
+            except psycopg.Error as exc:
+                self.listening.clear()
                 _log.warning("listener reconnecting", channel=self._channel, error=str(exc))
                 self._stopping.wait(RECONNECT_DELAY)

@@ -12,10 +12,10 @@ from tests import pbserver, pg
 from tests.dnsserver import DnsTestServer
 
 # -- mail store under test ------------------------------------------------------------------
-# PILLARBOX_TEST_MAILSTORE=memory runs every in-process server on the in-memory store (see
-# tests/pbserver.py). Tests that read or write the Maildir/SQLite files themselves, or run
-# `pillarbox serve` as a child process (which always has the real store), carry
-# @pytest.mark.on_disk and are skipped in that run.
+# PILLARBOX_TEST_MAILSTORE=memory (or =postgresql) runs every in-process server on the
+# in-memory store (or the PostgreSQL one; see tests/pbserver.py). Tests that read or write the
+# Maildir/SQLite files themselves, or run `pillarbox serve` as a child process (which always
+# has the real store), carry @pytest.mark.on_disk and are skipped in that run.
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,7 +27,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not pbserver.on_memory():
         return
-    skip = pytest.mark.skip(reason="uses the Maildir/SQLite files; this run is on memory")
+    skip = pytest.mark.skip(
+        reason=f"uses the Maildir/SQLite files; this run is on {pbserver.MAILSTORE}"
+    )
     for item in items:
         if item.get_closest_marker("on_disk") is not None:
             item.add_marker(skip)

@@ -14,6 +14,7 @@ as a separate process, for signals, restarts and kill -9.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import os
 import re
@@ -35,8 +36,10 @@ from pillarbox.config import Settings
 from pillarbox.store.accounts import open_accounts
 
 # PILLARBOX_TEST_MAILSTORE=memory: every RunningServer keeps mail in pillarbox.memstore
-# instead of Maildir + SQLite (issue 18: the IMAP and POP3 suites prove the store seam).
-# Read here only; tests that need the files on disk are marked ``on_disk`` and skipped then.
+# instead of Maildir + SQLite (issue 18: the IMAP and POP3 suites prove the store seam);
+# =postgresql: in pillarbox.pgmail, its index in a database of this process's own test
+# PostgreSQL (tests/pg.py), one database per data dir (issue 16). Read here only; tests
+# that need the SQLite files are marked ``on_disk`` and skipped then.
 MAILSTORE = os.environ.get("PILLARBOX_TEST_MAILSTORE", "maildir")
 DOMAIN = "example.test"
 HOSTNAME = "mail.example.test"
@@ -146,12 +149,12 @@ class RunningServer:
     """The real server in a background thread; see the module docstring."""
 
     def __init__(self, settings: Settings, *, mail_store: str = ""):
-        """``mail_store`` "maildir" or "memory"; by default ``MAILSTORE``."""
+        """``mail_store`` "maildir", "memory" or "postgresql"; by default ``MAILSTORE``."""
         from pillarbox.app import Server
 
         self.settings = settings
         self.loop = asyncio.new_event_loop()
-        self.server = Server(settings, **_store_factory(mail_store or MAILSTORE))
+        self.server = Server(settings, **_store_factory(mail_store or MAILSTORE, settings))
         self.addresses: dict[str, tuple[str, int]] = {}
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -191,18 +194,62 @@ class RunningServer:
 
 
 def on_memory() -> bool:
-    """Whether this run keeps mail in memory (see ``MAILSTORE``)."""
-    return MAILSTORE == "memory"
+    """Whether this run keeps mail elsewhere than Maildir + SQLite (see ``MAILSTORE``):
+    in memory or in PostgreSQL."""
+    return MAILSTORE != "maildir"
 
 
-def _store_factory(kind: str) -> dict[str, Any]:
+def _store_factory(kind: str, settings: Settings) -> dict[str, Any]:
     if kind == "maildir":
         return {}
     if kind == "memory":
         from pillarbox.memstore.store import make_memory_store
 
         return {"store_factory": make_memory_store}
-    raise ValueError(f"mail store {kind!r}: maildir or memory (PILLARBOX_TEST_MAILSTORE)")
+    if kind == "postgresql":
+        from pillarbox.pgmail.store import PgStoreComponent
+
+        dsn = _mail_database(settings.data_dir)
+        return {"store_factory": lambda ctx: PgStoreComponent(ctx, dsn)}
+    raise ValueError(
+        f"mail store {kind!r}: maildir, memory or postgresql (PILLARBOX_TEST_MAILSTORE)"
+    )
+
+
+# -- the PostgreSQL mail store's databases -----------------------------------------------------
+# One test cluster per process, started at the first server that needs it; a database per
+# data dir, so a test that restarts its server finds its mail again. The oldest are dropped
+# once there are more than _KEPT_DATABASES (a restart comes within a test, long before).
+_KEPT_DATABASES = 16
+_pg_cluster: Any = None
+_pg_databases: dict[Path, str] = {}  # data dir -> database name
+
+
+def _mail_database(data_dir: Path) -> str:
+    """The dsn of ``data_dir``'s database (made the first time)."""
+    global _pg_cluster
+    import psycopg
+
+    from tests import pg
+
+    if _pg_cluster is None:
+        reason = pg.available()
+        if reason is not None:
+            import pytest
+
+            pytest.skip(reason)
+        cluster = pg.running_server()  # stopped (and its data dir removed) at exit
+        _pg_cluster = cluster.__enter__()
+        atexit.register(cluster.__exit__, None, None, None)
+    if data_dir not in _pg_databases:
+        name = f"mail_{os.getpid()}_{len(_pg_databases)}_{time.monotonic_ns()}"
+        with psycopg.connect(_pg_cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            while len(_pg_databases) >= _KEPT_DATABASES:
+                oldest = _pg_databases.pop(next(iter(_pg_databases)))
+                conn.execute(f'DROP DATABASE IF EXISTS "{oldest}" WITH (FORCE)')
+        _pg_databases[data_dir] = name
+    return str(_pg_cluster.dsn(_pg_databases[data_dir]))
 
 
 # -- subprocess server -----------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Sieve scripts and spam learning shared by two `pillarbox serve` nodes on one PostgreSQL
 database: real server processes, real clients (sievelib for ManageSieve, smtplib,
-imaplib), the real PostgreSQL of tests/pg.py. Each node has its own data dir (the
-mailbox index is not shared yet), so each message is read back from the node that
-delivered it."""
+imaplib), the real PostgreSQL of tests/pg.py. Each node has its own data dir but the
+nodes share the mail directory (node B's is a link to node A's), as nodes on one shared
+filesystem do, and the mailbox index is in the database: either node reads any message."""
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -29,9 +30,20 @@ FILEINTO = (
 def node(
     tmp_path: Path, name: str, dsn: str, overrides: dict[str, object] | None = None
 ) -> Settings:
-    return pbserver.make_settings(
+    settings = pbserver.make_settings(
         tmp_path / name, {"store": {"backend": "postgresql", "dsn": dsn}, **(overrides or {})}
     )
+    if name != "a":
+        share_mail_dir(settings, tmp_path / "a")
+    return settings
+
+
+def share_mail_dir(settings: Settings, first: Path) -> None:
+    """This node's mail directory is the first node's (one shared filesystem)."""
+    shared = first / "mail"
+    shared.mkdir(exist_ok=True)
+    shutil.rmtree(settings.mail_dir, ignore_errors=True)
+    settings.mail_dir.symlink_to(shared, target_is_directory=True)
 
 
 def send(port: int, subject: str, sender: str = "carol@remote.test") -> None:
@@ -155,9 +167,9 @@ def test_moves_to_junk_on_two_nodes_at_once_teach_one_shared_reputation(
             thread.start()
         for thread in moves:
             thread.join()
-        assert sorted(subjects(node_a, "Junk") + subjects(node_b, "Junk")) == sorted(
-            f"deal-{name}{n}" for name in nodes for n in range(per_node)
-        )
+        # One index: both nodes see every move.
+        moved = sorted(f"deal-{name}{n}" for name in nodes for n in range(per_node))
+        assert subjects(node_a, "Junk") == subjects(node_b, "Junk") == moved
         deadline = time.monotonic() + 10
         while (taught := learnt(a)) != f"{2 * per_node} spam, 0 ham":
             assert time.monotonic() < deadline, f"learnt {taught}"

@@ -195,7 +195,7 @@ def test_an_sqlite_install_moves_to_postgresql_and_keeps_working(
             assert "dave@remote.test" in pillarbox(settings, "queue", "list").stdout
             # The old password, from the database now.
             with imap_login(server) as client:
-                assert client.select("Reports")[0] == "OK"  # the mailbox index stayed
+                assert client.select("Reports")[0] == "OK"  # the mailbox index moved
             # The script moved: it still files.
             send(server.port("smtp"), "report-2")
             wait_for(lambda: folder_of(server, "report-2") == "Reports", what="filed on pg")

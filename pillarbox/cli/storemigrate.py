@@ -6,8 +6,9 @@ What moves: the accounts (users with their password hashes, admin flags and quot
 aliases, send-as grants), the Sieve scripts and vacation memory, the spam filter's
 reputation, tokens, thresholds, greylist and learnt messages, and the outbound queue's
 rows (messages, recipients, attempts, MTA-STS policies; the spool files stay in
-``queue/``, where the PostgreSQL queue reads them too). What does not, yet: the mailbox
-index (each mailbox's SQLite file under ``mail/``), which stays where it is.
+``queue/``, where the PostgreSQL queue reads them too), and every user's mailbox index
+(``pgmail.importer``: UIDVALIDITY, UIDs, flags and MODSEQs as the clients know them; the
+message files stay in ``mail/``, where the PostgreSQL index names them).
 
 How it is safe:
 
@@ -41,6 +42,8 @@ from pillarbox import control
 from pillarbox import postgres as pg
 from pillarbox.cli.common import CliError, Command, load_settings
 from pillarbox.config import Settings
+from pillarbox.pgmail import importer as mail_importer
+from pillarbox.pgmail import schema as mail_schema
 from pillarbox.queue import pgstore
 from pillarbox.spam import pgreputation
 from pillarbox.store import db, pgaccounts, pgsieve
@@ -343,6 +346,7 @@ def make_schema(conn: pg.Connection) -> None:
     pg.migrate(conn, pgreputation.COMPONENT, pgreputation.MIGRATIONS)
     pg.migrate(conn, pgstore.COMPONENT, pgstore.MIGRATIONS)
     pg.migrate(conn, pg.IMPORTS_COMPONENT, pg.IMPORTS_MIGRATIONS)
+    pg.migrate(conn, mail_schema.COMPONENT, mail_schema.MIGRATIONS)
 
 
 def previous_import(conn: pg.Connection) -> dict[str, Any] | None:
@@ -363,6 +367,9 @@ def rows_present(conn: pg.Connection) -> list[str]:
             continue
         if conn.execute(f"SELECT 1 FROM {table.target} LIMIT 1").fetchone():
             full.append(table.target)
+    mail = pg.scalar(conn, "SELECT to_regclass('mail_users')") is not None
+    if mail and conn.execute("SELECT 1 FROM mail_users LIMIT 1").fetchone():
+        full.append("mail_users")
     return full
 
 
@@ -439,7 +446,9 @@ def store_migrate(args: argparse.Namespace) -> int:
         say(f"Copying {settings.data_dir} into PostgreSQL, in one transaction (if this is "
             "interrupted, nothing is written: run it again).")  # fmt: skip
         node_sources = [pgsieve.sqlite_source(settings), pgreputation.sqlite_source(settings)]
-        totals = copy_all(conn, sources, source_label, node_sources, force=bool(full))
+        totals = copy_all(
+            conn, sources, source_label, node_sources, force=bool(full), mail_dir=settings.mail_dir
+        )
         say(f"Done: {summary(totals)}.")
     print_next_steps(settings, args.dsn)
     return 0
@@ -452,6 +461,7 @@ def copy_all(
     sqlite_sources: list[str],
     *,
     force: bool,
+    mail_dir: Path,
 ) -> dict[str, int]:
     """Schema, rows and the record of this import, in one transaction; rows per table."""
     totals: dict[str, int] = {}
@@ -459,7 +469,7 @@ def copy_all(
         make_schema(conn)
         if force:
             targets = ", ".join(t.target for t in TABLES)
-            conn.execute(f"TRUNCATE {targets}, pillarbox_imports CASCADE")
+            conn.execute(f"TRUNCATE {targets}, mail_users, pillarbox_imports CASCADE")
             say("  --force: emptied Pillarbox's tables in the target")
         for table in TABLES:
             source = sources.get(table.source_file)
@@ -468,6 +478,10 @@ def copy_all(
                 continue
             count = copy_table(conn, table, source)
             totals[table.target] = totals.get(table.target, 0) + count
+        mail = mail_importer.import_all(conn, mail_dir, say)
+        say(f"  mailbox index: {mail}")
+        totals["mail_mailboxes"] = mail.mailboxes
+        totals["mail_messages"] = mail.messages
         continue_identities(conn)
         pg.record_import(conn, source_label, summary(totals))
         # The server imports a node's own Sieve scripts and spam learning once (installs
@@ -486,10 +500,10 @@ Now set, in {settings.source}:
     dsn = "{dsn}"
 
 and start the server. Every node pointed at this dsn (and at the same data_dir, as a
-shared filesystem) then shares the accounts, Sieve scripts, spam learning and queue.
-Not moved: the mailbox index (the SQLite files under {settings.mail_dir}); it stays in
-place, so keep serving a user's mailboxes (IMAP, POP3, local delivery) from one node.
-The SQLite files were only read; keep them as a backup until you are satisfied.""")
+shared filesystem) then shares the accounts, Sieve scripts, spam learning, queue and
+mailbox index; the message files stay under {settings.mail_dir}, where every node
+must see them. The SQLite files were only read; keep them as a backup until you are
+satisfied (mail that arrives from now on is only in PostgreSQL's index).""")
 
 
 def _args(parser: argparse.ArgumentParser) -> None:

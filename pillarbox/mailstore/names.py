@@ -10,9 +10,20 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from pillarbox.mailstore.errors import CANNOT, MailboxError
+
 SEPARATOR: Final = "/"
 INBOX: Final = "INBOX"
 MAX_DEPTH: Final = 16
+MAX_NAME_BYTES: Final = 240  # as the Maildir store: a name must fit a directory name
+# The mailboxes every user has from the start, with their special use (RFC 6154).
+SPECIAL_USE: Final = {
+    "Drafts": "\\Drafts",
+    "Sent": "\\Sent",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
 
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -47,3 +58,14 @@ def parent_names(name: str) -> list[str]:
     """``A/B/C`` -> ``["A", "A/B"]``."""
     parts = name.split(SEPARATOR)
     return [SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]
+
+
+def check_name(name: str) -> None:
+    """MailboxError CANNOT for a name no mailbox can have (a store without directories
+    keeps the Maildir store's length limit, so a mailbox moves between stores)."""
+    try:
+        validate(name)
+    except BadMailboxName as exc:
+        raise MailboxError(CANNOT, str(exc)) from None
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise MailboxError(CANNOT, "mailbox name too long")

@@ -15,7 +15,6 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Final
 
 from pillarbox import mime
 from pillarbox.mailstore.errors import (
@@ -28,17 +27,8 @@ from pillarbox.mailstore.errors import (
     MailboxError,
 )
 from pillarbox.mailstore.flags import DELETED, FLAG_TEXT, split_flags
-from pillarbox.mailstore.names import INBOX, BadMailboxName, parent_names, validate
+from pillarbox.mailstore.names import INBOX, SPECIAL_USE, check_name, parent_names
 from pillarbox.mailstore.rows import Copied, Envelope, Structure
-
-SPECIAL_USE: Final = {
-    "Drafts": "\\Drafts",
-    "Sent": "\\Sent",
-    "Trash": "\\Trash",
-    "Junk": "\\Junk",
-    "Archive": "\\Archive",
-}
-MAX_NAME_BYTES: Final = 240  # as the Maildir store: a name must fit a directory name
 
 Ranges = list[tuple[int, int]]
 
@@ -262,16 +252,6 @@ class UserBoxes:
         if move:
             src.remove(src_uids)
         return Copied(dst.uidvalidity, src_uids, dst_uids)
-
-
-def check_name(name: str) -> None:
-    """MailboxError CANNOT for a name no mailbox can have."""
-    try:
-        validate(name)
-    except BadMailboxName as exc:
-        raise MailboxError(CANNOT, str(exc)) from None
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise MailboxError(CANNOT, "mailbox name too long")
 
 
 def vanished_since(box: Mailbox, since_modseq: int, ranges: Ranges) -> Ranges:
