@@ -50,7 +50,16 @@ from pillarbox.mailstore.results import (
     StatusInfo,
     StoreResult,
 )
-from pillarbox.mailstore.rows import Appended, Copied, FetchRow, FlagBatch, Quota, SearchRow
+from pillarbox.mailstore.rows import (
+    ALL_PARTS,
+    Appended,
+    Copied,
+    FetchRow,
+    FlagBatch,
+    Parts,
+    Quota,
+    SearchRow,
+)
 from pillarbox.mime import to_crlf
 from pillarbox.pgmail import schema
 from pillarbox.pgmail.index import MailIndex
@@ -136,8 +145,15 @@ class PgUserMail:
         return await self._run(self._index.vanished, self.user, name, since_modseq, ranges)
 
     async def fetch(
-        self, name: str, ranges: Ranges, data: bool, limit: int, changed_since: int = 0
+        self,
+        name: str,
+        ranges: Ranges,
+        data: bool,
+        limit: int,
+        changed_since: int = 0,
+        parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]:
+        # ``parts`` is a hint the API lets a store ignore: every part comes with ``data``.
         return await self._run(
             self._index.fetch, self.user, name, ranges, data, limit, changed_since
         )
