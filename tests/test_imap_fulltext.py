@@ -503,6 +503,9 @@ def test_the_backfill_finishes_after_the_last_session_is_gone(tmp_path: Path) ->
 
     async def scenario() -> tuple[bool, bool]:
         store = MailStore(tmp_path / "mail")
+        # No linger after the last session (it would keep the index open on its own): what
+        # keeps it open here must be the backfill alone.
+        store.session_linger = 0
         handle = await store.open(ALICE)  # starts the backfill (every message pending)
         index = handle._index
         await handle.release()  # the only session leaves before the backfill's first chunk
