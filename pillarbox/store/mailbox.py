@@ -24,20 +24,22 @@ Sieve ``fileinto``, the queue's reports). It writes the file durably into the fo
 ``new/`` (``store.maildir.MaildirWriter``: parallel file fsyncs, group-committed directory
 fsyncs), then indexes it under the user's index lock (the sync moves it to ``cur/`` and gives
 it its UID, MODSEQ, small row with the CRLF size of the bytes in hand, and quota usage; the
-parse and the full-text row, the dearest parts, are left to the background job that the
-user's next session starts, see ``store.lazyparse``), then tells the watchers (IDLE
-sessions). Concurrent deliveries to one user share one turn of the lock
-(:meth:`UserMailboxes.index_delivered`), and the index of a user without sessions stays open
-``DELIVERY_LINGER`` seconds, so a burst of mail opens it once. A message over
-``INDEX_AT_DELIVERY_MAX`` is left in ``new/`` for the next sync, which parses it then (as
-before delivery indexed), so SMTP's memory does not grow with the size of the mail. The
-Maildir write is the commit point: if indexing fails or the process dies before it, the
+parse and the full-text row, the dearest parts, are left to the background job, which
+starts once the user's deliveries pause for ``PARSE_QUIET`` seconds, see
+``store.lazyparse``), then tells the watchers (IDLE sessions). Concurrent deliveries to one
+user share one turn of the lock (:meth:`UserMailboxes.index_delivered`), and the index of a
+user without sessions stays open ``DELIVERY_LINGER`` seconds, so a burst of mail opens it
+once. A message over ``INDEX_AT_DELIVERY_MAX`` is left in ``new/`` for the next sync,
+which parses it then (as before delivery indexed), so SMTP's memory does not grow with the
+size of the mail. The Maildir write is the commit point: if indexing fails or the process dies before it, the
 file waits in ``new/`` and the next sync indexes it, exactly once (see
 ``IndexWriter.take_delivered`` in ``store.writes``).
 
 Lazy parsing (``store.lazyparse``): a read that needs columns of messages not parsed yet
 parses those first (``_parse_first``), and the background task below parses the rest with
-their full-text rows, pausing while a command waits for a parse.
+their full-text rows, pausing while a command waits for a parse and while deliveries come
+in (a burst's parse would take SMTP's CPU; ``PARSE_QUIET`` seconds after it, the first
+look at the burst finds it parsed, as when delivery parsed every message).
 
 Full-text backfill: messages the index took in bulk (see ``store.fulltext``) are indexed by
 one background task per open user, a chunk of ``BACKFILL_CHUNK`` messages per turn of the
@@ -101,6 +103,10 @@ JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
 BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
 PARSE_CHUNK = 200  # messages parsed per turn of the index lock (store.lazyparse)
 DEMAND_CHUNK = 500  # the same for a command waiting for them (fewer turns, same waits)
+# Seconds without a delivery to a user before the background parse of what delivery left
+# unparsed runs (started by delivery itself, or by a session): during a burst it would
+# take the CPU SMTP needs, and a moment after it the first look at the burst finds it done.
+PARSE_QUIET = 0.25
 ALL_UIDS = 0xFFFFFFFF
 # Bigger deliveries are indexed by the next sync (an IMAP or POP3 session's), not at once:
 # parsing reads the whole message, and SMTP's memory must not grow with the message size.
@@ -134,6 +140,12 @@ class UserMailboxes:
         self._demand = 0
         self._no_demand = asyncio.Event()
         self._no_demand.set()
+        # Set while no delivery came for PARSE_QUIET seconds: the loop time of the last one,
+        # and the timer that sets it (and starts the parse) after it.
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._last_delivery = 0.0
+        self._quiet_timer: asyncio.TimerHandle | None = None
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         index = self._index
@@ -149,6 +161,8 @@ class UserMailboxes:
         """Start the background parse and full-text backfill if the index left messages
         for them (see the module docstring); one task per user at a time."""
         index = self._index
+        if self._stopping or not self._store.holds(self):
+            return  # closed (or closing) meanwhile: the next open starts it again
         parse = index.parse_wanted and self._store.parse_in_background
         if (parse or index.backfill_wanted) and not self._backfilling:
             self._backfilling = True
@@ -164,6 +178,7 @@ class UserMailboxes:
                 parsed: tuple[int, int] | None = (0, 0)
                 while parsed is not None and not self._stopping:
                     await self._no_demand.wait()  # a command waiting for a parse goes first
+                    await self._quiet.wait()  # and so does a burst of deliveries
                     parsed = await self._run(index.parse_backlog, parsed, PARSE_CHUNK)
                 await self._run(index.settle_parse)
             while index.backfill_wanted and not self._stopping:
@@ -175,6 +190,25 @@ class UserMailboxes:
         finally:
             self._backfilling = False
             await self.release()
+
+    def _parse_after_quiet(self) -> None:
+        """After a batch of deliveries: start the background parse of their small rows
+        once ``PARSE_QUIET`` seconds pass without another (one timer, moved on)."""
+        loop = asyncio.get_running_loop()
+        self._last_delivery = loop.time()
+        self._quiet.clear()
+        if self._quiet_timer is None:
+            self._quiet_timer = loop.call_later(PARSE_QUIET, self._quiet_timer_fired)
+
+    def _quiet_timer_fired(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last_delivery + PARSE_QUIET - loop.time()
+        if wait > 0:  # delivered to since: wait the rest
+            self._quiet_timer = loop.call_later(wait, self._quiet_timer_fired)
+            return
+        self._quiet_timer = None
+        self._quiet.set()
+        self._backfill_soon()
 
     @property
     def _stopping(self) -> bool:
@@ -285,6 +319,7 @@ class UserMailboxes:
                         done.set_result(None)
                     else:
                         done.set_exception(failure)
+                self._parse_after_quiet()
         finally:
             self._indexer = None
 
@@ -571,7 +606,8 @@ class MailStore:
 
     async def open(self, user: str, *, backfill: bool = True) -> UserMailboxes:
         """The user's mailboxes (creating the Maildir and default folders the first time).
-        ``backfill=False`` (delivery) leaves the full-text backfill to the user's sessions."""
+        ``backfill=False`` (delivery) starts no background work at the open: delivery
+        starts the parse of what it indexes once its burst pauses (``PARSE_QUIET``)."""
         self.hub.bind_loop(asyncio.get_running_loop())
         lock = self._opening.setdefault(user, asyncio.Lock())
         async with lock:
@@ -587,6 +623,10 @@ class MailStore:
             if backfill:
                 handle._backfill_soon()
             return handle
+
+    def holds(self, handle: UserMailboxes) -> bool:
+        """Whether ``handle`` is the open handle of its user (not released and closed)."""
+        return self._users.get(handle.user) is handle
 
     async def release(self, handle: UserMailboxes) -> None:
         handle.refs -= 1
