@@ -31,8 +31,8 @@ user share one turn of the lock (:meth:`UserMailboxes.index_delivered`), and the
 user without sessions stays open ``DELIVERY_LINGER`` seconds, so a burst of mail opens it
 once. A message over ``INDEX_AT_DELIVERY_MAX`` is left in ``new/`` for the next sync,
 which parses it then (as before delivery indexed), so SMTP's memory does not grow with the
-size of the mail. The Maildir write is the commit point: if indexing fails or the process dies before it, the
-file waits in ``new/`` and the next sync indexes it, exactly once (see
+size of the mail. The Maildir write is the commit point: if indexing fails or the process
+dies before it, the file waits in ``new/`` and the next sync indexes it, exactly once (see
 ``IndexWriter.take_delivered`` in ``store.writes``).
 
 Lazy parsing (``store.lazyparse``): a read that needs columns of messages not parsed yet
@@ -73,7 +73,7 @@ from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.flags import split_filename
 from pillarbox.store.index import UserIndex
-from pillarbox.store.lazyparse import needs_parsed
+from pillarbox.store.lazyparse import Need, need_of
 from pillarbox.store.maildir import (
     MaildirWriter,
     Part,
@@ -219,19 +219,19 @@ class UserMailboxes:
         name: str,
         ranges: list[tuple[int, int]],
         *,
-        sizes_only: bool = False,
+        need: Need = Need.PARSED,
         changed_since: int = 0,
         limit: int | None = None,
         full_text: bool = False,
     ) -> bool:
         """Parse the pending messages a read of (the first ``limit`` messages of) ``ranges``
-        is about to see, a chunk per turn of the index lock (see store.lazyparse); with
-        ``sizes_only`` just their CRLF sizes, with ``full_text`` their full-text rows too.
-        Whether there were any. The background parse waits meanwhile: its chunks would
-        only make the command wait longer."""
+        is about to see, a chunk per turn of the index lock (see store.lazyparse): what
+        ``need`` asks for (the full parse, or only their CRLF sizes or header columns), with
+        ``full_text`` their full-text rows too. Whether there were any. The background
+        parse waits meanwhile: its chunks would only make the command wait longer."""
         if not self._index.unparsed or not ranges:
             return False
-        if not await self._read(lambda r: r.unparsed_in(name, ranges, sizes_only=sizes_only)):
+        if not await self._read(lambda r: r.unparsed_in(name, ranges, need=need)):
             return False
         left = limit
         todo = ranges
@@ -241,7 +241,7 @@ class UserMailboxes:
             while todo and (left is None or left > 0) and not self._stopping:
                 chunk = DEMAND_CHUNK if left is None else min(DEMAND_CHUNK, left)
                 done = await self._run(
-                    self._index.parse_pending, name, todo, sizes_only=sizes_only,
+                    self._index.parse_pending, name, todo, need=need,
                     changed_since=changed_since, limit=chunk, full_text=full_text,
                 )  # fmt: skip
                 if done is None:
@@ -355,7 +355,7 @@ class UserMailboxes:
 
     async def status(self, name: str) -> StatusInfo:
         info = await self._run(self._index.status, name)
-        if await self._parse_first(name, [(1, ALL_UIDS)], sizes_only=True):
+        if await self._parse_first(name, [(1, ALL_UIDS)], need=Need.SIZES):
             info = await self._run(self._index.status, name)  # SIZE counts CRLF sizes
         return info
 
@@ -394,8 +394,9 @@ class UserMailboxes:
         changed_since: int = 0,
     ) -> list[FetchRow]:
         await self._parse_first(
-            name, ranges, sizes_only=not data, changed_since=changed_since, limit=limit
-        )
+            name, ranges, need=Need.PARSED if data else Need.SIZES,
+            changed_since=changed_since, limit=limit,
+        )  # fmt: skip
         return await self._read(
             lambda reader: reader.fetch(
                 name, ranges, data=data, limit=limit, changed_since=changed_since
@@ -403,8 +404,11 @@ class UserMailboxes:
         )
 
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
-        if needs_parsed(where):
-            await self._parse_first(name, [(1, ALL_UIDS)])
+        # The columns the filter reads (sizes, sent dates, header text), not the full parse:
+        # a header SEARCH of a Maildir copied in reads header blocks only.
+        need = need_of(where)
+        if need is not None:
+            await self._parse_first(name, [(1, ALL_UIDS)], need=need)
         return await self._read(lambda reader: reader.search_uids(name, where))
 
     async def fetch_flags(
@@ -416,9 +420,12 @@ class UserMailboxes:
         self, name: str, lo: int, hi: int, header: bool, where: SearchFilter, limit: int
     ) -> list[SearchRow]:
         # The caller checks these rows against the whole program, whatever ``where`` says:
-        # every row it can get must be parsed (the first ``limit`` if nothing filters).
+        # every row it can get must have its searched columns (size, sent date, header
+        # text), the first ``limit`` if nothing filters; the rest of the parse can wait.
         everything = where is None or where == ALL
-        await self._parse_first(name, [(lo, hi)], limit=limit if everything else None)
+        await self._parse_first(
+            name, [(lo, hi)], need=Need.SEARCHED, limit=limit if everything else None
+        )
         return await self._read(
             lambda reader: reader.search_rows(name, lo, hi, header=header, where=where, limit=limit)
         )
@@ -483,7 +490,7 @@ class UserMailboxes:
         turn of the index lock, so that the usage step itself has none left to do."""
         if self._index.unparsed:
             for name in await self._run(self._index.unsized_mailboxes):
-                await self._parse_first(name, [(1, ALL_UIDS)], sizes_only=True)
+                await self._parse_first(name, [(1, ALL_UIDS)], need=Need.SIZES)
         return await self._run(self._index.usage)
 
     # --- learning hook (see the module docstring)
