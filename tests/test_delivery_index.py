@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pillarbox.store.index import INDEX_FILE
+from pillarbox.store.mailbox import MailStore
 from pillarbox.store.sieve_scripts import SieveScripts
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
@@ -100,6 +101,9 @@ def test_delivery_writes_the_small_row_and_the_first_session_parses_it(
     """At delivery only the small row is written (UID, flags, the CRLF size delivery
     knew): the 250 waits for no parse. What reads parsed columns parses first; the user's
     session parses the rest in the background, full-text rows included."""
+    store = mx.server.ctx.services.mail_store
+    assert isinstance(store, MailStore)
+    store.parse_in_background = False  # the small rows stay as delivery wrote them
     send(mx, message("first, into a new index"))  # a new mailbox: cur/ is listed
     for n in range(3):
         send(mx, message(f"burst {n}", f"line {n}\r\n" * (n + 1)))
@@ -110,6 +114,7 @@ def test_delivery_writes_the_small_row_and_the_first_session_parses_it(
     by_size = sorted(len(data) for name, data in files.items() if "first" not in data.decode())
     assert all(sized == 1 for _, sized, _ in pending)
     assert sorted(size for _, _, size in pending) == by_size  # the exact CRLF sizes
+    store.parse_in_background = True  # from the session's start on
     raw = Raw(mx)
     try:
         raw.login()
@@ -125,6 +130,37 @@ def test_delivery_writes_the_small_row_and_the_first_session_parses_it(
     finally:
         raw.close()
     assert len(indexed(root)) == 4
+
+
+def test_a_burst_of_deliveries_is_parsed_soon_after_without_any_session(
+    mx: pbserver.RunningServer,
+) -> None:
+    """Delivery leaves its messages unparsed only while the burst lasts: a moment after the
+    last one (``PARSE_QUIET``) the background parses them, full-text rows included, with
+    no IMAP or POP3 session to start it, so the first FETCH ENVELOPE reads parsed rows."""
+    send(mx, message("first, into a new index"))
+    root = maildir(mx.settings, ALICE)
+    with smtplib.SMTP("127.0.0.1", mx.port("smtp"), timeout=TIMEOUT) as smtp:
+        for n in range(40):
+            smtp.sendmail("bob@example.org", [ALICE], message(f"burst {n}", f"word{n}\r\n"))
+    wait_for(lambda: _pending(root) == [], what="the parse after the burst")
+    assert len(indexed(root)) == 41  # every message has its parsed row
+    assert _fts_pending(root) == 0
+    raw = Raw(mx)
+    try:
+        raw.login()
+        raw.cmd(b"s", b"EXAMINE INBOX")
+        assert raw.cmd(b"b", b"SEARCH BODY word39")[0] == b"* SEARCH 41\r\n"
+    finally:
+        raw.close()
+
+
+def _fts_pending(root: Path) -> int:
+    conn = sqlite3.connect(f"file:{root / INDEX_FILE}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM fts_pending").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def test_a_message_over_a_mebibyte_is_left_to_the_next_sync(mx: pbserver.RunningServer) -> None:

@@ -36,19 +36,22 @@ UIDVALIDITY = 1234567
 
 
 def _message(i: int) -> bytes:
-    """Message ``i``, with LF line ends for half of them (as Dovecot and mutt write)."""
+    """Message ``i``, with LF line ends for half of them (as Dovecot and mutt write), and
+    some whose header block is hard to find: longer than one read, or no body at all."""
     date = "" if i % 11 == 0 else f"Date: {1 + i % 28} Mar 2021 10:{i % 60:02d}:00 +0000\n"
     head = (
         f"From: Sender {i % 23} <sender{i % 23}@example.org>\nTo: {ALICE}\n"
         f"Subject: report {i % 97} number {i}\n{date}Message-ID: <m{i}@example.org>\n"
     )
+    if i % 50 == 7:  # a header block over 8 KB (store.lazyparse reads 8 KB at a time)
+        head += "References:" + "".join(f" <ref{n}.{i}@example.org>\n" for n in range(400))
     if i % 4 == 3:
         head += 'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n'
         body = f"--b\nContent-Type: text/plain\n\npart one {i}\n--b\nContent-Type: text/html\n\n"
         body += f"<p>part two {'x' * (i % 300)}</p>\n--b--\n"
     else:
         body = f"body of {i}\n" + "line of text\n" * (i % 40)
-    data = (head + "\n" + body).encode()
+    data = (head if i % 50 == 13 else head + "\n" + body).encode()  # 13: all header
     return data if i % 4 in (0, 1) else data.replace(b"\n", b"\r\n")
 
 
@@ -135,7 +138,11 @@ ASKED = [
     b"UID THREAD ORDEREDSUBJECT UTF-8 SUBJECT report",
     b"STATUS INBOX (MESSAGES SIZE UIDNEXT)",
     b"GETQUOTAROOT INBOX",
+    b"UID SEARCH HEADER References ref399.7@",
+    b"UID SEARCH NOT SUBJECT number OR SENTON 2-Mar-2021 HEADER Message-ID m13@",
 ]
+# Searches that read only header columns and sizes: no message is parsed in full for them.
+HEADER_QUICK = {c for c in ASKED if c.startswith(b"UID SEARCH") and b"BODY" not in c}
 
 
 @pytest.mark.parametrize("command", ASKED, ids=lambda c: c.decode()[:40])
@@ -158,6 +165,10 @@ def test_first_select_answers_unparsed_and_a_read_parses_what_it_needs(
         assert alice.cmd(b"c", command) == bob.cmd(b"c", command)
         if command.startswith(b"FETCH 1:40"):
             assert _count(alice_root, "parse_pending") == COUNT - 40  # those it answered for
+        if command in HEADER_QUICK:
+            # Answered from the header blocks alone: nothing was parsed in full.
+            assert _count(alice_root, "message_data") == 0
+            assert _count(alice_root, "parse_pending") == COUNT
     finally:
         alice.close()
         bob.close()
@@ -200,14 +211,19 @@ def test_pop3_sizes_are_measured_without_a_parse(
     assert _count(alice_root, "message_data") == 0
 
 
+@pytest.mark.parametrize(
+    "first", [None, b'UID SEARCH SUBJECT "number 1"'], ids=["select only", "header search first"]
+)
 def test_the_background_parse_builds_what_an_eager_index_has(
-    twins: tuple[pbserver.RunningServer, Path],
+    twins: tuple[pbserver.RunningServer, Path], first: bytes | None
 ) -> None:
     server, alice_root = twins
     alice = Raw(server)
     try:
         alice.login(ALICE)
         assert b"* %d EXISTS\r\n" % COUNT in alice.cmd(b"s", b"SELECT INBOX")
+        if first is not None:  # the quick header parse first, the full one after it
+            alice.cmd(b"q", first)
         # No command needs a parsed column: the background job parses every message, and
         # writes its full-text row with it.
         wait_for(lambda: _count(alice_root, "parse_pending") == 0, what="the background parse")

@@ -58,12 +58,13 @@ def parse(data: bytes) -> ParsedMessage:
         envelope=envelope(fields),
         structure=structure,
         header_end=structure["bs"],
-        sent_date=_sent_date(fields),
+        sent_date=sent_date(fields),
         fields=fields,
     )
 
 
-def _sent_date(fields: FieldList) -> int | None:
+def sent_date(fields: FieldList) -> int | None:
+    """The proleptic ordinal of the date of the first Date: field (SENTON etc.)."""
     for name, value in fields:
         if name == "date":
             try:

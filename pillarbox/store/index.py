@@ -49,6 +49,7 @@ from pillarbox.store import counts, db, fulltext, lazyparse, messagerows, quota,
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
+from pillarbox.store.lazyparse import Need
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 from pillarbox.store.reads import IndexReader
@@ -409,29 +410,31 @@ class UserIndex:
         name: str,
         ranges: list[tuple[int, int]],
         *,
-        sizes_only: bool = False,
+        need: Need = Need.PARSED,
         changed_since: int = 0,
         limit: int,
         full_text: bool = False,
     ) -> tuple[int, int] | None:
-        """Parse the first ``limit`` pending messages of mailbox ``name`` in ``ranges``
-        (modseq above ``changed_since``); with ``sizes_only`` give the unsized ones their
-        size only. Returns (the last UID looked at, how many), or None when none is left."""
+        """Give the first ``limit`` pending messages of mailbox ``name`` in ``ranges``
+        (modseq above ``changed_since``) that lack it what ``need`` asks for: the full
+        parse, or only the sizes or header columns (see store.lazyparse). Returns (the last
+        UID looked at, how many), or None when none is left."""
         if self.closed:
             return None
         box = self.mailbox(name)
         found = lazyparse.pending_in(
-            self.conn, box.id, ranges, unsized_only=sizes_only, changed_since=changed_since,
-            limit=limit,
-        )  # fmt: skip
+            self.conn, box.id, ranges, need=need, changed_since=changed_since, limit=limit
+        )
         if not found:
             return None
-        if sizes_only:
+        if need is Need.SIZES:
             lazyparse.measure(self.conn, box.path, box.id, found)
-        else:
+        elif need is Need.PARSED:
             lazyparse.parse(
                 self.conn, box.path, box.id, found, full_text=full_text and self.full_text
             )
+        else:
+            lazyparse.parse_heads(self.conn, box.path, box.id, found, sizes=need is Need.SEARCHED)
         return found[-1][0], len(found)
 
     def parse_backlog(self, after: tuple[int, int], limit: int) -> tuple[int, int] | None:
@@ -461,7 +464,7 @@ class UserIndex:
         for name in self.unsized_mailboxes():
             after = 0
             while True:
-                done = self.parse_pending(name, [(after + 1, 0xFFFFFFFF)], sizes_only=True,
+                done = self.parse_pending(name, [(after + 1, 0xFFFFFFFF)], need=Need.SIZES,
                                           limit=CHUNK)  # fmt: skip
                 if done is None:
                     break

@@ -17,13 +17,24 @@ a chunk per turn of the lock, with their full-text rows (one read of the file fo
 The parse writes the same rows an eager index build writes (``store.messagerows``) and
 leaves MODSEQ alone: no client can have seen the message's parsed data change.
 
+A reader asks for what it needs (:class:`Need`), not always the full parse: the CRLF size
+alone (POP3 LIST, STATUS SIZE, the quota: :func:`measure`, a read and no parse), or the
+columns a SEARCH reads (:func:`parse_heads`: the sent date and the header search text,
+from the file's header block only; with the size too when a row-by-row SEARCH may test
+it). So the first header SEARCH of a Maildir copied in reads 50,000 header blocks, not
+50,000 messages parsed with their bodies and full-text rows. Those columns are what the
+full parse writes for them (the same header block, the same functions), and the message
+stays pending for the rest.
+
 Layout (component ``mailindex.parse`` of the index database):
-``parse_pending(mailbox_id, uid, sized)``; a trigger drops a message's row with the message
+``parse_pending(mailbox_id, uid, sized, headed)``: ``headed = 1`` says the sent date and
+the ``message_search`` row are written; a trigger drops a message's row with the message
 (expunge, MOVE, mailbox deletion), so the table can only lag, never lie.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import sqlite3
@@ -33,6 +44,8 @@ from typing import Any, Final, NamedTuple
 
 from pillarbox import mime
 from pillarbox.mailstore.filters import SearchFilter
+from pillarbox.mime.headers import split_fields
+from pillarbox.mime.structure import sent_date
 from pillarbox.mime.text import search_texts
 from pillarbox.store import db, fulltext, messagerows
 from pillarbox.store import flags as fl
@@ -43,9 +56,31 @@ COMPONENT: Final = "mailindex.parse"
 INLINE_MAX: Final = 200  # a batch of new files up to this size is parsed at once
 # Dovecot's virtual size: the size of the message with CRLF line ends (RFC822.SIZE).
 _VIRTUAL_SIZE: Final = re.compile(r",W=(\d+)")
+HEAD_READ: Final = 8192  # bytes read at a time while looking for a header block's end
+# Two line ends in a row in raw bytes (see header_block).
+_BLANK_LINE: Final = (b"\n\n", b"\n\r", b"\r\r")
+
+
+class Need(enum.Enum):
+    """What a reader needs of the pending messages it is about to read."""
+
+    PARSED = "parsed"  # every column: the full parse
+    SIZES = "sizes"  # the CRLF size (a read of the file, no parse)
+    HEADERS = "headers"  # the sent date and header search text (the header block only)
+    SEARCHED = "searched"  # the headers' columns and the size: a row-by-row SEARCH's
+
+
+# The parse_pending rows that still lack what each Need asks for.
+_LACKING: Final = {
+    Need.PARSED: "",
+    Need.SIZES: " AND p.sized = 0",
+    Need.HEADERS: " AND p.headed = 0",
+    Need.SEARCHED: " AND (p.headed = 0 OR p.sized = 0)",
+}
 # Filter terms that read columns only the parse fills (see store.query; "text" reads the
 # full-text index, which has its own pending list).
-_PARSED_TERMS: Final = frozenset({"larger", "smaller", "sent", "header"})
+_SIZE_TERMS: Final = frozenset({"larger", "smaller"})
+_HEADER_TERMS: Final = frozenset({"sent", "header"})
 
 
 def _create(conn: sqlite3.Connection) -> None:
@@ -59,7 +94,11 @@ def _create(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: Final[list[db.Migration]] = [_create]
+def _add_headed(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE parse_pending ADD COLUMN headed INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: Final[list[db.Migration]] = [_create, _add_headed]
 
 
 class SmallRow(NamedTuple):
@@ -110,7 +149,7 @@ def insert_small(conn: sqlite3.Connection, rows: Sequence[SmallRow]) -> None:
         [r.message for r in rows],
     )
     conn.executemany(
-        "INSERT OR REPLACE INTO parse_pending VALUES (?, ?, ?)",
+        "INSERT OR REPLACE INTO parse_pending (mailbox_id, uid, sized) VALUES (?, ?, ?)",
         [(r.message[0], r.message[1], int(r.sized)) for r in rows],
     )
 
@@ -119,7 +158,7 @@ def copy_pending(conn: sqlite3.Connection, pairs: Iterable[tuple[int, int, int, 
     """COPY/MOVE ``(source mailbox, source UID, destination mailbox, new UID)``: a copy of a
     pending message is pending too (inside the caller's transaction, after its row)."""
     conn.executemany(
-        "INSERT OR REPLACE INTO parse_pending SELECT ?, ?, sized FROM parse_pending"
+        "INSERT OR REPLACE INTO parse_pending SELECT ?, ?, sized, headed FROM parse_pending"
         " WHERE mailbox_id = ? AND uid = ?",
         [(dst, new, src, uid) for src, uid, dst, new in pairs],
     )
@@ -129,16 +168,31 @@ def any_pending(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM parse_pending LIMIT 1").fetchone() is not None
 
 
-def needs_parsed(where: SearchFilter) -> bool:
-    """Whether the filter reads a column the parse fills (size, sent date, header text)."""
+def need_of(where: SearchFilter) -> Need | None:
+    """What a SEARCH with this filter needs parsed first: the sizes (LARGER, SMALLER), the
+    header columns (SENT*, header substrings), both, or nothing."""
+    kinds = _term_kinds(where)
+    sizes, headers = bool(kinds & _SIZE_TERMS), bool(kinds & _HEADER_TERMS)
+    if sizes and headers:
+        return Need.SEARCHED
+    if headers:
+        return Need.HEADERS
+    return Need.SIZES if sizes else None
+
+
+def _term_kinds(where: SearchFilter) -> set[str]:
     kind = where[0]
-    if kind in _PARSED_TERMS:
-        return True
     if kind == "and":
-        return any(needs_parsed(n) for n in where[1])  # type: ignore[attr-defined]
+        return set().union(*(_term_kinds(n) for n in where[1]))  # type: ignore[attr-defined]
     if kind in ("or", "not"):
-        return any(needs_parsed(n) for n in where[1:])  # type: ignore[arg-type]
-    return False
+        return set().union(*(_term_kinds(n) for n in where[1:]))  # type: ignore[arg-type]
+    return {str(kind)}
+
+
+class Pending(NamedTuple):
+    uid: int
+    fname: str
+    sized: bool  # the size column is the CRLF size already
 
 
 def pending_in(
@@ -146,26 +200,24 @@ def pending_in(
     mailbox_id: int,
     ranges: Sequence[tuple[int, int]],
     *,
-    unsized_only: bool = False,
+    need: Need = Need.PARSED,
     changed_since: int = 0,
     limit: int = 1 << 62,
-) -> list[tuple[int, str]]:
-    """``(uid, file name)`` of the first ``limit`` pending messages in ``ranges`` (with a
-    modseq above ``changed_since``; only those without their CRLF size if ``unsized_only``),
-    in UID order.
+) -> list[Pending]:
+    """The first ``limit`` pending messages in ``ranges`` (with a modseq above
+    ``changed_since``) that lack what ``need`` asks for, in UID order.
 
     Parsing these is what a read of the first ``limit`` messages of ``ranges`` needs: the
     pending ones among them are at most ``limit`` and come first in UID order."""
-    sized = " AND p.sized = 0" if unsized_only else ""
-    found: list[tuple[int, str]] = []
+    found: list[Pending] = []
     for lo, hi in ranges:
-        found += conn.execute(
-            "SELECT p.uid, m.fname FROM parse_pending p JOIN messages m"
+        found += map(Pending._make, conn.execute(
+            "SELECT p.uid, m.fname, p.sized FROM parse_pending p JOIN messages m"
             " ON m.mailbox_id = p.mailbox_id AND m.uid = p.uid"
-            f" WHERE p.mailbox_id = ? AND p.uid BETWEEN ? AND ? AND m.modseq > ?{sized}"
+            f" WHERE p.mailbox_id = ? AND p.uid BETWEEN ? AND ? AND m.modseq > ?{_LACKING[need]}"
             " ORDER BY p.uid LIMIT ?",
             (mailbox_id, lo, hi, changed_since, limit - len(found)),
-        ).fetchall()
+        ))  # fmt: skip
         if len(found) >= limit:
             break
     return found
@@ -176,14 +228,14 @@ def any_pending_in(
     mailbox_id: int,
     ranges: Sequence[tuple[int, int]],
     *,
-    unsized_only: bool = False,
+    need: Need = Need.PARSED,
 ) -> bool:
-    """Whether ``ranges`` hold a pending message (a cheap look on a read connection)."""
-    sized = " AND sized = 0" if unsized_only else ""
+    """Whether ``ranges`` hold a pending message lacking what ``need`` asks for (a cheap
+    look on a read connection)."""
     for lo, hi in ranges:
         row = conn.execute(
-            "SELECT 1 FROM parse_pending WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
-            f"{sized} LIMIT 1",
+            "SELECT 1 FROM parse_pending p WHERE p.mailbox_id = ? AND p.uid BETWEEN ? AND ?"
+            f"{_LACKING[need]} LIMIT 1",
             (mailbox_id, lo, hi),
         ).fetchone()
         if row is not None:
@@ -195,7 +247,7 @@ def parse(
     conn: sqlite3.Connection,
     folder: Path,
     mailbox_id: int,
-    messages: Iterable[tuple[int, str]],
+    messages: Iterable[tuple[int, str] | Pending],
     *,
     full_text: bool,
 ) -> None:
@@ -206,7 +258,7 @@ def parse(
     updates: list[tuple[object, ...]] = []
     parsed_rows: list[messagerows.ParsedRows] = []
     texts: list[tuple[int, int, str, str]] = []
-    for uid, fname in messages:
+    for uid, fname, *_ in messages:
         try:
             data = mime.to_crlf((folder / "cur" / fname).read_bytes())
         except (FileNotFoundError, IsADirectoryError, PermissionError):
@@ -273,21 +325,101 @@ def _text_pending(conn: sqlite3.Connection, mailbox_id: int, uid: int) -> bool:
     return row is not None
 
 
+def parse_heads(
+    conn: sqlite3.Connection,
+    folder: Path,
+    mailbox_id: int,
+    messages: Iterable[Pending],
+    *,
+    sizes: bool,
+) -> None:
+    """Give pending messages their sent date and header search text, read from the file's
+    header block only; with ``sizes`` the unsized ones their CRLF size too (their whole
+    file is read then, and not parsed). They stay pending for the rest. The columns are
+    those :func:`parse` writes: the header block is the one ``mime.parse`` finds, split
+    and rendered by the same functions."""
+    heads: list[tuple[object, ...]] = []
+    measured: list[tuple[int, int, int]] = []
+    cur = os.open(folder / "cur", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for uid, fname, sized in messages:
+            try:
+                fd = os.open(fname, os.O_RDONLY, dir_fd=cur)  # no path walk per file
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                continue  # stays pending: the next sync sees cur/ changed
+            try:
+                if sizes and not sized:
+                    data = mime.to_crlf(_read_all(fd))
+                    measured.append((len(data), mailbox_id, uid))
+                    head = data[: mime.split_header(data)]
+                else:
+                    head = header_block(fd)
+            finally:
+                os.close(fd)
+            fields = split_fields(head)
+            heads.append((sent_date(fields), mime.header_search_text(fields), mailbox_id, uid))
+    finally:
+        os.close(cur)
+    if not heads:
+        return
+    with db.Transaction(conn):
+        conn.executemany("UPDATE messages SET sent_date = ? WHERE mailbox_id = ? AND uid = ?",
+                         [(h[0], h[2], h[3]) for h in heads])  # fmt: skip
+        conn.executemany("INSERT OR REPLACE INTO message_search VALUES (?, ?, ?)",
+                         [(h[2], h[3], h[1]) for h in heads])  # fmt: skip
+        conn.executemany("UPDATE parse_pending SET headed = 1 WHERE mailbox_id = ? AND uid = ?",
+                         [(h[2], h[3]) for h in heads])  # fmt: skip
+        _set_sizes(conn, measured)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def header_block(fd: int) -> bytes:
+    """The CRLF form of the file's header block, with the blank line that ends it (all of
+    the file when it has none): the block ``mime.parse`` finds in the CRLF form of the
+    whole file, read and converted no further than ``HEAD_READ`` bytes past its end.
+
+    A line end is CR LF, a bare LF or a bare CR (``mime.to_crlf``), so a blank line starts
+    where one line end is followed by another: at the first LF LF, LF CR or CR CR of the
+    raw bytes (CR LF is one line end, never two). Converting the bytes up to there gives
+    the start of the whole file's CRLF form."""
+    raw = b""
+    while chunk := os.read(fd, HEAD_READ):
+        start = max(len(raw) - 1, 0)  # a pair may straddle two reads
+        raw += chunk
+        if raw[:1] in (b"\r", b"\n"):
+            return b"\r\n"  # an empty header (RFC 2046 §5.1.1)
+        found = [i for i in (raw.find(pair, start) for pair in _BLANK_LINE) if i >= 0]
+        if found:
+            return mime.to_crlf(raw[: min(found) + 1]) + b"\r\n"
+    return mime.to_crlf(raw)  # no blank line: all header, no body
+
+
 def measure(
-    conn: sqlite3.Connection, folder: Path, mailbox_id: int, messages: Iterable[tuple[int, str]]
+    conn: sqlite3.Connection, folder: Path, mailbox_id: int, messages: Iterable[Pending]
 ) -> None:
     """Give pending messages without a known size their CRLF size (a read, no parse: what
     POP3 LIST, STATUS SIZE and the quota need); they stay pending for the rest."""
     sizes: list[tuple[int, int, int]] = []
-    for uid, fname in messages:
+    for uid, fname, _ in messages:
         try:
             data = (folder / "cur" / fname).read_bytes()
         except (FileNotFoundError, IsADirectoryError, PermissionError):
             continue
         sizes.append((len(mime.to_crlf(data)), mailbox_id, uid))
     with db.Transaction(conn):
-        conn.executemany("UPDATE messages SET size = ? WHERE mailbox_id = ? AND uid = ?", sizes)
-        conn.executemany(
-            "UPDATE parse_pending SET sized = 1 WHERE mailbox_id = ? AND uid = ?",
-            [(m, u) for _, m, u in sizes],
-        )
+        _set_sizes(conn, sizes)
+
+
+def _set_sizes(conn: sqlite3.Connection, sizes: list[tuple[int, int, int]]) -> None:
+    """``(CRLF size, mailbox_id, uid)``: the size column is exact from now on."""
+    conn.executemany("UPDATE messages SET size = ? WHERE mailbox_id = ? AND uid = ?", sizes)
+    conn.executemany(
+        "UPDATE parse_pending SET sized = 1 WHERE mailbox_id = ? AND uid = ?",
+        [(m, u) for _, m, u in sizes],
+    )

@@ -24,11 +24,12 @@ Sieve ``fileinto``, the queue's reports). It writes the file durably into the fo
 ``new/`` (``store.maildir.MaildirWriter``: parallel file fsyncs, group-committed directory
 fsyncs), then indexes it under the user's index lock (the sync moves it to ``cur/`` and gives
 it its UID, MODSEQ, small row with the CRLF size of the bytes in hand, and quota usage; the
-parse and the full-text row, the dearest parts, are left to the background job that the
-user's next session starts, see ``store.lazyparse``), then tells the watchers (IDLE
-sessions). Concurrent deliveries to one user share one turn of the lock
-(:meth:`UserMailboxes.index_delivered`), and the index of a user without sessions stays open
-``DELIVERY_LINGER`` seconds, so a burst of mail opens it once.
+parse and the full-text row, the dearest parts, are left to the background job, which
+starts once the user's deliveries pause for ``PARSE_QUIET`` seconds, see
+``store.lazyparse``), then tells the watchers (IDLE sessions). Concurrent deliveries to one
+user share one turn of the lock (:meth:`UserMailboxes.index_delivered`), and the index of a
+user without sessions stays open ``DELIVERY_LINGER`` seconds, so a burst of mail opens it
+once.
 
 Open indexes outlive their sessions: when a user's last IMAP or POP3 session ends, the index
 stays open ``session_linger`` seconds (``SESSION_LINGER``), so the phone, laptop and webmail
@@ -45,7 +46,9 @@ file waits in ``new/`` and the next sync indexes it, exactly once (see
 
 Lazy parsing (``store.lazyparse``): a read that needs columns of messages not parsed yet
 parses those first (``_parse_first``), and the background task below parses the rest with
-their full-text rows, pausing while a command waits for a parse.
+their full-text rows, pausing while a command waits for a parse and while deliveries come
+in (a burst's parse would take SMTP's CPU; ``PARSE_QUIET`` seconds after it, the first
+look at the burst finds it parsed, as when delivery parsed every message).
 
 Full-text backfill: messages the index took in bulk (see ``store.fulltext``) are indexed by
 one background task per open user, a chunk of ``BACKFILL_CHUNK`` messages per turn of the
@@ -89,7 +92,7 @@ from pillarbox.store.changebatch import ChangesBatcher, Question
 from pillarbox.store.changes import ChangesHub
 from pillarbox.store.flags import split_filename
 from pillarbox.store.index import UserIndex
-from pillarbox.store.lazyparse import needs_parsed
+from pillarbox.store.lazyparse import Need, need_of
 from pillarbox.store.maildir import (
     MaildirWriter,
     Part,
@@ -120,6 +123,10 @@ JUNK_USE, TRASH_USE = "\\Junk", "\\Trash"
 BACKFILL_CHUNK = 50  # messages per backfill transaction (about 50 ms of work)
 PARSE_CHUNK = 200  # messages parsed per turn of the index lock (store.lazyparse)
 DEMAND_CHUNK = 500  # the same for a command waiting for them (fewer turns, same waits)
+# Seconds without a delivery to a user before the background parse of what delivery left
+# unparsed runs (started by delivery itself, or by a session): during a burst it would
+# take the CPU SMTP needs, and a moment after it the first look at the burst finds it done.
+PARSE_QUIET = 0.25
 ALL_UIDS = 0xFFFFFFFF
 # Bigger deliveries are indexed by the next sync (an IMAP or POP3 session's), not at once:
 # parsing reads the whole message, and SMTP's memory must not grow with the message size.
@@ -154,6 +161,12 @@ class UserMailboxes:
         self._demand = 0
         self._no_demand = asyncio.Event()
         self._no_demand.set()
+        # Set while no delivery came for PARSE_QUIET seconds: the loop time of the last one,
+        # and the timer that sets it (and starts the parse) after it.
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._last_delivery = 0.0
+        self._quiet_timer: asyncio.TimerHandle | None = None
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         index = self._index
@@ -169,6 +182,8 @@ class UserMailboxes:
         """Start the background parse and full-text backfill if the index left messages
         for them (see the module docstring); one task per user at a time."""
         index = self._index
+        if self._stopping or not self._store.holds(self):
+            return  # closed (or closing) meanwhile: the next open starts it again
         parse = index.parse_wanted and self._store.parse_in_background
         if (parse or index.backfill_wanted) and not self._backfilling:
             self._backfilling = True
@@ -184,6 +199,7 @@ class UserMailboxes:
                 parsed: tuple[int, int] | None = (0, 0)
                 while parsed is not None and not self._stopping:
                     await self._no_demand.wait()  # a command waiting for a parse goes first
+                    await self._quiet.wait()  # and so does a burst of deliveries
                     parsed = await self._run(index.parse_backlog, parsed, PARSE_CHUNK)
                 await self._run(index.settle_parse)
             while index.backfill_wanted and not self._stopping:
@@ -196,6 +212,25 @@ class UserMailboxes:
             self._backfilling = False
             await self.release()
 
+    def _parse_after_quiet(self) -> None:
+        """After a batch of deliveries: start the background parse of their small rows
+        once ``PARSE_QUIET`` seconds pass without another (one timer, moved on)."""
+        loop = asyncio.get_running_loop()
+        self._last_delivery = loop.time()
+        self._quiet.clear()
+        if self._quiet_timer is None:
+            self._quiet_timer = loop.call_later(PARSE_QUIET, self._quiet_timer_fired)
+
+    def _quiet_timer_fired(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last_delivery + PARSE_QUIET - loop.time()
+        if wait > 0:  # delivered to since: wait the rest
+            self._quiet_timer = loop.call_later(wait, self._quiet_timer_fired)
+            return
+        self._quiet_timer = None
+        self._quiet.set()
+        self._backfill_soon()
+
     @property
     def _stopping(self) -> bool:
         return self._index.closed or self._store.closing
@@ -205,19 +240,19 @@ class UserMailboxes:
         name: str,
         ranges: list[tuple[int, int]],
         *,
-        sizes_only: bool = False,
+        need: Need = Need.PARSED,
         changed_since: int = 0,
         limit: int | None = None,
         full_text: bool = False,
     ) -> bool:
         """Parse the pending messages a read of (the first ``limit`` messages of) ``ranges``
-        is about to see, a chunk per turn of the index lock (see store.lazyparse); with
-        ``sizes_only`` just their CRLF sizes, with ``full_text`` their full-text rows too.
-        Whether there were any. The background parse waits meanwhile: its chunks would
-        only make the command wait longer."""
+        is about to see, a chunk per turn of the index lock (see store.lazyparse): what
+        ``need`` asks for (the full parse, or only their CRLF sizes or header columns), with
+        ``full_text`` their full-text rows too. Whether there were any. The background
+        parse waits meanwhile: its chunks would only make the command wait longer."""
         if not self._index.unparsed or not ranges:
             return False
-        if not await self._read(lambda r: r.unparsed_in(name, ranges, sizes_only=sizes_only)):
+        if not await self._read(lambda r: r.unparsed_in(name, ranges, need=need)):
             return False
         left = limit
         todo = ranges
@@ -227,7 +262,7 @@ class UserMailboxes:
             while todo and (left is None or left > 0) and not self._stopping:
                 chunk = DEMAND_CHUNK if left is None else min(DEMAND_CHUNK, left)
                 done = await self._run(
-                    self._index.parse_pending, name, todo, sizes_only=sizes_only,
+                    self._index.parse_pending, name, todo, need=need,
                     changed_since=changed_since, limit=chunk, full_text=full_text,
                 )  # fmt: skip
                 if done is None:
@@ -305,6 +340,7 @@ class UserMailboxes:
                         done.set_result(None)
                     else:
                         done.set_exception(failure)
+                self._parse_after_quiet()
         finally:
             self._indexer = None
 
@@ -342,7 +378,7 @@ class UserMailboxes:
 
     async def status(self, name: str) -> StatusInfo:
         info = await self._run(self._index.status, name)
-        if await self._parse_first(name, [(1, ALL_UIDS)], sizes_only=True):
+        if await self._parse_first(name, [(1, ALL_UIDS)], need=Need.SIZES):
             info = await self._run(self._index.status, name)  # SIZE counts CRLF sizes
         return info
 
@@ -382,8 +418,9 @@ class UserMailboxes:
         parts: Parts = ALL_PARTS,
     ) -> list[FetchRow]:
         await self._parse_first(
-            name, ranges, sizes_only=not data, changed_since=changed_since, limit=limit
-        )
+            name, ranges, need=Need.PARSED if data else Need.SIZES,
+            changed_since=changed_since, limit=limit,
+        )  # fmt: skip
         return await self._read(
             lambda reader: reader.fetch(
                 name, ranges, data=data, limit=limit, changed_since=changed_since, parts=parts
@@ -396,12 +433,15 @@ class UserMailboxes:
         # Keys of header fields exist once a message is parsed; ARRIVAL and SIZE need only
         # the true CRLF size of a message not parsed yet (store.lazyparse).
         header = any(COLUMN[key].startswith("k.") for key, _ in criteria)
-        await self._parse_first(name, ranges, sizes_only=not header)
+        await self._parse_first(name, ranges, need=Need.PARSED if header else Need.SIZES)
         return await self._read(lambda reader: reader.sort_uids(name, ranges, criteria))
 
     async def search_uids(self, name: str, where: SearchFilter) -> tuple[array[int], int]:
-        if needs_parsed(where):
-            await self._parse_first(name, [(1, ALL_UIDS)])
+        # The columns the filter reads (sizes, sent dates, header text), not the full parse:
+        # a header SEARCH of a Maildir copied in reads header blocks only.
+        need = need_of(where)
+        if need is not None:
+            await self._parse_first(name, [(1, ALL_UIDS)], need=need)
         return await self._read(lambda reader: reader.search_uids(name, where))
 
     async def fetch_flags(
@@ -413,9 +453,12 @@ class UserMailboxes:
         self, name: str, lo: int, hi: int, header: bool, where: SearchFilter, limit: int
     ) -> list[SearchRow]:
         # The caller checks these rows against the whole program, whatever ``where`` says:
-        # every row it can get must be parsed (the first ``limit`` if nothing filters).
+        # every row it can get must have its searched columns (size, sent date, header
+        # text), the first ``limit`` if nothing filters; the rest of the parse can wait.
         everything = where is None or where == ALL
-        await self._parse_first(name, [(lo, hi)], limit=limit if everything else None)
+        await self._parse_first(
+            name, [(lo, hi)], need=Need.SEARCHED, limit=limit if everything else None
+        )
         return await self._read(
             lambda reader: reader.search_rows(name, lo, hi, header=header, where=where, limit=limit)
         )
@@ -480,7 +523,7 @@ class UserMailboxes:
         turn of the index lock, so that the usage step itself has none left to do."""
         if self._index.unparsed:
             for name in await self._run(self._index.unsized_mailboxes):
-                await self._parse_first(name, [(1, ALL_UIDS)], sizes_only=True)
+                await self._parse_first(name, [(1, ALL_UIDS)], need=Need.SIZES)
         return await self._run(self._index.usage)
 
     # --- learning hook (see the module docstring)
@@ -604,7 +647,8 @@ class MailStore:
 
     async def open(self, user: str, *, backfill: bool = True) -> UserMailboxes:
         """The user's mailboxes (creating the Maildir and default folders the first time).
-        ``backfill=False`` (delivery) leaves the full-text backfill to the user's sessions."""
+        ``backfill=False`` (delivery) starts no background work at the open: delivery
+        starts the parse of what it indexes once its burst pauses (``PARSE_QUIET``)."""
         self.hub.bind_loop(asyncio.get_running_loop())
         lock = self._opening.setdefault(user, asyncio.Lock())
         async with lock:
@@ -620,6 +664,10 @@ class MailStore:
             if backfill:
                 handle._backfill_soon()
             return handle
+
+    def holds(self, handle: UserMailboxes) -> bool:
+        """Whether ``handle`` is the open handle of its user (not released and closed)."""
+        return self._users.get(handle.user) is handle
 
     async def release(self, handle: UserMailboxes, *, linger: float = 0.0) -> None:
         """Drop a reference; with ``linger``, the last one keeps the index open that many

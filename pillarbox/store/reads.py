@@ -21,6 +21,7 @@ from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.rows import ALL_PARTS, EMPTY_FLAGS, FetchRow, FlagBatch, Parts, SearchRow
 from pillarbox.store import flags as fl
 from pillarbox.store import fulltext, lazyparse, sortkeys
+from pillarbox.store.lazyparse import Need
 from pillarbox.store.names import BadMailboxName, folder_dir
 from pillarbox.store.query import compile_filter
 from pillarbox.store.types import MailboxError
@@ -204,13 +205,11 @@ class IndexReader:
         return list(map(SearchRow._make, cursor))
 
     def unparsed_in(
-        self, name: str, ranges: list[tuple[int, int]], *, sizes_only: bool = False
+        self, name: str, ranges: list[tuple[int, int]], *, need: Need = Need.PARSED
     ) -> bool:
-        """Whether ``ranges`` hold a message not parsed yet (without its CRLF size, if
-        ``sizes_only``); see store.lazyparse."""
-        return lazyparse.any_pending_in(
-            self.conn, self._box(name)[0], ranges, unsized_only=sizes_only
-        )
+        """Whether ``ranges`` hold a message not parsed yet that lacks what ``need`` asks
+        for; see store.lazyparse."""
+        return lazyparse.any_pending_in(self.conn, self._box(name)[0], ranges, need=need)
 
     def full_text_pending(self, name: str, max_uid: int) -> int:
         """Messages up to ``max_uid`` not in the full-text index yet (see store.fulltext)."""
