@@ -169,7 +169,11 @@ class UserMail(Protocol):
         self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool
     ) -> Copied: ...
     # append and copy raise MailboxError(OVERQUOTA) when the user's quota would
-    # be passed (RFC 9208 §4.3); nothing is then written.
+    # be passed (RFC 9208 §4.3, mailstore.quota's rule; a move never is); nothing is
+    # then written. copy gives the copies consecutive UIDs from the destination's UIDNEXT
+    # in source-UID order under one MODSEQ (COPYUID, RFC 4315 §3); a message gone meanwhile
+    # gets none. Each store allocates them in its own storage's transaction (a counter, a
+    # SQLite row beside the file links, a locked PostgreSQL row), so that is not shared code.
     async def quota(self) -> Quota: ...
 
 
