@@ -140,6 +140,23 @@ def test_fileinto_a_new_folder_with_flags_and_keywords(world: World) -> None:
     assert "$Later" in plain and "\\Seen" not in plain  # the implicit keep has the flags
 
 
+def test_mailboxexists_asks_the_store_for_a_folder_made_over_imap(world: World) -> None:
+    """RFC 5490 §3.1: a folder the user created (no mail in it yet) exists for the script;
+    a missing one, or a name no folder can have, does not."""
+    with login(world.server) as imap:
+        assert imap.create("Projects")[0] == "OK"
+    world.script(
+        'require ["mailbox", "imap4flags"];\n'
+        'if mailboxexists "Projects" { addflag "$HaveProjects"; }\n'
+        'if mailboxexists "Missing" { addflag "$HaveMissing"; }\n'
+        'if mailboxexists "a/../../b" { addflag "$HaveBad"; }\n'
+    )
+    world.send(mail("asking"))
+    (flags,) = folder_flags(world.server, "INBOX")
+    assert "$HaveProjects" in flags
+    assert "$HaveMissing" not in flags and "$HaveBad" not in flags
+
+
 def test_script_overrides_the_spam_folder_and_discard_stores_nothing(world: World) -> None:
     """The spam verdict's folder is the implicit keep; a script that reads our
     X-Pillarbox-Spam field can file the mail elsewhere (a forged field from outside is

@@ -10,6 +10,7 @@ and returns the ``smtp`` component: the SMTP listeners plus the sendmail pickup 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,7 +19,7 @@ from pillarbox.auth.service import Authenticator
 from pillarbox.config import Settings
 from pillarbox.control import ControlServer
 from pillarbox.delivery.intake import IntakeServices, IntakeWorkers
-from pillarbox.delivery.local import LocalStore, LocalTarget
+from pillarbox.delivery.local import LocalStore
 from pillarbox.delivery.pickup import Pickup
 from pillarbox.delivery.policy import SmtpBackend
 from pillarbox.delivery.service import DeliveryService
@@ -32,10 +33,12 @@ from pillarbox.delivery.wiring import (
 from pillarbox.net.listener import ListenerSpec
 from pillarbox.smtp.server import SmtpServer
 from pillarbox.store.accounts import Accounts
-from pillarbox.store.names import BadMailboxName
 from pillarbox.store.sieve_scripts import SieveStore, open_sieve_scripts
 
 _log = log.get("delivery")
+
+# Seconds a Sieve script's mailboxexists waits for the store (a lookup, not I/O of size).
+FOLDER_EXISTS_WAIT = 10.0
 
 
 class SmtpServices(InboundServices, RoutingServices, LocalServices, IntakeServices, Protocol):
@@ -82,6 +85,8 @@ class SmtpComponent:
 
     def __init__(self, ctx: SmtpContext):
         settings = ctx.settings
+        # Made while the app starts, on its loop: the loop Sieve's thread asks the store on.
+        self._loop = asyncio.get_running_loop()
         self.local = LocalStore(ctx.services)
         # Users' Sieve scripts (shared with ManageSieve and the web pages through services).
         scripts = ctx.services.sieve_scripts
@@ -142,12 +147,16 @@ class SmtpComponent:
             store.set_learner(learned)
 
     def _folder_exists(self, user: str, folder: str) -> bool:
-        """RFC 5490 mailboxexists: the folder's Maildir is on disk (blocking, in a thread)."""
+        """RFC 5490 mailboxexists, asked of the mail store. A Sieve plan is blocking work
+        run in a thread, the store lives on the event loop: the thread waits for the loop's
+        answer. No answer (the store failing, too slow) counts as no such folder."""
+        asked = asyncio.run_coroutine_threadsafe(self.local.folder_exists(user, folder), self._loop)
         try:
-            path = self.local.folder_path(LocalTarget(user, folder))
-        except (BadMailboxName, ValueError, OSError):
+            return asked.result(timeout=FOLDER_EXISTS_WAIT)
+        except Exception:
+            asked.cancel()
+            _log.warning("mailboxexists unanswered", user=user, folder=folder, exc_info=True)
             return False
-        return (path / "cur").is_dir()
 
     def listeners(self) -> list[ListenerSpec]:
         return self.server.listeners()

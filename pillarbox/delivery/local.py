@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pillarbox import log
-from pillarbox.delivery.wiring import LocalServices, MailDelivery
+from pillarbox.delivery.wiring import LocalServices
+from pillarbox.mailstore.api import MailDelivery
+from pillarbox.mailstore.rows import Delivered
 
 _log = log.get("delivery")
 
@@ -48,9 +50,9 @@ class LocalStore:
             raise OSError("no mail store to deliver into")
         return store
 
-    def folder_path(self, target: LocalTarget) -> Path:
-        """The Maildir of ``target``; raises BadMailboxName for a name no folder can have."""
-        return self._store().folder_path(target.user, target.folder)
+    async def folder_exists(self, user: str, folder: str) -> bool:
+        """Whether ``user`` has ``folder`` (Sieve's mailboxexists, RFC 5490 §3.1)."""
+        return await self._store().mailbox_exists(user, folder)
 
     async def store(
         self,
@@ -59,8 +61,9 @@ class LocalStore:
         message: Sequence[bytes | Path],
         *,
         queue_id: str,
-    ) -> list[Path]:
-        """Deliver to every target; returns the new files. Raises OSError on failure."""
+    ) -> list[Delivered]:
+        """Deliver to every target; returns what the store made of each copy. Raises
+        OSError on failure."""
         if not targets:
             return []
         store = self._store()
@@ -70,10 +73,10 @@ class LocalStore:
             for t in targets
         ]  # fmt: skip
         # One recipient (the common case) needs no gather and its task per copy.
-        paths = [await writes[0]] if len(writes) == 1 else await asyncio.gather(*writes)
-        for target, path in zip(targets, paths, strict=True):
+        stored = [await writes[0]] if len(writes) == 1 else await asyncio.gather(*writes)
+        for target, delivered in zip(targets, stored, strict=True):
             _log.debug(
-                "delivered", queue_id=queue_id, to=target.user, folder=target.folder,
-                file=path.name,
+                "delivered", queue_id=queue_id, to=target.user, folder=delivered.folder,
+                id=delivered.id,
             )  # fmt: skip
-        return list(paths)
+        return list(stored)

@@ -36,13 +36,13 @@ from pillarbox.core.ids import new_queue_id
 from pillarbox.delivery.local import INBOX, LocalStore, LocalTarget
 from pillarbox.delivery.sieve import Plan, SieveFilter, vacation_refusal, vacation_reply
 from pillarbox.delivery.wiring import QuotaCheck, RoutingServices
+from pillarbox.mailstore.quota import over_quota
 from pillarbox.metrics import registry as metrics
 from pillarbox.queue import dsn
 from pillarbox.queue.api import OutboundRecipient, QueueError, QueueService
 from pillarbox.sieve.interpreter import Vacation
 from pillarbox.sieve.message import SieveMessage
 from pillarbox.store.accounts import Accounts, Resolution
-from pillarbox.store.quota import over_quota
 
 _log = log.get("delivery")
 

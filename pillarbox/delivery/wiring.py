@@ -5,15 +5,19 @@ each declare the few services they use and look them up when they use them (not 
 start-up), so a service a reload replaces (the resolver, rebuilt from ``[dns]``) is the one
 the next message sees. ``cli/sendmail`` delivers without a server through
 :class:`WithoutServer`.
+
+The mail store's views (``MailDelivery``, ``QuotaCheck``) are the neutral API's own
+(:mod:`pillarbox.mailstore.api`), not copies of it: ``deliver`` has one signature, which
+every store implements and mypy checks where the store declares its conformance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from pillarbox.mailstore.api import MailDelivery, QuotaCheck
 from pillarbox.queue.api import QueueService
 
 if TYPE_CHECKING:  # imported when first used, like the modules that use them
@@ -27,24 +31,6 @@ class MailboxEvents(Protocol):
     def notify_new_mail(
         self, user_address: str, mailbox: str = "INBOX"
     ) -> Awaitable[None] | None: ...
-
-
-class MailDelivery(Protocol):
-    """The mail store as local delivery sees it (``store.mailbox.MailStore``): it writes,
-    indexes and announces a message in one call."""
-
-    def folder_path(self, user: str, folder: str) -> Path: ...
-
-    async def deliver(
-        self,
-        user: str,
-        folder: str,
-        message: Sequence[bytes | Path],
-        *,
-        sender: str | None = None,
-        prefix: bytes = b"",
-        flags: Sequence[str] = (),
-    ) -> Path: ...
 
 
 class LocalServices(Protocol):
@@ -63,14 +49,6 @@ class RoutingServices(Protocol):
 
     @property
     def mail_store(self) -> QuotaCheck | None: ...
-
-
-class QuotaCheck(Protocol):
-    """The mail store as the quota check at RCPT and DATA sees it (RFC 9208)."""
-
-    def quota_limit(self, user: str) -> int: ...
-
-    async def usage(self, user: str) -> int: ...
 
 
 class InboundServices(Protocol):

@@ -20,6 +20,7 @@ from pillarbox.mailstore.rows import (
     ALL_PARTS,
     Appended,
     Copied,
+    Delivered,
     FetchRow,
     FlagBatch,
     FlagUpdate,
@@ -168,7 +169,11 @@ class UserMail(Protocol):
         self, src: str, ranges: list[tuple[int, int]], dst: str, move: bool
     ) -> Copied: ...
     # append and copy raise MailboxError(OVERQUOTA) when the user's quota would
-    # be passed (RFC 9208 §4.3); nothing is then written.
+    # be passed (RFC 9208 §4.3, mailstore.quota's rule; a move never is); nothing is
+    # then written. copy gives the copies consecutive UIDs from the destination's UIDNEXT
+    # in source-UID order under one MODSEQ (COPYUID, RFC 4315 §3); a message gone meanwhile
+    # gets none. Each store allocates them in its own storage's transaction (a counter, a
+    # SQLite row beside the file links, a locked PostgreSQL row), so that is not shared code.
     async def quota(self) -> Quota: ...
 
 
@@ -202,16 +207,22 @@ class MailStore(Protocol):
 Learner = Callable[[str, list[bytes], bool], Awaitable[None]]
 
 
-class MailService(MailStore, Protocol):
-    """The mail store as the whole server uses it (``app.Services.mail_store``): IMAP's and
-    POP3's :meth:`open`, local delivery, the quota check at RCPT and DATA, the spam
-    component's learning hook, and the nudge for mail changed outside the store."""
+class QuotaCheck(Protocol):
+    """The quota check at SMTP RCPT and DATA (RFC 9208 §4.3, 452 4.2.2): the user's limit
+    (0: none) and what its mail takes now, in bytes."""
 
-    def set_learner(self, learner: Learner | None) -> None: ...
     def quota_limit(self, user: str) -> int: ...
     async def usage(self, user: str) -> int: ...
-    def notify_new_mail(self, user_address: str, mailbox: str = "INBOX") -> None: ...
-    def folder_path(self, user: str, folder: str) -> Path: ...
+
+
+class MailDelivery(Protocol):
+    """The mail store as local delivery and Sieve see it: one call writes, indexes and
+    announces a message; where and how it is kept is the store's alone."""
+
+    async def mailbox_exists(self, user: str, folder: str) -> bool: ...
+
+    # mailbox_exists: whether ``user`` has ``folder`` now (RFC 5490 §3.1 mailboxexists);
+    # False for a name no folder can have, never an error.
     async def deliver(
         self,
         user: str,
@@ -221,4 +232,20 @@ class MailService(MailStore, Protocol):
         sender: str | None = None,
         prefix: bytes = b"",
         flags: Sequence[str] = (),
-    ) -> Path: ...
+    ) -> Delivered: ...
+
+    # deliver: ``message`` (bytes, or spooled files the store reads) into ``user``'s
+    # ``folder`` (made if missing) with ``flags`` (a Sieve script's), durably, indexed and
+    # announced to the user's sessions before it returns; with ``sender`` (the envelope
+    # sender, "" for the null sender) the message starts with Return-Path and Delivered-To
+    # (RFC 5321 §4.4), then ``prefix``. OSError: nothing was stored (the caller retries);
+    # BadMailboxName: no folder can have that name.
+
+
+class MailService(MailStore, MailDelivery, QuotaCheck, Protocol):
+    """The mail store as the whole server uses it (``app.Services.mail_store``): IMAP's and
+    POP3's :meth:`open`, local delivery, the quota check at RCPT and DATA, the spam
+    component's learning hook, and the nudge for mail changed outside the store."""
+
+    def set_learner(self, learner: Learner | None) -> None: ...
+    def notify_new_mail(self, user_address: str, mailbox: str = "INBOX") -> None: ...

@@ -100,6 +100,15 @@ class Copied(NamedTuple):
     dst_uids: list[int]
 
 
+class Delivered(NamedTuple):
+    """What local delivery stored: the folder (its normalised wire name) and the store's
+    own name for the message (a Maildir base name, a row's key), for logs and traces.
+    Opaque: no caller reads a file or a row through it."""
+
+    folder: str
+    id: str
+
+
 class Quota(NamedTuple):
     """The user's storage (RFC 9208 STORAGE resource), in bytes; ``limit`` 0 is none."""
 

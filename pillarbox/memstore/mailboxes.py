@@ -21,13 +21,13 @@ from pillarbox.mailstore.errors import (
     ALREADYEXISTS,
     CANNOT,
     NONEXISTENT,
-    OVERQUOTA,
     TRYCREATE,
     USEATTR,
     MailboxError,
 )
 from pillarbox.mailstore.flags import DELETED, FLAG_TEXT, split_flags
 from pillarbox.mailstore.names import INBOX, SPECIAL_USE, check_name, parent_names
+from pillarbox.mailstore.quota import refuse_over_quota
 from pillarbox.mailstore.rows import Copied, Envelope, Structure
 
 Ranges = list[tuple[int, int]]
@@ -147,13 +147,8 @@ class UserBoxes:
 
     def check_quota(self, adding: int, limit: int) -> None:
         """RFC 9208 §4.3: refuse what would take the usage over the limit (0: none)."""
-        if limit <= 0:
-            return
-        usage = self.usage()
-        if usage + adding > limit:
-            raise MailboxError(
-                OVERQUOTA, f"over quota: {usage} of {limit} bytes used, {adding} more do not fit"
-            )
+        if limit > 0:
+            refuse_over_quota(self.usage(), adding, limit)
 
     def mailbox(self, name: str) -> Mailbox:
         box = self.boxes.get(name)

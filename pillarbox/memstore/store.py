@@ -24,7 +24,7 @@ from pillarbox.mailstore import api
 from pillarbox.mailstore.api import Learner
 from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.flags import DELETED, SEEN, split_flags
-from pillarbox.mailstore.names import normalise, validate
+from pillarbox.mailstore.names import BadMailboxName, normalise, validate
 from pillarbox.mailstore.results import (
     ChangeSet,
     MailboxInfo,
@@ -37,6 +37,7 @@ from pillarbox.mailstore.rows import (
     EMPTY_FLAGS,
     Appended,
     Copied,
+    Delivered,
     FetchRow,
     FlagBatch,
     FlagUpdate,
@@ -383,10 +384,12 @@ class MemoryStore:
     async def usage(self, user: str) -> int:
         return (await self.open(user))._boxes.usage()
 
-    def folder_path(self, user: str, folder: str) -> Path:
-        """No folder is a directory here: a path that does not exist (Sieve's
-        ``mailboxexists`` then says no)."""
-        return Path("/nonexistent/pillarbox-memory-store") / folder
+    async def mailbox_exists(self, user: str, folder: str) -> bool:
+        try:
+            validate(folder)
+        except BadMailboxName:
+            return False
+        return normalise(folder) in (await self.open(user))._boxes.boxes
 
     async def deliver(
         self,
@@ -397,12 +400,12 @@ class MemoryStore:
         sender: str | None = None,
         prefix: bytes = b"",
         flags: Sequence[str] = (),
-    ) -> Path:
+    ) -> Delivered:
         """Store ``message`` (bytes, or spooled files read in a thread) in ``user``'s
-        ``folder`` with ``flags``, as ``store.mailbox.MailStore.deliver`` does; the Path
-        returned only names it (``<folder>/<uid>``)."""
+        ``folder`` with ``flags``, as ``store.mailbox.MailStore.deliver`` does; the handle
+        names it by its UID."""
         folder = normalise(folder)
-        validate(folder)  # BadMailboxName, as the Maildir store's folder_path raises it
+        validate(folder)  # BadMailboxName, as the Maildir store raises it
         parts = [
             p if isinstance(p, bytes) else await asyncio.to_thread(p.read_bytes) for p in message
         ]
@@ -416,7 +419,7 @@ class MemoryStore:
             parse_message(prefix + b"".join(parts), list(flags), None), box.next_modseq()
         )
         self.publish(user, folder)
-        return Path(folder) / str(uid)
+        return Delivered(folder, str(uid))
 
     async def close(self) -> None:
         self._watchers.clear()

@@ -40,7 +40,6 @@ from pillarbox.mailstore.errors import (
     ALREADYEXISTS,
     CANNOT,
     NONEXISTENT,
-    OVERQUOTA,
     TRYCREATE,
     USEATTR,
     MailboxError,
@@ -48,6 +47,7 @@ from pillarbox.mailstore.errors import (
 from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.flags import DELETED, SEEN, split_flags
 from pillarbox.mailstore.names import INBOX, SPECIAL_USE, check_name, parent_names
+from pillarbox.mailstore.quota import refuse_over_quota
 from pillarbox.mailstore.results import (
     ChangeSet,
     MailboxInfo,
@@ -690,13 +690,8 @@ class MailIndex:
     def _check_quota(self, conn: pg.Connection, user: str, adding: int, limit: int) -> None:
         """RFC 9208 §4.3: refuse what would take the usage over ``limit`` (0: none). The
         caller holds the user row's lock, so two nodes cannot both pass the last bytes."""
-        if limit <= 0:
-            return
-        used = self._usage(conn, user)
-        if used + adding > limit:
-            raise MailboxError(
-                OVERQUOTA, f"over quota: {used} of {limit} bytes used, {adding} more do not fit"
-            )
+        if limit > 0:
+            refuse_over_quota(self._usage(conn, user), adding, limit)
 
     def _usage(self, conn: pg.Connection, user: str) -> int:
         return int(

@@ -42,7 +42,7 @@ from pillarbox.mailstore import api
 from pillarbox.mailstore.api import Learner
 from pillarbox.mailstore.errors import TRYCREATE, MailboxError
 from pillarbox.mailstore.filters import SearchFilter
-from pillarbox.mailstore.names import normalise
+from pillarbox.mailstore.names import BadMailboxName, normalise, validate
 from pillarbox.mailstore.results import (
     ChangeSet,
     MailboxInfo,
@@ -54,6 +54,7 @@ from pillarbox.mailstore.rows import (
     ALL_PARTS,
     Appended,
     Copied,
+    Delivered,
     FetchRow,
     FlagBatch,
     Parts,
@@ -65,6 +66,7 @@ from pillarbox.pgmail import schema
 from pillarbox.pgmail.index import MailIndex
 from pillarbox.pgmail.rows import NewMessage, parse_new
 from pillarbox.store.changes import ChangesHub
+from pillarbox.store.flags import split_filename
 from pillarbox.store.mailbox import delivery_headers
 from pillarbox.store.maildir import MaildirWriter, Part, user_maildir
 from pillarbox.store.names import folder_dir
@@ -372,9 +374,20 @@ class PgMailStore:
     async def usage(self, user: str) -> int:
         return await self.run(self.index.usage, user)
 
-    def folder_path(self, user: str, folder: str) -> Path:
+    async def mailbox_exists(self, user: str, folder: str) -> bool:
+        """Whether ``user`` has a mailbox row named ``folder`` (made over IMAP or by a
+        delivery: a folder with no mail yet has no directory, so the disk cannot say)."""
+        try:
+            validate(folder)
+        except BadMailboxName:
+            return False
+        name = normalise(folder)
+        await self.ensure_user(user)
+        return any(box.name == name for box in await self.run(self.index.list_mailboxes, user))
+
+    def _folder_path(self, user: str, folder: str) -> Path:
         """The Maildir directory whose ``new/`` delivery writes ``folder``'s files into
-        (the SQLite store's layout, so a Sieve ``mailboxexists`` reads the same)."""
+        (the SQLite store's layout)."""
         root = user_maildir(self.mail_dir, user)
         directory = folder_dir(folder)  # Maildir++ (Dovecot's layout, names escaped)
         return root / directory if directory else root
@@ -388,14 +401,14 @@ class PgMailStore:
         sender: str | None = None,
         prefix: bytes = b"",
         flags: Sequence[str] = (),
-    ) -> Path:
+    ) -> Delivered:
         """Store ``message`` in ``user``'s ``folder`` (made if missing) with ``flags``:
-        the file durably, then its index row, committed; returns the file. OSError when
+        the file durably, then its index row, committed; the handle names the file. OSError when
         either failed (the caller retries later), BadMailboxName for a bad folder."""
         if self.closing:
             raise OSError(errno.ESHUTDOWN, "the mail store is shut down")
         folder = normalise(folder)
-        self.folder_path(user, folder)  # BadMailboxName before anything is written
+        self._folder_path(user, folder)  # BadMailboxName before anything is written
         if sender is not None:
             prefix = delivery_headers(sender, user) + prefix
         await self.ensure_user(user)
@@ -409,7 +422,7 @@ class PgMailStore:
                 raise OSError(errno.EIO, f"indexing in PostgreSQL failed: {exc}") from exc
             raise
         self.hub.publish(user, folder)
-        return stored
+        return Delivered(folder, split_filename(stored.name)[0])
 
     async def ensure_user(self, user: str) -> None:
         if not self.index.knows(user):  # once per user and process: no thread hop after
@@ -418,7 +431,7 @@ class PgMailStore:
     async def _write(self, user: str, folder: str, message: Sequence[Part], prefix: bytes) -> Path:
         if self._writer is None:
             raise OSError(errno.ESHUTDOWN, "the mail store is not started")
-        return await self._writer.write(self.folder_path(user, folder), message, prefix=prefix)
+        return await self._writer.write(self._folder_path(user, folder), message, prefix=prefix)
 
     async def _index_delivered(self, user: str, folder: str, new: NewMessage) -> None:
         """Index a delivered file; returns once its row is committed.

@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.core.ids import new_queue_id
+from pillarbox.mailstore.api import MailDelivery
 from pillarbox.queue import dsn as dsnlib
 from pillarbox.queue.api import OutboundRecipient, QueueService
 from pillarbox.queue.parts import read_limited
@@ -56,26 +57,12 @@ class ReportDelivery(Protocol):
     ) -> dict[str, str]: ...
 
 
-class ReportStore(Protocol):
-    """The mail store (``store.mailbox.MailStore``), where a report goes when no delivery
-    service runs."""
-
-    async def deliver(
-        self,
-        user: str,
-        folder: str,
-        message: Sequence[bytes | Path],
-        *,
-        sender: str | None = None,
-    ) -> Path: ...
-
-
 class ReportServices(Protocol):
     @property
     def delivery(self) -> ReportDelivery | None: ...
 
     @property
-    def mail_store(self) -> ReportStore | None: ...
+    def mail_store(self) -> MailDelivery | None: ...  # where a report goes without one
 
 
 class ReportContext(Protocol):

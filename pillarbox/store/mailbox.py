@@ -81,6 +81,7 @@ from pillarbox.mailstore.rows import (
     ALL_PARTS,
     Appended,
     Copied,
+    Delivered,
     FetchRow,
     FlagBatch,
     Parts,
@@ -100,7 +101,7 @@ from pillarbox.store.maildir import (
     size_in_name,
     user_maildir,
 )
-from pillarbox.store.names import folder_dir, normalise
+from pillarbox.store.names import BadMailboxName, folder_dir, normalise
 from pillarbox.store.reads import IndexReader
 from pillarbox.store.sortkeys import COLUMN
 from pillarbox.store.types import (
@@ -689,10 +690,14 @@ class MailStore:
         self.hub.notify_new_mail(user_address, mailbox)
 
     # --- delivery (see "Delivery" in the module docstring)
-    def folder_path(self, user: str, folder: str) -> Path:
-        """The Maildir of ``user``'s ``folder`` (the directory IMAP uses for that name);
-        raises BadMailboxName for a name no folder can have, ValueError for a user."""
-        return _folder_path(self.mail_dir, user, folder)
+    async def mailbox_exists(self, user: str, folder: str) -> bool:
+        """Whether ``user``'s ``folder`` is on disk: its Maildir has ``cur/`` (what IMAP
+        LIST shows, made by CREATE or by a delivery)."""
+        try:
+            path = _folder_path(self.mail_dir, user, normalise(folder))
+        except (BadMailboxName, ValueError):
+            return False
+        return await asyncio.to_thread(lambda: (path / "cur").is_dir())
 
     async def deliver(
         self,
@@ -703,9 +708,9 @@ class MailStore:
         sender: str | None = None,
         prefix: bytes = b"",
         flags: Sequence[str] = (),
-    ) -> Path:
+    ) -> Delivered:
         """Store ``message`` in ``user``'s ``folder`` with ``flags`` (a Sieve script's),
-        durably, and index it; returns the file. With ``sender`` (the envelope sender, ""
+        durably, and index it; the handle names the file. With ``sender`` (the envelope sender, ""
         for the null sender) the file starts with Return-Path and Delivered-To (see
         :func:`delivery_headers`), then ``prefix`` (header fields of the caller's).
         Raises OSError when the message could not be written (nothing was stored),
@@ -716,7 +721,7 @@ class MailStore:
             # the caller retries later.
             raise OSError(errno.ESHUTDOWN, "the mail store is shut down")
         folder = normalise(folder)  # "inbox" is INBOX: the index and the watchers know it so
-        path = self.folder_path(user, folder)
+        path = _folder_path(self.mail_dir, user, folder)
         info = await asyncio.to_thread(flags_info, path, flags) if flags else ""
         if self._writer is None:
             self._writer = MaildirWriter(self.hostname)
@@ -730,7 +735,7 @@ class MailStore:
             _log.error("indexing delivered mail failed, left to the next sync",
                        user=user, folder=folder, file=stored.name, exc_info=True)  # fmt: skip
         self.hub.publish(user, folder)
-        return stored
+        return Delivered(folder, split_filename(stored.name)[0])
 
     async def _index_delivered(self, user: str, folder: str, sizes: dict[str, int]) -> None:
         if self.closing:
@@ -887,6 +892,6 @@ if TYPE_CHECKING:
 
     def _conforms(
         store: MailStore, handle: UserMailboxes
-    ) -> tuple[api.MailStore, api.UserMail, api.SortingMail]:
+    ) -> tuple[api.MailService, api.UserMail, api.SortingMail]:
         """Never called: here mypy checks that this store implements the neutral API."""
         return store, handle, handle

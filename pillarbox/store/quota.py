@@ -109,14 +109,6 @@ def _file_size(directory: Path, name: str) -> int:
     return 0
 
 
-def over_quota(usage: int, adding: int, limit: int) -> bool:
-    """Whether storing ``adding`` more bytes breaks ``limit`` (0: no limit).
-
-    RFC 9208 §4.3 (OVERQUOTA): refuse what would take the usage over the limit, so a
-    message that fits exactly is taken and the limit is never passed."""
-    return limit > 0 and usage + adding > limit
-
-
 def read_usage(root: Path, index_file: str) -> int | None:
     """The usage of the Maildir at ``root`` read without opening it for writing (the CLI,
     beside a running server); None when its index has no usage table yet (never opened

@@ -16,8 +16,9 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
+from pillarbox.mailstore.quota import refuse_over_quota
 from pillarbox.mailstore.rows import Appended, Copied, FlagUpdate
-from pillarbox.store import db, fulltext, lazyparse, quota, sortkeys, uidlist
+from pillarbox.store import db, fulltext, lazyparse, sortkeys, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.maildir import deliver, unique_name
@@ -321,14 +322,8 @@ class IndexWriter:
 
     def check_quota(self, adding: int, limit: int) -> None:
         """MailboxError OVERQUOTA (RFC 9208 §4.3) when ``adding`` bytes do not fit."""
-        if limit <= 0:
-            return
-        usage = self.index.usage()
-        if quota.over_quota(usage, adding, limit):
-            raise MailboxError(
-                "OVERQUOTA",
-                f"over quota: {usage} of {limit} bytes used, {adding} more do not fit",
-            )
+        if limit > 0:  # no limit: the usage is not even read
+            refuse_over_quota(self.index.usage(), adding, limit)
 
     def _copy_rows(
         self, src_id: int, dst_id: int, modseq: int, batch: list[tuple[int, int, str, str]]
