@@ -207,10 +207,10 @@ def _store_factory(kind: str, settings: Settings) -> dict[str, Any]:
 
         return {"store_factory": make_memory_store}
     if kind == "postgresql":
-        from pillarbox.pgmail.store import PgStoreComponent
+        from pillarbox.pgmail.store import make_pg_store
 
         dsn = _mail_database(settings.data_dir)
-        return {"store_factory": lambda ctx: PgStoreComponent(ctx, dsn)}
+        return {"store_factory": lambda ctx: make_pg_store(ctx, dsn)}
     raise ValueError(
         f"mail store {kind!r}: maildir, memory or postgresql (PILLARBOX_TEST_MAILSTORE)"
     )

@@ -17,11 +17,11 @@ import asyncio
 from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.api import Learner
+from pillarbox.mailstore.component import MailStoreComponent, StoreContext
 from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.flags import DELETED, SEEN, split_flags
 from pillarbox.mailstore.names import BadMailboxName, normalise, validate
@@ -421,6 +421,9 @@ class MemoryStore:
         self.publish(user, folder)
         return Delivered(folder, str(uid))
 
+    async def start(self) -> None:
+        return None  # nothing to open: the mail lives in this object
+
     async def close(self) -> None:
         self._watchers.clear()
 
@@ -433,55 +436,8 @@ def trace_fields(sender: str, user: str) -> bytes:
 # --- the app component ------------------------------------------------------------------------
 
 
-class QuotaSource(Protocol):
-    def quota_of(self, address: str, default: int) -> int: ...
-
-
-class MemoryServices(Protocol):
-    mail_store: api.MailService | None
-    mailbox_events: api.MailService | None
-
-
-class MemoryContext(Protocol):
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def accounts(self) -> QuotaSource: ...
-
-    @property
-    def services(self) -> MemoryServices: ...
-
-
-class MemoryStoreComponent:
-    """Provides ``services.mail_store`` and ``.mailbox_events``, as ``store.mailbox``'s
-    component does; no listeners."""
-
-    name = "store"
-
-    def __init__(self, ctx: MemoryContext):
-        self.store = MemoryStore()
-        self.store.set_quota_lookup(
-            lambda user: ctx.accounts.quota_of(user, ctx.settings.store.quota)
-        )
-        ctx.services.mail_store = self.store
-        ctx.services.mailbox_events = self.store
-
-    def listeners(self) -> list[Any]:
-        return []
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self.store.close()
-
-    async def reload(self, ctx: MemoryContext) -> None:
-        return None
-
-
-def make_memory_store(ctx: MemoryContext) -> MemoryStoreComponent:
-    return MemoryStoreComponent(ctx)
+def make_memory_store(ctx: StoreContext) -> MailStoreComponent[MemoryStore]:
+    return MailStoreComponent(ctx, MemoryStore())
 
 
 if TYPE_CHECKING:

@@ -40,6 +40,7 @@ from pillarbox import postgres as pg
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.api import Learner
+from pillarbox.mailstore.component import MailStoreComponent, StoreContext
 from pillarbox.mailstore.errors import TRYCREATE, MailboxError
 from pillarbox.mailstore.filters import SearchFilter
 from pillarbox.mailstore.names import BadMailboxName, normalise, validate
@@ -542,63 +543,23 @@ def _unlink_all(files: list[Path]) -> None:
 # --- the app component ------------------------------------------------------------------------
 
 
-class QuotaSource(Protocol):
-    def quota_of(self, address: str, default: int) -> int: ...
-
-
-class PgServices(Protocol):
-    mail_store: api.MailService | None
-    mailbox_events: api.MailService | None
-
-
-class PgContext(Protocol):
+class PgContext(StoreContext, Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    @property
-    def accounts(self) -> QuotaSource: ...
 
-    @property
-    def services(self) -> PgServices: ...
-
-
-class PgStoreComponent:
-    """Provides ``services.mail_store`` and ``.mailbox_events``, as ``store.mailbox``'s
-    component does; no listeners. ``dsn`` replaces ``[store] dsn`` (the test harness runs
-    the IMAP and POP3 suites on a database while the rest of the node stays on SQLite)."""
-
-    name = "store"
-
-    def __init__(self, ctx: PgContext, dsn: str = ""):
-        settings = ctx.settings
-        self.store = PgMailStore(
-            dsn or settings.store.dsn,
-            settings.mail_dir,
-            pool_size=settings.store.pool_size,
-            hostname=settings.hostname,
-            node=pg.node_name(settings),
-        )
-        self.store.set_quota_lookup(
-            lambda user: ctx.accounts.quota_of(user, ctx.settings.store.quota)
-        )
-        ctx.services.mail_store = self.store
-        ctx.services.mailbox_events = self.store
-
-    def listeners(self) -> list[Any]:
-        return []
-
-    async def start(self) -> None:
-        await self.store.start()
-
-    async def stop(self) -> None:
-        await self.store.close()
-
-    async def reload(self, ctx: PgContext) -> None:
-        return None
-
-
-def make_pg_store(ctx: PgContext) -> PgStoreComponent:
-    return PgStoreComponent(ctx)
+def make_pg_store(ctx: PgContext, dsn: str = "") -> MailStoreComponent[PgMailStore]:
+    """The store over ``[store] dsn``; ``dsn`` replaces it (the test harness runs the IMAP
+    and POP3 suites on a database while the rest of the node stays on SQLite)."""
+    settings = ctx.settings
+    store = PgMailStore(
+        dsn or settings.store.dsn,
+        settings.mail_dir,
+        pool_size=settings.store.pool_size,
+        hostname=settings.hostname,
+        node=pg.node_name(settings),
+    )
+    return MailStoreComponent(ctx, store)
 
 
 if TYPE_CHECKING:

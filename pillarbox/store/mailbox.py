@@ -76,6 +76,8 @@ from pillarbox import log
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.api import SortCriterion
+from pillarbox.mailstore.component import MailStoreComponent
+from pillarbox.mailstore.component import StoreContext as BaseContext
 from pillarbox.mailstore.filters import ALL, SearchFilter
 from pillarbox.mailstore.rows import (
     ALL_PARTS,
@@ -785,6 +787,9 @@ class MailStore:
             lingering.timer.cancel()
             self.spawn(self.release(lingering.handle), what="closing an index")
 
+    async def start(self) -> None:
+        self.hub.bind_loop(asyncio.get_running_loop())
+
     async def close(self) -> None:
         self.closing = True  # a backfill stops after its chunk; the next start resumes it
         for lingering in self._lingering.values():
@@ -823,69 +828,23 @@ def _folder_path(mail_dir: Path, user: str, folder: str) -> Path:
     return root / directory if directory else root
 
 
-class StoreServices(Protocol):
-    """The app's services this component provides (``app.Services`` has them)."""
-
-    mail_store: api.MailService | None
-    mailbox_events: api.MailService | None
-
-
-class QuotaSource(Protocol):
-    def quota_of(self, address: str, default: int) -> int: ...
-
-
-class StoreContext(Protocol):
+class StoreContext(BaseContext, Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    @property
-    def accounts(self) -> QuotaSource: ...
 
-    @property
-    def services(self) -> StoreServices: ...
-
-
-class StoreComponent:
-    """The mail store as an app component: no listeners, provides two services.
-
-    ``services.mail_store`` is the :class:`MailStore` (IMAP's and POP3's backend, and
-    where local delivery stores mail: :meth:`MailStore.deliver`) and
-    ``services.mailbox_events`` the same object, whose ``notify_new_mail(user, mailbox)``
-    tells IDLE sessions of a change made outside the store.
-    """
-
-    name = "store"
-
-    def __init__(self, ctx: StoreContext):
-        settings = ctx.settings
-        self.store = MailStore(
-            settings.mail_dir,
-            full_text=settings.store.full_text_index,
-            hostname=settings.hostname,
-        )
-        # The quota of a user: its own (`pillarbox user quota`), else [store] quota; the
-        # settings are read at each call, so a reload applies at once.
-        self.store.set_quota_lookup(
-            lambda user: ctx.accounts.quota_of(user, ctx.settings.store.quota)
-        )
-        ctx.services.mail_store = self.store
-        ctx.services.mailbox_events = self.store
-
-    def listeners(self) -> list[Any]:
-        return []
-
-    async def start(self) -> None:
-        self.store.hub.bind_loop(asyncio.get_running_loop())
-
-    async def stop(self) -> None:
-        await self.store.close()
-
-    async def reload(self, ctx: StoreContext) -> None:
-        return None
-
-
-def make_store(ctx: StoreContext) -> StoreComponent:
-    return StoreComponent(ctx)
+def make_store(ctx: StoreContext) -> MailStoreComponent[MailStore]:
+    """The mail store as an app component (``mailstore.component``): ``services.mail_store``
+    is the :class:`MailStore` (IMAP's and POP3's backend, and where local delivery stores
+    mail: :meth:`MailStore.deliver`) and ``services.mailbox_events`` the same object, whose
+    ``notify_new_mail(user, mailbox)`` tells IDLE sessions of a change made outside it."""
+    settings = ctx.settings
+    store = MailStore(
+        settings.mail_dir,
+        full_text=settings.store.full_text_index,
+        hostname=settings.hostname,
+    )
+    return MailStoreComponent(ctx, store)
 
 
 if TYPE_CHECKING:
