@@ -24,31 +24,48 @@ from __future__ import annotations
 import sqlite3
 from typing import Final, NamedTuple
 
+from pillarbox.mailstore.flags import DELETED, SEEN
 from pillarbox.store import db
 
 COMPONENT: Final = "mailindex.counts"
+INSERT_TRIGGER: Final = "mailbox_counts_insert"  # see count_batch
 
-# The flag bits of store.flags: \Seen = 1, \Deleted = 8.
-_UNSEEN: Final = "({row}.flags & 1 = 0)"
-_DELETED: Final = "({row}.flags & 8 != 0)"
-_DELETED_BYTES: Final = "(CASE WHEN {row}.flags & 8 != 0 THEN {row}.size ELSE 0 END)"
+# The flag bits are the one definition's (pillarbox.mailstore.flags), formatted in.
+# The unseen messages, as the partial index says it: a query that wants the index must
+# say it the same way (first_unseen).
+_UNSEEN_WHERE: Final = f"flags & {SEEN} = 0"
+_COUNTED: Final = SEEN | DELETED  # the bits whose change moves a counter
+
+
+def _counted(row: str) -> tuple[str, str, str]:
+    """What the row adds to the unseen, deleted and deleted-bytes counters: ``row`` is
+    NEW or OLD in a trigger, "" for the row a query reads."""
+    col = f"{row}." if row else ""
+    return (
+        f"({col}flags & {SEEN} = 0)",
+        f"({col}flags & {DELETED} != 0)",
+        f"(CASE WHEN {col}flags & {DELETED} != 0 THEN {col}size ELSE 0 END)",
+    )
+
+
+_ADDED: Final = """ON CONFLICT (mailbox_id) DO UPDATE SET
+            unseen = unseen + excluded.unseen,
+            deleted = deleted + excluded.deleted,
+            deleted_bytes = deleted_bytes + excluded.deleted_bytes"""
 
 
 def _add(row: str) -> str:
+    unseen, deleted, deleted_bytes = _counted(row)
     return f"""INSERT INTO mailbox_counts (mailbox_id, unseen, deleted, deleted_bytes)
-        VALUES ({row}.mailbox_id, {_UNSEEN.format(row=row)}, {_DELETED.format(row=row)},
-                {_DELETED_BYTES.format(row=row)})
-        ON CONFLICT (mailbox_id) DO UPDATE SET
-            unseen = unseen + excluded.unseen,
-            deleted = deleted + excluded.deleted,
-            deleted_bytes = deleted_bytes + excluded.deleted_bytes;"""
+        VALUES ({row}.mailbox_id, {unseen}, {deleted}, {deleted_bytes}) {_ADDED};"""
 
 
 def _subtract(row: str) -> str:
+    unseen, deleted, deleted_bytes = _counted(row)
     return f"""UPDATE mailbox_counts SET
-            unseen = unseen - {_UNSEEN.format(row=row)},
-            deleted = deleted - {_DELETED.format(row=row)},
-            deleted_bytes = deleted_bytes - {_DELETED_BYTES.format(row=row)}
+            unseen = unseen - {unseen},
+            deleted = deleted - {deleted},
+            deleted_bytes = deleted_bytes - {deleted_bytes}
         WHERE mailbox_id = {row}.mailbox_id;"""
 
 
@@ -60,22 +77,22 @@ _SCHEMA: Final = (
         deleted_bytes INTEGER NOT NULL DEFAULT 0
     )""",
     """INSERT INTO mailbox_counts (mailbox_id, unseen, deleted, deleted_bytes)
-        SELECT mailbox_id, sum(flags & 1 = 0), sum(flags & 8 != 0),
-               sum(CASE WHEN flags & 8 != 0 THEN size ELSE 0 END)
-        FROM messages GROUP BY mailbox_id""",
-    f"CREATE TRIGGER mailbox_counts_insert AFTER INSERT ON messages BEGIN {_add('NEW')} END",
+        SELECT mailbox_id, sum({}), sum({}), sum({}) FROM messages GROUP BY mailbox_id""".format(
+        *_counted("")
+    ),
+    f"CREATE TRIGGER {INSERT_TRIGGER} AFTER INSERT ON messages BEGIN {_add('NEW')} END",
     f"CREATE TRIGGER mailbox_counts_delete AFTER DELETE ON messages BEGIN {_subtract('OLD')} END",
     # Only a change of \Seen or \Deleted (or of size or mailbox) moves a counter: a STORE of
     # \Flagged or of a keyword on 50,000 messages runs no trigger body.
     f"""CREATE TRIGGER mailbox_counts_update AFTER UPDATE OF flags, size, mailbox_id ON messages
-        WHEN (OLD.flags & 9) != (NEW.flags & 9) OR OLD.size != NEW.size
+        WHEN (OLD.flags & {_COUNTED}) != (NEW.flags & {_COUNTED}) OR OLD.size != NEW.size
             OR OLD.mailbox_id != NEW.mailbox_id
         BEGIN {_subtract("OLD")} {_add("NEW")} END""",
     """CREATE TRIGGER mailbox_counts_drop AFTER DELETE ON mailboxes BEGIN
         DELETE FROM mailbox_counts WHERE mailbox_id = OLD.id;
     END""",
     # The WHERE must be written the same way by the queries that want it (first_unseen).
-    "CREATE INDEX messages_unseen ON messages (mailbox_id, uid) WHERE flags & 1 = 0",
+    f"CREATE INDEX messages_unseen ON messages (mailbox_id, uid) WHERE {_UNSEEN_WHERE}",
 )
 
 
@@ -91,6 +108,18 @@ MIGRATIONS: Final[list[db.Migration]] = [_add_counts]
 def prepare(conn: sqlite3.Connection) -> None:
     """Migrate the index's write connection (after ``quota.prepare``)."""
     db.migrate(conn, COMPONENT, MIGRATIONS)
+
+
+def count_batch(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> None:
+    """What :data:`INSERT_TRIGGER` does per row, once for the rows of ``mailbox_id`` with
+    ``modseq``: a batch inserted while the trigger was suspended (``store.bulkrows``)."""
+    unseen, deleted, deleted_bytes = _counted("")
+    conn.execute(
+        f"""INSERT INTO mailbox_counts (mailbox_id, unseen, deleted, deleted_bytes)
+        SELECT mailbox_id, sum({unseen}), sum({deleted}), sum({deleted_bytes}) FROM messages
+        WHERE mailbox_id = ? AND modseq = ? GROUP BY mailbox_id {_ADDED}""",
+        (mailbox_id, modseq),
+    )
 
 
 class Counts(NamedTuple):
@@ -118,7 +147,7 @@ def first_unseen(conn: sqlite3.Connection, mailbox_id: int) -> int | None:
     """The lowest UID without \\Seen, from the partial index ``messages_unseen``."""
     row = conn.execute(
         "SELECT uid FROM messages INDEXED BY messages_unseen"
-        " WHERE mailbox_id = ? AND flags & 1 = 0 ORDER BY uid LIMIT 1",
+        f" WHERE mailbox_id = ? AND {_UNSEEN_WHERE} ORDER BY uid LIMIT 1",
         (mailbox_id,),
     ).fetchone()
     return None if row is None else int(row[0])

@@ -46,6 +46,7 @@ from pillarbox.mime.text import search_texts
 from pillarbox.store.names import BadMailboxName, folder_dir
 
 COMPONENT: Final = "mailindex.fts"
+INSERT_TRIGGER: Final = "fts_message_added"  # see pend_batch
 MIN_NEEDLE: Final = 3  # the trigram tokenizer cannot look up anything shorter
 INLINE_MAX: Final = 200  # a batch of new messages up to this size is indexed at once
 UID_BITS: Final = 32
@@ -81,7 +82,7 @@ def _create(conn: sqlite3.Connection) -> None:
         " PRIMARY KEY (mailbox_id, uid)) WITHOUT ROWID"
     )
     conn.execute(
-        "CREATE TRIGGER fts_message_added AFTER INSERT ON messages BEGIN"
+        f"CREATE TRIGGER {INSERT_TRIGGER} AFTER INSERT ON messages BEGIN"
         " INSERT OR IGNORE INTO fts_pending VALUES (new.mailbox_id, new.uid); END"
     )
     conn.execute(
@@ -93,6 +94,16 @@ def _create(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: Final = [_create]
+
+
+def pend_batch(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> None:
+    """What :data:`INSERT_TRIGGER` does per row, once for the rows of ``mailbox_id`` with
+    ``modseq``: a batch inserted while the trigger was suspended (``store.bulkrows``)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO fts_pending SELECT mailbox_id, uid FROM messages"
+        " WHERE mailbox_id = ? AND modseq = ?",
+        (mailbox_id, modseq),
+    )
 
 
 def glob_pattern(needle: str) -> str:

@@ -32,6 +32,7 @@ from typing import Final
 from pillarbox.store import db
 
 COMPONENT: Final = "mailindex.quota"
+INSERT_TRIGGER: Final = "mailbox_usage_insert"  # see count_batch
 _SIZE_IN_NAME: Final = re.compile(r",S=(\d+)")
 
 _USAGE_SCHEMA: Final = (
@@ -42,7 +43,7 @@ _USAGE_SCHEMA: Final = (
     )""",
     """INSERT INTO mailbox_usage (mailbox_id, bytes, messages)
         SELECT mailbox_id, sum(size), count(*) FROM messages GROUP BY mailbox_id""",
-    """CREATE TRIGGER mailbox_usage_insert AFTER INSERT ON messages BEGIN
+    f"""CREATE TRIGGER {INSERT_TRIGGER} AFTER INSERT ON messages BEGIN
         INSERT INTO mailbox_usage (mailbox_id, bytes, messages) VALUES (NEW.mailbox_id, NEW.size, 1)
         ON CONFLICT (mailbox_id) DO UPDATE SET
             bytes = bytes + excluded.bytes, messages = messages + 1;
@@ -72,6 +73,19 @@ def _add_usage(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: Final[list[db.Migration]] = [_add_usage]
+
+
+def count_batch(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> None:
+    """What :data:`INSERT_TRIGGER` does per row, once for the rows of ``mailbox_id`` with
+    ``modseq``: a batch inserted while the trigger was suspended (``store.bulkrows``)."""
+    conn.execute(
+        """INSERT INTO mailbox_usage (mailbox_id, bytes, messages)
+        SELECT mailbox_id, sum(size), count(*) FROM messages
+        WHERE mailbox_id = ? AND modseq = ? GROUP BY mailbox_id
+        ON CONFLICT (mailbox_id) DO UPDATE SET
+            bytes = bytes + excluded.bytes, messages = messages + excluded.messages""",
+        (mailbox_id, modseq),
+    )
 
 
 def prepare(conn: sqlite3.Connection) -> None:

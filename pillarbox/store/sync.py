@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Final, Protocol
 
-from pillarbox.store import db, fulltext, lazyparse, uidlist
+from pillarbox.store import bulkrows, db, fulltext, lazyparse, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
 from pillarbox.store.boxstate import Mailbox
@@ -231,6 +231,9 @@ class MaildirSync:
         if lazy:
             self.index.unparsed = self.index.parse_wanted = True
         added: list[int] = []
+        if len(assigned) > lazyparse.INLINE_MAX:
+            added = self._insert_bulk(box, assigned, names, modseq, delivered)
+            assigned = []  # done: the loop below is for the smaller batches
         for start in range(0, len(assigned), ROWS_PER_TRANSACTION):
             batch = assigned[start : start + ROWS_PER_TRANSACTION]
             if lazy:
@@ -300,16 +303,41 @@ class MaildirSync:
         self._insert(box, partial(lazyparse.insert_small, self.conn, rows))
         return [r.message[1] for r in rows]
 
+    def _insert_bulk(
+        self,
+        box: Mailbox,
+        assigned: list[tuple[int, str]],
+        names: list[str],
+        modseq: int,
+        sizes: Mapping[str, int] | None,
+    ) -> list[int]:
+        """A big batch of small rows in one transaction, the insert triggers done once for
+        all of them (store.bulkrows): the first SELECT of a Maildir copied in waits for
+        this. Built and written ``ROWS_PER_TRANSACTION`` at a time (memory stays flat)."""
+        added: list[int] = []
+        with db.Transaction(self.conn):
+            with bulkrows.insert_triggers_suspended(self.conn, box.id, modseq):
+                for start in range(0, len(assigned), ROWS_PER_TRANSACTION):
+                    batch = assigned[start : start + ROWS_PER_TRANSACTION]
+                    rows = lazyparse.small_rows(box, batch, names, modseq, sizes)
+                    lazyparse.insert_small(self.conn, rows)
+                    added += [r.message[1] for r in rows]
+            self._commit_uidnext(box)
+        return added
+
     def _insert(self, box: Mailbox, write: Callable[[], None]) -> None:
         with db.Transaction(self.conn):
             write()
-            # UIDNEXT commits with the rows: were it a later transaction, a crash in between
-            # would leave rows at or above UIDNEXT, whose UIDs the next message would take.
-            self.conn.execute(
-                "UPDATE mailboxes SET uidnext = max(uidnext, ?),"
-                " highestmodseq = max(highestmodseq, ?) WHERE id = ?",
-                (box.uidnext, box.highestmodseq, box.id),
-            )
+            self._commit_uidnext(box)
+
+    def _commit_uidnext(self, box: Mailbox) -> None:
+        # UIDNEXT commits with the rows: were it a later transaction, a crash in between
+        # would leave rows at or above UIDNEXT, whose UIDs the next message would take.
+        self.conn.execute(
+            "UPDATE mailboxes SET uidnext = max(uidnext, ?),"
+            " highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+            (box.uidnext, box.highestmodseq, box.id),
+        )
 
     def rewrite_uidlist(self, box: Mailbox) -> None:
         rows = self.conn.execute(
