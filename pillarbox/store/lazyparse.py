@@ -119,7 +119,8 @@ def small_rows(
     base names whose bytes the caller had in hand (delivery's)."""
     sizes = sizes or {}
     rows: list[SmallRow] = []
-    split, parse_info, stat = fl.split_filename, fl.parse_info, os.stat
+    split, stat = fl.split_filename, os.stat
+    flags_of: dict[str, tuple[int, str]] = {}  # info letters -> (mask, keywords): few kinds
     cur = os.open(box.path / "cur", os.O_RDONLY | os.O_DIRECTORY)
     try:
         for uid, fname in files:
@@ -128,12 +129,15 @@ def small_rows(
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 continue
             base, info = split(fname)
-            mask, keywords = parse_info(info, names)
+            flags = flags_of.get(info)
+            if flags is None:
+                mask, keywords = fl.parse_info(info, names)
+                flags = flags_of[info] = mask, " ".join(keywords)
             size = sizes.get(base)
             if size is None:
                 virtual = _VIRTUAL_SIZE.search(base) if ",W=" in base else None
                 size = int(virtual.group(1)) if virtual else None
-            message = (box.id, uid, mask, " ".join(keywords), modseq, int(st.st_mtime),
+            message = (box.id, uid, *flags, modseq, int(st.st_mtime),
                        st.st_size if size is None else size, None, base, fname)  # fmt: skip
             rows.append(SmallRow(message, size is not None))
     finally:

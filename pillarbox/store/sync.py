@@ -251,7 +251,7 @@ class MaildirSync:
                 "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
                 (box.uidnext, box.highestmodseq, box.id),
             )
-        if known is None:
+        if known is None or not known.uids:  # new UIDs only, in order: lines to append
             uidlist.append(
                 box.path,
                 box.uidvalidity,
@@ -276,11 +276,15 @@ class MaildirSync:
                 )
             }
             box.uidnext = max(box.uidnext, known.next_uid)
+        if known is None or not known.uids:  # no UID to reuse: the next ones, in order
+            first = box.uidnext
+            box.uidnext += len(fnames)
+            return list(zip(range(first, box.uidnext), fnames, strict=True))
         assigned: list[tuple[int, str]] = []
         fresh: list[str] = []
         for fname in fnames:
             base = fl.split_filename(fname)[0]
-            uid = known.uids.get(base) if known is not None else None
+            uid = known.uids.get(base)
             if uid is not None and uid not in used:
                 used.add(uid)
                 assigned.append((uid, fname))
