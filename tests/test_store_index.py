@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from pillarbox.store import names
-from pillarbox.store.index import INDEX_FILE, MailboxError, UserIndex
+from pillarbox.store.index import INDEX_FILE, UserIndex
 from pillarbox.store.maildir import deliver
+from pillarbox.store.types import MailboxError
 
 MSG = b"From: a@example.org\r\nSubject: %s\r\n\r\nbody\r\n"
 

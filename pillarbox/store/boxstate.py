@@ -1,4 +1,5 @@
-"""One mailbox's state as the index keeps it (its row in ``mailboxes``, and its folder)."""
+"""One mailbox's state as the index keeps it (its row in ``mailboxes``, and its folder),
+and the state the parts of a user's index share."""
 
 from __future__ import annotations
 
@@ -17,3 +18,18 @@ class Mailbox:
     recent_uid: int
     special_use: str | None
     cur_mtime: int
+
+
+@dataclass(slots=True)
+class IndexState:
+    """What the parts of one user's index (``store.index``) share besides the database:
+    whether it is closed, whether full-text search is on, and the work left for later.
+    ``unparsed`` is never False while a message waits for its parse (``store.lazyparse``);
+    ``parse_wanted`` and ``backfill_wanted`` tell the background jobs (``store.mailbox``)
+    that they have work."""
+
+    full_text: bool
+    unparsed: bool
+    parse_wanted: bool
+    backfill_wanted: bool
+    closed: bool = False

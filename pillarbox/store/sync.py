@@ -35,7 +35,10 @@ class SyncedIndex(Protocol):
     """What :class:`MaildirSync` uses of a user's index (``store.index.UserIndex``)."""
 
     conn: sqlite3.Connection
-    full_text: bool
+
+    @property
+    def full_text(self) -> bool: ...
+
     backfill_wanted: bool
     unparsed: bool  # there may be messages not parsed yet (store.lazyparse)
     parse_wanted: bool  # the background parse has work

@@ -29,7 +29,9 @@ class WritableIndex(Protocol):
     """What :class:`IndexWriter` uses of a user's index (``store.index.UserIndex``)."""
 
     conn: sqlite3.Connection
-    full_text: bool
+
+    @property
+    def full_text(self) -> bool: ...
 
     def mailbox(self, name: str) -> Mailbox: ...
 
