@@ -16,6 +16,8 @@ every case; only the connection's end stops it.
 Updates from other sessions and deliveries (the store's change hub) are sent before the
 tagged response of a command, and while IDLE, at the points RFC 3501 §7 allows: no EXPUNGE
 during FETCH, STORE or SEARCH (RFC 3501 §7.4.1), but EXISTS and FLAGS at any command end.
+With NOTIFY (RFC 5465, session_notify.py) they are also sent between commands: the wait for
+the next command is interrupted by news as IDLE's wait is (:meth:`Session.readline`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from typing import Any, Final
 from pillarbox import log
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
+from pillarbox.imap import session_notify as notify
 from pillarbox.imap import session_selected as sel
 from pillarbox.imap.backend import MailBackend, UserMail
 from pillarbox.imap.dispatch import COMMANDS
 from pillarbox.imap.grammar import CommandAssembler, Limits, LiteralTooBig, ParseError
+from pillarbox.imap.notifyspec import NotifySpec
 from pillarbox.imap.outcome import Bad, ErrorKind, Logout, No, Result, Silent, failure, user_error
 from pillarbox.imap.selected import SelectedMailbox
+from pillarbox.mailstore.rows import MailboxEvent
 from pillarbox.metrics import registry as metrics
 
 __all__ = ["Bad", "Logout", "No", "Result", "Session", "SessionConfig"]
@@ -123,13 +128,17 @@ class Session:
         "idle_cmd",
         "idle_until",
         "mail",
+        "news",
+        "notify",
         "qresync",
         "rev2",
         "saved",
         "selected",
         "state",
+        "unwatch_names",
         "user",
         "utf8",
+        "waiting",
     )
 
     def __init__(
@@ -161,6 +170,13 @@ class Session:
         self.idle_until = 0.0
         self._unwatch: Callable[[], None] | None = None
         self._bad = 0
+        # NOTIFY (RFC 5465, session_notify.py): the shared request, the news not sent yet
+        # (None when none), the mailbox-list watch, and whether the session is waiting for
+        # a command (news interrupts that wait only).
+        self.notify: NotifySpec | None = None
+        self.news: list[str | MailboxEvent] | None = None
+        self.unwatch_names: Callable[[], None] | None = None
+        self.waiting = False
 
     # --- output --------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -256,6 +272,7 @@ class Session:
             await self.close()
 
     async def close(self) -> None:
+        notify.stop(self)
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
@@ -263,10 +280,28 @@ class Session:
             mail, self.mail = self.mail, None
             await mail.release()
 
-    async def readline(self, seconds: float) -> bytes | None:
-        """The next line, or None when the client left, timed out or the server stops."""
+    async def readline(self, seconds: float, *, waiting: bool = False) -> bytes | None:
+        """The next line, or None when the client left, timed out or the server stops.
+
+        ``waiting``: the first line of a command. With NOTIFY set, news interrupts this wait
+        and is sent at once (RFC 5465 §3); the deadline stays the one of the whole wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         try:
-            return await self.conn.read_line(seconds)
+            while True:
+                if waiting and self.notify is not None and self.has_news():
+                    await self._push_safely()
+                self.waiting = waiting
+                try:
+                    return await self.conn.read_line(max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    self.waiting = False
+                    if not (waiting and self.notify is not None and self.has_news()):
+                        raise
+                    if self.conn.closing.is_set() or loop.time() >= deadline:
+                        raise
+                finally:
+                    self.waiting = False
         except TimeoutError:
             # Shutdown (RFC 3501 §7.1.5 BYE) or the idle timeout (§5.4 autologout).
             shutting = self.conn.closing.is_set()
@@ -274,7 +309,10 @@ class Session:
                       else b"* BYE autologout; idle for too long\r\n")  # fmt: skip
             await self.flush()
             return None
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        except Logout:  # the selected mailbox is gone (_send_selected said BYE)
+            await self.flush()
             return None
         except asyncio.LimitOverrunError:
             self.send(b"* BYE line too long\r\n")
@@ -306,7 +344,7 @@ class Session:
         asm = CommandAssembler(self._limits())
         self.conn.idle = self.state is c.State.NOT_AUTHENTICATED
         try:
-            line = await self.readline(self._timeout())
+            line = await self.readline(self._timeout(), waiting=True)
         finally:
             self.conn.idle = False
         if line is None:
@@ -393,20 +431,61 @@ class Session:
 
     # --- updates -------------------------------------------------------------------------------
     def _on_change(self, mailbox: str) -> None:
-        if self.selected is not None and mailbox == self.selected.name:
+        view = self.selected
+        if view is not None and mailbox == view.name:
             self.changed.set()
-            if self.idle_cmd is not None:
-                self.conn.interrupt()  # IDLE reports it now (RFC 2177)
+            if self.idle_cmd is not None or (self.waiting and notify.pushes_selected(self)):
+                self.conn.interrupt()  # IDLE (RFC 2177) or NOTIFY (RFC 5465) reports it now
+        elif self.notify is not None:
+            notify.mailbox_changed(self, mailbox)
+
+    def on_list_change(self, event: MailboxEvent) -> None:
+        notify.list_changed(self, event)
+
+    def wake(self) -> None:
+        """NOTIFY news arrived: end the wait for DONE or for the next command."""
+        if self.waiting or self.idle_cmd is not None:
+            self.conn.interrupt()
+
+    def has_news(self) -> bool:
+        """Is there NOTIFY news to send between commands?"""
+        return self.news is not None or (self.changed.is_set() and notify.pushes_selected(self))
+
+    async def _push_safely(self) -> None:
+        """:meth:`push_news`; a failure there is ours, not the client's: it is logged and
+        ends NOTIFY (the session goes on as plain IMAP), as a failed command would be."""
+        try:
+            await self.push_news()
+        except (Logout, ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception as exc:
+            _log.error("notify failed", conn=self.conn.id, user=self.user,
+                       error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            notify.stop(self)
+
+    async def push_news(self) -> None:
+        """Send NOTIFY news between commands (RFC 5465 §3): the selected mailbox's changes
+        when a selected group asks for them (expunges unless selected-delayed), then the
+        other mailboxes' and the mailbox list's."""
+        if self.changed.is_set() and notify.pushes_selected(self):
+            await self._send_selected(no_expunge=notify.holds_expunges(self))
+        if self.news is not None:
+            await notify.send_news(self)
+        await self.flush()
 
     async def send_updates(self, cmd: c.Command, *, force: bool = False) -> None:
+        if force or self.changed.is_set():
+            no_expunge = isinstance(cmd, c.Fetch | c.Store | c.Search) and not getattr(
+                cmd, "uid", False
+            )
+            await self._send_selected(no_expunge=no_expunge)
+        if self.news is not None:
+            await notify.send_news(self)
+
+    async def _send_selected(self, *, no_expunge: bool) -> None:
         view = self.selected
         if view is None or self.mail is None:
             return
-        if not (force or self.changed.is_set()):
-            return
-        no_expunge = isinstance(cmd, c.Fetch | c.Store | c.Search) and not getattr(
-            cmd, "uid", False
-        )
         self.changed.clear()
         try:
             changes = await self.mail.changes(
@@ -424,7 +503,10 @@ class Session:
                 self.send(b"* BYE selected mailbox no longer exists\r\n")
                 raise Logout from None
             raise
+        before = view.max_uid
         for line in view.apply(changes, allow_expunge=not no_expunge):
             self.send(line)
         if no_expunge and changes.present is not None:
             self.changed.set()  # expunges still owed: send them at the next allowed point
+        if self.notify is not None and view.max_uid > before:
+            await notify.send_new_messages(self, view, before)  # MessageNew's fetch-atts
