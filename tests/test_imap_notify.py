@@ -308,3 +308,12 @@ def test_notify_needs_login(server: pbserver.RunningServer) -> None:
         assert line.startswith(b"a BAD "), line
     finally:
         raw.close()
+
+
+def test_notify_is_advertised(server: pbserver.RunningServer) -> None:
+    raw = _session(server)
+    try:
+        lines = raw.cmd(b"c", b"CAPABILITY")
+        assert b" NOTIFY" in lines[0], lines
+    finally:
+        raw.close()

@@ -76,6 +76,7 @@ AUTH_CAPS: Final = (
     "SORT=DISPLAY",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "NOTIFY",
 )
 
 
