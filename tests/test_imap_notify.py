@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -317,3 +318,35 @@ def test_notify_is_advertised(server: pbserver.RunningServer) -> None:
         assert b" NOTIFY" in lines[0], lines
     finally:
         raw.close()
+
+
+def test_a_command_half_sent_across_news_is_read_whole(server: pbserver.RunningServer) -> None:
+    raw = _session(server, b"NOTIFY SET (personal (MailboxName))")
+    try:
+        raw.send(b"n NO")  # half a command, then news interrupts the wait for the rest
+        with login(server) as other:
+            other.create("Between")
+        assert _pushed(raw) == [b'* LIST () "/" "Between"\r\n']
+        raw.send(b"OP\r\n")
+        assert raw.until(b"n") == [b"n OK NOOP completed\r\n"]
+    finally:
+        raw.close()
+
+
+def test_news_does_not_restart_the_autologout_clock(tmp_path: Path) -> None:
+    """RFC 9051 §5.4's autologout counts from the last command, not from the last news:
+    news until 2.5 s into a 3 s wait, the BYE at 3 s (5.5 s if each news restarted it)."""
+    settings = pbserver.make_settings(tmp_path / "data", {"limits": {"imap_idle_timeout": 3}})
+    pbserver.add_user(settings, ALICE)
+    with pbserver.RunningServer(settings) as server, login(server) as other:
+        raw = _session(server, b"NOTIFY SET (personal (MailboxName))")
+        try:
+            started = time.monotonic()
+            for n in range(5):
+                time.sleep(0.5)
+                other.create(f"Box{n}")
+            assert _pushed(raw, 5)[-1] == b'* LIST () "/" "Box4"\r\n'
+            assert raw.line() == b"* BYE autologout; idle for too long\r\n"
+            assert 2.9 < time.monotonic() - started < 4.5
+        finally:
+            raw.close()

@@ -45,6 +45,17 @@ from pillarbox.metrics import registry as metrics
 
 __all__ = ["Bad", "Logout", "No", "Result", "Session", "SessionConfig"]
 
+# How a wait for a client's line ends without one: the deadline or shutdown, the client
+# gone, a line beyond the stream's limit, the selected mailbox gone while NOTIFY news was
+# sent (Session._wait_ended says what each means).
+_WAIT_ENDS: Final = (
+    TimeoutError,
+    asyncio.IncompleteReadError,
+    ConnectionError,
+    asyncio.LimitOverrunError,
+    Logout,
+)
+
 _log = log.get("imap")
 
 MAX_BAD_COMMANDS: Final = 20
@@ -225,6 +236,8 @@ class Session:
         self.send(self._greeting())
         metrics.count(metrics.SESSIONS, "imap", self.conn.listener)
         await self.flush()
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # of the wait for the next command
         try:
             while True:
                 if self.conn.closing.is_set():
@@ -249,8 +262,31 @@ class Session:
                         self._fail(exc, idle.tag)
                     await self.flush()
                     continue
+                # The wait for the next command is awaited here, in this frame too (as
+                # IDLE's: thousands of sessions wait in it). With NOTIFY set, news
+                # interrupts it and is sent (RFC 5465 §3: unsolicited responses at any
+                # time) at the loop's top; the wait keeps its deadline.
+                if deadline is None:
+                    deadline = loop.time() + self._timeout()
+                if self.notify is not None and self.has_news():
+                    await self._push_safely()
+                self.waiting = True
+                self.conn.idle = self.state is c.State.NOT_AUTHENTICATED
                 try:
-                    raw = await self._read_command()
+                    first = await self.conn.read_line(max(0.0, deadline - loop.time()))
+                except TimeoutError as exc:
+                    if not self.conn.closing.is_set() and loop.time() < deadline:
+                        continue  # interrupted for news before the deadline
+                    await self._wait_ended(exc)
+                    return
+                except _WAIT_ENDS as exc:
+                    await self._wait_ended(exc)
+                    return
+                finally:
+                    self.waiting = self.conn.idle = False
+                deadline = None
+                try:
+                    raw = await self._read_command(first)
                 except ParseError as exc:  # a line or literal the assembler refused
                     self._fail(exc, exc.tag)
                     await self.flush()
@@ -281,44 +317,26 @@ class Session:
             mail, self.mail = self.mail, None
             await mail.release()
 
-    async def readline(self, seconds: float, *, waiting: bool = False) -> bytes | None:
-        """The next line, or None when the client left, timed out or the server stops.
-
-        ``waiting``: the first line of a command. With NOTIFY set, news interrupts this wait
-        and is sent at once (RFC 5465 §3); the deadline stays the one of the whole wait."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
+    async def readline(self, seconds: float) -> bytes | None:
+        """The next line, or None when the client left, timed out or the server stops."""
         try:
-            while True:
-                if waiting and self.notify is not None and self.has_news():
-                    await self._push_safely()
-                self.waiting = waiting
-                try:
-                    return await self.conn.read_line(max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    self.waiting = False
-                    if not (waiting and self.notify is not None and self.has_news()):
-                        raise
-                    if self.conn.closing.is_set() or loop.time() >= deadline:
-                        raise
-                finally:
-                    self.waiting = False
-        except TimeoutError:
+            return await self.conn.read_line(seconds)
+        except _WAIT_ENDS as exc:
+            await self._wait_ended(exc)
+            return None
+
+    async def _wait_ended(self, exc: BaseException) -> None:
+        """What to tell a client whose line did not come (see :data:`_WAIT_ENDS`)."""
+        if isinstance(exc, TimeoutError):
             # Shutdown (RFC 3501 §7.1.5 BYE) or the idle timeout (§5.4 autologout).
             shutting = self.conn.closing.is_set()
             self.send(b"* BYE server shutting down\r\n" if shutting
                       else b"* BYE autologout; idle for too long\r\n")  # fmt: skip
-            await self.flush()
-            return None
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        except Logout:  # the selected mailbox is gone (_send_selected said BYE)
-            await self.flush()
-            return None
-        except asyncio.LimitOverrunError:
+        elif isinstance(exc, asyncio.LimitOverrunError):
             self.send(b"* BYE line too long\r\n")
-            await self.flush()
-            return None
+        elif not isinstance(exc, Logout):  # Logout: the BYE is said (_send_selected)
+            return  # the client left
+        await self.flush()
 
     def _limits(self) -> Limits:
         """Before login nobody may make us buffer megabytes (an APPEND literal)."""
@@ -341,15 +359,10 @@ class Session:
     def _literal_timeout(self, size: int) -> float:
         return self.config.data_timeout + size / self.config.min_data_rate
 
-    async def _read_command(self) -> bytes | None:
+    async def _read_command(self, line: bytes) -> bytes | None:
+        """The command that starts with ``line``, its literals read; None when the
+        session ends."""
         asm = CommandAssembler(self._limits())
-        self.conn.idle = self.state is c.State.NOT_AUTHENTICATED
-        try:
-            line = await self.readline(self._timeout(), waiting=True)
-        finally:
-            self.conn.idle = False
-        if line is None:
-            return None
         while True:
             try:
                 spec = asm.add_line(line)
@@ -370,9 +383,10 @@ class Session:
             except (asyncio.IncompleteReadError, TimeoutError):
                 return None
             asm.add_literal(data)
-            line = await self.readline(self._timeout())
-            if line is None:
+            more = await self.readline(self._timeout())
+            if more is None:
                 return None
+            line = more
 
     # --- dispatch ----------------------------------------------------------------------------
     async def execute(self, raw: bytes) -> None:
