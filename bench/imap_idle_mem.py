@@ -11,13 +11,18 @@ next:
 - ``tls-idle``: over TLS, LOGIN, SELECT INBOX (a few messages) and IDLE, the state a mail
   client leaves a connection in;
 - ``tls-idle-deflate``: the same after ``COMPRESS DEFLATE`` (RFC 4978): adds the two
-  zlib streams.
+  zlib streams;
+- ``tls-selected``: over TLS, LOGIN and SELECT INBOX, then waiting for the next command
+  (a client that polls with NOOP instead of IDLE);
+- ``tls-notify``: the same plus ``NOTIFY SET (selected ...) (personal ...)`` (RFC 5465),
+  waiting for a command while the server may push news at any time.
 
 A logged-in plaintext session cannot be had: the plain port says LOGINDISABLED until
 STARTTLS (RFC 9051 §6.2.3), so the plaintext figure is of sessions before login.
 
     .venv/bin/python bench/imap_idle_mem.py --sessions 1000
     .venv/bin/python bench/imap_idle_mem.py --sessions 300 --variants tls-idle
+    .venv/bin/python bench/imap_idle_mem.py --variants tls-idle tls-notify tls-selected
 """
 
 from __future__ import annotations
@@ -117,11 +122,39 @@ async def tls_idle_deflate(t: Target) -> object:
     return (writer, out, inflate)
 
 
+async def tls_selected(t: Target) -> object:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", t.imaps_port, ssl=t.context, server_hostname=HOSTNAME
+    )
+    await reader.readline()
+    writer.write(f'a LOGIN {USER} "{PASSWORD}"\r\nb SELECT INBOX\r\n'.encode())
+    await _lines_until(reader, b"b OK")
+    return writer
+
+
+NOTIFY = (
+    b"c NOTIFY SET (selected (MessageNew (UID FLAGS) MessageExpunge FlagChange))"
+    b" (personal (MessageNew MessageExpunge MailboxName SubscriptionChange))\r\n"
+)
+
+
+async def tls_notify(t: Target) -> object:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", t.imaps_port, ssl=t.context, server_hostname=HOSTNAME
+    )
+    await reader.readline()
+    writer.write(f'a LOGIN {USER} "{PASSWORD}"\r\nb SELECT INBOX\r\n'.encode() + NOTIFY)
+    await _lines_until(reader, b"c OK")
+    return writer
+
+
 VARIANTS: dict[str, Opener] = {
     "plain-greeting": plain_greeting,
     "tls-greeting": tls_greeting,
     "tls-idle": tls_idle,
     "tls-idle-deflate": tls_idle_deflate,
+    "tls-selected": tls_selected,
+    "tls-notify": tls_notify,
 }
 
 

@@ -8,6 +8,9 @@ import sys
 import tomllib
 from pathlib import Path
 
+import argon2
+import pytest
+
 from pillarbox import config
 from pillarbox.auth import passwords
 from pillarbox.config import Settings
@@ -80,7 +83,14 @@ def test_configure_changes_the_dummy_hash_cost() -> None:
     try:
         passwords.configure(passwords.Argon2Cost(1, 19456, 1))
         assert not passwords.verify_password(None, "anything")
-        assert "$m=19456,t=1,p=1$" in passwords._dummy()
+        assert "$m=19456,t=1,p=1$" in passwords._dummy_hash
+        # Written, not hashed (no argon2 run to make it), and a hash argon2 accepts as such:
+        # verifying against it is one full run with the configured parameters.
+        params = argon2.extract_parameters(passwords._dummy_hash)
+        assert (params.type, params.time_cost, params.memory_cost) == (argon2.Type.ID, 1, 19456)
+        assert (params.parallelism, params.salt_len, params.hash_len) == (1, 16, 32)
+        with pytest.raises(argon2.exceptions.VerifyMismatchError):
+            argon2.PasswordHasher().verify(passwords._dummy_hash, "anything")
         assert "$m=19456,t=1,p=1$" in passwords.hash_password("long enough password")
     finally:
         passwords.configure(before)

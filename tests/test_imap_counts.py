@@ -14,6 +14,8 @@ import imaplib
 import os
 import re
 
+import pytest
+
 from pillarbox.store.maildir import user_maildir
 from tests import pbserver
 from tests.imaphelp import ALICE, login, message
@@ -93,6 +95,13 @@ def test_counters_follow_every_kind_of_change(server: pbserver.RunningServer) ->
         client.close()
         _check(client, "INBOX", "Other")
 
+
+@pytest.mark.on_disk  # a Maildir tool works on the files: the Maildir + SQLite store only
+def test_counters_follow_changes_behind_the_servers_back(server: pbserver.RunningServer) -> None:
+    with login(server) as client:
+        for i, flags in enumerate(["", "(\\Seen)", "(\\Seen \\Deleted)", "(\\Deleted)"]):
+            client.append("INBOX", flags or None, None, message(f"m{i}", "x" * (100 * i)))
+        _check(client, "INBOX")
         # A Maildir tool marks every message of INBOX read, behind the server's back.
         cur = user_maildir(server.settings.mail_dir, ALICE) / "cur"
         for name in os.listdir(cur):

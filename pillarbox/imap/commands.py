@@ -23,6 +23,7 @@ from pillarbox.imap.grammar import Limits as Limits
 from pillarbox.imap.grammar import LiteralSpec as LiteralSpec
 from pillarbox.imap.grammar import LiteralTooBig as LiteralTooBig
 from pillarbox.imap.grammar import ParseError as ParseError
+from pillarbox.imap.notifyspec import NotifySpec, parse_notify
 from pillarbox.imap.searchkeys import (
     BADCHARSET_CODE,
     SUPPORTED_CHARSETS,
@@ -935,6 +936,18 @@ class Idle(Command):
     name: ClassVar[str] = "IDLE"
 
 
+@dataclass(frozen=True, slots=True)
+class Notify(Command):
+    """NOTIFY (RFC 5465 §3.1): ``spec`` is None for ``NOTIFY NONE`` (see notifyspec.py)."""
+
+    spec: NotifySpec | None = None
+    name: ClassVar[str] = "NOTIFY"
+
+    @classmethod
+    def parse(cls, r: Reader, tag: str) -> Command:
+        return cls(tag, parse_notify(r))
+
+
 REGISTRY: Final[dict[str, type[Command]]] = {
     cls.name: cls
     for cls in (
@@ -971,6 +984,7 @@ REGISTRY: Final[dict[str, type[Command]]] = {
         Move,
         Namespace,
         Idle,
+        Notify,
         GetQuota,
         GetQuotaRoot,
         SetQuota,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pillarbox.imap import commands as c
 from pillarbox.imap import session_connection as conn
 from pillarbox.imap import session_mailboxes as boxes
+from pillarbox.imap import session_notify as notify
 from pillarbox.imap import session_quota as quota
 from pillarbox.imap import session_selected as sel
 from pillarbox.imap.outcome import Result
@@ -62,6 +63,7 @@ COMMANDS: Final[dict[type[c.Command], tuple[Handler, States]]] = {
     c.GetQuotaRoot: (quota.do_getquotaroot, AUTHENTICATED),
     c.SetQuota: (quota.do_setquota, AUTHENTICATED),
     c.Idle: (sel.do_idle, AUTHENTICATED),  # RFC 2177
+    c.Notify: (notify.do_notify, AUTHENTICATED),  # RFC 5465
     # selected (RFC 3501 §6.4 and extensions)
     c.Check: (conn.do_noop, SELECTED),
     c.Close: (sel.do_close, SELECTED),

@@ -16,6 +16,8 @@ every case; only the connection's end stops it.
 Updates from other sessions and deliveries (the store's change hub) are sent before the
 tagged response of a command, and while IDLE, at the points RFC 3501 §7 allows: no EXPUNGE
 during FETCH, STORE or SEARCH (RFC 3501 §7.4.1), but EXISTS and FLAGS at any command end.
+With NOTIFY (RFC 5465, session_notify.py) they are also sent between commands: the wait for
+the next command is interrupted by news as IDLE's wait is (:meth:`Session.readline`).
 """
 
 from __future__ import annotations
@@ -30,15 +32,29 @@ from typing import Any, Final
 from pillarbox import log
 from pillarbox.imap import commands as c
 from pillarbox.imap import response as r
+from pillarbox.imap import session_notify as notify
 from pillarbox.imap import session_selected as sel
 from pillarbox.imap.backend import MailBackend, UserMail
 from pillarbox.imap.dispatch import COMMANDS
 from pillarbox.imap.grammar import CommandAssembler, Limits, LiteralTooBig, ParseError
+from pillarbox.imap.notifyspec import NotifySpec
 from pillarbox.imap.outcome import Bad, ErrorKind, Logout, No, Result, Silent, failure, user_error
 from pillarbox.imap.selected import SelectedMailbox
+from pillarbox.mailstore.rows import MailboxEvent
 from pillarbox.metrics import registry as metrics
 
 __all__ = ["Bad", "Logout", "No", "Result", "Session", "SessionConfig"]
+
+# How a wait for a client's line ends without one: the deadline or shutdown, the client
+# gone, a line beyond the stream's limit, the selected mailbox gone while NOTIFY news was
+# sent (Session._wait_ended says what each means).
+_WAIT_ENDS: Final = (
+    TimeoutError,
+    asyncio.IncompleteReadError,
+    ConnectionError,
+    asyncio.LimitOverrunError,
+    Logout,
+)
 
 _log = log.get("imap")
 
@@ -71,6 +87,7 @@ AUTH_CAPS: Final = (
     "SORT=DISPLAY",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "NOTIFY",
 )
 
 
@@ -123,13 +140,17 @@ class Session:
         "idle_cmd",
         "idle_until",
         "mail",
+        "news",
+        "notify",
         "qresync",
         "rev2",
         "saved",
         "selected",
         "state",
+        "unwatch_names",
         "user",
         "utf8",
+        "waiting",
     )
 
     def __init__(
@@ -161,6 +182,13 @@ class Session:
         self.idle_until = 0.0
         self._unwatch: Callable[[], None] | None = None
         self._bad = 0
+        # NOTIFY (RFC 5465, session_notify.py): the shared request, the news not sent yet
+        # (None when none), the mailbox-list watch, and whether the session is waiting for
+        # a command (news interrupts that wait only).
+        self.notify: NotifySpec | None = None
+        self.news: list[str | MailboxEvent] | None = None
+        self.unwatch_names: Callable[[], None] | None = None
+        self.waiting = False
 
     # --- output --------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -208,6 +236,8 @@ class Session:
         self.send(self._greeting())
         metrics.count(metrics.SESSIONS, "imap", self.conn.listener)
         await self.flush()
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # of the wait for the next command
         try:
             while True:
                 if self.conn.closing.is_set():
@@ -232,8 +262,31 @@ class Session:
                         self._fail(exc, idle.tag)
                     await self.flush()
                     continue
+                # The wait for the next command is awaited here, in this frame too (as
+                # IDLE's: thousands of sessions wait in it). With NOTIFY set, news
+                # interrupts it and is sent (RFC 5465 §3: unsolicited responses at any
+                # time) at the loop's top; the wait keeps its deadline.
+                if deadline is None:
+                    deadline = loop.time() + self._timeout()
+                if self.notify is not None and self.has_news():
+                    await self._push_safely()
+                self.waiting = True
+                self.conn.idle = self.state is c.State.NOT_AUTHENTICATED
                 try:
-                    raw = await self._read_command()
+                    first = await self.conn.read_line(max(0.0, deadline - loop.time()))
+                except TimeoutError as exc:
+                    if not self.conn.closing.is_set() and loop.time() < deadline:
+                        continue  # interrupted for news before the deadline
+                    await self._wait_ended(exc)
+                    return
+                except _WAIT_ENDS as exc:
+                    await self._wait_ended(exc)
+                    return
+                finally:
+                    self.waiting = self.conn.idle = False
+                deadline = None
+                try:
+                    raw = await self._read_command(first)
                 except ParseError as exc:  # a line or literal the assembler refused
                     self._fail(exc, exc.tag)
                     await self.flush()
@@ -256,6 +309,7 @@ class Session:
             await self.close()
 
     async def close(self) -> None:
+        notify.stop(self)
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
@@ -267,19 +321,22 @@ class Session:
         """The next line, or None when the client left, timed out or the server stops."""
         try:
             return await self.conn.read_line(seconds)
-        except TimeoutError:
+        except _WAIT_ENDS as exc:
+            await self._wait_ended(exc)
+            return None
+
+    async def _wait_ended(self, exc: BaseException) -> None:
+        """What to tell a client whose line did not come (see :data:`_WAIT_ENDS`)."""
+        if isinstance(exc, TimeoutError):
             # Shutdown (RFC 3501 §7.1.5 BYE) or the idle timeout (§5.4 autologout).
             shutting = self.conn.closing.is_set()
             self.send(b"* BYE server shutting down\r\n" if shutting
                       else b"* BYE autologout; idle for too long\r\n")  # fmt: skip
-            await self.flush()
-            return None
-        except asyncio.IncompleteReadError:
-            return None
-        except asyncio.LimitOverrunError:
+        elif isinstance(exc, asyncio.LimitOverrunError):
             self.send(b"* BYE line too long\r\n")
-            await self.flush()
-            return None
+        elif not isinstance(exc, Logout):  # Logout: the BYE is said (_send_selected)
+            return  # the client left
+        await self.flush()
 
     def _limits(self) -> Limits:
         """Before login nobody may make us buffer megabytes (an APPEND literal)."""
@@ -302,15 +359,10 @@ class Session:
     def _literal_timeout(self, size: int) -> float:
         return self.config.data_timeout + size / self.config.min_data_rate
 
-    async def _read_command(self) -> bytes | None:
+    async def _read_command(self, line: bytes) -> bytes | None:
+        """The command that starts with ``line``, its literals read; None when the
+        session ends."""
         asm = CommandAssembler(self._limits())
-        self.conn.idle = self.state is c.State.NOT_AUTHENTICATED
-        try:
-            line = await self.readline(self._timeout())
-        finally:
-            self.conn.idle = False
-        if line is None:
-            return None
         while True:
             try:
                 spec = asm.add_line(line)
@@ -331,9 +383,10 @@ class Session:
             except (asyncio.IncompleteReadError, TimeoutError):
                 return None
             asm.add_literal(data)
-            line = await self.readline(self._timeout())
-            if line is None:
+            more = await self.readline(self._timeout())
+            if more is None:
                 return None
+            line = more
 
     # --- dispatch ----------------------------------------------------------------------------
     async def execute(self, raw: bytes) -> None:
@@ -393,20 +446,61 @@ class Session:
 
     # --- updates -------------------------------------------------------------------------------
     def _on_change(self, mailbox: str) -> None:
-        if self.selected is not None and mailbox == self.selected.name:
+        view = self.selected
+        if view is not None and mailbox == view.name:
             self.changed.set()
-            if self.idle_cmd is not None:
-                self.conn.interrupt()  # IDLE reports it now (RFC 2177)
+            if self.idle_cmd is not None or (self.waiting and notify.pushes_selected(self)):
+                self.conn.interrupt()  # IDLE (RFC 2177) or NOTIFY (RFC 5465) reports it now
+        elif self.notify is not None:
+            notify.mailbox_changed(self, mailbox)
+
+    def on_list_change(self, event: MailboxEvent) -> None:
+        notify.list_changed(self, event)
+
+    def wake(self) -> None:
+        """NOTIFY news arrived: end the wait for DONE or for the next command."""
+        if self.waiting or self.idle_cmd is not None:
+            self.conn.interrupt()
+
+    def has_news(self) -> bool:
+        """Is there NOTIFY news to send between commands?"""
+        return self.news is not None or (self.changed.is_set() and notify.pushes_selected(self))
+
+    async def _push_safely(self) -> None:
+        """:meth:`push_news`; a failure there is ours, not the client's: it is logged and
+        ends NOTIFY (the session goes on as plain IMAP), as a failed command would be."""
+        try:
+            await self.push_news()
+        except (Logout, ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception as exc:
+            _log.error("notify failed", conn=self.conn.id, user=self.user,
+                       error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            notify.stop(self)
+
+    async def push_news(self) -> None:
+        """Send NOTIFY news between commands (RFC 5465 §3): the selected mailbox's changes
+        when a selected group asks for them (expunges unless selected-delayed), then the
+        other mailboxes' and the mailbox list's."""
+        if self.changed.is_set() and notify.pushes_selected(self):
+            await self._send_selected(no_expunge=notify.holds_expunges(self))
+        if self.news is not None:
+            await notify.send_news(self)
+        await self.flush()
 
     async def send_updates(self, cmd: c.Command, *, force: bool = False) -> None:
+        if force or self.changed.is_set():
+            no_expunge = isinstance(cmd, c.Fetch | c.Store | c.Search) and not getattr(
+                cmd, "uid", False
+            )
+            await self._send_selected(no_expunge=no_expunge)
+        if self.news is not None:
+            await notify.send_news(self)
+
+    async def _send_selected(self, *, no_expunge: bool) -> None:
         view = self.selected
         if view is None or self.mail is None:
             return
-        if not (force or self.changed.is_set()):
-            return
-        no_expunge = isinstance(cmd, c.Fetch | c.Store | c.Search) and not getattr(
-            cmd, "uid", False
-        )
         self.changed.clear()
         try:
             changes = await self.mail.changes(
@@ -424,7 +518,10 @@ class Session:
                 self.send(b"* BYE selected mailbox no longer exists\r\n")
                 raise Logout from None
             raise
+        before = view.max_uid
         for line in view.apply(changes, allow_expunge=not no_expunge):
             self.send(line)
         if no_expunge and changes.present is not None:
             self.changed.set()  # expunges still owed: send them at the next allowed point
+        if self.notify is not None and view.max_uid > before:
+            await notify.send_new_messages(self, view, before)  # MessageNew's fetch-atts

@@ -267,7 +267,7 @@ async def do_idle(s: Session, cmd: c.Idle) -> Result:
 async def idle_catch_up(s: Session) -> None:
     """Before each wait: send what changed while updates were being sent (the change hub's
     interrupt finds no wait to end then)."""
-    if s.changed.is_set() and s.idle_cmd is not None:
+    if (s.changed.is_set() or s.news is not None) and s.idle_cmd is not None:
         await s.send_updates(s.idle_cmd)
         await s.flush()
 

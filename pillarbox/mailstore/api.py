@@ -24,6 +24,7 @@ from pillarbox.mailstore.rows import (
     FetchRow,
     FlagBatch,
     FlagUpdate,
+    MailboxEvent,
     Parts,
     Quota,
     SearchRow,
@@ -107,6 +108,11 @@ class UserMail(Protocol):
     """One authenticated user's mailboxes."""
 
     def watch(self, callback: Callable[[str], None]) -> Callable[[], None]: ...
+    # watch: ``callback(mailbox)`` after every committed change to a mailbox's messages
+    # (IDLE's news; the callee then asks ``changes``/``status``); returns the unwatcher.
+    def watch_names(self, callback: Callable[[MailboxEvent], None]) -> Callable[[], None]: ...
+    # watch_names: ``callback(event)`` after each CREATE, DELETE, RENAME, SUBSCRIBE and
+    # UNSUBSCRIBE of the user's, on the loop as ``watch`` (NOTIFY, RFC 5465 §5.4, §5.5).
     async def release(self) -> None: ...
     async def list_mailboxes(self) -> Sequence[MailboxInfo]: ...
     async def subscriptions(self) -> set[str]: ...

@@ -114,3 +114,23 @@ class Quota(NamedTuple):
 
     used: int
     limit: int
+
+
+class ListChange(enum.Enum):
+    """What happened to a name in the user's mailbox list."""
+
+    CREATED = "created"
+    DELETED = "deleted"
+    RENAMED = "renamed"  # also moves the mailboxes below the old name
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class MailboxEvent(NamedTuple):
+    """A change to a user's list of mailboxes or subscriptions, as the store announces it
+    to the watchers of :meth:`~pillarbox.mailstore.api.UserMail.watch_names` (what IMAP
+    NOTIFY's MailboxName and SubscriptionChange tell, RFC 5465 §5.4, §5.5)."""
+
+    kind: ListChange
+    name: str
+    old_name: str | None = None  # for RENAMED

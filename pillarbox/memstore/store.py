@@ -41,6 +41,8 @@ from pillarbox.mailstore.rows import (
     FetchRow,
     FlagBatch,
     FlagUpdate,
+    ListChange,
+    MailboxEvent,
     Parts,
     Quota,
     SearchRow,
@@ -71,6 +73,12 @@ class MemoryUserMail:
     def watch(self, callback: Watcher) -> Callable[[], None]:
         return self._store.watch(self.user, callback)
 
+    def watch_names(self, callback: Callable[[MailboxEvent], None]) -> Callable[[], None]:
+        return self._store.watch_names(self.user, callback)
+
+    def _list_changed(self, kind: ListChange, name: str, old: str | None = None) -> None:
+        self._store.publish_name(self.user, MailboxEvent(kind, name, old))
+
     async def release(self) -> None:
         return None  # the mail stays: it lives as long as the store
 
@@ -87,17 +95,21 @@ class MemoryUserMail:
 
     async def create(self, name: str, special_use: str | None = None) -> None:
         self._boxes.create(name, special_use)
+        self._list_changed(ListChange.CREATED, name)
 
     async def delete(self, name: str) -> None:
         self._boxes.delete(name)
         self._changed(name)
+        self._list_changed(ListChange.DELETED, name)
 
     async def rename(self, old: str, new: str) -> None:
         self._boxes.rename(old, new)
         self._changed(old)
+        self._list_changed(ListChange.RENAMED, new, old)
 
     async def subscribe(self, name: str, on: bool) -> None:
         self._boxes.subscribe(name, on)
+        self._list_changed(ListChange.SUBSCRIBED if on else ListChange.UNSUBSCRIBED, name)
 
     async def status(self, name: str) -> StatusInfo:
         box = self._boxes.mailbox(name)
@@ -344,6 +356,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._users: dict[str, UserBoxes] = {}
         self._watchers: dict[str, set[Watcher]] = {}
+        self._name_watchers: dict[str, set[Callable[[MailboxEvent], None]]] = {}
         self._quota_of: Callable[[str], int] = lambda user: 0
         self.learner: Learner | None = None  # kept, not called: learning is the SQLite store's
 
@@ -367,6 +380,16 @@ class MemoryStore:
     def publish(self, user: str, mailbox: str) -> None:
         for callback in list(self._watchers.get(user, ())):
             callback(mailbox)
+
+    def watch_names(
+        self, user: str, callback: Callable[[MailboxEvent], None]
+    ) -> Callable[[], None]:
+        self._name_watchers.setdefault(user, set()).add(callback)
+        return lambda: self._name_watchers.get(user, set()).discard(callback)
+
+    def publish_name(self, user: str, event: MailboxEvent) -> None:
+        for callback in list(self._name_watchers.get(user, ())):
+            callback(event)
 
     def notify_new_mail(self, user_address: str, mailbox: str = "INBOX") -> None:
         self.publish(user_address, mailbox)
@@ -426,6 +449,7 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._watchers.clear()
+        self._name_watchers.clear()
 
 
 def trace_fields(sender: str, user: str) -> bytes:

@@ -58,6 +58,8 @@ from pillarbox.mailstore.rows import (
     Delivered,
     FetchRow,
     FlagBatch,
+    ListChange,
+    MailboxEvent,
     Parts,
     Quota,
     SearchRow,
@@ -98,6 +100,14 @@ class PgUserMail:
     def watch(self, callback: Callable[[str], None]) -> Callable[[], None]:
         return self._store.hub.watch(self.user, callback)
 
+    def watch_names(self, callback: Callable[[MailboxEvent], None]) -> Callable[[], None]:
+        # This node's own sessions only: the other nodes hear of message changes, not of
+        # the mailbox list (their NOTIFY sessions see a new name at their next LIST).
+        return self._store.hub.watch_names(self.user, callback)
+
+    def _list_changed(self, kind: ListChange, name: str, old: str | None = None) -> None:
+        self._store.hub.publish_name(self.user, MailboxEvent(kind, name, old))
+
     async def release(self) -> None:
         return None  # nothing is held per user: the pool and the threads are the store's
 
@@ -110,18 +120,22 @@ class PgUserMail:
 
     async def create(self, name: str, special_use: str | None = None) -> None:
         await self._run(self._index.create, self.user, name, special_use)
+        self._list_changed(ListChange.CREATED, name)
 
     async def delete(self, name: str) -> None:
         files = await self._run(self._index.delete, self.user, name)
         self._changed(name)
+        self._list_changed(ListChange.DELETED, name)
         await self._store.unlink(files)
 
     async def rename(self, old: str, new: str) -> None:
         await self._run(self._index.rename, self.user, old, new)
         self._changed(old)
+        self._list_changed(ListChange.RENAMED, new, old)
 
     async def subscribe(self, name: str, on: bool) -> None:
         await self._run(self._index.subscribe, self.user, name, on)
+        self._list_changed(ListChange.SUBSCRIBED if on else ListChange.UNSUBSCRIBED, name)
 
     async def status(self, name: str) -> StatusInfo:
         return await self._run(self._index.status, self.user, name)

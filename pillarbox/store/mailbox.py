@@ -86,6 +86,8 @@ from pillarbox.mailstore.rows import (
     Delivered,
     FetchRow,
     FlagBatch,
+    ListChange,
+    MailboxEvent,
     Parts,
     Quota,
     SearchRow,
@@ -353,6 +355,12 @@ class UserMailboxes:
     def watch(self, callback: Callable[[str], None]) -> Callable[[], None]:
         return self._store.hub.watch(self.user, callback)
 
+    def watch_names(self, callback: Callable[[MailboxEvent], None]) -> Callable[[], None]:
+        return self._store.hub.watch_names(self.user, callback)
+
+    def _list_changed(self, kind: ListChange, name: str, old: str | None = None) -> None:
+        self._store.hub.publish_name(self.user, MailboxEvent(kind, name, old))
+
     async def release(self) -> None:
         """A session is done with the handle; the index stays open a while after the last
         one (see "Open indexes outlive their sessions" in the module docstring)."""
@@ -367,17 +375,21 @@ class UserMailboxes:
 
     async def create(self, name: str, special_use: str | None = None) -> None:
         await self._run(self._index.create, name, special_use)
+        self._list_changed(ListChange.CREATED, name)
 
     async def delete(self, name: str) -> None:
         await self._run(self._index.delete, name)
         self._changed(name)
+        self._list_changed(ListChange.DELETED, name)
 
     async def rename(self, old: str, new: str) -> None:
         await self._run(self._index.rename, old, new)
         self._changed(old)
+        self._list_changed(ListChange.RENAMED, new, old)
 
     async def subscribe(self, name: str, on: bool) -> None:
         await self._run(self._index.subscribe, name, on)
+        self._list_changed(ListChange.SUBSCRIBED if on else ListChange.UNSUBSCRIBED, name)
 
     async def status(self, name: str) -> StatusInfo:
         info = await self._run(self._index.status, name)
