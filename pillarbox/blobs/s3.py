@@ -179,7 +179,24 @@ class S3Blobs:
     async def open(self) -> None:
         """Check that the bucket is there and answers (at start: a clear error, not a 451
         on the first delivery)."""
-        await self._run(lambda s3: s3.head_bucket(Bucket=self.where.bucket))
+
+        def head(s3: Any) -> None:
+            from botocore.exceptions import ClientError
+
+            try:
+                s3.head_bucket(Bucket=self.where.bucket)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ("404", "NoSuchBucket"):
+                    raise BlobError(f"S3 {self.location}: no such bucket") from None
+                if code in ("403", "AccessDenied"):
+                    raise BlobError(
+                        f"S3 {self.location}: access denied (check s3_access_key and"
+                        " s3_secret_key_file)"
+                    ) from None
+                raise
+
+        await self._run(head)
 
     async def close(self) -> None:
         self.executor.shutdown(wait=False)

@@ -126,9 +126,12 @@ async def sweep(
     named: Named,
     orphan_age: float,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    dry_run: bool = False,
 ) -> Swept:
     """Delete the bodies no row names that are older than ``orphan_age`` seconds (by the
-    store's clock: S3's LastModified). ``progress(objects, bytes)`` after each page."""
+    store's clock: S3's LastModified). ``progress(objects, bytes)`` after each page;
+    ``dry_run`` counts what it would delete and deletes nothing."""
     cutoff = time.time() - orphan_age
     done = Swept()
     async for page in blobs.scan():
@@ -138,8 +141,9 @@ async def sweep(
         unnamed = [blob for blob in page if BLOB + blob.key not in still]
         doomed = [blob for blob in unnamed if blob.modified < cutoff]
         done.young += len(unnamed) - len(doomed)
-        if doomed:
+        if doomed and not dry_run:
             await blobs.delete([blob.key for blob in doomed])
+        if doomed:
             done.deleted += len(doomed)
             done.deleted_bytes += sum(blob.size for blob in doomed)
         if progress is not None:

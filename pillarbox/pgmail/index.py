@@ -870,6 +870,12 @@ class MailIndex:
                 )
             ]
 
+    def users_of_boxes(self) -> dict[int, str]:
+        """Mailbox id -> its user, for every mailbox."""
+        with self._reading() as conn:
+            rows = self._rows(conn, "SELECT id, user_address FROM mail_mailboxes", ())
+        return {int(box): str(user) for box, user in rows}
+
     def repoint(self, moves: Sequence[tuple[int, int, str, str]]) -> list[str]:
         """Each (mailbox id, UID, old path, new path): the row, if it still names the old
         path (a file), now names the new one (a blob), in one transaction. The new paths

@@ -294,6 +294,7 @@ class PgMailStore:
         node: str = "",
         blobs: BlobStore | None = None,
         orphan_age: float = 86400.0,
+        sweeping: bool = True,
     ):
         self.dsn = dsn
         self.mail_dir = mail_dir
@@ -315,6 +316,7 @@ class PgMailStore:
         # Bodies: files (Maildir) or, with ``blobs``, objects (pgmail.bodies).
         self.blobs = blobs
         self.orphan_age = orphan_age
+        self._sweeping = sweeping  # off for the CLI, which sweeps when told to
         self.bodies = Bodies(mail_dir, blobs, self._named)
         self._sweeper: asyncio.Task[None] | None = None
         # Group commit of deliveries (_index_delivered): what waits, per (user, folder),
@@ -346,17 +348,19 @@ class PgMailStore:
         await loop.run_in_executor(self.executor, self._listener.listening.wait, 10.0)
         self._writer = MaildirWriter(self.hostname)
         await self.bodies.open()
-        if self.blobs is not None:
+        if self.blobs is not None and self._sweeping:
             self._sweeper = loop.create_task(self._sweep_now_and_then())
 
     async def _named(self, paths: Sequence[str]) -> set[str]:
         return await self.run(self.index.named, paths)
 
-    async def sweep(self, progress: Callable[[int, int], None] | None = None) -> Swept:
+    async def sweep(
+        self, progress: Callable[[int, int], None] | None = None, *, dry_run: bool = False
+    ) -> Swept:
         """Delete the blob store's orphans (``pgmail.bodies.sweep``)."""
         if self.blobs is None:
             return Swept()
-        return await sweep(self.blobs, self._named, self.orphan_age, progress)
+        return await sweep(self.blobs, self._named, self.orphan_age, progress, dry_run=dry_run)
 
     async def _sweep_now_and_then(self) -> None:
         """Every half orphan age (at least a minute apart, at most six hours; a random
