@@ -326,3 +326,40 @@ def test_config_wants_the_secret_key_file_to_exist(tmp_path: Path) -> None:
             base_dir=tmp_path,
         )  # fmt: skip
     assert refused.value.key == "store.s3_secret_key_file"
+
+
+async def test_the_cache_stays_under_its_limit_and_survives_a_restart(
+    tmp_path: Path, s3: S3Server, bucket: str
+) -> None:
+    """The LRU itself, on the real S3 server: bodies of 100 bytes, a limit of 1,000."""
+    from pillarbox.blobs.cache import CachedBlobs
+    from pillarbox.blobs.s3 import S3Blobs, S3Location
+
+    secret = tmp_path / "secret"
+    secret.write_text("pillarbox-test-secret")
+    where = S3Location(bucket, "c", s3.endpoint, "us-east-1", "pillarbox-test", secret)
+    cache = CachedBlobs(S3Blobs(where), tmp_path / "cache", 1000)
+    await cache.open()
+    bodies = {f"k{n}": bytes([65 + n]) * 100 for n in range(15)}
+    for key, body in bodies.items():
+        await cache.put(key, body)
+    assert cache.cached_bytes == 1000  # ten bodies: the five oldest were evicted
+    assert len(list((tmp_path / "cache").iterdir())) == 10
+    gets = s3.count("GET", bucket)
+    assert await cache.get("k14") == bodies["k14"]  # cached: no GET
+    assert await cache.get("k0") == bodies["k0"]  # evicted: one GET, and cached again
+    assert s3.count("GET", bucket) == gets + 1
+    assert await cache.get("k3", 10, 20) == bodies["k3"][10:20]
+    await cache.close()
+
+    again = CachedBlobs(S3Blobs(where), tmp_path / "cache", 1000)
+    await again.open()  # the order from the files' mtimes: k0 was read last
+    gets = s3.count("GET", bucket)
+    assert await again.get("k0") == bodies["k0"] and await again.get("k14") == bodies["k14"]
+    assert s3.count("GET", bucket) == gets
+    await again.delete(["k0"])
+    assert await again.get("k0") is None and not await again.exists("k0")
+    big = b"x" * 200  # over an eighth of the limit: passes by, uncached
+    await again.put("big", big)
+    assert await again.get("big") == big and again.cached_bytes <= 1000
+    await again.close()
