@@ -186,10 +186,7 @@ def test_kill_9_between_put_and_commit_leaves_an_orphan_the_sweeper_deletes(
 
             sender = threading.Thread(target=deliver)
             sender.start()
-            deadline = time.monotonic() + 15
-            while not s3.keys(bucket, PREFIX):  # the PUT is done, the commit waits
-                assert time.monotonic() < deadline, "the delivery never put its object"
-                time.sleep(0.05)
+            wait_for_objects(s3, bucket, 1)  # the PUT is done, the commit waits
             node_a.stop(signal.SIGKILL)
             sender.join(15)
         finally:
@@ -215,6 +212,55 @@ def test_kill_9_between_put_and_commit_leaves_an_orphan_the_sweeper_deletes(
         send(again, "after")
         (after,) = bodies(again).values()
     assert after.endswith(message("after"))
+
+
+def test_a_delivery_that_waited_past_half_the_orphan_age_fails_instead_of_committing(
+    tmp_path: Path, pg_dsn: str, s3: S3Server, bucket: str
+) -> None:
+    """The rule that keeps the sweeper off a body a row is about to name: a delivery still
+    waiting for its commit half an orphan age after its PUT gets a 451 (the client sends
+    it again), and its object is an orphan like any other."""
+    a = node(tmp_path, "a", pg_dsn, s3, bucket, s3_orphan_age="2s")
+    pbserver.add_user(a, ALICE)
+    answers: dict[str, object] = {}
+    with pbserver.SubprocessServer(a) as node_a:
+        imap(node_a).logout()
+        holder = lock_inbox(pg_dsn)
+        try:
+
+            def deliver(subject: str) -> None:
+                try:
+                    send(node_a, subject)
+                    answers[subject] = 250
+                except smtplib.SMTPDataError as exc:
+                    answers[subject] = exc.smtp_code
+
+            first = threading.Thread(target=deliver, args=("first",))
+            first.start()  # its transaction waits on the lock, past the deadline check
+            wait_for_objects(s3, bucket, 1)
+            second = threading.Thread(target=deliver, args=("second",))
+            second.start()  # put, then queued behind the first for the next group commit
+            wait_for_objects(s3, bucket, 2)
+            time.sleep(1.2)  # past half of s3_orphan_age since the second's PUT
+        finally:
+            holder.close()
+        first.join(15)
+        second.join(15)
+        assert answers == {"first": 250, "second": 451}, answers
+        (kept,) = bodies(node_a).values()
+    assert kept.endswith(message("first"))
+    assert len(s3.keys(bucket, PREFIX)) == 2  # the second's object: an orphan to sweep
+    time.sleep(2.1)
+    swept = cli(a, "store", "blobs", "sweep")
+    assert swept.returncode == 0 and "1 orphans deleted" in swept.stdout, swept.stdout
+    assert len(s3.keys(bucket, PREFIX)) == 1
+
+
+def wait_for_objects(s3: S3Server, bucket: str, count: int) -> None:
+    deadline = time.monotonic() + 15
+    while len(s3.keys(bucket, PREFIX)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} objects were put"
+        time.sleep(0.05)
 
 
 def test_a_body_read_again_comes_from_the_cache_without_a_get(

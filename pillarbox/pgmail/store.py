@@ -475,8 +475,9 @@ class PgMailStore:
         back; any other failure leaves the body to the sweeper, since a lost connection
         at COMMIT may still have committed the row, and a row must never lose its body."""
         data = await self.run(_joined, message, prefix)
-        path = await self.bodies.put(user, data)
+        # Counted from before the PUT: the object's age (S3's LastModified) starts then.
         deadline = time.monotonic() + self.orphan_age / 2
+        path = await self.bodies.put(user, data)
         try:
             new = await self.run(parse_new, data, flags, None, path)
             await self._index_delivered(user, folder, new, deadline)
@@ -595,8 +596,8 @@ class PgMailStore:
         """APPEND with the body in the blob store: the order and the failures are
         ``_deliver_blob``'s (a refusal, OVERQUOTA or TRYCREATE, takes the body back)."""
         data = await self.run(to_crlf, data)
+        deadline = time.monotonic() + self.orphan_age / 2  # from before the PUT, as above
         path = await self.bodies.put(user, data)
-        deadline = time.monotonic() + self.orphan_age / 2
 
         def index() -> tuple[int, list[int]]:
             new = parse_new(data, flags, when, path)
