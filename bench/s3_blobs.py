@@ -44,7 +44,7 @@ ACCESS, SECRET = "bench", "bench-secret"
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
+def moto_server() -> Iterator[tuple[str, int]]:
     port = free_port()
     binary = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen(
@@ -62,7 +62,7 @@ def moto_server() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        yield endpoint
+        yield endpoint, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -134,6 +134,27 @@ async def fetch_bodies(port: int, clients: int, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
+Figure = tuple[float, float, str, float, float]  # msg/s, bodies/s, load, CPU ms/msg x 2
+
+
+def measure(server: pbserver.SubprocessServer, moto_pid: int, args: argparse.Namespace) -> Figure:
+    """SMTP load (with the CPU the node and the S3 server spent on it), then FETCH load."""
+    smtp_rate([server], 1, 5)  # warm-up
+    before = load()
+    cpu = cpu_now(server.proc.pid, moto_pid)
+    smtp = smtp_rate([server], args.sessions, args.messages)
+    used = cpu_now(server.proc.pid, moto_pid)
+    sent = args.sessions * args.messages
+    node_ms, s3_ms = ((u - c) * 1000 / sent for u, c in zip(used, cpu, strict=True))
+    fetch = asyncio.run(fetch_bodies(server.port("imap"), args.clients, args.seconds))
+    return smtp, fetch, f"{before} -> {load()}", node_ms, s3_ms
+
+
+def cpu_now(node_pid: int, s3_pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by the node's process tree and by the S3 server."""
+    return benchlib.tree_cpu_seconds([node_pid]), benchlib.tree_cpu_seconds([s3_pid])
+
+
 def load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -151,11 +172,11 @@ def main() -> None:
     args = parser.parse_args()
     if (reason := pg.available()) is not None:
         raise SystemExit(reason)
-    figures: dict[str, list[tuple[float, float, str]]] = {label: [] for label, _, _ in SETUPS}
+    figures: dict[str, list[Figure]] = {label: [] for label, _, _ in SETUPS}
     with (
         tempfile.TemporaryDirectory(prefix="pillarbox-s3bench-") as tmp,
         pg.running_server() as db,
-        moto_server() as endpoint,
+        moto_server() as (endpoint, moto_pid),
     ):
         for number in range(args.rounds):
             for label, kind, cache in SETUPS:
@@ -164,26 +185,25 @@ def main() -> None:
                     bucket = f"bench-{kind}-{number}" if kind else ""
                     store = store_table(root, dsn, endpoint, bucket, cache)
                     with node(root, store) as server:
-                        smtp_rate([server], 1, 5)  # warm-up
-                        before = load()
-                        smtp = smtp_rate([server], args.sessions, args.messages)
-                        fetch = asyncio.run(
-                            fetch_bodies(server.port("imap"), args.clients, args.seconds)
-                        )
-                        figures[label].append((smtp, fetch, f"{before} -> {load()}"))
-                print(f"round {number + 1} {label}: {smtp:.0f} msg/s, {fetch:.0f} bodies/s "
-                      f"(load {figures[label][-1][2]})", flush=True)  # fmt: skip
+                        figures[label].append(measure(server, moto_pid, args))
+                smtp, fetch, during, node_ms, s3_ms = figures[label][-1]
+                print(f"round {number + 1} {label}: {smtp:.0f} msg/s, {fetch:.0f} bodies/s, "
+                      f"SMTP CPU ms/msg node {node_ms:.2f} S3 server {s3_ms:.2f} "
+                      f"(load {during})", flush=True)  # fmt: skip
     base_smtp = sum(f[0] for f in figures["Maildir"]) / args.rounds
     base_fetch = sum(f[1] for f in figures["Maildir"]) / args.rounds
     rows = []
     for label, runs in figures.items():
         smtp = sum(f[0] for f in runs) / len(runs)
         fetch = sum(f[1] for f in runs) / len(runs)
+        node_ms = sum(f[3] for f in runs) / len(runs)
+        s3_ms = sum(f[4] for f in runs) / len(runs)
         rows.append(
-            [label, round(smtp), f"{smtp / base_smtp:.2f}", round(fetch),
-             f"{fetch / base_fetch:.2f}"]
+            [label, round(smtp), f"{smtp / base_smtp:.2f}", f"{node_ms:.2f}", f"{s3_ms:.2f}",
+             round(fetch), f"{fetch / base_fetch:.2f}"]
         )  # fmt: skip
-    headers = ["bodies", "SMTP msg/s (4 KB)", "x Maildir", "FETCH BODY[] /s", "x Maildir"]
+    headers = ["bodies", "SMTP msg/s (4 KB)", "x Maildir", "node CPU ms/msg",
+               "S3 server CPU ms/msg", "FETCH BODY[] /s", "x Maildir"]  # fmt: skip
     print(benchlib.table(headers, rows))
 
 
