@@ -186,7 +186,8 @@ def test_kill_9_between_put_and_commit_leaves_an_orphan_the_sweeper_deletes(
 
             sender = threading.Thread(target=deliver)
             sender.start()
-            wait_for_objects(s3, bucket, 1)  # the PUT is done, the commit waits
+            wait_for_objects(s3, bucket, 1)  # the PUT is done
+            wait_for_lock_waiter(pg_dsn)  # and the commit waits
             node_a.stop(signal.SIGKILL)
             sender.join(15)
         finally:
@@ -236,8 +237,9 @@ def test_a_delivery_that_waited_past_half_the_orphan_age_fails_instead_of_commit
                     answers[subject] = exc.smtp_code
 
             first = threading.Thread(target=deliver, args=("first",))
-            first.start()  # its transaction waits on the lock, past the deadline check
+            first.start()
             wait_for_objects(s3, bucket, 1)
+            wait_for_lock_waiter(pg_dsn)  # its transaction waits, past the deadline check
             second = threading.Thread(target=deliver, args=("second",))
             second.start()  # put, then queued behind the first for the next group commit
             wait_for_objects(s3, bucket, 2)
@@ -254,6 +256,18 @@ def test_a_delivery_that_waited_past_half_the_orphan_age_fails_instead_of_commit
     swept = cli(a, "store", "blobs", "sweep")
     assert swept.returncode == 0 and "1 orphans deleted" in swept.stdout, swept.stdout
     assert len(s3.keys(bucket, PREFIX)) == 1
+
+
+def wait_for_lock_waiter(dsn: str) -> None:
+    """Until a transaction of the node waits on a lock in this database."""
+    deadline = time.monotonic() + 15
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "no delivery waits on the INBOX lock"
+            time.sleep(0.02)
 
 
 def wait_for_objects(s3: S3Server, bucket: str, count: int) -> None:
