@@ -334,6 +334,37 @@ def test_store_blobs_status_says_what_is_wrong_with_the_bucket(
     assert "no such bucket" in status.stderr, status.stderr
 
 
+def test_serve_refuses_to_start_on_a_bucket_that_is_not_there(
+    tmp_path: Path, pg_dsn: str, s3: S3Server
+) -> None:
+    a = node(tmp_path, "a", pg_dsn, s3, "no-such-bucket")
+    with pytest.raises(RuntimeError) as refused:
+        pbserver.SubprocessServer(a).stop()
+    assert "s3://no-such-bucket/mail" in str(refused.value)
+    assert "no such bucket" in str(refused.value)
+
+
+def test_an_append_over_quota_is_refused_and_leaves_no_object(
+    tmp_path: Path, pg_dsn: str, s3: S3Server, bucket: str
+) -> None:
+    """RFC 9208 §4.3: NO [OVERQUOTA]; the body put before the refusal is taken back."""
+    a = node(tmp_path, "a", pg_dsn, s3, bucket, quota="2K")
+    pbserver.add_user(a, ALICE)
+    with pbserver.SubprocessServer(a) as node_a:
+        client = imap(node_a)
+        try:
+            client.append("INBOX", message("small"))
+            assert len(s3.keys(bucket, PREFIX)) == 1
+            with pytest.raises(IMAPClient.Error) as refused:
+                client.append("INBOX", message("big") + b"x" * 4096 + b"\r\n")
+            assert "OVERQUOTA" in str(refused.value)
+        finally:
+            client.logout()
+        assert len(s3.keys(bucket, PREFIX)) == 1  # only the one that was taken
+        (kept,) = bodies(node_a).values()
+    assert kept == message("small")
+
+
 def settings_of(tmp_path: Path, store: dict[str, Any]) -> Settings:
     raw = {"hostname": "mail.example.test", "domains": ["example.test"], "store": store}
     return config.from_dict(raw, base_dir=tmp_path, check_files=False)
