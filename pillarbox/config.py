@@ -493,6 +493,23 @@ def _postgres_dsn(value: str) -> str:
     return value
 
 
+def _blobs_url(value: str) -> str:
+    """ "maildir" or "s3://bucket/prefix" (the prefix may be empty)."""
+    if value == "maildir":
+        return value
+    scheme, sep, rest = value.partition("://")
+    bucket = rest.partition("/")[0]
+    if scheme != "s3" or not sep or not bucket:
+        raise ValueError(f'expected "maildir" or "s3://bucket/prefix", got {value!r}')
+    return value
+
+
+def _http_url(value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError(f'expected "https://host[:port]", got {value!r}')
+    return value
+
+
 def _node_id(value: str) -> str:
     if len(value) > 64 or any(not (c.isalnum() or c in "-_.:") for c in value):
         raise ValueError("at most 64 letters, digits and - _ . :")
@@ -530,6 +547,28 @@ class StoreSettings:
     # every third of it while it works; a node that dies leaves its claims to the others
     # once they expire. Longer than a network hiccup, short enough to retry soon.
     queue_lease: Duration = Duration(60)
+    # Where message bodies live: "maildir" (files under data_dir/mail, as always) or
+    # "s3://bucket/prefix": objects in an S3-compatible store (AWS S3, MinIO, Ceph RGW,
+    # Garage), shared by every node, with the index in PostgreSQL (needs backend =
+    # "postgresql"). `pillarbox store blobs` shows, sweeps and copies them.
+    blobs: str = field(default="maildir", metadata=_check(_blobs_url))
+    # The S3 API's URL: "https://s3.eu-west-1.amazonaws.com", "http://127.0.0.1:9000" for
+    # a local MinIO; "" = AWS's endpoint for s3_region.
+    s3_endpoint: str = field(default="", metadata=_check(_http_url))
+    s3_region: str = "us-east-1"
+    # The access key id, and a file holding the secret key (never the secret itself in
+    # this file); both empty: boto3's own lookup (AWS_* variables, ~/.aws, an instance role).
+    s3_access_key: str = ""
+    s3_secret_key_file: Path | None = None
+    # A local LRU cache of bodies read from S3, under data_dir/blob-cache: a hit costs no
+    # GET. "0" = no cache.
+    s3_cache: ByteSize = ByteSize(512 * 1024 * 1024)  # noqa: RUF009 - an int, immutable
+    # An object no index row names and older than this is an orphan (a node killed between
+    # the PUT and the commit of its row) and is deleted by the sweeper, which every node
+    # runs every half of this; a delivery whose PUT is older than half of this when its
+    # row would commit fails instead (451, retried), so the sweeper never takes a body a
+    # row is about to name. Hours in production; seconds only in tests.
+    s3_orphan_age: Duration = Duration(86400)
 
 
 @dataclass(frozen=True)
@@ -743,6 +782,9 @@ def _check_whole(settings: Settings, source: Path | None, check_files: bool) -> 
                 raise ConfigError(f"file not found: {path}", key=f"tls.{name}", path=source)
     if settings.tls.ca is not None and not settings.tls.ca.is_file():
         raise ConfigError(f"file not found: {settings.tls.ca}", key="tls.ca", path=source)
+    secret = settings.store.s3_secret_key_file
+    if secret is not None and not secret.is_file():
+        raise ConfigError(f"file not found: {secret}", key="store.s3_secret_key_file", path=source)
     smarthost_pw = settings.delivery.smarthost_password_file
     if smarthost_pw is not None and not smarthost_pw.is_file():
         raise ConfigError(
@@ -768,3 +810,34 @@ def _check_store(store: StoreSettings, source: Path | None) -> None:
         )
     if store.queue_lease < 3:
         raise ConfigError("must be at least 3 seconds", key="store.queue_lease", path=source)
+    _check_blobs(store, source)
+
+
+def _check_blobs(store: StoreSettings, source: Path | None) -> None:
+    if store.blobs == "maildir":
+        for key in ("s3_endpoint", "s3_access_key", "s3_secret_key_file"):
+            if getattr(store, key):
+                raise ConfigError(
+                    'is set but store.blobs is "maildir": set blobs = "s3://bucket/prefix"'
+                    " to use it",
+                    key=f"store.{key}",
+                    path=source,
+                )
+        return
+    if store.backend != "postgresql":
+        # The SQLite index names files by their Maildir place (it is rebuilt from the
+        # directory); bodies in S3 are for several nodes, which share PostgreSQL.
+        raise ConfigError(
+            'bodies in S3 need store.backend = "postgresql" (the SQLite store keeps them'
+            " in Maildir)",
+            key="store.blobs",
+            path=source,
+        )
+    if bool(store.s3_access_key) != (store.s3_secret_key_file is not None):
+        raise ConfigError(
+            "set both s3_access_key and s3_secret_key_file, or neither (boto3's own credentials)",
+            key="store.s3_access_key" if not store.s3_access_key else "store.s3_secret_key_file",
+            path=source,
+        )
+    if store.s3_orphan_age < 2:
+        raise ConfigError("must be at least 2 seconds", key="store.s3_orphan_age", path=source)

@@ -38,7 +38,8 @@ from pillarbox.store.accounts import open_accounts
 # PILLARBOX_TEST_MAILSTORE=memory: every RunningServer keeps mail in pillarbox.memstore
 # instead of Maildir + SQLite (issue 18: the IMAP and POP3 suites prove the store seam);
 # =postgresql: in pillarbox.pgmail, its index in a database of this process's own test
-# PostgreSQL (tests/pg.py), one database per data dir (issue 16). Read here only; tests
+# PostgreSQL (tests/pg.py), one database per data dir (issue 16); =postgresql-s3: the same
+# with the bodies in S3 (a moto server, tests/s3server.py). Read here only; tests
 # that need the SQLite files are marked ``on_disk`` and skipped then.
 MAILSTORE = os.environ.get("PILLARBOX_TEST_MAILSTORE", "maildir")
 DOMAIN = "example.test"
@@ -149,7 +150,8 @@ class RunningServer:
     """The real server in a background thread; see the module docstring."""
 
     def __init__(self, settings: Settings, *, mail_store: str = ""):
-        """``mail_store`` "maildir", "memory" or "postgresql"; by default ``MAILSTORE``."""
+        """``mail_store`` "maildir", "memory", "postgresql" or "postgresql-s3"; by default
+        ``MAILSTORE``."""
         from pillarbox.app import Server
 
         self.settings = settings
@@ -211,9 +213,40 @@ def _store_factory(kind: str, settings: Settings) -> dict[str, Any]:
 
         dsn = _mail_database(settings.data_dir)
         return {"store_factory": lambda ctx: make_pg_store(ctx, dsn)}
+    if kind == "postgresql-s3":
+        from pillarbox.pgmail.store import make_pg_store
+
+        dsn = _mail_database(settings.data_dir)
+        return {"store_factory": lambda ctx: make_pg_store(ctx, dsn, _s3_blobs(settings))}
     raise ValueError(
-        f"mail store {kind!r}: maildir, memory or postgresql (PILLARBOX_TEST_MAILSTORE)"
+        f"mail store {kind!r}: maildir, memory, postgresql or postgresql-s3"
+        " (PILLARBOX_TEST_MAILSTORE)"
     )
+
+
+# -- bodies in S3 (PILLARBOX_TEST_MAILSTORE=postgresql-s3) ---------------------------------------
+# One moto S3 server per test process (tests/s3server.py), a bucket per data dir (a restarted
+# server finds its bodies again), the bodies behind the real read cache in the data dir.
+_s3_server: Any = None
+_s3_buckets: dict[Path, str] = {}
+
+
+def _s3_blobs(settings: Settings) -> Any:
+    import dataclasses
+
+    from pillarbox.blobs.configured import open_blobs
+    from tests.s3server import S3Server, store_table
+
+    global _s3_server
+    if _s3_server is None:
+        _s3_server = S3Server()
+    bucket = _s3_buckets.get(settings.data_dir)
+    if bucket is None:
+        bucket = _s3_buckets[settings.data_dir] = _s3_server.bucket()
+    table = store_table(_s3_server, bucket, settings.data_dir)
+    table["s3_secret_key_file"] = Path(table["s3_secret_key_file"])
+    store = dataclasses.replace(settings.store, backend="postgresql", **table)
+    return open_blobs(store, settings.data_dir)
 
 
 # -- the PostgreSQL mail store's databases -----------------------------------------------------

@@ -27,6 +27,7 @@ from pillarbox.cli import (
     service,
     sieve,
     status,
+    storeblobs,
     storemigrate,
     transfer,
     verify,
@@ -55,6 +56,7 @@ COMMANDS: list[Command] = [
     *spam_cli.COMMANDS,
     *sieve.COMMANDS,
     *storemigrate.COMMANDS,
+    *storeblobs.COMMANDS,
 ]
 
 
@@ -69,7 +71,8 @@ GROUP_HELP = {
     "service": "run under systemd: install a sandboxed unit",
     "import": "move mail in: imap, maildir, mbox",
     "sieve": "users' Sieve filters: put, get, list, activate, delete",
-    "store": "the state's backend: migrate (SQLite to PostgreSQL)",
+    "store": "the state's backend: migrate (SQLite to PostgreSQL), blobs (bodies in S3)",
+    "blobs": "message bodies in S3: status, sweep, copy --to s3",
 }
 
 

@@ -18,7 +18,10 @@ mailbox rows in id order, so two transactions never wait for each other in a cir
 Message files: written durably by the caller (``store.maildir.MaildirWriter``) before the
 transaction that indexes them; a COPY hard-links the file next to its source (each row
 owns one file), a MOVE keeps it. Files of expunged rows are unlinked after the commit;
-a crash in between leaves an unreferenced file, never a row without its file.
+a crash in between leaves an unreferenced file, never a row without its file. Bodies in
+a blob store (a ``path`` of ``blob:`` + key, ``pgmail.bodies``) are put before the
+transaction too; a COPY shares the key (no request to the store), so a body is deleted
+only once no row names it (:meth:`MailIndex.named`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from pillarbox.mailstore.rows import (
     SearchRow,
 )
 from pillarbox.pgmail import schema
+from pillarbox.pgmail.bodies import BLOB
 from pillarbox.pgmail.importer import has_sqlite_index, import_user
 from pillarbox.pgmail.query import compile_filter, mentions_header
 from pillarbox.pgmail.rows import (
@@ -292,8 +296,9 @@ class MailIndex:
                 self._add_parents(conn, user, name)
                 self._add_box(conn, user, name, None)
 
-    def delete(self, user: str, name: str) -> list[Path]:
-        """Delete the mailbox and its messages; the files to unlink once committed."""
+    def delete(self, user: str, name: str) -> list[str]:
+        """Delete the mailbox and its messages; the paths of the bodies to remove once
+        committed."""
         if name == INBOX:
             raise MailboxError(CANNOT, "INBOX cannot be deleted")
         with self._transaction() as conn:
@@ -304,7 +309,7 @@ class MailIndex:
             )
             conn.execute("DELETE FROM mail_mailboxes WHERE id = %s", (box.id,))
             self._notify(conn, user, name)
-        return [self.mail_dir / row[0] for row in paths]
+        return [row[0] for row in paths]
 
     def rename(self, user: str, old: str, new: str) -> None:
         check_name(new)
@@ -560,7 +565,9 @@ class MailIndex:
             for uid, mask, kw, idate, size, modseq, sent, text in rows
         ]
 
-    def message_path(self, user: str, name: str, uid: int) -> Path | None:
+    def message_path(self, user: str, name: str, uid: int) -> str | None:
+        """The ``path`` of the message's body (a file under the mail directory, or a
+        ``blob:`` key)."""
         with self._reading() as conn:
             box = self._box(conn, user, name)
             path = pg.scalar(
@@ -568,7 +575,7 @@ class MailIndex:
                 "SELECT path FROM mail_messages WHERE mailbox_id = %s AND uid = %s",
                 (box.id, uid),
             )
-        return None if path is None else self.mail_dir / path
+        return None if path is None else str(path)
 
     def special_uses(self, user: str, *names: str) -> list[str | None]:
         with self._reading() as conn:
@@ -651,8 +658,8 @@ class MailIndex:
                 (missing, box.id),
             )
 
-    def expunge(self, user: str, name: str, ranges: Ranges | None) -> tuple[list[int], list[Path]]:
-        """The expunged UIDs and the files to unlink once committed."""
+    def expunge(self, user: str, name: str, ranges: Ranges | None) -> tuple[list[int], list[str]]:
+        """The expunged UIDs and the paths of the bodies to remove once committed."""
         with self._transaction() as conn:
             box = self._box(conn, user, name, lock="UPDATE")
             within, bounds = _within(ranges if ranges is not None else [(1, ALL_UIDS)])
@@ -666,7 +673,7 @@ class MailIndex:
             self._remove(conn, box.id, uids)
             if uids:
                 self._notify(conn, user, name)
-        return uids, [self.mail_dir / row[1] for row in doomed]
+        return uids, [row[1] for row in doomed]
 
     def _remove(self, conn: pg.Connection, box_id: int, uids: list[int]) -> None:
         """Delete ``uids`` under one new MODSEQ, leaving tombstones (RFC 7162 §3.2.7)."""
@@ -801,10 +808,13 @@ class MailIndex:
 
     def _link(self, paths: Iterator[str] | Sequence[str]) -> list[str]:
         """A hard link of each file next to it (durable: the directories are fsynced
-        before the rows that name the links commit)."""
+        before the rows that name the links commit); a blob's key is shared."""
         links: list[str] = []
         directories: set[Path] = set()
         for path in paths:
+            if path.startswith(BLOB):
+                links.append(path)
+                continue
             source = self.mail_dir / path
             link = source.parent / unique_name()
             os.link(source, link)
@@ -813,3 +823,71 @@ class MailIndex:
         for directory in directories:
             fsync_dir(directory)
         return links
+
+    # --- bodies in a blob store -----------------------------------------------------------
+    def named(self, paths: Sequence[str]) -> set[str]:
+        """Which of the ``blob:`` paths some row still names (a committed picture: a
+        body is deleted only when this says no row does)."""
+        if not paths:
+            return set()
+        with self._reading() as conn:
+            rows = self._rows(
+                conn,
+                # The LIKE is the partial index's own condition (schema step 2), so that
+                # the planner may use it.
+                "SELECT DISTINCT path FROM mail_messages WHERE path LIKE 'blob:%%'"
+                " AND path = ANY(%s)",
+                (list(paths),),
+            )
+        return {row[0] for row in rows}
+
+    def body_counts(self) -> tuple[int, int, int, int]:
+        """(rows with a blob body, their bytes, rows with a file, their bytes)."""
+        with self._reading() as conn:
+            row = self._rows(
+                conn,
+                "SELECT count(*) FILTER (WHERE path LIKE 'blob:%%'),"
+                " coalesce(sum(size) FILTER (WHERE path LIKE 'blob:%%'), 0),"
+                " count(*) FILTER (WHERE path NOT LIKE 'blob:%%'),"
+                " coalesce(sum(size) FILTER (WHERE path NOT LIKE 'blob:%%'), 0)"
+                " FROM mail_messages",
+                (),
+            )[0]
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+    def file_rows(self, after: tuple[int, int], limit: int) -> list[tuple[int, int, str]]:
+        """(mailbox id, UID, path) of rows whose body is a file, after ``after`` in
+        (mailbox id, UID) order: the copy to a blob store walks them in pages."""
+        with self._reading() as conn:
+            return [
+                (int(box), int(uid), str(path))
+                for box, uid, path in self._rows(
+                    conn,
+                    "SELECT mailbox_id, uid, path FROM mail_messages"
+                    " WHERE path NOT LIKE 'blob:%%' AND (mailbox_id, uid) > (%s, %s)"
+                    " ORDER BY mailbox_id, uid LIMIT %s",
+                    (after[0], after[1], limit),
+                )
+            ]
+
+    def users_of_boxes(self) -> dict[int, str]:
+        """Mailbox id -> its user, for every mailbox."""
+        with self._reading() as conn:
+            rows = self._rows(conn, "SELECT id, user_address FROM mail_mailboxes", ())
+        return {int(box): str(user) for box, user in rows}
+
+    def repoint(self, moves: Sequence[tuple[int, int, str, str]]) -> list[str]:
+        """Each (mailbox id, UID, old path, new path): the row, if it still names the old
+        path (a file), now names the new one (a blob), in one transaction. The new paths
+        of rows gone meanwhile (expunged, moved): nothing names those bodies."""
+        unused: list[str] = []
+        with self._transaction() as conn:
+            for box_id, uid, old, new in moves:
+                changed = conn.execute(
+                    "UPDATE mail_messages SET path = %s"
+                    " WHERE mailbox_id = %s AND uid = %s AND path = %s",
+                    (new, box_id, uid, old),
+                ).rowcount
+                if not changed:
+                    unused.append(new)
+        return unused

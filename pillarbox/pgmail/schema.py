@@ -13,6 +13,8 @@
 - ``mail_tombstones``: the UID ranges each expunge removed, under its MODSEQ, for
   QRESYNC's VANISHED (RFC 7162 §3.2.5.1): an expunge of 100,000 messages in a row is
   one row.
+- ``path``: a file under the mail directory, or ``blob:`` and the key of a body in the
+  blob store (``[store] blobs = "s3://..."``), which several rows may share (a COPY).
 - ``mail_subscriptions``: LSUB / LIST (SUBSCRIBED), independent of the mailboxes (RFC 9051
   §6.3.7: a name can be subscribed without existing).
 """
@@ -73,5 +75,11 @@ MIGRATIONS: Final = [
         name text NOT NULL,
         PRIMARY KEY (user_address, name)
     );
+    """,
+    # 2: bodies in a blob store (pillarbox.blobs): such a row's path is "blob:" + the key.
+    # Deleting a body, and the sweeper, ask which keys rows still name; the partial index
+    # answers that without indexing the Maildir rows' paths, which nothing looks up.
+    """
+    CREATE INDEX mail_messages_blob ON mail_messages(path) WHERE path LIKE 'blob:%';
     """,
 ]

@@ -9,6 +9,9 @@ network. Message files are written by ``store.maildir.MaildirWriter`` (durable: 
 directory fsynced) before the transaction that indexes them commits, so a delivery that
 returned is in the index and on disk, and one that failed left at most a file no row
 names (a kill -9 in between: the queue's entry is then retried, the file stays unused).
+With ``[store] blobs = "s3://..."`` the body is an object instead, put (S3's 200) before
+that transaction in the same order, and an orphan left by a kill in between is swept
+later (``pgmail.bodies``, which also reads and removes either kind).
 
 Change notification across nodes: every write transaction NOTIFYs ``pillarbox_mail`` with
 the user and mailbox, delivered at its commit. This node's sessions are told at once
@@ -26,17 +29,22 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import math
+import random
+import time
 import uuid
 from array import array
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import psycopg
 
 from pillarbox import log
 from pillarbox import postgres as pg
+from pillarbox.blobs.api import BlobStore
+from pillarbox.blobs.configured import open_blobs
 from pillarbox.config import Settings
 from pillarbox.mailstore import api
 from pillarbox.mailstore.api import Learner
@@ -66,6 +74,7 @@ from pillarbox.mailstore.rows import (
 )
 from pillarbox.mime import to_crlf
 from pillarbox.pgmail import schema
+from pillarbox.pgmail.bodies import Bodies, Swept, sweep
 from pillarbox.pgmail.index import MailIndex
 from pillarbox.pgmail.rows import NewMessage, parse_new
 from pillarbox.store.changes import ChangesHub
@@ -194,7 +203,7 @@ class PgUserMail:
         path = await self._run(self._index.message_path, self.user, name, uid)
         if path is None:
             return None
-        return await self._run(_read_crlf, path)
+        return await self._store.bodies.read(path, self._store.run)
 
     async def full_text_pending(self, name: str, max_uid: int) -> int | None:
         await self.status(name)  # NONEXISTENT as the other stores say it
@@ -279,13 +288,6 @@ class PgUserMail:
             await learner(self.user, messages, spam)
 
 
-def _read_crlf(path: Path) -> bytes | None:
-    try:
-        return to_crlf(path.read_bytes())
-    except FileNotFoundError:
-        return None
-
-
 def _parse_file(
     path: Path, mail_dir: Path, flags: tuple[str, ...], when: float | None
 ) -> NewMessage:
@@ -305,6 +307,9 @@ class PgMailStore:
         pool_size: int = 4,
         hostname: str | None = None,
         node: str = "",
+        blobs: BlobStore | None = None,
+        orphan_age: float = 86400.0,
+        sweeping: bool = True,
     ):
         self.dsn = dsn
         self.mail_dir = mail_dir
@@ -323,9 +328,17 @@ class PgMailStore:
         self._listener: pg.Listener | None = None
         self._writer: MaildirWriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Bodies: files (Maildir) or, with ``blobs``, objects (pgmail.bodies).
+        self.blobs = blobs
+        self.orphan_age = orphan_age
+        self._sweeping = sweeping  # off for the CLI, which sweeps when told to
+        self.bodies = Bodies(mail_dir, blobs, self._named)
+        self._sweeper: asyncio.Task[None] | None = None
         # Group commit of deliveries (_index_delivered): what waits, per (user, folder),
-        # and the task indexing each folder's batches.
-        self._delivered: dict[tuple[str, str], list[tuple[NewMessage, asyncio.Future[None]]]] = {}
+        # with the monotonic time past which its row must not commit any more (a body in
+        # a blob store: half the orphan age after its put), and the task indexing each
+        # folder's batches.
+        self._delivered: dict[tuple[str, str], list[Pending]] = {}
         self._indexers: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     @property
@@ -349,6 +362,34 @@ class PgMailStore:
         self._listener = pg.Listener(self.dsn, schema.CHANNEL, self._heard)
         await loop.run_in_executor(self.executor, self._listener.listening.wait, 10.0)
         self._writer = MaildirWriter(self.hostname)
+        await self.bodies.open()
+        if self.blobs is not None and self._sweeping:
+            self._sweeper = loop.create_task(self._sweep_now_and_then())
+
+    async def _named(self, paths: Sequence[str]) -> set[str]:
+        return await self.run(self.index.named, paths)
+
+    async def sweep(
+        self, progress: Callable[[int, int], None] | None = None, *, dry_run: bool = False
+    ) -> Swept:
+        """Delete the blob store's orphans (``pgmail.bodies.sweep``)."""
+        if self.blobs is None:
+            return Swept()
+        return await sweep(self.blobs, self._named, self.orphan_age, progress, dry_run=dry_run)
+
+    async def _sweep_now_and_then(self) -> None:
+        """Every half orphan age (at least a minute apart, at most six hours; a random
+        part of it so that nodes started together do not sweep together)."""
+        period = min(max(self.orphan_age / 2, 60.0), 6 * 3600.0)
+        while True:
+            await asyncio.sleep(period * random.uniform(0.5, 1.0))
+            try:
+                swept = await self.sweep()
+            except Exception:
+                _log.warning("sweeping the blob store failed", exc_info=True)
+                continue
+            if swept.deleted:
+                _log.info("blob store swept", swept=str(swept))
 
     @staticmethod
     def _migrate(pool: pg.Pool) -> None:
@@ -427,17 +468,41 @@ class PgMailStore:
         if sender is not None:
             prefix = delivery_headers(sender, user) + prefix
         await self.ensure_user(user)
+        if self.blobs is not None:
+            return await self._deliver_blob(user, folder, message, prefix, tuple(flags))
         stored = await self._write(user, folder, message, prefix)
         try:
             new = await self.run(_parse_file, stored, self.mail_dir, tuple(flags), None)
             await self._index_delivered(user, folder, new)
         except BaseException as exc:
-            await self.unlink([stored])
+            await self.unlink([str(stored.relative_to(self.mail_dir))])
             if isinstance(exc, psycopg.Error):
                 raise OSError(errno.EIO, f"indexing in PostgreSQL failed: {exc}") from exc
             raise
         self.hub.publish(user, folder)
         return Delivered(folder, split_filename(stored.name)[0])
+
+    async def _deliver_blob(
+        self, user: str, folder: str, message: Sequence[Part], prefix: bytes, flags: tuple[str, ...]
+    ) -> Delivered:
+        """Put the body in the blob store, then commit its row (``pgmail.bodies`` on the
+        order). A row refused for certain (the mailbox cannot be made) takes its body
+        back; any other failure leaves the body to the sweeper, since a lost connection
+        at COMMIT may still have committed the row, and a row must never lose its body."""
+        data = await self.run(_joined, message, prefix)
+        # Counted from before the PUT: the object's age (S3's LastModified) starts then.
+        deadline = time.monotonic() + self.orphan_age / 2
+        path = await self.bodies.put(user, data)
+        try:
+            new = await self.run(parse_new, data, flags, None, path)
+            await self._index_delivered(user, folder, new, deadline)
+        except MailboxError:
+            await self.unlink([path])
+            raise
+        except psycopg.Error as exc:
+            raise OSError(errno.EIO, f"indexing in PostgreSQL failed: {exc}") from exc
+        self.hub.publish(user, folder)
+        return Delivered(folder, path)
 
     async def ensure_user(self, user: str) -> None:
         if not self.index.knows(user):  # once per user and process: no thread hop after
@@ -448,7 +513,9 @@ class PgMailStore:
             raise OSError(errno.ESHUTDOWN, "the mail store is not started")
         return await self._writer.write(self._folder_path(user, folder), message, prefix=prefix)
 
-    async def _index_delivered(self, user: str, folder: str, new: NewMessage) -> None:
+    async def _index_delivered(
+        self, user: str, folder: str, new: NewMessage, deadline: float = math.inf
+    ) -> None:
         """Index a delivered file; returns once its row is committed.
 
         Group commit: the deliveries to one folder that arrive while its previous batch is
@@ -457,7 +524,7 @@ class PgMailStore:
         queue up on the mailbox row one round trip after another."""
         key = (user, folder)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._delivered.setdefault(key, []).append((new, done))
+        self._delivered.setdefault(key, []).append(Pending(new, done, deadline))
         if key not in self._indexers:
             # A task of its own: a delivery whose caller gives up (an SMTP client gone) must
             # not leave the others' futures unanswered.
@@ -468,12 +535,14 @@ class PgMailStore:
         user, folder = key
         try:
             while batch := self._delivered.pop(key, None):
+                batch = self._in_time(batch)
                 failure: BaseException | None = None
                 try:
-                    await self.run(self._index_batch, user, folder, [new for new, _ in batch])
+                    if batch:
+                        await self.run(self._index_batch, user, folder, [p.new for p in batch])
                 except Exception as exc:
                     failure = exc
-                for _, done in batch:
+                for _, done, _ in batch:
                     if done.done():
                         continue
                     if failure is None:
@@ -482,6 +551,16 @@ class PgMailStore:
                         done.set_exception(failure)
         finally:
             del self._indexers[key]
+
+    @staticmethod
+    def _in_time(batch: list[Pending]) -> list[Pending]:
+        """The deliveries still in time to commit; the others fail (see the deadline)."""
+        now = time.monotonic()
+        for late in (p for p in batch if p.deadline < now and not p.done.done()):
+            late.done.set_exception(
+                OSError(errno.ETIMEDOUT, "the body was stored too long ago to index it now")
+            )
+        return [p for p in batch if p.deadline >= now]
 
     def _index_batch(self, user: str, folder: str, batch: list[NewMessage]) -> None:
         try:
@@ -505,6 +584,8 @@ class PgMailStore:
         """APPEND: write the message file durably into ``folder``'s Maildir, then index it
         (TRYCREATE when the mailbox is missing, OVERQUOTA past ``limit``); (UIDVALIDITY,
         [UID]). A file the index refused is removed again."""
+        if self.blobs is not None:
+            return await self._add_blob(user, folder, data, flags=flags, when=when, limit=limit)
         stored = await self._write(user, folder, [data], b"")
 
         def index() -> tuple[int, list[int]]:
@@ -514,13 +595,41 @@ class PgMailStore:
         try:
             return await self.run(index)
         except BaseException:
-            await self.unlink([stored])
+            await self.unlink([str(stored.relative_to(self.mail_dir))])
             raise
 
-    async def unlink(self, files: list[Path]) -> None:
-        """Remove files whose rows are gone (committed); a missing file is no error."""
-        if files:
-            await self.run(_unlink_all, files)
+    async def _add_blob(
+        self,
+        user: str,
+        folder: str,
+        data: bytes,
+        *,
+        flags: tuple[str, ...],
+        when: float | None,
+        limit: int,
+    ) -> tuple[int, list[int]]:
+        """APPEND with the body in the blob store: the order and the failures are
+        ``_deliver_blob``'s (a refusal, OVERQUOTA or TRYCREATE, takes the body back)."""
+        data = await self.run(to_crlf, data)
+        deadline = time.monotonic() + self.orphan_age / 2  # from before the PUT, as above
+        path = await self.bodies.put(user, data)
+
+        def index() -> tuple[int, list[int]]:
+            new = parse_new(data, flags, when, path)
+            if time.monotonic() > deadline:
+                raise OSError(errno.ETIMEDOUT, "the body was stored too long ago to index it")
+            return self.index.add(user, folder, [new], limit=limit, missing=TRYCREATE)
+
+        try:
+            return await self.run(index)
+        except MailboxError:
+            await self.unlink([path])
+            raise
+
+    async def unlink(self, paths: list[str]) -> None:
+        """Remove the bodies of rows that are gone (committed); a missing one is no error."""
+        if paths:
+            await self.bodies.remove(paths)
 
     def spawn(self, work: Coroutine[Any, Any, None], what: str = "learning hook") -> None:
         """Run ``work`` in the background; its failure is logged, never the user's."""
@@ -537,6 +646,8 @@ class PgMailStore:
 
     async def close(self) -> None:
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         loop = asyncio.get_running_loop()
@@ -546,12 +657,24 @@ class PgMailStore:
             await loop.run_in_executor(self.executor, self._listener.stop)
         if self._pool is not None:
             await loop.run_in_executor(self.executor, self._pool.close)
+        await self.bodies.close()
         self.executor.shutdown(wait=False)
 
 
-def _unlink_all(files: list[Path]) -> None:
-    for path in files:
-        path.unlink(missing_ok=True)
+class Pending(NamedTuple):
+    """A delivery waiting for its row's group commit."""
+
+    new: NewMessage
+    done: asyncio.Future[None]
+    deadline: float  # monotonic; math.inf for a Maildir file
+
+
+def _joined(message: Sequence[Part], prefix: bytes) -> bytes:
+    """The whole message as CRLF bytes (its spooled parts read), as a body to put."""
+    pieces = [prefix]
+    for part in message:
+        pieces.append(part if isinstance(part, bytes) else Path(part).read_bytes())
+    return to_crlf(b"".join(pieces))
 
 
 # --- the app component ------------------------------------------------------------------------
@@ -562,9 +685,12 @@ class PgContext(StoreContext, Protocol):
     def settings(self) -> Settings: ...
 
 
-def make_pg_store(ctx: PgContext, dsn: str = "") -> MailStoreComponent[PgMailStore]:
-    """The store over ``[store] dsn``; ``dsn`` replaces it (the test harness runs the IMAP
-    and POP3 suites on a database while the rest of the node stays on SQLite)."""
+def make_pg_store(
+    ctx: PgContext, dsn: str = "", blobs: BlobStore | None = None
+) -> MailStoreComponent[PgMailStore]:
+    """The store over ``[store] dsn``; ``dsn`` replaces it and ``blobs`` the blob store
+    ``[store] blobs`` names (the test harness runs the IMAP and POP3 suites on a database
+    and a bucket while the rest of the node stays on SQLite)."""
     settings = ctx.settings
     store = PgMailStore(
         dsn or settings.store.dsn,
@@ -572,6 +698,8 @@ def make_pg_store(ctx: PgContext, dsn: str = "") -> MailStoreComponent[PgMailSto
         pool_size=settings.store.pool_size,
         hostname=settings.hostname,
         node=pg.node_name(settings),
+        blobs=blobs or open_blobs(settings.store, settings.data_dir),
+        orphan_age=settings.store.s3_orphan_age,
     )
     return MailStoreComponent(ctx, store)
 
