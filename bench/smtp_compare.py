@@ -11,13 +11,18 @@ A message counts when its file is in the recipient's Maildir (new/ or cur/): the
 when the last one appears, not when the last 250 arrives. CPU per message is the server's
 CPU time (user+system, from /proc) spent during the run divided by the messages: for Postfix
 the whole tree under its master (smtpd, cleanup, trivial-rewrite, qmgr, virtual, postlogd,
-anvil... including processes that exited during the run); for Pillarbox its one process.
+anvil... including processes that exited during the run); for Pillarbox its process tree
+(the main process and its intake workers).
 The load generator's own CPU is printed too: it shares the 2 cores with the server.
 
 Targets: ``postfix``; ``pillarbox`` with inbound SPF/DKIM/DMARC verification off (the same
 work as a Postfix without milters); ``pillarbox-auth``, the default MX configuration, with
 SPF and DMARC looked up for every message on a loopback DNS server (whose CPU is shown apart).
 Runs are interleaved between targets and repeated; the report shows the median and range.
+Between rounds each Maildir is emptied by moving its files aside, not by deleting them
+(see ``set_aside``). ``--baseline CHECKOUT`` also runs every Pillarbox target from another
+checkout (``git worktree add --detach /tmp/base COMMIT``), as ``TARGET@base``, in the
+same interleaved rounds: a change measured against the code before it under the same load.
 
 Prerequisite: ``bench/setup_peers.sh`` (private Postfix on 127.0.0.1:12525). Pillarbox is
 started here from a fresh ``pillarbox init --dev`` data dir on free ports. See
@@ -32,8 +37,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import itertools
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -254,12 +261,43 @@ def split(messages: list[bytes], sessions: int, per_connection: int) -> list[lis
     return batches
 
 
+TRASH = benchlib.BENCH_ROOT / "bench-smtp-trash"
+_set_aside = itertools.count()
+
+
+def set_aside(maildir: Path) -> None:
+    """Empty ``maildir`` for the next round by moving its subdirectories into ``TRASH``
+    (deleted once, after the last round), not by deleting the files.
+
+    Deleting is not neutral on this machine's ext4 (no journal): the allocator skips an
+    inode freed within the last minute (``recently_deleted`` in fs/ext4/ialloc.c) one by
+    one, so 3,000 files deleted just before a round made every file the next round
+    created scan past them, 19% of Pillarbox's main process CPU in ``perf``. An MX does
+    not delete thousands of files just before a burst; both servers now start each round
+    as they would in service. The new directories keep the old ones' owner and mode
+    (Postfix's ``virtual`` writes as its own user).
+    """
+    TRASH.mkdir(parents=True, exist_ok=True)
+    aside = TRASH / f"{maildir.name}-{os.getpid()}-{next(_set_aside)}"
+    aside.mkdir()
+    for sub in ("new", "cur", "tmp"):
+        path = maildir / sub
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        path.rename(aside / sub)
+        path.mkdir()
+        os.chown(path, st.st_uid, st.st_gid)
+        path.chmod(st.st_mode & 0o7777)
+
+
 def measure(
     target: Target, variant: str, messages: list[bytes], args: argparse.Namespace
 ) -> Result:
     per_connection = args.per_connection if variant == "reuse" else 1
     batches = split(messages, args.sessions, per_connection)
-    benchlib.empty_maildir(target.maildir)
+    set_aside(target.maildir)
     pids = target.pids()
     benchlib.renice(pids, args.nice)
     cpu0, extra0 = benchlib.tree_cpu_seconds(pids), target.extra_cpu()
@@ -314,10 +352,15 @@ PILLARBOX_VARIANTS = {
 }
 
 
-def pillarbox_target(name: str) -> tuple[Target, benchlib.Pillarbox]:
+BASELINE = "@base"  # suffix of a target run from the ``--baseline`` checkout
+
+
+def pillarbox_target(name: str, baseline: Path | None) -> tuple[Target, benchlib.Pillarbox]:
+    variant, base, _ = name.partition(BASELINE)
     server = benchlib.Pillarbox(
         benchlib.BENCH_ROOT / "bench-pillarbox" / f"smtp-{name}",
-        extra=PILLARBOX_VARIANTS[name],
+        extra=PILLARBOX_VARIANTS[variant],
+        repo=baseline if base and baseline else benchlib.REPO,
     )
     server.start("smtp")
     pid = server.pid
@@ -342,7 +385,7 @@ def run_all(args: argparse.Namespace) -> list[Result]:
             elif not benchlib.has_component("smtp"):
                 print(f"{name}: no smtp component wired in app.py yet; skipped", file=sys.stderr)
             else:
-                target, server = pillarbox_target(name)
+                target, server = pillarbox_target(name, args.baseline)
                 targets.append(target)
                 servers.append(server)
         for target in targets:
@@ -361,6 +404,7 @@ def run_all(args: argparse.Namespace) -> list[Result]:
     finally:
         for server in servers:
             server.close()
+        shutil.rmtree(TRASH, ignore_errors=True)
     return results
 
 
@@ -419,8 +463,8 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     ratio_rows = []
     for variant in args.variants:
         pf = median_result(results, "postfix", variant)
-        for name in PILLARBOX_VARIANTS:
-            pb = median_result(results, name, variant)
+        for name in args.targets:
+            pb = median_result(results, name, variant) if name != "postfix" else None
             if pb and pf:
                 ratio_rows.append(
                     [
@@ -465,7 +509,17 @@ def main() -> None:
     parser.add_argument(
         "--nice", type=int, default=-10, help="priority of servers and load generator (0: leave)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help=f"also run each Pillarbox target from this checkout (a git worktree of the code "
+        f"before a change), named TARGET{BASELINE}, interleaved with the others",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        pillarbox = [t for t in args.targets if t != "postfix"]
+        args.targets += [t + BASELINE for t in pillarbox]
     benchlib.renice([os.getpid()], args.nice)
     results = run_all(args)
     print(report(results, args))
