@@ -203,7 +203,9 @@ class DnsServer:
     reported apart.
     """
 
-    def __init__(self, workdir: Path, zones: dict[str, str]):
+    def __init__(
+        self, workdir: Path, zones: dict[str, str], *, host: str = "127.0.0.1", port: int = 0
+    ):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         args = []
@@ -212,7 +214,7 @@ class DnsServer:
             path.write_text(text)
             args += ["--zone", origin, str(path)]
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "tests.dnsserver", *args],
+            [PYTHON, "-m", "tests.dnsserver", "--host", host, "--port", str(port), *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=(workdir / "dnsserver.log").open("ab"),

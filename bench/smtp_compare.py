@@ -17,7 +17,10 @@ The load generator's own CPU is printed too: it shares the 2 cores with the serv
 
 Targets: ``postfix``; ``pillarbox`` with inbound SPF/DKIM/DMARC verification off (the same
 work as a Postfix without milters); ``pillarbox-auth``, the default MX configuration, with
-SPF and DMARC looked up for every message on a loopback DNS server (whose CPU is shown apart).
+SPF and DMARC looked up for every message on a loopback DNS server (whose CPU is shown apart);
+``postfix-auth``, the second Postfix of setup_peers.sh, which verifies like a Debian Postfix
+MX (OpenDKIM milter, policyd-spf policy service) against its own loopback DNS server on
+127.0.0.153:53, its CPU counted with OpenDKIM's.
 Runs are interleaved between targets and repeated; the report shows the median and range.
 Between rounds each Maildir is emptied by moving its files aside, not by deleting them
 (see ``set_aside``). ``--baseline CHECKOUT`` also runs every Pillarbox target from another
@@ -310,7 +313,7 @@ def measure(
         return start, accept, done
 
     profile = args.profile_dir / f"{target.name}-{variant}.txt"
-    py_spy = args.py_spy if target.name != "postfix" and args.py_spy else None
+    py_spy = args.py_spy if "postfix" not in target.name and args.py_spy else None
     with benchlib.Profiler(py_spy, pids[0], profile):
         start, accept, done = asyncio.run(go())
     if py_spy:
@@ -333,6 +336,29 @@ def measure(
 def postfix_target(peers: benchlib.Peers) -> Target:
     master = peers.postfix_master_pid()
     return Target("postfix", peers.postfix_port, peers.postfix_maildir, lambda: [master])
+
+
+POSTFIX_AUTH_PORT = int(os.environ.get("BENCH_POSTFIX_AUTH_PORT", "12526"))
+POSTFIX_AUTH_DNS = "127.0.0.153"  # setup_peers.sh's resolv.conf for that instance names it
+
+
+def postfix_auth_target() -> tuple[Target, benchlib.DnsServer]:
+    """The verifying Postfix, and the DNS server it asks (port 53: its helpers read
+    /etc/resolv.conf, which names no port)."""
+    peers = benchlib.Peers(postfix_dir=benchlib.BENCH_ROOT / "bench-postfix-auth")
+    master = peers.postfix_master_pid()
+    opendkim = int((peers.postfix_dir / "opendkim.pid").read_text().split()[0])
+    dns = benchlib.DnsServer(
+        benchlib.BENCH_ROOT / "bench-postfix-auth-dns",
+        {benchlib.SENDER_DOMAIN: benchlib.SENDER_ZONE},
+        host=POSTFIX_AUTH_DNS,
+        port=53,
+    )
+    target = Target(
+        "postfix-auth", POSTFIX_AUTH_PORT, peers.postfix_maildir,
+        lambda: [master, opendkim], dns.cpu_seconds,
+    )  # fmt: skip
+    return target, dns
 
 
 # "pillarbox": inbound SPF/DKIM/DMARC verification off, the same work as a Postfix without
@@ -376,12 +402,16 @@ def run_all(args: argparse.Namespace) -> list[Result]:
     messages = [make_message(i, args.size, rng) for i in range(total)]
     warmup = [make_message(total + i, args.size, rng) for i in range(args.sessions * 5)]
     results: list[Result] = []
-    servers: list[benchlib.Pillarbox] = []
+    servers: list[benchlib.Pillarbox | benchlib.DnsServer] = []
     targets: list[Target] = []
     try:
         for name in args.targets:
             if name == "postfix":
                 targets.append(postfix_target(benchlib.Peers()))
+            elif name == "postfix-auth":
+                target, dns = postfix_auth_target()
+                targets.append(target)
+                servers.append(dns)
             elif not benchlib.has_component("smtp"):
                 print(f"{name}: no smtp component wired in app.py yet; skipped", file=sys.stderr)
             else:
@@ -402,8 +432,11 @@ def run_all(args: argparse.Namespace) -> list[Result]:
                     )
                     results.append(result)
     finally:
-        for server in servers:
-            server.close()
+        for running in servers:
+            if isinstance(running, benchlib.DnsServer):
+                running.stop()
+            else:
+                running.close()
         shutil.rmtree(TRASH, ignore_errors=True)
     return results
 
@@ -462,23 +495,25 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     ]
     ratio_rows = []
     for variant in args.variants:
-        pf = median_result(results, "postfix", variant)
-        for name in args.targets:
-            pb = median_result(results, name, variant) if name != "postfix" else None
-            if pb and pf:
-                ratio_rows.append(
-                    [
-                        variant,
-                        name,
-                        benchlib.ratio(pb.rate, pf.rate),
-                        benchlib.ratio(pb.cpu_ms, pf.cpu_ms),
-                    ]
-                )
+        for peer in ("postfix", "postfix-auth"):
+            pf = median_result(results, peer, variant)
+            for name in args.targets:
+                pb = median_result(results, name, variant) if "postfix" not in name else None
+                if pb and pf:
+                    ratio_rows.append(
+                        [
+                            variant,
+                            name,
+                            peer,
+                            benchlib.ratio(pb.rate, pf.rate),
+                            benchlib.ratio(pb.cpu_ms, pf.cpu_ms),
+                        ]
+                    )
     if ratio_rows:
         lines += [
             "",
             benchlib.table(
-                ["variant", "server", "throughput vs Postfix", "CPU per msg vs Postfix"],
+                ["variant", "server", "peer", "throughput vs peer", "CPU per msg vs peer"],
                 ratio_rows,
             ),
         ]
@@ -491,7 +526,7 @@ def main() -> None:
         "--targets",
         nargs="+",
         default=["postfix", "pillarbox", "pillarbox-auth"],
-        choices=["postfix", *PILLARBOX_VARIANTS],
+        choices=["postfix", "postfix-auth", *PILLARBOX_VARIANTS],
     )
     parser.add_argument(
         "--variants", nargs="+", default=["reuse", "single"], choices=["reuse", "single"]
@@ -518,7 +553,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.baseline:
-        pillarbox = [t for t in args.targets if t != "postfix"]
+        pillarbox = [t for t in args.targets if "postfix" not in t]
         args.targets += [t + BASELINE for t in pillarbox]
     benchlib.renice([os.getpid()], args.nice)
     results = run_all(args)
