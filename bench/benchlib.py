@@ -203,7 +203,9 @@ class DnsServer:
     reported apart.
     """
 
-    def __init__(self, workdir: Path, zones: dict[str, str]):
+    def __init__(
+        self, workdir: Path, zones: dict[str, str], *, host: str = "127.0.0.1", port: int = 0
+    ):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         args = []
@@ -212,7 +214,7 @@ class DnsServer:
             path.write_text(text)
             args += ["--zone", origin, str(path)]
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "tests.dnsserver", *args],
+            [PYTHON, "-m", "tests.dnsserver", "--host", host, "--port", str(port), *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=(workdir / "dnsserver.log").open("ab"),
@@ -264,8 +266,13 @@ class Pillarbox:
         fresh: bool = True,
         extra: dict[str, dict[str, str]] | None = None,
         users: tuple[str, ...] = (USER,),
+        repo: Path = REPO,
     ):
+        # ``repo``: the checkout whose code runs (another worktree, for a before/after
+        # comparison in one run); this checkout's Python, whose ``-m`` takes the package
+        # from the working directory first.
         self.data_dir = data_dir
+        self.repo = repo
         self.ports = {name: free_port() for name in ("smtp", "imap", "imaps", "submission")}
         if fresh and data_dir.exists():
             shutil.rmtree(data_dir)
@@ -343,7 +350,7 @@ class Pillarbox:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "pillarbox", "--config", str(self.data_dir / "pillarbox.toml"), "serve"],
-            cwd=REPO,
+            cwd=self.repo,
             stdout=log,
             stderr=log,
             start_new_session=True,

@@ -2,6 +2,14 @@
 # Install Postfix and Dovecot from Debian and run private instances of them for the
 # side-by-side benchmarks (bench/smtp_compare.py, bench/imap_compare.py).
 #
+# A second Postfix ("postfix-auth", BENCH_POSTFIX_AUTH_PORT, default 12526) verifies inbound
+# mail the way a Postfix MX does it with Debian's packages: OpenDKIM as a milter (verify
+# mode) and policyd-spf (postfix-policyd-spf-python) as a policy service, the fair peer of
+# Pillarbox's default MX checks. Its resolver is a loopback DNS server on
+# $AUTH_DNS_ADDRESS:53 (smtp_compare.py starts it with the sender's zone): the instance and
+# its helpers run in a mount namespace (unshare -m) whose /etc/resolv.conf names that
+# address, so the machine's own resolver is never touched.
+#
 # The machine is shared with test suites that bind 127.0.0.x:25, 143 and 993 at any time, so
 # the packaged services must never run on the standard ports: the packages are installed with
 # service starts blocked (policy-rc.d), the system instances are stopped and disabled, and our
@@ -25,6 +33,10 @@ DOVECOT_PORT=${BENCH_DOVECOT_PORT:-12143}
 DOVECOT_IMAPS_PORT=${BENCH_DOVECOT_IMAPS_PORT:-12993}
 ROOT=${BENCH_ROOT:-/tmp}
 PF=$ROOT/bench-postfix
+POSTFIX_AUTH_PORT=${BENCH_POSTFIX_AUTH_PORT:-12526}
+PFA=$ROOT/bench-postfix-auth
+AUTH_DNS_ADDRESS=127.0.0.153
+OPENDKIM_PORT=12891
 DC=$ROOT/bench-dovecot
 DOMAIN=bench.test
 MAIL_USER=bench
@@ -41,7 +53,7 @@ port_in_use() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
 # --- install ------------------------------------------------------------------------------
 
 install_packages() {
-    local wanted=(postfix dovecot-core dovecot-imapd)
+    local wanted=(postfix dovecot-core dovecot-imapd opendkim postfix-policyd-spf-python)
     local missing=()
     for pkg in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
@@ -81,22 +93,28 @@ install_packages() {
 # Stop and disable the packaged (system-wide) instances, whatever init system there is.
 quiet_system_services() {
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-        systemctl disable --now postfix.service dovecot.service dovecot.socket >/dev/null 2>&1 || true
+        systemctl disable --now postfix.service dovecot.service dovecot.socket opendkim.service \
+            >/dev/null 2>&1 || true
     else
         service postfix stop >/dev/null 2>&1 || true
         service dovecot stop >/dev/null 2>&1 || true
+        service opendkim stop >/dev/null 2>&1 || true
         update-rc.d postfix disable >/dev/null 2>&1 || true
         update-rc.d dovecot disable >/dev/null 2>&1 || true
+        update-rc.d opendkim disable >/dev/null 2>&1 || true
     fi
     if [ -f /etc/postfix/main.cf ]; then postfix stop >/dev/null 2>&1 || true; fi
-    # Anything left over from the system config (not ours: ours have the private dirs in argv).
+    # Anything left over from the system config. Private instances are left alone, this
+    # run's and those of other runs with another BENCH_ROOT (several people benchmark on
+    # one machine): their config dirs are named bench-dovecot / bench-postfix*.
     local pid
     for pid in $(pgrep -x dovecot || true); do
-        grep -qa "$DC" "/proc/$pid/cmdline" || { log "killing system dovecot $pid"; kill "$pid" || true; }
+        grep -qa "/bench-dovecot/" "/proc/$pid/cmdline" \
+            || { log "killing system dovecot $pid"; kill "$pid" || true; }
     done
     for pid in $(pgrep -f '/usr/lib/postfix/sbin/master' || true); do
-        # Ours is told apart by the MAIL_CONFIG that `postfix -c` passes down to master.
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q "^MAIL_CONFIG=$PF\$" \
+        # A private one is told apart by the MAIL_CONFIG that `postfix -c` passes to master.
+        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -Eq "^MAIL_CONFIG=.*/bench-postfix[^/]*\$" \
             || { log "killing system postfix master $pid"; kill "$pid" || true; }
     done
 }
@@ -184,6 +202,64 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
+}
+
+# The verifying instance: the same config on its own port and dirs, plus OpenDKIM and
+# policyd-spf. policyd-spf's stock config skips loopback clients (skip_addresses), which
+# would verify nothing here: its own config skips only a documentation address (an empty
+# list makes policyd-spf 3.0.4 fail on every request).
+write_postfix_auth_config() {
+    PF=$PFA POSTFIX_PORT=$POSTFIX_AUTH_PORT write_postfix_config
+    sed -i 's/^smtpd_recipient_restrictions = .*$//' "$PFA/main.cf"
+    cat >>"$PFA/main.cf" <<EOF
+# Inbound verification, as a Debian Postfix MX does it: DKIM by milter, SPF by policy.
+smtpd_milters = inet:127.0.0.1:$OPENDKIM_PORT
+non_smtpd_milters =
+milter_default_action = accept
+smtpd_recipient_restrictions = reject_unauth_destination, check_policy_service unix:private/policyd-spf
+policyd-spf_time_limit = 3600
+EOF
+    printf 'policyd-spf unix - n n - 0 spawn user=policyd-spf argv=/usr/bin/policyd-spf %s\n' \
+        "$PFA/policyd-spf.conf" >>"$PFA/master.cf"
+    cat >"$PFA/policyd-spf.conf" <<EOF
+debugLevel = 0
+TestOnly = 1
+HELO_reject = Fail
+Mail_From_reject = Fail
+PermError_reject = False
+TempError_Defer = False
+skip_addresses = 192.0.2.1/32
+EOF
+    cat >"$PFA/opendkim.conf" <<EOF
+Mode v
+Socket inet:$OPENDKIM_PORT@127.0.0.1
+PidFile $PFA/opendkim.pid
+UserID opendkim
+Syslog no
+AuthservID postfix-auth.bench.local
+EOF
+    printf 'nameserver %s\noptions timeout:2 attempts:1\n' "$AUTH_DNS_ADDRESS" >"$PFA/resolv.conf"
+}
+
+start_postfix_auth() {
+    if postfix -c "$PFA" status >/dev/null 2>&1; then
+        log "postfix-auth (private) already running; reloading config"
+        postfix -c "$PFA" reload >/dev/null 2>&1 || true
+        return
+    fi
+    port_in_use "$POSTFIX_AUTH_PORT" && die "port $POSTFIX_AUTH_PORT is taken; set BENCH_POSTFIX_AUTH_PORT"
+    if [ -f "$PFA/opendkim.pid" ]; then kill "$(cat "$PFA/opendkim.pid")" 2>/dev/null || true; fi
+    postfix -c "$PFA" set-permissions >/dev/null 2>&1 || true
+    postfix -c "$PFA" check || die "postfix-auth config refused"
+    # One mount namespace for OpenDKIM and Postfix (whose master spawns policyd-spf): the
+    # daemons stay in it, with the benchmark's resolver, after this shell is gone.
+    if ! unshare -m sh -c "mount --bind '$PFA/resolv.conf' /etc/resolv.conf \
+        && opendkim -x '$PFA/opendkim.conf' && postfix -c '$PFA' start" \
+        </dev/null >>"$PFA/start.log" 2>&1; then
+        tail -5 "$PFA/start.log" "$PFA/maillog" >&2 2>/dev/null || true
+        die "postfix-auth would not start"
+    fi
+    log "postfix-auth (OpenDKIM + policyd-spf, DNS at $AUTH_DNS_ADDRESS:53) on 127.0.0.1:$POSTFIX_AUTH_PORT"
 }
 
 start_postfix() {
@@ -295,6 +371,8 @@ start_dovecot() {
 
 stop_peers() {
     postfix -c "$PF" stop >/dev/null 2>&1 || true
+    postfix -c "$PFA" stop >/dev/null 2>&1 || true
+    if [ -f "$PFA/opendkim.pid" ]; then kill "$(cat "$PFA/opendkim.pid")" 2>/dev/null || true; fi
     if [ -f "$DC/run/master.pid" ]; then
         local pid i
         pid=$(cat "$DC/run/master.pid")
@@ -321,8 +399,10 @@ case "${1:-start}" in
         quiet_system_services
         ensure_vmail_user
         write_postfix_config
+        write_postfix_auth_config
         write_dovecot_config
         start_postfix
+        start_postfix_auth
         start_dovecot
         ;;
     stop) stop_peers ;;

@@ -11,13 +11,21 @@ A message counts when its file is in the recipient's Maildir (new/ or cur/): the
 when the last one appears, not when the last 250 arrives. CPU per message is the server's
 CPU time (user+system, from /proc) spent during the run divided by the messages: for Postfix
 the whole tree under its master (smtpd, cleanup, trivial-rewrite, qmgr, virtual, postlogd,
-anvil... including processes that exited during the run); for Pillarbox its one process.
+anvil... including processes that exited during the run); for Pillarbox its process tree
+(the main process and its intake workers).
 The load generator's own CPU is printed too: it shares the 2 cores with the server.
 
 Targets: ``postfix``; ``pillarbox`` with inbound SPF/DKIM/DMARC verification off (the same
 work as a Postfix without milters); ``pillarbox-auth``, the default MX configuration, with
-SPF and DMARC looked up for every message on a loopback DNS server (whose CPU is shown apart).
+SPF and DMARC looked up for every message on a loopback DNS server (whose CPU is shown apart);
+``postfix-auth``, the second Postfix of setup_peers.sh, which verifies like a Debian Postfix
+MX (OpenDKIM milter, policyd-spf policy service) against its own loopback DNS server on
+127.0.0.153:53, its CPU counted with OpenDKIM's.
 Runs are interleaved between targets and repeated; the report shows the median and range.
+Between rounds each Maildir is emptied by moving its files aside, not by deleting them
+(see ``set_aside``). ``--baseline CHECKOUT`` also runs every Pillarbox target from another
+checkout (``git worktree add --detach /tmp/base COMMIT``), as ``TARGET@base``, in the
+same interleaved rounds: a change measured against the code before it under the same load.
 
 Prerequisite: ``bench/setup_peers.sh`` (private Postfix on 127.0.0.1:12525). Pillarbox is
 started here from a fresh ``pillarbox init --dev`` data dir on free ports. See
@@ -32,8 +40,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import itertools
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -254,12 +264,43 @@ def split(messages: list[bytes], sessions: int, per_connection: int) -> list[lis
     return batches
 
 
+TRASH = benchlib.BENCH_ROOT / "bench-smtp-trash"
+_set_aside = itertools.count()
+
+
+def set_aside(maildir: Path) -> None:
+    """Empty ``maildir`` for the next round by moving its subdirectories into ``TRASH``
+    (deleted once, after the last round), not by deleting the files.
+
+    Deleting is not neutral on this machine's ext4 (no journal): the allocator skips an
+    inode freed within the last minute (``recently_deleted`` in fs/ext4/ialloc.c) one by
+    one, so 3,000 files deleted just before a round made every file the next round
+    created scan past them, 19% of Pillarbox's main process CPU in ``perf``. An MX does
+    not delete thousands of files just before a burst; both servers now start each round
+    as they would in service. The new directories keep the old ones' owner and mode
+    (Postfix's ``virtual`` writes as its own user).
+    """
+    TRASH.mkdir(parents=True, exist_ok=True)
+    aside = TRASH / f"{maildir.name}-{os.getpid()}-{next(_set_aside)}"
+    aside.mkdir()
+    for sub in ("new", "cur", "tmp"):
+        path = maildir / sub
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        path.rename(aside / sub)
+        path.mkdir()
+        os.chown(path, st.st_uid, st.st_gid)
+        path.chmod(st.st_mode & 0o7777)
+
+
 def measure(
     target: Target, variant: str, messages: list[bytes], args: argparse.Namespace
 ) -> Result:
     per_connection = args.per_connection if variant == "reuse" else 1
     batches = split(messages, args.sessions, per_connection)
-    benchlib.empty_maildir(target.maildir)
+    set_aside(target.maildir)
     pids = target.pids()
     benchlib.renice(pids, args.nice)
     cpu0, extra0 = benchlib.tree_cpu_seconds(pids), target.extra_cpu()
@@ -272,7 +313,7 @@ def measure(
         return start, accept, done
 
     profile = args.profile_dir / f"{target.name}-{variant}.txt"
-    py_spy = args.py_spy if target.name != "postfix" and args.py_spy else None
+    py_spy = args.py_spy if "postfix" not in target.name and args.py_spy else None
     with benchlib.Profiler(py_spy, pids[0], profile):
         start, accept, done = asyncio.run(go())
     if py_spy:
@@ -297,6 +338,29 @@ def postfix_target(peers: benchlib.Peers) -> Target:
     return Target("postfix", peers.postfix_port, peers.postfix_maildir, lambda: [master])
 
 
+POSTFIX_AUTH_PORT = int(os.environ.get("BENCH_POSTFIX_AUTH_PORT", "12526"))
+POSTFIX_AUTH_DNS = "127.0.0.153"  # setup_peers.sh's resolv.conf for that instance names it
+
+
+def postfix_auth_target() -> tuple[Target, benchlib.DnsServer]:
+    """The verifying Postfix, and the DNS server it asks (port 53: its helpers read
+    /etc/resolv.conf, which names no port)."""
+    peers = benchlib.Peers(postfix_dir=benchlib.BENCH_ROOT / "bench-postfix-auth")
+    master = peers.postfix_master_pid()
+    opendkim = int((peers.postfix_dir / "opendkim.pid").read_text().split()[0])
+    dns = benchlib.DnsServer(
+        benchlib.BENCH_ROOT / "bench-postfix-auth-dns",
+        {benchlib.SENDER_DOMAIN: benchlib.SENDER_ZONE},
+        host=POSTFIX_AUTH_DNS,
+        port=53,
+    )
+    target = Target(
+        "postfix-auth", POSTFIX_AUTH_PORT, peers.postfix_maildir,
+        lambda: [master, opendkim], dns.cpu_seconds,
+    )  # fmt: skip
+    return target, dns
+
+
 # "pillarbox": inbound SPF/DKIM/DMARC verification off, the same work as a Postfix without
 # milters; "pillarbox-auth": the default MX configuration, verifying every message (SPF and
 # DMARC lookups against the loopback DNS server, DKIM: the messages are unsigned).
@@ -314,10 +378,15 @@ PILLARBOX_VARIANTS = {
 }
 
 
-def pillarbox_target(name: str) -> tuple[Target, benchlib.Pillarbox]:
+BASELINE = "@base"  # suffix of a target run from the ``--baseline`` checkout
+
+
+def pillarbox_target(name: str, baseline: Path | None) -> tuple[Target, benchlib.Pillarbox]:
+    variant, base, _ = name.partition(BASELINE)
     server = benchlib.Pillarbox(
         benchlib.BENCH_ROOT / "bench-pillarbox" / f"smtp-{name}",
-        extra=PILLARBOX_VARIANTS[name],
+        extra=PILLARBOX_VARIANTS[variant],
+        repo=baseline if base and baseline else benchlib.REPO,
     )
     server.start("smtp")
     pid = server.pid
@@ -333,16 +402,20 @@ def run_all(args: argparse.Namespace) -> list[Result]:
     messages = [make_message(i, args.size, rng) for i in range(total)]
     warmup = [make_message(total + i, args.size, rng) for i in range(args.sessions * 5)]
     results: list[Result] = []
-    servers: list[benchlib.Pillarbox] = []
+    servers: list[benchlib.Pillarbox | benchlib.DnsServer] = []
     targets: list[Target] = []
     try:
         for name in args.targets:
             if name == "postfix":
                 targets.append(postfix_target(benchlib.Peers()))
+            elif name == "postfix-auth":
+                target, dns = postfix_auth_target()
+                targets.append(target)
+                servers.append(dns)
             elif not benchlib.has_component("smtp"):
                 print(f"{name}: no smtp component wired in app.py yet; skipped", file=sys.stderr)
             else:
-                target, server = pillarbox_target(name)
+                target, server = pillarbox_target(name, args.baseline)
                 targets.append(target)
                 servers.append(server)
         for target in targets:
@@ -359,8 +432,12 @@ def run_all(args: argparse.Namespace) -> list[Result]:
                     )
                     results.append(result)
     finally:
-        for server in servers:
-            server.close()
+        for running in servers:
+            if isinstance(running, benchlib.DnsServer):
+                running.stop()
+            else:
+                running.close()
+        shutil.rmtree(TRASH, ignore_errors=True)
     return results
 
 
@@ -418,23 +495,25 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     ]
     ratio_rows = []
     for variant in args.variants:
-        pf = median_result(results, "postfix", variant)
-        for name in PILLARBOX_VARIANTS:
-            pb = median_result(results, name, variant)
-            if pb and pf:
-                ratio_rows.append(
-                    [
-                        variant,
-                        name,
-                        benchlib.ratio(pb.rate, pf.rate),
-                        benchlib.ratio(pb.cpu_ms, pf.cpu_ms),
-                    ]
-                )
+        for peer in ("postfix", "postfix-auth"):
+            pf = median_result(results, peer, variant)
+            for name in args.targets:
+                pb = median_result(results, name, variant) if "postfix" not in name else None
+                if pb and pf:
+                    ratio_rows.append(
+                        [
+                            variant,
+                            name,
+                            peer,
+                            benchlib.ratio(pb.rate, pf.rate),
+                            benchlib.ratio(pb.cpu_ms, pf.cpu_ms),
+                        ]
+                    )
     if ratio_rows:
         lines += [
             "",
             benchlib.table(
-                ["variant", "server", "throughput vs Postfix", "CPU per msg vs Postfix"],
+                ["variant", "server", "peer", "throughput vs peer", "CPU per msg vs peer"],
                 ratio_rows,
             ),
         ]
@@ -447,7 +526,7 @@ def main() -> None:
         "--targets",
         nargs="+",
         default=["postfix", "pillarbox", "pillarbox-auth"],
-        choices=["postfix", *PILLARBOX_VARIANTS],
+        choices=["postfix", "postfix-auth", *PILLARBOX_VARIANTS],
     )
     parser.add_argument(
         "--variants", nargs="+", default=["reuse", "single"], choices=["reuse", "single"]
@@ -465,7 +544,17 @@ def main() -> None:
     parser.add_argument(
         "--nice", type=int, default=-10, help="priority of servers and load generator (0: leave)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help=f"also run each Pillarbox target from this checkout (a git worktree of the code "
+        f"before a change), named TARGET{BASELINE}, interleaved with the others",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        pillarbox = [t for t in args.targets if "postfix" not in t]
+        args.targets += [t + BASELINE for t in pillarbox]
     benchlib.renice([os.getpid()], args.nice)
     results = run_all(args)
     print(report(results, args))

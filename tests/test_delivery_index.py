@@ -18,12 +18,12 @@ import pytest
 
 from pillarbox.store.index import INDEX_FILE
 from pillarbox.store.mailbox import MailStore
-from pillarbox.store.sieve_scripts import SieveScripts
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 from tests.imaphelp import ALICE, TIMEOUT, Raw, message
 from tests.mailfiles import maildir
 from tests.queuehelpers import enqueue, queue_settings, wait_for
+from tests.sievehelp import activate_script
 
 
 @pytest.fixture
@@ -187,12 +187,8 @@ def test_sieve_fileinto_an_odd_folder_name_reaches_the_idle_session_on_it(
 ) -> None:
     # "." and "\" are escaped in the folder's directory, "&" is modified UTF-7 on the wire:
     # delivery must pick the very directory the IMAP server made for this name.
-    scripts = SieveScripts(mx.settings.database_path)
-    try:
-        scripts.put(ALICE, "main", 'require "fileinto";\r\nfileinto "Lists/R&D v1.2 \\\\ x";\r\n')
-        scripts.set_active(ALICE, "main")
-    finally:
-        scripts.close()
+    script = 'require "fileinto";\r\nfileinto "Lists/R&D v1.2 \\\\ x";\r\n'
+    activate_script(mx.settings, ALICE, script)
     wire = b'"Lists/R&-D v1.2 \\\\ x"'
     raw = Raw(mx)
     try:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from pillarbox.spam.reputation import ReputationStore
-from pillarbox.store.sieve_scripts import SieveScripts
 from tests import pbserver
 from tests.dnsserver import DnsTestServer
 from tests.imaphelp import TIMEOUT, login
 from tests.queuehelpers import queue_settings, wait_for
+from tests.sievehelp import activate_script, sieve_cli
 from tests.smtppeer import SmtpPeer, free_port_on
 
 ALICE = "alice@example.test"
@@ -33,13 +33,7 @@ class World:
     events: list[logging.LogRecord]
 
     def script(self, text: str, user: str = ALICE) -> None:
-        # What `pillarbox sieve put --activate` and ManageSieve do, on the live database.
-        scripts = SieveScripts(self.server.settings.database_path)
-        try:
-            scripts.put(user, "main", text)
-            scripts.set_active(user, "main")
-        finally:
-            scripts.close()
+        activate_script(self.server.settings, user, text)
 
     def send(self, body: bytes, to: list[str] | None = None, sender: str = CAROL) -> None:
         with smtplib.SMTP("127.0.0.1", self.server.port("smtp"), timeout=TIMEOUT) as smtp:
@@ -115,6 +109,23 @@ def count(server: pbserver.RunningServer, folder: str, user: str = ALICE) -> int
     with login(server, user) as imap:
         typ, data = imap.select(f'"{folder}"', readonly=True)
         return int(data[0]) if typ == "OK" and data[0] else 0
+
+
+def test_the_cli_activates_and_deactivates_for_the_very_next_message(world: World) -> None:
+    # The server answers "has this user a script?" from memory; `pillarbox sieve` runs in
+    # another process and tells it (control socket) before returning, so no message after
+    # the command is delivered as if nothing had changed.
+    settings = world.server.settings
+    world.send(mail("before"))
+    activate_script(settings, ALICE, 'require "fileinto";\r\nfileinto "Later";\r\n')
+    world.send(mail("filtered"))
+    assert count(world.server, "Later") == 1 and count(world.server, "INBOX") == 1
+    assert sieve_cli(settings, "activate", ALICE, "--none") == 0
+    world.send(mail("after"))
+    assert count(world.server, "Later") == 1 and count(world.server, "INBOX") == 2
+    assert sieve_cli(settings, "activate", ALICE, "main") == 0
+    world.send(mail("again"))
+    assert count(world.server, "Later") == 2
 
 
 def test_fileinto_a_new_folder_with_flags_and_keywords(world: World) -> None:

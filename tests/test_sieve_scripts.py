@@ -162,6 +162,27 @@ def test_threads_share_one_store(scripts: SieveStore) -> None:
     assert all(scripts.active(f"u{n}@example.com") is not None for n in range(4))
 
 
+def test_has_active_answers_from_memory_and_own_writes_update_it(settings: Settings) -> None:
+    # Two stores on one database, as the server and a `pillarbox sieve` process: the
+    # server's answers from memory, so another store's activation reaches it when it is
+    # told (reload_active: the control socket's sieve.changed), its own at once.
+    server, cli = open_sieve_scripts(settings), open_sieve_scripts(settings)
+    try:
+        cli.put(USER, "main", "keep;")
+        cli.set_active(USER, "main")
+        assert cli.has_active(USER) and not server.has_active(USER)
+        server.reload_active()
+        assert server.has_active(USER) and not server.has_active("bob@example.com")
+        server.set_active(USER, None)
+        assert not server.has_active(USER)
+        server.set_active(USER, "main")
+        server.delete_user(USER)
+        assert not server.has_active(USER)
+    finally:
+        server.close()
+        cli.close()
+
+
 def test_deleting_a_user_deletes_its_scripts_and_vacation_memory(settings: Settings) -> None:
     accounts = open_accounts(settings)
     accounts.add_user(USER, "x")

@@ -88,3 +88,40 @@ async def test_write_after_close_fails_cleanly(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(OSError):
         await asyncio.wait_for(writer.write(tmp_path / "m", [b"x"]), 2)
+
+
+async def test_a_burst_is_written_in_batches_and_one_failure_stays_its_own(
+    tmp_path: Path, tmpfile: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One thread, 30 writes queued at once: the thread takes them in batches (one fsync
+    # of new/ per batch, not per message), and the one whose spool file is missing fails
+    # alone: every other write completes, complete and durable, its future resolved.
+    synced: list[Path] = []
+    real_fsync_dir = maildir.fsync_dir
+
+    def counting(path: Path) -> None:
+        synced.append(path)
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(maildir, "fsync_dir", counting)
+    writer = MaildirWriter(threads=1)
+    folder = tmp_path / "m"
+    try:
+        results = await asyncio.gather(
+            *(
+                writer.write(folder, [tmp_path / "missing"] if i == 7 else [b"msg %d\r\n" % i])
+                for i in range(30)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        writer.close()
+    assert isinstance(results[7], FileNotFoundError)
+    stored = [r for i, r in enumerate(results) if i != 7]
+    assert all(isinstance(p, Path) for p in stored)
+    assert sorted(p.read_bytes() for p in stored if isinstance(p, Path)) == sorted(
+        b"msg %d\r\n" % i for i in range(30) if i != 7
+    )
+    assert len(list((folder / "new").iterdir())) == 29
+    assert list((folder / "tmp").iterdir()) == []
+    assert set(synced) == {folder / "new"} and len(synced) < 29

@@ -14,15 +14,28 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pillarbox import control
 from pillarbox.cli.common import CliError, Command, load_settings
+from pillarbox.config import Settings
 from pillarbox.sieve import SieveSyntaxError, check
 from pillarbox.store.accounts import AccountError, open_accounts
 from pillarbox.store.sieve_scripts import SieveScriptError, SieveStore, open_sieve_scripts
 
 
+def _tell_server(settings: Settings) -> None:
+    """A running server holds the set of users with an active script in memory: have it
+    read the set again. No server, nothing to tell (it reads the set when it starts)."""
+    with contextlib.suppress(control.ServerNotRunning, control.ControlError):
+        control.call(settings.control_socket, "sieve.changed", timeout=5)
+
+
 @contextlib.contextmanager
-def _scripts(args: argparse.Namespace) -> Iterator[tuple[SieveStore, str]]:
-    """The script store and the user's canonical address (it must exist)."""
+def _scripts(
+    args: argparse.Namespace, *, changes_active: bool = False
+) -> Iterator[tuple[SieveStore, str]]:
+    """The script store and the user's canonical address (it must exist);
+    ``changes_active``: the block may change who has an active script (see the module
+    docstring), the server is told after it."""
     settings = load_settings(args)
     accounts = open_accounts(settings)
     try:
@@ -40,6 +53,8 @@ def _scripts(args: argparse.Namespace) -> Iterator[tuple[SieveStore, str]]:
         raise CliError(exc.text) from None
     finally:
         scripts.close()
+    if changes_active:
+        _tell_server(settings)
 
 
 def sieve_put(args: argparse.Namespace) -> int:
@@ -56,7 +71,7 @@ def sieve_put(args: argparse.Namespace) -> int:
     except SieveSyntaxError as exc:
         raise CliError(f"{args.file}:{exc.line}:{exc.column}: {exc.message}") from None
     name = args.name or (path.stem if args.file != "-" else "main")
-    with _scripts(args) as (scripts, user):
+    with _scripts(args, changes_active=args.activate) as (scripts, user):
         scripts.put(user, name, text)
         if args.activate:
             scripts.set_active(user, name)
@@ -96,7 +111,7 @@ def sieve_list(args: argparse.Namespace) -> int:
 def sieve_activate(args: argparse.Namespace) -> int:
     if (args.name is None) == (not args.none):
         raise CliError("give a script name or --none")
-    with _scripts(args) as (scripts, user):
+    with _scripts(args, changes_active=True) as (scripts, user):
         scripts.set_active(user, None if args.none else args.name)
     print(f"{user}: no active script" if args.none else f"{user}: {args.name!r} is active")
     return 0

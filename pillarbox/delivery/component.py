@@ -118,6 +118,7 @@ class SmtpComponent:
         )  # fmt: skip
         self.pickup = Pickup(settings, self.delivery)
         ctx.control.register("sendmail.pickup", self.pickup.control_method)
+        ctx.control.register("sieve.changed", self._sieve_changed)  # `pillarbox sieve`
         if self.intake is not None:
             self._tell_workers_of_spam_changes(ctx, self.intake)
 
@@ -176,9 +177,17 @@ class SmtpComponent:
     async def accounts_changed(self) -> None:
         """The CLI or the web admin changed users or aliases: the workers forget what
         they remembered (before the change is reported done, so the next RCPT on any of
-        them sees it)."""
+        them sees it). A deleted user's scripts went with it (``Accounts.delete_user``)."""
+        await asyncio.to_thread(self.sieve.scripts.reload_active)
         if self.intake is not None:
             await self.intake.ask_all("accounts_changed")
+
+    async def _sieve_changed(self, params: dict[str, Any]) -> bool:
+        """Another process (the CLI) changed who has an active script: delivery asks the
+        store's in-memory set (``SieveStore.has_active``), read again here before the
+        CLI's command returns, so the very next message sees the change."""
+        await asyncio.to_thread(self.sieve.scripts.reload_active)
+        return True
 
     async def stop(self) -> None:
         await self.pickup.stop()

@@ -134,7 +134,9 @@ class PgSieveScripts:
         except BaseException:
             self.pool.close()
             raise
-        self._follower = pg.Follower(settings.store.dsn, CHANNEL, self._reload) if follow else None
+        self._follower = (
+            pg.Follower(settings.store.dsn, CHANNEL, self.reload_active) if follow else None
+        )
 
     def close(self) -> None:
         if self._follower is not None:
@@ -148,7 +150,9 @@ class PgSieveScripts:
             rows = conn.execute("SELECT user_address FROM sieve_scripts WHERE active").fetchall()
         return frozenset(r["user_address"] for r in rows)
 
-    def _reload(self) -> None:
+    def reload_active(self) -> None:
+        """Read the set again (a notification came, or the control socket's
+        ``sieve.changed``: harmless beside the notifications, which carry the same)."""
         self._active_users = self._load_active_users()
 
     def has_active(self, user: str) -> bool:
@@ -167,7 +171,7 @@ class PgSieveScripts:
                     conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         finally:
             if notify:
-                self._reload()
+                self.reload_active()
 
     # -- scripts --------------------------------------------------------------------------
 
