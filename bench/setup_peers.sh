@@ -89,14 +89,16 @@ quiet_system_services() {
         update-rc.d dovecot disable >/dev/null 2>&1 || true
     fi
     if [ -f /etc/postfix/main.cf ]; then postfix stop >/dev/null 2>&1 || true; fi
-    # Anything left over from the system config (not ours: ours have the private dirs in argv).
+    # Anything left over from the system config. A private instance (ours, or another
+    # BENCH_ROOT's: several people may bench on one machine at once) has a bench-dovecot /
+    # bench-postfix dir in its argv or MAIL_CONFIG and is left alone.
     local pid
     for pid in $(pgrep -x dovecot || true); do
-        grep -qa "$DC" "/proc/$pid/cmdline" || { log "killing system dovecot $pid"; kill "$pid" || true; }
+        grep -qa "/bench-dovecot/" "/proc/$pid/cmdline" || { log "killing system dovecot $pid"; kill "$pid" || true; }
     done
     for pid in $(pgrep -f '/usr/lib/postfix/sbin/master' || true); do
-        # Ours is told apart by the MAIL_CONFIG that `postfix -c` passes down to master.
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q "^MAIL_CONFIG=$PF\$" \
+        # A private one is told apart by the MAIL_CONFIG that `postfix -c` passes to master.
+        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q "^MAIL_CONFIG=.*/bench-postfix\$" \
             || { log "killing system postfix master $pid"; kill "$pid" || true; }
     done
 }
