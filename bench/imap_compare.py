@@ -200,10 +200,15 @@ def build_source(count: int, seed: int = 7) -> Path:
 
 
 def copy_maildir(source: Path, dest: Path, owner: str | None) -> None:
+    """A fresh copy of ``source`` at ``dest``: new directories, the message files hard
+    links to the cached ones. Both servers treat a Maildir file as immutable (a flag
+    change is a rename, an expunge an unlink of their own link), so each still sees a
+    mailbox it has never indexed; linking takes seconds where copying 50,000 files took
+    a minute a round on the shared machine (the files are in the page cache either way)."""
     if dest.exists():
-        shutil.rmtree(dest)
+        subprocess.run(["rm", "-rf", str(dest)], check=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-a", str(source), str(dest)], check=True)
+    subprocess.run(["cp", "-al", str(source), str(dest)], check=True)
     (dest / ".complete").unlink(missing_ok=True)
     if owner:
         subprocess.run(["chown", "-R", f"{owner}:{owner}", str(dest.parent)], check=True)
