@@ -1,53 +1,72 @@
-"""IMAP side by side: Pillarbox next to Dovecot on the same 50,000-message Maildir.
+"""IMAP side by side, issue 17's figures: Pillarbox next to Dovecot 2.3, both over IMAPS.
 
-1. A Maildir of ``--count`` messages (4 KB, varied headers: ~300 senders, subjects from a
-   word list, a rare subject word "xyz", Received/List-Id/Cc on some, 70% \\Seen, some
-   \\Flagged, the newest 500 still in new/) is generated once and cached under
-   $BENCH_ROOT/bench-mailbox-COUNT.
-2. It is copied, as a user migrating from another server would, into Dovecot's home for
-   bench@bench.test (no Dovecot index files: Dovecot builds them) and into a fresh Pillarbox
-   data dir (``init --dev``, ``user add``) before ``pillarbox serve`` starts, so Pillarbox
-   must discover the Maildir and build its own index.
-3. Timed (client wall clock, command written -> tagged OK read):
-   - first open: server start (Pillarbox) and the first SELECT, then the first UID FETCH and
-     SEARCHes (index and cache building);
-   - warm: on fresh logged-in connections, median of ``--samples``: SELECT INBOX,
-     ``UID FETCH 1:* (FLAGS)``, ``UID SEARCH HEADER Subject xyz``, ``UID SEARCH FROM "..."``,
-     body searches ``UID SEARCH BODY "budget lunch schedule"`` and ``UID SEARCH TEXT xyz``,
-     ``FETCH 1:* (ENVELOPE)``, ``UID SORT`` by DATE, ARRIVAL, FROM, SUBJECT and SIZE (the
-     UID order checked equal), and ``STORE 1:* +FLAGS (\\Seen)`` after an untimed
-     ``-FLAGS.SILENT (\\Seen)``, so that every sample renames every file (timed after all
-     the read samples: a change makes the next SELECT of either server colder)
-     (Pillarbox: after its full-text backfill of the copied-in Maildir has finished, which
-     is timed from the end of the first-open commands; Debian's Dovecot has no fts plugin,
-     so it reads every message);
-   - idle connections: memory (PSS and RSS summed over the server's processes) before and
-     after ``--idle`` logged-in connections, then after each also SELECTs INBOX and IDLEs;
-     reported per connection;
-   - mixed load (stand-in for imaptest, which Debian 12 does not package): ``--clients``
-     sessions on a 1,000-message mailbox (user mixed@bench.test) for ``--seconds``, each
-     looping over FETCH of flags/envelopes, body FETCH, STORE, SEARCH, APPEND,
-     STORE \\Deleted + EXPUNGE and NOOP; ops/s and server CPU per op.
-4. Responses are checked for agreement (EXISTS, FETCH count, SEARCH hits) between servers.
+``bench/imap_compare.py --all`` (the default: every phase) measures every figure issue 17
+names, in one run, and prints one table of ratios (Pillarbox/Dovecot) with the run's date,
+code commit and load averages. Each figure's rounds take turns between the two servers
+(interleaved), so background load on the shared machine hits both alike; the table shows
+medians. Every connection is implicit TLS (IMAPS, port 993's protocol) on both servers.
 
-If Pillarbox advertises LOGINDISABLED on its plain port (STARTTLS required), both servers
-are driven over STARTTLS (Dovecot then keeps an imap-login TLS proxy process per
-connection, which its idle figure includes); ``--tls yes|no`` forces it.
+Phases (``--phases`` picks some; what is timed, and how):
 
-Prerequisite: ``bench/setup_peers.sh`` (Dovecot on 127.0.0.1:12143).
+- ``first``: a Maildir of ``--count`` messages (4 KB, varied headers: ~300 senders,
+  subjects from a word list, a rare subject word "xyz", Received/List-Id/Cc on some, 70%
+  \\Seen, some \\Flagged, the newest 500 still in new/; generated once, cached under
+  $BENCH_ROOT/bench-mailbox-COUNT) is copied in fresh for **each** round, as a user
+  migrating from another server would bring it: into Dovecot's home for bench@bench.test
+  (no Dovecot index files: Dovecot builds them), and into Pillarbox's data dir with the
+  server stopped, then ``pillarbox serve`` started (its start is reported, not counted).
+  Pillarbox is stopped while Dovecot takes its turn, so no background parse of ours runs
+  meanwhile. Timed, client wall clock from writing the command to reading its tagged OK:
+  the first SELECT INBOX, then the first ``UID FETCH 1:* (FLAGS)`` and header SEARCHes.
+  After the last round the script waits for Pillarbox's background parse and full-text
+  backfill of the copied-in mailbox (reported, timed from the end of the first commands).
+- ``warm``: ``--samples`` fresh logged-in connections per server, alternating: SELECT,
+  ``UID FETCH 1:* (FLAGS)``, ``FETCH 1:* (ENVELOPE)``, ``FETCH 1:*
+  (BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])``, header ``SEARCH HEADER Subject`` and
+  ``SEARCH FROM``, body ``SEARCH BODY`` and ``SEARCH TEXT`` (Debian's Dovecot has no fts
+  plugin: it reads every message; Pillarbox answers from its FTS5 index), with ``--sort``
+  the five ``UID SORT``s; then, after all read samples (a change makes the next SELECT of
+  either server colder), ``STORE 1:* +FLAGS (\\Seen)`` after an untimed ``-FLAGS.SILENT``,
+  so that every sample changes every message. Client wall clock, median.
+- ``append``: APPEND rate as the mailbox grows: ``--appends`` 4 KB messages one after the
+  other (each waits for its tagged OK) into a new empty mailbox, then as many into the
+  ``--count``-message INBOX; messages per second of client wall clock, per round.
+- ``login``: login cycles (connect, TLS handshake, LOGIN, LOGOUT) with 1 and 10 clients
+  for ``--login-seconds`` per round (``bench/imap_login.py``'s loop), user
+  mixed@bench.test; cycles per second of client wall clock, server CPU per cycle
+  (user+system of the server's whole process tree, from /proc) reported beside.
+- ``mixed``: imaptest's default profile, ``--clients`` clients for ``--seconds`` on a
+  1,000-message mailbox (mixed@bench.test), ``--mixed-rounds`` rounds. imaptest itself is
+  not packaged in Debian 12 and its source cannot be fetched from this machine (package
+  registries only), so this is a stand-in reimplemented from imaptest's state table
+  (src/client-state.c: LOGIN, LIST 50%, STATUS 50%, SELECT, FETCH, FETCH2, STORE 50%,
+  STORE \\Deleted, EXPUNGE, APPEND below msgs=30, LOGOUT, a new TLS connection and LOGIN
+  every round; not pipelined as imaptest is). Ops/s (client wall clock), server CPU per
+  op, and the login cycles per second within it.
+- ``idle``: memory per idle connection: PSS and RSS summed over each server's processes
+  before and after ``--idle`` logged-in connections that SELECT INBOX and IDLE; then, for
+  Pillarbox alone (Dovecot runs two processes per TLS connection), ``bench/imap_idle_mem.py``'s
+  measure of ``--idle-many`` such connections on a fresh server, with and without
+  COMPRESS=DEFLATE, against the absolute target (20 KB per connection).
 
-    .venv/bin/python bench/imap_compare.py
-    .venv/bin/python bench/imap_compare.py --targets dovecot --count 5000 --seconds 10
+Responses are checked for agreement (EXISTS, FETCH count, SEARCH hits) between servers.
+
+Prerequisite: ``bench/setup_peers.sh`` (Dovecot on 127.0.0.1:12143, IMAPS :12993).
+
+    .venv/bin/python bench/imap_compare.py --all
+    .venv/bin/python bench/imap_compare.py --phases warm --count 5000 --samples 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
 import random
 import re
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -65,6 +84,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib
+import imap_idle_mem
+import imap_login
 from imapclient_async import ImapClient, ImapError, client_tls_context, open_session
 
 FIRST = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
@@ -179,10 +200,15 @@ def build_source(count: int, seed: int = 7) -> Path:
 
 
 def copy_maildir(source: Path, dest: Path, owner: str | None) -> None:
+    """A fresh copy of ``source`` at ``dest``: new directories, the message files hard
+    links to the cached ones. Both servers treat a Maildir file as immutable (a flag
+    change is a rename, an expunge an unlink of their own link), so each still sees a
+    mailbox it has never indexed; linking takes seconds where copying 50,000 files took
+    a minute a round on the shared machine (the files are in the page cache either way)."""
     if dest.exists():
-        shutil.rmtree(dest)
+        subprocess.run(["rm", "-rf", str(dest)], check=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-a", str(source), str(dest)], check=True)
+    subprocess.run(["cp", "-al", str(source), str(dest)], check=True)
     (dest / ".complete").unlink(missing_ok=True)
     if owner:
         subprocess.run(["chown", "-R", f"{owner}:{owner}", str(dest.parent)], check=True)
@@ -194,12 +220,17 @@ def copy_maildir(source: Path, dest: Path, owner: str | None) -> None:
 @dataclass
 class Target:
     name: str
-    port: int
+    imaps_port: int  # every session of this script is implicit TLS (IMAPS)
     pids: Callable[[], list[int]]
-    imaps_port: int = 0  # implicit TLS (the imaptest-like mixed load connects there)
-    start_seconds: float | None = None  # Pillarbox: serve start -> greeting
-    index_ready: Callable[[], bool] | None = None  # Pillarbox: full-text backfill done
     results: dict[str, Any] = field(default_factory=dict)
+
+
+TLS = client_tls_context()
+
+
+async def session(target: Target, user: str = benchlib.USER) -> ImapClient:
+    """A logged-in IMAPS connection (TLS from the first byte, then LOGIN)."""
+    return await open_session(target.imaps_port, user, benchlib.PASSWORD, tls=TLS, implicit=True)
 
 
 async def timed(coro: Awaitable[bytes]) -> tuple[float, bytes]:
@@ -228,12 +259,12 @@ def sort_order(data: bytes) -> int:
 OPS = {
     "select": "SELECT INBOX",
     "fetch_flags": "UID FETCH 1:* (FLAGS)",
+    "fetch_envelope": "FETCH 1:* (ENVELOPE)",
+    "fetch_headers": "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])",
     "search_subject": f"UID SEARCH HEADER Subject {SEARCH_SUBJECT}",
     "search_from": f'UID SEARCH FROM "{SEARCH_FROM}"',
     "search_body": f'UID SEARCH BODY "{SEARCH_BODY}"',
     "search_text": f"UID SEARCH TEXT {SEARCH_SUBJECT}",
-    "fetch_envelope": "FETCH 1:* (ENVELOPE)",
-    "fetch_headers": "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])",
     "sort_date": "UID SORT (DATE) UTF-8 ALL",
     "sort_arrival": "UID SORT (ARRIVAL) UTF-8 ALL",
     "sort_from": "UID SORT (FROM) UTF-8 ALL",
@@ -245,15 +276,13 @@ OPS = {
 }
 # Untimed commands sent before an op, to give every sample the same starting state.
 BEFORE: dict[str, str] = {"store_seen": "STORE 1:* -FLAGS.SILENT (\\Seen)"}
-
-
+FIRST_OPS = ("select", "fetch_flags", "search_subject", "search_from")
+SORTS = tuple(name for name in OPS if name.startswith("sort_"))
 WRITES = ("store_seen",)  # timed after every read sample: a change makes the next SELECT cold
 
 
-async def run_ops(
-    client: ImapClient, names: tuple[str, ...] = tuple(OPS)
-) -> dict[str, tuple[float, int]]:
-    """Time each of OPS on one logged-in connection; (seconds, count check) per op."""
+async def run_ops(client: ImapClient, names: tuple[str, ...]) -> dict[str, tuple[float, int]]:
+    """Time each of ``names`` on one logged-in connection; (seconds, count check) per op."""
     out: dict[str, tuple[float, int]] = {}
     for name in names:
         command = OPS[name]
@@ -272,59 +301,29 @@ async def run_ops(
     return out
 
 
-async def first_and_warm(target: Target, args: argparse.Namespace, tls: Any) -> None:
-    client = await open_session(target.port, benchlib.USER, benchlib.PASSWORD, tls=tls)
-    target.results["first"] = await run_ops(client)
-    await client.logout()
-    if target.index_ready is not None:
-        waited = time.perf_counter()
-        await asyncio.to_thread(wait_until, target.index_ready)
-        target.results["backfill"] = time.perf_counter() - waited
-    samples: list[dict[str, tuple[float, int]]] = []
-    # Fresh connections, logged in before the timing (and the profile) starts.
-    clients = [
-        await open_session(target.port, benchlib.USER, benchlib.PASSWORD, tls=tls)
-        for _ in range(args.samples)
-    ]
-    reads = tuple(n for n in OPS if n not in WRITES)
-    with profiler(target, args, "warm"):
-        for client in clients:
-            samples.append(await run_ops(client, reads))
-        for client, sample in zip(clients, samples, strict=True):
-            await client.command("SELECT INBOX")
-            sample.update(await run_ops(client, WRITES))
-    for client in clients:
-        await client.logout()
-    target.results["warm"] = {
-        name: (statistics.median(s[name][0] for s in samples), samples[-1][name][1]) for name in OPS
-    }
-
-
 def profiler(target: Target, args: argparse.Namespace, phase: str) -> benchlib.Profiler:
     py_spy = args.py_spy if target.name == "pillarbox" else None
     return benchlib.Profiler(py_spy, target.pids()[0], args.profile_dir / f"imap-{phase}.txt")
 
 
-async def idle_memory(
-    target: Target, args: argparse.Namespace, tls: Any, key: str = "idle"
-) -> None:
+async def idle_memory(target: Target, count: int) -> dict[str, float]:
+    """Memory per connection (bytes) of ``count`` logged-in IMAPS connections, then of the
+    same after each SELECTs INBOX and IDLEs: PSS and RSS over the server's process tree."""
     # One connection first, so lazily started helpers (Dovecot's auth, config) are running.
-    warm = await open_session(target.port, MIXED_USER, benchlib.PASSWORD, tls=tls)
+    warm = await session(target, MIXED_USER)
     await warm.command("SELECT INBOX")
     await warm.logout()
     await asyncio.sleep(1)
     base = benchlib.tree_memory(target.pids())
-    clients: list[ImapClient] = []
     semaphore = asyncio.Semaphore(10)
 
     async def one() -> ImapClient:
         async with semaphore:
-            return await open_session(target.port, MIXED_USER, benchlib.PASSWORD, tls=tls)
+            return await session(target, MIXED_USER)
 
-    clients = list(await asyncio.gather(*(one() for _ in range(args.idle))))
+    clients = list(await asyncio.gather(*(one() for _ in range(count))))
     await asyncio.sleep(2)
     logged_in = benchlib.tree_memory(target.pids())
-    tags = []
     for client in clients:
         await client.command("SELECT INBOX")
         tag = b"I%06d" % client.counter
@@ -332,20 +331,16 @@ async def idle_memory(
         line = await asyncio.wait_for(client.reader.readline(), 30)
         if not line.startswith(b"+"):
             raise ImapError(f"IDLE refused: {line!r}")
-        tags.append(tag)
     await asyncio.sleep(2)
     idling = benchlib.tree_memory(target.pids())
     for client in clients:
         client.writer.write(b"DONE\r\n")
         client.close()
-    n = args.idle
-    target.results[key] = {
-        "base": base,
-        "auth_pss": (logged_in.pss - base.pss) / n,
-        "auth_rss": (logged_in.rss - base.rss) / n,
-        "idle_pss": (idling.pss - base.pss) / n,
-        "idle_rss": (idling.rss - base.rss) / n,
-        "processes": idling.processes - base.processes,
+    return {
+        "auth_pss": (logged_in.pss - base.pss) / count,
+        "auth_rss": (logged_in.rss - base.rss) / count,
+        "idle_pss": (idling.pss - base.pss) / count,
+        "idle_rss": (idling.rss - base.rss) / count,
     }
 
 
@@ -549,15 +544,14 @@ async def idle_once(view: MixedView, counts: MixedCounts, seconds: float = 0.05)
 
 
 async def imaptest_client(
-    target: Target, tls: Any, stop_at: float, rng: random.Random, counts: MixedCounts,
+    target: Target, stop_at: float, rng: random.Random, counts: MixedCounts,
     states: dict[str, tuple[int, int]], keep: int,
 ) -> None:  # fmt: skip
     """imaptest's loop for one of its clients: connect over implicit TLS, LOGIN, one round,
     LOGOUT; again until the time is up."""
     while time.perf_counter() < stop_at:
-        port = target.imaps_port if tls is not None else target.port
         started = time.perf_counter()
-        client = await ImapClient.connect(port, tls=tls)
+        client = await ImapClient.connect(target.imaps_port, tls=TLS)
         counts.connect_seconds += time.perf_counter() - started
         started = time.perf_counter()
         await client.login(MIXED_USER, benchlib.PASSWORD)
@@ -567,63 +561,6 @@ async def imaptest_client(
             await imaptest_round(MixedView(client), rng, counts, states, keep)
         finally:
             client.close()
-
-
-MIXED_WEIGHTS = {
-    "fetch_env": 30,
-    "fetch_body": 20,
-    "store": 15,
-    "search": 10,
-    "append": 10,
-    "expunge": 10,
-    "noop": 5,
-}
-
-
-async def mixed_session(port: int, tls: Any) -> tuple[ImapClient, list[int]]:
-    """Logged in, INBOX selected, its UIDs known: set up before the clock starts."""
-    client = await open_session(port, MIXED_USER, benchlib.PASSWORD, tls=tls)
-    await client.command("SELECT INBOX")
-    data = await client.command("UID SEARCH ALL")
-    match = re.search(rb"^\* SEARCH([^\r]*)", data, re.M)
-    return client, [int(u) for u in match.group(1).split()] if match else [1]
-
-
-async def mixed_client(
-    client: ImapClient,
-    uids: list[int],
-    stop_at: float,
-    rng: random.Random,
-    counts: dict[str, int],
-) -> None:
-    """The earlier stand-in (``--mix session``): one long session per client."""
-    ops, weights = list(MIXED_WEIGHTS), list(MIXED_WEIGHTS.values())
-    while time.perf_counter() < stop_at:
-        op = rng.choices(ops, weights)[0]
-        uid = rng.choice(uids)
-        if op == "fetch_env":
-            low = rng.choice(uids)
-            await client.command(f"UID FETCH {low}:{low + 10} (UID FLAGS RFC822.SIZE ENVELOPE)")
-        elif op == "fetch_body":
-            await client.command(f"UID FETCH {uid} (BODY.PEEK[])")
-        elif op == "store":
-            sign = rng.choice("+-")
-            await client.command(f"UID STORE {uid} {sign}FLAGS (\\Seen \\Flagged)")
-        elif op == "search":
-            await client.command(rng.choice(["UID SEARCH UNSEEN", 'UID SEARCH FROM "grace"']))
-        elif op == "append":
-            reply = await client.append("INBOX", make_message(rng.randint(0, 100_000), rng, 4096))
-            new = re.search(rb"APPENDUID \d+ (\d+)", reply)
-            if new:
-                uids.append(int(new.group(1)))
-        elif op == "expunge":
-            await client.command(f"UID STORE {uid} +FLAGS (\\Deleted)")
-            await client.command("EXPUNGE")
-            counts["total"] += 1  # two commands
-        else:
-            await client.command("NOOP")
-        counts["total"] += 1
-    await client.logout()
 
 
 def mixed_states(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
@@ -636,315 +573,540 @@ def mixed_states(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
     return states
 
 
-async def mixed_load(target: Target, args: argparse.Namespace, tls: Any) -> None:
+async def mixed_load(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """One round of the imaptest stand-in on ``target``: figures of the round."""
     pids = target.pids()
-    start = time.perf_counter()
-    if args.mix == "imaptest":
-        counts = MixedCounts()
-        states = mixed_states(args)
-        # Untimed: the first open of the copied-in mailbox (both servers build an index).
-        first = await open_session(target.port, MIXED_USER, benchlib.PASSWORD, tls=tls)
-        await first.command("SELECT INBOX")
-        await first.command("FETCH 1:* (FLAGS ENVELOPE)")
-        await first.logout()
-        cpu0 = benchlib.tree_cpu_seconds(pids)
-        client0 = sum(os.times()[:2])
-        with profiler(target, args, "mixed"):
-            start = time.perf_counter()
-            stop_at = start + args.seconds
-            await asyncio.gather(*(
-                imaptest_client(target, tls, stop_at, random.Random(i), counts, states, args.msgs)
-                for i in range(args.clients)
-            ))  # fmt: skip
-            elapsed = time.perf_counter() - start
-        ops = counts.ok + counts.no
-        extra = {
-            "no": counts.no,
-            "logins": counts.logins,
-            "by_state": counts.by_state,
-            "ms_by_state": {k: counts.seconds[k] * 1000 / n for k, n in counts.by_state.items()},
-            "connect_ms": counts.connect_seconds * 1000 / max(counts.logins, 1),
-        }
-    else:
-        total = {"total": 0}
-        sessions = await asyncio.gather(
-            *(mixed_session(target.port, tls) for _ in range(args.clients))
-        )
-        cpu0 = benchlib.tree_cpu_seconds(pids)
-        client0 = sum(os.times()[:2])
-        with profiler(target, args, "mixed"):
-            start = time.perf_counter()
-            stop_at = start + args.seconds
-            await asyncio.gather(
-                *(
-                    mixed_client(client, uids, stop_at, random.Random(i), total)
-                    for i, (client, uids) in enumerate(sessions)
-                )
-            )
-            elapsed = time.perf_counter() - start
-        ops = total["total"]
-        extra = {}
-    target.results["mixed"] = {
+    counts = MixedCounts()
+    states = mixed_states(args)
+    # Untimed: the first open of the copied-in mailbox (both servers build an index).
+    first = await session(target, MIXED_USER)
+    await first.command("SELECT INBOX")
+    await first.command("FETCH 1:* (FLAGS ENVELOPE)")
+    await first.logout()
+    cpu0 = benchlib.tree_cpu_seconds(pids)
+    client0 = sum(os.times()[:2])
+    with profiler(target, args, "mixed"):
+        start = time.perf_counter()
+        stop_at = start + args.seconds
+        await asyncio.gather(*(
+            imaptest_client(target, stop_at, random.Random(i), counts, states, args.msgs)
+            for i in range(args.clients)
+        ))  # fmt: skip
+        elapsed = time.perf_counter() - start
+    ops = counts.ok + counts.no
+    return {
         "ops": ops,
         "rate": ops / elapsed,
+        "logins_per_s": counts.logins / elapsed,
         "cpu_ms": (benchlib.tree_cpu_seconds(pids) - cpu0) * 1000 / max(ops, 1),
         "client_ms": (sum(os.times()[:2]) - client0) * 1000 / max(ops, 1),
-        **extra,
+        "no": counts.no,
+        "logins": counts.logins,
+        "by_state": counts.by_state,
+        "ms_by_state": {k: counts.seconds[k] * 1000 / n for k, n in counts.by_state.items()},
+        "connect_ms": counts.connect_seconds * 1000 / max(counts.logins, 1),
     }
 
 
-# -- orchestration -----------------------------------------------------------------------------
+# -- the figures ---------------------------------------------------------------------------------
 
 
-def mixed_source(args: argparse.Namespace) -> Path:
-    return build_source(args.mixed_count, seed=11)
+@dataclass
+class Figure:
+    """One row of the table: samples per server, the load when each was taken."""
+
+    label: str
+    unit: str
+    method: str
+    target: str = ""  # what issue 17 asks of the ratio: "<= 1.0x", ">= 2x", "<= 20 KB"
+    higher_is_better: bool = False
+    values: dict[str, list[float]] = field(default_factory=dict)
+    loads: list[float] = field(default_factory=list)
+
+    def add(self, server: str, value: float) -> None:
+        self.values.setdefault(server, []).append(value)
+        self.loads.append(os.getloadavg()[0])
+
+    def median(self, server: str) -> float | None:
+        values = self.values.get(server)
+        return statistics.median(values) if values else None
+
+    def ratio(self) -> float | None:
+        ours, theirs = self.median("pillarbox"), self.median("dovecot")
+        return ours / theirs if ours is not None and theirs else None
+
+    def met(self) -> str:
+        """Whether the target holds: a ratio target is read as ">= N" or "<= N" times."""
+        match = re.fullmatch(r"([<>]=) ([\d.]+)(x| KB)", self.target)
+        if not match:
+            return ""
+        value = self.ratio() if match.group(3) == "x" else self.median("pillarbox")
+        if value is None:
+            return ""
+        limit = float(match.group(2))
+        ok = value >= limit if match.group(1) == ">=" else value <= limit
+        return "yes" if ok else "**no**"
 
 
-def prepare_dovecot(args: argparse.Namespace, source: Path) -> Target:
-    peers = benchlib.Peers()
-    master = peers.dovecot_master_pid()
-    home = peers.dovecot_dir / "home" / benchlib.DOMAIN
-    # Dovecot caches nothing about a removed mailbox in its long-lived processes, but make
-    # sure no imap process of a previous run still has the old one open.
-    subprocess.run(
-        ["doveadm", "-c", str(peers.dovecot_dir / "dovecot.conf"), "kick", "*"],
-        capture_output=True,
-        check=False,
-    )
-    copy_maildir(source, home / "bench" / "Maildir", VMAIL)
-    copy_maildir(mixed_source(args), home / "mixed" / "Maildir", VMAIL)
-    return Target("dovecot", peers.dovecot_port, lambda: [master], peers.dovecot_imaps_port)
+class Figures:
+    def __init__(self) -> None:
+        self.rows: dict[str, Figure] = {}
+        self.checks: dict[str, dict[str, set[int]]] = {}  # answers that must agree
+
+    def get(self, key: str, label: str, unit: str, method: str, target: str = "",
+            higher_is_better: bool = False) -> Figure:  # fmt: skip
+        if key not in self.rows:
+            self.rows[key] = Figure(label, unit, method, target, higher_is_better)
+        return self.rows[key]
+
+    def check(self, key: str, server: str, value: int) -> None:
+        self.checks.setdefault(key, {}).setdefault(server, set()).add(value)
 
 
-def prepare_pillarbox(args: argparse.Namespace, source: Path) -> tuple[Target, benchlib.Pillarbox]:
-    pb = benchlib.Pillarbox(
-        benchlib.BENCH_ROOT / "bench-pillarbox" / "imap-data",
-        users=(benchlib.USER, MIXED_USER),
-        extra={} if args.full_text else {"store": {"full_text_index": "false"}},
-    )
-    copy_maildir(source, pb.user_maildir("bench"), None)
-    copy_maildir(mixed_source(args), pb.user_maildir("mixed"), None)
-    start = time.perf_counter()
-    pb.start("imap", timeout=600)
-    pid = pb.pid
-    index = pb.user_maildir("bench") / "pillarbox-index.sqlite"
-    target = Target("pillarbox", pb.ports["imap"], lambda: [pid], pb.ports["imaps"])
-    target.start_seconds = time.perf_counter() - start
-    if args.full_text:  # switched off, the pending list only grows: nothing to wait for
-        target.index_ready = lambda: full_text_pending(index) == 0
-    return target, pb
+WALL = "client wall time, command written to tagged OK"
+OP_LABELS = {
+    "select": ("SELECT INBOX", "<= 1.0x"),
+    "fetch_flags": ("`UID FETCH 1:* (FLAGS)`", "<= 1.0x"),
+    "fetch_envelope": ("`FETCH 1:* (ENVELOPE)`", "<= 1.0x"),
+    "fetch_headers": ("`FETCH 1:* BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)]`", "<= 1.0x"),
+    "search_subject": ("header `SEARCH HEADER Subject xyz`", "<= 1.0x"),
+    "search_from": ('header `SEARCH FROM "heidi.walker"`', "<= 1.0x"),
+    "search_body": ('body `SEARCH BODY "budget lunch schedule"`', "<= 0.1x"),
+    "search_text": ("body `SEARCH TEXT xyz`", "<= 0.1x"),
+    "store_seen": ("`STORE 1:* +FLAGS (\\Seen)`", "<= 1.0x"),
+}
 
 
-def wait_until(ready: Callable[[], bool], poll: float = 0.5) -> None:
-    while not ready():
-        time.sleep(poll)
+def op_label(name: str) -> tuple[str, str]:
+    return OP_LABELS.get(name, (f"`{OPS[name]}`", ""))
 
 
-def full_text_pending(index: Path) -> int:
-    """Messages the server's full-text index has still to take (read from outside)."""
-    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(conn.execute("SELECT count(*) FROM fts_pending").fetchone()[0])
-    except sqlite3.OperationalError:  # no full-text index in this build: nothing to wait for
-        return 0
-    finally:
-        conn.close()
+# -- the suite -------------------------------------------------------------------------------------
+
+PHASES = ("first", "warm", "append", "login", "mixed", "idle")
 
 
-async def needs_tls(port: int) -> bool:
-    client = await ImapClient.connect(port)
-    caps = await client.capability()
-    await client.logout()
-    return b"LOGINDISABLED" in caps
+def git_commit() -> str:
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=benchlib.REPO, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
 
 
-def run_target(target: Target, args: argparse.Namespace, tls: Any) -> None:
-    benchlib.renice(target.pids(), args.nice)
-    if not args.skip_warm:
-        print(f"{target.name}: first open and warm timings", file=sys.stderr)
-        asyncio.run(first_and_warm(target, args, tls))
-    if args.idle <= 0:
-        pass
-    else:
-        print(f"{target.name}: {args.idle} idle connections", file=sys.stderr)
-        asyncio.run(idle_memory(target, args, tls))
-    if args.idle > 0 and tls is not None and target.name == "dovecot":
-        # For reference: without TLS Dovecot needs no imap-login proxy per connection.
-        asyncio.run(idle_memory(target, args, None, key="idle_plain"))
+class Suite:
+    """Dovecot (always running, bench/setup_peers.sh) and a ``pillarbox serve`` child, both
+    holding the same mailboxes, and the figures measured on them."""
 
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.figures = Figures()
+        self.source = build_source(args.count)
+        self.peers = benchlib.Peers()
+        self.names = list(args.targets)
+        self.dovecot: Target | None = None
+        self.pb: benchlib.Pillarbox | None = None
+        self.pillarbox: Target | None = None
+        self.copied = False  # the big mailbox is in place on both (the first phase did it)
+        self.profiled: set[str] = set()
 
-def run_mixed(targets: list[Target], args: argparse.Namespace, tls: Any) -> None:
-    """``--mixed-rounds`` of the mixed load, the targets taking turns (background load then
-    hits them alike); the median round's figures, the spread kept for the report."""
-    runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
-    for round_no in range(args.mixed_rounds):
-        for target in targets:
-            print(
-                f"{target.name}: mixed load ({args.mix}) round {round_no + 1}, "
-                f"{args.clients} clients, {args.seconds}s",
-                file=sys.stderr,
+    # -- servers
+
+    def dovecot_home(self, local: str) -> Path:
+        return self.peers.dovecot_dir / "home" / benchlib.DOMAIN / local / "Maildir"
+
+    def kick_dovecot(self) -> None:
+        """No imap process of Dovecot keeps a mailbox we are about to replace open."""
+        conf = self.peers.dovecot_dir / "dovecot.conf"
+        subprocess.run(["doveadm", "-c", str(conf), "kick", "*"], capture_output=True, check=False)
+
+    def setup(self) -> None:
+        mixed = build_source(self.args.mixed_count, seed=11)
+        if "dovecot" in self.names:
+            master = self.peers.dovecot_master_pid()
+            self.kick_dovecot()
+            copy_maildir(mixed, self.dovecot_home("mixed"), VMAIL)
+            self.dovecot = Target("dovecot", self.peers.dovecot_imaps_port, lambda: [master])
+            benchlib.renice([master], self.args.nice)
+        if "pillarbox" in self.names:
+            self.pb = benchlib.Pillarbox(
+                benchlib.BENCH_ROOT / "bench-pillarbox" / "imap-data",
+                users=(benchlib.USER, MIXED_USER),
+                extra={} if self.args.full_text else {"store": {"full_text_index": "false"}},
             )
-            asyncio.run(mixed_load(target, args, tls))
-            runs[target.name].append(target.results["mixed"])
-    for target in targets:
-        done = sorted(runs[target.name], key=lambda run: run["rate"])
-        median = dict(done[len(done) // 2])
-        median["cpu_ms"] = statistics.median(run["cpu_ms"] for run in done)
-        median["rates"] = [run["rate"] for run in runs[target.name]]
-        median["cpus"] = [run["cpu_ms"] for run in runs[target.name]]
-        target.results["mixed"] = median
+            copy_maildir(mixed, self.pb.user_maildir("mixed"), None)
+
+    def targets(self, turn: int = 0) -> list[Target]:
+        """The servers in the order of this turn (alternating from turn to turn)."""
+        present = [t for t in (self.dovecot, self.pillarbox) if t is not None]
+        return present if turn % 2 == 0 else present[::-1]
+
+    def start_pillarbox(self) -> float:
+        """Start ``pillarbox serve``; seconds from exec to its first IMAP greeting."""
+        assert self.pb is not None
+        started = time.perf_counter()
+        self.pb.start("imap", timeout=600)
+        seconds = time.perf_counter() - started
+        pid = self.pb.pid
+        self.pillarbox = Target("pillarbox", self.pb.ports["imaps"], lambda: [pid])
+        benchlib.renice([pid], self.args.nice)
+        return seconds
+
+    def ensure_started(self) -> None:
+        """Both servers up with the big mailbox opened once (a phase run without
+        ``first``: an untimed first SELECT, so that what follows is warm)."""
+        fresh = not self.copied
+        if self.pb is not None and (self.pb.proc is None or self.pb.proc.poll() is not None):
+            if fresh:
+                copy_maildir(self.source, self.pb.user_maildir("bench"), None)
+            self.start_pillarbox()
+        if self.dovecot is not None and fresh:
+            self.kick_dovecot()
+            copy_maildir(self.source, self.dovecot_home("bench"), VMAIL)
+        self.copied = True
+        if fresh:
+            for target in self.targets():
+                asyncio.run(self.select_once(target))
+
+    @staticmethod
+    async def select_once(target: Target) -> None:
+        client = await session(target)
+        await client.command("SELECT INBOX")
+        await client.logout()
+
+    def index_pending(self) -> int:
+        """Messages Pillarbox has still to parse or to put in its full-text index (read
+        from outside, from its SQLite file); 0 when the tables do not exist."""
+        assert self.pb is not None
+        path = self.pb.user_maildir("bench") / "pillarbox-index.sqlite"
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            total = 0
+            for table in ("parse_pending", "fts_pending"):
+                with contextlib.suppress(sqlite3.OperationalError):
+                    total += int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            return total
+        finally:
+            conn.close()
+
+    def wait_for_index(self) -> float:
+        started = time.perf_counter()
+        while self.pb is not None and self.index_pending():
+            time.sleep(0.5)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        if self.pb is not None:
+            self.pb.close()
+
+    def profile(self, target: Target, phase: str) -> contextlib.AbstractContextManager[object]:
+        """py-spy on Pillarbox for its last turn of a phase (``--py-spy``)."""
+        return profiler(target, self.args, phase)
+
+    # -- phases
+
+    def run(self) -> None:
+        self.setup()
+        for phase in PHASES:
+            if phase in self.args.phases:
+                print(f"== {phase} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+                getattr(self, f"phase_{phase}")()
+
+    def phase_first(self) -> None:
+        """First SELECT (and first FETCH, SEARCH) of a freshly copied-in Maildir, per round."""
+        for round_no in range(self.args.rounds):
+            if self.dovecot is not None:
+                if self.pb is not None:
+                    self.pb.stop()  # nothing of ours runs beside Dovecot's turn
+                self.kick_dovecot()
+                copy_maildir(self.source, self.dovecot_home("bench"), VMAIL)
+                self.first_ops(self.dovecot)
+            if self.pb is not None:
+                self.pb.stop()
+                copy_maildir(self.source, self.pb.user_maildir("bench"), None)
+                seconds = self.start_pillarbox()
+                self.figures.get(
+                    "serve_start", "Pillarbox: `serve` start to first greeting", "s",
+                    "client wall time, exec to the IMAP greeting (not in the first SELECT)",
+                ).add("pillarbox", seconds)  # fmt: skip
+                assert self.pillarbox is not None
+                self.first_ops(self.pillarbox)
+            print(f"   first round {round_no + 1} done", file=sys.stderr, flush=True)
+        self.copied = True
+        if self.pb is not None:
+            self.figures.get(
+                "backfill", "Pillarbox: background parse + full-text backfill after it", "s",
+                "wall time from the end of the first commands until nothing is pending",
+            ).add("pillarbox", self.wait_for_index())  # fmt: skip
+
+    def first_ops(self, target: Target) -> None:
+        async def go() -> dict[str, tuple[float, int]]:
+            client = await session(target)
+            try:
+                return await run_ops(client, FIRST_OPS)
+            finally:
+                await client.logout()
+
+        for name, (seconds, check) in asyncio.run(go()).items():
+            label, target_ratio = op_label(name)
+            if name == "select":
+                target_ratio = "<= 2x"
+            method = WALL + "; a fresh copy of the Maildir each round, no index files"
+            self.figures.get(
+                f"first_{name}", f"first {label} after copying in", "s", method,
+                target_ratio if name == "select" else "",
+            ).add(target.name, seconds)  # fmt: skip
+            self.figures.check(f"first_{name}", target.name, check)
+
+    def phase_warm(self) -> None:
+        self.ensure_started()
+        if self.pb is not None:
+            self.wait_for_index()
+        reads = tuple(n for n in OPS if n not in WRITES and (self.args.sort or n not in SORTS))
+        for phase_ops, key in ((reads, "reads"), (WRITES, "writes")):
+            for sample in range(self.args.samples):
+                for target in self.targets(sample):
+                    last = sample == self.args.samples - 1
+                    self.warm_sample(target, phase_ops, f"warm-{key}" if last else "")
+
+    def warm_sample(self, target: Target, names: tuple[str, ...], profile: str) -> None:
+        async def go() -> dict[str, tuple[float, int]]:
+            client = await session(target)  # logged in before the clock and profile start
+            try:
+                if names[0] != "select":
+                    await client.command("SELECT INBOX")
+                if not profile:
+                    return await run_ops(client, names)
+                with self.profile(target, profile):
+                    return await run_ops(client, names)
+            finally:
+                await client.logout()
+
+        for name, (seconds, check) in asyncio.run(go()).items():
+            label, target_ratio = op_label(name)
+            method = WALL + f"; fresh connection, median of {self.args.samples}"
+            if name in ("search_body", "search_text"):
+                method += "; Pillarbox's FTS5 index, Dovecot without fts (reads every message)"
+            self.figures.get(f"warm_{name}", f"warm {label}", "s", method, target_ratio).add(
+                target.name, seconds
+            )
+            self.figures.check(f"warm_{name}", target.name, check)
+
+    def phase_append(self) -> None:
+        """APPEND rate into an empty mailbox, then into the big INBOX."""
+        self.ensure_started()
+        rng = random.Random(5)
+        messages = [make_message(100_000 + i, rng) for i in range(self.args.appends)]
+        for round_no in range(self.args.rounds):
+            for target in self.targets(round_no):
+                empty, big = asyncio.run(self.append_rates(target, messages, round_no))
+                method = (
+                    f"client wall time of {len(messages)} 4 KB APPENDs one after the other "
+                    "(each waits for its tagged OK)"
+                )
+                self.figures.get(
+                    "append_empty", "APPEND rate into an empty mailbox", "msg/s", method,
+                    ">= 1.0x", True,
+                ).add(target.name, empty)  # fmt: skip
+                self.figures.get(
+                    "append_big", f"APPEND rate into the {self.args.count:,}-message INBOX",
+                    "msg/s", method, ">= 1.0x", True,
+                ).add(target.name, big)  # fmt: skip
+                self.figures.get(
+                    "append_drop", "APPEND rate at the big INBOX / into the empty mailbox",
+                    "ratio", "the two rows above, per server", ">= 1.0x", True,
+                ).add(target.name, big / empty)  # fmt: skip
+
+    async def append_rates(
+        self, target: Target, messages: list[bytes], round_no: int
+    ) -> tuple[float, float]:
+        client = await session(target)
+        box = f"Grow{round_no}"
+        try:
+            await client.command(f'DELETE "{box}"', check=False)
+            await client.command(f'CREATE "{box}"')
+            rates = []
+            for mailbox in (box, "INBOX"):
+                started = time.perf_counter()
+                for message in messages:
+                    await client.append(mailbox, message)
+                rates.append(len(messages) / (time.perf_counter() - started))
+            await client.command(f'DELETE "{box}"', check=False)
+            return rates[0], rates[1]
+        finally:
+            await client.logout()
+
+    def phase_login(self) -> None:
+        self.ensure_started()
+        # One untimed cycle each first: Dovecot starts its auth process, Pillarbox its
+        # credential cache.
+        for target in self.targets():
+            asyncio.run(imap_login._cycles(target.imaps_port, True, 1, 0.2, MIXED_USER))
+        for clients in (1, 10):
+            for round_no in range(self.args.rounds):
+                for target in self.targets(round_no):
+                    cpu0 = benchlib.tree_cpu_seconds(target.pids())
+                    done, elapsed = asyncio.run(imap_login._cycles(
+                        target.imaps_port, True, clients, self.args.login_seconds, MIXED_USER
+                    ))  # fmt: skip
+                    cpu = benchlib.tree_cpu_seconds(target.pids()) - cpu0
+                    method = (
+                        f"cycles (connect, TLS, LOGIN, LOGOUT) per second of client wall "
+                        f"time, {self.args.login_seconds:g} s per round"
+                    )
+                    self.figures.get(
+                        f"login_{clients}", f"login cycles/s, {clients} client(s)", "1/s",
+                        method, ">= 1.0x", True,
+                    ).add(target.name, done / elapsed)  # fmt: skip
+                    self.figures.get(
+                        f"login_{clients}_cpu", f"server CPU per login cycle, {clients} client(s)",
+                        "ms", "user+system of the server's process tree (/proc) per cycle",
+                    ).add(target.name, cpu * 1000 / max(done, 1))  # fmt: skip
+
+    def phase_mixed(self) -> None:
+        self.ensure_started()
+        args = self.args
+        for round_no in range(args.mixed_rounds):
+            for target in self.targets(round_no):
+                print(f"   mixed {target.name} round {round_no + 1}", file=sys.stderr, flush=True)
+                result = asyncio.run(mixed_load(target, args))
+                target.results.setdefault("mixed", []).append(result)
+                how = f"imaptest stand-in, {args.clients} clients, {args.seconds:g} s"
+                self.figures.get(
+                    "mixed_ops", "mixed load: ops/s", "1/s",
+                    f"{how}; commands answered per second of client wall time", ">= 1.0x", True,
+                ).add(target.name, result["rate"])  # fmt: skip
+                self.figures.get(
+                    "mixed_cpu", "mixed load: server CPU per op", "ms",
+                    f"{how}; user+system of the server's process tree (/proc) per command",
+                    "<= 1.0x",
+                ).add(target.name, result["cpu_ms"])  # fmt: skip
+                self.figures.get(
+                    "mixed_logins", "mixed load: login cycles/s", "1/s",
+                    f"{how}; every round of a client is a new TLS connection and LOGIN",
+                    ">= 2x", True,
+                ).add(target.name, result["logins_per_s"])  # fmt: skip
+
+    def phase_idle(self) -> None:
+        self.ensure_started()
+        args = self.args
+        for target in self.targets():
+            memory = asyncio.run(idle_memory(target, args.idle))
+            method = (
+                f"{args.idle} IMAPS connections, LOGIN, SELECT INBOX, IDLE; growth of the "
+                "server's process tree (/proc smaps_rollup) per connection"
+            )
+            for key, label in (("idle_pss", "PSS"), ("idle_rss", "RSS")):
+                self.figures.get(
+                    f"idle_{label}", f"idle connection memory, {label}", "KB", method, "<= 1.0x"
+                ).add(target.name, memory[key] / 1024)  # fmt: skip
+        if self.pb is None or args.idle_many <= 0:
+            return
+        self.pb.stop()  # the measure starts a fresh server of its own
+        for variant in ("tls-idle", "tls-idle-deflate"):
+            print(f"   {args.idle_many} x {variant}", file=sys.stderr, flush=True)
+            result = imap_idle_mem.measure(
+                variant, args.idle_many, benchlib.BENCH_ROOT / "bench-idle-mem"
+            )
+            label = "TLS" + (" + COMPRESS=DEFLATE" if variant.endswith("deflate") else "")
+            method = (
+                f"bench/imap_idle_mem.py: {args.idle_many:,} connections (LOGIN, SELECT, "
+                "IDLE) on one fresh server, its growth per connection"
+            )
+            for key, value in (("PSS", result.pss), ("RSS", result.rss)):
+                self.figures.get(
+                    f"many_{variant}_{key}",
+                    f"Pillarbox: {args.idle_many:,} idle connections, {label}, {key}",
+                    "KB", method, "<= 20 KB",
+                ).add("pillarbox", value)  # fmt: skip
 
 
-def print_profiles(args: argparse.Namespace) -> None:
-    if args.py_spy:
-        for phase in ("warm", "mixed"):
-            path = args.profile_dir / f"imap-{phase}.txt"
-            if path.exists():
-                print(benchlib.summarize_profile(path), file=sys.stderr)
+# -- the report ------------------------------------------------------------------------------------
 
 
-def _verdict(ours: float | None, theirs: float | None, lower_is_better: bool) -> list[str]:
-    """[ratio pillarbox/dovecot, which is better] for one measure."""
-    if not ours or not theirs:
-        return ["-", ""]
-    better = ours < theirs if lower_is_better else ours > theirs
-    return [benchlib.ratio(ours, theirs), "pillarbox" if better else "dovecot"]
-
-
-def report(targets: list[Target], args: argparse.Namespace, tls_used: bool) -> str:
-    by_name = {t.name: t for t in targets}
-    names = [t.name for t in targets]
-    pair = names == ["dovecot", "pillarbox"]
+def report(suite: Suite, started: str, load_start: tuple[float, float, float]) -> str:
+    args = suite.args
+    load_end = os.getloadavg()
+    loads = [x for f in suite.figures.rows.values() for x in f.loads]
     lines = [
-        f"IMAP, {args.count}-message Maildir (4 KB messages), "
-        f"{'STARTTLS' if tls_used else 'plaintext'} connections, warm = median of {args.samples}",
-        f"machine: {benchlib.machine_summary()}; servers and client at nice {args.nice}, "
-        f"load average {os.getloadavg()[0]:.1f}",
+        f"IMAP, Pillarbox vs Dovecot over IMAPS, {args.count:,}-message Maildir (4 KB messages)",
+        f"run {started} - {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"code {git_commit()}, load average (1 min) {load_start[0]:.1f} at the start, "
+        f"{load_end[0]:.1f} at the end, {min(loads, default=0):.1f}-{max(loads, default=0):.1f} "
+        f"while measuring",
+        f"machine: {benchlib.machine_summary()}; servers and client at nice {args.nice}",
         "",
     ]
-    # (label, value per target, lower is better)
-    measures: list[tuple[str, list[float | None], bool]] = []
-    for phase in ("first", "warm"):
-        for op in OPS:
-            values = [by_name[n].results.get(phase, {}).get(op, (None,))[0] for n in names]
-            measures.append((f"{phase} {op} (s)", values, True))
-    for t in targets:
-        if t.start_seconds is not None:
-            values = [t.start_seconds if n == t.name else None for n in names]
-            measures.append((f"{t.name} serve start to greeting (s)", values, True))
-        if "backfill" in t.results:
-            values = [t.results["backfill"] if n == t.name else None for n in names]
-            measures.append((f"{t.name} full-text backfill after first open (s)", values, True))
-    for label, key in (
-        ("idle logged-in, PSS KB/conn", "auth_pss"),
-        ("idle logged-in, RSS KB/conn", "auth_rss"),
-        ("SELECT+IDLE, PSS KB/conn", "idle_pss"),
-        ("SELECT+IDLE, RSS KB/conn", "idle_rss"),
-    ):
-        if not all("idle" in by_name[n].results for n in names):
-            break
-        values = [by_name[n].results["idle"][key] / 1024 for n in names]
-        measures.append((label, values, True))
-    for t in targets:
-        plain = t.results.get("idle_plain")
-        if plain:
-            values = [plain["auth_pss"] / 1024 if n == t.name else None for n in names]
-            measures.append((f"{t.name} plaintext idle logged-in, PSS KB/conn", values, True))
-            values = [plain["idle_pss"] / 1024 if n == t.name else None for n in names]
-            measures.append((f"{t.name} plaintext SELECT+IDLE, PSS KB/conn", values, True))
-    mixed = [by_name[n].results.get("mixed") for n in names]
-    if all(mixed):
-        measures.append(("mixed ops/s", [m["rate"] for m in mixed if m], False))
-        measures.append(("mixed server CPU ms/op", [m["cpu_ms"] for m in mixed if m], True))
-        measures.append(("mixed client CPU ms/op", [m["client_ms"] for m in mixed if m], True))
     rows: list[list[object]] = []
-    for label, values, lower in measures:
-        if all(v is None for v in values):
-            continue
-        row: list[object] = [label, *["" if v is None else v for v in values]]
-        if pair and "client" not in label and None not in values:
-            row += _verdict(values[1], values[0], lower)
-        rows.append(row)
-    headers = ["measure", *names] + (["pillarbox/dovecot", "better"] if pair else [])
-    rows = [r + [""] * (len(headers) - len(r)) for r in rows]
+    for fig in suite.figures.rows.values():
+        dv, pb = fig.median("dovecot"), fig.median("pillarbox")
+        ratio = fig.ratio()
+        rows.append([
+            fig.label, fig.unit,
+            "" if dv is None else dv, "" if pb is None else pb,
+            "" if ratio is None else f"{ratio:.2f}x", fig.target, fig.met(),
+            f"{min(fig.loads):.1f}-{max(fig.loads):.1f}" if fig.loads else "",
+            len(fig.values.get("pillarbox", fig.values.get("dovecot", []))),
+        ])  # fmt: skip
+    headers = ["figure", "unit", "dovecot", "pillarbox", "pillarbox/dovecot", "target", "met",
+               "load", "n"]  # fmt: skip
     lines.append(benchlib.table(headers, rows))
-    checks = []
-    for phase in ("first", "warm"):
-        for op in OPS:
-            seen = {
-                n: by_name[n].results[phase][op][1] for n in names if phase in by_name[n].results
-            }
-            if len(set(seen.values())) > 1:
-                checks.append(f"DISAGREE {phase} {op}: {seen}")
-    for t in targets:
-        mixed_run = t.results.get("mixed", {})
-        if "by_state" in mixed_run:
-            lines.append(
-                f"{t.name} mixed ({args.mix}): {mixed_run['ops']} commands, "
-                f"{mixed_run['logins']} logins, {mixed_run['no']} NO; by state "
-                + ", ".join(f"{k} {v}" for k, v in sorted(mixed_run["by_state"].items()))
-            )
-            lines.append(
-                f"{t.name} mixed rounds: ops/s "
-                + ", ".join(f"{x:.0f}" for x in mixed_run["rates"])
-                + "; server CPU ms/op "
-                + ", ".join(f"{x:.2f}" for x in mixed_run["cpus"])
-            )
-            lines.append(
-                f"{t.name} mixed, client ms per command: connect+TLS "
-                f"{mixed_run['connect_ms']:.1f}, "
-                + ", ".join(f"{k} {v:.1f}" for k, v in sorted(mixed_run["ms_by_state"].items()))
-            )
-    if any("warm" not in by_name[n].results for n in names):
-        return "\n".join(lines)
-    warm = {n: by_name[n].results["warm"] for n in names}
     lines.append("")
+    lines.append("methods:")
+    seen = set()
+    for fig in suite.figures.rows.values():
+        if fig.method not in seen:
+            seen.add(fig.method)
+            lines.append(f"- {fig.label}: {fig.method}")
+    lines.append("")
+    disagree = [
+        f"{key}: {answers}"
+        for key, answers in suite.figures.checks.items()
+        if len(set().union(*answers.values())) > 1
+    ]
+    agreed = {k: sorted(set().union(*a.values())) for k, a in suite.figures.checks.items()}
     lines.append(
-        "result checks: "
-        + ("; ".join(checks) if checks else "all servers agree")
-        + "; EXISTS "
-        + str({n: w["select"][1] for n, w in warm.items()})
-        + ", FETCH responses "
-        + str({n: w["fetch_flags"][1] for n, w in warm.items()})
-        + ", subject/from hits "
-        + str({n: (w["search_subject"][1], w["search_from"][1]) for n, w in warm.items()})
-        + ", body/text hits "
-        + str({n: (w["search_body"][1], w["search_text"][1]) for n, w in warm.items()})
-        + ", ENVELOPE/STORE responses "
-        + str({n: (w["fetch_envelope"][1], w["store_seen"][1]) for n, w in warm.items()})
-    )
+        "answers: " + ("DISAGREE " + "; ".join(disagree) if disagree else "both servers agree")
+        + " (" + ", ".join(f"{k} {v[0] if len(v) == 1 else v}" for k, v in agreed.items()) + ")"
+    )  # fmt: skip
+    for target in suite.targets():
+        for result in target.results.get("mixed", [])[-1:]:
+            lines.append(
+                f"{target.name} mixed, last round: {result['ops']} commands, "
+                f"{result['logins']} logins, {result['no']} NO; client ms per command: "
+                f"connect+TLS {result['connect_ms']:.1f}, "
+                + ", ".join(f"{k} {v:.1f}" for k, v in sorted(result["ms_by_state"].items()))
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--all", action="store_true", help="every phase (the default)")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument(
         "--targets", nargs="+", default=["dovecot", "pillarbox"], choices=["dovecot", "pillarbox"]
     )
-    parser.add_argument("--count", type=int, default=50_000)
+    parser.add_argument("--count", type=int, default=50_000, help="messages in the big INBOX")
+    parser.add_argument("--rounds", type=int, default=2, help="first-open, APPEND, login rounds")
+    parser.add_argument("--samples", type=int, default=3, help="warm samples per server")
+    parser.add_argument("--sort", action="store_true", help="time the UID SORTs too (warm)")
+    parser.add_argument("--appends", type=int, default=200, help="APPENDs per mailbox and round")
+    parser.add_argument("--login-seconds", type=float, default=5.0)
     parser.add_argument("--mixed-count", type=int, default=1_000)
-    parser.add_argument("--samples", type=int, default=5)
-    parser.add_argument("--idle", type=int, default=100)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=20.0, help="mixed load; 0 skips it")
-    parser.add_argument(
-        "--mix",
-        choices=["imaptest", "session"],
-        default="imaptest",
-        help="mixed load: imaptest's default profile (a login per round, over implicit TLS "
-        "when TLS is used) or the earlier one long session per client",
-    )
-    parser.add_argument("--mixed-rounds", type=int, default=3, help="interleaved mixed rounds")
+    parser.add_argument("--clients", type=int, default=10, help="mixed load clients")
+    parser.add_argument("--seconds", type=float, default=30.0, help="mixed load round length")
+    parser.add_argument("--mixed-rounds", type=int, default=2, help="interleaved mixed rounds")
     parser.add_argument("--msgs", type=int, default=30, help="imaptest's msgs= (mailbox size kept)")
     parser.add_argument(
         "--state", action="append", default=[], metavar="NAME=PERCENT",
         help="imaptest state probability, e.g. search=20 idle=10",
     )  # fmt: skip
+    parser.add_argument("--idle", type=int, default=100, help="idle connections per server")
     parser.add_argument(
-        "--skip-warm", action="store_true",
-        help="no first-open and warm timings on the big mailbox (idle and mixed only)",
-    )  # fmt: skip
-    parser.add_argument("--tls", choices=["auto", "yes", "no"], default="auto")
+        "--idle-many", type=int, default=2000, help="Pillarbox idle connections (0: skip)"
+    )
     parser.add_argument(
         "--no-full-text",
         dest="full_text",
@@ -958,32 +1120,20 @@ def main() -> None:
     parser.add_argument("--profile-dir", type=Path, default=benchlib.BENCH_ROOT / "bench-profiles")
     args = parser.parse_args()
     benchlib.renice([os.getpid()], args.nice)
-
-    source = build_source(args.count)
-    targets: list[Target] = []
-    pillarbox: benchlib.Pillarbox | None = None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(args.idle, args.idle_many) + 512
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, want)), hard))
+    started = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"
+    load_start = os.getloadavg()
+    suite = Suite(args)
     try:
-        if "dovecot" in args.targets:
-            targets.append(prepare_dovecot(args, source))
-        if "pillarbox" in args.targets:
-            if benchlib.has_component("imap"):
-                target, pillarbox = prepare_pillarbox(args, source)
-                targets.append(target)
-            else:
-                print("pillarbox: no imap component wired in app.py yet; skipped", file=sys.stderr)
-        use_tls = args.tls == "yes"
-        if args.tls == "auto" and pillarbox is not None:
-            use_tls = asyncio.run(needs_tls(pillarbox.ports["imap"]))
-        tls = client_tls_context() if use_tls else None
-        for target in targets:
-            run_target(target, args, tls)
-        if args.seconds > 0:
-            run_mixed(targets, args, tls)
-        print_profiles(args)
+        suite.run()
     finally:
-        if pillarbox is not None:
-            pillarbox.close()
-    print(report(targets, args, use_tls))
+        suite.close()
+    if args.py_spy:
+        for path in sorted(args.profile_dir.glob("imap-*.txt")):
+            print(benchlib.summarize_profile(path), file=sys.stderr)
+    print(report(suite, started, load_start))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from imapclient_async import client_tls_context, open_session
 MODES = ("starttls", "implicit")
 
 
-async def _cycles(port: int, implicit: bool, clients: int, seconds: float) -> tuple[int, float]:
+async def _cycles(
+    port: int, implicit: bool, clients: int, seconds: float, user: str = benchlib.USER
+) -> tuple[int, float]:
     """(cycles done, seconds taken) of ``clients`` loops of connect-TLS-LOGIN-LOGOUT."""
     tls = client_tls_context()
     deadline = time.perf_counter() + seconds
@@ -39,9 +41,7 @@ async def _cycles(port: int, implicit: bool, clients: int, seconds: float) -> tu
     async def one() -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            client = await open_session(
-                port, benchlib.USER, benchlib.PASSWORD, tls=tls, implicit=implicit
-            )
+            client = await open_session(port, user, benchlib.PASSWORD, tls=tls, implicit=implicit)
             await client.logout()
             done += 1
 

@@ -52,6 +52,25 @@ def test_imap_listeners_run_on_the_own_transport(server: pbserver.RunningServer)
         assert server.call(transports()) == [SocketTransport.__name__]
 
 
+def test_imap_connections_send_without_nagle_delay(server: pbserver.RunningServer) -> None:
+    """A response written in pieces (FETCH lines, then the tagged OK) must not wait for the
+    client's delayed ACK: the server's sockets have TCP_NODELAY, as asyncio's do."""
+
+    async def nodelay() -> list[int]:
+        listeners = server.server.listeners
+        return [
+            entry.conn.transport.get_extra_info("socket").getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY
+            )
+            for entry in listeners._open.values()
+            if entry.conn is not None
+        ]
+
+    with login(server) as client:
+        client.noop()
+        assert server.call(nodelay()) == [1]
+
+
 def test_a_big_literal_both_ways_over_tls(server: pbserver.RunningServer) -> None:
     body = _big_message()
     with login(server) as client:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import bisect
 import datetime as dt
+import functools
 import quopri
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from pillarbox.imap.fetchatts import (
 from pillarbox.imap.outcome import No
 from pillarbox.imap.selected import SelectedMailbox
 from pillarbox.mime import filter_fields, section_range
+from pillarbox.mime.headers import field_filter
 from pillarbox.mime.structure import find_part
 
 BATCH_FLAGS: Final = 5000
@@ -396,6 +398,7 @@ async def run_fetch(
     """Stream the FETCH responses for the view's messages in UID ``ranges``."""
     set_seen = p.seen and not view.readonly
     template = _fast_template(p)
+    header_sections = _header_sections(p) if changed_since is None else None
     pending = list(ranges)
     while pending and template is not None and changed_since is None:
         batch = await mail.fetch_flags(view.name, pending, BATCH_FLAGS, "{3}" in template)
@@ -422,6 +425,9 @@ async def run_fetch(
         if p.flags or changed:
             for line in view.announce(row.flags for row in rows):
                 await write(line)
+        if header_sections is not None:
+            await write(_render_header_sections(rows, header_sections, p.with_uid, view))
+            continue
         out = bytearray()
         for row in rows:
             uid = row.uid
@@ -441,6 +447,70 @@ async def run_fetch(
                 out.clear()
         if out:
             await write(bytes(out))
+
+
+# What a header-only FETCH renders per message: (response name, filter of the stored
+# top-level header block) for each att in order, None standing for UID.
+HeaderSections = tuple[tuple[bytes, Callable[[bytes], bytes]] | None, ...]
+
+
+def _header_sections(p: FetchPlan) -> HeaderSections | None:
+    """The per-att renderers of a FETCH of only UID and top-level header sections without
+    a partial (``BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)]``, the list view of many
+    clients), or None for any other FETCH. Such a FETCH needs no file and no flags: its
+    messages are rendered in one loop with the field names worked out once, not through
+    :func:`render`'s per-att dispatch (a third of the time on 50,000 messages)."""
+    if p.file or p.seen or p.with_modseq or p.parts != Parts.HEADER:
+        return None
+    out: list[tuple[bytes, Callable[[bytes], bytes]] | None] = []
+    for att, name in zip(p.atts, p.names, strict=True):
+        if att is Simple.UID:
+            out.append(None)
+            continue
+        if not isinstance(att, BodySection) or att.partial is not None or att.section.part:
+            return None
+        section = att.section
+        if section.text is SectionText.HEADER:
+            out.append((name, _whole))
+        elif section.text is SectionText.HEADER_FIELDS:
+            out.append((name, field_filter(section.fields)))
+        elif section.text is SectionText.HEADER_FIELDS_NOT:
+            out.append((name, functools.partial(_fields_not, fields=section.fields)))
+        else:
+            return None
+    return tuple(out)
+
+
+def _whole(block: bytes) -> bytes:
+    return block
+
+
+def _fields_not(block: bytes, fields: tuple[str, ...]) -> bytes:
+    return filter_fields(block, fields, exclude=True)
+
+
+def _render_header_sections(
+    rows: list[FetchRow], sections: HeaderSections, with_uid: bool, view: SelectedMailbox
+) -> bytes:
+    """The responses of a header-only FETCH (see :func:`_header_sections`) for ``rows``."""
+    out: list[bytes] = []
+    append = out.append
+    seq_of = view.seq_of
+    for row in rows:
+        uid = row.uid
+        seq = seq_of(uid)
+        if seq is None:
+            continue  # not announced to this session yet
+        header = _header(row)
+        items = [b"UID %d" % uid] if with_uid else []
+        for section in sections:
+            if section is None:
+                items.append(b"UID %d" % uid)
+            else:
+                data = section[1](header)
+                items.append(b"%s {%d}\r\n%s" % (section[0], len(data), data))
+        append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
+    return b"".join(out)
 
 
 _FAST_ITEMS: Final = {
