@@ -7,6 +7,8 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from imapclient import IMAPClient
+
 from pillarbox.config import Settings
 from tests import pbserver
 
@@ -26,6 +28,21 @@ def imaps(server: pbserver.RunningServer) -> imaplib.IMAP4_SSL:
         ssl_context=tls_context(server.settings),
         timeout=TIMEOUT,
     )
+
+
+def imapclient_login(
+    server: pbserver.RunningServer | pbserver.SubprocessServer, user: str = ALICE
+) -> IMAPClient:
+    """An imapclient session over IMAPS, logged in as ``user``; the caller logs out."""
+    client = IMAPClient(
+        "127.0.0.1",
+        port=server.port("imaps"),
+        ssl=True,
+        ssl_context=tls_context(server.settings),
+        timeout=15,
+    )
+    client.login(user, pbserver.PASSWORD)
+    return client
 
 
 @contextmanager

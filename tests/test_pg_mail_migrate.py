@@ -32,15 +32,7 @@ Snapshot = dict[str, Any]
 
 
 def imap(server: pbserver.RunningServer) -> IMAPClient:
-    client = IMAPClient(
-        "127.0.0.1",
-        port=server.port("imaps"),
-        ssl=True,
-        ssl_context=imaphelp.tls_context(server.settings),
-        timeout=15,
-    )
-    client.login(ALICE, pbserver.PASSWORD)
-    return client
+    return imaphelp.imapclient_login(server)
 
 
 def snapshot(server: pbserver.RunningServer) -> Snapshot:

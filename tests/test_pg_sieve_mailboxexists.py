@@ -32,12 +32,7 @@ def node(tmp_path: Path, name: str, dsn: str) -> Settings:
 
 
 def imap(server: pbserver.SubprocessServer) -> IMAPClient:
-    client = IMAPClient(
-        "127.0.0.1", port=server.port("imaps"), ssl=True,
-        ssl_context=imaphelp.tls_context(server.settings), timeout=15,
-    )  # fmt: skip
-    client.login(ALICE, pbserver.PASSWORD)
-    return client
+    return imaphelp.imapclient_login(server)
 
 
 def test_mailboxexists_sees_a_folder_created_over_imap_on_another_node(

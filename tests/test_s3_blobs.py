@@ -72,15 +72,7 @@ def send(server: pbserver.SubprocessServer, subject: str) -> None:
 
 
 def imap(server: pbserver.SubprocessServer) -> IMAPClient:
-    client = IMAPClient(
-        "127.0.0.1",
-        port=server.port("imaps"),
-        ssl=True,
-        ssl_context=imaphelp.tls_context(server.settings),
-        timeout=15,
-    )
-    client.login(ALICE, pbserver.PASSWORD)
-    return client
+    return imaphelp.imapclient_login(server)
 
 
 def bodies(server: pbserver.SubprocessServer, folder: str = "INBOX") -> dict[int, bytes]:
