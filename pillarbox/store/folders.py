@@ -18,8 +18,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
 
+from pillarbox.mailstore.names import SPECIAL_USE
 from pillarbox.store import db, uidlist
 from pillarbox.store import flags as fl
 from pillarbox.store import vanished as tombstones
@@ -27,14 +27,6 @@ from pillarbox.store.boxstate import Mailbox
 from pillarbox.store.maildir import ensure_maildir, fsync_dir
 from pillarbox.store.names import INBOX, BadMailboxName, folder_dir, name_of_dir, parent_names
 from pillarbox.store.types import MailboxError, MailboxInfo
-
-SPECIAL_USE: Final = {
-    "Drafts": "\\Drafts",
-    "Sent": "\\Sent",
-    "Trash": "\\Trash",
-    "Junk": "\\Junk",
-    "Archive": "\\Archive",
-}
 
 
 class Folders:

@@ -50,7 +50,7 @@ def content_digest(data: bytes) -> str:
 
 def ensure_mailbox(ix: UserIndex, name: str) -> None:
     """Create ``name`` (with its RFC 6154 special use when it is one of ours) if missing."""
-    from pillarbox.store.index import SPECIAL_USE
+    from pillarbox.mailstore.names import SPECIAL_USE
 
     if name == INBOX:
         return

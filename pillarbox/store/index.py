@@ -53,7 +53,6 @@ from pillarbox.mailstore.rows import (
 )
 from pillarbox.store import indexschema, lazyparse, quota
 from pillarbox.store.boxstate import IndexState, Mailbox
-from pillarbox.store.folders import SPECIAL_USE as SPECIAL_USE
 from pillarbox.store.folders import Folders
 from pillarbox.store.indexschema import INDEX_FILE as INDEX_FILE
 from pillarbox.store.lazyparse import Need
