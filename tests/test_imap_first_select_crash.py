@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pillarbox.store import bulkrows
+from pillarbox.store import bulkrows, uidlist
 from pillarbox.store.index import INDEX_FILE, UserIndex
 from tests import pbserver
 from tests.imaphelp import ALICE, Raw
@@ -161,3 +161,23 @@ def test_kill_9_in_the_first_select_leaves_a_correct_index(tmp_path: Path, point
             )
         finally:
             raw.close()
+
+
+def test_the_first_select_of_a_copied_in_maildir_records_every_uid_in_dovecot_uidlist(
+    tmp_path: Path,
+) -> None:
+    """The bulk insert still writes dovecot-uidlist: a UID is kept there as well as in the
+    index, so a lost or rebuilt index (or Dovecot reading the same Maildir) gives every
+    message the UID that clients have already seen."""
+    root = tmp_path / "box"
+    _copied_in(root)
+    index = UserIndex(root)
+    with index.lock:
+        index.select("INBOX", True)
+    index.close()
+    listed = uidlist.read(root)
+    assert listed is not None
+    assert listed.next_uid == COUNT + 1
+    assert sorted(listed.uids.values()) == list(range(1, COUNT + 1))
+    bases = {f.name.split(":2,")[0] for sub in ("cur", "new") for f in (root / sub).iterdir()}
+    assert set(listed.uids) == bases

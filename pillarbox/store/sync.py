@@ -233,22 +233,10 @@ class MaildirSync:
         lazy = len(assigned) > lazyparse.INLINE_MAX or delivered is not None
         if lazy:
             self.index.unparsed = self.index.parse_wanted = True
-        added: list[int] = []
         if len(assigned) > lazyparse.INLINE_MAX:
             added = self._insert_bulk(box, assigned, names, modseq, delivered)
-            assigned = []  # done: the loop below is for the smaller batches
-        for start in range(0, len(assigned), ROWS_PER_TRANSACTION):
-            batch = assigned[start : start + ROWS_PER_TRANSACTION]
-            if lazy:
-                added += self._insert_small(box, batch, names, modseq, delivered)
-                continue
-            rows: list[IndexRow] = []
-            for uid, fname in batch:
-                row = parsed_row(box, uid, fname, names, modseq, texts=texts)
-                if row is not None:
-                    rows.append(row)
-            self._insert(box, partial(insert_rows, self.conn, rows))
-            added += [r.message[1] for r in rows]
+        else:
+            added = self._insert_batches(box, assigned, names, modseq, delivered, lazy, texts)
         with db.Transaction(self.conn):
             self.conn.execute(
                 "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
@@ -309,6 +297,33 @@ class MaildirSync:
         rows = lazyparse.small_rows(box, batch, names, modseq, sizes)
         self._insert(box, partial(lazyparse.insert_small, self.conn, rows))
         return [r.message[1] for r in rows]
+
+    def _insert_batches(
+        self,
+        box: Mailbox,
+        assigned: list[tuple[int, str]],
+        names: list[str],
+        modseq: int,
+        sizes: Mapping[str, int] | None,
+        lazy: bool,
+        texts: bool,
+    ) -> list[int]:
+        """Rows ``ROWS_PER_TRANSACTION`` at a time, the insert triggers firing per row:
+        small ones when ``lazy``, else parsed ones (with their full-text rows if ``texts``)."""
+        added: list[int] = []
+        for start in range(0, len(assigned), ROWS_PER_TRANSACTION):
+            batch = assigned[start : start + ROWS_PER_TRANSACTION]
+            if lazy:
+                added += self._insert_small(box, batch, names, modseq, sizes)
+                continue
+            rows: list[IndexRow] = []
+            for uid, fname in batch:
+                row = parsed_row(box, uid, fname, names, modseq, texts=texts)
+                if row is not None:
+                    rows.append(row)
+            self._insert(box, partial(insert_rows, self.conn, rows))
+            added += [r.message[1] for r in rows]
+        return added
 
     def _insert_bulk(
         self,
