@@ -82,3 +82,29 @@ def test_s3_urls_and_file_keys_are_checked() -> None:
         parse_url("https://bucket/mail")
     with pytest.raises(BlobError):
         FileBlobs(Path("/srv/mail")).path("../etc/passwd")
+
+
+def test_two_reads_that_missed_at_once_count_their_body_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads store the same key after both missed: the second store finishes while the
+    first is between its check and its bookkeeping (forced here at the rename). The body
+    is one entry of its size, or the cache would believe itself fuller than it is and
+    evict early, for good."""
+    cache = CachedBlobs(FileBlobs(tmp_path / "mail"), tmp_path / "cache", 10_000)
+    cache._load()
+    body = b"m" * 100
+    real_replace = Path.replace
+    raced: list[bool] = []
+
+    def replace_then_race(self: Path, target: str | Path) -> Path:
+        moved = real_replace(self, target)
+        if not raced:
+            raced.append(True)
+            cache._store("k", body)  # the other thread's store, done in between
+        return moved
+
+    monkeypatch.setattr(Path, "replace", replace_then_race)
+    cache._store("k", body)
+    assert raced
+    assert cache.cached_bytes == len(body)

@@ -157,8 +157,11 @@ class CachedBlobs:
             temporary.unlink(missing_ok=True)
             return
         with self._lock:
-            self._entries[name] = len(data)
-            self._bytes += len(data)
+            # Another thread may have stored the same key meanwhile (two reads that missed
+            # at once): its file was replaced by the same bytes, counted once.
+            if name not in self._entries:
+                self._entries[name] = len(data)
+                self._bytes += len(data)
         self._evict()
 
     def _evict(self) -> None:
